@@ -1,0 +1,128 @@
+//! Decoders for the carbon input protocols: pure functions over `&[u8]`, no IO, no tokio.
+//!
+//! - [`plaintext`]: carbon plaintext lines, `path value timestamp\n`.
+//! - [`pickle`]: carbon pickle frames, a bounded decoder for untrusted input and the encoder
+//!   for output.
+//!
+//! Both end in [`finish_point`], carbon's common receive steps (`metricReceived`).
+
+pub mod pickle;
+pub mod plaintext;
+
+use crate::datapoint::Datapoint;
+use crate::drops::DropReason;
+
+/// Hard limits applied by the decoders to untrusted input. All sizes in bytes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Limits {
+    /// Longest plaintext line, newline excluded (carbon: 16384, where it closes the
+    /// connection; aggd drops the line).
+    pub max_line_bytes: usize,
+    /// Longest metric path accepted from any protocol.
+    pub max_path_bytes: usize,
+    /// Largest pickle frame body (carbon's PICKLE_RECEIVER_MAX_LENGTH, 1 MiB).
+    pub max_pickle_frame_bytes: usize,
+    /// Deepest nesting of MARKs (open tuples/lists) in a pickle frame.
+    pub max_pickle_depth: usize,
+    /// Most objects (values, marks and memo slots) one pickle frame may create.
+    pub max_pickle_objects: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_line_bytes: 16384,
+            max_path_bytes: 4096,
+            max_pickle_frame_bytes: 1 << 20,
+            max_pickle_depth: 32,
+            max_pickle_objects: 1 << 20,
+        }
+    }
+}
+
+/// carbon's receive steps after parsing, with aggd's deliberate differences:
+///
+/// 1. an empty path or one over `max_path_bytes` → [`DropReason::BadPath`];
+/// 2. a NaN value → [`DropReason::NanValue`] (carbon drops it uncounted);
+/// 3. an infinite or NaN timestamp → [`DropReason::BadTimestamp`] (carbon raises and drops
+///    the connection);
+/// 4. a timestamp whose integer part is `-1` (`-1`, `-1.0`, `-1.9`) becomes `now`.
+pub fn finish_point<'a>(
+    path: &'a str,
+    timestamp: f64,
+    value: f64,
+    now: f64,
+    limits: &Limits,
+) -> Result<Datapoint<'a>, DropReason> {
+    if path.is_empty() || path.len() > limits.max_path_bytes {
+        return Err(DropReason::BadPath);
+    }
+    if value.is_nan() {
+        return Err(DropReason::NanValue);
+    }
+    if !timestamp.is_finite() {
+        return Err(DropReason::BadTimestamp);
+    }
+    let timestamp = if timestamp.trunc() == -1.0 {
+        now
+    } else {
+        timestamp
+    };
+    Ok(Datapoint {
+        path,
+        timestamp,
+        value,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minus_one_means_now() {
+        let l = Limits::default();
+        for ts in [-1.0, -1.9, -1.5] {
+            assert_eq!(
+                finish_point("a", ts, 1.0, 99.5, &l).unwrap().timestamp,
+                99.5
+            );
+        }
+        assert_eq!(
+            finish_point("a", -2.0, 1.0, 99.5, &l).unwrap().timestamp,
+            -2.0
+        );
+        assert_eq!(
+            finish_point("a", -0.5, 1.0, 99.5, &l).unwrap().timestamp,
+            -0.5
+        );
+    }
+
+    #[test]
+    fn rejects_in_order() {
+        let l = Limits::default();
+        assert_eq!(
+            finish_point("", 1.0, 1.0, 0.0, &l),
+            Err(DropReason::BadPath)
+        );
+        let long = "a".repeat(l.max_path_bytes + 1);
+        assert_eq!(
+            finish_point(&long, 1.0, 1.0, 0.0, &l),
+            Err(DropReason::BadPath)
+        );
+        assert_eq!(
+            finish_point("a", 1.0, f64::NAN, 0.0, &l),
+            Err(DropReason::NanValue)
+        );
+        assert_eq!(
+            finish_point("a", f64::INFINITY, 1.0, 0.0, &l),
+            Err(DropReason::BadTimestamp)
+        );
+        assert_eq!(
+            finish_point("a", f64::NAN, 1.0, 0.0, &l),
+            Err(DropReason::BadTimestamp)
+        );
+        let p = finish_point("a", 5.0, f64::NEG_INFINITY, 0.0, &l).unwrap();
+        assert_eq!(p.value, f64::NEG_INFINITY);
+    }
+}

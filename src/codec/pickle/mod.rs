@@ -1,0 +1,137 @@
+//! carbon pickle protocol: each frame is a 4-byte big-endian unsigned body length, then a
+//! body that is a pickle of a list of `(path, (timestamp, value))`.
+//!
+//! - [`PickleFramer`] cuts frames out of a TCP read buffer and skips frames whose declared
+//!   length exceeds the limit without buffering them (carbon closes the connection there).
+//! - [`PickleDecoder`] decodes a body with hard limits (see its module docs).
+//! - [`encode_frames`] writes carbon's output framing with serde-pickle, protocol 2.
+
+mod decode;
+
+pub use decode::PickleDecoder;
+
+use bytes::{Buf, Bytes, BytesMut};
+use serde::ser::{Serialize, SerializeSeq, SerializeTuple, Serializer};
+
+use crate::datapoint::{OutPoint, OutValue};
+
+/// Length of the frame header.
+pub const HEADER_BYTES: usize = 4;
+
+/// What [`PickleFramer::next_frame`] found in the buffer.
+#[derive(Debug, PartialEq)]
+pub enum FrameEvent {
+    /// A complete frame body.
+    Frame(Bytes),
+    /// A frame header declared `len` bytes, over the limit; its body is being skipped.
+    TooLarge(u64),
+}
+
+/// Splits a byte stream into pickle frame bodies, bounded by `max_frame_bytes`.
+///
+/// Invariant: the buffer never needs to hold more than one header plus `max_frame_bytes`.
+#[derive(Debug)]
+pub struct PickleFramer {
+    max_frame_bytes: usize,
+    /// Bytes of an oversize frame body still to throw away.
+    skipping: u64,
+}
+
+impl PickleFramer {
+    /// A framer that refuses bodies longer than `max_frame_bytes`.
+    pub fn new(max_frame_bytes: usize) -> Self {
+        PickleFramer {
+            max_frame_bytes,
+            skipping: 0,
+        }
+    }
+
+    /// The next frame or oversize event, or `None` when more bytes are needed.
+    pub fn next_frame(&mut self, buf: &mut BytesMut) -> Option<FrameEvent> {
+        if self.skipping > 0 {
+            let n = self.skipping.min(buf.len() as u64);
+            buf.advance(n as usize);
+            self.skipping -= n;
+            if self.skipping > 0 {
+                return None;
+            }
+        }
+        if buf.len() < HEADER_BYTES {
+            return None;
+        }
+        let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+        if len > self.max_frame_bytes {
+            buf.advance(HEADER_BYTES);
+            self.skipping = len as u64;
+            let n = self.skipping.min(buf.len() as u64);
+            buf.advance(n as usize);
+            self.skipping -= n;
+            return Some(FrameEvent::TooLarge(len as u64));
+        }
+        if buf.len() < HEADER_BYTES + len {
+            buf.reserve(HEADER_BYTES + len - buf.len());
+            return None;
+        }
+        buf.advance(HEADER_BYTES);
+        Some(FrameEvent::Frame(buf.split_to(len).freeze()))
+    }
+
+    /// Bytes of an incomplete frame left at end of stream (counted as a bad frame).
+    pub fn truncated(&self, buf: &BytesMut) -> bool {
+        self.skipping == 0 && !buf.is_empty()
+    }
+}
+
+/// Serializes as the Python value `(path, (timestamp, value))`.
+struct Wire<'a>(&'a OutPoint);
+
+impl Serialize for Wire<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut t = s.serialize_tuple(2)?;
+        t.serialize_element(&*self.0.path)?;
+        match self.0.value {
+            OutValue::Float(v) => t.serialize_element(&(self.0.timestamp, v))?,
+            OutValue::Int(v) => t.serialize_element(&(self.0.timestamp, v))?,
+        }
+        t.end()
+    }
+}
+
+struct WireList<'a>(&'a [OutPoint]);
+
+impl Serialize for WireList<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        for p in self.0 {
+            seq.serialize_element(&Wire(p))?;
+        }
+        seq.end()
+    }
+}
+
+/// Appends carbon pickle frames for `points` to `out`: at most `per_frame` datapoints per
+/// frame (carbon's MAX_DATAPOINTS_PER_MESSAGE, 500), each a 4-byte big-endian length and a
+/// protocol-2 pickle of a list of `(str path, (float timestamp, float|int value))` tuples.
+///
+/// Errors: only if serde-pickle fails, which it does not for these types.
+pub fn encode_frames(
+    points: &[OutPoint],
+    per_frame: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), serde_pickle::Error> {
+    for chunk in points.chunks(per_frame.max(1)) {
+        let at = out.len();
+        out.extend_from_slice(&[0; HEADER_BYTES]);
+        serde_pickle::to_writer(
+            out,
+            &WireList(chunk),
+            serde_pickle::SerOptions::new().proto_v2(),
+        )?;
+        let len = (out.len() - at - HEADER_BYTES) as u32;
+        out[at..at + HEADER_BYTES].copy_from_slice(&len.to_be_bytes());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

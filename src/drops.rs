@@ -1,0 +1,248 @@
+//! Drop accounting: every datapoint aggd does not aggregate or deliver is one typed event.
+//!
+//! A [`DropReason`] is a small `Copy` enum, so codecs return it directly as their error type.
+//! [`Stats::record_drop`] bumps the reason's counter by the number of datapoints (or lines,
+//! frames) affected and logs a warning at most once per second per reason, naming how many
+//! events that second's log line stands for. The counters are listed, with their meaning, in
+//! `docs/operations.md`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Why a line, frame or datapoint was not aggregated or not delivered.
+///
+/// The string form ([`DropReason::as_str`]) is the counter label and the log field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// A plaintext line without exactly three fields, or whose value or timestamp is not a
+    /// number.
+    ParseError,
+    /// A plaintext line or a pickled metric path that is not valid UTF-8.
+    BadUtf8,
+    /// A plaintext line longer than `limits.max_line_bytes`.
+    LineTooLong,
+    /// A metric path longer than `limits.max_path_bytes`, or empty.
+    BadPath,
+    /// A timestamp that is infinite or NaN (carbon drops the connection; aggd drops the line).
+    BadTimestamp,
+    /// A NaN value (carbon drops these silently; aggd counts them).
+    NanValue,
+    /// A pickle frame whose declared length exceeds `limits.max_pickle_frame_bytes`.
+    FrameTooLarge,
+    /// A pickle frame that could not be decoded within the decoder's limits, or whose top
+    /// level is not a list or tuple.
+    BadFrame,
+    /// One element of a pickle frame that is not `(path, (timestamp, value))`.
+    BadElement,
+    /// A datapoint for an interval older than `max_intervals` intervals before now.
+    TooOld,
+    /// A datapoint for an interval more than `max_intervals` intervals after now.
+    TooNew,
+    /// A bucket already holds `aggregation.max_values_per_bucket` values for a percentile
+    /// method.
+    BucketFull,
+    /// A worker queue was full and the input (UDP) cannot wait.
+    QueueFull,
+    /// A destination's queue was full.
+    DestinationFull,
+    /// A destination could not be reached before shutdown finished.
+    DestinationDown,
+    /// Processing a batch panicked; the batch was dropped and the worker went on.
+    Panic,
+}
+
+impl DropReason {
+    /// Every reason, in counter order.
+    pub const ALL: [DropReason; 16] = [
+        DropReason::ParseError,
+        DropReason::BadUtf8,
+        DropReason::LineTooLong,
+        DropReason::BadPath,
+        DropReason::BadTimestamp,
+        DropReason::NanValue,
+        DropReason::FrameTooLarge,
+        DropReason::BadFrame,
+        DropReason::BadElement,
+        DropReason::TooOld,
+        DropReason::TooNew,
+        DropReason::BucketFull,
+        DropReason::QueueFull,
+        DropReason::DestinationFull,
+        DropReason::DestinationDown,
+        DropReason::Panic,
+    ];
+
+    /// The snake_case label used for counters and logs, e.g. `too_old`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::ParseError => "parse_error",
+            DropReason::BadUtf8 => "bad_utf8",
+            DropReason::LineTooLong => "line_too_long",
+            DropReason::BadPath => "bad_path",
+            DropReason::BadTimestamp => "bad_timestamp",
+            DropReason::NanValue => "nan_value",
+            DropReason::FrameTooLarge => "frame_too_large",
+            DropReason::BadFrame => "bad_frame",
+            DropReason::BadElement => "bad_element",
+            DropReason::TooOld => "too_old",
+            DropReason::TooNew => "too_new",
+            DropReason::BucketFull => "bucket_full",
+            DropReason::QueueFull => "queue_full",
+            DropReason::DestinationFull => "destination_full",
+            DropReason::DestinationDown => "destination_down",
+            DropReason::Panic => "panic",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl std::fmt::Display for DropReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One counter per reason plus a once-a-second log limiter per reason.
+struct ReasonSlot {
+    count: AtomicU64,
+    /// Unix second of the last log line for this reason.
+    last_log_sec: AtomicU64,
+    /// Events since the last log line, reported in the next one.
+    unlogged: AtomicU64,
+}
+
+impl ReasonSlot {
+    const fn new() -> Self {
+        ReasonSlot {
+            count: AtomicU64::new(0),
+            last_log_sec: AtomicU64::new(0),
+            unlogged: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Process-wide counters, shared by listeners, workers and destinations through an `Arc`.
+///
+/// Hot paths add per batch, not per datapoint, to keep cache lines quiet.
+pub struct Stats {
+    drops: [ReasonSlot; DropReason::ALL.len()],
+    /// Datapoints accepted by a decoder and handed to routing (carbon's `metricsReceived`).
+    pub received: AtomicU64,
+    /// Aggregate datapoints emitted by workers, re-emissions included (carbon's
+    /// `aggregateDatapointsSent`).
+    pub aggregates_emitted: AtomicU64,
+    /// Raw datapoints forwarded because of `forward_all`.
+    pub forwarded: AtomicU64,
+    /// Datapoints written to destination sockets or stdout, summed over destinations.
+    pub sent: AtomicU64,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            drops: [const { ReasonSlot::new() }; DropReason::ALL.len()],
+            received: AtomicU64::new(0),
+            aggregates_emitted: AtomicU64::new(0),
+            forwarded: AtomicU64::new(0),
+            sent: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Stats {
+    /// Counts `n` events of `reason` and logs at most one warning per reason per second.
+    /// `detail` names the offending path, peer or destination.
+    pub fn record_drop(&self, reason: DropReason, n: u64, detail: &dyn std::fmt::Display) {
+        if n == 0 {
+            return;
+        }
+        let slot = &self.drops[reason.index()];
+        slot.count.fetch_add(n, Ordering::Relaxed);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let last = slot.last_log_sec.load(Ordering::Relaxed);
+        if now > last
+            && slot
+                .last_log_sec
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let earlier = slot.unlogged.swap(0, Ordering::Relaxed);
+            tracing::warn!(
+                reason = reason.as_str(),
+                count = n,
+                suppressed_since_last_log = earlier,
+                "dropped: {detail}"
+            );
+        } else {
+            slot.unlogged.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// The counter for one reason.
+    pub fn drops(&self, reason: DropReason) -> u64 {
+        self.drops[reason.index()].count.load(Ordering::Relaxed)
+    }
+
+    /// Sum of all drop counters.
+    pub fn total_drops(&self) -> u64 {
+        DropReason::ALL.iter().map(|r| self.drops(*r)).sum()
+    }
+}
+
+/// Per-task tally of drops, added to [`Stats`] in one step per batch.
+#[derive(Default)]
+pub struct DropTally {
+    counts: [u64; DropReason::ALL.len()],
+}
+
+impl DropTally {
+    /// Counts one event of `reason`.
+    pub fn add(&mut self, reason: DropReason) {
+        self.counts[reason.index()] += 1;
+    }
+
+    /// Moves the tally into `stats`, logging (rate-limited) with `detail`.
+    pub fn flush(&mut self, stats: &Stats, detail: &dyn std::fmt::Display) {
+        for reason in DropReason::ALL {
+            let n = std::mem::take(&mut self.counts[reason.index()]);
+            stats.record_drop(reason, n, detail);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_unique_and_indexed_in_order() {
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+        }
+        let mut labels: Vec<_> = DropReason::ALL.iter().map(|r| r.as_str()).collect();
+        labels.sort();
+        labels.dedup();
+        assert_eq!(labels.len(), DropReason::ALL.len());
+    }
+
+    #[test]
+    fn tally_flushes_into_counters() {
+        let stats = Stats::default();
+        let mut t = DropTally::default();
+        t.add(DropReason::TooOld);
+        t.add(DropReason::TooOld);
+        t.add(DropReason::NanValue);
+        t.flush(&stats, &"test");
+        assert_eq!(stats.drops(DropReason::TooOld), 2);
+        assert_eq!(stats.drops(DropReason::NanValue), 1);
+        assert_eq!(stats.total_drops(), 3);
+        t.flush(&stats, &"test");
+        assert_eq!(stats.total_drops(), 3);
+    }
+}
