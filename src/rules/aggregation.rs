@@ -1,0 +1,391 @@
+//! `aggregation-rules.conf`: one rule per line,
+//! `OUTPUT_TEMPLATE (FREQUENCY) = METHOD INPUT_PATTERN` (carbon-aggregator 1.1.x syntax).
+//!
+//! Parsing, as carbon does it: lines are stripped; blank lines and lines starting with `#`
+//! are skipped; the line splits at its first `=`; the left side must be exactly two
+//! whitespace-separated tokens (template, frequency), the right side exactly two (method,
+//! pattern). The frequency is its token with `(` and `)` trimmed from both ends, a positive
+//! integer number of seconds.
+//!
+//! Input pattern → anchored regex, segment by segment (split on `.`, joined with `\.`):
+//! 1. a segment with `<<f>>`: `f` captures one or more characters of any kind, dots
+//!    included, as few as possible (`.+?`), literal text around it kept;
+//! 2. else a segment with `<f>`: `f` captures one or more non-dot characters, as few as
+//!    possible (`[^.]+?`); only the first `<…>` in a segment is a capture;
+//! 3. else a segment that is exactly `*` matches one or more non-dot characters;
+//! 4. else each `*` matches zero or more non-dot characters.
+//!
+//! Nothing else is escaped: other regex syntax keeps its meaning (`(web|api)`, `\d`, `[…]`).
+//! The output template replaces each `<f>` by the captured text.
+
+use std::path::Path;
+
+use regex::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
+
+use super::{REGEX_SIZE_LIMIT, RuleError};
+use crate::aggregate::method::Method;
+
+/// One piece of an output template.
+#[derive(Clone, Debug, PartialEq)]
+enum Part {
+    Literal(String),
+    Field(String),
+}
+
+/// An output template such as `<env>.applications.<app>.all.requests`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Template {
+    parts: Vec<Part>,
+}
+
+impl Template {
+    fn parse(text: &str) -> Result<Template, String> {
+        let mut parts = Vec::new();
+        let mut rest = text;
+        while let Some(open) = rest.find(['<', '>']) {
+            if rest.as_bytes()[open] == b'>' {
+                return Err(format!("unbalanced '>' in output template {text:?}"));
+            }
+            if open > 0 {
+                parts.push(Part::Literal(rest[..open].to_string()));
+            }
+            let after = &rest[open + 1..];
+            let close = after
+                .find('>')
+                .ok_or_else(|| format!("unclosed '<' in output template {text:?}"))?;
+            let name = &after[..close];
+            if name.is_empty() || name.contains('<') {
+                return Err(format!(
+                    "output template {text:?} has an empty field or a '<<field>>' (multi-node fields are for input patterns only)"
+                ));
+            }
+            parts.push(Part::Field(name.to_string()));
+            rest = &after[close + 1..];
+        }
+        if !rest.is_empty() {
+            parts.push(Part::Literal(rest.to_string()));
+        }
+        Ok(Template { parts })
+    }
+
+    fn fields(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Field(f) => Some(f.as_str()),
+            Part::Literal(_) => None,
+        })
+    }
+
+    /// Fills the template from a match of the rule's input regex.
+    fn fill(&self, caps: &regex::Captures<'_>) -> String {
+        let mut out = String::new();
+        for p in &self.parts {
+            match p {
+                Part::Literal(s) => out.push_str(s),
+                // Load-time validation guarantees every field is a capture group that took
+                // part in the match (all groups are mandatory in translated patterns; a
+                // field inside a user's optional group yields the empty string).
+                Part::Field(f) => out.push_str(caps.name(f).map_or("", |m| m.as_str())),
+            }
+        }
+        out
+    }
+}
+
+/// One aggregation rule.
+#[derive(Clone, Debug)]
+pub struct AggregationRule {
+    /// 1-based line in the rules file.
+    pub line: usize,
+    /// The rule as written.
+    pub text: String,
+    /// Output series template.
+    pub output: Template,
+    /// Interval length in seconds (> 0).
+    pub frequency: u32,
+    /// Aggregation method.
+    pub method: Method,
+    /// The input pattern as written.
+    pub pattern: String,
+    /// The anchored regex the pattern translates to.
+    pub regex: Regex,
+}
+
+/// All rules of one file, in file order, plus a [`RegexSet`] that finds the matching
+/// rules of a metric path in one pass.
+#[derive(Debug)]
+pub struct AggregationRules {
+    rules: Vec<AggregationRule>,
+    set: RegexSet,
+}
+
+/// Translates a carbon input pattern to an anchored regex (see the module docs).
+pub fn pattern_to_regex(pattern: &str) -> String {
+    let mut segs = Vec::new();
+    for seg in pattern.split('.') {
+        let translated = if let (Some(a), Some(b)) = (seg.find("<<"), seg.find(">>")) {
+            if a < b {
+                format!("{}(?P<{}>.+?){}", &seg[..a], &seg[a + 2..b], &seg[b + 2..])
+            } else {
+                seg.to_string()
+            }
+        } else if let Some(a) = seg.find('<') {
+            match seg[a..].find('>') {
+                Some(b) => format!(
+                    "{}(?P<{}>[^.]+?){}",
+                    &seg[..a],
+                    &seg[a + 1..a + b],
+                    &seg[a + b + 1..]
+                ),
+                None => seg.to_string(),
+            }
+        } else if seg == "*" {
+            "[^.]+".to_string()
+        } else {
+            seg.replace('*', "[^.]*")
+        };
+        segs.push(translated);
+    }
+    format!("^(?:{})$", segs.join("\\."))
+}
+
+impl AggregationRules {
+    /// Reads and parses a rules file.
+    pub fn load(file: &Path) -> Result<Self, RuleError> {
+        Self::parse(&super::read(file)?, file)
+    }
+
+    /// Parses rules text; `file` is only used in errors.
+    ///
+    /// Errors: the first invalid line, with its number: wrong token count, bad frequency,
+    /// unknown method, a pattern that is not a valid regex, an output template field the
+    /// pattern does not capture.
+    pub fn parse(text: &str, file: &Path) -> Result<Self, RuleError> {
+        let mut rules = Vec::new();
+        for (i, raw) in text.lines().enumerate() {
+            let line = raw.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let rule = parse_rule(line, i + 1).map_err(|message| RuleError {
+                file: file.to_path_buf(),
+                line: i + 1,
+                message,
+            })?;
+            rules.push(rule);
+        }
+        let set = RegexSetBuilder::new(rules.iter().map(|r| r.regex.as_str()))
+            .size_limit(REGEX_SIZE_LIMIT.saturating_mul(rules.len().max(1)))
+            .dfa_size_limit(64 << 20)
+            .build()
+            .map_err(|e| RuleError {
+                file: file.to_path_buf(),
+                line: 0,
+                message: format!("the rules together are too large to compile: {e}"),
+            })?;
+        Ok(AggregationRules { rules, set })
+    }
+
+    /// The rules, in file order.
+    pub fn rules(&self) -> &[AggregationRule] {
+        &self.rules
+    }
+
+    /// Every rule matching `path`, in file order, with the output series it produces.
+    pub fn matches(&self, path: &str) -> Vec<(usize, String)> {
+        if self.rules.is_empty() {
+            return Vec::new();
+        }
+        self.set
+            .matches(path)
+            .iter()
+            .filter_map(|i| {
+                let rule = &self.rules[i];
+                rule.regex
+                    .captures(path)
+                    .map(|caps| (i, rule.output.fill(&caps)))
+            })
+            .collect()
+    }
+}
+
+fn parse_rule(line: &str, line_no: usize) -> Result<AggregationRule, String> {
+    let (left, right) = line
+        .split_once('=')
+        .ok_or("expected 'output (frequency) = method input'")?;
+    let left: Vec<&str> = left.split_whitespace().collect();
+    let right: Vec<&str> = right.split_whitespace().collect();
+    let ([template, freq], [method, pattern]) = (left.as_slice(), right.as_slice()) else {
+        return Err(
+            "expected exactly 'output (frequency)' before '=' and 'method input' after it".into(),
+        );
+    };
+    let freq_text = freq.trim_matches(|c| c == '(' || c == ')');
+    let frequency: u32 =
+        freq_text.parse().ok().filter(|f| *f > 0).ok_or_else(|| {
+            format!("frequency {freq:?} is not a positive whole number of seconds")
+        })?;
+    let method = Method::parse(method).ok_or_else(|| {
+        format!(
+            "unknown aggregation method {method:?} (one of {})",
+            Method::NAMES.join(", ")
+        )
+    })?;
+    let regex_text = pattern_to_regex(pattern);
+    let regex = RegexBuilder::new(&regex_text)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .map_err(|e| format!("input pattern {pattern:?} is not a valid regex: {e}"))?;
+    let output = Template::parse(template)?;
+    for field in output.fields() {
+        if !regex.capture_names().flatten().any(|n| n == field) {
+            return Err(format!(
+                "output template {template:?} uses field <{field}>, which input pattern {pattern:?} does not capture"
+            ));
+        }
+    }
+    Ok(AggregationRule {
+        line: line_no,
+        text: line.to_string(),
+        output,
+        frequency,
+        method,
+        pattern: pattern.to_string(),
+        regex,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules(text: &str) -> AggregationRules {
+        AggregationRules::parse(text, Path::new("test.conf")).unwrap()
+    }
+
+    fn err(text: &str) -> RuleError {
+        AggregationRules::parse(text, Path::new("test.conf")).unwrap_err()
+    }
+
+    fn outputs(r: &AggregationRules, path: &str) -> Vec<String> {
+        r.matches(path).into_iter().map(|(_, o)| o).collect()
+    }
+
+    #[test]
+    fn carbon_example_rules() {
+        let r = rules(
+            "# comment\n\n\
+             <env>.applications.<app>.all.requests (60) = sum <env>.applications.<app>.*.requests\n\
+             <env>.applications.<app>.all.latency (60) = avg <env>.applications.<app>.*.latency\n",
+        );
+        assert_eq!(r.rules().len(), 2);
+        assert_eq!(r.rules()[0].line, 3);
+        assert_eq!(r.rules()[0].frequency, 60);
+        assert_eq!(r.rules()[0].method, Method::Sum);
+        assert_eq!(
+            outputs(&r, "prod.applications.apache.www01.requests"),
+            ["prod.applications.apache.all.requests"]
+        );
+        assert_eq!(
+            outputs(&r, "prod.applications.apache.www01.latency"),
+            ["prod.applications.apache.all.latency"]
+        );
+        assert!(outputs(&r, "prod.applications.apache.www01.requests.x").is_empty());
+        assert!(outputs(&r, "x.prod.applications.apache.www01.requests").is_empty());
+    }
+
+    #[test]
+    fn every_rule_applies_in_file_order() {
+        let r = rules(
+            "all.sum (60) = sum a.*\n\
+             all.count (60) = count a.*\n\
+             <x>.max (10) = max a.<x>\n",
+        );
+        assert_eq!(outputs(&r, "a.b"), ["all.sum", "all.count", "b.max"]);
+    }
+
+    #[test]
+    fn field_kinds() {
+        let r = rules(
+            "deep.<rest> (60) = sum in.<<rest>>.end\n\
+             code.<code> (60) = sum web.code_<code>_total\n\
+             star.<h> (60) = sum s.<h>.worker*\n",
+        );
+        assert_eq!(outputs(&r, "in.a.b.c.end"), ["deep.a.b.c"]);
+        // Non-greedy capture (carbon #871).
+        assert_eq!(outputs(&r, "web.code_200_total"), ["code.200"]);
+        assert_eq!(outputs(&r, "web.code_5_0_3_total"), ["code.5_0_3"]);
+        assert_eq!(outputs(&r, "s.h1.worker"), ["star.h1"]);
+        assert_eq!(outputs(&r, "s.h1.worker17"), ["star.h1"]);
+        // A lone `*` needs at least one character.
+        let r = rules("x (60) = sum a.*.b\n");
+        assert!(outputs(&r, "a..b").is_empty());
+        assert_eq!(outputs(&r, "a.q.b"), ["x"]);
+    }
+
+    #[test]
+    fn regex_passes_through() {
+        let r = rules("svc.<h>.hits (60) = sum svc.(web|api).<h>.hits\nd (60) = sum n\\d+\n");
+        assert_eq!(outputs(&r, "svc.web.h1.hits"), ["svc.h1.hits"]);
+        assert_eq!(outputs(&r, "svc.api.h2.hits"), ["svc.h2.hits"]);
+        assert!(outputs(&r, "svc.db.h1.hits").is_empty());
+        assert_eq!(outputs(&r, "n42"), ["d"]);
+    }
+
+    #[test]
+    fn tagged_paths_are_opaque_text() {
+        let r = rules("sum.<s> (60) = sum rawt.<<s>>\n");
+        assert_eq!(outputs(&r, "rawt.cpu;host=a"), ["sum.cpu;host=a"]);
+    }
+
+    #[test]
+    fn free_spacing_and_frequency_forms() {
+        for line in [
+            "a (60)=sum b",
+            "a 60 = sum b",
+            "a ((60)) = sum b",
+            "  a\t(60) =  sum   b  ",
+        ] {
+            let r = rules(line);
+            assert_eq!(r.rules()[0].frequency, 60, "{line}");
+        }
+    }
+
+    #[test]
+    fn load_errors_name_the_line() {
+        let e = err("ok (60) = sum a\nbad.<x> (60) = sum a.<y>\n");
+        assert_eq!(e.line, 2);
+        assert!(e.message.contains("<x>"), "{}", e.message);
+        assert_eq!(
+            e.to_string().split(':').take(2).collect::<Vec<_>>(),
+            ["test.conf", "2"]
+        );
+        assert_eq!(err("a (60) = rate b").line, 1);
+        assert!(
+            err("a (60) = rate b")
+                .message
+                .contains("unknown aggregation method")
+        );
+        assert!(err("a (0) = sum b").message.contains("frequency"));
+        assert!(err("a (x) = sum b").message.contains("frequency"));
+        assert!(err("a (60) = sum b c").message.contains("exactly"));
+        assert!(err("a (60) sum b").message.contains("expected"));
+        assert!(
+            err("o.<<x>> (60) = sum a.<<x>>")
+                .message
+                .contains("<<field>>")
+        );
+        assert!(err("o.x> (60) = sum a.<x>").message.contains("'>'"));
+        assert!(err("o.<x (60) = sum a.<x>").message.contains("'<'"));
+        assert!(err("o (60) = sum a.(b").message.contains("regex"));
+        // Duplicate capture name: refused like carbon.
+        assert_eq!(err("o (60) = sum <x>.<x>").line, 1);
+    }
+
+    #[test]
+    fn pattern_translation() {
+        assert_eq!(pattern_to_regex("a.*.b"), r"^(?:a\.[^.]+\.b)$");
+        assert_eq!(pattern_to_regex("a.w*"), r"^(?:a\.w[^.]*)$");
+        assert_eq!(pattern_to_regex("<x>.y"), r"^(?:(?P<x>[^.]+?)\.y)$");
+        assert_eq!(pattern_to_regex("p<<x>>s"), r"^(?:p(?P<x>.+?)s)$");
+    }
+}
