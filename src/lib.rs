@@ -3,6 +3,7 @@
 
 pub mod aggregate;
 pub mod codec;
+pub mod config;
 pub mod datapoint;
 pub mod drops;
 pub mod rules;

@@ -1,0 +1,598 @@
+//! Configuration, in two phases: [`File`] is the TOML as written (unknown keys are errors),
+//! [`Config`] is the validated result with compiled rules and resolved sizes. A reload
+//! builds a whole new `Config`.
+//!
+//! Every key is documented in `config/aggd.toml`. Relative paths are relative to the
+//! directory of the file they appear in. [`carbon`] builds the same `Config` from a
+//! carbon.conf `[aggregator]` section.
+
+pub mod carbon;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::codec::Limits;
+use crate::rules::RuleError;
+use crate::rules::aggregation::AggregationRules;
+use crate::rules::rewrite::RewriteRules;
+
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{}: cannot read: {source}", file.display())]
+    Io {
+        /// The file.
+        file: PathBuf,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or INI, or has unknown keys or wrong types.
+    #[error("{}: {message}", file.display())]
+    Syntax {
+        /// The file.
+        file: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("{}: {message}", file.display())]
+    Invalid {
+        /// The file.
+        file: PathBuf,
+        /// What is wrong, naming the key.
+        message: String,
+    },
+    /// A rules file is invalid.
+    #[error(transparent)]
+    Rules(#[from] RuleError),
+}
+
+/// Input protocol of a listener.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// carbon plaintext, `path value timestamp\n`.
+    Plaintext,
+    /// carbon pickle, length-prefixed frames.
+    Pickle,
+}
+
+/// Transport of a listener.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// TCP stream.
+    #[default]
+    Tcp,
+    /// UDP datagrams (plaintext only).
+    Udp,
+}
+
+/// Output protocol of a destination.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DestProtocol {
+    /// carbon pickle, protocol 2, length-prefixed frames.
+    #[default]
+    Pickle,
+    /// carbon plaintext lines.
+    Plaintext,
+}
+
+/// `[[listen]]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenFile {
+    /// `plaintext` or `pickle`.
+    pub protocol: Protocol,
+    /// `tcp` (default) or `udp`.
+    #[serde(default)]
+    pub transport: Transport,
+    /// `host:port`; port 0 picks a free port.
+    pub address: String,
+}
+
+fn default_max_intervals() -> u32 {
+    5
+}
+fn default_route_cache() -> usize {
+    1_000_000
+}
+fn default_max_values() -> usize {
+    100_000
+}
+
+/// `[aggregation]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregationFile {
+    /// Path of `aggregation-rules.conf`.
+    pub rules: PathBuf,
+    /// Path of `rewrite-rules.conf` (optional).
+    pub rewrite_rules: Option<PathBuf>,
+    /// Also forward every raw datapoint (after `[post]` rewrites).
+    #[serde(default)]
+    pub forward_all: bool,
+    /// Intervals kept per series before a bucket is final; older data is `too_old`.
+    #[serde(default = "default_max_intervals")]
+    pub max_intervals: u32,
+    /// Seconds between running partial aggregates of open intervals; 0 = off.
+    #[serde(default)]
+    pub write_back_frequency: u32,
+    /// Distinct metric paths whose routes are cached.
+    #[serde(default = "default_route_cache")]
+    pub route_cache_entries: usize,
+    /// Values one bucket keeps for percentile methods; more are `bucket_full`.
+    #[serde(default = "default_max_values")]
+    pub max_values_per_bucket: usize,
+}
+
+fn default_queue_batches() -> usize {
+    1024
+}
+fn default_tick_ms() -> u64 {
+    250
+}
+
+/// `[workers]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkersFile {
+    /// Worker threads; 0 = one per core.
+    #[serde(default)]
+    pub count: usize,
+    /// Capacity of each worker's queue, in batches.
+    #[serde(default = "default_queue_batches")]
+    pub queue_batches: usize,
+    /// Milliseconds between flush sweeps.
+    #[serde(default = "default_tick_ms")]
+    pub flush_tick_ms: u64,
+}
+
+impl Default for WorkersFile {
+    fn default() -> Self {
+        WorkersFile {
+            count: 0,
+            queue_batches: default_queue_batches(),
+            flush_tick_ms: default_tick_ms(),
+        }
+    }
+}
+
+fn default_queue_datapoints() -> usize {
+    100_000
+}
+fn default_per_message() -> usize {
+    500
+}
+
+/// `[[destination]]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationFile {
+    /// `host:port`, or `stdout`.
+    pub address: String,
+    /// `pickle` (default) or `plaintext`.
+    #[serde(default)]
+    pub protocol: DestProtocol,
+    /// Datapoints the queue holds before `destination_full` drops.
+    #[serde(default = "default_queue_datapoints")]
+    pub queue_datapoints: usize,
+    /// Datapoints per pickle frame (carbon's MAX_DATAPOINTS_PER_MESSAGE).
+    #[serde(default = "default_per_message")]
+    pub max_datapoints_per_message: usize,
+}
+
+/// `[limits]` as written; see [`Limits`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsFile {
+    /// See [`Limits::max_line_bytes`].
+    pub max_line_bytes: usize,
+    /// See [`Limits::max_path_bytes`].
+    pub max_path_bytes: usize,
+    /// See [`Limits::max_pickle_frame_bytes`].
+    pub max_pickle_frame_bytes: usize,
+    /// See [`Limits::max_pickle_depth`].
+    pub max_pickle_depth: usize,
+    /// See [`Limits::max_pickle_objects`].
+    pub max_pickle_objects: usize,
+}
+
+impl Default for LimitsFile {
+    fn default() -> Self {
+        let l = Limits::default();
+        LimitsFile {
+            max_line_bytes: l.max_line_bytes,
+            max_path_bytes: l.max_path_bytes,
+            max_pickle_frame_bytes: l.max_pickle_frame_bytes,
+            max_pickle_depth: l.max_pickle_depth,
+            max_pickle_objects: l.max_pickle_objects,
+        }
+    }
+}
+
+/// The whole TOML file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    /// Listeners.
+    #[serde(default)]
+    pub listen: Vec<ListenFile>,
+    /// Rules and bucket settings.
+    pub aggregation: AggregationFile,
+    /// Worker threads.
+    #[serde(default)]
+    pub workers: WorkersFile,
+    /// Destinations.
+    #[serde(default)]
+    pub destination: Vec<DestinationFile>,
+    /// Decoder limits.
+    #[serde(default)]
+    pub limits: LimitsFile,
+}
+
+/// A validated listener.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ListenerConfig {
+    /// Input protocol.
+    pub protocol: Protocol,
+    /// Transport.
+    pub transport: Transport,
+    /// Address to bind, `host:port`.
+    pub address: String,
+}
+
+/// Where a destination sends.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DestAddress {
+    /// Plaintext lines on standard output.
+    Stdout,
+    /// A TCP `host:port`.
+    Tcp(String),
+}
+
+/// A validated destination.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DestinationConfig {
+    /// Where to send.
+    pub address: DestAddress,
+    /// Wire protocol (stdout is always plaintext).
+    pub protocol: DestProtocol,
+    /// Queue capacity in datapoints.
+    pub queue_datapoints: usize,
+    /// Datapoints per pickle frame.
+    pub max_datapoints_per_message: usize,
+}
+
+impl DestinationConfig {
+    /// The name used in logs and counters: the address, or `stdout`.
+    pub fn name(&self) -> &str {
+        match &self.address {
+            DestAddress::Stdout => "stdout",
+            DestAddress::Tcp(a) => a,
+        }
+    }
+}
+
+/// Validated `[aggregation]`.
+#[derive(Clone, Debug)]
+pub struct Aggregation {
+    /// The aggregation rules file.
+    pub rules_file: PathBuf,
+    /// Compiled aggregation rules.
+    pub rules: Arc<AggregationRules>,
+    /// The rewrite rules file, if any.
+    pub rewrite_file: Option<PathBuf>,
+    /// Compiled rewrite rules (empty without a file).
+    pub rewrite: Arc<RewriteRules>,
+    /// Forward raw datapoints too.
+    pub forward_all: bool,
+    /// Intervals kept per series.
+    pub max_intervals: u32,
+    /// Seconds between partial aggregates; 0 = off.
+    pub write_back_frequency: u32,
+    /// Route cache capacity, in distinct metric paths.
+    pub route_cache_entries: usize,
+    /// Values kept per bucket for percentile methods.
+    pub max_values_per_bucket: usize,
+}
+
+/// Validated `[workers]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Workers {
+    /// Worker threads (resolved: never 0).
+    pub count: usize,
+    /// Queue capacity per worker, in batches.
+    pub queue_batches: usize,
+    /// Time between flush sweeps.
+    pub flush_tick: Duration,
+}
+
+/// A complete, validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The file it came from.
+    pub source: PathBuf,
+    /// Listeners to bind.
+    pub listeners: Vec<ListenerConfig>,
+    /// Rules and bucket settings.
+    pub aggregation: Aggregation,
+    /// Worker settings.
+    pub workers: Workers,
+    /// Destinations.
+    pub destinations: Vec<DestinationConfig>,
+    /// Decoder limits.
+    pub limits: Limits,
+}
+
+fn invalid(file: &Path, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        file: file.to_path_buf(),
+        message: message.into(),
+    }
+}
+
+/// Resolves `p` against `base` (the config file's directory) unless it is absolute.
+pub(crate) fn resolve(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a TOML config file (and the rules files it names).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            file: path.to_path_buf(),
+            source,
+        })?;
+        let file: File = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
+            file: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        Config::from_file(file, path)
+    }
+
+    /// Validates a parsed [`File`]; `path` locates relative paths and names errors.
+    pub fn from_file(file: File, path: &Path) -> Result<Config, ConfigError> {
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut listeners = Vec::new();
+        for l in file.listen {
+            if l.protocol == Protocol::Pickle && l.transport == Transport::Udp {
+                return Err(invalid(path, "listen: pickle is TCP only"));
+            }
+            if l.address.trim().is_empty() {
+                return Err(invalid(path, "listen: address is empty"));
+            }
+            listeners.push(ListenerConfig {
+                protocol: l.protocol,
+                transport: l.transport,
+                address: l.address,
+            });
+        }
+        let a = file.aggregation;
+        if a.max_intervals == 0 {
+            return Err(invalid(
+                path,
+                "aggregation.max_intervals must be at least 1",
+            ));
+        }
+        if a.route_cache_entries == 0 || a.max_values_per_bucket == 0 {
+            return Err(invalid(
+                path,
+                "aggregation.route_cache_entries and max_values_per_bucket must be at least 1",
+            ));
+        }
+        let rules_file = resolve(base, &a.rules);
+        let rules = AggregationRules::load(&rules_file)?;
+        let rewrite_file = a.rewrite_rules.map(|p| resolve(base, &p));
+        let rewrite = match &rewrite_file {
+            Some(f) => RewriteRules::load(f)?,
+            None => RewriteRules::default(),
+        };
+        let w = file.workers;
+        if w.queue_batches == 0 || w.flush_tick_ms == 0 {
+            return Err(invalid(
+                path,
+                "workers.queue_batches and workers.flush_tick_ms must be at least 1",
+            ));
+        }
+        let count = if w.count == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            w.count
+        };
+        let mut destinations = Vec::new();
+        for d in file.destination {
+            if d.queue_datapoints == 0 || d.max_datapoints_per_message == 0 {
+                return Err(invalid(
+                    path,
+                    format!(
+                        "destination {}: queue_datapoints and max_datapoints_per_message must be at least 1",
+                        d.address
+                    ),
+                ));
+            }
+            let address = if d.address == "stdout" {
+                DestAddress::Stdout
+            } else if d
+                .address
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0))
+            {
+                DestAddress::Tcp(d.address)
+            } else {
+                return Err(invalid(
+                    path,
+                    format!(
+                        "destination address {:?} is not host:port or stdout",
+                        d.address
+                    ),
+                ));
+            };
+            destinations.push(DestinationConfig {
+                address,
+                protocol: d.protocol,
+                queue_datapoints: d.queue_datapoints,
+                max_datapoints_per_message: d.max_datapoints_per_message,
+            });
+        }
+        let l = file.limits;
+        if l.max_pickle_frame_bytes > (u32::MAX / 4) as usize
+            || l.max_pickle_objects > (u32::MAX / 4) as usize
+        {
+            return Err(invalid(path, "limits: pickle limits must be below 1 GiB"));
+        }
+        let limits = Limits {
+            max_line_bytes: l.max_line_bytes,
+            max_path_bytes: l.max_path_bytes,
+            max_pickle_frame_bytes: l.max_pickle_frame_bytes,
+            max_pickle_depth: l.max_pickle_depth,
+            max_pickle_objects: l.max_pickle_objects,
+        };
+        Ok(Config {
+            source: path.to_path_buf(),
+            listeners,
+            aggregation: Aggregation {
+                rules_file,
+                rules: Arc::new(rules),
+                rewrite_file,
+                rewrite: Arc::new(rewrite),
+                forward_all: a.forward_all,
+                max_intervals: a.max_intervals,
+                write_back_frequency: a.write_back_frequency,
+                route_cache_entries: a.route_cache_entries,
+                max_values_per_bucket: a.max_values_per_bucket,
+            },
+            workers: Workers {
+                count,
+                queue_batches: w.queue_batches,
+                flush_tick: Duration::from_millis(w.flush_tick_ms),
+            },
+            destinations,
+            limits,
+        })
+    }
+
+    /// A short human summary (for `aggd check`).
+    pub fn summary(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(s, "config: {}", self.source.display());
+        for l in &self.listeners {
+            let _ = writeln!(
+                s,
+                "listen: {:?}/{:?} on {}",
+                l.protocol, l.transport, l.address
+            );
+        }
+        let a = &self.aggregation;
+        let _ = writeln!(
+            s,
+            "aggregation rules: {} from {}",
+            a.rules.rules().len(),
+            a.rules_file.display()
+        );
+        if let Some(f) = &a.rewrite_file {
+            let _ = writeln!(
+                s,
+                "rewrite rules: {} [pre], {} [post] from {}",
+                a.rewrite.pre.len(),
+                a.rewrite.post.len(),
+                f.display()
+            );
+        }
+        let _ = writeln!(
+            s,
+            "forward_all: {}, max_intervals: {}, write_back_frequency: {}s",
+            a.forward_all, a.max_intervals, a.write_back_frequency
+        );
+        let _ = writeln!(s, "workers: {}", self.workers.count);
+        for d in &self.destinations {
+            let _ = writeln!(s, "destination: {} ({:?})", d.name(), d.protocol);
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn tmpdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("aggd-cfg-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn minimal_config_and_relative_paths() {
+        let d = tmpdir("min");
+        write(&d, "rules.conf", "a (60) = sum b\n");
+        let cfg = write(
+            &d,
+            "aggd.toml",
+            "[[listen]]\nprotocol = \"plaintext\"\naddress = \"127.0.0.1:0\"\n\
+             [aggregation]\nrules = \"rules.conf\"\n\
+             [[destination]]\naddress = \"stdout\"\n",
+        );
+        let c = Config::load(&cfg).unwrap();
+        assert_eq!(c.aggregation.rules.rules().len(), 1);
+        assert_eq!(c.aggregation.max_intervals, 5);
+        assert_eq!(c.listeners[0].transport, Transport::Tcp);
+        assert_eq!(c.destinations[0].address, DestAddress::Stdout);
+        assert!(c.workers.count >= 1);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        let d = tmpdir("bad");
+        write(&d, "rules.conf", "a (60) = sum b\n");
+        let cfg = write(
+            &d,
+            "a.toml",
+            "[aggregation]\nrules = \"rules.conf\"\nbogus = 1\n",
+        );
+        let e = Config::load(&cfg).unwrap_err().to_string();
+        assert!(e.contains("bogus"), "{e}");
+        let cfg = write(
+            &d,
+            "b.toml",
+            "[aggregation]\nrules = \"rules.conf\"\n[[destination]]\naddress = \"nope\"\n",
+        );
+        assert!(
+            Config::load(&cfg)
+                .unwrap_err()
+                .to_string()
+                .contains("host:port")
+        );
+        let cfg = write(
+            &d,
+            "c.toml",
+            "[[listen]]\nprotocol = \"pickle\"\ntransport = \"udp\"\naddress = \"127.0.0.1:0\"\n[aggregation]\nrules = \"rules.conf\"\n",
+        );
+        assert!(
+            Config::load(&cfg)
+                .unwrap_err()
+                .to_string()
+                .contains("TCP only")
+        );
+        write(&d, "broken.conf", "x (60) = sum a\ny.<q> (60) = sum b\n");
+        let cfg = write(&d, "d.toml", "[aggregation]\nrules = \"broken.conf\"\n");
+        let e = Config::load(&cfg).unwrap_err().to_string();
+        assert!(e.contains("broken.conf:2:"), "{e}");
+    }
+}
