@@ -1,9 +1,22 @@
 //! aggd: a Graphite-compatible aggregation daemon.
+//!
+//! Data flow: [`listen`] (carbon plaintext over TCP/UDP, carbon pickle over TCP) →
+//! [`codec`] (pure, bounded decoders) → [`ingest`] (route lookup in the [`route`] cache,
+//! per-worker batches) → [`aggregate`] workers (buckets per output series, emission
+//! sweeps) → [`dest`] (bounded queue and sender per destination). [`server`] assembles it;
+//! [`config`] reads `aggd.toml` or a carbon.conf; [`rules`] reads carbon-aggregator's rule
+//! files; every drop is a [`drops::DropReason`].
 #![forbid(unsafe_code)]
 
 pub mod aggregate;
 pub mod codec;
 pub mod config;
 pub mod datapoint;
+pub mod dest;
 pub mod drops;
+pub mod explain;
+pub mod ingest;
+pub mod listen;
+pub mod route;
 pub mod rules;
+pub mod server;

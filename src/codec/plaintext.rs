@@ -159,6 +159,24 @@ impl LineFramer {
     }
 }
 
+/// Appends carbon plaintext lines `path value timestamp\n` for `points` to `out`.
+///
+/// Values: integers (`count`) as integers; floats in Rust's shortest round-trip decimal form
+/// (carbon prints 10 decimals and loses precision); `inf`, `-inf` and `NaN` as Python's
+/// `float()` reads them. Timestamps are truncated to whole seconds, as carbon does.
+pub fn encode_lines(points: &[crate::datapoint::OutPoint], out: &mut Vec<u8>) {
+    use crate::datapoint::OutValue;
+    use std::io::Write;
+    for p in points {
+        out.extend_from_slice(p.path.as_bytes());
+        // Writing to a Vec cannot fail.
+        let _ = match p.value {
+            OutValue::Int(v) => writeln!(out, " {v} {}", p.timestamp as i64),
+            OutValue::Float(v) => writeln!(out, " {v} {}", p.timestamp as i64),
+        };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,6 +233,39 @@ mod tests {
         );
         let long = format!("{} 1 2", "a".repeat(20000));
         assert_eq!(parse(&long), Err(DropReason::LineTooLong));
+    }
+
+    #[test]
+    fn encoded_lines_parse_back() {
+        use crate::datapoint::{OutPoint, OutValue};
+        let pts = [
+            OutPoint {
+                path: "a.sum".into(),
+                timestamp: 1700000040.0,
+                value: OutValue::Float(0.1),
+            },
+            OutPoint {
+                path: "a.count".into(),
+                timestamp: 1700000040.9,
+                value: OutValue::Int(7),
+            },
+            OutPoint {
+                path: "a.max".into(),
+                timestamp: 60.0,
+                value: OutValue::Float(f64::NEG_INFINITY),
+            },
+        ];
+        let mut out = Vec::new();
+        encode_lines(&pts, &mut out);
+        assert_eq!(
+            String::from_utf8(out.clone()).unwrap(),
+            "a.sum 0.1 1700000040\na.count 7 1700000040\na.max -inf 60\n"
+        );
+        let back: Vec<_> = lines(&out)
+            .filter_map(|l| parse_line(l, 0.0, &Limits::default()).unwrap())
+            .map(|p| p.value)
+            .collect();
+        assert_eq!(back, [0.1, 7.0, f64::NEG_INFINITY]);
     }
 
     #[test]

@@ -1,0 +1,238 @@
+//! Worker threads: each owns the buckets of the output series hashed to it, receives
+//! batches over a bounded crossbeam channel, and sweeps its [`SeriesTable`] every
+//! `flush_tick`.
+//!
+//! A panic while applying a batch is caught at the loop: the batch's datapoints are counted
+//! as `panic` drops and the worker goes on with the next batch.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
+
+use super::series::{SeriesTable, Settings};
+use crate::datapoint::OutBatch;
+use crate::drops::{DropReason, DropTally, Stats};
+use crate::route::SeriesKey;
+
+/// Where workers hand their emitted aggregates (the destinations, or a test collector).
+/// Must not block.
+pub trait Sink: Send + Sync {
+    /// Takes one batch of emitted datapoints.
+    fn send(&self, batch: OutBatch);
+}
+
+/// One datapoint for one output series.
+#[derive(Debug)]
+pub struct WorkItem {
+    /// The output series.
+    pub key: Arc<SeriesKey>,
+    /// Unix seconds.
+    pub timestamp: f64,
+    /// The value.
+    pub value: f64,
+}
+
+/// A message to a worker.
+#[derive(Debug)]
+pub enum WorkerMsg {
+    /// Datapoints to add.
+    Batch(Vec<WorkItem>),
+    /// Emit every dirty bucket, open or not, then exit.
+    Shutdown,
+}
+
+/// The current time as Unix seconds.
+pub fn now_unix() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// The running worker threads.
+pub struct WorkerPool {
+    senders: Vec<Sender<WorkerMsg>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// What a worker needs besides its channel.
+struct Worker {
+    index: usize,
+    table: SeriesTable,
+    tick: Duration,
+    sink: Arc<dyn Sink>,
+    stats: Arc<Stats>,
+    tally: DropTally,
+}
+
+impl Worker {
+    fn apply(&mut self, items: &[WorkItem]) {
+        let now = now_unix();
+        let mut rejected: Option<&Arc<str>> = None;
+        for it in items {
+            if let Err(reason) = self.table.add(&it.key, it.timestamp, it.value, now) {
+                self.tally.add(reason);
+                rejected = Some(&it.key.name);
+            }
+        }
+        if let Some(path) = rejected {
+            self.tally
+                .flush(&self.stats, &format_args!("series {path}"));
+        }
+    }
+
+    fn sweep(&mut self, force: bool) {
+        let mut out = Vec::new();
+        self.table.sweep(now_unix(), force, &mut out);
+        if !out.is_empty() {
+            self.stats
+                .aggregates_emitted
+                .fetch_add(out.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            self.sink.send(out.into());
+        }
+    }
+
+    fn run(mut self, rx: Receiver<WorkerMsg>) {
+        let mut next_tick = Instant::now() + self.tick;
+        loop {
+            match rx.recv_deadline(next_tick) {
+                Ok(WorkerMsg::Batch(items)) => {
+                    let r = std::panic::catch_unwind(AssertUnwindSafe(|| self.apply(&items)));
+                    if r.is_err() {
+                        self.stats.record_drop(
+                            DropReason::Panic,
+                            items.len() as u64,
+                            &format_args!("worker {} batch", self.index),
+                        );
+                    }
+                }
+                Ok(WorkerMsg::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
+                    self.sweep(true);
+                    return;
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            if Instant::now() >= next_tick {
+                self.sweep(false);
+                next_tick = Instant::now() + self.tick;
+            }
+        }
+    }
+}
+
+impl WorkerPool {
+    /// Starts `count` worker threads named `aggd-worker-N`, each with a queue of
+    /// `queue_batches` batches.
+    pub fn spawn(
+        count: usize,
+        queue_batches: usize,
+        tick: Duration,
+        settings: Settings,
+        sink: Arc<dyn Sink>,
+        stats: Arc<Stats>,
+    ) -> std::io::Result<WorkerPool> {
+        let mut senders = Vec::new();
+        let mut threads = Vec::new();
+        for index in 0..count.max(1) {
+            let (tx, rx) = bounded(queue_batches);
+            let worker = Worker {
+                index,
+                table: SeriesTable::new(settings),
+                tick,
+                sink: Arc::clone(&sink),
+                stats: Arc::clone(&stats),
+                tally: DropTally::default(),
+            };
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("aggd-worker-{index}"))
+                    .spawn(move || worker.run(rx))?,
+            );
+            senders.push(tx);
+        }
+        Ok(WorkerPool { senders, threads })
+    }
+
+    /// The workers' queues, indexed like [`Output::worker`](crate::route::Output::worker).
+    pub fn senders(&self) -> Arc<[Sender<WorkerMsg>]> {
+        self.senders.clone().into()
+    }
+
+    /// Tells every worker to flush everything and exit, and waits for them (blocking).
+    pub fn shutdown(self) {
+        for tx in &self.senders {
+            let _ = tx.send(WorkerMsg::Shutdown);
+        }
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::method::Method;
+    use crate::datapoint::OutPoint;
+    use crate::route::fnv1a64;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Collect(Mutex<Vec<OutPoint>>);
+    impl Sink for Collect {
+        fn send(&self, batch: OutBatch) {
+            self.0.lock().unwrap().extend(batch.iter().cloned());
+        }
+    }
+
+    #[test]
+    fn shutdown_flushes_open_buckets_and_counts_too_old() {
+        let sink = Arc::new(Collect::default());
+        let stats = Arc::new(Stats::default());
+        let pool = WorkerPool::spawn(
+            2,
+            4,
+            Duration::from_millis(10),
+            Settings {
+                max_intervals: 5,
+                write_back_frequency: 0,
+                max_values_per_bucket: 10,
+            },
+            sink.clone(),
+            stats.clone(),
+        )
+        .unwrap();
+        let key = Arc::new(SeriesKey {
+            name: "out".into(),
+            hash: fnv1a64(b"out"),
+            method: Method::Sum,
+            frequency: 3600,
+        });
+        let now = now_unix();
+        let items = vec![
+            WorkItem {
+                key: key.clone(),
+                timestamp: now,
+                value: 2.0,
+            },
+            WorkItem {
+                key: key.clone(),
+                timestamp: now,
+                value: 3.0,
+            },
+            WorkItem {
+                key: key.clone(),
+                timestamp: now - 86400.0,
+                value: 9.0,
+            },
+        ];
+        pool.senders()[0].send(WorkerMsg::Batch(items)).unwrap();
+        pool.shutdown();
+        let got = sink.0.lock().unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].value.as_f64(), 5.0);
+        assert_eq!(stats.drops(DropReason::TooOld), 1);
+    }
+}

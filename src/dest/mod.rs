@@ -1,0 +1,236 @@
+//! Destinations: carbon-cache, go-carbon, a relay, or stdout.
+//!
+//! Each destination has its own bounded queue (counted in datapoints, `queue_datapoints`)
+//! and its own sender task. Workers and listeners only ever `offer` to a queue, which never
+//! blocks: when a queue is full the batch is dropped for that destination alone and counted
+//! as `destination_full`. A dead or slow destination therefore fills only its own queue.
+//!
+//! The sender connects (and reconnects after any error) with exponential backoff from
+//! 100 ms to 5 s, coalesces queued batches into writes of up to ~10 000 datapoints, and
+//! writes carbon pickle frames (protocol 2, `max_datapoints_per_message` per frame) or
+//! plaintext lines. A batch whose write failed is written again after reconnecting.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::aggregate::worker::Sink;
+use crate::codec::{pickle, plaintext};
+use crate::config::{DestAddress, DestProtocol, DestinationConfig};
+use crate::datapoint::OutBatch;
+use crate::drops::{DropReason, Stats};
+
+/// Counters of one destination.
+#[derive(Debug, Default)]
+pub struct DestCounters {
+    /// Datapoints written.
+    pub sent: AtomicU64,
+    /// Datapoints dropped because the queue was full.
+    pub full_queue_drops: AtomicU64,
+    /// Datapoints waiting in the queue now.
+    pub queued: AtomicUsize,
+}
+
+struct Dest {
+    name: String,
+    tx: mpsc::Sender<OutBatch>,
+    max_queued: usize,
+    counters: Arc<DestCounters>,
+}
+
+/// The destinations' queues; a [`Sink`] that offers each batch to every destination.
+pub struct Destinations {
+    dests: Vec<Dest>,
+    stats: Arc<Stats>,
+}
+
+/// Handle on the running sender tasks.
+pub struct Senders {
+    tasks: Vec<JoinHandle<()>>,
+    drain: CancellationToken,
+}
+
+impl Destinations {
+    /// Starts one sender task per destination on the current tokio runtime.
+    pub fn start(configs: &[DestinationConfig], stats: Arc<Stats>) -> (Arc<Destinations>, Senders) {
+        let drain = CancellationToken::new();
+        let mut dests = Vec::new();
+        let mut tasks = Vec::new();
+        for cfg in configs {
+            let (tx, rx) = mpsc::channel(cfg.queue_datapoints.clamp(16, 1 << 16));
+            let counters = Arc::new(DestCounters::default());
+            tasks.push(tokio::spawn(run_sender(
+                cfg.clone(),
+                rx,
+                Arc::clone(&counters),
+                Arc::clone(&stats),
+                drain.clone(),
+            )));
+            dests.push(Dest {
+                name: cfg.name().to_string(),
+                tx,
+                max_queued: cfg.queue_datapoints,
+                counters,
+            });
+        }
+        (
+            Arc::new(Destinations { dests, stats }),
+            Senders { tasks, drain },
+        )
+    }
+
+    /// Each destination's name and counters.
+    pub fn counters(&self) -> impl Iterator<Item = (&str, &DestCounters)> {
+        self.dests.iter().map(|d| (d.name.as_str(), &*d.counters))
+    }
+}
+
+impl Sink for Destinations {
+    fn send(&self, batch: OutBatch) {
+        let n = batch.len();
+        for d in &self.dests {
+            let before = d.counters.queued.fetch_add(n, Ordering::Relaxed);
+            if before + n > d.max_queued || d.tx.try_send(Arc::clone(&batch)).is_err() {
+                d.counters.queued.fetch_sub(n, Ordering::Relaxed);
+                d.counters
+                    .full_queue_drops
+                    .fetch_add(n as u64, Ordering::Relaxed);
+                self.stats.record_drop(
+                    DropReason::DestinationFull,
+                    n as u64,
+                    &format_args!("destination {}", d.name),
+                );
+            }
+        }
+    }
+}
+
+impl Senders {
+    /// Lets every sender write what is queued, then stop; waits at most `timeout`. What is
+    /// still queued after that is counted as `destination_down` and the tasks are stopped.
+    pub async fn drain(self, dests: &Destinations, timeout: Duration) {
+        self.drain.cancel();
+        let deadline = tokio::time::Instant::now() + timeout;
+        for t in self.tasks {
+            let abort = t.abort_handle();
+            if tokio::time::timeout_at(deadline, t).await.is_err() {
+                abort.abort();
+            }
+        }
+        for d in &dests.dests {
+            let left = d.counters.queued.swap(0, Ordering::Relaxed);
+            dests.stats.record_drop(
+                DropReason::DestinationDown,
+                left as u64,
+                &format_args!("destination {} not reachable before shutdown", d.name),
+            );
+        }
+    }
+}
+
+type Conn = Box<dyn AsyncWrite + Unpin + Send>;
+
+async fn connect(cfg: &DestinationConfig) -> std::io::Result<Conn> {
+    match &cfg.address {
+        DestAddress::Stdout => Ok(Box::new(tokio::io::stdout())),
+        DestAddress::Tcp(addr) => {
+            let s = tokio::net::TcpStream::connect(addr.as_str()).await?;
+            s.set_nodelay(true)?;
+            Ok(Box::new(s))
+        }
+    }
+}
+
+fn encode(cfg: &DestinationConfig, batches: &[OutBatch], buf: &mut Vec<u8>) {
+    buf.clear();
+    let pickle_out = cfg.protocol == DestProtocol::Pickle && cfg.address != DestAddress::Stdout;
+    for b in batches {
+        if pickle_out {
+            if let Err(e) = pickle::encode_frames(b, cfg.max_datapoints_per_message, buf) {
+                tracing::error!(error = %e, "pickle encoding failed");
+            }
+        } else {
+            plaintext::encode_lines(b, buf);
+        }
+    }
+}
+
+async fn run_sender(
+    cfg: DestinationConfig,
+    mut rx: mpsc::Receiver<OutBatch>,
+    counters: Arc<DestCounters>,
+    stats: Arc<Stats>,
+    drain: CancellationToken,
+) {
+    let mut conn: Option<Conn> = None;
+    let mut backoff = Duration::from_millis(100);
+    let mut last_warn: Option<Instant> = None;
+    let mut buf = Vec::new();
+    let mut batches = Vec::new();
+    loop {
+        let first = tokio::select! {
+            biased;
+            b = rx.recv() => b,
+            _ = drain.cancelled() => rx.try_recv().ok(),
+        };
+        let Some(first) = first else { break };
+        let mut n = first.len();
+        batches.clear();
+        batches.push(first);
+        while n < 10_000 {
+            match rx.try_recv() {
+                Ok(b) => {
+                    n += b.len();
+                    batches.push(b);
+                }
+                Err(_) => break,
+            }
+        }
+        encode(&cfg, &batches, &mut buf);
+        loop {
+            let c = match conn.as_mut() {
+                Some(c) => c,
+                None => match connect(&cfg).await {
+                    Ok(c) => {
+                        tracing::info!(destination = cfg.name(), "connected");
+                        backoff = Duration::from_millis(100);
+                        conn.insert(c)
+                    }
+                    Err(e) => {
+                        if last_warn.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+                            tracing::warn!(destination = cfg.name(), error = %e, "cannot connect; retrying");
+                            last_warn = Some(Instant::now());
+                        }
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                },
+            };
+            match async {
+                c.write_all(&buf).await?;
+                c.flush().await
+            }
+            .await
+            {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(destination = cfg.name(), error = %e, "write failed; reconnecting");
+                    conn = None;
+                }
+            }
+        }
+        counters.queued.fetch_sub(n, Ordering::Relaxed);
+        counters.sent.fetch_add(n as u64, Ordering::Relaxed);
+        stats.sent.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    if let Some(mut c) = conn {
+        let _ = c.flush().await;
+        let _ = c.shutdown().await;
+    }
+}

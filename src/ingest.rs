@@ -1,0 +1,174 @@
+//! The per-connection path from decoded datapoints to worker queues.
+//!
+//! An [`Ingest`] belongs to one connection (or UDP socket). For each accepted datapoint it
+//! looks up the route (a shared cache hit in the common case) and appends one
+//! [`WorkItem`] per output series to that series' worker batch, and the raw datapoint to the
+//! forward batch if `forward_all` applies. Nothing here blocks or allocates per datapoint
+//! beyond the batch vectors' growth. Batches are handed on by [`Ingest::flush`] (TCP: waits
+//! while a worker queue is full, which slows this connection only) or
+//! [`Ingest::flush_nowait`] (UDP: a full queue drops the batch as `queue_full`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crossbeam_channel::{Sender, TrySendError};
+
+use crate::aggregate::worker::{Sink, WorkItem, WorkerMsg};
+use crate::codec::{Limits, plaintext};
+use crate::datapoint::{Datapoint, OutPoint, OutValue};
+use crate::drops::{DropReason, DropTally, Stats};
+use crate::route::Router;
+
+/// Everything a connection needs, shared by all connections.
+pub struct Pipeline {
+    /// Route cache and rules.
+    pub router: Arc<Router>,
+    /// Worker queues.
+    pub workers: Arc<[Sender<WorkerMsg>]>,
+    /// Where forwarded raw datapoints go (the destinations).
+    pub forward: Arc<dyn Sink>,
+    /// Counters.
+    pub stats: Arc<Stats>,
+    /// Decoder limits.
+    pub limits: Limits,
+}
+
+/// Per-connection batching state.
+pub struct Ingest {
+    p: Arc<Pipeline>,
+    peer: SocketAddr,
+    pending: Vec<Vec<WorkItem>>,
+    forwards: Vec<OutPoint>,
+    tally: DropTally,
+    received: u64,
+}
+
+impl Ingest {
+    /// State for one connection from `peer`.
+    pub fn new(p: Arc<Pipeline>, peer: SocketAddr) -> Self {
+        let n = p.workers.len();
+        Ingest {
+            p,
+            peer,
+            pending: (0..n).map(|_| Vec::new()).collect(),
+            forwards: Vec::new(),
+            tally: DropTally::default(),
+            received: 0,
+        }
+    }
+
+    /// The decoder limits.
+    pub fn limits(&self) -> &Limits {
+        &self.p.limits
+    }
+
+    /// Takes one decoder result: a datapoint to route, or a rejection to count.
+    #[inline]
+    pub fn accept(&mut self, r: Result<Datapoint<'_>, DropReason>) {
+        let dp = match r {
+            Ok(dp) => dp,
+            Err(reason) => return self.tally.add(reason),
+        };
+        self.received += 1;
+        let Ingest {
+            p,
+            pending,
+            forwards,
+            ..
+        } = self;
+        p.router.with_route(dp.path, |route| {
+            for o in route.outputs.iter() {
+                pending[o.worker].push(WorkItem {
+                    key: Arc::clone(&o.key),
+                    timestamp: dp.timestamp,
+                    value: dp.value,
+                });
+            }
+            if let Some(name) = &route.forward {
+                forwards.push(OutPoint {
+                    path: Arc::clone(name),
+                    timestamp: dp.timestamp,
+                    value: OutValue::Float(dp.value),
+                });
+            }
+        });
+    }
+
+    /// Counts `n` rejections of `reason` found by a framer.
+    pub fn reject(&mut self, reason: DropReason, n: u64) {
+        for _ in 0..n {
+            self.tally.add(reason);
+        }
+    }
+
+    /// Parses a run of complete plaintext lines (or one datagram).
+    pub fn plaintext(&mut self, chunk: &[u8], now: f64) {
+        let limits = self.p.limits.clone();
+        for line in plaintext::lines(chunk) {
+            match plaintext::parse_line(line, now, &limits) {
+                Ok(Some(dp)) => self.accept(Ok(dp)),
+                Ok(None) => {}
+                Err(reason) => self.tally.add(reason),
+            }
+        }
+    }
+
+    fn settle(&mut self) {
+        if !self.forwards.is_empty() {
+            let batch = std::mem::take(&mut self.forwards);
+            self.p
+                .stats
+                .forwarded
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            self.p.forward.send(batch.into());
+        }
+        let received = std::mem::take(&mut self.received);
+        self.p.stats.received.fetch_add(received, Ordering::Relaxed);
+        self.tally
+            .flush(&self.p.stats, &format_args!("from {}", self.peer));
+    }
+
+    /// Hands every pending batch to its worker, waiting while a queue is full
+    /// (backpressure on this connection only).
+    pub async fn flush(&mut self) {
+        for i in 0..self.pending.len() {
+            if self.pending[i].is_empty() {
+                continue;
+            }
+            let mut msg = WorkerMsg::Batch(std::mem::take(&mut self.pending[i]));
+            loop {
+                match self.p.workers[i].try_send(msg) {
+                    Ok(()) => break,
+                    Err(TrySendError::Full(m)) => {
+                        msg = m;
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    Err(TrySendError::Disconnected(_)) => break,
+                }
+            }
+        }
+        self.settle();
+    }
+
+    /// Hands every pending batch to its worker; a batch whose queue is full is dropped and
+    /// counted as `queue_full`.
+    pub fn flush_nowait(&mut self) {
+        for i in 0..self.pending.len() {
+            if self.pending[i].is_empty() {
+                continue;
+            }
+            let batch = std::mem::take(&mut self.pending[i]);
+            let n = batch.len() as u64;
+            if self.p.workers[i].try_send(WorkerMsg::Batch(batch)).is_err() {
+                self.p.stats.record_drop(
+                    DropReason::QueueFull,
+                    n,
+                    &format_args!("worker {i} queue full, datagram from {}", self.peer),
+                );
+            }
+        }
+        self.settle();
+    }
+}

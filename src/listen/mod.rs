@@ -1,0 +1,110 @@
+//! Listeners: carbon plaintext over TCP and UDP, carbon pickle over TCP.
+//!
+//! A listener only reads, frames, decodes and hands batches on through an [`Ingest`]. It
+//! waits on nothing but its own socket and, for TCP, a full worker queue. Sockets come in
+//! already bound ([`BoundListener`]), so tests bind port 0 and systemd socket activation is
+//! the same case.
+//!
+//! On shutdown each connection reads what the kernel has already buffered (without waiting
+//! for more), processes the complete lines or frames in it, and closes.
+
+mod tcp;
+mod udp;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{ListenerConfig, Protocol, Transport};
+use crate::ingest::Pipeline;
+
+/// A bound listening socket and what it speaks.
+#[derive(Debug)]
+pub enum BoundListener {
+    /// A TCP listener (plaintext or pickle).
+    Tcp {
+        /// Input protocol.
+        protocol: Protocol,
+        /// The bound socket.
+        listener: std::net::TcpListener,
+    },
+    /// A UDP socket (plaintext).
+    Udp(std::net::UdpSocket),
+}
+
+impl BoundListener {
+    /// Binds the socket a listener config names.
+    pub fn bind(cfg: &ListenerConfig) -> std::io::Result<BoundListener> {
+        Ok(match cfg.transport {
+            Transport::Tcp => BoundListener::Tcp {
+                protocol: cfg.protocol,
+                listener: std::net::TcpListener::bind(cfg.address.as_str())?,
+            },
+            Transport::Udp => BoundListener::Udp(std::net::UdpSocket::bind(cfg.address.as_str())?),
+        })
+    }
+
+    /// Binds every listener of a config.
+    pub fn bind_all(cfgs: &[ListenerConfig]) -> std::io::Result<Vec<BoundListener>> {
+        cfgs.iter()
+            .map(|c| {
+                BoundListener::bind(c).map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("cannot bind {}: {e}", c.address))
+                })
+            })
+            .collect()
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match self {
+            BoundListener::Tcp { listener, .. } => listener.local_addr(),
+            BoundListener::Udp(s) => s.local_addr(),
+        }
+    }
+
+    /// `plaintext/tcp`, `pickle/tcp` or `plaintext/udp`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BoundListener::Tcp {
+                protocol: Protocol::Plaintext,
+                ..
+            } => "plaintext/tcp",
+            BoundListener::Tcp {
+                protocol: Protocol::Pickle,
+                ..
+            } => "pickle/tcp",
+            BoundListener::Udp(_) => "plaintext/udp",
+        }
+    }
+
+    /// Serves this listener until `shutdown`; connection tasks are spawned on `tracker`.
+    pub(crate) fn serve(
+        self,
+        pipeline: Arc<Pipeline>,
+        shutdown: CancellationToken,
+        tracker: &TaskTracker,
+    ) -> std::io::Result<()> {
+        match self {
+            BoundListener::Tcp { protocol, listener } => {
+                listener.set_nonblocking(true)?;
+                let l = tokio::net::TcpListener::from_std(listener)?;
+                tracker.spawn(tcp::accept_loop(
+                    l,
+                    protocol,
+                    pipeline,
+                    shutdown,
+                    tracker.clone(),
+                ));
+            }
+            BoundListener::Udp(sock) => {
+                sock.set_nonblocking(true)?;
+                let s = tokio::net::UdpSocket::from_std(sock)?;
+                tracker.spawn(udp::serve(s, pipeline, shutdown));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,238 @@
+//! Routing: which output series a metric path feeds, computed once per distinct path.
+//!
+//! A route is the `[pre]`-rewritten path matched against every aggregation rule (one
+//! [`RegexSet`](regex::RegexSet) pass, then captures for the matching rules only), plus the
+//! `[post]`-rewritten name to forward when `forward_all` is on and no output equals the
+//! path itself (carbon's rule). Routes are cached in a concurrent map shared by all
+//! listener tasks; when it reaches `route_cache_entries` it is emptied and refills on
+//! demand, which keeps memory bounded without bookkeeping on the hit path.
+//!
+//! Each output series is owned by one worker: `fnv1a64(name) % workers`, a stable hash, so
+//! the same series always lands on the same worker and its buckets need no locks.
+
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+use crate::aggregate::method::Method;
+use crate::config::Aggregation;
+
+/// FNV-1a, 64-bit (Fowler–Noll–Vo): the stable hash that assigns series to workers.
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// Identity of an output series, shared between the route cache and the owning worker.
+///
+/// Equality and hashing use the name only: carbon keys buffers by output name, and the
+/// rule that created the buffer first decides its method and frequency.
+#[derive(Debug)]
+pub struct SeriesKey {
+    /// Output metric path.
+    pub name: Arc<str>,
+    /// `fnv1a64(name)`, reused as the worker's hash-map hash.
+    pub hash: u64,
+    /// Method of the rule that produced this route.
+    pub method: Method,
+    /// Interval length in seconds.
+    pub frequency: u32,
+}
+
+impl PartialEq for SeriesKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+impl Eq for SeriesKey {}
+impl Hash for SeriesKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+/// A hasher for keys that carry their own precomputed hash ([`SeriesKey`]).
+#[derive(Default)]
+pub struct PrehashedHasher(u64);
+
+impl Hasher for PrehashedHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only reached for keys without a precomputed hash; fold the bytes in.
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// `BuildHasher` for maps keyed by [`SeriesKey`].
+pub type Prehashed = BuildHasherDefault<PrehashedHasher>;
+
+/// One output series a path feeds, and the worker that owns it.
+#[derive(Clone, Debug)]
+pub struct Output {
+    /// The series.
+    pub key: Arc<SeriesKey>,
+    /// Index of the owning worker.
+    pub worker: usize,
+    /// Index of the rule (file order) that produced it.
+    pub rule: usize,
+}
+
+/// Everything aggd does with datapoints of one metric path.
+#[derive(Clone, Debug, Default)]
+pub struct Route {
+    /// The path after `[pre]` rewrites.
+    pub rewritten: Arc<str>,
+    /// Output series, in rule order.
+    pub outputs: Box<[Output]>,
+    /// Name to forward the raw datapoint under, if `forward_all` applies.
+    pub forward: Option<Arc<str>>,
+}
+
+/// Computes and caches routes.
+pub struct Router {
+    aggregation: Aggregation,
+    workers: usize,
+    cache: DashMap<Box<str>, Route>,
+}
+
+impl Router {
+    /// A router for `workers` workers (at least 1).
+    pub fn new(aggregation: Aggregation, workers: usize) -> Self {
+        Router {
+            aggregation,
+            workers: workers.max(1),
+            cache: DashMap::new(),
+        }
+    }
+
+    /// Number of cached routes.
+    pub fn cached(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// Computes the route of `path` without the cache.
+    pub fn compute(&self, path: &str) -> Route {
+        let a = &self.aggregation;
+        let rewritten = a.rewrite.apply_pre(path);
+        let rules = a.rules.rules();
+        let outputs: Box<[Output]> = a
+            .rules
+            .matches(&rewritten)
+            .into_iter()
+            .map(|(i, name)| {
+                let hash = fnv1a64(name.as_bytes());
+                Output {
+                    worker: (hash % self.workers as u64) as usize,
+                    rule: i,
+                    key: Arc::new(SeriesKey {
+                        name: name.into(),
+                        hash,
+                        method: rules[i].method,
+                        frequency: rules[i].frequency,
+                    }),
+                }
+            })
+            .collect();
+        let forward = (a.forward_all && !outputs.iter().any(|o| *o.key.name == *rewritten))
+            .then(|| Arc::from(a.rewrite.apply_post(&rewritten).as_ref()));
+        Route {
+            rewritten: Arc::from(rewritten.as_ref()),
+            outputs,
+            forward,
+        }
+    }
+
+    /// Calls `f` with the route of `path`, computing and caching it on a miss.
+    #[inline]
+    pub fn with_route<T>(&self, path: &str, f: impl FnOnce(&Route) -> T) -> T {
+        if let Some(r) = self.cache.get(path) {
+            return f(&r);
+        }
+        let route = self.compute(path);
+        let out = f(&route);
+        if self.cache.len() >= self.aggregation.route_cache_entries {
+            self.cache.clear();
+        }
+        self.cache.insert(path.into(), route);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::aggregation::AggregationRules;
+    use crate::rules::rewrite::RewriteRules;
+    use std::path::{Path, PathBuf};
+
+    fn aggregation(rules: &str, rewrite: &str, forward_all: bool, cache: usize) -> Aggregation {
+        Aggregation {
+            rules_file: PathBuf::from("r"),
+            rules: Arc::new(AggregationRules::parse(rules, Path::new("r")).unwrap()),
+            rewrite_file: None,
+            rewrite: Arc::new(RewriteRules::parse(rewrite, Path::new("w")).unwrap()),
+            forward_all,
+            max_intervals: 5,
+            write_back_frequency: 0,
+            route_cache_entries: cache,
+            max_values_per_bucket: 10,
+        }
+    }
+
+    #[test]
+    fn fnv_known_answers() {
+        // Published FNV-1a 64 test vectors.
+        assert_eq!(fnv1a64(b""), 0xcbf29ce484222325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63dc4c8601ec8c);
+        assert_eq!(fnv1a64(b"foobar"), 0x85944171f73967e8);
+    }
+
+    #[test]
+    fn routes_rewrite_match_and_forward() {
+        let r = Router::new(
+            aggregation(
+                "<h>.total (60) = sum <h>.*\nsame (60) = sum same\n",
+                "[pre]\n^old = new\n[post]\n$ = .raw\n",
+                true,
+                100,
+            ),
+            4,
+        );
+        let route = r.compute("old1.cpu");
+        assert_eq!(&*route.rewritten, "new1.cpu");
+        assert_eq!(&*route.outputs[0].key.name, "new1.total");
+        assert_eq!(
+            route.outputs[0].worker,
+            (fnv1a64(b"new1.total") % 4) as usize
+        );
+        assert_eq!(route.forward.as_deref(), Some("new1.cpu.raw"));
+        // An output equal to its input is not forwarded (carbon's FORWARD_ALL exception).
+        assert!(r.compute("same").forward.is_none());
+        // Unmatched paths are still forwarded.
+        let route = r.compute("x");
+        assert!(route.outputs.is_empty());
+        assert_eq!(route.forward.as_deref(), Some("x.raw"));
+    }
+
+    #[test]
+    fn cache_is_bounded() {
+        let r = Router::new(aggregation("t (60) = sum *\n", "", false, 10), 2);
+        for i in 0..100 {
+            let n = r.with_route(&format!("p{i}"), |route| route.outputs.len());
+            assert_eq!(n, 1);
+            assert!(r.cached() <= 10);
+        }
+    }
+}
