@@ -1,0 +1,221 @@
+//! Shared helpers for the integration tests: temp dirs, configs, a capturing carbon
+//! downstream on a real socket, and an in-process aggd.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// A fresh directory under the system temp dir.
+pub fn tempdir(tag: &str) -> PathBuf {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let d = std::env::temp_dir().join(format!("aggd-it-{tag}-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Unix seconds now.
+pub fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// Start of the interval before the current one, for frequency `f`.
+pub fn previous_bucket(f: i64) -> i64 {
+    let n = now() as i64;
+    n - n.rem_euclid(f) - f
+}
+
+/// What a downstream received: the last value per (path, timestamp), as whisper keeps it,
+/// and how many datapoints arrived in all.
+#[derive(Default, Debug)]
+pub struct Received {
+    pub last: BTreeMap<(String, i64), f64>,
+    pub datapoints: usize,
+}
+
+/// A carbon downstream on 127.0.0.1:0 that decodes pickle frames with serde-pickle (the
+/// oracle) or plaintext lines, and records everything it receives.
+pub struct Capture {
+    pub addr: SocketAddr,
+    pub received: Arc<Mutex<Received>>,
+}
+
+fn record(rx: &Mutex<Received>, path: String, ts: f64, value: f64) {
+    let mut r = rx.lock().unwrap();
+    r.datapoints += 1;
+    r.last.insert((path, ts as i64), value);
+}
+
+fn number(v: &serde_pickle::Value) -> f64 {
+    match v {
+        serde_pickle::Value::F64(f) => *f,
+        serde_pickle::Value::I64(i) => *i as f64,
+        other => panic!("not a number: {other:?}"),
+    }
+}
+
+fn serve_pickle(mut s: std::net::TcpStream, rx: Arc<Mutex<Received>>) {
+    loop {
+        let mut len = [0u8; 4];
+        if s.read_exact(&mut len).is_err() {
+            return;
+        }
+        let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+        s.read_exact(&mut body).unwrap();
+        assert_eq!(&body[..2], b"\x80\x02", "aggd must send pickle protocol 2");
+        let v = serde_pickle::value_from_slice(&body, serde_pickle::DeOptions::new()).unwrap();
+        let serde_pickle::Value::List(items) = v else {
+            panic!("frame is not a list")
+        };
+        for it in items {
+            let serde_pickle::Value::Tuple(pair) = it else {
+                panic!("element not a tuple")
+            };
+            let serde_pickle::Value::String(path) = &pair[0] else {
+                panic!("path not str")
+            };
+            let serde_pickle::Value::Tuple(tv) = &pair[1] else {
+                panic!("(ts, v) not a tuple")
+            };
+            record(&rx, path.clone(), number(&tv[0]), number(&tv[1]));
+        }
+    }
+}
+
+fn serve_plaintext(s: std::net::TcpStream, rx: Arc<Mutex<Received>>) {
+    use std::io::BufRead;
+    for line in std::io::BufReader::new(s).lines() {
+        let Ok(line) = line else { return };
+        let f: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(f.len(), 3, "bad line from aggd: {line:?}");
+        record(
+            &rx,
+            f[0].to_string(),
+            f[2].parse().unwrap(),
+            f[1].parse().unwrap(),
+        );
+    }
+}
+
+impl Capture {
+    /// Starts a capturing downstream speaking `protocol` ("pickle" or "plaintext").
+    pub fn start(protocol: &'static str) -> Capture {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let received = Arc::new(Mutex::new(Received::default()));
+        let rx = received.clone();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(s) = s else { return };
+                let rx = rx.clone();
+                std::thread::spawn(move || match protocol {
+                    "pickle" => serve_pickle(s, rx),
+                    _ => serve_plaintext(s, rx),
+                });
+            }
+        });
+        Capture { addr, received }
+    }
+
+    /// The last value received for `path` at `ts`.
+    pub fn value(&self, path: &str, ts: i64) -> Option<f64> {
+        self.received
+            .lock()
+            .unwrap()
+            .last
+            .get(&(path.to_string(), ts))
+            .copied()
+    }
+
+    /// All (path, ts) → value received.
+    pub fn snapshot(&self) -> BTreeMap<(String, i64), f64> {
+        self.received.lock().unwrap().last.clone()
+    }
+
+    /// Waits (up to 20 s) until `pred` holds for the received values.
+    pub fn wait_for(&self, what: &str, pred: impl Fn(&BTreeMap<(String, i64), f64>) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if pred(&self.received.lock().unwrap().last) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; downstream has {:?}",
+                self.snapshot()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Writes `aggd.toml` (listeners on port 0, given rules, one destination) into `dir`.
+pub fn write_config(
+    dir: &std::path::Path,
+    rules: &str,
+    extra_aggregation: &str,
+    destination: &str,
+    dest_protocol: &str,
+) -> PathBuf {
+    std::fs::write(dir.join("aggregation-rules.conf"), rules).unwrap();
+    let cfg = dir.join("aggd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[listen]]\nprotocol = \"plaintext\"\naddress = \"127.0.0.1:0\"\n\
+             [[listen]]\nprotocol = \"plaintext\"\ntransport = \"udp\"\naddress = \"127.0.0.1:0\"\n\
+             [[listen]]\nprotocol = \"pickle\"\naddress = \"127.0.0.1:0\"\n\
+             [aggregation]\nrules = \"aggregation-rules.conf\"\n{extra_aggregation}\n\
+             [workers]\ncount = 2\nflush_tick_ms = 50\n\
+             [[destination]]\naddress = \"{destination}\"\nprotocol = \"{dest_protocol}\"\n"
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+/// Loads `cfg`, binds its listeners and starts aggd in-process.
+pub async fn start_aggd(cfg: &std::path::Path) -> aggd::server::Server {
+    let config = aggd::config::Config::load(cfg).unwrap();
+    let listeners = aggd::listen::BoundListener::bind_all(&config.listeners).unwrap();
+    aggd::server::start(config, listeners).await.unwrap()
+}
+
+/// Runs CPython's own `pickle` module to send `points` as one frame with `protocol` to
+/// `addr`; fails the test with a clear message if python3 is missing.
+pub fn python_pickle_send(addr: SocketAddr, protocol: u8, points: &[(String, f64, f64)]) {
+    let data: Vec<String> = points
+        .iter()
+        .map(|(p, t, v)| format!("({p:?}, ({t:?}, {v:?}))"))
+        .collect();
+    let script = format!(
+        "import pickle, socket, struct\n\
+         data = [{}]\n\
+         body = pickle.dumps(data, protocol={protocol})\n\
+         s = socket.create_connection(('{}', {}))\n\
+         s.sendall(struct.pack('!L', len(body)) + body)\n\
+         s.close()\n",
+        data.join(", "),
+        addr.ip(),
+        addr.port()
+    );
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .expect("python3 (CPython) is required for the pickle tests: install python3");
+    assert!(
+        out.status.success(),
+        "python3 pickle sender failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,254 @@
+//! End-to-end over real sockets: aggd in-process on 127.0.0.1 ports it picked, senders
+//! speaking carbon plaintext (TCP, UDP) and pickle (CPython's own `pickle` module), and a
+//! capturing downstream that decodes with serde-pickle.
+
+mod common;
+
+use std::io::Write;
+use std::net::{TcpStream, UdpSocket};
+
+use aggd::drops::DropReason;
+use common::*;
+
+const RULES: &str = "\
+agg.<g>.sum (60) = sum in.<g>.*
+agg.<g>.count (60) = count in.<g>.*
+agg.<g>.avg (60) = avg in.<g>.*
+agg.<g>.max (60) = max in.<g>.*
+agg.<g>.p90 (60) = p90 in.<g>.*
+";
+
+/// The aggregates carbon would compute for these values.
+fn expected(g: &str, values: &[f64]) -> Vec<(String, f64)> {
+    let sum: f64 = values.iter().fold(0.0, |a, b| a + b);
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = 0.9 * (sorted.len() - 1) as f64;
+    let (lo, hi) = (rank.floor(), rank.ceil());
+    let p90 = if lo == hi {
+        sorted[lo as usize]
+    } else {
+        sorted[lo as usize] * (hi - rank) + sorted[hi as usize] * (rank - lo)
+    };
+    vec![
+        (format!("agg.{g}.sum"), sum),
+        (format!("agg.{g}.count"), values.len() as f64),
+        (format!("agg.{g}.avg"), sum / values.len() as f64),
+        (format!("agg.{g}.max"), sorted[sorted.len() - 1]),
+        (format!("agg.{g}.p90"), p90),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_udp_and_pickle_aggregate_exactly() {
+    let capture = Capture::start("pickle");
+    let dir = tempdir("e2e");
+    let cfg = write_config(&dir, RULES, "", &capture.addr.to_string(), "pickle");
+    let server = start_aggd(&cfg).await;
+    let base = previous_bucket(60);
+    let mut want = Vec::new();
+
+    // Plaintext over TCP, with bad lines in between that must not close the connection,
+    // and a last line without a newline.
+    let tcp_values: Vec<f64> = (0..50).map(|i| f64::from(i) * 1.5 - 10.0).collect();
+    let mut payload = Vec::new();
+    for (i, v) in tcp_values.iter().enumerate() {
+        write!(
+            payload,
+            "in.tcp.h{} {v} {}\n",
+            i % 7,
+            base + (i as i64 % 60)
+        )
+        .unwrap();
+        if i == 10 {
+            payload.extend_from_slice(b"in.tcp.bad not_a_number 1\n");
+            payload.extend_from_slice(b"in.tcp.\xff\xfe 1 1\n");
+            write!(payload, "in.tcp.h1 1 inf\n").unwrap();
+            write!(payload, "in.tcp.h1 nan {base}\n").unwrap();
+            payload.extend_from_slice(format!("{} 1 1\n", "x".repeat(20000)).as_bytes());
+        }
+    }
+    payload.truncate(payload.len() - 1); // last line without '\n'
+    let addr = server.addr("plaintext/tcp").unwrap();
+    tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        // Write in small pieces so lines are split across reads.
+        for piece in payload.chunks(7) {
+            s.write_all(piece).unwrap();
+        }
+    })
+    .await
+    .unwrap();
+    want.extend(expected("tcp", &tcp_values));
+
+    // Plaintext over UDP: several multi-line datagrams.
+    let udp_values: Vec<f64> = (0..30).map(|i| f64::from(i * i)).collect();
+    let udp_addr = server.addr("plaintext/udp").unwrap();
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for chunk in udp_values.chunks(10) {
+        let mut dgram = String::new();
+        for (i, v) in chunk.iter().enumerate() {
+            dgram.push_str(&format!("in.udp.h{i} {v} {}\n", base + 3));
+        }
+        sock.send_to(dgram.as_bytes(), udp_addr).unwrap();
+    }
+    want.extend(expected("udp", &udp_values));
+
+    // Pickle frames written by CPython, protocols 0, 2 and 4; ints and floats mixed.
+    let pickle_addr = server.addr("pickle/tcp").unwrap();
+    for proto in [0u8, 2, 4] {
+        let g = format!("pk{proto}");
+        let values: Vec<f64> = (0..20)
+            .map(|i| f64::from(i) + f64::from(proto) / 4.0)
+            .collect();
+        let points: Vec<(String, f64, f64)> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (format!("in.{g}.h{i}"), (base + i as i64) as f64, *v))
+            .collect();
+        python_pickle_send(pickle_addr, proto, &points);
+        want.extend(expected(&g, &values));
+    }
+
+    capture.wait_for("every aggregate", |got| {
+        want.iter()
+            .all(|(p, v)| got.get(&(p.clone(), base)) == Some(v))
+    });
+    for (p, v) in &want {
+        assert_eq!(capture.value(p, base), Some(*v), "{p}");
+    }
+    let stats = server.stats();
+    assert_eq!(stats.drops(DropReason::ParseError), 1);
+    assert_eq!(stats.drops(DropReason::BadUtf8), 1);
+    assert_eq!(stats.drops(DropReason::BadTimestamp), 1);
+    assert_eq!(stats.drops(DropReason::NanValue), 1);
+    assert_eq!(stats.drops(DropReason::LineTooLong), 1);
+    let received = stats.received.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(received, 50 + 30 + 60);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_future_and_bad_pickle_are_counted_not_fatal() {
+    let capture = Capture::start("plaintext");
+    let dir = tempdir("reject");
+    let cfg = write_config(
+        &dir,
+        "total (60) = sum in.*\n",
+        "",
+        &capture.addr.to_string(),
+        "plaintext",
+    );
+    let server = start_aggd(&cfg).await;
+    let base = previous_bucket(60);
+    let addr = server.addr("plaintext/tcp").unwrap();
+    let pickle_addr = server.addr("pickle/tcp").unwrap();
+    tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        write!(
+            s,
+            "in.a 1 {}\nin.a 2 {}\nin.a 4 {base}\n",
+            base - 3600,
+            base + 3600
+        )
+        .unwrap();
+        // Pickle: an oversize length prefix, a garbage frame, a GLOBAL/REDUCE frame, then a
+        // good frame on the same connection.
+        let mut p = TcpStream::connect(pickle_addr).unwrap();
+        p.write_all(&(64u32 << 20).to_be_bytes()).unwrap();
+        p.write_all(&[0u8; 1000]).unwrap();
+        drop(p);
+        let mut p = TcpStream::connect(pickle_addr).unwrap();
+        for body in [&b"\x80\x02garbage"[..], b"cos\nsystem\n(S'true'\ntR."] {
+            p.write_all(&(body.len() as u32).to_be_bytes()).unwrap();
+            p.write_all(body).unwrap();
+        }
+        let good = format!("(lp0\n(Vin.b\n(I{base}\nF8.0\ntta.");
+        p.write_all(&(good.len() as u32).to_be_bytes()).unwrap();
+        p.write_all(good.as_bytes()).unwrap();
+    })
+    .await
+    .unwrap();
+    capture.wait_for("total", |got| {
+        got.get(&("total".into(), base)) == Some(&12.0)
+    });
+    let stats = server.stats();
+    assert_eq!(stats.drops(DropReason::TooOld), 1);
+    assert_eq!(stats.drops(DropReason::TooNew), 1);
+    assert_eq!(stats.drops(DropReason::FrameTooLarge), 1);
+    assert_eq!(stats.drops(DropReason::BadFrame), 2);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forward_all_with_rewrites() {
+    let capture = Capture::start("pickle");
+    let dir = tempdir("fwd");
+    std::fs::write(
+        dir.join("rewrite-rules.conf"),
+        "[pre]\n^raw\\.(\\w+)\\. = in.\\1.\n[post]\n^in\\. = fwd.\n",
+    )
+    .unwrap();
+    let cfg = write_config(
+        &dir,
+        "agg.<g>.sum (60) = sum in.<g>.*\nin.x.same (60) = sum in.x.same\n",
+        "rewrite_rules = \"rewrite-rules.conf\"\nforward_all = true\n",
+        &capture.addr.to_string(),
+        "pickle",
+    );
+    let server = start_aggd(&cfg).await;
+    let base = previous_bucket(60);
+    let addr = server.addr("plaintext/tcp").unwrap();
+    tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        write!(
+            s,
+            "raw.x.a 1.25 {base}\nin.x.b 2 {}\nin.x.same 7 {base}\n",
+            base + 1
+        )
+        .unwrap();
+    })
+    .await
+    .unwrap();
+    capture.wait_for("aggregates and forwards", |got| got.len() >= 4);
+    let got = capture.snapshot();
+    // [pre] rewrote raw.x.a before matching; aggregates are never [post]-rewritten.
+    assert_eq!(got.get(&("agg.x.sum".into(), base)), Some(&10.25));
+    assert_eq!(got.get(&("in.x.same".into(), base)), Some(&7.0));
+    // Raw forwards carry [post] rewrites; an input equal to an output is not forwarded.
+    assert_eq!(got.get(&("fwd.x.a".into(), base)), Some(&1.25));
+    assert_eq!(got.get(&("fwd.x.b".into(), base + 1)), Some(&2.0));
+    assert!(!got.contains_key(&("fwd.x.same".into(), base)));
+    assert_eq!(got.len(), 4, "{got:?}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_flushes_open_intervals() {
+    let capture = Capture::start("pickle");
+    let dir = tempdir("flush");
+    let cfg = write_config(
+        &dir,
+        "hour.sum (3600) = sum in.*\n",
+        "",
+        &capture.addr.to_string(),
+        "pickle",
+    );
+    let server = start_aggd(&cfg).await;
+    let ts = now() as i64;
+    let bucket = ts - ts.rem_euclid(3600);
+    let addr = server.addr("plaintext/tcp").unwrap();
+    tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        write!(s, "in.a 3 {ts}\nin.b 4 {ts}\n").unwrap();
+    })
+    .await
+    .unwrap();
+    // Let the datapoints reach the worker; the interval is open, so nothing is emitted.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(capture.value("hour.sum", bucket), None);
+    server.shutdown().await;
+    capture.wait_for("flushed open bucket", |got| {
+        got.get(&("hour.sum".into(), bucket)) == Some(&7.0)
+    });
+}
