@@ -1,0 +1,193 @@
+//! End-to-end ingest benchmark: the real `aggd` binary, carbon plaintext over loopback TCP,
+//! sum and count rules, aggregates verified exactly at a capturing downstream.
+//!
+//! Workload (defaults; override with environment variables):
+//! - `AGGD_BENCH_POINTS` datapoints (10 000 000) over `AGGD_BENCH_SERIES` input series
+//!   (100 000: `bench.h{0..199}.m{0..S/200}`), sent by `AGGD_BENCH_CONNECTIONS` (4) TCP
+//!   connections, every datapoint in the previous 60 s interval;
+//! - rules `bench.sum.<m> (60) = sum bench.*.<m>` and `bench.count.<m> (60) = count …`:
+//!   1 000 output series for 100 000 inputs.
+//!
+//! Prints datapoints/s (from the first byte sent until the downstream holds every
+//! aggregate, so it includes up to one flush tick of 100 ms), aggd's CPU time (user + sys,
+//! from /proc) per datapoint, and aggd's peak RSS. Run with `cargo bench --bench ingest`.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// (user + sys CPU seconds, peak RSS bytes) of a process, from /proc.
+fn proc_usage(pid: u32) -> (f64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 of stat (utime, stime) are 11 and 12 after the command name.
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    let hz = 100.0; // USER_HZ is 100 on Linux.
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let hwm_kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    (ticks as f64 / hz, hwm_kb * 1024)
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing special. Either
+    // way the full run happens only under `cargo bench`.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("ingest benchmark: run with `cargo bench --bench ingest`");
+        return;
+    }
+    let points = env_or("AGGD_BENCH_POINTS", 10_000_000);
+    let series = env_or("AGGD_BENCH_SERIES", 100_000).max(200);
+    let conns = env_or("AGGD_BENCH_CONNECTIONS", 4).max(1);
+    let hosts = 200;
+    let metrics = series / hosts;
+
+    let capture = Capture::start("pickle");
+    let dir = tempdir("bench");
+    std::fs::write(
+        dir.join("rules.conf"),
+        "bench.sum.<m> (60) = sum bench.*.<m>\nbench.count.<m> (60) = count bench.*.<m>\n",
+    )
+    .unwrap();
+    let cfg = dir.join("aggd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[listen]]\nprotocol = \"plaintext\"\naddress = \"127.0.0.1:0\"\n\
+             [aggregation]\nrules = \"rules.conf\"\n\
+             [workers]\nflush_tick_ms = 100\n\
+             [[destination]]\naddress = \"{}\"\nprotocol = \"pickle\"\n",
+            capture.addr
+        ),
+    )
+    .unwrap();
+
+    let base = previous_bucket(60);
+    eprintln!("generating {points} datapoints over {series} series …");
+    let mut payloads = vec![Vec::with_capacity(points / conns * 32); conns];
+    let mut want_sum = vec![0u64; metrics];
+    for i in 0..points {
+        let s = i % (hosts * metrics);
+        let (h, m) = (s % hosts, s / hosts);
+        let v = (i % 10) as u64;
+        want_sum[m] += v;
+        writeln!(
+            payloads[i % conns],
+            "bench.h{h}.m{m} {v} {}",
+            base + (i % 60) as i64
+        )
+        .unwrap();
+    }
+    let mut want_count = vec![0u64; metrics];
+    for i in 0..points {
+        want_count[(i % (hosts * metrics)) / hosts] += 1;
+    }
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_aggd"))
+        .args(["run", "-c"])
+        .arg(&cfg)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr: SocketAddr = loop {
+        let line = lines.next().expect("aggd exited").unwrap();
+        if let Some(a) = line.find("address=") {
+            break line[a + 8..]
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+
+    let (cpu0, _) = proc_usage(pid);
+    let t0 = Instant::now();
+    let senders: Vec<_> = payloads
+        .into_iter()
+        .map(|p| {
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.write_all(&p).unwrap();
+            })
+        })
+        .collect();
+    for s in senders {
+        s.join().unwrap();
+    }
+    let sent_at = t0.elapsed();
+    let total = points as f64;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let counted: f64 = (0..metrics)
+            .filter_map(|m| capture.value(&format!("bench.count.m{m}"), base))
+            .sum();
+        if counted == total {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {counted} of {total} datapoints aggregated"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let elapsed = t0.elapsed();
+    let (cpu1, rss) = proc_usage(pid);
+
+    for m in 0..metrics {
+        assert_eq!(
+            capture.value(&format!("bench.sum.m{m}"), base),
+            Some(want_sum[m] as f64),
+            "bench.sum.m{m}"
+        );
+        assert_eq!(
+            capture.value(&format!("bench.count.m{m}"), base),
+            Some(want_count[m] as f64),
+            "bench.count.m{m}"
+        );
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let status = child.wait().unwrap();
+    assert!(status.success());
+
+    let secs = elapsed.as_secs_f64();
+    let cpu = cpu1 - cpu0;
+    println!(
+        "ingest: {points} datapoints, {series} input series, {} output series, {conns} TCP connections",
+        metrics * 2
+    );
+    println!(
+        "  all bytes written after {:.3} s; all aggregates verified after {secs:.3} s",
+        sent_at.as_secs_f64()
+    );
+    println!("  throughput: {:.0} datapoints/s", total / secs);
+    println!(
+        "  aggd CPU: {cpu:.2} s user+sys = {:.0} ns/datapoint",
+        cpu * 1e9 / total
+    );
+    println!("  aggd peak RSS: {:.1} MB", rss as f64 / 1e6);
+}
