@@ -53,18 +53,12 @@ async fn plaintext_udp_and_pickle_aggregate_exactly() {
     let tcp_values: Vec<f64> = (0..50).map(|i| f64::from(i) * 1.5 - 10.0).collect();
     let mut payload = Vec::new();
     for (i, v) in tcp_values.iter().enumerate() {
-        write!(
-            payload,
-            "in.tcp.h{} {v} {}\n",
-            i % 7,
-            base + (i as i64 % 60)
-        )
-        .unwrap();
+        writeln!(payload, "in.tcp.h{} {v} {}", i % 7, base + (i as i64 % 60)).unwrap();
         if i == 10 {
             payload.extend_from_slice(b"in.tcp.bad not_a_number 1\n");
             payload.extend_from_slice(b"in.tcp.\xff\xfe 1 1\n");
-            write!(payload, "in.tcp.h1 1 inf\n").unwrap();
-            write!(payload, "in.tcp.h1 nan {base}\n").unwrap();
+            writeln!(payload, "in.tcp.h1 1 inf").unwrap();
+            writeln!(payload, "in.tcp.h1 nan {base}").unwrap();
             payload.extend_from_slice(format!("{} 1 1\n", "x".repeat(20000)).as_bytes());
         }
     }
@@ -251,4 +245,82 @@ async fn shutdown_flushes_open_intervals() {
     capture.wait_for("flushed open bucket", |got| {
         got.get(&("hour.sum".into(), bucket)) == Some(&7.0)
     });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_destination_fills_only_its_own_queue() {
+    let capture = Capture::start("pickle");
+    // Port 1 is below the ephemeral range, so no bind(0) in any test can take it, and
+    // nothing listens there: connections are refused and the queue only fills.
+    let dead: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
+    assert!(
+        TcpStream::connect(dead).is_err(),
+        "something listens on {dead}"
+    );
+    let dir = tempdir("dead");
+    let cfg = write_config(
+        &dir,
+        "out.<h> (60) = sum in.<h>\n",
+        "",
+        &capture.addr.to_string(),
+        "pickle",
+    );
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(&format!(
+        "[[destination]]\naddress = \"{dead}\"\nprotocol = \"pickle\"\nqueue_datapoints = 300\n"
+    ));
+    std::fs::write(&cfg, text).unwrap();
+    let server = start_aggd(&cfg).await;
+    let base = previous_bucket(60);
+    let addr = server.addr("plaintext/tcp").unwrap();
+    tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        for h in 0..500 {
+            writeln!(s, "in.h{h} {h} {base}").unwrap();
+        }
+    })
+    .await
+    .unwrap();
+    capture.wait_for("all 500 aggregates at the live destination", |got| {
+        got.len() == 500
+    });
+    for h in 0..500 {
+        assert_eq!(
+            capture.value(&format!("out.h{h}"), base),
+            Some(f64::from(h))
+        );
+    }
+    let stats = server.stats();
+    let dests = server.destinations();
+    let (name, dead_counters) = dests.counters().nth(1).unwrap();
+    assert_eq!(name, dead.to_string());
+    let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+    // Wait until every aggregate offered to the dead destination is queued or dropped.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let (dropped, queued) = loop {
+        let dropped = load(&dead_counters.full_queue_drops);
+        let queued = dead_counters
+            .queued
+            .load(std::sync::atomic::Ordering::Relaxed) as u64;
+        if dropped + queued == 500 || std::time::Instant::now() > deadline {
+            break (dropped, queued);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    assert_eq!(
+        dropped + queued,
+        500,
+        "every aggregate is queued or counted"
+    );
+    assert!(
+        dropped > 0 && queued > 0 && queued <= 300,
+        "dropped {dropped}, queued {queued}"
+    );
+    assert_eq!(stats.drops(DropReason::DestinationFull), dropped);
+    let (_, live) = dests.counters().next().unwrap();
+    assert_eq!(load(&live.full_queue_drops), 0);
+    assert_eq!(load(&dead_counters.sent), 0);
+    server.shutdown().await;
+    // What was still queued for the dead destination at shutdown is counted too.
+    assert_eq!(stats.drops(DropReason::DestinationDown), queued);
 }

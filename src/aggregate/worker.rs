@@ -44,6 +44,9 @@ pub enum WorkerMsg {
     Shutdown,
 }
 
+/// Most datapoints per batch handed to the [`Sink`].
+pub const EMIT_BATCH: usize = 1000;
+
 /// The current time as Unix seconds.
 pub fn now_unix() -> f64 {
     SystemTime::now()
@@ -86,11 +89,13 @@ impl Worker {
     fn sweep(&mut self, force: bool) {
         let mut out = Vec::new();
         self.table.sweep(now_unix(), force, &mut out);
-        if !out.is_empty() {
-            self.stats
-                .aggregates_emitted
-                .fetch_add(out.len() as u64, std::sync::atomic::Ordering::Relaxed);
-            self.sink.send(out.into());
+        self.stats
+            .aggregates_emitted
+            .fetch_add(out.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        // A sweep at an interval boundary can emit every series at once; in batches, a
+        // destination queue smaller than the sweep still takes what fits.
+        for batch in out.chunks(EMIT_BATCH) {
+            self.sink.send(batch.into());
         }
     }
 

@@ -10,7 +10,7 @@
 //! | ENABLE_UDP_LISTENER, UDP_RECEIVER_INTERFACE / _PORT | False, 0.0.0.0 / 2003 | plaintext UDP listener |
 //! | DESTINATIONS | (none) | `host:port[:instance]` list; the instance is ignored |
 //! | DESTINATION_PROTOCOL | pickle | `pickle` or `line` (plaintext) |
-//! | MAX_QUEUE_SIZE | 10000 | destination queue, datapoints |
+//! | MAX_QUEUE_SIZE | 10000 | destination queue, datapoints, but at least aggd's default 100 000 (aggd emits whole intervals at once, where carbon's per-series timers spread them) |
 //! | MAX_DATAPOINTS_PER_MESSAGE | 500 | datapoints per pickle frame |
 //! | PICKLE_RECEIVER_MAX_LENGTH | 1048576 | largest pickle frame |
 //! | FORWARD_ALL | True | `forward_all` |
@@ -162,7 +162,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             ));
         }
     };
-    let queue = num("MAX_QUEUE_SIZE", 10_000)? as usize;
+    let queue = (num("MAX_QUEUE_SIZE", 10_000)? as usize).max(super::default_queue_datapoints());
     let per_message = num("MAX_DATAPOINTS_PER_MESSAGE", 500)? as usize;
     let mut destination = Vec::new();
     for entry in get("DESTINATIONS").unwrap_or("").split(',') {
@@ -265,7 +265,7 @@ mod tests {
             DestAddress::Tcp("127.0.0.1:2104".into())
         );
         assert_eq!(c.destinations[0].protocol, DestProtocol::Pickle);
-        assert_eq!(c.destinations[0].queue_datapoints, 10_000);
+        assert_eq!(c.destinations[0].queue_datapoints, 100_000);
         assert!(!c.aggregation.forward_all);
         assert_eq!(c.aggregation.max_intervals, 3);
         assert_eq!(c.aggregation.rules.rules().len(), 1);

@@ -163,7 +163,7 @@ impl Default for WorkersFile {
     }
 }
 
-fn default_queue_datapoints() -> usize {
+pub(crate) fn default_queue_datapoints() -> usize {
     100_000
 }
 fn default_per_message() -> usize {
