@@ -172,3 +172,82 @@ impl Ingest {
         self.settle();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Aggregation;
+    use crate::datapoint::OutBatch;
+    use crate::route::Router;
+    use crate::rules::aggregation::AggregationRules;
+    use crate::rules::rewrite::RewriteRules;
+    use std::path::{Path, PathBuf};
+
+    struct Discard;
+    impl Sink for Discard {
+        fn send(&self, _: OutBatch) {}
+    }
+
+    fn ingest(capacity: usize) -> (Ingest, crossbeam_channel::Receiver<WorkerMsg>, Arc<Stats>) {
+        let (tx, rx) = crossbeam_channel::bounded(capacity);
+        let stats = Arc::new(Stats::default());
+        let aggregation = Aggregation {
+            rules_file: PathBuf::from("r"),
+            rules: Arc::new(AggregationRules::parse("o (60) = sum *\n", Path::new("r")).unwrap()),
+            rewrite_file: None,
+            rewrite: Arc::new(RewriteRules::default()),
+            forward_all: false,
+            max_intervals: 5,
+            write_back_frequency: 0,
+            route_cache_entries: 10,
+            max_values_per_bucket: 10,
+        };
+        let p = Arc::new(Pipeline {
+            router: Arc::new(Router::new(aggregation, 1)),
+            workers: vec![tx].into(),
+            forward: Arc::new(Discard),
+            stats: stats.clone(),
+            limits: Limits::default(),
+        });
+        (Ingest::new(p, "127.0.0.1:9".parse().unwrap()), rx, stats)
+    }
+
+    #[tokio::test]
+    async fn tcp_flush_waits_for_a_full_queue() {
+        let (mut ing, rx, stats) = ingest(1);
+        ing.plaintext(b"a 1 10\n", 0.0);
+        ing.flush().await; // fills the queue
+        ing.plaintext(b"b 2 10\nc 3 10\n", 0.0);
+        let waiting = tokio::spawn(async move {
+            ing.flush().await;
+            ing
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !waiting.is_finished(),
+            "flush must wait while the queue is full"
+        );
+        let WorkerMsg::Batch(first) = rx.recv().unwrap() else {
+            panic!()
+        };
+        assert_eq!(first.len(), 1);
+        waiting.await.unwrap();
+        let WorkerMsg::Batch(second) = rx.recv().unwrap() else {
+            panic!()
+        };
+        assert_eq!(second.len(), 2);
+        assert_eq!(stats.total_drops(), 0);
+        assert_eq!(stats.received.load(Ordering::Relaxed), 3);
+    }
+
+    #[tokio::test]
+    async fn udp_flush_drops_and_counts_on_a_full_queue() {
+        let (mut ing, rx, stats) = ingest(1);
+        ing.plaintext(b"a 1 10\n", 0.0);
+        ing.flush_nowait();
+        ing.plaintext(b"b 2 10\nc 3 10\n", 0.0);
+        ing.flush_nowait();
+        assert_eq!(stats.drops(DropReason::QueueFull), 2);
+        assert_eq!(rx.len(), 1);
+    }
+}

@@ -64,6 +64,9 @@ fn init_logging() {
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
+        // A closed stderr (a restarted journald, a reader gone) must not matter: by
+        // default tracing-subscriber reports a failed write with eprintln!, which panics.
+        .log_internal_errors(false)
         .init();
 }
 
@@ -118,7 +121,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("aggd: {e:#}");
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "aggd: {e:#}");
             ExitCode::FAILURE
         }
     }

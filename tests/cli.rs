@@ -190,3 +190,44 @@ fn carbon_conf_drop_in() {
     sigterm(&child);
     assert!(child.wait().unwrap().success());
 }
+
+/// Also the regression test for a closed stderr: the reader is dropped after the first
+/// line, and aggd must keep working (tracing-subscriber used to panic on EPIPE).
+#[test]
+fn stdout_destination_prints_plaintext_lines() {
+    let dir = tempdir("stdout");
+    let cfg = write_config(&dir, "total (60) = sum in.*\n", "", "stdout", "pickle");
+    let mut child = Command::new(BIN)
+        .args(["run", "-c"])
+        .arg(&cfg)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut tcp: Option<SocketAddr> = None;
+    for line in stderr.lines() {
+        let line = line.unwrap();
+        if line.contains("listener=\"plaintext/tcp\"") {
+            let a = line.find("address=").unwrap();
+            tcp = Some(
+                line[a + 8..]
+                    .split_whitespace()
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap(),
+            );
+            break;
+        }
+    }
+    let base = previous_bucket(60);
+    let mut s = TcpStream::connect(tcp.unwrap()).unwrap();
+    write!(s, "in.a 1.5 {base}\nin.b 2 {base}\n").unwrap();
+    drop(s);
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let line = stdout.lines().next().unwrap().unwrap();
+    assert_eq!(line, format!("total 3.5 {base}"));
+    sigterm(&child);
+    assert!(child.wait().unwrap().success());
+}

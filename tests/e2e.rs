@@ -324,3 +324,74 @@ async fn dead_destination_fills_only_its_own_queue() {
     // What was still queued for the dead destination at shutdown is counted too.
     assert_eq!(stats.drops(DropReason::DestinationDown), queued);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnects_after_downstream_drops_the_connection() {
+    let capture = Capture::start_with("pickle", true);
+    let dir = tempdir("reconnect");
+    let cfg = write_config(
+        &dir,
+        "out.<k> (60) = sum in.<k>\n",
+        "",
+        &capture.addr.to_string(),
+        "pickle",
+    );
+    let server = start_aggd(&cfg).await;
+    let base = previous_bucket(60);
+    let addr = server.addr("plaintext/tcp").unwrap();
+    // Keep sending new series until one arrives over a second connection. What was written
+    // into the dropped connection is lost in transit (carbon's protocol has no acks).
+    let mut arrived = None;
+    for k in 0..100 {
+        tokio::task::spawn_blocking(move || {
+            let mut s = TcpStream::connect(addr).unwrap();
+            writeln!(s, "in.k{k} {k} {base}").unwrap();
+        })
+        .await
+        .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        if let Some(v) = capture.value(&format!("out.k{k}"), base) {
+            arrived = Some((k, v));
+            break;
+        }
+    }
+    let (k, v) = arrived.expect("no aggregate arrived after the downstream dropped a connection");
+    assert_eq!(v, f64::from(k));
+    assert!(
+        capture
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst)
+            >= 2
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_datagrams_are_read_whole_up_to_64k() {
+    let capture = Capture::start("pickle");
+    let dir = tempdir("bigudp");
+    let cfg = write_config(
+        &dir,
+        "total (60) = sum in.*\ncount (60) = count in.*\n",
+        "",
+        &capture.addr.to_string(),
+        "pickle",
+    );
+    let server = start_aggd(&cfg).await;
+    let base = previous_bucket(60);
+    // ~45 KB in one datagram: carbon reads 8192 bytes and cuts the rest silently.
+    let mut dgram = String::new();
+    let mut n = 0;
+    while dgram.len() < 45_000 {
+        dgram.push_str(&format!("in.h{n:05} 2 {base}\n"));
+        n += 1;
+    }
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.send_to(dgram.as_bytes(), server.addr("plaintext/udp").unwrap())
+        .unwrap();
+    capture.wait_for("the whole datagram", |got| {
+        got.get(&("count".into(), base)) == Some(&f64::from(n))
+    });
+    assert_eq!(capture.value("total", base), Some(f64::from(2 * n)));
+    server.shutdown().await;
+}

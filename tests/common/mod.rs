@@ -47,6 +47,8 @@ pub struct Received {
 pub struct Capture {
     pub addr: SocketAddr,
     pub received: Arc<Mutex<Received>>,
+    /// Connections accepted so far.
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 fn record(rx: &Mutex<Received>, path: String, ts: f64, value: f64) {
@@ -109,13 +111,26 @@ fn serve_plaintext(s: std::net::TcpStream, rx: Arc<Mutex<Received>>) {
 impl Capture {
     /// Starts a capturing downstream speaking `protocol` ("pickle" or "plaintext").
     pub fn start(protocol: &'static str) -> Capture {
+        Capture::start_with(protocol, false)
+    }
+
+    /// Like [`Capture::start`]; with `drop_first`, the first connection is closed at once
+    /// (a downstream restart).
+    pub fn start_with(protocol: &'static str, drop_first: bool) -> Capture {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Received::default()));
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let rx = received.clone();
+        let conns = connections.clone();
         std::thread::spawn(move || {
             for s in l.incoming() {
                 let Ok(s) = s else { return };
+                let n = conns.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if drop_first && n == 0 {
+                    let _ = s.shutdown(std::net::Shutdown::Both);
+                    continue;
+                }
                 let rx = rx.clone();
                 std::thread::spawn(move || match protocol {
                     "pickle" => serve_pickle(s, rx),
@@ -123,7 +138,11 @@ impl Capture {
                 });
             }
         });
-        Capture { addr, received }
+        Capture {
+            addr,
+            received,
+            connections,
+        }
     }
 
     /// The last value received for `path` at `ts`.
