@@ -14,16 +14,28 @@ const BIN: &str = env!("CARGO_BIN_EXE_aggd");
 
 /// Starts `aggd run ARGS` and returns it with its listeners' addresses, read from its log.
 fn spawn_run(args: &[&str], listeners: usize) -> (Child, Vec<(String, SocketAddr)>) {
+    spawn_run_with(args, listeners, Stdio::null(), false)
+}
+
+/// Like [`spawn_run`], with aggd's stdout as given; with `close_stderr`, aggd's stderr is
+/// closed once the listeners have been read from it.
+fn spawn_run_with(
+    args: &[&str],
+    listeners: usize,
+    stdout: Stdio,
+    close_stderr: bool,
+) -> (Child, Vec<(String, SocketAddr)>) {
     let mut child = Command::new(BIN)
         .arg("run")
         .args(args)
         .stderr(Stdio::piped())
-        .stdout(Stdio::null())
+        .stdout(stdout)
         .spawn()
         .unwrap();
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
+        let mut seen = 0;
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { return };
             if let (Some(k), Some(a)) = (line.find("listener=\""), line.find("address=")) {
@@ -35,6 +47,10 @@ fn spawn_run(args: &[&str], listeners: usize) -> (Child, Vec<(String, SocketAddr
                     .parse()
                     .unwrap();
                 let _ = tx.send((kind, addr));
+                seen += 1;
+                if close_stderr && seen == listeners {
+                    return; // drops the pipe's read end
+                }
             }
         }
     });
@@ -197,37 +213,31 @@ fn carbon_conf_drop_in() {
 fn stdout_destination_prints_plaintext_lines() {
     let dir = tempdir("stdout");
     let cfg = write_config(&dir, "total (60) = sum in.*\n", "", "stdout", "pickle");
-    let mut child = Command::new(BIN)
-        .args(["run", "-c"])
-        .arg(&cfg)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut tcp: Option<SocketAddr> = None;
-    for line in stderr.lines() {
-        let line = line.unwrap();
-        if line.contains("listener=\"plaintext/tcp\"") {
-            let a = line.find("address=").unwrap();
-            tcp = Some(
-                line[a + 8..]
-                    .split_whitespace()
-                    .next()
-                    .unwrap()
-                    .parse()
-                    .unwrap(),
-            );
-            break;
-        }
-    }
+    let (mut child, addrs) =
+        spawn_run_with(&["-c", cfg.to_str().unwrap()], 3, Stdio::piped(), true);
+    let tcp = addrs
+        .iter()
+        .find(|(k, _)| k == "plaintext/tcp")
+        .map(|(_, a)| *a);
     let base = previous_bucket(60);
     let mut s = TcpStream::connect(tcp.unwrap()).unwrap();
     write!(s, "in.a 1.5 {base}\nin.b 2 {base}\n").unwrap();
     drop(s);
     let stdout = BufReader::new(child.stdout.take().unwrap());
-    let line = stdout.lines().next().unwrap().unwrap();
-    assert_eq!(line, format!("total 3.5 {base}"));
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stdout.lines() {
+            let _ = tx.send(line.unwrap());
+        }
+    });
+    let line = rx.recv_timeout(Duration::from_secs(20));
+    if line.is_err() {
+        let _ = child.kill();
+    }
+    assert_eq!(
+        line.expect("nothing printed on stdout"),
+        format!("total 3.5 {base}")
+    );
     sigterm(&child);
     assert!(child.wait().unwrap().success());
 }

@@ -1,6 +1,5 @@
 //! TCP connections: plaintext lines and pickle frames.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::aggregate::worker::now_unix;
+use crate::codec::Limits;
 use crate::codec::pickle::{FrameEvent, PickleDecoder, PickleFramer};
 use crate::codec::plaintext::LineFramer;
 use crate::config::Protocol;
@@ -72,74 +72,110 @@ async fn read_more(
     }
 }
 
-fn log_read_error(peer: SocketAddr, e: &std::io::Error) {
-    tracing::debug!(%peer, error = %e, "connection read error");
+/// How one TCP protocol turns buffered bytes into datapoints.
+trait StreamDecoder {
+    /// Takes every complete line or frame out of `buf`.
+    fn decode(&mut self, buf: &mut BytesMut, ingest: &mut Ingest);
+    /// At end of stream (`eof`) or shutdown: what to do with an unfinished tail.
+    fn finish(&mut self, buf: &mut BytesMut, ingest: &mut Ingest, eof: bool);
 }
 
-async fn plaintext_conn(mut sock: TcpStream, mut ingest: Ingest, shutdown: CancellationToken) {
-    let peer = sock.peer_addr().ok();
-    let mut buf = BytesMut::with_capacity(READ_BYTES);
-    let mut framer = LineFramer::new(ingest.limits().max_line_bytes);
-    let mut draining = false;
-    loop {
-        match read_more(&mut sock, &mut buf, &shutdown, &mut draining).await {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(e) => {
-                if let Some(p) = peer {
-                    log_read_error(p, &e);
-                }
-                break;
-            }
-        }
-        let framed = framer.next_chunk(&mut buf);
+/// carbon plaintext lines.
+struct Lines(LineFramer);
+
+impl StreamDecoder for Lines {
+    fn decode(&mut self, buf: &mut BytesMut, ingest: &mut Ingest) {
+        let framed = self.0.next_chunk(buf);
         ingest.reject(DropReason::LineTooLong, framed.too_long);
         if let Some(chunk) = framed.chunk {
             ingest.plaintext(&chunk, now_unix());
         }
-        ingest.flush().await;
     }
-    // At end of stream a last line without a newline is accepted; not when cut by shutdown.
-    if !draining && let Some(last) = framer.finish(&mut buf) {
-        ingest.plaintext(&last, now_unix());
+
+    /// At end of stream a last line without a newline is accepted; not when cut by
+    /// shutdown.
+    fn finish(&mut self, buf: &mut BytesMut, ingest: &mut Ingest, eof: bool) {
+        if eof && let Some(last) = self.0.finish(buf) {
+            ingest.plaintext(&last, now_unix());
+        }
     }
-    ingest.flush().await;
 }
 
-async fn pickle_conn(mut sock: TcpStream, mut ingest: Ingest, shutdown: CancellationToken) {
-    let peer = sock.peer_addr().ok();
-    let mut buf = BytesMut::with_capacity(READ_BYTES);
-    let limits = ingest.limits().clone();
-    let mut framer = PickleFramer::new(limits.max_pickle_frame_bytes);
-    let mut decoder = PickleDecoder::new();
-    let mut draining = false;
-    loop {
-        match read_more(&mut sock, &mut buf, &shutdown, &mut draining).await {
-            Ok(0) => break,
-            Ok(_) => {}
-            Err(e) => {
-                if let Some(p) = peer {
-                    log_read_error(p, &e);
-                }
-                break;
-            }
-        }
-        while let Some(ev) = framer.next_frame(&mut buf) {
+/// carbon pickle frames.
+struct Frames {
+    framer: PickleFramer,
+    decoder: PickleDecoder,
+    limits: Limits,
+}
+
+impl StreamDecoder for Frames {
+    fn decode(&mut self, buf: &mut BytesMut, ingest: &mut Ingest) {
+        while let Some(ev) = self.framer.next_frame(buf) {
             match ev {
                 FrameEvent::TooLarge(_) => ingest.reject(DropReason::FrameTooLarge, 1),
                 FrameEvent::Frame(body) => {
-                    let now = now_unix();
-                    let r = decoder.decode(&body, now, &limits, |r| ingest.accept(r));
+                    let r = self
+                        .decoder
+                        .decode(&body, now_unix(), &self.limits, |r| ingest.accept(r));
                     if let Err(reason) = r {
                         ingest.reject(reason, 1);
                     }
                 }
             }
         }
+    }
+
+    /// Bytes of an unfinished frame at end of stream are a bad frame.
+    fn finish(&mut self, buf: &mut BytesMut, ingest: &mut Ingest, eof: bool) {
+        if eof && self.framer.truncated(buf) {
+            ingest.reject(DropReason::BadFrame, 1);
+        }
+    }
+}
+
+async fn plaintext_conn(sock: TcpStream, ingest: Ingest, shutdown: CancellationToken) {
+    let framer = LineFramer::new(ingest.limits().max_line_bytes);
+    serve(sock, ingest, shutdown, Lines(framer)).await;
+}
+
+async fn pickle_conn(sock: TcpStream, ingest: Ingest, shutdown: CancellationToken) {
+    let limits = ingest.limits().clone();
+    let d = Frames {
+        framer: PickleFramer::new(limits.max_pickle_frame_bytes),
+        decoder: PickleDecoder::new(),
+        limits,
+    };
+    serve(sock, ingest, shutdown, d).await;
+}
+
+/// The connection loop: read, decode, hand batches on (waiting while a worker queue is
+/// full), until end of stream, a read error or shutdown.
+async fn serve(
+    mut sock: TcpStream,
+    mut ingest: Ingest,
+    shutdown: CancellationToken,
+    mut d: impl StreamDecoder,
+) {
+    let mut buf = BytesMut::with_capacity(READ_BYTES);
+    let mut draining = false;
+    // Only a clean end of stream completes an unfinished last line; after a reset it may
+    // be a cut-off line that would parse into a wrong datapoint.
+    let mut eof = false;
+    loop {
+        match read_more(&mut sock, &mut buf, &shutdown, &mut draining).await {
+            Ok(0) => {
+                eof = !draining;
+                break;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(peer = ?sock.peer_addr().ok(), error = %e, "connection read error");
+                break;
+            }
+        }
+        d.decode(&mut buf, &mut ingest);
         ingest.flush().await;
     }
-    if !draining && framer.truncated(&buf) {
-        ingest.reject(DropReason::BadFrame, 1);
-    }
+    d.finish(&mut buf, &mut ingest, eof);
     ingest.flush().await;
 }
