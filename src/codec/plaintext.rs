@@ -38,6 +38,17 @@ fn fields(line: &[u8]) -> impl Iterator<Item = &[u8]> {
 /// reason for a rejected one: [`DropReason::LineTooLong`], [`DropReason::ParseError`],
 /// [`DropReason::BadUtf8`], or one of [`finish_point`]'s. `now` (Unix seconds) replaces a
 /// `-1` timestamp.
+///
+/// ```
+/// use aggd::codec::{Limits, plaintext::parse_line};
+/// use aggd::drops::DropReason;
+///
+/// let l = Limits::default();
+/// let p = parse_line(b"web01.cpu 42.5 1700000000\r", 0.0, &l).unwrap().unwrap();
+/// assert_eq!((p.path, p.value, p.timestamp), ("web01.cpu", 42.5, 1700000000.0));
+/// assert_eq!(parse_line(b"web01.cpu 1 -1", 99.0, &l).unwrap().unwrap().timestamp, 99.0);
+/// assert_eq!(parse_line(b"web01.cpu 1", 0.0, &l), Err(DropReason::ParseError));
+/// ```
 pub fn parse_line<'a>(
     line: &'a [u8],
     now: f64,

@@ -119,6 +119,13 @@ pub struct AggregationRules {
 }
 
 /// Translates a carbon input pattern to an anchored regex (see the module docs).
+///
+/// ```
+/// use aggd::rules::aggregation::pattern_to_regex;
+///
+/// assert_eq!(pattern_to_regex("<env>.app.*.requests"),
+///            r"^(?:(?P<env>[^.]+?)\.app\.[^.]+\.requests)$");
+/// ```
 pub fn pattern_to_regex(pattern: &str) -> String {
     let mut segs = Vec::new();
     for seg in pattern.split('.') {
@@ -191,6 +198,19 @@ impl AggregationRules {
     }
 
     /// Every rule matching `path`, in file order, with the output series it produces.
+    ///
+    /// ```
+    /// use aggd::rules::aggregation::AggregationRules;
+    ///
+    /// let rules = AggregationRules::parse(
+    ///     "<env>.all.requests (60) = sum <env>.*.requests\n\
+    ///      total.requests (60) = count *.*.requests\n",
+    ///     std::path::Path::new("aggregation-rules.conf"),
+    /// ).unwrap();
+    /// let outputs: Vec<String> =
+    ///     rules.matches("prod.web01.requests").into_iter().map(|(_, o)| o).collect();
+    /// assert_eq!(outputs, ["prod.all.requests", "total.requests"]);
+    /// ```
     pub fn matches(&self, path: &str) -> Vec<(usize, String)> {
         if self.rules.is_empty() {
             return Vec::new();

@@ -703,6 +703,21 @@ impl PickleDecoder {
     ///
     /// Errors: [`DropReason::BadFrame`] when the pickle cannot be run within the limits or
     /// its result is not a list or tuple; no element is emitted then.
+    ///
+    /// ```
+    /// use aggd::codec::{Limits, pickle::PickleDecoder};
+    ///
+    /// // CPython: pickle.dumps([("a.b", (1700000000, 1.5))], protocol=2)
+    /// let frame = b"\x80\x02]q\x00X\x03\x00\x00\x00a.bq\x01J\x00\xf1SeG?\xf8\x00\x00\x00\x00\x00\x00\x86q\x02\x86q\x03a.";
+    /// let mut got = Vec::new();
+    /// PickleDecoder::new()
+    ///     .decode(frame, 0.0, &Limits::default(), |r| {
+    ///         let p = r.unwrap();
+    ///         got.push((p.path.to_string(), p.timestamp, p.value));
+    ///     })
+    ///     .unwrap();
+    /// assert_eq!(got, [("a.b".to_string(), 1700000000.0, 1.5)]);
+    /// ```
     pub fn decode<F>(&mut self, frame: &[u8], now: f64, limits: &Limits, mut emit: F) -> R<()>
     where
         F: FnMut(Result<Datapoint<'_>, DropReason>),

@@ -114,6 +114,18 @@ impl Serialize for WireList<'_> {
 /// protocol-2 pickle of a list of `(str path, (float timestamp, float|int value))` tuples.
 ///
 /// Errors: only if serde-pickle fails, which it does not for these types.
+///
+/// ```
+/// use aggd::codec::pickle::encode_frames;
+/// use aggd::datapoint::{OutPoint, OutValue};
+///
+/// let p = OutPoint { path: "a.count".into(), timestamp: 60.0, value: OutValue::Int(3) };
+/// let mut out = Vec::new();
+/// encode_frames(&[p], 500, &mut out).unwrap();
+/// let len = u32::from_be_bytes(out[..4].try_into().unwrap()) as usize;
+/// assert_eq!(len, out.len() - 4);
+/// assert_eq!(&out[4..6], b"\x80\x02"); // pickle protocol 2
+/// ```
 pub fn encode_frames(
     points: &[OutPoint],
     per_frame: usize,
