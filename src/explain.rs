@@ -14,8 +14,9 @@ pub fn explain(config: &Config, paths: &[String]) -> String {
     for path in paths {
         let route = router.compute(path);
         let _ = writeln!(s, "{path}");
-        if *route.rewritten != **path {
-            let _ = writeln!(s, "  [pre] rewrite -> {}", route.rewritten);
+        let rewritten = config.aggregation.rewrite.apply_pre(path);
+        if rewritten != path.as_str() {
+            let _ = writeln!(s, "  [pre] rewrite -> {rewritten}");
         }
         if route.outputs.is_empty() {
             let _ = writeln!(s, "  no aggregation rule matches");

@@ -92,8 +92,6 @@ pub struct Output {
 /// Everything aggd does with datapoints of one metric path.
 #[derive(Clone, Debug, Default)]
 pub struct Route {
-    /// The path after `[pre]` rewrites.
-    pub rewritten: Arc<str>,
     /// Output series, in rule order.
     pub outputs: Box<[Output]>,
     /// Name to forward the raw datapoint under, if `forward_all` applies.
@@ -149,11 +147,7 @@ impl Router {
             .collect();
         let forward = (a.forward_all && !outputs.iter().any(|o| *o.key.name == *rewritten))
             .then(|| Arc::from(a.rewrite.apply_post(&rewritten).as_ref()));
-        Route {
-            rewritten: Arc::from(rewritten.as_ref()),
-            outputs,
-            forward,
-        }
+        Route { outputs, forward }
     }
 
     /// Calls `f` with the route of `path`, computing and caching it on a miss.
@@ -213,7 +207,6 @@ mod tests {
             4,
         );
         let route = r.compute("old1.cpu");
-        assert_eq!(&*route.rewritten, "new1.cpu");
         assert_eq!(&*route.outputs[0].key.name, "new1.total");
         assert_eq!(
             route.outputs[0].worker,
