@@ -50,3 +50,15 @@ pub struct OutPoint {
 
 /// A batch of outgoing datapoints, shared (not copied) between destinations.
 pub type OutBatch = Arc<[OutPoint]>;
+
+/// The time window (timestamps, Unix s) a non-empty set of outgoing datapoints covers.
+pub fn window(points: &[OutPoint]) -> crate::journal::ledger::Window {
+    use crate::journal::ledger::Window;
+    points.iter().fold(
+        Window {
+            from: f64::INFINITY,
+            to: f64::NEG_INFINITY,
+        },
+        |w, p| w.union(Window::at(p.timestamp)),
+    )
+}

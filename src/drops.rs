@@ -6,8 +6,11 @@
 //! events that second's log line stands for. The counters are listed, with their meaning, in
 //! `docs/operations.md`.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::journal::ledger::{Ledger, Window};
 
 /// Why a line, frame or datapoint was not aggregated or not delivered.
 ///
@@ -49,11 +52,15 @@ pub enum DropReason {
     DestinationDown,
     /// Processing a batch panicked; the batch was dropped and the worker went on.
     Panic,
+    /// A frame was processed without being journaled (the journal's queue was full or it
+    /// could not write, with `on_full = "ingest"`). Not a datapoint loss, but replay cannot
+    /// cover the window. Counted in frames.
+    Unjournaled,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 16] = [
+    pub const ALL: [DropReason; 17] = [
         DropReason::ParseError,
         DropReason::BadUtf8,
         DropReason::LineTooLong,
@@ -70,6 +77,7 @@ impl DropReason {
         DropReason::DestinationFull,
         DropReason::DestinationDown,
         DropReason::Panic,
+        DropReason::Unjournaled,
     ];
 
     /// The snake_case label used for counters and logs, e.g. `too_old`.
@@ -91,6 +99,7 @@ impl DropReason {
             DropReason::DestinationFull => "destination_full",
             DropReason::DestinationDown => "destination_down",
             DropReason::Panic => "panic",
+            DropReason::Unjournaled => "unjournaled",
         }
     }
 
@@ -138,6 +147,8 @@ pub struct Stats {
     pub forwarded: AtomicU64,
     /// Datapoints written to destination sockets or stdout, summed over destinations.
     pub sent: AtomicU64,
+    /// The loss ledger, when the journal is on.
+    ledger: OnceLock<Ledger>,
 }
 
 impl Default for Stats {
@@ -148,19 +159,41 @@ impl Default for Stats {
             aggregates_emitted: AtomicU64::new(0),
             forwarded: AtomicU64::new(0),
             sent: AtomicU64::new(0),
+            ledger: OnceLock::new(),
         }
     }
 }
 
 impl Stats {
-    /// Counts `n` events of `reason` and logs at most one warning per reason per second.
-    /// `detail` names the offending path, peer or destination.
-    pub fn record_drop(&self, reason: DropReason, n: u64, detail: &dyn std::fmt::Display) {
+    /// Attaches the loss ledger; from then on every drop is also ledgered. Once only.
+    pub fn set_ledger(&self, ledger: Ledger) {
+        let _ = self.ledger.set(ledger);
+    }
+
+    /// The loss ledger, if attached.
+    pub fn ledger(&self) -> Option<&Ledger> {
+        self.ledger.get()
+    }
+
+    /// Counts `n` events of `reason` affecting data in `window` (Unix seconds: datapoint
+    /// timestamps, or the receive time where there is none), ledgers them, and logs at most
+    /// one warning per reason per second. `detail` names the offending path, peer or
+    /// destination.
+    pub fn record_drop(
+        &self,
+        reason: DropReason,
+        n: u64,
+        window: Window,
+        detail: &dyn std::fmt::Display,
+    ) {
         if n == 0 {
             return;
         }
         let slot = &self.drops[reason.index()];
         slot.count.fetch_add(n, Ordering::Relaxed);
+        if let Some(l) = self.ledger.get() {
+            l.record(reason, n, window);
+        }
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -195,23 +228,44 @@ impl Stats {
     }
 }
 
-/// Per-task tally of drops, added to [`Stats`] in one step per batch.
-#[derive(Default)]
+/// Per-task tally of drops and their windows, added to [`Stats`] in one step per batch.
 pub struct DropTally {
     counts: [u64; DropReason::ALL.len()],
+    windows: [Window; DropReason::ALL.len()],
+}
+
+impl Default for DropTally {
+    fn default() -> Self {
+        DropTally {
+            counts: [0; DropReason::ALL.len()],
+            windows: [Window {
+                from: f64::INFINITY,
+                to: f64::NEG_INFINITY,
+            }; DropReason::ALL.len()],
+        }
+    }
 }
 
 impl DropTally {
-    /// Counts one event of `reason`.
-    pub fn add(&mut self, reason: DropReason) {
-        self.counts[reason.index()] += 1;
+    /// Counts `n` events of `reason` at time `t` (Unix seconds).
+    #[inline]
+    pub fn add(&mut self, reason: DropReason, n: u64, t: f64) {
+        let i = reason.index();
+        self.counts[i] += n;
+        self.windows[i] = self.windows[i].union(Window::at(t));
     }
 
     /// Moves the tally into `stats`, logging (rate-limited) with `detail`.
     pub fn flush(&mut self, stats: &Stats, detail: &dyn std::fmt::Display) {
+        let empty = Window {
+            from: f64::INFINITY,
+            to: f64::NEG_INFINITY,
+        };
         for reason in DropReason::ALL {
-            let n = std::mem::take(&mut self.counts[reason.index()]);
-            stats.record_drop(reason, n, detail);
+            let i = reason.index();
+            let n = std::mem::take(&mut self.counts[i]);
+            let w = std::mem::replace(&mut self.windows[i], empty);
+            stats.record_drop(reason, n, w, detail);
         }
     }
 }
@@ -235,9 +289,9 @@ mod tests {
     fn tally_flushes_into_counters() {
         let stats = Stats::default();
         let mut t = DropTally::default();
-        t.add(DropReason::TooOld);
-        t.add(DropReason::TooOld);
-        t.add(DropReason::NanValue);
+        t.add(DropReason::TooOld, 1, 60.0);
+        t.add(DropReason::TooOld, 1, 120.0);
+        t.add(DropReason::NanValue, 1, 5.0);
         t.flush(&stats, &"test");
         assert_eq!(stats.drops(DropReason::TooOld), 2);
         assert_eq!(stats.drops(DropReason::NanValue), 1);

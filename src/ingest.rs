@@ -1,24 +1,34 @@
-//! The per-connection path from decoded datapoints to worker queues.
+//! The per-connection path from received bytes to worker queues.
 //!
-//! An [`Ingest`] belongs to one connection (or UDP socket). For each accepted datapoint it
-//! looks up the route (a shared cache hit in the common case) and appends one
-//! [`WorkItem`] per output series to that series' worker batch, and the raw datapoint to the
-//! forward batch if `forward_all` applies. Nothing here blocks or allocates per datapoint
-//! beyond the batch vectors' growth. Batches are handed on by [`Ingest::flush`] (TCP: waits
-//! while a worker queue is full, which slows this connection only) or
-//! [`Ingest::flush_nowait`] (UDP: a full queue drops the batch as `queue_full`).
+//! An [`Ingest`] belongs to one connection (or UDP socket). For each frame (a run of
+//! complete lines, a datagram, a pickle frame) it first submits the raw bytes to the
+//! journal, then decodes them while the journal writer works, looking up the route of each
+//! datapoint (a shared cache hit in the common case) and appending one [`WorkItem`] per
+//! output series to that series' worker batch, plus the raw datapoint to the forward batch
+//! if `forward_all` applies. Batches are handed on only after the journal has written the
+//! frames they came from, so every datapoint a worker sees is journaled (invariant 5 of
+//! DESIGN.md: a restart rebuilds exactly what was aggregated).
+//!
+//! Handing on: [`Ingest::flush`] (TCP) waits while a worker queue is full, which slows this
+//! connection only; [`Ingest::flush_nowait`] (UDP) drops a batch whose queue is full as
+//! `queue_full`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use bytes::Bytes;
 use crossbeam_channel::{Sender, TrySendError};
 
 use crate::aggregate::worker::{Sink, WorkItem, WorkerMsg};
+use crate::codec::pickle::PickleDecoder;
 use crate::codec::{Limits, plaintext};
 use crate::datapoint::{Datapoint, OutPoint, OutValue};
 use crate::drops::{DropReason, DropTally, Stats};
+use crate::journal::ledger::Window;
+use crate::journal::record::Kind;
+use crate::journal::{Journal, NewRecord, Ticket};
 use crate::route::Router;
 
 /// Everything a connection needs, shared by all connections.
@@ -33,27 +43,40 @@ pub struct Pipeline {
     pub stats: Arc<Stats>,
     /// Decoder limits.
     pub limits: Limits,
+    /// The raw-input journal, when on.
+    pub journal: Option<Arc<Journal>>,
 }
 
 /// Per-connection batching state.
 pub struct Ingest {
     p: Arc<Pipeline>,
     peer: SocketAddr,
+    listener: u16,
+    kind: Kind,
+    /// Receive time of the frame being decoded (Unix s): replaces `-1` timestamps and
+    /// dates drops that have no timestamp of their own.
+    now: f64,
     pending: Vec<Vec<WorkItem>>,
     forwards: Vec<OutPoint>,
+    tickets: Vec<(Ticket, f64)>,
     tally: DropTally,
     received: u64,
 }
 
 impl Ingest {
-    /// State for one connection from `peer`.
-    pub fn new(p: Arc<Pipeline>, peer: SocketAddr) -> Self {
+    /// State for one connection from `peer` on listener `listener` (config index) of
+    /// `kind`.
+    pub fn new(p: Arc<Pipeline>, peer: SocketAddr, listener: u16, kind: Kind) -> Self {
         let n = p.workers.len();
         Ingest {
             p,
             peer,
+            listener,
+            kind,
+            now: 0.0,
             pending: (0..n).map(|_| Vec::new()).collect(),
             forwards: Vec::new(),
+            tickets: Vec::new(),
             tally: DropTally::default(),
             received: 0,
         }
@@ -64,12 +87,30 @@ impl Ingest {
         &self.p.limits
     }
 
+    /// Submits a frame received at `now` (Unix s) from `peer` to the journal (when on);
+    /// [`Ingest::flush`] waits for it before handing its datapoints on.
+    pub async fn journal(&mut self, payload: &Bytes, now: f64, peer: SocketAddr) {
+        self.now = now;
+        let Some(j) = &self.p.journal else { return };
+        let ticket = j
+            .submit(NewRecord {
+                received_us: (now * 1e6) as i64,
+                listener: self.listener,
+                kind: self.kind,
+                peer,
+                tenant: None,
+                payload: payload.clone(),
+            })
+            .await;
+        self.tickets.push((ticket, now));
+    }
+
     /// Takes one decoder result: a datapoint to route, or a rejection to count.
     #[inline]
     pub fn accept(&mut self, r: Result<Datapoint<'_>, DropReason>) {
         let dp = match r {
             Ok(dp) => dp,
-            Err(reason) => return self.tally.add(reason),
+            Err(reason) => return self.tally.add(reason, 1, self.now),
         };
         self.received += 1;
         let Ingest {
@@ -98,19 +139,37 @@ impl Ingest {
 
     /// Counts `n` rejections of `reason` found by a framer.
     pub fn reject(&mut self, reason: DropReason, n: u64) {
-        for _ in 0..n {
-            self.tally.add(reason);
-        }
+        self.tally.add(reason, n, self.now);
     }
 
-    /// Parses a run of complete plaintext lines (or one datagram).
+    /// Decodes a run of complete plaintext lines (or one datagram) received at `now`.
     pub fn plaintext(&mut self, chunk: &[u8], now: f64) {
+        self.now = now;
         let limits = self.p.limits.clone();
         for line in plaintext::lines(chunk) {
             match plaintext::parse_line(line, now, &limits) {
                 Ok(Some(dp)) => self.accept(Ok(dp)),
                 Ok(None) => {}
-                Err(reason) => self.tally.add(reason),
+                Err(reason) => self.tally.add(reason, 1, now),
+            }
+        }
+    }
+
+    /// Decodes one pickle frame body received at `now`.
+    pub fn pickle(&mut self, decoder: &mut PickleDecoder, body: &[u8], now: f64) {
+        self.now = now;
+        let limits = self.p.limits.clone();
+        if let Err(reason) = decoder.decode(body, now, &limits, |r| self.accept(r)) {
+            self.tally.add(reason, 1, now);
+        }
+    }
+
+    /// Waits for the journal to have written every submitted frame; counts the ones it
+    /// could not as `unjournaled`.
+    async fn await_journal(&mut self) {
+        for (ticket, at) in std::mem::take(&mut self.tickets) {
+            if !ticket.wait().await {
+                self.tally.add(DropReason::Unjournaled, 1, at);
             }
         }
     }
@@ -130,9 +189,10 @@ impl Ingest {
             .flush(&self.p.stats, &format_args!("from {}", self.peer));
     }
 
-    /// Hands every pending batch to its worker, waiting while a queue is full
-    /// (backpressure on this connection only).
+    /// Hands every pending batch to its worker once the journal has the frames, waiting
+    /// while a queue is full (backpressure on this connection only).
     pub async fn flush(&mut self) {
+        self.await_journal().await;
         for i in 0..self.pending.len() {
             if self.pending[i].is_empty() {
                 continue;
@@ -152,19 +212,36 @@ impl Ingest {
         self.settle();
     }
 
-    /// Hands every pending batch to its worker; a batch whose queue is full is dropped and
-    /// counted as `queue_full`.
-    pub fn flush_nowait(&mut self) {
+    /// Hands every pending batch on, blocking the thread while a queue is full. For the
+    /// start-up rebuild only (not journaled, not on a tokio thread).
+    pub fn flush_blocking(&mut self) {
+        for i in 0..self.pending.len() {
+            if !self.pending[i].is_empty() {
+                let batch = std::mem::take(&mut self.pending[i]);
+                let _ = self.p.workers[i].send(WorkerMsg::Batch(batch));
+            }
+        }
+        self.settle();
+    }
+
+    /// Like [`Ingest::flush`], but a batch whose queue is full is dropped and counted as
+    /// `queue_full` (UDP cannot push back).
+    pub async fn flush_nowait(&mut self) {
+        self.await_journal().await;
         for i in 0..self.pending.len() {
             if self.pending[i].is_empty() {
                 continue;
             }
             let batch = std::mem::take(&mut self.pending[i]);
             let n = batch.len() as u64;
+            let window = batch.iter().fold(Window::at(self.now), |w, it| {
+                w.union(Window::at(it.timestamp))
+            });
             if self.p.workers[i].try_send(WorkerMsg::Batch(batch)).is_err() {
                 self.p.stats.record_drop(
                     DropReason::QueueFull,
                     n,
+                    window,
                     &format_args!("worker {i} queue full, datagram from {}", self.peer),
                 );
             }
@@ -208,8 +285,10 @@ mod tests {
             forward: Arc::new(Discard),
             stats: stats.clone(),
             limits: Limits::default(),
+            journal: None,
         });
-        (Ingest::new(p, "127.0.0.1:9".parse().unwrap()), rx, stats)
+        let peer = "127.0.0.1:9".parse().unwrap();
+        (Ingest::new(p, peer, 0, Kind::PlaintextTcp), rx, stats)
     }
 
     #[tokio::test]
@@ -244,9 +323,9 @@ mod tests {
     async fn udp_flush_drops_and_counts_on_a_full_queue() {
         let (mut ing, rx, stats) = ingest(1);
         ing.plaintext(b"a 1 10\n", 0.0);
-        ing.flush_nowait();
+        ing.flush_nowait().await;
         ing.plaintext(b"b 2 10\nc 3 10\n", 0.0);
-        ing.flush_nowait();
+        ing.flush_nowait().await;
         assert_eq!(stats.drops(DropReason::QueueFull), 2);
         assert_eq!(rx.len(), 1);
     }

@@ -5,7 +5,8 @@
 //! 1. listeners stop accepting; connections process what the kernel already holds and close;
 //! 2. workers receive `Shutdown`, emit every dirty bucket (open intervals included) and exit;
 //! 3. destination senders write what is queued, for at most `drain_timeout`; what is left
-//!    is counted as `destination_down`.
+//!    is counted as `destination_down` (and ledgered);
+//! 4. the journal writes what is queued and fsyncs; the loss ledger is flushed.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,13 +15,21 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use crate::aggregate::series::Settings;
-use crate::aggregate::worker::WorkerPool;
+use crate::aggregate::worker::{Sink, WorkerPool};
 use crate::config::Config;
+use crate::datapoint::OutBatch;
 use crate::dest::{Destinations, Senders};
 use crate::drops::Stats;
+use crate::ingest::Ingest;
 use crate::ingest::Pipeline;
+use crate::journal::Journal;
+use crate::journal::ledger::Ledger;
+use crate::journal::record::Kind;
 use crate::listen::BoundListener;
+use crate::replay;
 use crate::route::Router;
 
 /// Longest time shutdown waits for destinations to take what is queued.
@@ -35,14 +44,64 @@ pub struct Server {
     workers: WorkerPool,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    journal: Option<Arc<Journal>>,
+    ledger_flusher: Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>,
+}
+
+/// The forward sink of the start-up rebuild: raw datapoints were forwarded when received.
+struct NoForward;
+impl Sink for NoForward {
+    fn send(&self, _: OutBatch) {}
+}
+
+/// Flushes the loss ledger once a second until `stop`, then once more.
+fn ledger_flusher(
+    stats: Arc<Stats>,
+) -> std::io::Result<(Arc<AtomicBool>, std::thread::JoinHandle<()>)> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = Arc::clone(&stop);
+    let t = std::thread::Builder::new()
+        .name("aggd-ledger".into())
+        .spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(200));
+                if let Some(l) = stats.ledger() {
+                    let _ = l.flush();
+                }
+            }
+            if let Some(l) = stats.ledger()
+                && let Err(e) = l.flush()
+            {
+                tracing::error!(error = %e, "cannot write the loss ledger");
+            }
+        })?;
+    Ok((stop, t))
 }
 
 /// Starts aggd on already-bound listeners. Must be called inside a tokio runtime.
 ///
-/// Errors: a listener socket that cannot be registered with tokio, or a worker thread that
-/// cannot be spawned.
+/// With a journal: recovers it (truncating a torn tail), attaches the loss ledger, and
+/// rebuilds the open intervals from it before any listener is served.
+///
+/// Errors: the journal or ledger cannot be opened, a listener socket cannot be registered
+/// with tokio, or a thread cannot be spawned.
 pub async fn start(config: Config, listeners: Vec<BoundListener>) -> std::io::Result<Server> {
     let stats = Arc::new(Stats::default());
+    let journal = match &config.journal {
+        Some(j) => {
+            let (journal, report) = Journal::open(j.clone())?;
+            tracing::info!(dir = %j.dir.display(), next_seq = report.next_seq,
+                truncated_bytes = report.truncated_bytes, skipped_bytes = report.skipped_bytes,
+                "journal open");
+            stats.set_ledger(Ledger::open(&j.dir)?);
+            Some(journal)
+        }
+        None => None,
+    };
+    let ledger_flusher = journal
+        .as_ref()
+        .map(|_| ledger_flusher(Arc::clone(&stats)))
+        .transpose()?;
     if config.destinations.is_empty() {
         tracing::warn!("no [[destination]]: aggregates are computed and discarded");
     }
@@ -61,22 +120,42 @@ pub async fn start(config: Config, listeners: Vec<BoundListener>) -> std::io::Re
         Arc::clone(&stats),
     )?;
     let router = Arc::new(Router::new(a.clone(), config.workers.count));
+    if let Some(j) = &journal {
+        let rebuild_pipeline = Arc::new(Pipeline {
+            router: Arc::clone(&router),
+            workers: workers.senders(),
+            forward: Arc::new(NoForward),
+            stats: Arc::clone(&stats),
+            limits: config.limits.clone(),
+            journal: None,
+        });
+        let dir = j.dir().to_path_buf();
+        let cfg = config.clone();
+        let local = SocketAddr::from(([127, 0, 0, 1], 0));
+        tokio::task::spawn_blocking(move || {
+            let mut ingest = Ingest::new(rebuild_pipeline, local, u16::MAX, Kind::PlaintextTcp);
+            replay::rebuild(&cfg, &dir, &mut ingest)
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+    }
     let pipeline = Arc::new(Pipeline {
         router,
         workers: workers.senders(),
         forward: dests.clone(),
         stats: Arc::clone(&stats),
         limits: config.limits.clone(),
+        journal: journal.clone(),
     });
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let mut addrs = Vec::new();
-    for l in listeners {
+    for (i, l) in listeners.into_iter().enumerate() {
         let addr = l.local_addr()?;
-        let kind = l.kind();
+        let kind = l.kind().as_str();
         tracing::info!(listener = kind, address = %addr, "listening");
         addrs.push((kind, addr));
-        l.serve(Arc::clone(&pipeline), shutdown.clone(), &tracker)?;
+        l.serve(i as u16, Arc::clone(&pipeline), shutdown.clone(), &tracker)?;
     }
     Ok(Server {
         addrs,
@@ -86,6 +165,8 @@ pub async fn start(config: Config, listeners: Vec<BoundListener>) -> std::io::Re
         workers,
         shutdown,
         tracker,
+        journal,
+        ledger_flusher,
     })
 }
 
@@ -118,6 +199,13 @@ impl Server {
         let workers = self.workers;
         let _ = tokio::task::spawn_blocking(move || workers.shutdown()).await;
         self.senders.drain(&self.dests, DRAIN_TIMEOUT).await;
+        if let Some(j) = self.journal {
+            let _ = tokio::task::spawn_blocking(move || j.close()).await;
+        }
+        if let Some((stop, t)) = self.ledger_flusher {
+            stop.store(true, Ordering::Relaxed);
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
         self.stats
     }
 }

@@ -180,6 +180,19 @@ impl SeriesTable {
         r
     }
 
+    /// Calls `f` with every non-empty bucket's aggregate (dirty or not) and empties the
+    /// table. Replay uses this to send complete aggregates.
+    pub fn drain_all(&mut self, mut f: impl FnMut(&SeriesKey, i64, OutValue)) {
+        for (key, mut series) in self.series.drain() {
+            let method = series.method;
+            for b in &mut series.buckets {
+                if b.acc.count() > 0 {
+                    f(&key, b.start, b.acc.value(method));
+                }
+            }
+        }
+    }
+
     /// Emits what is due at `now` into `out` (everything dirty when `force`), and deletes
     /// expired buckets and empty series.
     pub fn sweep(&mut self, now: f64, force: bool, out: &mut Vec<OutPoint>) {

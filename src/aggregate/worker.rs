@@ -15,6 +15,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
 use super::series::{SeriesTable, Settings};
 use crate::datapoint::OutBatch;
 use crate::drops::{DropReason, DropTally, Stats};
+use crate::journal::ledger::Window;
 use crate::route::SeriesKey;
 
 /// Where workers hand their emitted aggregates (the destinations, or a test collector).
@@ -76,7 +77,7 @@ impl Worker {
         let mut rejected: Option<&Arc<str>> = None;
         for it in items {
             if let Err(reason) = self.table.add(&it.key, it.timestamp, it.value, now) {
-                self.tally.add(reason);
+                self.tally.add(reason, 1, it.timestamp);
                 rejected = Some(&it.key.name);
             }
         }
@@ -106,9 +107,13 @@ impl Worker {
                 Ok(WorkerMsg::Batch(items)) => {
                     let r = std::panic::catch_unwind(AssertUnwindSafe(|| self.apply(&items)));
                     if r.is_err() {
+                        let window = items.iter().fold(Window::at(now_unix()), |w, it| {
+                            w.union(Window::at(it.timestamp))
+                        });
                         self.stats.record_drop(
                             DropReason::Panic,
                             items.len() as u64,
+                            window,
                             &format_args!("worker {} batch", self.index),
                         );
                     }

@@ -206,6 +206,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         workers: WorkersFile::default(),
         destination,
         limits,
+        journal: None,
     };
     Config::from_file(file, path)
 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::codec::Limits;
+use crate::journal::{Fsync, JournalConfig, OnFull};
 use crate::rules::RuleError;
 use crate::rules::aggregation::AggregationRules;
 use crate::rules::rewrite::RewriteRules;
@@ -216,6 +217,69 @@ impl Default for LimitsFile {
     }
 }
 
+fn default_fsync() -> String {
+    "interval".into()
+}
+fn default_fsync_interval() -> String {
+    "1s".into()
+}
+fn default_segment_bytes() -> u64 {
+    64 << 20
+}
+fn default_segment_max_age() -> String {
+    "1h".into()
+}
+fn default_journal_max_bytes() -> u64 {
+    10 << 30
+}
+fn default_journal_max_age() -> String {
+    "7d".into()
+}
+fn default_min_free_disk() -> u64 {
+    1 << 30
+}
+fn default_on_full() -> String {
+    "ingest".into()
+}
+fn default_queue_records() -> usize {
+    4096
+}
+
+/// `[journal]` as written; the section's presence turns the journal on.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalFile {
+    /// Directory for segments, indexes and the loss ledger.
+    pub dir: PathBuf,
+    /// `never`, `interval` or `always`.
+    #[serde(default = "default_fsync")]
+    pub fsync: String,
+    /// Interval for `fsync = "interval"`, e.g. `"1s"`.
+    #[serde(default = "default_fsync_interval")]
+    pub fsync_interval: String,
+    /// Segment size that starts a new segment.
+    #[serde(default = "default_segment_bytes")]
+    pub segment_bytes: u64,
+    /// Segment age that starts a new segment, e.g. `"1h"`.
+    #[serde(default = "default_segment_max_age")]
+    pub segment_max_age: String,
+    /// Total size kept.
+    #[serde(default = "default_journal_max_bytes")]
+    pub max_bytes: u64,
+    /// Age kept, e.g. `"7d"`.
+    #[serde(default = "default_journal_max_age")]
+    pub max_age: String,
+    /// Free disk space to keep, in bytes; 0 = no check.
+    #[serde(default = "default_min_free_disk")]
+    pub min_free_disk: u64,
+    /// `ingest` or `backpressure`.
+    #[serde(default = "default_on_full")]
+    pub on_full: String,
+    /// Records queued for the writer.
+    #[serde(default = "default_queue_records")]
+    pub queue_records: usize,
+}
+
 /// The whole TOML file as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -234,6 +298,8 @@ pub struct File {
     /// Decoder limits.
     #[serde(default)]
     pub limits: LimitsFile,
+    /// The raw-input journal (off without this section).
+    pub journal: Option<JournalFile>,
 }
 
 /// A validated listener.
@@ -328,6 +394,8 @@ pub struct Config {
     pub destinations: Vec<DestinationConfig>,
     /// Decoder limits.
     pub limits: Limits,
+    /// The journal, when on.
+    pub journal: Option<JournalConfig>,
 }
 
 fn invalid(file: &Path, message: impl Into<String>) -> ConfigError {
@@ -344,6 +412,56 @@ pub(crate) fn resolve(base: &Path, p: &Path) -> PathBuf {
     } else {
         base.join(p)
     }
+}
+
+fn duration(key: &str, v: &str, path: &Path) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(v).map_err(|e| {
+        invalid(
+            path,
+            format!("journal.{key} = {v:?}: {e} (e.g. \"1s\", \"1h\", \"7d\")"),
+        )
+    })
+}
+
+fn journal_config(j: JournalFile, base: &Path, path: &Path) -> Result<JournalConfig, ConfigError> {
+    let fsync = match j.fsync.as_str() {
+        "never" => Fsync::Never,
+        "always" => Fsync::Always,
+        "interval" => Fsync::Interval(duration("fsync_interval", &j.fsync_interval, path)?),
+        other => {
+            return Err(invalid(
+                path,
+                format!("journal.fsync = {other:?}: one of never, interval, always"),
+            ));
+        }
+    };
+    let on_full = match j.on_full.as_str() {
+        "ingest" => OnFull::Ingest,
+        "backpressure" => OnFull::Backpressure,
+        other => {
+            return Err(invalid(
+                path,
+                format!("journal.on_full = {other:?}: one of ingest, backpressure"),
+            ));
+        }
+    };
+    if j.segment_bytes < 4096 || j.queue_records == 0 {
+        return Err(invalid(
+            path,
+            "journal.segment_bytes must be at least 4096 and queue_records at least 1",
+        ));
+    }
+    Ok(JournalConfig {
+        dir: resolve(base, &j.dir),
+        fsync,
+        segment_bytes: j.segment_bytes,
+        segment_max_age: duration("segment_max_age", &j.segment_max_age, path)?,
+        max_bytes: j.max_bytes,
+        max_age: duration("max_age", &j.max_age, path)?,
+        min_free_disk: j.min_free_disk,
+        on_full,
+        queue_records: j.queue_records,
+    })
 }
 
 impl Config {
@@ -450,6 +568,10 @@ impl Config {
         {
             return Err(invalid(path, "limits: pickle limits must be below 1 GiB"));
         }
+        let journal = match file.journal {
+            None => None,
+            Some(j) => Some(journal_config(j, base, path)?),
+        };
         let limits = Limits {
             max_line_bytes: l.max_line_bytes,
             max_path_bytes: l.max_path_bytes,
@@ -478,6 +600,7 @@ impl Config {
             },
             destinations,
             limits,
+            journal,
         })
     }
 
@@ -515,6 +638,20 @@ impl Config {
             a.forward_all, a.max_intervals, a.write_back_frequency
         );
         let _ = writeln!(s, "workers: {}", self.workers.count);
+        match &self.journal {
+            Some(j) => {
+                let _ = writeln!(
+                    s,
+                    "journal: {} (fsync {:?}, on_full {:?})",
+                    j.dir.display(),
+                    j.fsync,
+                    j.on_full
+                );
+            }
+            None => {
+                let _ = writeln!(s, "journal: off");
+            }
+        }
         for d in &self.destinations {
             let _ = writeln!(s, "destination: {} ({:?})", d.name(), d.protocol);
         }

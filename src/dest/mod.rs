@@ -10,8 +10,8 @@
 //! writes carbon pickle frames (protocol 2, `max_datapoints_per_message` per frame) or
 //! plaintext lines. A batch whose write failed is written again after reconnecting.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncWrite, AsyncWriteExt};
@@ -22,8 +22,9 @@ use tokio_util::sync::CancellationToken;
 use crate::aggregate::worker::Sink;
 use crate::codec::{pickle, plaintext};
 use crate::config::{DestAddress, DestProtocol, DestinationConfig};
-use crate::datapoint::OutBatch;
+use crate::datapoint::{OutBatch, window};
 use crate::drops::{DropReason, Stats};
+use crate::journal::ledger::Window;
 
 /// Counters of one destination.
 #[derive(Debug, Default)]
@@ -41,6 +42,9 @@ struct Dest {
     tx: mpsc::Sender<OutBatch>,
     max_queued: usize,
     counters: Arc<DestCounters>,
+    /// Time window covered by what is queued (a superset: reset only when the queue
+    /// empties), ledgered if it is still queued when shutdown's drain ends.
+    queued_window: Arc<Mutex<Option<Window>>>,
 }
 
 /// The destinations' queues; a [`Sink`] that offers each batch to every destination.
@@ -64,10 +68,12 @@ impl Destinations {
         for cfg in configs {
             let (tx, rx) = mpsc::channel(cfg.queue_datapoints.clamp(16, 1 << 16));
             let counters = Arc::new(DestCounters::default());
+            let queued_window = Arc::new(Mutex::new(None));
             tasks.push(tokio::spawn(run_sender(
                 cfg.clone(),
                 rx,
                 Arc::clone(&counters),
+                Arc::clone(&queued_window),
                 Arc::clone(&stats),
                 drain.clone(),
             )));
@@ -76,6 +82,7 @@ impl Destinations {
                 tx,
                 max_queued: cfg.queue_datapoints,
                 counters,
+                queued_window,
             });
         }
         (
@@ -93,6 +100,10 @@ impl Destinations {
 impl Sink for Destinations {
     fn send(&self, batch: OutBatch) {
         let n = batch.len();
+        if n == 0 {
+            return;
+        }
+        let w = window(&batch);
         for d in &self.dests {
             let before = d.counters.queued.fetch_add(n, Ordering::Relaxed);
             if before + n > d.max_queued || d.tx.try_send(Arc::clone(&batch)).is_err() {
@@ -103,8 +114,12 @@ impl Sink for Destinations {
                 self.stats.record_drop(
                     DropReason::DestinationFull,
                     n as u64,
+                    w,
                     &format_args!("destination {}", d.name),
                 );
+            } else if let Ok(mut q) = d.queued_window.lock() {
+                // After the add: a sender that empties the queue meanwhile cannot erase it.
+                *q = Some(q.map_or(w, |q| q.union(w)));
             }
         }
     }
@@ -124,11 +139,15 @@ impl Senders {
         }
         for d in &dests.dests {
             let left = d.counters.queued.swap(0, Ordering::Relaxed);
-            dests.stats.record_drop(
-                DropReason::DestinationDown,
-                left as u64,
-                &format_args!("destination {} not reachable before shutdown", d.name),
-            );
+            let w = d.queued_window.lock().ok().and_then(|q| *q);
+            if let Some(w) = w {
+                dests.stats.record_drop(
+                    DropReason::DestinationDown,
+                    left as u64,
+                    w,
+                    &format_args!("destination {} not reachable before shutdown", d.name),
+                );
+            }
         }
     }
 }
@@ -164,6 +183,7 @@ async fn run_sender(
     cfg: DestinationConfig,
     mut rx: mpsc::Receiver<OutBatch>,
     counters: Arc<DestCounters>,
+    queued_window: Arc<Mutex<Option<Window>>>,
     stats: Arc<Stats>,
     drain: CancellationToken,
 ) {
@@ -225,7 +245,11 @@ async fn run_sender(
                 }
             }
         }
-        counters.queued.fetch_sub(n, Ordering::Relaxed);
+        if counters.queued.fetch_sub(n, Ordering::Relaxed) == n
+            && let Ok(mut q) = queued_window.lock()
+        {
+            *q = None;
+        }
         counters.sent.fetch_add(n as u64, Ordering::Relaxed);
         stats.sent.fetch_add(n as u64, Ordering::Relaxed);
     }

@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{ListenerConfig, Protocol, Transport};
 use crate::ingest::Pipeline;
+use crate::journal::record::Kind;
 
 /// A bound listening socket and what it speaks.
 #[derive(Debug)]
@@ -65,24 +66,26 @@ impl BoundListener {
         }
     }
 
-    /// `plaintext/tcp`, `pickle/tcp` or `plaintext/udp`.
-    pub fn kind(&self) -> &'static str {
+    /// What it receives: plaintext/tcp, pickle/tcp or plaintext/udp.
+    pub fn kind(&self) -> Kind {
         match self {
             BoundListener::Tcp {
                 protocol: Protocol::Plaintext,
                 ..
-            } => "plaintext/tcp",
+            } => Kind::PlaintextTcp,
             BoundListener::Tcp {
                 protocol: Protocol::Pickle,
                 ..
-            } => "pickle/tcp",
-            BoundListener::Udp(_) => "plaintext/udp",
+            } => Kind::PickleTcp,
+            BoundListener::Udp(_) => Kind::PlaintextUdp,
         }
     }
 
-    /// Serves this listener until `shutdown`; connection tasks are spawned on `tracker`.
+    /// Serves this listener (number `index` in the config) until `shutdown`; connection
+    /// tasks are spawned on `tracker`.
     pub(crate) fn serve(
         self,
+        index: u16,
         pipeline: Arc<Pipeline>,
         shutdown: CancellationToken,
         tracker: &TaskTracker,
@@ -93,6 +96,7 @@ impl BoundListener {
                 let l = tokio::net::TcpListener::from_std(listener)?;
                 tracker.spawn(tcp::accept_loop(
                     l,
+                    index,
                     protocol,
                     pipeline,
                     shutdown,
@@ -102,7 +106,7 @@ impl BoundListener {
             BoundListener::Udp(sock) => {
                 sock.set_nonblocking(true)?;
                 let s = tokio::net::UdpSocket::from_std(sock)?;
-                tracker.spawn(udp::serve(s, pipeline, shutdown));
+                tracker.spawn(udp::serve(s, index, pipeline, shutdown));
             }
         }
         Ok(())

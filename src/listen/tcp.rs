@@ -3,25 +3,28 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use std::net::SocketAddr;
+
+use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::aggregate::worker::now_unix;
-use crate::codec::Limits;
 use crate::codec::pickle::{FrameEvent, PickleDecoder, PickleFramer};
 use crate::codec::plaintext::LineFramer;
 use crate::config::Protocol;
 use crate::drops::DropReason;
 use crate::ingest::{Ingest, Pipeline};
+use crate::journal::record::Kind;
 
 /// Bytes requested per read.
 const READ_BYTES: usize = 64 * 1024;
 
 pub(super) async fn accept_loop(
     listener: TcpListener,
+    index: u16,
     protocol: Protocol,
     pipeline: Arc<Pipeline>,
     shutdown: CancellationToken,
@@ -35,11 +38,17 @@ pub(super) async fn accept_loop(
         match accepted {
             Ok((sock, peer)) => {
                 let _ = sock.set_nodelay(true);
-                let ingest = Ingest::new(Arc::clone(&pipeline), peer);
                 let sd = shutdown.clone();
+                let p = Arc::clone(&pipeline);
                 match protocol {
-                    Protocol::Plaintext => tracker.spawn(plaintext_conn(sock, ingest, sd)),
-                    Protocol::Pickle => tracker.spawn(pickle_conn(sock, ingest, sd)),
+                    Protocol::Plaintext => {
+                        let ingest = Ingest::new(p, peer, index, Kind::PlaintextTcp);
+                        tracker.spawn(plaintext_conn(sock, ingest, sd))
+                    }
+                    Protocol::Pickle => {
+                        let ingest = Ingest::new(p, peer, index, Kind::PickleTcp);
+                        tracker.spawn(pickle_conn(sock, ingest, sd))
+                    }
                 };
             }
             Err(e) => {
@@ -72,32 +81,36 @@ async fn read_more(
     }
 }
 
-/// How one TCP protocol turns buffered bytes into datapoints.
+/// How one TCP protocol cuts frames out of the stream and decodes them.
 trait StreamDecoder {
-    /// Takes every complete line or frame out of `buf`.
-    fn decode(&mut self, buf: &mut BytesMut, ingest: &mut Ingest);
-    /// At end of stream (`eof`) or shutdown: what to do with an unfinished tail.
-    fn finish(&mut self, buf: &mut BytesMut, ingest: &mut Ingest, eof: bool);
+    /// Moves every complete frame (a run of lines, a pickle body) out of `buf` into
+    /// `out`; counts framing rejections on `ingest`.
+    fn frames(&mut self, buf: &mut BytesMut, ingest: &mut Ingest, out: &mut Vec<Bytes>);
+    /// Decodes one frame received at `now`.
+    fn decode(&mut self, frame: &[u8], ingest: &mut Ingest, now: f64);
+    /// At end of stream (`eof`) or shutdown: the unfinished tail as a last frame, if it
+    /// is one.
+    fn finish(&mut self, buf: &mut BytesMut, ingest: &mut Ingest, eof: bool) -> Option<Bytes>;
 }
 
 /// carbon plaintext lines.
 struct Lines(LineFramer);
 
 impl StreamDecoder for Lines {
-    fn decode(&mut self, buf: &mut BytesMut, ingest: &mut Ingest) {
+    fn frames(&mut self, buf: &mut BytesMut, ingest: &mut Ingest, out: &mut Vec<Bytes>) {
         let framed = self.0.next_chunk(buf);
         ingest.reject(DropReason::LineTooLong, framed.too_long);
-        if let Some(chunk) = framed.chunk {
-            ingest.plaintext(&chunk, now_unix());
-        }
+        out.extend(framed.chunk);
+    }
+
+    fn decode(&mut self, frame: &[u8], ingest: &mut Ingest, now: f64) {
+        ingest.plaintext(frame, now);
     }
 
     /// At end of stream a last line without a newline is accepted; not when cut by
-    /// shutdown.
-    fn finish(&mut self, buf: &mut BytesMut, ingest: &mut Ingest, eof: bool) {
-        if eof && let Some(last) = self.0.finish(buf) {
-            ingest.plaintext(&last, now_unix());
-        }
+    /// shutdown or a reset.
+    fn finish(&mut self, buf: &mut BytesMut, _: &mut Ingest, eof: bool) -> Option<Bytes> {
+        if eof { self.0.finish(buf) } else { None }
     }
 }
 
@@ -105,31 +118,28 @@ impl StreamDecoder for Lines {
 struct Frames {
     framer: PickleFramer,
     decoder: PickleDecoder,
-    limits: Limits,
 }
 
 impl StreamDecoder for Frames {
-    fn decode(&mut self, buf: &mut BytesMut, ingest: &mut Ingest) {
+    fn frames(&mut self, buf: &mut BytesMut, ingest: &mut Ingest, out: &mut Vec<Bytes>) {
         while let Some(ev) = self.framer.next_frame(buf) {
             match ev {
                 FrameEvent::TooLarge(_) => ingest.reject(DropReason::FrameTooLarge, 1),
-                FrameEvent::Frame(body) => {
-                    let r = self
-                        .decoder
-                        .decode(&body, now_unix(), &self.limits, |r| ingest.accept(r));
-                    if let Err(reason) = r {
-                        ingest.reject(reason, 1);
-                    }
-                }
+                FrameEvent::Frame(body) => out.push(body),
             }
         }
     }
 
+    fn decode(&mut self, frame: &[u8], ingest: &mut Ingest, now: f64) {
+        ingest.pickle(&mut self.decoder, frame, now);
+    }
+
     /// Bytes of an unfinished frame at end of stream are a bad frame.
-    fn finish(&mut self, buf: &mut BytesMut, ingest: &mut Ingest, eof: bool) {
+    fn finish(&mut self, buf: &mut BytesMut, ingest: &mut Ingest, eof: bool) -> Option<Bytes> {
         if eof && self.framer.truncated(buf) {
             ingest.reject(DropReason::BadFrame, 1);
         }
+        None
     }
 }
 
@@ -139,24 +149,40 @@ async fn plaintext_conn(sock: TcpStream, ingest: Ingest, shutdown: CancellationT
 }
 
 async fn pickle_conn(sock: TcpStream, ingest: Ingest, shutdown: CancellationToken) {
-    let limits = ingest.limits().clone();
     let d = Frames {
-        framer: PickleFramer::new(limits.max_pickle_frame_bytes),
+        framer: PickleFramer::new(ingest.limits().max_pickle_frame_bytes),
         decoder: PickleDecoder::new(),
-        limits,
     };
     serve(sock, ingest, shutdown, d).await;
 }
 
-/// The connection loop: read, decode, hand batches on (waiting while a worker queue is
-/// full), until end of stream, a read error or shutdown.
+/// Journals each frame, then decodes it (the journal writes while the frame decodes).
+async fn process(
+    frames: &mut Vec<Bytes>,
+    d: &mut impl StreamDecoder,
+    ingest: &mut Ingest,
+    peer: SocketAddr,
+) {
+    let now = now_unix();
+    for f in frames.drain(..) {
+        ingest.journal(&f, now, peer).await;
+        d.decode(&f, ingest, now);
+    }
+}
+
+/// The connection loop: read, frame, journal, decode, hand batches on (waiting while a
+/// worker queue is full), until end of stream, a read error or shutdown.
 async fn serve(
     mut sock: TcpStream,
     mut ingest: Ingest,
     shutdown: CancellationToken,
     mut d: impl StreamDecoder,
 ) {
+    let peer = sock
+        .peer_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let mut buf = BytesMut::with_capacity(READ_BYTES);
+    let mut frames = Vec::new();
     let mut draining = false;
     // Only a clean end of stream completes an unfinished last line; after a reset it may
     // be a cut-off line that would parse into a wrong datapoint.
@@ -169,13 +195,15 @@ async fn serve(
             }
             Ok(_) => {}
             Err(e) => {
-                tracing::debug!(peer = ?sock.peer_addr().ok(), error = %e, "connection read error");
+                tracing::debug!(%peer, error = %e, "connection read error");
                 break;
             }
         }
-        d.decode(&mut buf, &mut ingest);
+        d.frames(&mut buf, &mut ingest, &mut frames);
+        process(&mut frames, &mut d, &mut ingest, peer).await;
         ingest.flush().await;
     }
-    d.finish(&mut buf, &mut ingest, eof);
+    frames.extend(d.finish(&mut buf, &mut ingest, eof));
+    process(&mut frames, &mut d, &mut ingest, peer).await;
     ingest.flush().await;
 }

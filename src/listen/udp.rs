@@ -2,21 +2,28 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
 use crate::aggregate::worker::now_unix;
 use crate::ingest::{Ingest, Pipeline};
+use crate::journal::record::Kind;
 
 /// Largest UDP payload.
 const DATAGRAM_BYTES: usize = 65536;
 
-pub(super) async fn serve(sock: UdpSocket, pipeline: Arc<Pipeline>, shutdown: CancellationToken) {
+pub(super) async fn serve(
+    sock: UdpSocket,
+    index: u16,
+    pipeline: Arc<Pipeline>,
+    shutdown: CancellationToken,
+) {
     let mut buf = vec![0u8; DATAGRAM_BYTES];
     let local = sock
         .local_addr()
         .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
-    let mut ingest = Ingest::new(pipeline, local);
+    let mut ingest = Ingest::new(pipeline, local, index, Kind::PlaintextUdp);
     loop {
         let r = tokio::select! {
             biased;
@@ -24,16 +31,20 @@ pub(super) async fn serve(sock: UdpSocket, pipeline: Arc<Pipeline>, shutdown: Ca
             _ = shutdown.cancelled() => break,
         };
         match r {
-            Ok((n, _peer)) => {
-                ingest.plaintext(&buf[..n], now_unix());
-                ingest.flush_nowait();
-            }
+            Ok((n, peer)) => datagram(&mut ingest, &buf[..n], peer).await,
             Err(e) => tracing::debug!(error = %e, "udp receive error"),
         }
     }
     // Datagrams already queued in the kernel are still read.
-    while let Ok((n, _)) = sock.try_recv_from(&mut buf) {
-        ingest.plaintext(&buf[..n], now_unix());
-        ingest.flush_nowait();
+    while let Ok((n, peer)) = sock.try_recv_from(&mut buf) {
+        datagram(&mut ingest, &buf[..n], peer).await;
     }
+}
+
+async fn datagram(ingest: &mut Ingest, bytes: &[u8], peer: std::net::SocketAddr) {
+    let now = now_unix();
+    let frame = Bytes::copy_from_slice(bytes);
+    ingest.journal(&frame, now, peer).await;
+    ingest.plaintext(&frame, now);
+    ingest.flush_nowait().await;
 }

@@ -1,0 +1,93 @@
+//! The raw-input journal: every accepted frame, as received, before its datapoints reach a
+//! worker.
+//!
+//! # On-disk layout
+//!
+//! A directory of segment files `<first_seq>.seg` (20-digit zero-padded decimal), each with
+//! an index file `<first_seq>.idx` once sealed. All integers little-endian.
+//!
+//! ```text
+//! segment  = magic record*
+//! magic    = "AGGDJNL1"                                  8 bytes
+//! record   = body_len:u32 crc32c:u32 body                crc32c (Castagnoli) of body
+//! body     = seq:u64 received_us:i64 listener:u16 kind:u8
+//!            peer_len:u8 tenant_len:u8 peer tenant payload
+//! kind     = 1 plaintext/tcp (a run of complete lines) | 2 plaintext/udp (a datagram)
+//!          | 3 pickle/tcp (one frame body, without its length prefix)
+//! ```
+//!
+//! `body_len` counts the body only (21 fixed bytes + peer + tenant + payload) and is at most
+//! 64 MiB; `received_us` is Unix microseconds; `peer` is `ip:port` text; `tenant` is empty
+//! when tenants are off; `payload` is the bytes exactly as received, so a decoder fixed
+//! later can re-read old input.
+//!
+//! The index file is text: a header line `aggd-journal-index 1`, a summary line
+//! `first_seq last_seq records min_us max_us bytes`, one `received_us offset` line about
+//! every 256 KiB of records, and a final `crc32c <hex>` line over everything before it. It
+//! is derived: a missing or damaged index is rebuilt by scanning the segment.
+//!
+//! # Invariants
+//! - Sequence numbers increase by one per record across segments.
+//! - Only the newest segment is ever appended to; at start-up the previous run's newest
+//!   segment is scanned, a torn tail is truncated at the last good record (counted), and a
+//!   new segment is started.
+//! - A corrupt record in the middle of a segment is skipped to the next record that
+//!   decodes, during reads (counted); it is never rewritten.
+//! - Retention deletes whole sealed segments only, oldest first.
+//! - A segment exceeds `segment_bytes` by at most one writer batch (4 MiB).
+
+pub mod ledger;
+pub mod reader;
+pub mod record;
+pub mod segment;
+pub mod writer;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use writer::{Journal, JournalStats, NewRecord, OpenReport, Ticket};
+
+/// When the writer calls fsync.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fsync {
+    /// Never (the OS writes back; a crash of the machine can lose recent records).
+    Never,
+    /// At most once per interval (default 1 s).
+    Interval(Duration),
+    /// Before acknowledging each batch (group commit).
+    Always,
+}
+
+/// What happens when the journal cannot take a record (its queue is full, the disk is full
+/// or below `min_free_disk`, or a write fails).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnFull {
+    /// Keep ingesting without journaling; the window is ledgered as `unjournaled`.
+    Ingest,
+    /// Push back: TCP connections wait until the journal writes again (UDP datagrams wait
+    /// too, so the kernel drops what overflows its buffer).
+    Backpressure,
+}
+
+/// Validated `[journal]` settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JournalConfig {
+    /// Directory of segments, indexes and the loss ledger.
+    pub dir: PathBuf,
+    /// fsync policy.
+    pub fsync: Fsync,
+    /// Segment size at which a new segment starts.
+    pub segment_bytes: u64,
+    /// Segment age at which a new segment starts.
+    pub segment_max_age: Duration,
+    /// Total size of all segments kept.
+    pub max_bytes: u64,
+    /// Age of the newest record in a sealed segment beyond which it is deleted.
+    pub max_age: Duration,
+    /// Free disk space below which sealed segments are deleted and writing stops (0 = off).
+    pub min_free_disk: u64,
+    /// Policy when the journal cannot take a record.
+    pub on_full: OnFull,
+    /// Records queued for the writer before `on_full` applies.
+    pub queue_records: usize,
+}
