@@ -91,3 +91,6 @@ pub struct JournalConfig {
     /// Records queued for the writer before `on_full` applies.
     pub queue_records: usize,
 }
+
+#[cfg(test)]
+mod tests;

@@ -155,7 +155,7 @@ fn recover(dir: &Path) -> std::io::Result<OpenReport> {
     Ok(report)
 }
 
-struct Writer {
+pub(super) struct Writer {
     cfg: JournalConfig,
     file: File,
     index: Index,
@@ -181,7 +181,7 @@ impl Writer {
         Ok((f, Index::new(first_seq)))
     }
 
-    fn rotate(&mut self) -> std::io::Result<()> {
+    pub(super) fn rotate(&mut self) -> std::io::Result<()> {
         self.file.sync_data()?;
         self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
         self.index.write(&self.cfg.dir)?;
@@ -194,7 +194,7 @@ impl Writer {
         Ok(())
     }
 
-    fn retention(&mut self) {
+    pub(super) fn retention(&mut self) {
         self.last_retention = Instant::now();
         let Ok(segs) = segment::list(&self.cfg.dir) else {
             return;
@@ -243,7 +243,7 @@ impl Writer {
     /// Encodes and writes `batch` with one `write_all`; on error truncates the segment back
     /// to where it was, so a retry cannot write a record twice. Rotation happens only
     /// between batches, so a segment may exceed `segment_bytes` by up to one batch.
-    fn write_batch(&mut self, batch: &[NewRecord]) -> std::io::Result<()> {
+    pub(super) fn write_batch(&mut self, batch: &[NewRecord]) -> std::io::Result<()> {
         if self.disk_low() {
             return Err(std::io::Error::other(format!(
                 "less than min_free_disk ({} bytes) free",
@@ -382,6 +382,56 @@ impl Writer {
             self.fsync();
         }
         let _ = self.index.write(&self.cfg.dir);
+    }
+}
+
+#[cfg(test)]
+impl Writer {
+    /// A writer without its thread, for tests that drive it step by step.
+    pub(super) fn for_test(cfg: JournalConfig) -> std::io::Result<Writer> {
+        std::fs::create_dir_all(&cfg.dir)?;
+        let report = recover(&cfg.dir)?;
+        let (file, index) = Writer::open_segment(&cfg.dir, report.next_seq)?;
+        Ok(Writer {
+            cfg,
+            file,
+            index,
+            opened: Instant::now(),
+            next_seq: report.next_seq,
+            stats: Arc::default(),
+            last_fsync: Instant::now(),
+            dirty: false,
+            last_space_check: Instant::now(),
+            space_low: false,
+            last_retention: Instant::now(),
+            buf: Vec::new(),
+        })
+    }
+
+    pub(super) fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    pub(super) fn records_in_segment(&self) -> u64 {
+        self.index.records
+    }
+
+    pub(super) fn active_first_seq(&self) -> u64 {
+        self.index.first_seq
+    }
+
+    /// The active segment's first seq and, per seq, (offset, length) of its records,
+    /// read back from the file.
+    pub(super) fn segment_layout(&self) -> (u64, std::collections::HashMap<u64, (u64, u64)>) {
+        let path = segment::segment_path(&self.cfg.dir, self.index.first_seq);
+        let bytes = std::fs::read(path).unwrap_or_default();
+        let mut m = std::collections::HashMap::new();
+        for item in segment::scan(&bytes, 0) {
+            if let segment::Item::Record { offset, len, record } = item {
+                m.insert(record.meta.seq, (offset, len));
+            }
+        }
+        (self.index.first_seq, m)
     }
 }
 
