@@ -3,74 +3,14 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
 use common::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_aggd");
-
-/// Starts `aggd run ARGS` and returns it with its listeners' addresses, read from its log.
-fn spawn_run(args: &[&str], listeners: usize) -> (Child, Vec<(String, SocketAddr)>) {
-    spawn_run_with(args, listeners, Stdio::null(), false)
-}
-
-/// Like [`spawn_run`], with aggd's stdout as given; with `close_stderr`, aggd's stderr is
-/// closed once the listeners have been read from it.
-fn spawn_run_with(
-    args: &[&str],
-    listeners: usize,
-    stdout: Stdio,
-    close_stderr: bool,
-) -> (Child, Vec<(String, SocketAddr)>) {
-    let mut child = Command::new(BIN)
-        .arg("run")
-        .args(args)
-        .stderr(Stdio::piped())
-        .stdout(stdout)
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut seen = 0;
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { return };
-            if let (Some(k), Some(a)) = (line.find("listener=\""), line.find("address=")) {
-                let kind = line[k + 10..].split('"').next().unwrap().to_string();
-                let addr = line[a + 8..]
-                    .split_whitespace()
-                    .next()
-                    .unwrap()
-                    .parse()
-                    .unwrap();
-                let _ = tx.send((kind, addr));
-                seen += 1;
-                if close_stderr && seen == listeners {
-                    return; // drops the pipe's read end
-                }
-            }
-        }
-    });
-    let addrs = (0..listeners)
-        .map(|_| {
-            rx.recv_timeout(Duration::from_secs(10))
-                .expect("aggd did not log its listeners")
-        })
-        .collect();
-    (child, addrs)
-}
-
-fn sigterm(child: &Child) {
-    let ok = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
-}
 
 #[test]
 fn check_accepts_shipped_config_and_refuses_bad_rules_with_line() {

@@ -68,7 +68,9 @@ async fn submit_close_reopen_continues_sequence() {
     let (j, report) = Journal::open(cfg(&dir, 1 << 20, 1 << 30)).unwrap();
     assert_eq!(report.next_seq, 0);
     for i in 0..10 {
-        let t = j.submit(rec(1000 + i, format!("line {i}\n").as_bytes())).await;
+        let t = j
+            .submit(rec(1000 + i, format!("line {i}\n").as_bytes()))
+            .await;
         assert!(t.wait().await);
     }
     j.close();
@@ -78,7 +80,10 @@ async fn submit_close_reopen_continues_sequence() {
     j.close();
     let all = read_all(&dir);
     assert_eq!(all.len(), 11);
-    assert!(all.windows(2).all(|w| w[1].0 == w[0].0 + 1), "sequence numbers");
+    assert!(
+        all.windows(2).all(|w| w[1].0 == w[0].0 + 1),
+        "sequence numbers"
+    );
     assert_eq!(all[10], (10, 2000, b"after\n".to_vec()));
     // A time range reads only what was received in it.
     let mut n = 0;
@@ -111,12 +116,18 @@ async fn torn_tail_is_truncated_at_every_byte_on_restart() {
         std::fs::write(segment::segment_path(&dir, first), &bytes[..cut]).unwrap();
         let (j, report) = Journal::open(cfg(&dir, 1 << 20, 1 << 30)).unwrap();
         j.close();
-        assert_eq!(report.truncated_bytes, (cut - last_start) as u64, "cut {cut}");
+        assert_eq!(
+            report.truncated_bytes,
+            (cut - last_start) as u64,
+            "cut {cut}"
+        );
         assert_eq!(report.next_seq, 3, "cut {cut}");
         let seqs: Vec<u64> = read_all(&dir).iter().map(|r| r.0).collect();
         assert_eq!(seqs, [0, 1, 2], "cut {cut}");
         assert_eq!(
-            std::fs::metadata(segment::segment_path(&dir, first)).unwrap().len(),
+            std::fs::metadata(segment::segment_path(&dir, first))
+                .unwrap()
+                .len(),
             last_start as u64
         );
         let _ = std::fs::remove_dir_all(&dir);
@@ -138,7 +149,10 @@ async fn queue_full_with_ingest_policy_skips_and_counts() {
         written += u64::from(t.wait().await);
     }
     j.close();
-    let skipped = j.stats().unjournaled.load(std::sync::atomic::Ordering::Relaxed);
+    let skipped = j
+        .stats()
+        .unjournaled
+        .load(std::sync::atomic::Ordering::Relaxed);
     assert!(skipped > 0, "a queue of one record must overflow");
     assert_eq!(written + skipped, 200);
     assert_eq!(read_all(&dir).len() as u64, written);

@@ -427,7 +427,12 @@ impl Writer {
         let bytes = std::fs::read(path).unwrap_or_default();
         let mut m = std::collections::HashMap::new();
         for item in segment::scan(&bytes, 0) {
-            if let segment::Item::Record { offset, len, record } = item {
+            if let segment::Item::Record {
+                offset,
+                len,
+                record,
+            } = item
+            {
                 m.insert(record.meta.seq, (offset, len));
             }
         }

@@ -2,6 +2,8 @@
 //! downstream on a real socket, and an in-process aggd.
 #![allow(dead_code)]
 
+pub mod carbon;
+
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
@@ -237,4 +239,70 @@ pub fn python_pickle_send(addr: SocketAddr, protocol: u8, points: &[(String, f64
         "python3 pickle sender failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+// ---- the aggd binary as a child process -------------------------------------------------
+
+use std::io::BufRead as _;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+
+/// Starts `aggd run ARGS` and returns it with its listeners' addresses, read from its log.
+pub fn spawn_run(args: &[&str], listeners: usize) -> (Child, Vec<(String, SocketAddr)>) {
+    spawn_run_with(args, listeners, Stdio::null(), false)
+}
+
+/// Like [`spawn_run`], with aggd's stdout as given; with `close_stderr`, aggd's stderr is
+/// closed once the listeners have been read from it.
+pub fn spawn_run_with(
+    args: &[&str],
+    listeners: usize,
+    stdout: Stdio,
+    close_stderr: bool,
+) -> (Child, Vec<(String, SocketAddr)>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_aggd"))
+        .arg("run")
+        .args(args)
+        .stderr(Stdio::piped())
+        .stdout(stdout)
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut seen = 0;
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { return };
+            if let (Some(k), Some(a)) = (line.find("listener=\""), line.find("address=")) {
+                let kind = line[k + 10..].split('"').next().unwrap().to_string();
+                let addr = line[a + 8..]
+                    .split_whitespace()
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                let _ = tx.send((kind, addr));
+                seen += 1;
+                if close_stderr && seen == listeners {
+                    return; // drops the pipe's read end
+                }
+            }
+        }
+    });
+    let addrs = (0..listeners)
+        .map(|_| {
+            rx.recv_timeout(Duration::from_secs(10))
+                .expect("aggd did not log its listeners")
+        })
+        .collect();
+    (child, addrs)
+}
+
+pub fn sigterm(child: &Child) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
 }

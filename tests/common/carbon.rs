@@ -1,0 +1,132 @@
+//! A real carbon-cache (Debian's graphite-carbon) as a downstream, and reading its whisper
+//! files back with Debian's whisper module.
+//!
+//! carbon-cache treats port 0 as "receiver off", so its pickle port is reserved by binding
+//! port 0 and releasing it just before carbon-cache binds it (a small race).
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::tempdir;
+
+const CARBON_CACHE: &str = "/usr/bin/carbon-cache";
+const DEBIAN_PYTHON: &str = "/usr/bin/python3";
+
+/// A carbon-cache child process, killed on drop.
+pub struct CarbonCache {
+    child: Child,
+    /// Its config and storage directory.
+    pub dir: PathBuf,
+    /// Its pickle receiver port.
+    pub port: u16,
+}
+
+impl Drop for CarbonCache {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl CarbonCache {
+    /// Starts carbon-cache on a free port.
+    pub fn start() -> CarbonCache {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        CarbonCache::start_on(port, tempdir("carbon-cache"))
+    }
+
+    /// Starts carbon-cache with its pickle receiver on `port`, storing under `dir`.
+    pub fn start_on(port: u16, dir: PathBuf) -> CarbonCache {
+        assert!(
+            Path::new(CARBON_CACHE).exists(),
+            "{CARBON_CACHE} is missing: run tests/install-deps.sh (Debian package graphite-carbon)"
+        );
+        let d = dir.display();
+        std::fs::write(
+            dir.join("carbon.conf"),
+            format!(
+                "[cache]\nSTORAGE_DIR = {d}/storage\nLOCAL_DATA_DIR = {d}/storage/whisper\n\
+                 WHITELISTS_DIR = {d}/lists\nLOG_DIR = {d}/log\nPID_DIR = {d}\nUSER =\n\
+                 MAX_CACHE_SIZE = inf\nMAX_UPDATES_PER_SECOND = inf\nMAX_CREATES_PER_MINUTE = inf\n\
+                 LINE_RECEIVER_PORT = 0\nENABLE_UDP_LISTENER = False\n\
+                 PICKLE_RECEIVER_INTERFACE = 127.0.0.1\nPICKLE_RECEIVER_PORT = {port}\n\
+                 CACHE_QUERY_INTERFACE = 127.0.0.1\nCACHE_QUERY_PORT = 0\n\
+                 LOG_UPDATES = False\nLOG_CREATES = False\nCARBON_METRIC_INTERVAL = 0\n"
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("storage-schemas.conf"),
+            "[default]\npattern = .*\nretentions = 60s:1d\n",
+        )
+        .unwrap();
+        let child = Command::new(CARBON_CACHE)
+            .arg(format!("--config={}", dir.join("carbon.conf").display()))
+            .args(["--nodaemon", "start"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start carbon-cache");
+        let cc = CarbonCache { child, dir, port };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "carbon-cache did not start listening"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        cc
+    }
+
+    /// Values stored at `ts` for each metric path, via the whisper module; `None` where
+    /// the file or point does not exist yet.
+    pub fn fetch(&self, paths: &[&str], ts: i64) -> Vec<Option<f64>> {
+        let files: Vec<String> = paths
+            .iter()
+            .map(|p| {
+                format!(
+                    "{:?}",
+                    self.dir
+                        .join("storage/whisper")
+                        .join(p.replace('.', "/") + ".wsp")
+                        .display()
+                        .to_string()
+                )
+            })
+            .collect();
+        let script = format!(
+            "import os, whisper\n\
+             for f in [{}]:\n\
+             \x20   v = None\n\
+             \x20   if os.path.exists(f):\n\
+             \x20       (start, end, step), values = whisper.fetch(f, {from}, {until})\n\
+             \x20       v = values[({ts} - start) // step]\n\
+             \x20   print(v)\n",
+            files.join(", "),
+            from = ts - 60,
+            until = ts + 60,
+        );
+        let out = Command::new(DEBIAN_PYTHON)
+            .arg("-c")
+            .arg(script)
+            .output()
+            .expect("Debian's python3 with the whisper module is required");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| l.parse().ok())
+            .collect()
+    }
+}
