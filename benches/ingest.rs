@@ -8,9 +8,12 @@
 //! - rules `bench.sum.<m> (60) = sum bench.*.<m>` and `bench.count.<m> (60) = count …`:
 //!   1 000 output series for 100 000 inputs.
 //!
-//! Prints datapoints/s (from the first byte sent until the downstream holds every
-//! aggregate, so it includes up to one flush tick of 100 ms), aggd's CPU time (user + sys,
-//! from /proc) per datapoint, and aggd's peak RSS. Run with `cargo bench --bench ingest`.
+//! Runs the workload twice, with the journal off and on (`fsync = "interval"`, 1 s), then
+//! times `aggd replay --dry-run` over the journaled window. Prints, per run, datapoints/s
+//! (from the first byte sent until the downstream holds every aggregate, so it includes up
+//! to one flush tick of 100 ms), aggd's CPU time (user + sys, from /proc) per datapoint and
+//! peak RSS; then the journal's throughput cost and replay's read rate.
+//! Run with `cargo bench --bench ingest`; `AGGD_BENCH_JOURNAL=off` or `=on` runs one mode.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -47,6 +50,15 @@ fn proc_usage(pid: u32) -> (f64, u64) {
     (ticks as f64 / hz, hwm_kb * 1024)
 }
 
+/// One measured run.
+struct Run {
+    dps: f64,
+    cpu_ns: f64,
+    dir: std::path::PathBuf,
+    cfg: std::path::PathBuf,
+    base: i64,
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing special. Either
     // way the full run happens only under `cargo bench`.
@@ -54,6 +66,45 @@ fn main() {
         println!("ingest benchmark: run with `cargo bench --bench ingest`");
         return;
     }
+    let mode = std::env::var("AGGD_BENCH_JOURNAL").unwrap_or_default();
+    let off = (mode != "on").then(|| run(false));
+    let on = (mode != "off").then(|| run(true));
+    if let (Some(off), Some(on)) = (&off, &on) {
+        println!(
+            "journal cost: {:.1} % throughput, {:+.0} ns/datapoint CPU",
+            (1.0 - on.dps / off.dps) * 100.0,
+            on.cpu_ns - off.cpu_ns
+        );
+    }
+    if let Some(on) = &on {
+        let t0 = Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_aggd"))
+            .args(["replay", "--dry-run", "-c"])
+            .arg(&on.cfg)
+            .args([
+                "--from",
+                &(on.base - 60).to_string(),
+                "--to",
+                &(on.base + 60).to_string(),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        println!("replay: {}", text.trim());
+        println!(
+            "  wall time including process start: {:.2} s",
+            t0.elapsed().as_secs_f64()
+        );
+        let _ = std::fs::remove_dir_all(&on.dir);
+    }
+}
+
+fn run(journal: bool) -> Run {
     let points = env_or("AGGD_BENCH_POINTS", 10_000_000);
     let series = env_or("AGGD_BENCH_SERIES", 100_000).max(200);
     let conns = env_or("AGGD_BENCH_CONNECTIONS", 4).max(1);
@@ -68,13 +119,18 @@ fn main() {
     )
     .unwrap();
     let cfg = dir.join("aggd.toml");
+    let journal_section = if journal {
+        "[journal]\ndir = \"journal\"\nfsync = \"interval\"\nfsync_interval = \"1s\"\n"
+    } else {
+        ""
+    };
     std::fs::write(
         &cfg,
         format!(
             "[[listen]]\nprotocol = \"plaintext\"\naddress = \"127.0.0.1:0\"\n\
              [aggregation]\nrules = \"rules.conf\"\n\
              [workers]\nflush_tick_ms = 100\n\
-             [[destination]]\naddress = \"{}\"\nprotocol = \"pickle\"\n",
+             [[destination]]\naddress = \"{}\"\nprotocol = \"pickle\"\n{journal_section}",
             capture.addr
         ),
     )
@@ -177,7 +233,12 @@ fn main() {
     let secs = elapsed.as_secs_f64();
     let cpu = cpu1 - cpu0;
     println!(
-        "ingest: {points} datapoints, {series} input series, {} output series, {conns} TCP connections",
+        "ingest, journal {}: {points} datapoints, {series} input series, {} output series, {conns} TCP connections",
+        if journal {
+            "on (fsync every 1 s)"
+        } else {
+            "off"
+        },
         metrics * 2
     );
     println!(
@@ -190,4 +251,14 @@ fn main() {
         cpu * 1e9 / total
     );
     println!("  aggd peak RSS: {:.1} MB", rss as f64 / 1e6);
+    if !journal {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Run {
+        dps: total / secs,
+        cpu_ns: cpu * 1e9 / total,
+        dir,
+        cfg,
+        base,
+    }
 }

@@ -79,7 +79,41 @@ pub struct Journal {
     on_full: OnFull,
     stats: Arc<JournalStats>,
     thread: std::sync::Mutex<Option<JoinHandle<()>>>,
+    fsyncer: std::sync::Mutex<Option<(Arc<std::sync::atomic::AtomicBool>, JoinHandle<()>)>>,
     dir: PathBuf,
+}
+
+/// The `fsync = "interval"` thread: every interval, fsyncs the active segment through its
+/// own file handle, so the writer never waits for the disk.
+fn spawn_fsyncer(
+    active: Arc<std::sync::Mutex<Option<File>>>,
+    every: Duration,
+    stats: Arc<JournalStats>,
+) -> std::io::Result<(Arc<std::sync::atomic::AtomicBool>, JoinHandle<()>)> {
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s = Arc::clone(&stop);
+    let t = std::thread::Builder::new()
+        .name("aggd-journal-fsync".into())
+        .spawn(move || {
+            let mut last = Instant::now();
+            while !s.load(Ordering::Relaxed) {
+                std::thread::sleep(every.min(Duration::from_millis(100)));
+                if last.elapsed() < every {
+                    continue;
+                }
+                last = Instant::now();
+                let f = active
+                    .lock()
+                    .ok()
+                    .and_then(|a| a.as_ref().and_then(|f| f.try_clone().ok()));
+                if let Some(f) = f
+                    && f.sync_data().is_ok()
+                {
+                    stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })?;
+    Ok((stop, t))
 }
 
 /// The outcome of a submission, to await before handing datapoints on.
@@ -158,11 +192,13 @@ fn recover(dir: &Path) -> std::io::Result<OpenReport> {
 pub(super) struct Writer {
     cfg: JournalConfig,
     file: File,
+    /// A handle on the active segment for the interval fsync thread (which must not hold
+    /// up the writer: an inline fsync of a second's data stalled every connection).
+    active: Arc<std::sync::Mutex<Option<File>>>,
     index: Index,
     opened: Instant,
     next_seq: u64,
     stats: Arc<JournalStats>,
-    last_fsync: Instant,
     dirty: bool,
     last_space_check: Instant,
     space_low: bool,
@@ -186,6 +222,9 @@ impl Writer {
         self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
         self.index.write(&self.cfg.dir)?;
         let (f, idx) = Writer::open_segment(&self.cfg.dir, self.next_seq)?;
+        if let Ok(mut a) = self.active.lock() {
+            *a = f.try_clone().ok();
+        }
         self.file = f;
         self.index = idx;
         self.opened = Instant::now();
@@ -302,7 +341,6 @@ impl Writer {
         if self.dirty && self.file.sync_data().is_ok() {
             self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
             self.dirty = false;
-            self.last_fsync = Instant::now();
         }
     }
 
@@ -369,11 +407,6 @@ impl Writer {
                 }
                 records.clear();
             }
-            if let super::Fsync::Interval(d) = self.cfg.fsync
-                && self.last_fsync.elapsed() >= d
-            {
-                self.fsync();
-            }
             if self.last_retention.elapsed() >= Duration::from_secs(10) {
                 self.retention();
             }
@@ -399,8 +432,8 @@ impl Writer {
             opened: Instant::now(),
             next_seq: report.next_seq,
             stats: Arc::default(),
-            last_fsync: Instant::now(),
             dirty: false,
+            active: Arc::default(),
             last_space_check: Instant::now(),
             space_low: false,
             last_retention: Instant::now(),
@@ -457,14 +490,23 @@ impl Journal {
         let (tx, rx) = bounded(cfg.queue_records);
         let dir = cfg.dir.clone();
         let on_full = cfg.on_full;
+        let active = Arc::new(std::sync::Mutex::new(file.try_clone().ok()));
+        let fsyncer = match cfg.fsync {
+            super::Fsync::Interval(every) => Some(spawn_fsyncer(
+                Arc::clone(&active),
+                every,
+                Arc::clone(&stats),
+            )?),
+            _ => None,
+        };
         let writer = Writer {
             cfg,
+            active,
             file,
             index,
             opened: Instant::now(),
             next_seq: report.next_seq,
             stats: Arc::clone(&stats),
-            last_fsync: Instant::now(),
             dirty: false,
             last_space_check: Instant::now() - Duration::from_secs(2),
             space_low: false,
@@ -480,6 +522,7 @@ impl Journal {
                 on_full,
                 stats,
                 thread: std::sync::Mutex::new(Some(thread)),
+                fsyncer: std::sync::Mutex::new(fsyncer),
                 dir,
             }),
             report,
@@ -520,6 +563,10 @@ impl Journal {
     pub fn close(&self) {
         let _ = self.tx.send(Msg::Stop);
         if let Some(t) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = t.join();
+        }
+        if let Some((stop, t)) = self.fsyncer.lock().ok().and_then(|mut t| t.take()) {
+            stop.store(true, Ordering::Relaxed);
             let _ = t.join();
         }
     }

@@ -20,7 +20,7 @@ use crate::ingest::{Ingest, Pipeline};
 use crate::journal::record::Kind;
 
 /// Bytes requested per read.
-const READ_BYTES: usize = 64 * 1024;
+const READ_BYTES: usize = 256 * 1024;
 
 pub(super) async fn accept_loop(
     listener: TcpListener,
