@@ -61,6 +61,9 @@ pub struct Ingest {
     tickets: Vec<(Ticket, f64)>,
     tally: DropTally,
     received: u64,
+    /// Start-up rebuild: the input was counted (and its drops ledgered) when it was first
+    /// received, so nothing is counted again.
+    rebuild: bool,
 }
 
 impl Ingest {
@@ -79,6 +82,18 @@ impl Ingest {
             tickets: Vec::new(),
             tally: DropTally::default(),
             received: 0,
+            rebuild: false,
+        }
+    }
+
+    /// State for the start-up rebuild from the journal: like [`Ingest::new`], but nothing
+    /// is counted or ledgered again, and workers do not count datapoints that have aged
+    /// out of the window since they were received.
+    pub fn for_rebuild(p: Arc<Pipeline>) -> Self {
+        let peer = SocketAddr::from(([127, 0, 0, 1], 0));
+        Ingest {
+            rebuild: true,
+            ..Ingest::new(p, peer, u16::MAX, Kind::PlaintextTcp)
         }
     }
 
@@ -175,6 +190,12 @@ impl Ingest {
     }
 
     fn settle(&mut self) {
+        if self.rebuild {
+            self.forwards.clear();
+            self.received = 0;
+            self.tally = DropTally::default();
+            return;
+        }
         if !self.forwards.is_empty() {
             let batch = std::mem::take(&mut self.forwards);
             self.p
@@ -218,7 +239,12 @@ impl Ingest {
         for i in 0..self.pending.len() {
             if !self.pending[i].is_empty() {
                 let batch = std::mem::take(&mut self.pending[i]);
-                let _ = self.p.workers[i].send(WorkerMsg::Batch(batch));
+                let msg = if self.rebuild {
+                    WorkerMsg::Rebuild(batch)
+                } else {
+                    WorkerMsg::Batch(batch)
+                };
+                let _ = self.p.workers[i].send(msg);
             }
         }
         self.settle();

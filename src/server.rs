@@ -27,7 +27,6 @@ use crate::ingest::Ingest;
 use crate::ingest::Pipeline;
 use crate::journal::Journal;
 use crate::journal::ledger::Ledger;
-use crate::journal::record::Kind;
 use crate::listen::BoundListener;
 use crate::replay;
 use crate::route::Router;
@@ -131,9 +130,8 @@ pub async fn start(config: Config, listeners: Vec<BoundListener>) -> std::io::Re
         });
         let dir = j.dir().to_path_buf();
         let cfg = config.clone();
-        let local = SocketAddr::from(([127, 0, 0, 1], 0));
         tokio::task::spawn_blocking(move || {
-            let mut ingest = Ingest::new(rebuild_pipeline, local, u16::MAX, Kind::PlaintextTcp);
+            let mut ingest = Ingest::for_rebuild(rebuild_pipeline);
             replay::rebuild(&cfg, &dir, &mut ingest)
         })
         .await

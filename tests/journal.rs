@@ -65,10 +65,10 @@ fn kill_9_and_restart_loses_no_aggregate() {
 
     let (mut child, addrs) = spawn_run(&args, 3);
     let tcp = addrs.iter().find(|(k, _)| k == "plaintext/tcp").unwrap().1;
-    send_steady(
-        tcp,
-        &before.iter().map(|(l, _)| l.clone()).collect::<Vec<_>>(),
-    );
+    // One malformed line, journaled with the rest: counted and ledgered once, by this run.
+    let mut first: Vec<String> = before.iter().map(|(l, _)| l.clone()).collect();
+    first.insert(100, "not a datapoint\n".into());
+    send_steady(tcp, &first);
     // Everything sent has been read and journaled well within this; then SIGKILL.
     std::thread::sleep(Duration::from_millis(500));
     child.kill().unwrap();
@@ -97,6 +97,14 @@ fn kill_9_and_restart_loses_no_aggregate() {
     }
     assert!(want.contains_key(&("hour.count".to_string(), hour)));
     capture.wait_for("aggregates of both runs", |got| *got == want);
+    // The rebuild re-read the malformed line but did not count or ledger it again.
+    let (entries, _) = aggd::journal::ledger::read(&dir.join("journal")).unwrap();
+    let parse_errors: u64 = entries
+        .iter()
+        .filter(|e| e.reason == "parse_error")
+        .map(|e| e.count)
+        .sum();
+    assert_eq!(parse_errors, 1, "{entries:?}");
 }
 
 fn replay(cfg: &std::path::Path, extra: &[&str]) -> String {

@@ -41,6 +41,10 @@ pub struct WorkItem {
 pub enum WorkerMsg {
     /// Datapoints to add.
     Batch(Vec<WorkItem>),
+    /// Datapoints re-read from the journal at start-up: added like a batch, but those
+    /// outside the window now are skipped without being counted (they were accounted for
+    /// when first received).
+    Rebuild(Vec<WorkItem>),
     /// Emit every dirty bucket, open or not, then exit.
     Shutdown,
 }
@@ -72,11 +76,13 @@ struct Worker {
 }
 
 impl Worker {
-    fn apply(&mut self, items: &[WorkItem]) {
+    fn apply(&mut self, items: &[WorkItem], count_drops: bool) {
         let now = now_unix();
         let mut rejected: Option<&Arc<str>> = None;
         for it in items {
-            if let Err(reason) = self.table.add(&it.key, it.timestamp, it.value, now) {
+            if let Err(reason) = self.table.add(&it.key, it.timestamp, it.value, now)
+                && count_drops
+            {
                 self.tally.add(reason, 1, it.timestamp);
                 rejected = Some(&it.key.name);
             }
@@ -84,6 +90,22 @@ impl Worker {
         if let Some(path) = rejected {
             self.tally
                 .flush(&self.stats, &format_args!("series {path}"));
+        }
+    }
+
+    /// Applies a batch; a panic drops the batch, counted as `panic`, and the worker goes on.
+    fn apply_guarded(&mut self, items: &[WorkItem], count_drops: bool) {
+        let r = std::panic::catch_unwind(AssertUnwindSafe(|| self.apply(items, count_drops)));
+        if r.is_err() {
+            let window = items.iter().fold(Window::at(now_unix()), |w, it| {
+                w.union(Window::at(it.timestamp))
+            });
+            self.stats.record_drop(
+                DropReason::Panic,
+                items.len() as u64,
+                window,
+                &format_args!("worker {} batch", self.index),
+            );
         }
     }
 
@@ -104,20 +126,8 @@ impl Worker {
         let mut next_tick = Instant::now() + self.tick;
         loop {
             match rx.recv_deadline(next_tick) {
-                Ok(WorkerMsg::Batch(items)) => {
-                    let r = std::panic::catch_unwind(AssertUnwindSafe(|| self.apply(&items)));
-                    if r.is_err() {
-                        let window = items.iter().fold(Window::at(now_unix()), |w, it| {
-                            w.union(Window::at(it.timestamp))
-                        });
-                        self.stats.record_drop(
-                            DropReason::Panic,
-                            items.len() as u64,
-                            window,
-                            &format_args!("worker {} batch", self.index),
-                        );
-                    }
-                }
+                Ok(WorkerMsg::Batch(items)) => self.apply_guarded(&items, true),
+                Ok(WorkerMsg::Rebuild(items)) => self.apply_guarded(&items, false),
                 Ok(WorkerMsg::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
                     self.sweep(true);
                     return;
