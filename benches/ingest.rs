@@ -78,23 +78,16 @@ fn main() {
     }
     if let Some(on) = &on {
         let t0 = Instant::now();
-        let out = Command::new(env!("CARGO_BIN_EXE_aggd"))
-            .args(["replay", "--dry-run", "-c"])
-            .arg(&on.cfg)
-            .args([
-                "--from",
-                &(on.base - 60).to_string(),
-                "--to",
-                &(on.base + 60).to_string(),
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8(out.stdout).unwrap();
+        let text = aggd_ok([
+            "replay".as_ref(),
+            "--dry-run".as_ref(),
+            "-c".as_ref(),
+            on.cfg.as_os_str(),
+            "--from".as_ref(),
+            (on.base - 60).to_string().as_ref(),
+            "--to".as_ref(),
+            (on.base + 60).to_string().as_ref(),
+        ]);
         println!("replay: {}", text.trim());
         println!(
             "  wall time including process start: {:.2} s",

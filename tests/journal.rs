@@ -5,13 +5,10 @@ mod common;
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::carbon::CarbonCache;
 use common::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_aggd");
 
 fn add_journal(cfg: &std::path::Path, extra_destination: &str) {
     let mut text = std::fs::read_to_string(cfg).unwrap();
@@ -108,18 +105,9 @@ fn kill_9_and_restart_loses_no_aggregate() {
 }
 
 fn replay(cfg: &std::path::Path, extra: &[&str]) -> String {
-    let out = Command::new(BIN)
-        .args(["replay", "-c"])
-        .arg(cfg)
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "aggd replay failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    let mut args = vec!["replay", "-c", cfg.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    aggd_ok(args)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

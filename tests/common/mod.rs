@@ -306,3 +306,22 @@ pub fn sigterm(child: &Child) {
         .success();
     assert!(ok);
 }
+
+/// Runs `aggd ARGS` to completion; fails the test with its stderr unless it succeeds;
+/// returns its stdout.
+pub fn aggd_ok<I, S>(args: I) -> String
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let out = Command::new(env!("CARGO_BIN_EXE_aggd"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "aggd failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
