@@ -56,11 +56,21 @@ pub enum DropReason {
     /// could not write, with `on_full = "ingest"`). Not a datapoint loss, but replay cannot
     /// cover the window. Counted in frames.
     Unjournaled,
+    /// The tenant is deleted in the registry.
+    TenantDeleted,
+    /// The tenant is blocked in the registry.
+    TenantBlocked,
+    /// The tenant is not in the registry and `tenants.unknown = "reject"`.
+    TenantUnknown,
+    /// The tenant is over its datapoints or bytes per second.
+    RateLimited,
+    /// A new metric path of a tenant already at its `max_series`.
+    SeriesLimit,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 17] = [
+    pub const ALL: [DropReason; 22] = [
         DropReason::ParseError,
         DropReason::BadUtf8,
         DropReason::LineTooLong,
@@ -78,6 +88,11 @@ impl DropReason {
         DropReason::DestinationDown,
         DropReason::Panic,
         DropReason::Unjournaled,
+        DropReason::TenantDeleted,
+        DropReason::TenantBlocked,
+        DropReason::TenantUnknown,
+        DropReason::RateLimited,
+        DropReason::SeriesLimit,
     ];
 
     /// The snake_case label used for counters and logs, e.g. `too_old`.
@@ -100,6 +115,11 @@ impl DropReason {
             DropReason::DestinationDown => "destination_down",
             DropReason::Panic => "panic",
             DropReason::Unjournaled => "unjournaled",
+            DropReason::TenantDeleted => "tenant_deleted",
+            DropReason::TenantBlocked => "tenant_blocked",
+            DropReason::TenantUnknown => "tenant_unknown",
+            DropReason::RateLimited => "rate_limited",
+            DropReason::SeriesLimit => "series_limit",
         }
     }
 

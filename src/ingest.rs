@@ -30,6 +30,7 @@ use crate::journal::ledger::Window;
 use crate::journal::record::Kind;
 use crate::journal::{Journal, NewRecord, Ticket};
 use crate::route::Router;
+use crate::tenant::{Tenants, prefix};
 
 /// Everything a connection needs, shared by all connections.
 pub struct Pipeline {
@@ -45,6 +46,8 @@ pub struct Pipeline {
     pub limits: Limits,
     /// The raw-input journal, when on.
     pub journal: Option<Arc<Journal>>,
+    /// The tenant gate, when on.
+    pub tenants: Option<Arc<Tenants>>,
 }
 
 /// Per-connection batching state.
@@ -127,14 +130,28 @@ impl Ingest {
             Ok(dp) => dp,
             Err(reason) => return self.tally.add(reason, 1, self.now),
         };
-        self.received += 1;
         let Ingest {
             p,
             pending,
             forwards,
+            tally,
+            received,
+            now,
             ..
         } = self;
-        p.router.with_route(dp.path, |route| {
+        // The tenant gate: state and rate limits, then (for a path new to the route cache)
+        // the series limit. Reads a lock-free registry snapshot; never blocks.
+        let tenant = p.tenants.as_deref().map(|t| (t, prefix(dp.path)));
+        if let Some((t, id)) = tenant
+            && let Err(reason) = t.admit(id, dp.path, *now as u64)
+        {
+            return tally.add(reason, 1, dp.timestamp);
+        }
+        let admit_new = || match tenant {
+            Some((t, id)) => t.admit_series(id, dp.path),
+            None => Ok(()),
+        };
+        let routed = p.router.with_route_checked(dp.path, admit_new, |route| {
             for o in route.outputs.iter() {
                 pending[o.worker].push(WorkItem {
                     key: Arc::clone(&o.key),
@@ -150,6 +167,10 @@ impl Ingest {
                 });
             }
         });
+        match routed {
+            Ok(()) => *received += 1,
+            Err(reason) => tally.add(reason, 1, dp.timestamp),
+        }
     }
 
     /// Counts `n` rejections of `reason` found by a framer.
@@ -312,6 +333,7 @@ mod tests {
             stats: stats.clone(),
             limits: Limits::default(),
             journal: None,
+            tenants: None,
         });
         let peer = "127.0.0.1:9".parse().unwrap();
         (Ingest::new(p, peer, 0, Kind::PlaintextTcp), rx, stats)

@@ -22,3 +22,4 @@ pub mod replay;
 pub mod route;
 pub mod rules;
 pub mod server;
+pub mod tenant;

@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use aggd::config::{Config, carbon};
 use aggd::listen::BoundListener;
+use aggd::server::Signal;
 
 /// A Graphite-compatible aggregation daemon.
 #[derive(Parser)]
@@ -113,22 +114,26 @@ fn init_logging() {
         .init();
 }
 
-async fn signal() {
+/// Forwards SIGHUP as [`Signal::Reload`] and SIGTERM/SIGINT as [`Signal::Stop`].
+fn signals() -> anyhow::Result<tokio::sync::mpsc::Receiver<Signal>> {
     use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tokio::spawn(async move {
+        loop {
+            let s = tokio::select! {
+                _ = term.recv() => Signal::Stop,
+                _ = int.recv() => Signal::Stop,
+                _ = hup.recv() => Signal::Reload,
+            };
+            if tx.send(s).await.is_err() || s == Signal::Stop {
+                return;
             }
         }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
+    });
+    Ok(rx)
 }
 
 fn run(config: Config) -> anyhow::Result<()> {
@@ -138,7 +143,10 @@ fn run(config: Config) -> anyhow::Result<()> {
         .thread_name("aggd-io")
         .build()
         .context("starting the tokio runtime")?;
-    let stats = rt.block_on(aggd::server::run(config, listeners, signal()))?;
+    let stats = rt.block_on(async {
+        let signals = signals()?;
+        anyhow::Ok(aggd::server::run(config, listeners, signals).await?)
+    })?;
     tracing::info!(
         received = stats.received.load(std::sync::atomic::Ordering::Relaxed),
         aggregates = stats

@@ -153,16 +153,32 @@ impl Router {
     /// Calls `f` with the route of `path`, computing and caching it on a miss.
     #[inline]
     pub fn with_route<T>(&self, path: &str, f: impl FnOnce(&Route) -> T) -> T {
-        if let Some(r) = self.cache.get(path) {
-            return f(&r);
+        match self.with_route_checked(path, || Ok(()), f) {
+            Ok(t) => t,
+            Err(_) => unreachable!("the admission check always passes"),
         }
+    }
+
+    /// Like [`Router::with_route`], but a path not in the cache must first pass
+    /// `admit_new` (the tenant's series limit); its rejection is returned.
+    #[inline]
+    pub fn with_route_checked<T>(
+        &self,
+        path: &str,
+        admit_new: impl FnOnce() -> Result<(), crate::drops::DropReason>,
+        f: impl FnOnce(&Route) -> T,
+    ) -> Result<T, crate::drops::DropReason> {
+        if let Some(r) = self.cache.get(path) {
+            return Ok(f(&r));
+        }
+        admit_new()?;
         let route = self.compute(path);
         let out = f(&route);
         if self.cache.len() >= self.aggregation.route_cache_entries {
             self.cache.clear();
         }
         self.cache.insert(path.into(), route);
-        out
+        Ok(out)
     }
 }
 

@@ -30,6 +30,8 @@ use crate::journal::ledger::Ledger;
 use crate::listen::BoundListener;
 use crate::replay;
 use crate::route::Router;
+use crate::tenant::{Registry, Tenants, admin};
+use std::path::PathBuf;
 
 /// Longest time shutdown waits for destinations to take what is queued.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -45,6 +47,7 @@ pub struct Server {
     tracker: TaskTracker,
     journal: Option<Arc<Journal>>,
     ledger_flusher: Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>,
+    tenants: Option<(Arc<Tenants>, PathBuf)>,
 }
 
 /// The forward sink of the start-up rebuild: raw datapoints were forwarded when received.
@@ -127,6 +130,7 @@ pub async fn start(config: Config, listeners: Vec<BoundListener>) -> std::io::Re
             stats: Arc::clone(&stats),
             limits: config.limits.clone(),
             journal: None,
+            tenants: None,
         });
         let dir = j.dir().to_path_buf();
         let cfg = config.clone();
@@ -137,6 +141,16 @@ pub async fn start(config: Config, listeners: Vec<BoundListener>) -> std::io::Re
         .await
         .map_err(std::io::Error::other)??;
     }
+    let tenants = match &config.tenants {
+        Some(t) => Some((
+            Arc::new(Tenants::new(
+                Registry::load(&t.registry).map_err(std::io::Error::other)?,
+                t.unknown,
+            )),
+            t.registry.clone(),
+        )),
+        None => None,
+    };
     let pipeline = Arc::new(Pipeline {
         router,
         workers: workers.senders(),
@@ -144,10 +158,34 @@ pub async fn start(config: Config, listeners: Vec<BoundListener>) -> std::io::Re
         stats: Arc::clone(&stats),
         limits: config.limits.clone(),
         journal: journal.clone(),
+        tenants: tenants.as_ref().map(|(t, _)| Arc::clone(t)),
     });
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let mut addrs = Vec::new();
+    if let Some(a) = &config.admin {
+        let Some((t, file)) = &tenants else {
+            return Err(std::io::Error::other("[admin] needs a [tenants] section"));
+        };
+        let l = tokio::net::TcpListener::bind(a.address.as_str()).await?;
+        let addr = l.local_addr()?;
+        tracing::info!(listener = "admin/http", address = %addr, "listening");
+        addrs.push(("admin/http", addr));
+        let app = admin::router(Arc::new(admin::Admin {
+            tenants: Arc::clone(t),
+            registry_file: Some(file.clone()),
+            token: a.token.clone(),
+            write: tokio::sync::Mutex::new(()),
+        }));
+        let sd = shutdown.clone();
+        tracker.spawn(async move {
+            let serve =
+                axum::serve(l, app).with_graceful_shutdown(async move { sd.cancelled().await });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "admin API stopped");
+            }
+        });
+    }
     for (i, l) in listeners.into_iter().enumerate() {
         let addr = l.local_addr()?;
         let kind = l.kind().as_str();
@@ -165,6 +203,7 @@ pub async fn start(config: Config, listeners: Vec<BoundListener>) -> std::io::Re
         tracker,
         journal,
         ledger_flusher,
+        tenants,
     })
 }
 
@@ -177,6 +216,21 @@ impl Server {
     /// The address of the first listener of `kind`.
     pub fn addr(&self, kind: &str) -> Option<SocketAddr> {
         self.addrs.iter().find(|(k, _)| *k == kind).map(|(_, a)| *a)
+    }
+
+    /// Re-reads the tenant registry file and swaps it in; on error the old registry stays
+    /// and the error (with the file) is returned.
+    pub fn reload_tenants(&self) -> Result<(), crate::config::ConfigError> {
+        if let Some((t, file)) = &self.tenants {
+            t.replace(Registry::load(file)?);
+            tracing::info!(registry = %file.display(), "tenant registry reloaded");
+        }
+        Ok(())
+    }
+
+    /// The tenant gate, when on.
+    pub fn tenants(&self) -> Option<Arc<Tenants>> {
+        self.tenants.as_ref().map(|(t, _)| Arc::clone(t))
     }
 
     /// The process counters.
@@ -208,14 +262,28 @@ impl Server {
     }
 }
 
-/// Runs aggd until `signal` completes, then shuts down cleanly.
+/// What the process was asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// Re-read what can be reloaded (SIGHUP).
+    Reload,
+    /// Shut down (SIGTERM, SIGINT).
+    Stop,
+}
+
+/// Runs aggd, reloading on [`Signal::Reload`], until [`Signal::Stop`] (or the signal
+/// source ends), then shuts down cleanly.
 pub async fn run(
     config: Config,
     listeners: Vec<BoundListener>,
-    signal: impl std::future::Future<Output = ()>,
+    mut signals: tokio::sync::mpsc::Receiver<Signal>,
 ) -> std::io::Result<Arc<Stats>> {
     let server = start(config, listeners).await?;
-    signal.await;
+    while let Some(Signal::Reload) = signals.recv().await {
+        if let Err(e) = server.reload_tenants() {
+            tracing::error!(error = %e, "reload failed; keeping the previous tenant registry");
+        }
+    }
     tracing::info!("shutting down: draining connections, flushing buckets and destinations");
     Ok(server.shutdown().await)
 }

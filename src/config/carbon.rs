@@ -207,6 +207,8 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         destination,
         limits,
         journal: None,
+        tenants: None,
+        admin: None,
     };
     Config::from_file(file, path)
 }

@@ -280,6 +280,45 @@ pub struct JournalFile {
     pub queue_records: usize,
 }
 
+fn default_unknown() -> String {
+    "accept".into()
+}
+
+/// `[tenants]` as written; the section's presence turns the tenant gate on.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantsFile {
+    /// How a datapoint's tenant is found: `prefix` (the first path node).
+    #[serde(default = "default_mode")]
+    pub mode: String,
+    /// The registry file (TOML, `[tenant.<id>]` tables).
+    pub registry: PathBuf,
+    /// Tenants not in the registry: `accept` or `reject`.
+    #[serde(default = "default_unknown")]
+    pub unknown: String,
+}
+
+fn default_mode() -> String {
+    "prefix".into()
+}
+
+/// `[admin]` as written: the admin HTTP API.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminFile {
+    /// `host:port`; loopback by default.
+    #[serde(default = "default_admin_address")]
+    pub address: String,
+    /// The bearer token (prefer `token_file`).
+    pub token: Option<String>,
+    /// A file holding the bearer token.
+    pub token_file: Option<PathBuf>,
+}
+
+fn default_admin_address() -> String {
+    "127.0.0.1:8081".into()
+}
+
 /// The whole TOML file as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -300,6 +339,28 @@ pub struct File {
     pub limits: LimitsFile,
     /// The raw-input journal (off without this section).
     pub journal: Option<JournalFile>,
+    /// The tenant gate (off without this section).
+    pub tenants: Option<TenantsFile>,
+    /// The admin HTTP API (off without this section).
+    pub admin: Option<AdminFile>,
+}
+
+/// Validated `[tenants]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TenantsConfig {
+    /// The registry file.
+    pub registry: PathBuf,
+    /// What to do with unknown tenants.
+    pub unknown: crate::tenant::Unknown,
+}
+
+/// Validated `[admin]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdminConfig {
+    /// Address to bind.
+    pub address: String,
+    /// Bearer token.
+    pub token: String,
 }
 
 /// A validated listener.
@@ -396,6 +457,10 @@ pub struct Config {
     pub limits: Limits,
     /// The journal, when on.
     pub journal: Option<JournalConfig>,
+    /// The tenant gate, when on.
+    pub tenants: Option<TenantsConfig>,
+    /// The admin API, when on.
+    pub admin: Option<AdminConfig>,
 }
 
 fn invalid(file: &Path, message: impl Into<String>) -> ConfigError {
@@ -572,6 +637,57 @@ impl Config {
             None => None,
             Some(j) => Some(journal_config(j, base, path)?),
         };
+        let tenants = match file.tenants {
+            None => None,
+            Some(t) => {
+                if t.mode != "prefix" {
+                    return Err(invalid(
+                        path,
+                        format!("tenants.mode = {:?}: only \"prefix\"", t.mode),
+                    ));
+                }
+                let unknown = match t.unknown.as_str() {
+                    "accept" => crate::tenant::Unknown::Accept,
+                    "reject" => crate::tenant::Unknown::Reject,
+                    other => {
+                        return Err(invalid(
+                            path,
+                            format!("tenants.unknown = {other:?}: accept or reject"),
+                        ));
+                    }
+                };
+                let registry = resolve(base, &t.registry);
+                // Validate now so `aggd check` reports a broken registry.
+                crate::tenant::Registry::load(&registry)?;
+                Some(TenantsConfig { registry, unknown })
+            }
+        };
+        let admin = match file.admin {
+            None => None,
+            Some(a) => {
+                let token = match (a.token, a.token_file) {
+                    (_, Some(f)) => {
+                        let f = resolve(base, &f);
+                        std::fs::read_to_string(&f)
+                            .map_err(|source| ConfigError::Io { file: f, source })?
+                            .trim()
+                            .to_string()
+                    }
+                    (Some(t), None) => t,
+                    (None, None) => String::new(),
+                };
+                if token.len() < 8 {
+                    return Err(invalid(
+                        path,
+                        "admin: a token (or token_file) of at least 8 characters is required",
+                    ));
+                }
+                Some(AdminConfig {
+                    address: a.address,
+                    token,
+                })
+            }
+        };
         let limits = Limits {
             max_line_bytes: l.max_line_bytes,
             max_path_bytes: l.max_path_bytes,
@@ -601,6 +717,8 @@ impl Config {
             destinations,
             limits,
             journal,
+            tenants,
+            admin,
         })
     }
 
