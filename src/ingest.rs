@@ -29,6 +29,7 @@ use crate::drops::{DropReason, DropTally, Stats};
 use crate::journal::ledger::Window;
 use crate::journal::record::Kind;
 use crate::journal::{Journal, NewRecord, Ticket};
+use crate::quarantine::Quarantine;
 use crate::route::Router;
 use crate::tenant::{Tenants, prefix};
 
@@ -48,6 +49,8 @@ pub struct Pipeline {
     pub journal: Option<Arc<Journal>>,
     /// The tenant gate, when on.
     pub tenants: Option<Arc<Tenants>>,
+    /// Where rejected datapoints are written, when on.
+    pub quarantine: Option<Arc<Quarantine>>,
 }
 
 /// Per-connection batching state.
@@ -145,6 +148,9 @@ impl Ingest {
         if let Some((t, id)) = tenant
             && let Err(reason) = t.admit(id, dp.path, *now as u64)
         {
+            if let Some(q) = &p.quarantine {
+                q.record(reason, dp.path, dp.value, dp.timestamp);
+            }
             return tally.add(reason, 1, dp.timestamp);
         }
         let admit_new = || match tenant {
@@ -169,7 +175,12 @@ impl Ingest {
         });
         match routed {
             Ok(()) => *received += 1,
-            Err(reason) => tally.add(reason, 1, dp.timestamp),
+            Err(reason) => {
+                if let Some(q) = &p.quarantine {
+                    q.record(reason, dp.path, dp.value, dp.timestamp);
+                }
+                tally.add(reason, 1, dp.timestamp);
+            }
         }
     }
 
@@ -334,6 +345,7 @@ mod tests {
             limits: Limits::default(),
             journal: None,
             tenants: None,
+            quarantine: None,
         });
         let peer = "127.0.0.1:9".parse().unwrap();
         (Ingest::new(p, peer, 0, Kind::PlaintextTcp), rx, stats)

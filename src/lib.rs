@@ -18,6 +18,7 @@ pub mod explain;
 pub mod ingest;
 pub mod journal;
 pub mod listen;
+pub mod quarantine;
 pub mod replay;
 pub mod route;
 pub mod rules;

@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::aggregate::series::Settings;
-use crate::aggregate::worker::{Sink, WorkerPool};
+use crate::aggregate::worker::{Hooks, Sink, WorkerPool};
 use crate::config::Config;
 use crate::datapoint::OutBatch;
 use crate::dest::{Destinations, Senders};
@@ -28,6 +28,7 @@ use crate::ingest::Pipeline;
 use crate::journal::Journal;
 use crate::journal::ledger::Ledger;
 use crate::listen::BoundListener;
+use crate::quarantine::Quarantine;
 use crate::replay;
 use crate::route::Router;
 use crate::tenant::{Registry, Tenants, admin};
@@ -108,6 +109,10 @@ pub async fn start(config: Config, listeners: Vec<BoundListener>) -> std::io::Re
         tracing::warn!("no [[destination]]: aggregates are computed and discarded");
     }
     let (dests, senders) = Destinations::start(&config.destinations, Arc::clone(&stats));
+    let quarantine = match &config.quarantine {
+        Some((file, max)) => Some(Arc::new(Quarantine::open(file.clone(), *max)?)),
+        None => None,
+    };
     let a = &config.aggregation;
     let workers = WorkerPool::spawn(
         config.workers.count,
@@ -120,6 +125,10 @@ pub async fn start(config: Config, listeners: Vec<BoundListener>) -> std::io::Re
         },
         dests.clone(),
         Arc::clone(&stats),
+        Hooks {
+            quarantine: quarantine.clone(),
+            panic_on_series: config.faults.panic_on_series.as_deref().map(Arc::from),
+        },
     )?;
     let router = Arc::new(Router::new(a.clone(), config.workers.count));
     if let Some(j) = &journal {
@@ -131,6 +140,7 @@ pub async fn start(config: Config, listeners: Vec<BoundListener>) -> std::io::Re
             limits: config.limits.clone(),
             journal: None,
             tenants: None,
+            quarantine: None,
         });
         let dir = j.dir().to_path_buf();
         let cfg = config.clone();
@@ -159,6 +169,7 @@ pub async fn start(config: Config, listeners: Vec<BoundListener>) -> std::io::Re
         limits: config.limits.clone(),
         journal: journal.clone(),
         tenants: tenants.as_ref().map(|(t, _)| Arc::clone(t)),
+        quarantine,
     });
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -226,6 +237,11 @@ impl Server {
             tracing::info!(registry = %file.display(), "tenant registry reloaded");
         }
         Ok(())
+    }
+
+    /// Whether every worker made progress within the last `tolerance` (plus a flush tick).
+    pub fn workers_healthy(&self, tolerance: Duration) -> bool {
+        self.workers.healthy(tolerance)
     }
 
     /// The tenant gate, when on.

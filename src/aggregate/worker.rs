@@ -2,8 +2,11 @@
 //! batches over a bounded crossbeam channel, and sweeps its [`SeriesTable`] every
 //! `flush_tick`.
 //!
-//! A panic while applying a batch is caught at the loop: the batch's datapoints are counted
-//! as `panic` drops and the worker goes on with the next batch.
+//! A panic while applying a datapoint is caught at the loop: that one datapoint is counted
+//! as a `panic` drop (ledgered, quarantined) and the worker resumes with the next datapoint
+//! of the batch, so one poison record costs nothing else. Each worker stamps a heartbeat
+//! after every batch and every sweep; [`WorkerPool::healthy`] reports a worker that stopped
+//! making progress.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -16,7 +19,9 @@ use super::series::{SeriesTable, Settings};
 use crate::datapoint::OutBatch;
 use crate::drops::{DropReason, DropTally, Stats};
 use crate::journal::ledger::Window;
+use crate::quarantine::Quarantine;
 use crate::route::SeriesKey;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Where workers hand their emitted aggregates (the destinations, or a test collector).
 /// Must not block.
@@ -63,6 +68,17 @@ pub fn now_unix() -> f64 {
 pub struct WorkerPool {
     senders: Vec<Sender<WorkerMsg>>,
     threads: Vec<JoinHandle<()>>,
+    beats: Vec<Arc<AtomicU64>>,
+    tick: Duration,
+}
+
+/// Optional worker behaviour.
+#[derive(Clone, Default)]
+pub struct Hooks {
+    /// Where datapoints whose processing panicked are written.
+    pub quarantine: Option<Arc<Quarantine>>,
+    /// Fault injection for tests: applying a datapoint of this output series panics.
+    pub panic_on_series: Option<Arc<str>>,
 }
 
 /// What a worker needs besides its channel.
@@ -73,13 +89,26 @@ struct Worker {
     sink: Arc<dyn Sink>,
     stats: Arc<Stats>,
     tally: DropTally,
+    hooks: Hooks,
+    /// Unix milliseconds of the last progress.
+    beat: Arc<AtomicU64>,
+}
+
+fn now_ms() -> u64 {
+    (now_unix() * 1000.0) as u64
 }
 
 impl Worker {
-    fn apply(&mut self, items: &[WorkItem], count_drops: bool) {
+    /// Applies `items[*next..]`, advancing `*next` past each item before applying it.
+    fn apply(&mut self, items: &[WorkItem], next: &mut usize, count_drops: bool) {
         let now = now_unix();
         let mut rejected: Option<&Arc<str>> = None;
-        for it in items {
+        while *next < items.len() {
+            let it = &items[*next];
+            *next += 1;
+            if self.hooks.panic_on_series.as_deref() == Some(&*it.key.name) {
+                panic!("fault injection: panic on series {}", it.key.name);
+            }
             if let Err(reason) = self.table.add(&it.key, it.timestamp, it.value, now)
                 && count_drops
             {
@@ -93,20 +122,30 @@ impl Worker {
         }
     }
 
-    /// Applies a batch; a panic drops the batch, counted as `panic`, and the worker goes on.
+    /// Applies a batch; a datapoint whose processing panics is counted as `panic`,
+    /// ledgered and quarantined, and the rest of the batch is applied.
     fn apply_guarded(&mut self, items: &[WorkItem], count_drops: bool) {
-        let r = std::panic::catch_unwind(AssertUnwindSafe(|| self.apply(items, count_drops)));
-        if r.is_err() {
-            let window = items.iter().fold(Window::at(now_unix()), |w, it| {
-                w.union(Window::at(it.timestamp))
-            });
+        let mut next = 0;
+        while next < items.len() {
+            let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                self.apply(items, &mut next, count_drops)
+            }));
+            if r.is_ok() {
+                break;
+            }
+            // `next` is one past the item that panicked.
+            let it = &items[next - 1];
             self.stats.record_drop(
                 DropReason::Panic,
-                items.len() as u64,
-                window,
-                &format_args!("worker {} batch", self.index),
+                1,
+                Window::at(it.timestamp),
+                &format_args!("worker {}: series {}", self.index, it.key.name),
             );
+            if let Some(q) = &self.hooks.quarantine {
+                q.record(DropReason::Panic, &it.key.name, it.value, it.timestamp);
+            }
         }
+        self.beat.store(now_ms(), Ordering::Relaxed);
     }
 
     fn sweep(&mut self, force: bool) {
@@ -136,6 +175,7 @@ impl Worker {
             }
             if Instant::now() >= next_tick {
                 self.sweep(false);
+                self.beat.store(now_ms(), Ordering::Relaxed);
                 next_tick = Instant::now() + self.tick;
             }
         }
@@ -152,11 +192,15 @@ impl WorkerPool {
         settings: Settings,
         sink: Arc<dyn Sink>,
         stats: Arc<Stats>,
+        hooks: Hooks,
     ) -> std::io::Result<WorkerPool> {
         let mut senders = Vec::new();
         let mut threads = Vec::new();
+        let mut beats = Vec::new();
         for index in 0..count.max(1) {
             let (tx, rx) = bounded(queue_batches);
+            let beat = Arc::new(AtomicU64::new(now_ms()));
+            beats.push(Arc::clone(&beat));
             let worker = Worker {
                 index,
                 table: SeriesTable::new(settings),
@@ -164,6 +208,8 @@ impl WorkerPool {
                 sink: Arc::clone(&sink),
                 stats: Arc::clone(&stats),
                 tally: DropTally::default(),
+                hooks: hooks.clone(),
+                beat,
             };
             threads.push(
                 std::thread::Builder::new()
@@ -172,7 +218,22 @@ impl WorkerPool {
             );
             senders.push(tx);
         }
-        Ok(WorkerPool { senders, threads })
+        Ok(WorkerPool {
+            senders,
+            threads,
+            beats,
+            tick,
+        })
+    }
+
+    /// Whether every worker made progress (finished a batch or a sweep) within the last
+    /// `tolerance` plus one flush tick. A worker stuck in processing stops its heartbeat.
+    pub fn healthy(&self, tolerance: Duration) -> bool {
+        let limit = (tolerance + self.tick).as_millis() as u64;
+        let now = now_ms();
+        self.beats
+            .iter()
+            .all(|b| now.saturating_sub(b.load(Ordering::Relaxed)) <= limit)
     }
 
     /// The workers' queues, indexed like [`Output::worker`](crate::route::Output::worker).
@@ -222,6 +283,7 @@ mod tests {
             },
             sink.clone(),
             stats.clone(),
+            Hooks::default(),
         )
         .unwrap();
         let key = Arc::new(SeriesKey {

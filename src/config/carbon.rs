@@ -209,6 +209,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         journal: None,
         tenants: None,
         admin: None,
+        quarantine: None,
     };
     Config::from_file(file, path)
 }

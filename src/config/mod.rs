@@ -319,6 +319,21 @@ fn default_admin_address() -> String {
     "127.0.0.1:8081".into()
 }
 
+fn default_quarantine_bytes() -> u64 {
+    64 << 20
+}
+
+/// `[quarantine]` as written: the optional file of rejected datapoints.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuarantineFile {
+    /// The file; `<file>.1` holds the previous one after rotation.
+    pub file: PathBuf,
+    /// Size at which the file rotates.
+    #[serde(default = "default_quarantine_bytes")]
+    pub max_bytes: u64,
+}
+
 /// The whole TOML file as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -343,6 +358,15 @@ pub struct File {
     pub tenants: Option<TenantsFile>,
     /// The admin HTTP API (off without this section).
     pub admin: Option<AdminFile>,
+    /// The quarantine file (off without this section).
+    pub quarantine: Option<QuarantineFile>,
+}
+
+/// Faults to inject, for tests of isolation. Not settable from a config file.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Faults {
+    /// Applying a datapoint of this output series panics in the worker.
+    pub panic_on_series: Option<String>,
 }
 
 /// Validated `[tenants]`.
@@ -461,6 +485,10 @@ pub struct Config {
     pub tenants: Option<TenantsConfig>,
     /// The admin API, when on.
     pub admin: Option<AdminConfig>,
+    /// The quarantine file and its size bound, when on.
+    pub quarantine: Option<(PathBuf, u64)>,
+    /// Fault injection (library users and tests only).
+    pub faults: Faults,
 }
 
 fn invalid(file: &Path, message: impl Into<String>) -> ConfigError {
@@ -719,6 +747,10 @@ impl Config {
             journal,
             tenants,
             admin,
+            quarantine: file
+                .quarantine
+                .map(|q| (resolve(base, &q.file), q.max_bytes)),
+            faults: Faults::default(),
         })
     }
 

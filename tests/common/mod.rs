@@ -378,3 +378,9 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
         b = &b[nl + 2 + n + 2..];
     }
 }
+
+/// Starts aggd in-process on an already-loaded (possibly modified) config.
+pub async fn start_aggd_config(config: aggd::config::Config) -> aggd::server::Server {
+    let listeners = aggd::listen::BoundListener::bind_all(&config.listeners).unwrap();
+    aggd::server::start(config, listeners).await.unwrap()
+}
