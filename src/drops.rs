@@ -252,12 +252,15 @@ impl Stats {
 pub struct DropTally {
     counts: [u64; DropReason::ALL.len()],
     windows: [Window; DropReason::ALL.len()],
+    /// Counts over the tally's life (not reset by [`DropTally::flush`]).
+    totals: [u64; DropReason::ALL.len()],
 }
 
 impl Default for DropTally {
     fn default() -> Self {
         DropTally {
             counts: [0; DropReason::ALL.len()],
+            totals: [0; DropReason::ALL.len()],
             windows: [Window {
                 from: f64::INFINITY,
                 to: f64::NEG_INFINITY,
@@ -272,7 +275,17 @@ impl DropTally {
     pub fn add(&mut self, reason: DropReason, n: u64, t: f64) {
         let i = reason.index();
         self.counts[i] += n;
+        self.totals[i] += n;
         self.windows[i] = self.windows[i].union(Window::at(t));
+    }
+
+    /// Every reason counted over the tally's life, with its count.
+    pub fn totals(&self) -> Vec<(DropReason, u64)> {
+        DropReason::ALL
+            .iter()
+            .map(|r| (*r, self.totals[r.index()]))
+            .filter(|(_, n)| *n > 0)
+            .collect()
     }
 
     /// Moves the tally into `stats`, logging (rate-limited) with `detail`.

@@ -67,6 +67,8 @@ pub struct Ingest {
     tickets: Vec<(Ticket, f64)>,
     tally: DropTally,
     received: u64,
+    /// Datapoints routed over this Ingest's life (for HTTP responses).
+    received_total: u64,
     /// Start-up rebuild: the input was counted (and its drops ledgered) when it was first
     /// received, so nothing is counted again.
     rebuild: bool,
@@ -88,6 +90,7 @@ impl Ingest {
             tickets: Vec::new(),
             tally: DropTally::default(),
             received: 0,
+            received_total: 0,
             rebuild: false,
         }
     }
@@ -111,15 +114,27 @@ impl Ingest {
     /// Submits a frame received at `now` (Unix s) from `peer` to the journal (when on);
     /// [`Ingest::flush`] waits for it before handing its datapoints on.
     pub async fn journal(&mut self, payload: &Bytes, now: f64, peer: SocketAddr) {
+        self.journal_as(payload, now, peer, self.kind, None).await
+    }
+
+    /// Like [`Ingest::journal`], with the record's kind and tenant given (HTTP bodies).
+    pub async fn journal_as(
+        &mut self,
+        payload: &Bytes,
+        now: f64,
+        peer: SocketAddr,
+        kind: Kind,
+        tenant: Option<Arc<str>>,
+    ) {
         self.now = now;
         let Some(j) = &self.p.journal else { return };
         let ticket = j
             .submit(NewRecord {
                 received_us: (now * 1e6) as i64,
                 listener: self.listener,
-                kind: self.kind,
+                kind,
                 peer,
-                tenant: None,
+                tenant,
                 payload: payload.clone(),
             })
             .await;
@@ -174,7 +189,10 @@ impl Ingest {
             }
         });
         match routed {
-            Ok(()) => *received += 1,
+            Ok(()) => {
+                *received += 1;
+                self.received_total += 1;
+            }
             Err(reason) => {
                 if let Some(q) = &p.quarantine {
                     q.record(reason, dp.path, dp.value, dp.timestamp);
@@ -182,6 +200,12 @@ impl Ingest {
                 tally.add(reason, 1, dp.timestamp);
             }
         }
+    }
+
+    /// Datapoints accepted so far, and rejections per reason (with a count), over this
+    /// Ingest's life.
+    pub fn outcome(&self) -> (u64, Vec<(DropReason, u64)>) {
+        (self.received_total, self.tally.totals())
     }
 
     /// Counts `n` rejections of `reason` found by a framer.
@@ -209,6 +233,24 @@ impl Ingest {
         if let Err(reason) = decoder.decode(body, now, &limits, |r| self.accept(r)) {
             self.tally.add(reason, 1, now);
         }
+    }
+
+    /// Decodes one HTTP body of `kind` received at `now` for `tenant` (API key).
+    ///
+    /// Errors: the body is unusable as a whole ([`crate::codec::http::BadBody`]).
+    pub fn http(
+        &mut self,
+        kind: Kind,
+        body: &[u8],
+        tenant: Option<&str>,
+        decoder: &mut PickleDecoder,
+        now: f64,
+    ) -> Result<(), crate::codec::http::BadBody> {
+        self.now = now;
+        let limits = self.p.limits.clone();
+        crate::codec::http::decode(kind, body, tenant, now, &limits, decoder, |r| {
+            self.accept(r)
+        })
     }
 
     /// Waits for the journal to have written every submitted frame; counts the ones it

@@ -75,6 +75,21 @@ pub fn for_each_datapoint(
                 f(Err(r));
             }
         }
+        Kind::HttpPlaintext | Kind::HttpPickle | Kind::HttpJson => {
+            let tenant = Some(record.meta.tenant.as_str()).filter(|t| !t.is_empty());
+            let r = crate::codec::http::decode(
+                record.meta.kind,
+                record.payload,
+                tenant,
+                now,
+                limits,
+                decoder,
+                &mut f,
+            );
+            if r.is_err() {
+                f(Err(DropReason::BadFrame));
+            }
+        }
     }
 }
 
@@ -99,7 +114,12 @@ pub fn rebuild(config: &Config, dir: &Path, ingest: &mut Ingest) -> std::io::Res
             let t = rec.meta.received_us as f64 / 1e6;
             match rec.meta.kind {
                 Kind::PickleTcp => ingest.pickle(&mut decoder, rec.payload, t),
-                _ => ingest.plaintext(rec.payload, t),
+                Kind::PlaintextTcp | Kind::PlaintextUdp => ingest.plaintext(rec.payload, t),
+                Kind::HttpPlaintext | Kind::HttpPickle | Kind::HttpJson => {
+                    let tenant = Some(rec.meta.tenant.as_str()).filter(|t| !t.is_empty());
+                    // A body unusable as a whole was answered 400 (and counted) when received.
+                    let _ = ingest.http(rec.meta.kind, rec.payload, tenant, &mut decoder, t);
+                }
             }
             if n.is_multiple_of(64) {
                 ingest.flush_blocking();

@@ -199,7 +199,7 @@ pub async fn start(config: Config, listeners: Vec<BoundListener>) -> std::io::Re
     }
     for (i, l) in listeners.into_iter().enumerate() {
         let addr = l.local_addr()?;
-        let kind = l.kind().as_str();
+        let kind = l.kind();
         tracing::info!(listener = kind, address = %addr, "listening");
         addrs.push((kind, addr));
         l.serve(i as u16, Arc::clone(&pipeline), shutdown.clone(), &tracker)?;

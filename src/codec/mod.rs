@@ -6,6 +6,7 @@
 //!
 //! Both end in [`finish_point`], carbon's common receive steps (`metricReceived`).
 
+pub mod http;
 pub mod pickle;
 pub mod plaintext;
 
@@ -26,6 +27,8 @@ pub struct Limits {
     pub max_pickle_depth: usize,
     /// Most objects (values, marks and memo slots) one pickle frame may create.
     pub max_pickle_objects: usize,
+    /// Largest HTTP ingest body, compressed and decoded.
+    pub max_http_body_bytes: usize,
 }
 
 impl Default for Limits {
@@ -36,6 +39,7 @@ impl Default for Limits {
             max_pickle_frame_bytes: 1 << 20,
             max_pickle_depth: 32,
             max_pickle_objects: 1 << 20,
+            max_http_body_bytes: 16 << 20,
         }
     }
 }

@@ -60,6 +60,8 @@ pub enum Protocol {
     Plaintext,
     /// carbon pickle, length-prefixed frames.
     Pickle,
+    /// HTTP ingest API (TCP only).
+    Http,
 }
 
 /// Transport of a listener.
@@ -202,6 +204,8 @@ pub struct LimitsFile {
     pub max_pickle_depth: usize,
     /// See [`Limits::max_pickle_objects`].
     pub max_pickle_objects: usize,
+    /// See [`Limits::max_http_body_bytes`].
+    pub max_http_body_bytes: usize,
 }
 
 impl Default for LimitsFile {
@@ -213,6 +217,7 @@ impl Default for LimitsFile {
             max_pickle_frame_bytes: l.max_pickle_frame_bytes,
             max_pickle_depth: l.max_pickle_depth,
             max_pickle_objects: l.max_pickle_objects,
+            max_http_body_bytes: l.max_http_body_bytes,
         }
     }
 }
@@ -576,8 +581,8 @@ impl Config {
         let base = path.parent().unwrap_or(Path::new("."));
         let mut listeners = Vec::new();
         for l in file.listen {
-            if l.protocol == Protocol::Pickle && l.transport == Transport::Udp {
-                return Err(invalid(path, "listen: pickle is TCP only"));
+            if l.protocol != Protocol::Plaintext && l.transport == Transport::Udp {
+                return Err(invalid(path, "listen: pickle and http are TCP only"));
             }
             if l.address.trim().is_empty() {
                 return Err(invalid(path, "listen: address is empty"));
@@ -722,6 +727,7 @@ impl Config {
             max_pickle_frame_bytes: l.max_pickle_frame_bytes,
             max_pickle_depth: l.max_pickle_depth,
             max_pickle_objects: l.max_pickle_objects,
+            max_http_body_bytes: l.max_http_body_bytes,
         };
         Ok(Config {
             source: path.to_path_buf(),

@@ -14,6 +14,8 @@
 //!            peer_len:u8 tenant_len:u8 peer tenant payload
 //! kind     = 1 plaintext/tcp (a run of complete lines) | 2 plaintext/udp (a datagram)
 //!          | 3 pickle/tcp (one frame body, without its length prefix)
+//!          | 4 http/plaintext | 5 http/pickle | 6 http/json (an HTTP body, gzip decoded;
+//!            `tenant` is the API key's tenant, whose namespace its paths go under)
 //! ```
 //!
 //! `body_len` counts the body only (21 fixed bytes + peer + tenant + payload) and is at most

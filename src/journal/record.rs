@@ -17,6 +17,12 @@ pub enum Kind {
     PlaintextUdp = 2,
     /// One carbon pickle frame body (without its length prefix).
     PickleTcp = 3,
+    /// An HTTP body of carbon plaintext lines (gzip already decoded).
+    HttpPlaintext = 4,
+    /// An HTTP body holding one pickled list.
+    HttpPickle = 5,
+    /// An HTTP body holding a JSON array of datapoints.
+    HttpJson = 6,
 }
 
 impl Kind {
@@ -25,6 +31,9 @@ impl Kind {
             1 => Some(Kind::PlaintextTcp),
             2 => Some(Kind::PlaintextUdp),
             3 => Some(Kind::PickleTcp),
+            4 => Some(Kind::HttpPlaintext),
+            5 => Some(Kind::HttpPickle),
+            6 => Some(Kind::HttpJson),
             _ => None,
         }
     }
@@ -35,6 +44,9 @@ impl Kind {
             Kind::PlaintextTcp => "plaintext/tcp",
             Kind::PlaintextUdp => "plaintext/udp",
             Kind::PickleTcp => "pickle/tcp",
+            Kind::HttpPlaintext => "http/plaintext",
+            Kind::HttpPickle => "http/pickle",
+            Kind::HttpJson => "http/json",
         }
     }
 }

@@ -8,6 +8,7 @@
 //! On shutdown each connection reads what the kernel has already buffered (without waiting
 //! for more), processes the complete lines or frames in it, and closes.
 
+mod http;
 mod tcp;
 mod udp;
 
@@ -66,18 +67,22 @@ impl BoundListener {
         }
     }
 
-    /// What it receives: plaintext/tcp, pickle/tcp or plaintext/udp.
-    pub fn kind(&self) -> Kind {
+    /// What it receives: `plaintext/tcp`, `pickle/tcp`, `plaintext/udp` or `http`.
+    pub fn kind(&self) -> &'static str {
         match self {
             BoundListener::Tcp {
                 protocol: Protocol::Plaintext,
                 ..
-            } => Kind::PlaintextTcp,
+            } => Kind::PlaintextTcp.as_str(),
             BoundListener::Tcp {
                 protocol: Protocol::Pickle,
                 ..
-            } => Kind::PickleTcp,
-            BoundListener::Udp(_) => Kind::PlaintextUdp,
+            } => Kind::PickleTcp.as_str(),
+            BoundListener::Tcp {
+                protocol: Protocol::Http,
+                ..
+            } => "http",
+            BoundListener::Udp(_) => Kind::PlaintextUdp.as_str(),
         }
     }
 
@@ -91,13 +96,25 @@ impl BoundListener {
         tracker: &TaskTracker,
     ) -> std::io::Result<()> {
         match self {
+            BoundListener::Tcp {
+                protocol: Protocol::Http,
+                listener,
+            } => {
+                listener.set_nonblocking(true)?;
+                let l = tokio::net::TcpListener::from_std(listener)?;
+                tracker.spawn(http::serve(l, index, pipeline, shutdown));
+            }
             BoundListener::Tcp { protocol, listener } => {
                 listener.set_nonblocking(true)?;
                 let l = tokio::net::TcpListener::from_std(listener)?;
+                let kind = match protocol {
+                    Protocol::Pickle => Kind::PickleTcp,
+                    _ => Kind::PlaintextTcp,
+                };
                 tracker.spawn(tcp::accept_loop(
                     l,
                     index,
-                    protocol,
+                    kind,
                     pipeline,
                     shutdown,
                     tracker.clone(),

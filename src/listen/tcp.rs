@@ -14,7 +14,6 @@ use tokio_util::task::TaskTracker;
 use crate::aggregate::worker::now_unix;
 use crate::codec::pickle::{FrameEvent, PickleDecoder, PickleFramer};
 use crate::codec::plaintext::LineFramer;
-use crate::config::Protocol;
 use crate::drops::DropReason;
 use crate::ingest::{Ingest, Pipeline};
 use crate::journal::record::Kind;
@@ -25,7 +24,7 @@ const READ_BYTES: usize = 256 * 1024;
 pub(super) async fn accept_loop(
     listener: TcpListener,
     index: u16,
-    protocol: Protocol,
+    kind: Kind,
     pipeline: Arc<Pipeline>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
@@ -40,16 +39,12 @@ pub(super) async fn accept_loop(
                 let _ = sock.set_nodelay(true);
                 let sd = shutdown.clone();
                 let p = Arc::clone(&pipeline);
-                match protocol {
-                    Protocol::Plaintext => {
-                        let ingest = Ingest::new(p, peer, index, Kind::PlaintextTcp);
-                        tracker.spawn(plaintext_conn(sock, ingest, sd))
-                    }
-                    Protocol::Pickle => {
-                        let ingest = Ingest::new(p, peer, index, Kind::PickleTcp);
-                        tracker.spawn(pickle_conn(sock, ingest, sd))
-                    }
-                };
+                let ingest = Ingest::new(p, peer, index, kind);
+                if kind == Kind::PickleTcp {
+                    tracker.spawn(pickle_conn(sock, ingest, sd));
+                } else {
+                    tracker.spawn(plaintext_conn(sock, ingest, sd));
+                }
             }
             Err(e) => {
                 // Typically EMFILE: back off instead of spinning.
