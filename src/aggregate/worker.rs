@@ -269,6 +269,31 @@ mod tests {
     }
 
     #[test]
+    fn a_worker_without_progress_is_unhealthy() {
+        // A long tick: no sweep renews a heartbeat while the test looks at it.
+        let pool = WorkerPool::spawn(
+            2,
+            4,
+            Duration::from_secs(10),
+            Settings {
+                max_intervals: 5,
+                write_back_frequency: 0,
+                max_values_per_bucket: 10,
+            },
+            Arc::new(Collect::default()),
+            Arc::new(Stats::default()),
+            Hooks::default(),
+        )
+        .unwrap();
+        assert!(pool.healthy(Duration::from_secs(1)));
+        // A heartbeat that stopped a minute ago (more than tolerance + tick): what a
+        // stuck worker looks like.
+        pool.beats[1].store(now_ms() - 60_000, Ordering::Relaxed);
+        assert!(!pool.healthy(Duration::from_secs(1)));
+        pool.shutdown();
+    }
+
+    #[test]
     fn shutdown_flushes_open_buckets_and_counts_too_old() {
         let sink = Arc::new(Collect::default());
         let stats = Arc::new(Stats::default());
