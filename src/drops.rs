@@ -167,6 +167,8 @@ pub struct Stats {
     pub forwarded: AtomicU64,
     /// Datapoints written to destination sockets or stdout, summed over destinations.
     pub sent: AtomicU64,
+    /// Open inbound TCP connections (carbon's activeConnections).
+    pub active_connections: AtomicU64,
     /// The loss ledger, when the journal is on.
     ledger: OnceLock<Ledger>,
 }
@@ -179,6 +181,7 @@ impl Default for Stats {
             aggregates_emitted: AtomicU64::new(0),
             forwarded: AtomicU64::new(0),
             sent: AtomicU64::new(0),
+            active_connections: AtomicU64::new(0),
             ledger: OnceLock::new(),
         }
     }

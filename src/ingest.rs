@@ -31,12 +31,13 @@ use crate::journal::record::Kind;
 use crate::journal::{Journal, NewRecord, Ticket};
 use crate::quarantine::Quarantine;
 use crate::route::Router;
+use arc_swap::ArcSwap;
 use crate::tenant::{Tenants, prefix};
 
 /// Everything a connection needs, shared by all connections.
 pub struct Pipeline {
-    /// Route cache and rules.
-    pub router: Arc<Router>,
+    /// Route cache and rules; swapped whole by a reload.
+    pub router: ArcSwap<Router>,
     /// Worker queues.
     pub workers: Arc<[Sender<WorkerMsg>]>,
     /// Where forwarded raw datapoints go (the destinations).
@@ -67,6 +68,8 @@ pub struct Ingest {
     tickets: Vec<(Ticket, f64)>,
     tally: DropTally,
     received: u64,
+    /// The router in use, refreshed from the pipeline at the start of every frame.
+    router: Arc<Router>,
     /// Datapoints routed over this Ingest's life (for HTTP responses).
     received_total: u64,
     /// Start-up rebuild: the input was counted (and its drops ledgered) when it was first
@@ -79,7 +82,9 @@ impl Ingest {
     /// `kind`.
     pub fn new(p: Arc<Pipeline>, peer: SocketAddr, listener: u16, kind: Kind) -> Self {
         let n = p.workers.len();
+        let router = p.router.load_full();
         Ingest {
+            router,
             p,
             peer,
             listener,
@@ -104,6 +109,11 @@ impl Ingest {
             rebuild: true,
             ..Ingest::new(p, peer, u16::MAX, Kind::PlaintextTcp)
         }
+    }
+
+    /// The process counters.
+    pub fn stats(&self) -> Arc<Stats> {
+        Arc::clone(&self.p.stats)
     }
 
     /// The decoder limits.
@@ -155,6 +165,7 @@ impl Ingest {
             tally,
             received,
             now,
+            router,
             ..
         } = self;
         // The tenant gate: state and rate limits, then (for a path new to the route cache)
@@ -172,7 +183,7 @@ impl Ingest {
             Some((t, id)) => t.admit_series(id, dp.path),
             None => Ok(()),
         };
-        let routed = p.router.with_route_checked(dp.path, admit_new, |route| {
+        let routed = router.with_route_checked(dp.path, admit_new, |route| {
             for o in route.outputs.iter() {
                 pending[o.worker].push(WorkItem {
                     key: Arc::clone(&o.key),
@@ -208,6 +219,16 @@ impl Ingest {
         (self.received_total, self.tally.totals())
     }
 
+    /// Takes the current router (a reload may have swapped it) for a frame received at
+    /// `now`.
+    fn start_frame(&mut self, now: f64) {
+        self.now = now;
+        let current = self.p.router.load();
+        if !Arc::ptr_eq(&current, &self.router) {
+            self.router = Arc::clone(&current);
+        }
+    }
+
     /// Counts `n` rejections of `reason` found by a framer.
     pub fn reject(&mut self, reason: DropReason, n: u64) {
         self.tally.add(reason, n, self.now);
@@ -215,7 +236,7 @@ impl Ingest {
 
     /// Decodes a run of complete plaintext lines (or one datagram) received at `now`.
     pub fn plaintext(&mut self, chunk: &[u8], now: f64) {
-        self.now = now;
+        self.start_frame(now);
         let limits = self.p.limits.clone();
         for line in plaintext::lines(chunk) {
             match plaintext::parse_line(line, now, &limits) {
@@ -228,7 +249,7 @@ impl Ingest {
 
     /// Decodes one pickle frame body received at `now`.
     pub fn pickle(&mut self, decoder: &mut PickleDecoder, body: &[u8], now: f64) {
-        self.now = now;
+        self.start_frame(now);
         let limits = self.p.limits.clone();
         if let Err(reason) = decoder.decode(body, now, &limits, |r| self.accept(r)) {
             self.tally.add(reason, 1, now);
@@ -246,7 +267,7 @@ impl Ingest {
         decoder: &mut PickleDecoder,
         now: f64,
     ) -> Result<(), crate::codec::http::BadBody> {
-        self.now = now;
+        self.start_frame(now);
         let limits = self.p.limits.clone();
         crate::codec::http::decode(kind, body, tenant, now, &limits, decoder, |r| {
             self.accept(r)
@@ -380,7 +401,7 @@ mod tests {
             max_values_per_bucket: 10,
         };
         let p = Arc::new(Pipeline {
-            router: Arc::new(Router::new(aggregation, 1)),
+            router: ArcSwap::from_pointee(Router::new(aggregation, 1)),
             workers: vec![tx].into(),
             forward: Arc::new(Discard),
             stats: stats.clone(),

@@ -23,4 +23,5 @@ pub mod replay;
 pub mod route;
 pub mod rules;
 pub mod server;
+pub mod service;
 pub mod tenant;

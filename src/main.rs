@@ -15,12 +15,15 @@ use aggd::server::Signal;
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
+    /// Log as JSON lines instead of plain text.
+    #[arg(long, global = true)]
+    log_json: bool,
     #[command(subcommand)]
     command: Command,
 }
 
 /// Which configuration to read.
-#[derive(Args)]
+#[derive(Args, Clone)]
 #[group(required = true, multiple = false)]
 struct ConfigArg {
     /// aggd TOML config file.
@@ -32,12 +35,19 @@ struct ConfigArg {
 }
 
 impl ConfigArg {
-    fn load(&self) -> anyhow::Result<Config> {
+    fn load_config(&self) -> Result<Config, aggd::config::ConfigError> {
         match (&self.config, &self.carbon_conf) {
-            (Some(p), _) => Ok(Config::load(p)?),
-            (None, Some(p)) => Ok(carbon::load(p)?),
-            (None, None) => anyhow::bail!("give -c FILE or --carbon-conf FILE"),
+            (Some(p), _) => Config::load(p),
+            (None, Some(p)) => carbon::load(p),
+            (None, None) => Err(aggd::config::ConfigError::Invalid {
+                file: PathBuf::from("-"),
+                message: "give -c FILE or --carbon-conf FILE".into(),
+            }),
         }
+    }
+
+    fn load(&self) -> anyhow::Result<Config> {
+        Ok(self.load_config()?)
     }
 }
 
@@ -100,18 +110,22 @@ struct ReplayArgs {
     dry_run: bool,
 }
 
-fn init_logging() {
+fn init_logging(json: bool) {
     use tracing_subscriber::EnvFilter;
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("AGGD_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(std::io::stderr().is_terminal() && !json)
         // A closed stderr (a restarted journald, a reader gone) must not matter: by
         // default tracing-subscriber reports a failed write with eprintln!, which panics.
-        .log_internal_errors(false)
-        .init();
+        .log_internal_errors(false);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
 }
 
 /// Forwards SIGHUP as [`Signal::Reload`] and SIGTERM/SIGINT as [`Signal::Stop`].
@@ -136,7 +150,7 @@ fn signals() -> anyhow::Result<tokio::sync::mpsc::Receiver<Signal>> {
     Ok(rx)
 }
 
-fn run(config: Config) -> anyhow::Result<()> {
+fn run(config: Config, source: ConfigArg) -> anyhow::Result<()> {
     let listeners = BoundListener::bind_all(&config.listeners)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -145,7 +159,8 @@ fn run(config: Config) -> anyhow::Result<()> {
         .context("starting the tokio runtime")?;
     let stats = rt.block_on(async {
         let signals = signals()?;
-        anyhow::Ok(aggd::server::run(config, listeners, signals).await?)
+        let load = move || source.load_config();
+        anyhow::Ok(aggd::server::run(config, listeners, signals, load).await?)
     })?;
     tracing::info!(
         received = stats.received.load(std::sync::atomic::Ordering::Relaxed),
@@ -246,9 +261,9 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    init_logging(cli.log_json);
     let result = match cli.command {
-        Command::Run(c) => c.load().and_then(run),
+        Command::Run(c) => c.load().and_then(|cfg| run(cfg, c.clone())),
         Command::Check(c) => c.load().map(|cfg| print!("{}", cfg.summary())),
         Command::Explain { config, paths } => config
             .load()

@@ -4,7 +4,7 @@
 //! Shutdown order (each step finishes before the next):
 //! 1. listeners stop accepting; connections process what the kernel already holds and close;
 //! 2. workers receive `Shutdown`, emit every dirty bucket (open intervals included) and exit;
-//! 3. destination senders write what is queued, for at most `drain_timeout`; what is left
+//! 3. destination senders write what is queued, for at most `service.drain_timeout`; what is left
 //!    is counted as `destination_down` (and ledgered);
 //! 4. the journal writes what is queued and fsyncs; the loss ledger is flushed.
 
@@ -30,12 +30,11 @@ use crate::journal::ledger::Ledger;
 use crate::listen::BoundListener;
 use crate::quarantine::Quarantine;
 use crate::replay;
+use crate::service::{self, Observed};
+use arc_swap::ArcSwap;
 use crate::route::Router;
 use crate::tenant::{Registry, Tenants, admin};
 use std::path::PathBuf;
-
-/// Longest time shutdown waits for destinations to take what is queued.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A running aggd.
 pub struct Server {
@@ -49,6 +48,9 @@ pub struct Server {
     journal: Option<Arc<Journal>>,
     ledger_flusher: Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>,
     tenants: Option<(Arc<Tenants>, PathBuf)>,
+    pipeline: Arc<Pipeline>,
+    observed: Arc<Observed>,
+    config: Config,
 }
 
 /// The forward sink of the start-up rebuild: raw datapoints were forwarded when received.
@@ -133,7 +135,7 @@ pub async fn start(config: Config, listeners: Vec<BoundListener>) -> std::io::Re
     let router = Arc::new(Router::new(a.clone(), config.workers.count));
     if let Some(j) = &journal {
         let rebuild_pipeline = Arc::new(Pipeline {
-            router: Arc::clone(&router),
+            router: ArcSwap::from(Arc::clone(&router)),
             workers: workers.senders(),
             forward: Arc::new(NoForward),
             stats: Arc::clone(&stats),
@@ -162,7 +164,7 @@ pub async fn start(config: Config, listeners: Vec<BoundListener>) -> std::io::Re
         None => None,
     };
     let pipeline = Arc::new(Pipeline {
-        router,
+        router: ArcSwap::from(router),
         workers: workers.senders(),
         forward: dests.clone(),
         stats: Arc::clone(&stats),
@@ -174,24 +176,32 @@ pub async fn start(config: Config, listeners: Vec<BoundListener>) -> std::io::Re
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
     let mut addrs = Vec::new();
+    let observed = Arc::new(Observed {
+        stats: Arc::clone(&stats),
+        dests: Arc::clone(&dests),
+        gauges: workers.gauges(),
+        queues: workers.senders(),
+        heartbeats: workers.heartbeats(),
+        journal: journal.clone(),
+        ready: AtomicBool::new(false),
+    });
     if let Some(a) = &config.admin {
-        let Some((t, file)) = &tenants else {
-            return Err(std::io::Error::other("[admin] needs a [tenants] section"));
-        };
         let l = tokio::net::TcpListener::bind(a.address.as_str()).await?;
         let addr = l.local_addr()?;
         tracing::info!(listener = "admin/http", address = %addr, "listening");
         addrs.push(("admin/http", addr));
-        let app = admin::router(Arc::new(admin::Admin {
-            tenants: Arc::clone(t),
-            registry_file: Some(file.clone()),
-            token: a.token.clone(),
-            write: tokio::sync::Mutex::new(()),
-        }));
+        let mut app = service::routes(Arc::clone(&observed));
+        if let Some((t, file)) = &tenants {
+            app = app.merge(admin::router(Arc::new(admin::Admin {
+                tenants: Arc::clone(t),
+                registry_file: Some(file.clone()),
+                token: a.token.clone(),
+                write: tokio::sync::Mutex::new(()),
+            })));
+        }
         let sd = shutdown.clone();
         tracker.spawn(async move {
-            let serve =
-                axum::serve(l, app).with_graceful_shutdown(async move { sd.cancelled().await });
+            let serve = axum::serve(l, app).with_graceful_shutdown(async move { sd.cancelled().await });
             if let Err(e) = serve.await {
                 tracing::error!(error = %e, "admin API stopped");
             }
@@ -204,6 +214,17 @@ pub async fn start(config: Config, listeners: Vec<BoundListener>) -> std::io::Re
         addrs.push((kind, addr));
         l.serve(i as u16, Arc::clone(&pipeline), shutdown.clone(), &tracker)?;
     }
+    // Listeners bound and open intervals rebuilt: ready.
+    observed.ready.store(true, Ordering::Relaxed);
+    service::spawn_watchdog(Arc::clone(&observed), shutdown.clone());
+    let svc = &config.service;
+    service::spawn_self_metrics(
+        Arc::clone(&observed),
+        svc.self_metrics_interval,
+        svc.self_metrics_prefix.clone(),
+        svc.hostname.clone(),
+        shutdown.clone(),
+    );
     Ok(Server {
         addrs,
         stats,
@@ -215,6 +236,9 @@ pub async fn start(config: Config, listeners: Vec<BoundListener>) -> std::io::Re
         journal,
         ledger_flusher,
         tenants,
+        pipeline,
+        observed,
+        config,
     })
 }
 
@@ -227,6 +251,60 @@ impl Server {
     /// The address of the first listener of `kind`.
     pub fn addr(&self, kind: &str) -> Option<SocketAddr> {
         self.addrs.iter().find(|(k, _)| *k == kind).map(|(_, a)| *a)
+    }
+
+    /// Applies a new, already validated configuration without losing buffered aggregates
+    /// or dropping connections: the rules, rewrites, `forward_all` and route cache (a new
+    /// router, swapped whole) and the tenant registry. Settings that need a restart
+    /// (listeners, workers, destinations, journal, limits, bucket settings, admin) are
+    /// reported and left as they are.
+    ///
+    /// Errors: the new tenant registry cannot be read; nothing is changed then.
+    pub fn reload(&mut self, new: Config) -> Result<Vec<String>, crate::config::ConfigError> {
+        let registry = match (&self.tenants, &new.tenants) {
+            (Some(_), Some(t)) => Some(Registry::load(&t.registry)?),
+            _ => None,
+        };
+        let mut restart = Vec::new();
+        let old = &self.config;
+        let (a, b) = (&old.aggregation, &new.aggregation);
+        let checks = [
+            ("[[listen]]", old.listeners != new.listeners),
+            ("[workers]", old.workers != new.workers),
+            ("[[destination]]", old.destinations != new.destinations),
+            ("[journal]", old.journal != new.journal),
+            ("[limits]", old.limits != new.limits),
+            ("[tenants]", old.tenants != new.tenants && registry.is_none()),
+            ("[admin]", old.admin != new.admin),
+            ("[service]", old.service != new.service),
+            ("[quarantine]", old.quarantine != new.quarantine),
+            (
+                "aggregation.max_intervals / write_back_frequency / max_values_per_bucket",
+                (a.max_intervals, a.write_back_frequency, a.max_values_per_bucket)
+                    != (b.max_intervals, b.write_back_frequency, b.max_values_per_bucket),
+            ),
+        ];
+        for (what, changed) in checks {
+            if changed {
+                restart.push(format!("{what} changed: restart to apply"));
+            }
+        }
+        self.pipeline
+            .router
+            .store(Arc::new(Router::new(b.clone(), self.config.workers.count)));
+        if let (Some((t, _)), Some(r)) = (&self.tenants, registry) {
+            t.replace(r);
+        }
+        self.config.aggregation = b.clone();
+        tracing::info!(
+            rules = b.rules.rules().len(),
+            rules_file = %b.rules_file.display(),
+            "reloaded"
+        );
+        for r in &restart {
+            tracing::warn!("{r}");
+        }
+        Ok(restart)
     }
 
     /// Re-reads the tenant registry file and swaps it in; on error the old registry stays
@@ -259,14 +337,22 @@ impl Server {
         Arc::clone(&self.dests)
     }
 
+    /// What `/health`, `/ready` and `/metrics` read.
+    pub fn observed(&self) -> Arc<Observed> {
+        Arc::clone(&self.observed)
+    }
+
     /// Stops in the documented order and returns the final counters.
     pub async fn shutdown(self) -> Arc<Stats> {
+        self.observed.ready.store(false, Ordering::Relaxed);
         self.shutdown.cancel();
         self.tracker.close();
         self.tracker.wait().await;
         let workers = self.workers;
         let _ = tokio::task::spawn_blocking(move || workers.shutdown()).await;
-        self.senders.drain(&self.dests, DRAIN_TIMEOUT).await;
+        self.senders
+            .drain(&self.dests, self.config.service.drain_timeout)
+            .await;
         if let Some(j) = self.journal {
             let _ = tokio::task::spawn_blocking(move || j.close()).await;
         }
@@ -287,19 +373,38 @@ pub enum Signal {
     Stop,
 }
 
-/// Runs aggd, reloading on [`Signal::Reload`], until [`Signal::Stop`] (or the signal
-/// source ends), then shuts down cleanly.
+/// Runs aggd until [`Signal::Stop`] (or the end of `signals`), then shuts down cleanly.
+/// On [`Signal::Reload`] it calls `load` for a new configuration (re-reading and
+/// validating every file) and applies it with [`Server::reload`]; a configuration that
+/// does not load is logged (with file and line) and the running one stays.
+///
+/// systemd is told `READY=1` once started, `RELOADING=1`/`READY=1` around each reload and
+/// `STOPPING=1` at shutdown (no-ops outside systemd).
 pub async fn run(
     config: Config,
     listeners: Vec<BoundListener>,
     mut signals: tokio::sync::mpsc::Receiver<Signal>,
+    load: impl Fn() -> Result<Config, crate::config::ConfigError>,
 ) -> std::io::Result<Arc<Stats>> {
-    let server = start(config, listeners).await?;
+    use sd_notify::NotifyState;
+    let mut server = start(config, listeners).await?;
+    service::notify(&[NotifyState::Ready]);
     while let Some(Signal::Reload) = signals.recv().await {
-        if let Err(e) = server.reload_tenants() {
-            tracing::error!(error = %e, "reload failed; keeping the previous tenant registry");
+        let mono = NotifyState::monotonic_usec_now().ok();
+        let mut states = vec![NotifyState::Reloading];
+        states.extend(mono);
+        service::notify(&states);
+        match load() {
+            Ok(cfg) => {
+                if let Err(e) = server.reload(cfg) {
+                    tracing::error!(error = %e, "reload failed; keeping the running configuration");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "reload failed; keeping the running configuration"),
         }
+        service::notify(&[NotifyState::Ready]);
     }
+    service::notify(&[NotifyState::Stopping]);
     tracing::info!("shutting down: draining connections, flushing buckets and destinations");
     Ok(server.shutdown().await)
 }

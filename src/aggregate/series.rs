@@ -153,6 +153,15 @@ impl SeriesTable {
         self.series.len()
     }
 
+    /// Datapoints held in live buckets (carbon's bufferedDatapoints).
+    pub fn buffered(&self) -> u64 {
+        self.series
+            .values()
+            .flat_map(|s| s.buckets.iter())
+            .map(|b| b.acc.count())
+            .sum()
+    }
+
     /// Whether there are no live series.
     pub fn is_empty(&self) -> bool {
         self.series.is_empty()

@@ -69,6 +69,7 @@ pub struct WorkerPool {
     senders: Vec<Sender<WorkerMsg>>,
     threads: Vec<JoinHandle<()>>,
     beats: Vec<Arc<AtomicU64>>,
+    gauges: Vec<Arc<WorkerGauges>>,
     tick: Duration,
 }
 
@@ -92,6 +93,36 @@ struct Worker {
     hooks: Hooks,
     /// Unix milliseconds of the last progress.
     beat: Arc<AtomicU64>,
+    /// Published after every sweep.
+    gauges: Arc<WorkerGauges>,
+}
+
+/// What a worker publishes about itself after every sweep.
+#[derive(Debug, Default)]
+pub struct WorkerGauges {
+    /// Live output series (carbon's allocatedBuffers).
+    pub series: AtomicU64,
+    /// Datapoints held in live buckets (carbon's bufferedDatapoints).
+    pub buffered: AtomicU64,
+}
+
+/// The workers' heartbeats; cloneable, for health checks and the systemd watchdog.
+#[derive(Clone)]
+pub struct Heartbeats {
+    beats: Vec<Arc<AtomicU64>>,
+    tick: Duration,
+}
+
+impl Heartbeats {
+    /// Whether every worker made progress (finished a batch or a sweep) within the last
+    /// `tolerance` plus one flush tick. A worker stuck in processing stops its heartbeat.
+    pub fn healthy(&self, tolerance: Duration) -> bool {
+        let limit = (tolerance + self.tick).as_millis() as u64;
+        let now = now_ms();
+        self.beats
+            .iter()
+            .all(|b| now.saturating_sub(b.load(Ordering::Relaxed)) <= limit)
+    }
 }
 
 fn now_ms() -> u64 {
@@ -175,6 +206,12 @@ impl Worker {
             }
             if Instant::now() >= next_tick {
                 self.sweep(false);
+                self.gauges
+                    .series
+                    .store(self.table.len() as u64, Ordering::Relaxed);
+                self.gauges
+                    .buffered
+                    .store(self.table.buffered(), Ordering::Relaxed);
                 self.beat.store(now_ms(), Ordering::Relaxed);
                 next_tick = Instant::now() + self.tick;
             }
@@ -197,10 +234,13 @@ impl WorkerPool {
         let mut senders = Vec::new();
         let mut threads = Vec::new();
         let mut beats = Vec::new();
+        let mut gauges = Vec::new();
         for index in 0..count.max(1) {
             let (tx, rx) = bounded(queue_batches);
             let beat = Arc::new(AtomicU64::new(now_ms()));
             beats.push(Arc::clone(&beat));
+            let g = Arc::new(WorkerGauges::default());
+            gauges.push(Arc::clone(&g));
             let worker = Worker {
                 index,
                 table: SeriesTable::new(settings),
@@ -210,6 +250,7 @@ impl WorkerPool {
                 tally: DropTally::default(),
                 hooks: hooks.clone(),
                 beat,
+                gauges: g,
             };
             threads.push(
                 std::thread::Builder::new()
@@ -222,18 +263,27 @@ impl WorkerPool {
             senders,
             threads,
             beats,
+            gauges,
             tick,
         })
     }
 
-    /// Whether every worker made progress (finished a batch or a sweep) within the last
-    /// `tolerance` plus one flush tick. A worker stuck in processing stops its heartbeat.
+    /// The workers' heartbeats.
+    pub fn heartbeats(&self) -> Heartbeats {
+        Heartbeats {
+            beats: self.beats.clone(),
+            tick: self.tick,
+        }
+    }
+
+    /// Whether every worker made progress within `tolerance` plus one flush tick.
     pub fn healthy(&self, tolerance: Duration) -> bool {
-        let limit = (tolerance + self.tick).as_millis() as u64;
-        let now = now_ms();
-        self.beats
-            .iter()
-            .all(|b| now.saturating_sub(b.load(Ordering::Relaxed)) <= limit)
+        self.heartbeats().healthy(tolerance)
+    }
+
+    /// Each worker's published gauges, in worker order.
+    pub fn gauges(&self) -> Vec<Arc<WorkerGauges>> {
+        self.gauges.clone()
     }
 
     /// The workers' queues, indexed like [`Output::worker`](crate::route::Output::worker).

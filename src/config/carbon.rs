@@ -210,6 +210,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         tenants: None,
         admin: None,
         quarantine: None,
+        service: Default::default(),
     };
     Config::from_file(file, path)
 }

@@ -339,6 +339,67 @@ pub struct QuarantineFile {
     pub max_bytes: u64,
 }
 
+fn default_drain() -> String {
+    "10s".into()
+}
+fn default_self_metrics_interval() -> String {
+    "60s".into()
+}
+fn default_prefix() -> String {
+    "carbon".into()
+}
+
+/// `[service]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceFile {
+    /// Longest wait at shutdown for destinations to take what is queued.
+    #[serde(default = "default_drain")]
+    pub drain_timeout: String,
+    /// Period of carbon-style self-metrics sent to the destinations; "0s" turns them off.
+    #[serde(default = "default_self_metrics_interval")]
+    pub self_metrics_interval: String,
+    /// First node of self-metric names (carbon's CARBON_METRIC_PREFIX).
+    #[serde(default = "default_prefix")]
+    pub self_metrics_prefix: String,
+    /// Host name in self-metric names; default: the machine's.
+    pub hostname: Option<String>,
+}
+
+impl Default for ServiceFile {
+    fn default() -> Self {
+        ServiceFile {
+            drain_timeout: default_drain(),
+            self_metrics_interval: default_self_metrics_interval(),
+            self_metrics_prefix: default_prefix(),
+            hostname: None,
+        }
+    }
+}
+
+/// Validated `[service]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Service {
+    /// Longest wait at shutdown for destinations.
+    pub drain_timeout: Duration,
+    /// Self-metrics period; zero = off.
+    pub self_metrics_interval: Duration,
+    /// Self-metrics prefix.
+    pub self_metrics_prefix: String,
+    /// Host name for self-metrics, dots replaced by `_` (as carbon does).
+    pub hostname: String,
+}
+
+/// The machine's host name (Linux: /proc/sys/kernel/hostname).
+fn machine_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
 /// The whole TOML file as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -365,6 +426,9 @@ pub struct File {
     pub admin: Option<AdminFile>,
     /// The quarantine file (off without this section).
     pub quarantine: Option<QuarantineFile>,
+    /// Service behaviour: drain, self-metrics.
+    #[serde(default)]
+    pub service: ServiceFile,
 }
 
 /// Faults to inject, for tests of isolation. Not settable from a config file.
@@ -492,6 +556,8 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// The quarantine file and its size bound, when on.
     pub quarantine: Option<(PathBuf, u64)>,
+    /// Service behaviour.
+    pub service: Service,
     /// Fault injection (library users and tests only).
     pub faults: Faults,
 }
@@ -513,11 +579,16 @@ pub(crate) fn resolve(base: &Path, p: &Path) -> PathBuf {
 }
 
 fn duration(key: &str, v: &str, path: &Path) -> Result<Duration, ConfigError> {
+    let key = if key.contains('.') {
+        key.to_string()
+    } else {
+        format!("journal.{key}")
+    };
+    if v.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
     humantime::parse_duration(v).map_err(|e| {
-        invalid(
-            path,
-            format!("journal.{key} = {v:?}: {e} (e.g. \"1s\", \"1h\", \"7d\")"),
-        )
+        invalid(path, format!("{key} = {v:?}: {e} (e.g. \"1s\", \"1h\", \"7d\")"))
     })
 }
 
@@ -756,6 +827,20 @@ impl Config {
             quarantine: file
                 .quarantine
                 .map(|q| (resolve(base, &q.file), q.max_bytes)),
+            service: Service {
+                drain_timeout: duration("service.drain_timeout", &file.service.drain_timeout, path)?,
+                self_metrics_interval: duration(
+                    "service.self_metrics_interval",
+                    &file.service.self_metrics_interval,
+                    path,
+                )?,
+                self_metrics_prefix: file.service.self_metrics_prefix,
+                hostname: file
+                    .service
+                    .hostname
+                    .unwrap_or_else(machine_hostname)
+                    .replace('.', "_"),
+            },
             faults: Faults::default(),
         })
     }

@@ -534,6 +534,23 @@ impl Journal {
         &self.dir
     }
 
+    /// Records waiting for the writer (the journal's lag).
+    pub fn queued(&self) -> usize {
+        self.tx.len()
+    }
+
+    /// Bytes of all segment files.
+    pub fn size_on_disk(&self) -> u64 {
+        segment::list(&self.dir)
+            .map(|l| {
+                l.iter()
+                    .filter_map(|(_, p)| std::fs::metadata(p).ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+
     /// Counters.
     pub fn stats(&self) -> &JournalStats {
         &self.stats

@@ -173,6 +173,8 @@ async fn serve(
     shutdown: CancellationToken,
     mut d: impl StreamDecoder,
 ) {
+    let stats = ingest.stats();
+    stats.active_connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let peer = sock
         .peer_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
@@ -201,4 +203,5 @@ async fn serve(
     frames.extend(d.finish(&mut buf, &mut ingest, eof));
     process(&mut frames, &mut d, &mut ingest, peer).await;
     ingest.flush().await;
+    stats.active_connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
 }
