@@ -31,8 +31,8 @@ use crate::journal::record::Kind;
 use crate::journal::{Journal, NewRecord, Ticket};
 use crate::quarantine::Quarantine;
 use crate::route::Router;
-use arc_swap::ArcSwap;
 use crate::tenant::{Tenants, prefix};
+use arc_swap::ArcSwap;
 
 /// Everything a connection needs, shared by all connections.
 pub struct Pipeline {

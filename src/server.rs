@@ -30,10 +30,10 @@ use crate::journal::ledger::Ledger;
 use crate::listen::BoundListener;
 use crate::quarantine::Quarantine;
 use crate::replay;
-use crate::service::{self, Observed};
-use arc_swap::ArcSwap;
 use crate::route::Router;
+use crate::service::{self, Observed};
 use crate::tenant::{Registry, Tenants, admin};
+use arc_swap::ArcSwap;
 use std::path::PathBuf;
 
 /// A running aggd.
@@ -201,7 +201,8 @@ pub async fn start(config: Config, listeners: Vec<BoundListener>) -> std::io::Re
         }
         let sd = shutdown.clone();
         tracker.spawn(async move {
-            let serve = axum::serve(l, app).with_graceful_shutdown(async move { sd.cancelled().await });
+            let serve =
+                axum::serve(l, app).with_graceful_shutdown(async move { sd.cancelled().await });
             if let Err(e) = serve.await {
                 tracing::error!(error = %e, "admin API stopped");
             }
@@ -274,14 +275,24 @@ impl Server {
             ("[[destination]]", old.destinations != new.destinations),
             ("[journal]", old.journal != new.journal),
             ("[limits]", old.limits != new.limits),
-            ("[tenants]", old.tenants != new.tenants && registry.is_none()),
+            (
+                "[tenants]",
+                old.tenants != new.tenants && registry.is_none(),
+            ),
             ("[admin]", old.admin != new.admin),
             ("[service]", old.service != new.service),
             ("[quarantine]", old.quarantine != new.quarantine),
             (
                 "aggregation.max_intervals / write_back_frequency / max_values_per_bucket",
-                (a.max_intervals, a.write_back_frequency, a.max_values_per_bucket)
-                    != (b.max_intervals, b.write_back_frequency, b.max_values_per_bucket),
+                (
+                    a.max_intervals,
+                    a.write_back_frequency,
+                    a.max_values_per_bucket,
+                ) != (
+                    b.max_intervals,
+                    b.write_back_frequency,
+                    b.max_values_per_bucket,
+                ),
             ),
         ];
         for (what, changed) in checks {
@@ -400,7 +411,9 @@ pub async fn run(
                     tracing::error!(error = %e, "reload failed; keeping the running configuration");
                 }
             }
-            Err(e) => tracing::error!(error = %e, "reload failed; keeping the running configuration"),
+            Err(e) => {
+                tracing::error!(error = %e, "reload failed; keeping the running configuration")
+            }
         }
         service::notify(&[NotifyState::Ready]);
     }

@@ -93,8 +93,16 @@ impl Observed {
             "Aggregates emitted, re-emissions included",
             counter(ld(&s.aggregates_emitted)),
         );
-        reg.register("forwarded", "Raw datapoints forwarded", counter(ld(&s.forwarded)));
-        reg.register("sent", "Datapoints written to destinations", counter(ld(&s.sent)));
+        reg.register(
+            "forwarded",
+            "Raw datapoints forwarded",
+            counter(ld(&s.forwarded)),
+        );
+        reg.register(
+            "sent",
+            "Datapoints written to destinations",
+            counter(ld(&s.sent)),
+        );
         reg.register(
             "active_connections",
             "Open inbound TCP connections",
@@ -106,7 +114,11 @@ impl Observed {
                 .get_or_create(&vec![("reason".into(), r.as_str().into())])
                 .inc_by(s.drops(r));
         }
-        reg.register("dropped", "Datapoints, lines or frames dropped, by reason", drops);
+        reg.register(
+            "dropped",
+            "Datapoints, lines or frames dropped, by reason",
+            drops,
+        );
         let (sent, full, queued) = (
             Family::<Vec<(String, String)>, Counter>::default(),
             Family::<Vec<(String, String)>, Counter>::default(),
@@ -116,15 +128,25 @@ impl Observed {
             let l = vec![("destination".to_string(), name.to_string())];
             sent.get_or_create(&l).inc_by(ld(&c.sent));
             full.get_or_create(&l).inc_by(ld(&c.full_queue_drops));
-            queued.get_or_create(&l).set(c.queued.load(Ordering::Relaxed) as i64);
+            queued
+                .get_or_create(&l)
+                .set(c.queued.load(Ordering::Relaxed) as i64);
         }
-        reg.register("destination_sent", "Datapoints written, per destination", sent);
+        reg.register(
+            "destination_sent",
+            "Datapoints written, per destination",
+            sent,
+        );
         reg.register(
             "destination_full_queue_drops",
             "Datapoints dropped on a full destination queue",
             full,
         );
-        reg.register("destination_queued", "Datapoints queued, per destination", queued);
+        reg.register(
+            "destination_queued",
+            "Datapoints queued, per destination",
+            queued,
+        );
         let (depth, series, buffered) = (
             Family::<Vec<(String, String)>, Gauge>::default(),
             Family::<Vec<(String, String)>, Gauge>::default(),
@@ -138,13 +160,29 @@ impl Observed {
         }
         reg.register("worker_queue_depth", "Batches waiting, per worker", depth);
         reg.register("series", "Live output series, per worker", series);
-        reg.register("buffered_datapoints", "Datapoints in live buckets, per worker", buffered);
+        reg.register(
+            "buffered_datapoints",
+            "Datapoints in live buckets, per worker",
+            buffered,
+        );
         if let Some(j) = &self.journal {
             let js = j.stats();
-            reg.register("journal_records", "Records journaled", counter(ld(&js.records)));
+            reg.register(
+                "journal_records",
+                "Records journaled",
+                counter(ld(&js.records)),
+            );
             reg.register("journal_bytes", "Bytes journaled", counter(ld(&js.bytes)));
-            reg.register("journal_queue", "Records waiting for the journal writer (lag)", gauge(j.queued() as u64));
-            reg.register("journal_size_bytes", "Bytes of all journal segments", gauge(j.size_on_disk()));
+            reg.register(
+                "journal_queue",
+                "Records waiting for the journal writer (lag)",
+                gauge(j.queued() as u64),
+            );
+            reg.register(
+                "journal_size_bytes",
+                "Bytes of all journal segments",
+                gauge(j.size_on_disk()),
+            );
         }
         reg.register("ready", "1 when ready", gauge(u64::from(self.is_ready())));
         let mut out = String::new();
@@ -159,7 +197,11 @@ async fn health(axum::extract::State(o): axum::extract::State<Arc<Observed>>) ->
     if o.healthy() {
         (StatusCode::OK, "ok\n").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "a worker stopped making progress\n").into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "a worker stopped making progress\n",
+        )
+            .into_response()
     }
 }
 
@@ -173,7 +215,10 @@ async fn ready(axum::extract::State(o): axum::extract::State<Arc<Observed>>) -> 
 
 async fn metrics(axum::extract::State(o): axum::extract::State<Arc<Observed>>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         o.prometheus(),
     )
         .into_response()
@@ -273,7 +318,11 @@ pub fn spawn_self_metrics(
             let ld = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
             let mut deltas = vec![
                 delta("metricsReceived".into(), ld(&s.received), true),
-                delta("aggregateDatapointsSent".into(), ld(&s.aggregates_emitted), true),
+                delta(
+                    "aggregateDatapointsSent".into(),
+                    ld(&s.aggregates_emitted),
+                    true,
+                ),
             ];
             for r in DropReason::ALL {
                 deltas.push(delta(format!("drops.{}", r.as_str()), s.drops(r), false));

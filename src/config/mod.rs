@@ -588,7 +588,10 @@ fn duration(key: &str, v: &str, path: &Path) -> Result<Duration, ConfigError> {
         return Ok(Duration::ZERO);
     }
     humantime::parse_duration(v).map_err(|e| {
-        invalid(path, format!("{key} = {v:?}: {e} (e.g. \"1s\", \"1h\", \"7d\")"))
+        invalid(
+            path,
+            format!("{key} = {v:?}: {e} (e.g. \"1s\", \"1h\", \"7d\")"),
+        )
     })
 }
 
@@ -828,7 +831,11 @@ impl Config {
                 .quarantine
                 .map(|q| (resolve(base, &q.file), q.max_bytes)),
             service: Service {
-                drain_timeout: duration("service.drain_timeout", &file.service.drain_timeout, path)?,
+                drain_timeout: duration(
+                    "service.drain_timeout",
+                    &file.service.drain_timeout,
+                    path,
+                )?,
                 self_metrics_interval: duration(
                     "service.self_metrics_interval",
                     &file.service.self_metrics_interval,

@@ -174,7 +174,9 @@ async fn serve(
     mut d: impl StreamDecoder,
 ) {
     let stats = ingest.stats();
-    stats.active_connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    stats
+        .active_connections
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let peer = sock
         .peer_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
@@ -203,5 +205,7 @@ async fn serve(
     frames.extend(d.finish(&mut buf, &mut ingest, eof));
     process(&mut frames, &mut d, &mut ingest, peer).await;
     ingest.flush().await;
-    stats.active_connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    stats
+        .active_connections
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
 }

@@ -1,0 +1,284 @@
+//! aggd as a service: the systemd notify protocol, reload mid-stream, `/metrics`,
+//! `/health`, `/ready`, and carbon self-metrics.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::net::UnixDatagram;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A running `aggd run -c CFG` whose stderr lines are collected.
+struct Daemon {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Daemon {
+    fn start(cfg: &std::path::Path, env: &[(&str, &str)]) -> Daemon {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_aggd"))
+            .args(["run", "-c"])
+            .arg(cfg)
+            .envs(env.iter().copied())
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(stderr).lines() {
+                let Ok(l) = l else { return };
+                if tx.send(l).is_err() {
+                    return;
+                }
+            }
+        });
+        Daemon {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits (10 s at most) for a log line containing `needle`, and returns it.
+    fn wait_log(&mut self, needle: &str) -> String {
+        if let Some(l) = self.seen.iter().find(|l| l.contains(needle)) {
+            return l.clone();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    self.seen.push(l.clone());
+                    if l.contains(needle) {
+                        return l;
+                    }
+                }
+                Err(_) => panic!("no log line with {needle:?}; saw {:#?}", self.seen),
+            }
+        }
+    }
+
+    fn addr(&mut self, kind: &str) -> SocketAddr {
+        let l = self.wait_log(&format!("listener=\"{kind}\""));
+        let a = l.find("address=").unwrap();
+        l[a + 8..]
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    fn signal(&self, sig: &str) {
+        assert!(
+            Command::new("kill")
+                .args([sig, &self.child.id().to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+}
+
+#[test]
+fn notify_protocol_in_order() {
+    let dir = tempdir("notify");
+    let cfg = write_config(&dir, "x (60) = sum in.*\n", "", "stdout", "plaintext");
+    let sock_path = dir.join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut d = Daemon::start(
+        &cfg,
+        &[
+            ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "200000"),
+        ],
+    );
+    let mut recv = || {
+        let mut buf = [0u8; 512];
+        let n = sock.recv(&mut buf).expect("no notify message");
+        String::from_utf8_lossy(&buf[..n]).trim_end().to_string()
+    };
+    assert_eq!(recv(), "READY=1");
+    // The watchdog is pinged while the workers make progress (every 100 ms here).
+    assert_eq!(recv(), "WATCHDOG=1");
+    assert_eq!(recv(), "WATCHDOG=1");
+    d.signal("-HUP");
+    let mut msgs = Vec::new();
+    while !msgs.iter().any(|m: &String| m == "READY=1") {
+        let m = recv();
+        if m != "WATCHDOG=1" {
+            msgs.push(m);
+        }
+    }
+    assert!(msgs[0].starts_with("RELOADING=1"), "{msgs:?}");
+    assert!(msgs[0].contains("MONOTONIC_USEC="), "{msgs:?}");
+    d.wait_log("reloaded");
+    d.signal("-TERM");
+    loop {
+        let m = recv();
+        if m != "WATCHDOG=1" {
+            assert_eq!(m, "STOPPING=1");
+            break;
+        }
+    }
+    assert!(d.child.wait().unwrap().success());
+}
+
+#[test]
+fn sighup_applies_new_rules_mid_stream_without_loss_and_keeps_them_on_a_broken_file() {
+    let capture = Capture::start("pickle");
+    let dir = tempdir("reload");
+    let cfg = write_config(
+        &dir,
+        "a.sum (3600) = sum in.*\n",
+        "",
+        &capture.addr.to_string(),
+        "pickle",
+    );
+    let mut d = Daemon::start(&cfg, &[]);
+    let tcp = d.addr("plaintext/tcp");
+    let ts = now() as i64;
+    let hour = ts - ts.rem_euclid(3600);
+    let send = |n: usize| {
+        let mut s = TcpStream::connect(tcp).unwrap();
+        for i in 0..n {
+            writeln!(s, "in.h{} 1 {ts}", i % 10).unwrap();
+        }
+    };
+    // One connection stays open across the reload: it must not be dropped.
+    let mut kept = TcpStream::connect(tcp).unwrap();
+    send(1000);
+    writeln!(kept, "in.kept 1 {ts}").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // New rules: a second rule, which applies from the reload on.
+    std::fs::write(
+        dir.join("aggregation-rules.conf"),
+        "a.sum (3600) = sum in.*\nb.count (3600) = count in.*\n",
+    )
+    .unwrap();
+    d.signal("-HUP");
+    d.wait_log("reloaded");
+    send(500);
+    writeln!(kept, "in.kept 1 {ts}").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // A broken rules file: refused with file and line, the running rules stay.
+    std::fs::write(
+        dir.join("aggregation-rules.conf"),
+        "a.sum (3600) = sum in.*\nbroken.<x> (60) = sum in.<y>\n",
+    )
+    .unwrap();
+    d.signal("-HUP");
+    let err = d.wait_log("reload failed");
+    assert!(err.contains("aggregation-rules.conf:2:"), "{err}");
+    send(200);
+    std::thread::sleep(Duration::from_millis(300));
+    drop(kept);
+    d.signal("-TERM");
+    assert!(d.child.wait().unwrap().success());
+    // Nothing lost or counted twice across the reloads; the new rule from its reload on.
+    capture.wait_for("flushed aggregates", |got| {
+        got.get(&("a.sum".into(), hour)) == Some(&1702.0)
+            && got.get(&("b.count".into(), hour)) == Some(&701.0)
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_health_and_self_metrics_match_the_traffic() {
+    let capture = Capture::start("pickle");
+    let dir = tempdir("metrics");
+    let cfg = write_config(
+        &dir,
+        "total (60) = sum in.*\n",
+        "",
+        &capture.addr.to_string(),
+        "pickle",
+    );
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str("[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"unused-token\"\n[service]\nself_metrics_interval = \"1s\"\nhostname = \"test.host\"\n");
+    std::fs::write(&cfg, text).unwrap();
+    let server = start_aggd(&cfg).await;
+    let tcp = server.addr("plaintext/tcp").unwrap();
+    let admin = server.addr("admin/http").unwrap();
+    let base = previous_bucket(60);
+    tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(tcp).unwrap();
+        let mut b = String::new();
+        for i in 0..300 {
+            b.push_str(&format!("in.h{i} 2 {base}\n"));
+        }
+        b.push_str("bad\nbad again\n");
+        b.push_str(&format!("in.old 1 {}\n", base - 7200));
+        s.write_all(b.as_bytes()).unwrap();
+    })
+    .await
+    .unwrap();
+    capture.wait_for("total", |got| {
+        got.get(&("total".into(), base)) == Some(&600.0)
+    });
+    let get = move |path: &'static str| {
+        tokio::task::spawn_blocking(move || http(admin, "GET", path, &[], b""))
+    };
+    let (status, _, body) = get("/health").await.unwrap();
+    assert_eq!((status, String::from_utf8_lossy(&body).trim()), (200, "ok"));
+    let (status, _, _) = get("/ready").await.unwrap();
+    assert_eq!(status, 200);
+    let (status, _, body) = get("/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    let m = String::from_utf8(body).unwrap();
+    let metric = |name: &str| -> f64 {
+        m.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .unwrap_or_else(|| panic!("{name} missing in:\n{m}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(metric("aggd_received_total"), 301.0);
+    assert_eq!(metric("aggd_dropped_total{reason=\"parse_error\"}"), 2.0);
+    assert_eq!(metric("aggd_dropped_total{reason=\"too_old\"}"), 1.0);
+    assert!(metric("aggd_aggregates_emitted_total") >= 1.0);
+    let dest = format!(
+        "aggd_destination_sent_total{{destination=\"{}\"}}",
+        capture.addr
+    );
+    assert!(metric(&dest) >= 1.0);
+    assert_eq!(metric("aggd_ready"), 1.0);
+    assert!(m.contains("aggd_worker_queue_depth{worker=\"0\"}"));
+    // Carbon-style self-metrics reach the destination, never through the rules.
+    capture.wait_for("self-metrics", |got| {
+        got.iter()
+            .any(|((p, _), v)| p == "carbon.aggregator.test_host.metricsReceived" && *v == 301.0)
+    });
+    let got = capture.snapshot();
+    for stat in [
+        "aggregateDatapointsSent",
+        "allocatedBuffers",
+        "activeConnections",
+        "cpuUsage",
+        "memUsage",
+        "drops.parse_error",
+    ] {
+        let p = format!("carbon.aggregator.test_host.{stat}");
+        assert!(got.keys().any(|(k, _)| *k == p), "{p} missing");
+    }
+    server.shutdown().await;
+}
