@@ -110,7 +110,7 @@ fn notify_protocol_in_order() {
             ("WATCHDOG_USEC", "200000"),
         ],
     );
-    let mut recv = || {
+    let recv = || {
         let mut buf = [0u8; 512];
         let n = sock.recv(&mut buf).expect("no notify message");
         String::from_utf8_lossy(&buf[..n]).trim_end().to_string()
