@@ -151,7 +151,7 @@ fn signals() -> anyhow::Result<tokio::sync::mpsc::Receiver<Signal>> {
 }
 
 fn run(config: Config, source: ConfigArg) -> anyhow::Result<()> {
-    let listeners = BoundListener::bind_all(&config.listeners)?;
+    let listeners = BoundListener::from_systemd_or_bind(&config.listeners)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("aggd-io")

@@ -48,6 +48,41 @@ impl BoundListener {
         })
     }
 
+    /// The listeners systemd passed by socket activation (`LISTEN_FDS`), matched to the
+    /// `[[listen]]` entries in order (the i-th socket of the `.socket` unit serves the i-th
+    /// entry, whose address is then ignored); entries without a passed socket are bound
+    /// from the config. Without socket activation this is [`BoundListener::bind_all`].
+    ///
+    /// Errors: a passed socket of the wrong kind (stream for a UDP entry or the reverse),
+    /// or a bind failure.
+    pub fn from_systemd_or_bind(cfgs: &[ListenerConfig]) -> std::io::Result<Vec<BoundListener>> {
+        let mut fds = listenfd::ListenFd::from_env();
+        if fds.len() == 0 {
+            return BoundListener::bind_all(cfgs);
+        }
+        tracing::info!(
+            sockets = fds.len(),
+            "socket activation: listeners passed by systemd"
+        );
+        let mut out = Vec::new();
+        for (i, c) in cfgs.iter().enumerate() {
+            let passed = match c.transport {
+                Transport::Tcp => fds
+                    .take_tcp_listener(i)?
+                    .map(|listener| BoundListener::Tcp {
+                        protocol: c.protocol,
+                        listener,
+                    }),
+                Transport::Udp => fds.take_udp_socket(i)?.map(BoundListener::Udp),
+            };
+            match passed {
+                Some(l) => out.push(l),
+                None => out.push(BoundListener::bind(c)?),
+            }
+        }
+        Ok(out)
+    }
+
     /// Binds every listener of a config.
     pub fn bind_all(cfgs: &[ListenerConfig]) -> std::io::Result<Vec<BoundListener>> {
         cfgs.iter()
