@@ -30,7 +30,7 @@ use crate::journal::ledger::Window;
 use crate::journal::record::Kind;
 use crate::journal::{Journal, NewRecord, Ticket};
 use crate::quarantine::Quarantine;
-use crate::route::Router;
+use crate::route::{LocalRoutes, Router};
 use crate::tenant::{Tenants, prefix};
 use arc_swap::ArcSwap;
 
@@ -70,6 +70,8 @@ pub struct Ingest {
     received: u64,
     /// The router in use, refreshed from the pipeline at the start of every frame.
     router: Arc<Router>,
+    /// This connection's private route cache (emptied when the router changes).
+    routes: LocalRoutes,
     /// Datapoints routed over this Ingest's life (for HTTP responses).
     received_total: u64,
     /// Start-up rebuild: the input was counted (and its drops ledgered) when it was first
@@ -85,6 +87,7 @@ impl Ingest {
         let router = p.router.load_full();
         Ingest {
             router,
+            routes: LocalRoutes::default(),
             p,
             peer,
             listener,
@@ -166,6 +169,7 @@ impl Ingest {
             received,
             now,
             router,
+            routes,
             ..
         } = self;
         // The tenant gate: state and rate limits, then (for a path new to the route cache)
@@ -183,7 +187,7 @@ impl Ingest {
             Some((t, id)) => t.admit_series(id, dp.path),
             None => Ok(()),
         };
-        let routed = router.with_route_checked(dp.path, admit_new, |route| {
+        let routed = routes.get(router, dp.path, admit_new).map(|route| {
             for o in route.outputs.iter() {
                 pending[o.worker].push(WorkItem {
                     key: Arc::clone(&o.key),
@@ -226,6 +230,7 @@ impl Ingest {
         let current = self.p.router.load();
         if !Arc::ptr_eq(&current, &self.router) {
             self.router = Arc::clone(&current);
+            self.routes.clear();
         }
     }
 

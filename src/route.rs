@@ -45,8 +45,11 @@ pub struct SeriesKey {
 }
 
 impl PartialEq for SeriesKey {
+    /// Same key object, or same name (the hash first, so unequal names rarely get to a
+    /// string comparison).
+    #[inline]
     fn eq(&self, other: &Self) -> bool {
-        self.name == other.name
+        std::ptr::eq(self, other) || (self.hash == other.hash && self.name == other.name)
     }
 }
 impl Eq for SeriesKey {}
@@ -104,7 +107,7 @@ pub struct Router {
     workers: usize,
     /// Keyed by the received path; aHash (randomly keyed, so hostile paths cannot force
     /// collisions) instead of SipHash, which was a quarter of the ingest profile.
-    cache: DashMap<Box<str>, Route, ahash::RandomState>,
+    cache: DashMap<Box<str>, Arc<Route>, ahash::RandomState>,
 }
 
 impl Router {
@@ -168,17 +171,65 @@ impl Router {
         admit_new: impl FnOnce() -> Result<(), crate::drops::DropReason>,
         f: impl FnOnce(&Route) -> T,
     ) -> Result<T, crate::drops::DropReason> {
+        self.lookup(path, admit_new).map(|r| f(&r))
+    }
+
+    /// The route of `path`, shared; computed and cached on a miss after `admit_new`
+    /// passes. Connections keep the result in a private cache ([`LocalRoutes`]).
+    pub fn lookup(
+        &self,
+        path: &str,
+        admit_new: impl FnOnce() -> Result<(), crate::drops::DropReason>,
+    ) -> Result<Arc<Route>, crate::drops::DropReason> {
         if let Some(r) = self.cache.get(path) {
-            return Ok(f(&r));
+            return Ok(Arc::clone(&r));
         }
         admit_new()?;
-        let route = self.compute(path);
-        let out = f(&route);
+        let route = Arc::new(self.compute(path));
         if self.cache.len() >= self.aggregation.route_cache_entries {
             self.cache.clear();
         }
-        self.cache.insert(path.into(), route);
-        Ok(out)
+        self.cache.insert(path.into(), Arc::clone(&route));
+        Ok(route)
+    }
+}
+
+/// A connection's private route cache in front of the shared one: no lock and no atomic
+/// operation on a hit, and warm in the connection's core. Bounded by [`LOCAL_ROUTES`]
+/// entries (emptied when full) and emptied when a reload swaps the router.
+#[derive(Default)]
+pub struct LocalRoutes {
+    map: hashbrown::HashMap<String, Arc<Route>, ahash::RandomState>,
+}
+
+/// Most routes one connection caches privately.
+pub const LOCAL_ROUTES: usize = 1 << 16;
+
+impl LocalRoutes {
+    /// The route of `path`: from this cache, else from `router` (see [`Router::lookup`]).
+    #[inline]
+    pub fn get(
+        &mut self,
+        router: &Router,
+        path: &str,
+        admit_new: impl FnOnce() -> Result<(), crate::drops::DropReason>,
+    ) -> Result<&Route, crate::drops::DropReason> {
+        if self.map.len() >= LOCAL_ROUTES && !self.map.contains_key(path) {
+            self.map.clear();
+        }
+        // One hash lookup on a hit; the key is allocated only on insert.
+        match self.map.entry_ref(path) {
+            hashbrown::hash_map::EntryRef::Occupied(o) => Ok(&**o.into_mut()),
+            hashbrown::hash_map::EntryRef::Vacant(v) => {
+                let r = router.lookup(path, admit_new)?;
+                Ok(&**v.insert(r))
+            }
+        }
+    }
+
+    /// Forgets every route (the router was swapped).
+    pub fn clear(&mut self) {
+        self.map.clear();
     }
 }
 
@@ -235,6 +286,22 @@ mod tests {
         let route = r.compute("x");
         assert!(route.outputs.is_empty());
         assert_eq!(route.forward.as_deref(), Some("x.raw"));
+    }
+
+    #[test]
+    fn local_routes_are_bounded_and_agree_with_the_router() {
+        let r = Router::new(aggregation("<x>.t (60) = sum <x>\n", "", false, 1 << 20), 2);
+        let mut local = LocalRoutes::default();
+        for i in 0..LOCAL_ROUTES + 10 {
+            let p = format!("p{i}");
+            let route = local.get(&r, &p, || Ok(())).unwrap();
+            assert_eq!(&*route.outputs[0].key.name, format!("p{i}.t"));
+            assert!(local.map.len() <= LOCAL_ROUTES);
+        }
+        // A refused new path is not cached: the check runs again next time.
+        let refused = local.get(&r, "new", || Err(crate::drops::DropReason::SeriesLimit));
+        assert_eq!(refused.err(), Some(crate::drops::DropReason::SeriesLimit));
+        assert!(local.get(&r, "new", || Ok(())).is_ok());
     }
 
     #[test]
