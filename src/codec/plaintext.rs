@@ -26,10 +26,36 @@ fn is_space(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\r' | 0x0b | 0x0c | 0x1c..=0x1f)
 }
 
-/// Splits one line (without its `\n`) into whitespace-separated fields.
+/// The common form `path value timestamp` with single spaces (and an optional trailing
+/// `\r`), found with two `memchr` calls; `None` sends the line to the general splitter.
 #[inline]
-fn fields(line: &[u8]) -> impl Iterator<Item = &[u8]> {
-    line.split(|b| is_space(*b)).filter(|f| !f.is_empty())
+fn simple_fields(line: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let a = memchr::memchr(b' ', line)?;
+    let b = a + 1 + memchr::memchr(b' ', &line[a + 1..])?;
+    let (path, value, ts) = (&line[..a], &line[a + 1..b], &line[b + 1..]);
+    let plain = |f: &[u8]| !f.is_empty() && !f.iter().any(|c| is_space(*c));
+    // Value and timestamp are short; the path is checked for other whitespace too.
+    (plain(path) && plain(value) && plain(ts)).then_some((path, value, ts))
+}
+
+/// The next whitespace-separated field of `line` at or after `*pos`.
+#[inline]
+fn next_field<'a>(line: &'a [u8], pos: &mut usize) -> Option<&'a [u8]> {
+    let mut i = *pos;
+    while i < line.len() && is_space(line[i]) {
+        i += 1;
+    }
+    if i == line.len() {
+        *pos = i;
+        return None;
+    }
+    let start = i;
+    while i < line.len() && !is_space(line[i]) {
+        i += 1;
+    }
+    *pos = i;
+    Some(&line[start..i])
 }
 
 /// Parses one plaintext line (its `\n` removed).
@@ -57,12 +83,22 @@ pub fn parse_line<'a>(
     if line.len() > limits.max_line_bytes {
         return Err(DropReason::LineTooLong);
     }
-    let mut it = fields(line);
-    let Some(path) = it.next() else {
-        return Ok(None);
-    };
-    let (Some(value), Some(timestamp), None) = (it.next(), it.next(), it.next()) else {
-        return Err(DropReason::ParseError);
+    let (path, value, timestamp) = match simple_fields(line) {
+        Some(f) => f,
+        None => {
+            let mut pos = 0;
+            let Some(path) = next_field(line, &mut pos) else {
+                return Ok(None);
+            };
+            let (Some(value), Some(timestamp), None) = (
+                next_field(line, &mut pos),
+                next_field(line, &mut pos),
+                next_field(line, &mut pos),
+            ) else {
+                return Err(DropReason::ParseError);
+            };
+            (path, value, timestamp)
+        }
     };
     let path = std::str::from_utf8(path).map_err(|_| DropReason::BadUtf8)?;
     let value = parse_float(value).ok_or(DropReason::ParseError)?;
@@ -70,13 +106,51 @@ pub fn parse_line<'a>(
     finish_point(path, timestamp, value, now, limits).map(Some)
 }
 
-/// Python `float()` on ASCII bytes. A fast path handles plain integers of up to 15 digits
-/// (exact in f64); everything else goes through `f64::from_str`, and a last try removes
-/// digit-group underscores (`1_000`).
+/// Powers of ten exactly representable in f64.
+const POW10: [f64; 16] = [
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+];
+
+/// `[-]digits[.digits]` with at most 15 digits in all: the digits as an integer `m` (below
+/// 2^53, exact) divided by `10^k` (exact) is one correctly rounded IEEE division, hence the
+/// same value `f64::from_str` gives (Clinger's fast path).
+#[inline]
+fn fast_decimal(b: &[u8]) -> Option<f64> {
+    let (neg, digits) = match b.first() {
+        Some(b'-') => (true, &b[1..]),
+        _ => (false, b),
+    };
+    if digits.is_empty() || digits.len() > 16 {
+        return None;
+    }
+    let mut m: u64 = 0;
+    let mut n = 0usize;
+    let mut frac: Option<usize> = None;
+    for (i, c) in digits.iter().enumerate() {
+        match c {
+            b'0'..=b'9' => {
+                m = m * 10 + u64::from(c - b'0');
+                n += 1;
+            }
+            b'.' if frac.is_none() && i > 0 && i + 1 < digits.len() => frac = Some(i),
+            _ => return None,
+        }
+    }
+    if n > 15 {
+        return None;
+    }
+    let k = frac.map_or(0, |f| digits.len() - f - 1);
+    let v = m as f64 / POW10[k];
+    Some(if neg { -v } else { v })
+}
+
+/// Python `float()` on ASCII bytes. A fast path handles plain decimals of up to 15 digits
+/// (see `fast_decimal`); everything else goes through `f64::from_str`, and a last try
+/// removes digit-group underscores (`1_000`).
+#[inline]
 pub fn parse_float(b: &[u8]) -> Option<f64> {
-    if !b.is_empty() && b.len() <= 15 && b.iter().all(u8::is_ascii_digit) {
-        let n = b.iter().fold(0u64, |acc, d| acc * 10 + u64::from(d - b'0'));
-        return Some(n as f64);
+    if let Some(v) = fast_decimal(b) {
+        return Some(v);
     }
     let s = std::str::from_utf8(b).ok()?;
     if let Ok(v) = s.parse::<f64>() {
@@ -100,7 +174,20 @@ pub fn parse_float(b: &[u8]) -> Option<f64> {
 /// Iterates over the lines of a chunk of complete lines; the empty piece after a final `\n`
 /// is yielded as a blank line, which [`parse_line`] skips.
 pub fn lines(chunk: &[u8]) -> impl Iterator<Item = &[u8]> {
-    chunk.split(|b| *b == b'\n')
+    let mut rest = Some(chunk);
+    std::iter::from_fn(move || {
+        let r = rest?;
+        match memchr::memchr(b'\n', r) {
+            Some(i) => {
+                rest = Some(&r[i + 1..]);
+                Some(&r[..i])
+            }
+            None => {
+                rest = None;
+                Some(r)
+            }
+        }
+    })
 }
 
 /// Cuts runs of complete lines out of a TCP read buffer, dropping over-long lines without
@@ -281,14 +368,55 @@ mod tests {
 
     #[test]
     fn fast_path_agrees_with_std() {
-        for s in ["0", "7", "123456789012345", "000001"] {
-            assert_eq!(parse_float(s.as_bytes()), s.parse::<f64>().ok());
+        for s in [
+            "0",
+            "7",
+            "123456789012345",
+            "000001",
+            "1.5",
+            "-2.25",
+            "0.1",
+            "3.14159265358979",
+            "-0",
+            "-0.0",
+            "99999999.9999999",
+            "1700000000",
+            "1700000000.25",
+            "0.000000000000001",
+        ] {
+            assert_eq!(parse_float(s.as_bytes()), s.parse::<f64>().ok(), "{s}");
+            assert_eq!(
+                parse_float(s.as_bytes()).map(f64::to_bits),
+                s.parse::<f64>().ok().map(f64::to_bits),
+                "{s} bits"
+            );
+        }
+        // Not fast-path forms still parse like std: exponents, long mantissas, signs.
+        for s in ["1e3", "+7", ".5", "5.", "1234567890123456.5", "-.5"] {
+            assert_eq!(parse_float(s.as_bytes()), s.parse::<f64>().ok(), "{s}");
         }
         assert_eq!(
             parse_float(b"1234567890123456789"),
             Some(1234567890123456789.0)
         );
         assert_eq!(parse_float(b""), None);
+    }
+
+    proptest::proptest! {
+        /// The fast path gives bit-identical results to `f64::from_str`.
+        #[test]
+        fn fast_decimal_matches_std(int in 0u64..10_000_000_000, frac in 0u64..100_000, digits in 0usize..6, neg: bool) {
+            let s = if digits == 0 {
+                format!("{}{int}", if neg { "-" } else { "" })
+            } else {
+                format!("{}{int}.{:0width$}", if neg { "-" } else { "" }, frac % 10u64.pow(digits as u32), width = digits)
+            };
+            proptest::prop_assert_eq!(
+                parse_float(s.as_bytes()).map(f64::to_bits),
+                s.parse::<f64>().ok().map(f64::to_bits),
+                "{}", s
+            );
+        }
     }
 
     /// Feeds `input` to a framer split at `cut`, returning all lines seen and the count of

@@ -1,0 +1,211 @@
+//! Micro-benchmarks of the per-datapoint pieces, each printing datapoints/s and ns per
+//! datapoint: the plaintext line parser, the pickle decoder, rule matching (a cache miss:
+//! the full match) with 10, 1 000 and 10 000 rules, a cached route lookup, a bucket
+//! update, and a journal append. Run with `cargo bench --bench micro`.
+
+use std::hint::black_box;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aggd::aggregate::method::Method;
+use aggd::aggregate::series::{SeriesTable, Settings};
+use aggd::codec::Limits;
+use aggd::codec::pickle::{PickleDecoder, encode_frames};
+use aggd::codec::plaintext::{lines, parse_line};
+use aggd::config::Aggregation;
+use aggd::datapoint::{OutPoint, OutValue};
+use aggd::route::{LocalRoutes, Router, SeriesKey, fnv1a64};
+use aggd::rules::aggregation::AggregationRules;
+use aggd::rules::rewrite::RewriteRules;
+
+fn report(name: &str, n: u64, t: Duration) {
+    println!(
+        "{name:<44} {:>12.0} datapoints/s {:>8.1} ns/datapoint",
+        n as f64 / t.as_secs_f64(),
+        t.as_nanos() as f64 / n as f64
+    );
+}
+
+fn aggregation(rules: usize) -> Aggregation {
+    let mut text = String::new();
+    for i in 0..rules {
+        text.push_str(&format!(
+            "agg.r{i}.<h>.sum (60) = sum svc{i}.<h>.*.requests\n"
+        ));
+    }
+    Aggregation {
+        rules_file: "rules".into(),
+        rules: Arc::new(AggregationRules::parse(&text, Path::new("rules")).unwrap()),
+        rewrite_file: None,
+        rewrite: Arc::new(RewriteRules::default()),
+        forward_all: false,
+        max_intervals: 5,
+        write_back_frequency: 0,
+        route_cache_entries: 1 << 22,
+        max_values_per_bucket: 1000,
+    }
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("micro-benchmarks: run with `cargo bench --bench micro`");
+        return;
+    }
+    let limits = Limits::default();
+    let n = 2_000_000usize;
+
+    let text: String = (0..n)
+        .map(|i| {
+            format!(
+                "svc{}.h{}.m{}.requests {} 1700000000\n",
+                i % 10,
+                i % 1000,
+                i % 7,
+                i % 100
+            )
+        })
+        .collect();
+    let t = Instant::now();
+    let mut ok = 0u64;
+    for l in lines(text.as_bytes()) {
+        if let Ok(Some(p)) = parse_line(l, 0.0, &limits) {
+            ok += 1;
+            black_box(p);
+        }
+    }
+    assert_eq!(ok, n as u64);
+    report("plaintext parse_line", n as u64, t.elapsed());
+
+    let points: Vec<OutPoint> = (0..500)
+        .map(|i| OutPoint {
+            path: format!("svc.h{i}.requests").into(),
+            timestamp: 1_700_000_000.0,
+            value: OutValue::Float(i as f64),
+        })
+        .collect();
+    let mut frame = Vec::new();
+    encode_frames(&points, 500, &mut frame).unwrap();
+    let body = &frame[4..];
+    let mut d = PickleDecoder::new();
+    let frames = n / 500;
+    let t = Instant::now();
+    let mut got = 0u64;
+    for _ in 0..frames {
+        d.decode(body, 0.0, &limits, |r| {
+            got += u64::from(r.is_ok());
+        })
+        .unwrap();
+    }
+    assert_eq!(got, (frames * 500) as u64);
+    report("pickle decode (protocol 2, 500/frame)", got, t.elapsed());
+
+    for rules in [10usize, 1000, 10_000] {
+        let router = Router::new(aggregation(rules), 2);
+        let paths: Vec<String> = (0..20_000)
+            .map(|i| format!("svc{}.h{}.m{}.requests", i % rules, i, i % 7))
+            .collect();
+        let t = Instant::now();
+        for p in &paths {
+            let r = router.compute(p);
+            assert_eq!(r.outputs.len(), 1);
+            black_box(r);
+        }
+        report(
+            &format!("rule match, cache miss, {rules} rules"),
+            paths.len() as u64,
+            t.elapsed(),
+        );
+    }
+    let router = Router::new(aggregation(1000), 2);
+    let paths: Vec<String> = (0..1000)
+        .map(|i| format!("svc{}.h{i}.m1.requests", i % 1000))
+        .collect();
+    let mut local = LocalRoutes::default();
+    let t = Instant::now();
+    for i in 0..n {
+        let r = local
+            .get(&router, &paths[i % paths.len()], || Ok(()))
+            .unwrap();
+        black_box(r);
+    }
+    report("route lookup, connection cache hit", n as u64, t.elapsed());
+
+    let mut table = SeriesTable::new(Settings {
+        max_intervals: 5,
+        write_back_frequency: 0,
+        max_values_per_bucket: 1000,
+    });
+    let keys: Vec<Arc<SeriesKey>> = (0..1000)
+        .map(|i| {
+            let name = format!("agg.{i}.sum");
+            Arc::new(SeriesKey {
+                hash: fnv1a64(name.as_bytes()),
+                name: name.into(),
+                method: Method::Sum,
+                frequency: 60,
+            })
+        })
+        .collect();
+    let now = 1_700_000_030.0;
+    let t = Instant::now();
+    for i in 0..n {
+        table
+            .add(&keys[i % 1000], now - (i % 60) as f64, 1.0, now)
+            .unwrap();
+    }
+    report("bucket update (sum, 1000 series)", n as u64, t.elapsed());
+
+    let dir = std::env::temp_dir().join(format!("aggd-micro-journal-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let chunk = bytes::Bytes::from(text.as_bytes()[..256 * 1024].to_vec());
+    let lines_per_chunk = chunk.iter().filter(|b| **b == b'\n').count() as u64;
+    let (journal, _) = aggd::journal::Journal::open(aggd::journal::JournalConfig {
+        dir: dir.clone(),
+        fsync: aggd::journal::Fsync::Interval(Duration::from_secs(1)),
+        segment_bytes: 64 << 20,
+        segment_max_age: Duration::from_secs(3600),
+        max_bytes: 1 << 40,
+        max_age: Duration::from_secs(86400),
+        min_free_disk: 0,
+        on_full: aggd::journal::OnFull::Backpressure,
+        queue_records: 64,
+    })
+    .unwrap();
+    let records = 1000u64;
+    let t = rt.block_on(async {
+        let t = Instant::now();
+        let mut tickets = Vec::new();
+        for _ in 0..records {
+            tickets.push(
+                journal
+                    .submit(aggd::journal::NewRecord {
+                        received_us: 0,
+                        listener: 0,
+                        kind: aggd::journal::record::Kind::PlaintextTcp,
+                        peer: "127.0.0.1:1".parse().unwrap(),
+                        tenant: None,
+                        payload: chunk.clone(),
+                    })
+                    .await,
+            );
+        }
+        for tk in tickets {
+            assert!(tk.wait().await);
+        }
+        t.elapsed()
+    });
+    journal.close();
+    report(
+        "journal append (256 KiB records, fsync 1 s)",
+        records * lines_per_chunk,
+        t,
+    );
+    println!(
+        "{:<44} {:>12.0} MB/s",
+        "journal append throughput",
+        (records * chunk.len() as u64) as f64 / t.as_secs_f64() / 1e6
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
