@@ -99,8 +99,14 @@ fn main() {
 
 fn run(journal: bool) -> Run {
     let points = env_or("AGGD_BENCH_POINTS", 10_000_000);
+    let proto: &'static str = match std::env::var("AGGD_BENCH_PROTOCOL").as_deref() {
+        Ok("pickle") => "pickle",
+        Ok("udp") => "udp",
+        _ => "plaintext",
+    };
     let series = env_or("AGGD_BENCH_SERIES", 100_000).max(200);
     let conns = env_or("AGGD_BENCH_CONNECTIONS", 4).max(1);
+    let conns_f = conns as f64;
     let hosts = 200;
     let metrics = series / hosts;
 
@@ -120,10 +126,16 @@ fn run(journal: bool) -> Run {
     std::fs::write(
         &cfg,
         format!(
-            "[[listen]]\nprotocol = \"plaintext\"\naddress = \"127.0.0.1:0\"\n\
+            "[[listen]]\nprotocol = \"{}\"\ntransport = \"{}\"\naddress = \"127.0.0.1:0\"\n\
              [aggregation]\nrules = \"rules.conf\"\n\
              [workers]\nflush_tick_ms = 100\n\
              [[destination]]\naddress = \"{}\"\nprotocol = \"pickle\"\n{journal_section}",
+            if proto == "pickle" {
+                "pickle"
+            } else {
+                "plaintext"
+            },
+            if proto == "udp" { "udp" } else { "tcp" },
             capture.addr
         ),
     )
@@ -148,6 +160,25 @@ fn run(journal: bool) -> Run {
     let mut want_count = vec![0u64; metrics];
     for i in 0..points {
         want_count[(i % (hosts * metrics)) / hosts] += 1;
+    }
+    // Pickle: the same datapoints as carbon pickle frames of 500 (protocol 2).
+    if proto == "pickle" {
+        for p in payloads.iter_mut() {
+            let text = std::mem::take(p);
+            let pts: Vec<aggd::datapoint::OutPoint> = aggd::codec::plaintext::lines(&text)
+                .filter_map(|l| {
+                    aggd::codec::plaintext::parse_line(l, 0.0, &aggd::codec::Limits::default())
+                        .ok()
+                        .flatten()
+                })
+                .map(|d| aggd::datapoint::OutPoint {
+                    path: d.path.into(),
+                    timestamp: d.timestamp,
+                    value: aggd::datapoint::OutValue::Float(d.value),
+                })
+                .collect();
+            aggd::codec::pickle::encode_frames(&pts, 500, p).unwrap();
+        }
     }
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_aggd"))
@@ -174,12 +205,34 @@ fn run(journal: bool) -> Run {
 
     let (cpu0, _) = proc_usage(pid);
     let t0 = Instant::now();
+    let udp_rate = env_or("AGGD_BENCH_UDP_RATE", 2_000_000) as f64;
     let senders: Vec<_> = payloads
         .into_iter()
         .map(|p| {
             std::thread::spawn(move || {
-                let mut s = TcpStream::connect(addr).unwrap();
-                s.write_all(&p).unwrap();
+                if proto != "udp" {
+                    let mut s = TcpStream::connect(addr).unwrap();
+                    s.write_all(&p).unwrap();
+                    return;
+                }
+                // Multi-line datagrams of up to 60 KB, paced to the rate (per sender).
+                let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                let t0 = Instant::now();
+                let (mut sent, mut rest) = (0usize, &p[..]);
+                while !rest.is_empty() {
+                    let cut = rest[..rest.len().min(60_000)]
+                        .iter()
+                        .rposition(|b| *b == b'\n')
+                        .unwrap()
+                        + 1;
+                    sock.send_to(&rest[..cut], addr).unwrap();
+                    sent += rest[..cut].iter().filter(|b| **b == b'\n').count();
+                    rest = &rest[cut..];
+                    let due = Duration::from_secs_f64(sent as f64 / (udp_rate / conns_f));
+                    if let Some(w) = due.checked_sub(t0.elapsed()) {
+                        std::thread::sleep(w);
+                    }
+                }
             })
         })
         .collect();
@@ -189,6 +242,7 @@ fn run(journal: bool) -> Run {
     let sent_at = t0.elapsed();
     let total = points as f64;
     let deadline = Instant::now() + Duration::from_secs(600);
+    let mut complete = true;
     loop {
         let counted: f64 = (0..metrics)
             .filter_map(|m| capture.value(&format!("bench.count.m{m}"), base))
@@ -200,12 +254,21 @@ fn run(journal: bool) -> Run {
             Instant::now() < deadline,
             "only {counted} of {total} datapoints aggregated"
         );
+        // UDP can lose datagrams: stop waiting once nothing more arrives for 3 s.
+        if proto == "udp" && t0.elapsed() > sent_at + Duration::from_secs(3) {
+            println!(
+                "  UDP: {counted} of {total} datapoints aggregated ({} lost)",
+                total - counted
+            );
+            complete = false;
+            break;
+        }
         std::thread::sleep(Duration::from_millis(5));
     }
     let elapsed = t0.elapsed();
     let (cpu1, rss) = proc_usage(pid);
 
-    for m in 0..metrics {
+    for m in (0..metrics).filter(|_| complete) {
         assert_eq!(
             capture.value(&format!("bench.sum.m{m}"), base),
             Some(want_sum[m] as f64),
@@ -226,7 +289,7 @@ fn run(journal: bool) -> Run {
     let secs = elapsed.as_secs_f64();
     let cpu = cpu1 - cpu0;
     println!(
-        "ingest, journal {}: {points} datapoints, {series} input series, {} output series, {conns} TCP connections",
+        "ingest {proto}, journal {}: {points} datapoints, {series} input series, {} output series, {conns} senders",
         if journal {
             "on (fsync every 1 s)"
         } else {

@@ -196,10 +196,17 @@ impl Router {
 
 /// A connection's private route cache in front of the shared one: no lock and no atomic
 /// operation on a hit, and warm in the connection's core. Bounded by [`LOCAL_ROUTES`]
-/// entries (emptied when full) and emptied when a reload swaps the router.
+/// entries: when full, further paths are served by the shared cache without being kept
+/// (emptying it each time would thrash when a connection sees more paths than that), and
+/// it is emptied only after `8 × LOCAL_ROUTES` such misses, so a drifting set of paths
+/// still renews it. Emptied when a reload swaps the router.
 #[derive(Default)]
 pub struct LocalRoutes {
     map: hashbrown::HashMap<String, Arc<Route>, ahash::RandomState>,
+    /// Lookups that missed while the cache was full, since it was last emptied.
+    full_misses: usize,
+    /// The route of the last such miss (held so a reference can be returned).
+    overflow: Option<Arc<Route>>,
 }
 
 /// Most routes one connection caches privately.
@@ -215,7 +222,13 @@ impl LocalRoutes {
         admit_new: impl FnOnce() -> Result<(), crate::drops::DropReason>,
     ) -> Result<&Route, crate::drops::DropReason> {
         if self.map.len() >= LOCAL_ROUTES && !self.map.contains_key(path) {
-            self.map.clear();
+            self.full_misses += 1;
+            if self.full_misses > 8 * LOCAL_ROUTES {
+                self.clear();
+            } else {
+                let r = router.lookup(path, admit_new)?;
+                return Ok(&**self.overflow.insert(r));
+            }
         }
         // One hash lookup on a hit; the key is allocated only on insert.
         match self.map.entry_ref(path) {
@@ -230,6 +243,7 @@ impl LocalRoutes {
     /// Forgets every route (the router was swapped).
     pub fn clear(&mut self) {
         self.map.clear();
+        self.full_misses = 0;
     }
 }
 

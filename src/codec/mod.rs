@@ -29,6 +29,8 @@ pub struct Limits {
     pub max_pickle_objects: usize,
     /// Largest HTTP ingest body, compressed and decoded.
     pub max_http_body_bytes: usize,
+    /// Kernel receive buffer requested for UDP listeners (capped by net.core.rmem_max).
+    pub udp_receive_buffer_bytes: usize,
 }
 
 impl Default for Limits {
@@ -40,6 +42,7 @@ impl Default for Limits {
             max_pickle_depth: 32,
             max_pickle_objects: 1 << 20,
             max_http_body_bytes: 16 << 20,
+            udp_receive_buffer_bytes: 32 << 20,
         }
     }
 }

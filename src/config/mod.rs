@@ -206,6 +206,8 @@ pub struct LimitsFile {
     pub max_pickle_objects: usize,
     /// See [`Limits::max_http_body_bytes`].
     pub max_http_body_bytes: usize,
+    /// See [`Limits::udp_receive_buffer_bytes`].
+    pub udp_receive_buffer_bytes: usize,
 }
 
 impl Default for LimitsFile {
@@ -218,6 +220,7 @@ impl Default for LimitsFile {
             max_pickle_depth: l.max_pickle_depth,
             max_pickle_objects: l.max_pickle_objects,
             max_http_body_bytes: l.max_http_body_bytes,
+            udp_receive_buffer_bytes: l.udp_receive_buffer_bytes,
         }
     }
 }
@@ -802,6 +805,7 @@ impl Config {
             max_pickle_depth: l.max_pickle_depth,
             max_pickle_objects: l.max_pickle_objects,
             max_http_body_bytes: l.max_http_body_bytes,
+            udp_receive_buffer_bytes: l.udp_receive_buffer_bytes,
         };
         Ok(Config {
             source: path.to_path_buf(),

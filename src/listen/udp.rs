@@ -19,6 +19,21 @@ pub(super) async fn serve(
     pipeline: Arc<Pipeline>,
     shutdown: CancellationToken,
 ) {
+    // A large kernel buffer absorbs bursts of datagrams while a frame is being processed.
+    let want = pipeline.limits.udp_receive_buffer_bytes;
+    let sock_ref = socket2::SockRef::from(&sock);
+    if let Err(e) = sock_ref.set_recv_buffer_size(want) {
+        tracing::warn!(error = %e, "cannot set the UDP receive buffer");
+    }
+    if let Ok(got) = sock_ref.recv_buffer_size()
+        && got < want
+    {
+        tracing::info!(
+            requested = want,
+            got,
+            "UDP receive buffer capped by net.core.rmem_max"
+        );
+    }
     let mut buf = vec![0u8; DATAGRAM_BYTES];
     let local = sock
         .local_addr()
