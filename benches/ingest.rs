@@ -18,9 +18,9 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -181,27 +181,9 @@ fn run(journal: bool) -> Run {
         }
     }
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_aggd"))
-        .args(["run", "-c"])
-        .arg(&cfg)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let (mut child, addrs) = spawn_run(&["-c", cfg.to_str().unwrap()], 1);
+    let addr: SocketAddr = addrs[0].1;
     let pid = child.id();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr: SocketAddr = loop {
-        let line = lines.next().expect("aggd exited").unwrap();
-        if let Some(a) = line.find("address=") {
-            break line[a + 8..]
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .parse()
-                .unwrap();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
 
     let (cpu0, _) = proc_usage(pid);
     let t0 = Instant::now();

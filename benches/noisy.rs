@@ -7,9 +7,9 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -63,26 +63,8 @@ fn run(noisy: bool) -> f64 {
         })
         .collect();
     let want_sum: f64 = (0..QUIET_POINTS).map(|i| (i % 10) as f64).sum();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_aggd"))
-        .args(["run", "-c"])
-        .arg(dir.join("aggd.toml"))
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr: SocketAddr = loop {
-        let line = lines.next().expect("aggd exited").unwrap();
-        if let Some(a) = line.find("address=") {
-            break line[a + 8..]
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .parse()
-                .unwrap();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+    let (mut child, addrs) = spawn_run(&["-c", dir.join("aggd.toml").to_str().unwrap()], 1);
+    let addr: SocketAddr = addrs[0].1;
 
     let stop = Arc::new(AtomicBool::new(false));
     let noisy_sent = Arc::new(AtomicU64::new(0));

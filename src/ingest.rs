@@ -359,11 +359,14 @@ impl Ingest {
                 continue;
             }
             let batch = std::mem::take(&mut self.pending[i]);
-            let n = batch.len() as u64;
-            let window = batch.iter().fold(Window::at(self.now), |w, it| {
-                w.union(Window::at(it.timestamp))
-            });
-            if self.p.workers[i].try_send(WorkerMsg::Batch(batch)).is_err() {
+            if let Err(e) = self.p.workers[i].try_send(WorkerMsg::Batch(batch)) {
+                let (WorkerMsg::Batch(batch) | WorkerMsg::Rebuild(batch)) = e.into_inner() else {
+                    continue;
+                };
+                let n = batch.len() as u64;
+                let window = batch.iter().fold(Window::at(self.now), |w, it| {
+                    w.union(Window::at(it.timestamp))
+                });
                 self.p.stats.record_drop(
                     DropReason::QueueFull,
                     n,
