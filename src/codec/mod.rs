@@ -13,8 +13,10 @@ pub mod plaintext;
 use crate::datapoint::Datapoint;
 use crate::drops::DropReason;
 
-/// Hard limits applied by the decoders to untrusted input. All sizes in bytes.
-#[derive(Clone, Debug, PartialEq)]
+/// Hard limits applied by the decoders to untrusted input. All sizes in bytes. Also the
+/// `[limits]` config section as written (every key optional, unknown keys refused).
+#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Longest plaintext line, newline excluded (carbon: 16384, where it closes the
     /// connection; aggd drops the line).

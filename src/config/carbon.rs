@@ -23,8 +23,8 @@
 use std::path::{Path, PathBuf};
 
 use super::{
-    AggregationFile, Config, ConfigError, DestProtocol, DestinationFile, File, LimitsFile,
-    ListenFile, Protocol, Transport, WorkersFile, invalid,
+    AggregationFile, Config, ConfigError, DestProtocol, DestinationFile, File, ListenFile,
+    Protocol, Transport, WorkersFile, invalid,
 };
 
 const UNDERSTOOD: [&str; 20] = [
@@ -188,9 +188,9 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         base,
         Path::new(get("REWRITE_RULES").unwrap_or("rewrite-rules.conf")),
     );
-    let limits = LimitsFile {
+    let limits = crate::codec::Limits {
         max_pickle_frame_bytes: num("PICKLE_RECEIVER_MAX_LENGTH", 1 << 20)? as usize,
-        ..LimitsFile::default()
+        ..crate::codec::Limits::default()
     };
     let file = File {
         listen,

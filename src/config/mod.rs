@@ -190,41 +190,6 @@ pub struct DestinationFile {
     pub max_datapoints_per_message: usize,
 }
 
-/// `[limits]` as written; see [`Limits`].
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LimitsFile {
-    /// See [`Limits::max_line_bytes`].
-    pub max_line_bytes: usize,
-    /// See [`Limits::max_path_bytes`].
-    pub max_path_bytes: usize,
-    /// See [`Limits::max_pickle_frame_bytes`].
-    pub max_pickle_frame_bytes: usize,
-    /// See [`Limits::max_pickle_depth`].
-    pub max_pickle_depth: usize,
-    /// See [`Limits::max_pickle_objects`].
-    pub max_pickle_objects: usize,
-    /// See [`Limits::max_http_body_bytes`].
-    pub max_http_body_bytes: usize,
-    /// See [`Limits::udp_receive_buffer_bytes`].
-    pub udp_receive_buffer_bytes: usize,
-}
-
-impl Default for LimitsFile {
-    fn default() -> Self {
-        let l = Limits::default();
-        LimitsFile {
-            max_line_bytes: l.max_line_bytes,
-            max_path_bytes: l.max_path_bytes,
-            max_pickle_frame_bytes: l.max_pickle_frame_bytes,
-            max_pickle_depth: l.max_pickle_depth,
-            max_pickle_objects: l.max_pickle_objects,
-            max_http_body_bytes: l.max_http_body_bytes,
-            udp_receive_buffer_bytes: l.udp_receive_buffer_bytes,
-        }
-    }
-}
-
 fn default_fsync() -> String {
     "interval".into()
 }
@@ -420,7 +385,7 @@ pub struct File {
     pub destination: Vec<DestinationFile>,
     /// Decoder limits.
     #[serde(default)]
-    pub limits: LimitsFile,
+    pub limits: Limits,
     /// The raw-input journal (off without this section).
     pub journal: Option<JournalFile>,
     /// The tenant gate (off without this section).
@@ -737,9 +702,9 @@ impl Config {
                 max_datapoints_per_message: d.max_datapoints_per_message,
             });
         }
-        let l = file.limits;
-        if l.max_pickle_frame_bytes > (u32::MAX / 4) as usize
-            || l.max_pickle_objects > (u32::MAX / 4) as usize
+        let limits = file.limits;
+        if limits.max_pickle_frame_bytes > (u32::MAX / 4) as usize
+            || limits.max_pickle_objects > (u32::MAX / 4) as usize
         {
             return Err(invalid(path, "limits: pickle limits must be below 1 GiB"));
         }
@@ -797,15 +762,6 @@ impl Config {
                     token,
                 })
             }
-        };
-        let limits = Limits {
-            max_line_bytes: l.max_line_bytes,
-            max_path_bytes: l.max_path_bytes,
-            max_pickle_frame_bytes: l.max_pickle_frame_bytes,
-            max_pickle_depth: l.max_pickle_depth,
-            max_pickle_objects: l.max_pickle_objects,
-            max_http_body_bytes: l.max_http_body_bytes,
-            udp_receive_buffer_bytes: l.udp_receive_buffer_bytes,
         };
         Ok(Config {
             source: path.to_path_buf(),
