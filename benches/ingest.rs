@@ -1,12 +1,17 @@
 //! End-to-end ingest benchmark: the real `aggd` binary, carbon plaintext over loopback TCP,
 //! sum and count rules, aggregates verified exactly at a capturing downstream.
 //!
-//! Workload (defaults; override with environment variables):
+//! Workload (see `support/mod.rs`; defaults, override with environment variables):
 //! - `AGGD_BENCH_POINTS` datapoints (10 000 000) over `AGGD_BENCH_SERIES` input series
-//!   (100 000: `bench.h{0..199}.m{0..S/200}`), sent by `AGGD_BENCH_CONNECTIONS` (4) TCP
+//!   (100 000: `bench.h{0..S/500}.m{0..499}`), sent by `AGGD_BENCH_CONNECTIONS` (4) TCP
 //!   connections, every datapoint in the previous 60 s interval;
 //! - rules `bench.sum.<m> (60) = sum bench.*.<m>` and `bench.count.<m> (60) = count …`:
-//!   1 000 output series for 100 000 inputs.
+//!   1 000 output series whatever the number of inputs; `AGGD_BENCH_RULES` = N adds
+//!   N − 2 rules that match nothing;
+//! - `AGGD_BENCH_WARMUP=1` first sends one datapoint per series and waits for its
+//!   aggregates, so the timed part runs with warm route caches (steady state);
+//! - `AGGD_BENCH_PROTOCOL=pickle` sends the same datapoints as pickle frames of 500,
+//!   `=udp` as multi-line datagrams of up to 60 KB paced at `AGGD_BENCH_UDP_RATE` (2 M/s).
 //!
 //! Runs the workload twice, with the journal off and on (`fsync = "interval"`, 1 s), then
 //! times `aggd replay --dry-run` over the journaled window. Prints, per run, datapoints/s
@@ -17,38 +22,16 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// (user + sys CPU seconds, peak RSS bytes) of a process, from /proc.
-fn proc_usage(pid: u32) -> (f64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let after = &stat[stat.rfind(')').unwrap() + 2..];
-    let f: Vec<&str> = after.split_whitespace().collect();
-    // Fields 14 and 15 of stat (utime, stime) are 11 and 12 after the command name.
-    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
-    let hz = 100.0; // USER_HZ is 100 on Linux.
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let hwm_kb: u64 = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    (ticks as f64 / hz, hwm_kb * 1024)
-}
+use support::*;
 
 /// One measured run.
 struct Run {
@@ -98,25 +81,18 @@ fn main() {
 }
 
 fn run(journal: bool) -> Run {
-    let points = env_or("AGGD_BENCH_POINTS", 10_000_000);
+    let w = Workload::from_env();
     let proto: &'static str = match std::env::var("AGGD_BENCH_PROTOCOL").as_deref() {
         Ok("pickle") => "pickle",
         Ok("udp") => "udp",
         _ => "plaintext",
     };
-    let series = env_or("AGGD_BENCH_SERIES", 100_000).max(200);
-    let conns = env_or("AGGD_BENCH_CONNECTIONS", 4).max(1);
-    let conns_f = conns as f64;
-    let hosts = 200;
-    let metrics = series / hosts;
+    let warm = proto != "udp" && env_or("AGGD_BENCH_WARMUP", 0) == 1;
+    let conns_f = w.conns as f64;
 
     let capture = Capture::start("pickle");
     let dir = tempdir("bench");
-    std::fs::write(
-        dir.join("rules.conf"),
-        "bench.sum.<m> (60) = sum bench.*.<m>\nbench.count.<m> (60) = count bench.*.<m>\n",
-    )
-    .unwrap();
+    std::fs::write(dir.join("rules.conf"), w.rules_conf()).unwrap();
     let cfg = dir.join("aggd.toml");
     let journal_section = if journal {
         "[journal]\ndir = \"journal\"\nfsync = \"interval\"\nfsync_interval = \"1s\"\n"
@@ -142,61 +118,56 @@ fn run(journal: bool) -> Run {
     .unwrap();
 
     let base = previous_bucket(60);
-    eprintln!("generating {points} datapoints over {series} series …");
-    let mut payloads = vec![Vec::with_capacity(points / conns * 32); conns];
-    let mut want_sum = vec![0u64; metrics];
-    for i in 0..points {
-        let s = i % (hosts * metrics);
-        let (h, m) = (s % hosts, s / hosts);
-        let v = (i % 10) as u64;
-        want_sum[m] += v;
-        writeln!(
-            payloads[i % conns],
-            "bench.h{h}.m{m} {v} {}",
-            base + (i % 60) as i64
-        )
-        .unwrap();
-    }
-    let mut want_count = vec![0u64; metrics];
-    for i in 0..points {
-        want_count[(i % (hosts * metrics)) / hosts] += 1;
-    }
+    eprintln!(
+        "generating {} datapoints over {} series …",
+        w.points, w.series
+    );
+    let mut payload = w.generate(|i| base + (i % 60) as i64);
+    let warmup = if warm {
+        w.warmup(base, &mut payload)
+    } else {
+        vec![Vec::new(); w.conns]
+    };
     // Pickle: the same datapoints as carbon pickle frames of 500 (protocol 2).
     if proto == "pickle" {
-        for p in payloads.iter_mut() {
-            let text = std::mem::take(p);
-            let pts: Vec<aggd::datapoint::OutPoint> = aggd::codec::plaintext::lines(&text)
-                .filter_map(|l| {
-                    aggd::codec::plaintext::parse_line(l, 0.0, &aggd::codec::Limits::default())
-                        .ok()
-                        .flatten()
-                })
-                .map(|d| aggd::datapoint::OutPoint {
-                    path: d.path.into(),
-                    timestamp: d.timestamp,
-                    value: aggd::datapoint::OutValue::Float(d.value),
-                })
-                .collect();
-            aggd::codec::pickle::encode_frames(&pts, 500, p).unwrap();
+        for p in payload.conns.iter_mut() {
+            *p = to_pickle(p);
         }
     }
+    let warmup: Vec<Vec<u8>> = if proto == "pickle" {
+        warmup.iter().map(|p| to_pickle(p)).collect()
+    } else {
+        warmup
+    };
 
     let (mut child, addrs) = spawn_run(&["-c", cfg.to_str().unwrap()], 1);
     let addr: SocketAddr = addrs[0].1;
     let pid = child.id();
 
-    let (cpu0, _) = proc_usage(pid);
-    let t0 = Instant::now();
+    // Each sender connects and (with AGGD_BENCH_WARMUP=1) sends its warm-up datapoints,
+    // then waits for the go.
     let udp_rate = env_or("AGGD_BENCH_UDP_RATE", 2_000_000) as f64;
-    let senders: Vec<_> = payloads
-        .into_iter()
-        .map(|p| {
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let mut go = Vec::new();
+    let senders: Vec<_> = payload
+        .conns
+        .drain(..)
+        .zip(warmup)
+        .map(|(p, warm)| {
+            let (go_tx, go_rx) = mpsc::channel::<()>();
+            go.push(go_tx);
+            let ready = ready_tx.clone();
             std::thread::spawn(move || {
                 if proto != "udp" {
                     let mut s = TcpStream::connect(addr).unwrap();
+                    s.write_all(&warm).unwrap();
+                    ready.send(()).unwrap();
+                    go_rx.recv().unwrap();
                     s.write_all(&p).unwrap();
                     return;
                 }
+                ready.send(()).unwrap();
+                go_rx.recv().unwrap();
                 // Multi-line datagrams of up to 60 KB, paced to the rate (per sender).
                 let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
                 let t0 = Instant::now();
@@ -218,50 +189,41 @@ fn run(journal: bool) -> Run {
             })
         })
         .collect();
+    for _ in 0..w.conns {
+        ready_rx.recv().unwrap();
+    }
+    if warm {
+        // The warm-up's bucket is already closed: its counts arrive at the next flush tick.
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while payload.counted(&capture, base) < w.series as u64 {
+            assert!(Instant::now() < deadline, "warm-up not aggregated");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    let (cpu0, _) = proc_usage(pid);
+    let t0 = Instant::now();
+    for g in go {
+        g.send(()).unwrap();
+    }
     for s in senders {
         s.join().unwrap();
     }
     let sent_at = t0.elapsed();
-    let total = points as f64;
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let mut complete = true;
-    loop {
-        let counted: f64 = (0..metrics)
-            .filter_map(|m| capture.value(&format!("bench.count.m{m}"), base))
-            .sum();
-        if counted == total {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "only {counted} of {total} datapoints aggregated"
+    let total = w.points as f64;
+    let limit = Duration::from_secs(if proto == "udp" { 3 } else { 600 });
+    if let Err(e) = payload.verify(&capture, base, limit) {
+        // UDP may lose datagrams; TCP must not lose anything.
+        assert_eq!(proto, "udp", "{e}");
+        let counted = payload.counted(&capture, base);
+        println!(
+            "  UDP: {counted} of {} datapoints aggregated ({} lost)",
+            payload.points,
+            payload.points as u64 - counted
         );
-        // UDP can lose datagrams: stop waiting once nothing more arrives for 3 s.
-        if proto == "udp" && t0.elapsed() > sent_at + Duration::from_secs(3) {
-            println!(
-                "  UDP: {counted} of {total} datapoints aggregated ({} lost)",
-                total - counted
-            );
-            complete = false;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(5));
     }
     let elapsed = t0.elapsed();
     let (cpu1, rss) = proc_usage(pid);
 
-    for m in (0..metrics).filter(|_| complete) {
-        assert_eq!(
-            capture.value(&format!("bench.sum.m{m}"), base),
-            Some(want_sum[m] as f64),
-            "bench.sum.m{m}"
-        );
-        assert_eq!(
-            capture.value(&format!("bench.count.m{m}"), base),
-            Some(want_count[m] as f64),
-            "bench.count.m{m}"
-        );
-    }
     let _ = Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status();
@@ -271,13 +233,22 @@ fn run(journal: bool) -> Run {
     let secs = elapsed.as_secs_f64();
     let cpu = cpu1 - cpu0;
     println!(
-        "ingest {proto}, journal {}: {points} datapoints, {series} input series, {} output series, {conns} senders",
+        "ingest {proto}, journal {}: {} datapoints, {} input series, {} output series, {} rules, {} senders{}",
         if journal {
             "on (fsync every 1 s)"
         } else {
             "off"
         },
-        metrics * 2
+        w.points,
+        w.series,
+        METRICS * 2,
+        w.rules,
+        w.conns,
+        if warm {
+            ", route caches warmed first"
+        } else {
+            ""
+        }
     );
     println!(
         "  all bytes written after {:.3} s; all aggregates verified after {secs:.3} s",
@@ -299,4 +270,23 @@ fn run(journal: bool) -> Run {
         cfg,
         base,
     }
+}
+
+/// Carbon plaintext lines re-encoded as carbon pickle frames of 500 (protocol 2).
+fn to_pickle(text: &[u8]) -> Vec<u8> {
+    let pts: Vec<aggd::datapoint::OutPoint> = aggd::codec::plaintext::lines(text)
+        .filter_map(|l| {
+            aggd::codec::plaintext::parse_line(l, 0.0, &aggd::codec::Limits::default())
+                .ok()
+                .flatten()
+        })
+        .map(|d| aggd::datapoint::OutPoint {
+            path: d.path.into(),
+            timestamp: d.timestamp,
+            value: aggd::datapoint::OutValue::Float(d.value),
+        })
+        .collect();
+    let mut out = Vec::new();
+    aggd::codec::pickle::encode_frames(&pts, 500, &mut out).unwrap();
+    out
 }
