@@ -108,6 +108,10 @@ pub struct Router {
     /// Keyed by the received path; aHash (randomly keyed, so hostile paths cannot force
     /// collisions) instead of SipHash, which was a quarter of the ingest profile.
     cache: DashMap<Box<str>, Arc<Route>, ahash::RandomState>,
+    /// One [`SeriesKey`] per output name, shared by every route that feeds it: a worker
+    /// recognises it by pointer, and 100 input paths feeding one output hold one key, not
+    /// 100. Entries nobody else holds are dropped whenever the route cache is emptied.
+    keys: DashMap<Arc<str>, Arc<SeriesKey>, ahash::RandomState>,
 }
 
 impl Router {
@@ -117,6 +121,7 @@ impl Router {
             aggregation,
             workers: workers.max(1),
             cache: DashMap::with_hasher(ahash::RandomState::new()),
+            keys: DashMap::with_hasher(ahash::RandomState::new()),
         }
     }
 
@@ -135,22 +140,41 @@ impl Router {
             .matches(&rewritten)
             .into_iter()
             .map(|(i, name)| {
-                let hash = fnv1a64(name.as_bytes());
+                let key = self.intern(&name, || (rules[i].method, rules[i].frequency));
                 Output {
-                    worker: (hash % self.workers as u64) as usize,
+                    worker: (key.hash % self.workers as u64) as usize,
                     rule: i,
-                    key: Arc::new(SeriesKey {
-                        name: name.into(),
-                        hash,
-                        method: rules[i].method,
-                        frequency: rules[i].frequency,
-                    }),
+                    key,
                 }
             })
             .collect();
         let forward = (a.forward_all && !outputs.iter().any(|o| *o.key.name == *rewritten))
             .then(|| Arc::from(a.rewrite.apply_post(&rewritten).as_ref()));
         Route { outputs, forward }
+    }
+
+    /// The shared key of output series `name`; a new one gets the method and frequency
+    /// `rule` gives (the first rule to produce a name decides, as carbon's first buffer).
+    fn intern(&self, name: &str, rule: impl FnOnce() -> (Method, u32)) -> Arc<SeriesKey> {
+        if let Some(k) = self.keys.get(name) {
+            return Arc::clone(&k);
+        }
+        let (method, frequency) = rule();
+        let name: Arc<str> = name.into();
+        let key = self.keys.entry(Arc::clone(&name)).or_insert_with(|| {
+            Arc::new(SeriesKey {
+                hash: fnv1a64(name.as_bytes()),
+                name,
+                method,
+                frequency,
+            })
+        });
+        Arc::clone(&key)
+    }
+
+    /// Number of interned output series keys.
+    pub fn interned(&self) -> usize {
+        self.keys.len()
     }
 
     /// Calls `f` with the route of `path`, computing and caching it on a miss.
@@ -188,6 +212,10 @@ impl Router {
         let route = Arc::new(self.compute(path));
         if self.cache.len() >= self.aggregation.route_cache_entries {
             self.cache.clear();
+            // Keys only the interner still holds feed no cached route and no live series.
+            // Holders clone a key only through the interner's locked entry, so a count of
+            // one cannot grow while `retain` holds the shard.
+            self.keys.retain(|_, k| Arc::strong_count(k) > 1);
         }
         self.cache.insert(path.into(), Arc::clone(&route));
         Ok(route)
@@ -326,5 +354,29 @@ mod tests {
             assert_eq!(n, 1);
             assert!(r.cached() <= 10);
         }
+    }
+
+    #[test]
+    fn output_keys_are_shared_and_released() {
+        let r = Router::new(aggregation("<h>.total (60) = sum <h>.*\n", "", false, 4), 2);
+        let a = r.lookup("h1.cpu", || Ok(())).unwrap();
+        let b = r.lookup("h1.mem", || Ok(())).unwrap();
+        // Two paths feeding one output series share its key.
+        assert!(Arc::ptr_eq(&a.outputs[0].key, &b.outputs[0].key));
+        assert_eq!(r.interned(), 1);
+        // A key still held (by a route outside the cache, or a worker) survives emptying
+        // the cache; one nobody holds does not.
+        let held = Arc::clone(&a.outputs[0].key);
+        drop((a, b));
+        for i in 0..5 {
+            r.lookup(&format!("x{i}.cpu"), || Ok(())).unwrap();
+        }
+        assert!(r.keys.contains_key("h1.total"), "held key was dropped");
+        drop(held);
+        for i in 0..5 {
+            r.lookup(&format!("y{i}.cpu"), || Ok(())).unwrap();
+        }
+        assert!(!r.keys.contains_key("h1.total"), "unused key was kept");
+        assert!(r.interned() <= 8);
     }
 }
