@@ -30,7 +30,7 @@ use crate::journal::ledger::Window;
 use crate::journal::record::Kind;
 use crate::journal::{Journal, NewRecord, Ticket};
 use crate::quarantine::Quarantine;
-use crate::route::{LocalRoutes, Router};
+use crate::route::{LocalRoutes, Route, Router};
 use crate::tenant::{Tenants, prefix};
 use arc_swap::ArcSwap;
 
@@ -78,6 +78,34 @@ pub struct Ingest {
     /// received, so nothing is counted again.
     rebuild: bool,
 }
+
+/// Queues `dp` for each of `route`'s output series (per owning worker) and, if the route
+/// forwards, for the destinations.
+#[inline]
+fn dispatch(
+    route: &Route,
+    dp: &Datapoint<'_>,
+    pending: &mut [Vec<WorkItem>],
+    forwards: &mut Vec<OutPoint>,
+) {
+    for o in route.outputs.iter() {
+        pending[o.worker].push(WorkItem {
+            key: Arc::clone(&o.key),
+            timestamp: dp.timestamp,
+            value: dp.value,
+        });
+    }
+    if let Some(name) = &route.forward {
+        forwards.push(OutPoint {
+            path: Arc::clone(name),
+            timestamp: dp.timestamp,
+            value: OutValue::Float(dp.value),
+        });
+    }
+}
+
+/// Datapoints whose routes [`Ingest::accept_many`] looks up before writing their items.
+const LOOKUP_BATCH: usize = 8;
 
 impl Ingest {
     /// State for one connection from `peer` on listener `listener` (config index) of
@@ -187,22 +215,9 @@ impl Ingest {
             Some((t, id)) => t.admit_series(id, dp.path),
             None => Ok(()),
         };
-        let routed = routes.get(router, dp.path, admit_new).map(|route| {
-            for o in route.outputs.iter() {
-                pending[o.worker].push(WorkItem {
-                    key: Arc::clone(&o.key),
-                    timestamp: dp.timestamp,
-                    value: dp.value,
-                });
-            }
-            if let Some(name) = &route.forward {
-                forwards.push(OutPoint {
-                    path: Arc::clone(name),
-                    timestamp: dp.timestamp,
-                    value: OutValue::Float(dp.value),
-                });
-            }
-        });
+        let routed = routes
+            .get(router, dp.path, admit_new)
+            .map(|route| dispatch(route, &dp, pending, forwards));
         match routed {
             Ok(()) => {
                 *received += 1;
@@ -243,11 +258,65 @@ impl Ingest {
     pub fn plaintext(&mut self, chunk: &[u8], now: f64) {
         self.start_frame(now);
         let limits = self.p.limits.clone();
+        let mut batch = Vec::with_capacity(LOOKUP_BATCH);
         for line in plaintext::lines(chunk) {
             match plaintext::parse_line(line, now, &limits) {
-                Ok(Some(dp)) => self.accept(Ok(dp)),
+                Ok(Some(dp)) => {
+                    batch.push(dp);
+                    if batch.len() == LOOKUP_BATCH {
+                        self.accept_many(&batch);
+                        batch.clear();
+                    }
+                }
                 Ok(None) => {}
                 Err(reason) => self.tally.add(reason, 1, now),
+            }
+        }
+        self.accept_many(&batch);
+    }
+
+    /// Routes `dps` in order, like [`Ingest::accept`] on each.
+    ///
+    /// Without tenants, the private route cache is first probed for a run of datapoints
+    /// and only then are their work items written: the probes do not depend on each
+    /// other, so the CPU overlaps their cache misses (with 100 000 paths per connection,
+    /// the probe's first touch of a table entry was half of `accept`). A path not yet
+    /// cached ends the run and takes the full path.
+    fn accept_many(&mut self, dps: &[Datapoint<'_>]) {
+        if self.p.tenants.is_some() {
+            for dp in dps {
+                self.accept(Ok(*dp));
+            }
+            return;
+        }
+        let mut next = 0;
+        while next < dps.len() {
+            let Ingest {
+                pending,
+                forwards,
+                routes,
+                ..
+            } = self;
+            let run = &dps[next..(next + LOOKUP_BATCH).min(dps.len())];
+            let mut found: [Option<&Route>; LOOKUP_BATCH] = [None; LOOKUP_BATCH];
+            let mut hits = 0;
+            for dp in run {
+                match routes.peek(dp.path) {
+                    Some(r) => found[hits] = Some(r),
+                    None => break,
+                }
+                hits += 1;
+            }
+            for (dp, route) in run.iter().zip(&found[..hits]) {
+                let route = route.expect("found for every hit");
+                dispatch(route, dp, pending, forwards);
+            }
+            self.received += hits as u64;
+            self.received_total += hits as u64;
+            next += hits;
+            if let Some(dp) = dps.get(next) {
+                self.accept(Ok(*dp));
+                next += 1;
             }
         }
     }

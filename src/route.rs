@@ -268,6 +268,12 @@ impl LocalRoutes {
         }
     }
 
+    /// The cached route of `path`, without asking the router.
+    #[inline]
+    pub fn peek(&self, path: &str) -> Option<&Route> {
+        self.map.get(path).map(|r| &**r)
+    }
+
     /// Forgets every route (the router was swapped).
     pub fn clear(&mut self) {
         self.map.clear();
