@@ -325,7 +325,11 @@ impl Ingest {
     pub fn pickle(&mut self, decoder: &mut PickleDecoder, body: &[u8], now: f64) {
         self.start_frame(now);
         let limits = self.p.limits.clone();
-        if let Err(reason) = decoder.decode(body, now, &limits, |r| self.accept(r)) {
+        let decoded = decoder.decode_runs(body, now, &limits, LOOKUP_BATCH, |r| match r {
+            Ok(dps) => self.accept_many(dps),
+            Err(reason) => self.tally.add(reason, 1, now),
+        });
+        if let Err(reason) = decoded {
             self.tally.add(reason, 1, now);
         }
     }

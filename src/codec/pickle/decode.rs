@@ -726,10 +726,65 @@ impl PickleDecoder {
             return Err(DropReason::FrameTooLarge);
         }
         let top = self.run(frame, limits)?;
-        let mut visit = |item: u32| match self.element(item, frame) {
+        self.walk(top, |item| match self.element(item, frame) {
             Some((path, ts, value)) => emit(finish_point(path, ts, value, now, limits)),
             None => emit(Err(DropReason::BadElement)),
-        };
+        })
+    }
+
+    /// Like [`PickleDecoder::decode`], but hands over accepted datapoints in runs of up to
+    /// `run` (in frame order), so the caller can work on several at once; a rejected
+    /// element is reported on its own as `Err`, after the datapoints before it.
+    ///
+    /// Errors: as [`PickleDecoder::decode`].
+    pub fn decode_runs<F>(
+        &mut self,
+        frame: &[u8],
+        now: f64,
+        limits: &Limits,
+        run: usize,
+        mut emit: F,
+    ) -> R<()>
+    where
+        F: FnMut(Result<&[Datapoint<'_>], DropReason>),
+    {
+        if frame.len() > limits.max_pickle_frame_bytes || frame.len() >= u32::MAX as usize / 2 {
+            return Err(DropReason::FrameTooLarge);
+        }
+        let top = self.run(frame, limits)?;
+        let run = run.max(1);
+        let mut points = Vec::with_capacity(run);
+        self.walk(top, |item| {
+            let point = match self.element(item, frame) {
+                Some((path, ts, value)) => finish_point(path, ts, value, now, limits),
+                None => Err(DropReason::BadElement),
+            };
+            match point {
+                Ok(dp) => {
+                    points.push(dp);
+                    if points.len() == run {
+                        emit(Ok(&points));
+                        points.clear();
+                    }
+                }
+                Err(reason) => {
+                    if !points.is_empty() {
+                        emit(Ok(&points));
+                        points.clear();
+                    }
+                    emit(Err(reason));
+                }
+            }
+        })?;
+        if !points.is_empty() {
+            emit(Ok(&points));
+        }
+        Ok(())
+    }
+
+    /// Calls `visit` with every element of the decoded top-level list or tuple `top`, in
+    /// order. Errors: `top` is neither ([`DropReason::BadFrame`]).
+    fn walk(&self, top: u32, mut visit: impl FnMut(u32)) -> R<()> {
         match self.objs[top as usize] {
             Obj::Tuple { start, len } => {
                 for i in start..start + len {

@@ -41,6 +41,39 @@ fn cpython_frames_all_protocols() {
     }
 }
 
+/// `decode_runs` flattened: the datapoints of each run, then each rejection, in the order
+/// they came, plus the length of every run.
+fn decode_runs(frame: &[u8], run: usize) -> Result<(Decoded, Vec<usize>), DropReason> {
+    let mut d = PickleDecoder::new();
+    let (mut out, mut runs) = (Vec::new(), Vec::new());
+    d.decode_runs(frame, 42.0, &Limits::default(), run, |r| match r {
+        Ok(dps) => {
+            runs.push(dps.len());
+            out.extend(
+                dps.iter()
+                    .map(|p| Ok((p.path.to_string(), p.timestamp, p.value))),
+            );
+        }
+        Err(reason) => out.push(Err(reason)),
+    })?;
+    Ok((out, runs))
+}
+
+#[test]
+fn runs_keep_frame_order_and_size() {
+    for (proto, frame) in CPYTHON.iter().enumerate() {
+        let (got, runs) = decode_runs(frame, 2).unwrap();
+        assert_eq!(Ok(got), decode(frame), "protocol {proto}");
+        assert_eq!(runs, [2, 1], "protocol {proto}");
+    }
+    // Rejections split runs and keep their place.
+    let frame = b"\x80\x04\x95\x00\x00\x00\x00\x00\x00\x00\x00](\x8c\x01aK\x01K\x02\x86\x86K\x05\x8c\x01bK\x01\x85\x86\x8c\x01cJ\xff\xff\xff\xff\x8c\x033.5\x86\x86C\x01dK\x01G\x7f\xf8\x00\x00\x00\x00\x00\x00\x86\x86\x8c\x01eG\x7f\xf0\x00\x00\x00\x00\x00\x00K\x01\x86\x86e.";
+    let (got, runs) = decode_runs(frame, 8).unwrap();
+    assert_eq!(Ok(got), decode(frame));
+    assert_eq!(runs, [1, 1]);
+    assert_eq!(decode_runs(b"\x80\x02K\x01.", 8), Err(DropReason::BadFrame));
+}
+
 #[test]
 fn python2_protocol0_strings_and_memo_sharing() {
     // Python 2 protocol 0: quoted STRING with escapes, LONG with L suffix.
