@@ -86,7 +86,8 @@ impl CarbonCache {
     }
 
     /// Values stored at `ts` for each metric path, via the whisper module; `None` where
-    /// the file or point does not exist yet.
+    /// the file or point does not exist yet, or the file is still being created (carbon
+    /// writes its header after creating it: a read in between finds it short).
     pub fn fetch(&self, paths: &[&str], ts: i64) -> Vec<Option<f64>> {
         let files: Vec<String> = paths
             .iter()
@@ -105,9 +106,11 @@ impl CarbonCache {
             "import os, whisper\n\
              for f in [{}]:\n\
              \x20   v = None\n\
-             \x20   if os.path.exists(f):\n\
+             \x20   try:\n\
              \x20       (start, end, step), values = whisper.fetch(f, {from}, {until})\n\
              \x20       v = values[({ts} - start) // step]\n\
+             \x20   except (FileNotFoundError, whisper.CorruptWhisperFile):\n\
+             \x20       pass\n\
              \x20   print(v)\n",
             files.join(", "),
             from = ts - 60,
