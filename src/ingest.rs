@@ -182,6 +182,14 @@ impl Ingest {
         self.tickets.push((ticket, now));
     }
 
+    /// Takes over a journal ticket for a frame received at `now` that another task
+    /// submitted (see [`Journal::submit`]); [`Ingest::flush`] waits for it like for its
+    /// own.
+    pub fn adopt(&mut self, ticket: Ticket, now: f64) {
+        self.now = now;
+        self.tickets.push((ticket, now));
+    }
+
     /// Takes one decoder result: a datapoint to route, or a rejection to count.
     #[inline]
     pub fn accept(&mut self, r: Result<Datapoint<'_>, DropReason>) {

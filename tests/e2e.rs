@@ -6,6 +6,7 @@ mod common;
 
 use std::io::Write;
 use std::net::{TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
 
 use aggd::drops::DropReason;
 use common::*;
@@ -296,13 +297,13 @@ async fn dead_destination_fills_only_its_own_queue() {
     assert_eq!(name, dead.to_string());
     let load = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
     // Wait until every aggregate offered to the dead destination is queued or dropped.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
     let (dropped, queued) = loop {
         let dropped = load(&dead_counters.full_queue_drops);
         let queued = dead_counters
             .queued
             .load(std::sync::atomic::Ordering::Relaxed) as u64;
-        if dropped + queued == 500 || std::time::Instant::now() > deadline {
+        if dropped + queued == 500 || Instant::now() > deadline {
             break (dropped, queued);
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
@@ -394,4 +395,66 @@ async fn udp_datagrams_are_read_whole_up_to_64k() {
     });
     assert_eq!(capture.value("total", base), Some(f64::from(2 * n)));
     server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_queue_overflow_is_counted_ledgered_and_journaled() {
+    let capture = Capture::start("pickle");
+    let dir = tempdir("udpqueue");
+    let cfg = write_config(
+        &dir,
+        "total (60) = sum in.*\n",
+        "",
+        &capture.addr.to_string(),
+        "pickle",
+    );
+    // A queue of 100 bytes: a 2-line datagram fits, a 6-line one (over 100 bytes) never.
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str("[limits]\nudp_queue_bytes = 100\n[journal]\ndir = \"journal\"\n");
+    std::fs::write(&cfg, text).unwrap();
+    let server = start_aggd(&cfg).await;
+    let base = previous_bucket(60);
+    let small = format!("in.a 1 {base}\nin.b 2 {base}\n");
+    let big: String = (0..6)
+        .map(|i| format!("in.big{i} 100 {}\n", base + i))
+        .collect();
+    assert!(small.len() <= 100 && big.len() > 100);
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = server.addr("plaintext/udp").unwrap();
+    sock.send_to(big.as_bytes(), addr).unwrap();
+    sock.send_to(small.as_bytes(), addr).unwrap();
+    capture.wait_for("the datagram that fit", |got| {
+        got.get(&("total".into(), base)) == Some(&3.0)
+    });
+    let stats = server.stats();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stats.drops(DropReason::QueueFull) < 6 {
+        assert!(Instant::now() < deadline, "queue_full not counted");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(stats.drops(DropReason::QueueFull), 6);
+    server.shutdown().await;
+    // Ledgered with the interval its datapoints span…
+    let (entries, _) = aggd::journal::ledger::read(&dir.join("journal")).unwrap();
+    let full: Vec<_> = entries
+        .iter()
+        .filter(|e| e.reason == "queue_full")
+        .collect();
+    assert_eq!(full.iter().map(|e| e.count).sum::<u64>(), 6, "{entries:?}");
+    assert!(
+        full.iter()
+            .any(|e| e.from <= base as f64 && e.to >= (base + 5) as f64)
+    );
+    // …and journaled: replay reads both datagrams back.
+    let out = aggd_ok([
+        "replay",
+        "--dry-run",
+        "-c",
+        cfg.to_str().unwrap(),
+        "--from",
+        &(base - 60).to_string(),
+        "--to",
+        &(base + 60).to_string(),
+    ]);
+    assert!(out.contains("2 records, 8 datapoints"), "{out}");
 }

@@ -33,6 +33,10 @@ pub struct Limits {
     pub max_http_body_bytes: usize,
     /// Kernel receive buffer requested for UDP listeners (capped by net.core.rmem_max).
     pub udp_receive_buffer_bytes: usize,
+    /// Most datagram bytes a UDP listener holds in memory between receiving and
+    /// decoding; datagrams past it are dropped as `queue_full` (counted, ledgered, and
+    /// journaled first, so replay recovers them).
+    pub udp_queue_bytes: usize,
 }
 
 impl Default for Limits {
@@ -45,6 +49,7 @@ impl Default for Limits {
             max_pickle_objects: 1 << 20,
             max_http_body_bytes: 16 << 20,
             udp_receive_buffer_bytes: 32 << 20,
+            udp_queue_bytes: 64 << 20,
         }
     }
 }

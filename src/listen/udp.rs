@@ -1,17 +1,40 @@
 //! UDP plaintext: each datagram (up to 64 KiB, read whole) is a run of lines.
+//!
+//! Two tasks per socket. The receiver reads datagrams as fast as the kernel delivers
+//! them, journals each, and queues it in memory for the processor (decode, route, hand to
+//! the workers). A burst the processor cannot keep up with (a cold route cache computes
+//! every route once) waits in that queue, bounded by `limits.udp_queue_bytes`, instead of
+//! overflowing the kernel's receive buffer, where datagrams vanish without a count. A
+//! datagram that does not fit is dropped as `queue_full`, counted and ledgered with the
+//! interval of its datapoints; it is in the journal, so `aggd replay` can recompute it.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::aggregate::worker::now_unix;
+use crate::codec::plaintext;
+use crate::drops::DropReason;
 use crate::ingest::{Ingest, Pipeline};
+use crate::journal::ledger::Window;
 use crate::journal::record::Kind;
+use crate::journal::{NewRecord, Ticket};
 
 /// Largest UDP payload.
 const DATAGRAM_BYTES: usize = 65536;
+
+/// A received datagram on its way to the processor.
+struct Datagram {
+    bytes: Bytes,
+    now: f64,
+    peer: SocketAddr,
+    ticket: Option<Ticket>,
+}
 
 pub(super) async fn serve(
     sock: UdpSocket,
@@ -19,7 +42,7 @@ pub(super) async fn serve(
     pipeline: Arc<Pipeline>,
     shutdown: CancellationToken,
 ) {
-    // A large kernel buffer absorbs bursts of datagrams while a frame is being processed.
+    // A large kernel buffer absorbs bursts between two reads.
     let want = pipeline.limits.udp_receive_buffer_bytes;
     let sock_ref = socket2::SockRef::from(&sock);
     if let Err(e) = sock_ref.set_recv_buffer_size(want) {
@@ -34,11 +57,29 @@ pub(super) async fn serve(
             "UDP receive buffer capped by net.core.rmem_max"
         );
     }
-    let mut buf = vec![0u8; DATAGRAM_BYTES];
     let local = sock
         .local_addr()
-        .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
-    let mut ingest = Ingest::new(pipeline, local, index, Kind::PlaintextUdp);
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let queued = Arc::new(AtomicUsize::new(0));
+    // The byte budget bounds the queue; the message bound only caps tiny datagrams.
+    let (tx, rx) = mpsc::channel(1 << 16);
+    let ingest = Ingest::new(Arc::clone(&pipeline), local, index, Kind::PlaintextUdp);
+    let processor = tokio::spawn(process(ingest, rx, Arc::clone(&queued)));
+    receive(&sock, index, &pipeline, &queued, &tx, &shutdown).await;
+    drop(tx);
+    let _ = processor.await;
+}
+
+/// Reads datagrams until shutdown, then what the kernel still holds.
+async fn receive(
+    sock: &UdpSocket,
+    index: u16,
+    pipeline: &Pipeline,
+    queued: &AtomicUsize,
+    tx: &mpsc::Sender<Datagram>,
+    shutdown: &CancellationToken,
+) {
+    let mut buf = vec![0u8; DATAGRAM_BYTES];
     loop {
         let r = tokio::select! {
             biased;
@@ -46,20 +87,92 @@ pub(super) async fn serve(
             _ = shutdown.cancelled() => break,
         };
         match r {
-            Ok((n, peer)) => datagram(&mut ingest, &buf[..n], peer).await,
+            Ok((n, peer)) => enqueue(&buf[..n], peer, index, pipeline, queued, tx).await,
             Err(e) => tracing::debug!(error = %e, "udp receive error"),
         }
     }
     // Datagrams already queued in the kernel are still read.
     while let Ok((n, peer)) = sock.try_recv_from(&mut buf) {
-        datagram(&mut ingest, &buf[..n], peer).await;
+        enqueue(&buf[..n], peer, index, pipeline, queued, tx).await;
     }
 }
 
-async fn datagram(ingest: &mut Ingest, bytes: &[u8], peer: std::net::SocketAddr) {
+/// Journals one datagram and queues it for the processor, or drops it as `queue_full`
+/// when the queue holds `udp_queue_bytes` already.
+async fn enqueue(
+    bytes: &[u8],
+    peer: SocketAddr,
+    index: u16,
+    pipeline: &Pipeline,
+    queued: &AtomicUsize,
+    tx: &mpsc::Sender<Datagram>,
+) {
     let now = now_unix();
-    let frame = Bytes::copy_from_slice(bytes);
-    ingest.journal(&frame, now, peer).await;
-    ingest.plaintext(&frame, now);
-    ingest.flush_nowait().await;
+    let bytes = Bytes::copy_from_slice(bytes);
+    let ticket = match &pipeline.journal {
+        Some(j) => Some(
+            j.submit(NewRecord {
+                received_us: (now * 1e6) as i64,
+                listener: index,
+                kind: Kind::PlaintextUdp,
+                peer,
+                tenant: None,
+                payload: bytes.clone(),
+            })
+            .await,
+        ),
+        None => None,
+    };
+    let len = bytes.len();
+    let fits = queued.fetch_add(len, Ordering::Relaxed) + len <= pipeline.limits.udp_queue_bytes;
+    let d = Datagram {
+        bytes,
+        now,
+        peer,
+        ticket,
+    };
+    let refused = if fits {
+        match tx.try_send(d) {
+            Ok(()) => return,
+            Err(e) => e.into_inner(),
+        }
+    } else {
+        d
+    };
+    queued.fetch_sub(len, Ordering::Relaxed);
+    drop_datagram(pipeline, &refused);
+}
+
+/// Counts and ledgers every datapoint of a datagram the queue had no room for, over the
+/// interval its timestamps span.
+fn drop_datagram(pipeline: &Pipeline, d: &Datagram) {
+    let (mut n, mut window) = (0u64, Window::at(d.now));
+    for line in plaintext::lines(&d.bytes) {
+        if let Ok(Some(dp)) = plaintext::parse_line(line, d.now, &pipeline.limits) {
+            n += 1;
+            window = window.union(Window::at(dp.timestamp));
+        }
+    }
+    pipeline.stats.record_drop(
+        DropReason::QueueFull,
+        n,
+        window,
+        &format_args!("UDP queue full, datagram from {}", d.peer),
+    );
+}
+
+/// Decodes queued datagrams and hands their datapoints to the workers: everything
+/// queued at once, then one flush.
+async fn process(mut ingest: Ingest, mut rx: mpsc::Receiver<Datagram>, queued: Arc<AtomicUsize>) {
+    let mut batch = Vec::new();
+    while rx.recv_many(&mut batch, 64).await > 0 {
+        for d in batch.drain(..) {
+            if let Some(t) = d.ticket {
+                ingest.adopt(t, d.now);
+            }
+            ingest.plaintext(&d.bytes, d.now);
+            queued.fetch_sub(d.bytes.len(), Ordering::Relaxed);
+        }
+        ingest.flush_nowait().await;
+    }
 }
