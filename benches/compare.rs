@@ -45,8 +45,12 @@ fn main() {
     }
     let w = Workload::from_env();
     println!(
-        "workload: {} datapoints, {} input series, 1000 output series, {} rules, {} TCP senders",
-        w.points, w.series, w.rules, w.conns
+        "workload: {} datapoints, {} input series, {} output series, {} rules, {} TCP senders",
+        w.points,
+        w.series,
+        2 * w.metrics,
+        w.rules,
+        w.conns
     );
     let aggd = measure("aggd", &w, |rules, downstream| {
         let dir = tempdir("compare");

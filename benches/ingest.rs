@@ -6,8 +6,10 @@
 //!   (100 000: `bench.h{0..S/500}.m{0..499}`), sent by `AGGD_BENCH_CONNECTIONS` (4) TCP
 //!   connections, every datapoint in the previous 60 s interval;
 //! - rules `bench.sum.<m> (60) = sum bench.*.<m>` and `bench.count.<m> (60) = count …`:
-//!   1 000 output series whatever the number of inputs; `AGGD_BENCH_RULES` = N adds
+//!   1 000 output series whatever the number of inputs (`AGGD_BENCH_METRICS` = M inputs
+//!   per host gives 2·M); `AGGD_BENCH_RULES` = N adds
 //!   N − 2 rules that match nothing;
+//! - `route_cache_entries` is twice the input series (at least the default 1 000 000);
 //! - `AGGD_BENCH_WARMUP=1` first sends one datapoint per series and waits for its
 //!   aggregates, so the timed part runs with warm route caches (steady state);
 //! - `AGGD_BENCH_PROTOCOL=pickle` sends the same datapoints as pickle frames of 500,
@@ -103,7 +105,7 @@ fn run(journal: bool) -> Run {
         &cfg,
         format!(
             "[[listen]]\nprotocol = \"{}\"\ntransport = \"{}\"\naddress = \"127.0.0.1:0\"\n\
-             [aggregation]\nrules = \"rules.conf\"\n\
+             [aggregation]\nrules = \"rules.conf\"\nroute_cache_entries = {}\n\
              [workers]\nflush_tick_ms = 100\n\
              [[destination]]\naddress = \"{}\"\nprotocol = \"pickle\"\n{journal_section}",
             if proto == "pickle" {
@@ -112,6 +114,8 @@ fn run(journal: bool) -> Run {
                 "plaintext"
             },
             if proto == "udp" { "udp" } else { "tcp" },
+            // Room for every input path, as an operator would size it.
+            (2 * w.series).max(1_000_000),
             capture.addr
         ),
     )
@@ -241,7 +245,7 @@ fn run(journal: bool) -> Run {
         },
         w.points,
         w.series,
-        METRICS * 2,
+        w.metrics * 2,
         w.rules,
         w.conns,
         if warm {

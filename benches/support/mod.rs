@@ -1,9 +1,9 @@
 //! The workload shared by the end-to-end benchmarks (`ingest`, `compare`): generation,
 //! senders, exact verification at the downstream, and process CPU/RSS from /proc.
 //!
-//! Input series are `bench.h{0..H}.m{0..500}`; the rules
+//! Input series are `bench.h{0..H}.m{0..M}` (M = `AGGD_BENCH_METRICS`, 500); the rules
 //! `bench.sum.<m> (60) = sum bench.*.<m>` and `bench.count.<m> (60) = count bench.*.<m>`
-//! turn them into 1 000 output series whatever the number of input series `500·H`.
+//! turn them into 2·M output series (1 000) whatever the number of input series `M·H`.
 //! Datapoint `i` is series `i mod S`, value `i mod 10`, sent by connection `i mod C`.
 #![allow(dead_code)]
 
@@ -12,9 +12,6 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use crate::common::Capture;
-
-/// Metrics per host: each becomes one `sum` and one `count` output series.
-pub const METRICS: usize = 500;
 
 /// An environment variable as a number, or `default`.
 pub fn env_or(name: &str, default: usize) -> usize {
@@ -54,8 +51,12 @@ fn cpu_ticks(pid: u32) -> (f64, u64) {
 pub struct Workload {
     /// Datapoints (`AGGD_BENCH_POINTS`, 10 000 000).
     pub points: usize,
-    /// Input series (`AGGD_BENCH_SERIES`, 100 000; rounded down to a multiple of 500).
+    /// Input series (`AGGD_BENCH_SERIES`, 100 000; rounded down to a multiple of
+    /// `metrics`).
     pub series: usize,
+    /// Metrics per host (`AGGD_BENCH_METRICS`, 500): each becomes one `sum` and one
+    /// `count` output series.
+    pub metrics: usize,
     /// TCP connections (`AGGD_BENCH_CONNECTIONS`, 4).
     pub conns: usize,
     /// Aggregation rules in all (`AGGD_BENCH_RULES`, 2): the sum and count rules plus
@@ -66,9 +67,11 @@ pub struct Workload {
 impl Workload {
     /// Reads the `AGGD_BENCH_*` variables.
     pub fn from_env() -> Workload {
+        let metrics = env_or("AGGD_BENCH_METRICS", 500).max(1);
         Workload {
             points: env_or("AGGD_BENCH_POINTS", 10_000_000),
-            series: (env_or("AGGD_BENCH_SERIES", 100_000) / METRICS).max(1) * METRICS,
+            series: (env_or("AGGD_BENCH_SERIES", 100_000) / metrics).max(1) * metrics,
+            metrics,
             conns: env_or("AGGD_BENCH_CONNECTIONS", 4).max(1),
             rules: env_or("AGGD_BENCH_RULES", 2).max(2),
         }
@@ -76,7 +79,7 @@ impl Workload {
 
     /// Hosts: input series per metric.
     pub fn hosts(&self) -> usize {
-        self.series / METRICS
+        self.series / self.metrics
     }
 
     /// The `aggregation-rules.conf` text.
@@ -95,8 +98,8 @@ impl Workload {
     pub fn generate(&self, ts: impl Fn(usize) -> i64) -> Payload {
         let hosts = self.hosts();
         let mut conns = vec![Vec::with_capacity(self.points / self.conns * 34); self.conns];
-        let mut sum = vec![0u64; METRICS];
-        let mut count = vec![0u64; METRICS];
+        let mut sum = vec![0u64; self.metrics];
+        let mut count = vec![0u64; self.metrics];
         for i in 0..self.points {
             let s = i % self.series;
             let (h, m) = (s % hosts, s / hosts);
@@ -145,7 +148,7 @@ impl Payload {
     /// Datapoints counted so far by the `count` aggregates at `ts`.
     pub fn counted(&self, capture: &Capture, ts: i64) -> u64 {
         let r = capture.received.lock().unwrap();
-        (0..METRICS)
+        (0..self.sum.len())
             .filter_map(|m| r.last.get(&(format!("bench.count.m{m}"), ts)))
             .map(|v| *v as u64)
             .sum()
@@ -165,7 +168,7 @@ impl Payload {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        for m in 0..METRICS {
+        for m in 0..self.sum.len() {
             for (name, want) in [("sum", self.sum[m]), ("count", self.count[m])] {
                 let path = format!("bench.{name}.m{m}");
                 let got = capture.value(&path, ts);
