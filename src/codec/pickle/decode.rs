@@ -722,13 +722,9 @@ impl PickleDecoder {
     where
         F: FnMut(Result<Datapoint<'_>, DropReason>),
     {
-        if frame.len() > limits.max_pickle_frame_bytes || frame.len() >= u32::MAX as usize / 2 {
-            return Err(DropReason::FrameTooLarge);
-        }
-        let top = self.run(frame, limits)?;
-        self.walk(top, |item| match self.element(item, frame) {
-            Some((path, ts, value)) => emit(finish_point(path, ts, value, now, limits)),
-            None => emit(Err(DropReason::BadElement)),
+        self.decode_runs(frame, now, limits, 1, |r| match r {
+            Ok(dps) => dps.iter().for_each(|dp| emit(Ok(*dp))),
+            Err(reason) => emit(Err(reason)),
         })
     }
 
