@@ -6,6 +6,7 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
@@ -101,15 +102,7 @@ fn run(noisy: bool) -> f64 {
         std::thread::sleep(Duration::from_millis(300));
     }
     let t0 = Instant::now();
-    let senders: Vec<_> = quiet
-        .into_iter()
-        .map(|p| {
-            std::thread::spawn(move || TcpStream::connect(addr).unwrap().write_all(&p).unwrap())
-        })
-        .collect();
-    for s in senders {
-        s.join().unwrap();
-    }
+    support::send_tcp(addr, quiet);
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let done = (0..2)
