@@ -266,11 +266,12 @@ async fn dead_destination_fills_only_its_own_queue() {
         &capture.addr.to_string(),
         "pickle",
     );
-    let mut text = std::fs::read_to_string(&cfg).unwrap();
-    text.push_str(&format!(
-        "[[destination]]\naddress = \"{dead}\"\nprotocol = \"pickle\"\nqueue_datapoints = 300\n"
-    ));
-    std::fs::write(&cfg, text).unwrap();
+    append_config(
+        &cfg,
+        &format!(
+            "[[destination]]\naddress = \"{dead}\"\nprotocol = \"pickle\"\nqueue_datapoints = 300\n"
+        ),
+    );
     let server = start_aggd(&cfg).await;
     let base = previous_bucket(60);
     let addr = server.addr("plaintext/tcp").unwrap();
@@ -409,9 +410,10 @@ async fn udp_queue_overflow_is_counted_ledgered_and_journaled() {
         "pickle",
     );
     // A queue of 100 bytes: a 2-line datagram fits, a 6-line one (over 100 bytes) never.
-    let mut text = std::fs::read_to_string(&cfg).unwrap();
-    text.push_str("[limits]\nudp_queue_bytes = 100\n[journal]\ndir = \"journal\"\n");
-    std::fs::write(&cfg, text).unwrap();
+    append_config(
+        &cfg,
+        "[limits]\nudp_queue_bytes = 100\n[journal]\ndir = \"journal\"\n",
+    );
     let server = start_aggd(&cfg).await;
     let base = previous_bucket(60);
     let small = format!("in.a 1 {base}\nin.b 2 {base}\n");

@@ -22,9 +22,7 @@ async fn a_panic_on_one_path_costs_nothing_else() {
         &capture.addr.to_string(),
         "pickle",
     );
-    let mut text = std::fs::read_to_string(&cfg).unwrap();
-    text.push_str("[quarantine]\nfile = \"quarantine.log\"\n");
-    std::fs::write(&cfg, text).unwrap();
+    append_config(&cfg, "[quarantine]\nfile = \"quarantine.log\"\n");
     let mut config = aggd::config::Config::load(&cfg).unwrap();
     config.faults.panic_on_series = Some("agg.poison.sum".into());
     let server = start_aggd_config(config).await;
@@ -118,12 +116,13 @@ async fn a_slow_destination_costs_the_other_nothing() {
         &fast.addr.to_string(),
         "pickle",
     );
-    let mut text = std::fs::read_to_string(&cfg).unwrap();
-    text.push_str(&format!(
-        "[[destination]]\naddress = \"{slow_addr}\"\nprotocol = \"pickle\"\nqueue_datapoints = 100000\n\
+    append_config(
+        &cfg,
+        &format!(
+            "[[destination]]\naddress = \"{slow_addr}\"\nprotocol = \"pickle\"\nqueue_datapoints = 100000\n\
          [journal]\ndir = \"journal\"\n"
-    ));
-    std::fs::write(&cfg, text).unwrap();
+        ),
+    );
     let server = start_aggd(&cfg).await;
     let base = previous_bucket(60);
     let addr = server.addr("plaintext/tcp").unwrap();

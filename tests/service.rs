@@ -210,9 +210,10 @@ async fn metrics_health_and_self_metrics_match_the_traffic() {
         &capture.addr.to_string(),
         "pickle",
     );
-    let mut text = std::fs::read_to_string(&cfg).unwrap();
-    text.push_str("[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"unused-token\"\n[service]\nself_metrics_interval = \"1s\"\nhostname = \"test.host\"\n");
-    std::fs::write(&cfg, text).unwrap();
+    append_config(
+        &cfg,
+        "[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"unused-token\"\n[service]\nself_metrics_interval = \"1s\"\nhostname = \"test.host\"\n",
+    );
     let server = start_aggd(&cfg).await;
     let tcp = server.addr("plaintext/tcp").unwrap();
     let admin = server.addr("admin/http").unwrap();

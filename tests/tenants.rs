@@ -21,12 +21,13 @@ fn tenants_config(
 ) -> std::path::PathBuf {
     std::fs::write(dir.join("tenants.toml"), registry).unwrap();
     let cfg = write_config(dir, rules, "", dest, "pickle");
-    let mut text = std::fs::read_to_string(&cfg).unwrap();
-    text.push_str(&format!(
-        "[tenants]\nregistry = \"tenants.toml\"\nunknown = \"reject\"\n\
+    append_config(
+        &cfg,
+        &format!(
+            "[tenants]\nregistry = \"tenants.toml\"\nunknown = \"reject\"\n\
          [admin]\naddress = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n"
-    ));
-    std::fs::write(&cfg, text).unwrap();
+        ),
+    );
     cfg
 }
 

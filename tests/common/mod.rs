@@ -204,6 +204,13 @@ pub fn write_config(
     cfg
 }
 
+/// Appends TOML `extra` (more sections or destinations) to the config file `cfg`.
+pub fn append_config(cfg: &std::path::Path, extra: &str) {
+    let mut text = std::fs::read_to_string(cfg).unwrap();
+    text.push_str(extra);
+    std::fs::write(cfg, text).unwrap();
+}
+
 /// Loads `cfg`, binds its listeners and starts aggd in-process.
 pub async fn start_aggd(cfg: &std::path::Path) -> aggd::server::Server {
     let config = aggd::config::Config::load(cfg).unwrap();
