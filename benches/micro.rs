@@ -171,6 +171,7 @@ fn main() {
         min_free_disk: 0,
         on_full: aggd::journal::OnFull::Backpressure,
         queue_records: 64,
+        ledger: dir.join("ledger.jsonl"),
     })
     .unwrap();
     let records = 1000u64;

@@ -174,9 +174,10 @@ fn run(config: Config, source: ConfigArg) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn journal_dir(config: &Config) -> anyhow::Result<PathBuf> {
+/// The journal directory and the ledger file.
+fn journal_paths(config: &Config) -> anyhow::Result<(PathBuf, PathBuf)> {
     match &config.journal {
-        Some(j) => Ok(j.dir.clone()),
+        Some(j) => Ok((j.dir.clone(), j.ledger.clone())),
         None => anyhow::bail!("the config has no [journal] section"),
     }
 }
@@ -185,12 +186,12 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     use aggd::journal::ledger::Window;
     use aggd::replay::{ReplayOptions, lost_windows, parse_time, unix_now};
     let config = args.config.load()?;
-    let dir = journal_dir(&config)?;
+    let (dir, ledger) = journal_paths(&config)?;
     let now = unix_now();
     let mut windows = Vec::new();
     let mut ids = Vec::new();
     if args.lost {
-        (windows, ids) = lost_windows(&dir)?;
+        (windows, ids) = lost_windows(&ledger)?;
     }
     match (&args.from, &args.to) {
         (Some(f), Some(t)) => windows.push(Window {
@@ -243,7 +244,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         b.finish_and_clear();
     }
     if args.lost && !args.dry_run && !ids.is_empty() {
-        aggd::journal::ledger::mark_replayed(&dir, &ids)?;
+        aggd::journal::ledger::mark_replayed(&ledger, &ids)?;
     }
     println!(
         "replay{}: {} records, {} datapoints, {} intervals {}, {} corrupt bytes skipped, {:.2} s ({:.0} datapoints/s)",
@@ -272,8 +273,8 @@ fn main() -> ExitCode {
         Command::Journal {
             command: JournalCommand::Stat(c),
         } => c.load().and_then(|cfg| {
-            let dir = journal_dir(&cfg)?;
-            print!("{}", aggd::replay::journal_stat(&dir)?);
+            let (dir, ledger) = journal_paths(&cfg)?;
+            print!("{}", aggd::replay::journal_stat(&dir, &ledger)?);
             Ok(())
         }),
     };

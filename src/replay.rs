@@ -328,9 +328,9 @@ impl Sender {
     }
 }
 
-/// Unreplayed ledger entries' windows and ids.
-pub fn lost_windows(dir: &Path) -> std::io::Result<(Vec<Window>, Vec<u64>)> {
-    let (entries, replayed) = ledger::read(dir)?;
+/// Unreplayed entries' windows and ids in the ledger file `ledger`.
+pub fn lost_windows(ledger: &Path) -> std::io::Result<(Vec<Window>, Vec<u64>)> {
+    let (entries, replayed) = ledger::read(ledger)?;
     let mut windows = Vec::new();
     let mut ids = Vec::new();
     for e in entries {
@@ -376,8 +376,8 @@ pub fn unix_now() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// Per-segment lines for `aggd journal stat`.
-pub fn journal_stat(dir: &Path) -> std::io::Result<String> {
+/// Per-segment lines for `aggd journal stat`, and a summary of the ledger file `ledger`.
+pub fn journal_stat(dir: &Path, ledger: &Path) -> std::io::Result<String> {
     use std::fmt::Write as _;
     let mut s = String::new();
     let segs = reader::stat(dir)?;
@@ -410,7 +410,7 @@ pub fn journal_stat(dir: &Path) -> std::io::Result<String> {
             if st.indexed { "yes" } else { "scanned" }
         );
     }
-    let (entries, replayed) = ledger::read(dir)?;
+    let (entries, replayed) = ledger::read(ledger)?;
     let open: BTreeMap<&str, u64> =
         entries
             .iter()

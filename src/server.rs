@@ -4,9 +4,13 @@
 //! Shutdown order (each step finishes before the next):
 //! 1. listeners stop accepting; connections process what the kernel already holds and close;
 //! 2. workers receive `Shutdown`, emit every dirty bucket (open intervals included) and exit;
-//! 3. destination senders write what is queued, for at most `service.drain_timeout`; what is left
-//!    is counted as `destination_down` (and ledgered);
+//! 3. destination senders write what is queued; what is left at the deadline is counted as
+//!    `destination_down` (and ledgered);
 //! 4. the journal writes what is queued and fsyncs; the loss ledger is flushed.
+//!
+//! One deadline, `service.drain_timeout` after shutdown begins, bounds every wait: the
+//! journal stops waiting for a full disk (connections then count `unjournaled`), and the
+//! senders stop waiting for their destinations.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,6 +30,7 @@ use crate::drops::Stats;
 use crate::ingest::Ingest;
 use crate::ingest::Pipeline;
 use crate::journal::Journal;
+use crate::journal::io::{JournalIo, OsIo};
 use crate::journal::ledger::Ledger;
 use crate::listen::BoundListener;
 use crate::quarantine::Quarantine;
@@ -59,7 +64,8 @@ impl Sink for NoForward {
     fn send(&self, _: OutBatch) {}
 }
 
-/// Flushes the loss ledger once a second until `stop`, then once more.
+/// Flushes the loss ledger every 200 ms until `stop`, then once more. A flush that fails
+/// keeps its entries for the next one; failures are logged at most every 10 s.
 fn ledger_flusher(
     stats: Arc<Stats>,
 ) -> std::io::Result<(Arc<AtomicBool>, std::thread::JoinHandle<()>)> {
@@ -68,16 +74,19 @@ fn ledger_flusher(
     let t = std::thread::Builder::new()
         .name("aggd-ledger".into())
         .spawn(move || {
+            let Some(l) = stats.ledger() else { return };
+            let mut last_log: Option<std::time::Instant> = None;
             while !s.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(200));
-                if let Some(l) = stats.ledger() {
-                    let _ = l.flush();
+                if let Err(e) = l.flush()
+                    && last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+                {
+                    last_log = Some(std::time::Instant::now());
+                    tracing::error!(error = %e, unwritten_entries = l.unwritten(), "cannot write the loss ledger; keeping its entries and retrying");
                 }
             }
-            if let Some(l) = stats.ledger()
-                && let Err(e) = l.flush()
-            {
-                tracing::error!(error = %e, "cannot write the loss ledger");
+            if let Err(e) = l.flush() {
+                tracing::error!(error = %e, unwritten_entries = l.unwritten(), "cannot write the loss ledger at shutdown: these entries are lost");
             }
         })?;
     Ok((stop, t))
@@ -91,14 +100,25 @@ fn ledger_flusher(
 /// Errors: the journal or ledger cannot be opened, a listener socket cannot be registered
 /// with tokio, or a thread cannot be spawned.
 pub async fn start(config: Config, listeners: Vec<BoundListener>) -> std::io::Result<Server> {
+    start_with_io(config, listeners, Arc::new(OsIo)).await
+}
+
+/// Like [`start`], with the journal and the ledger writing through `io` (tests inject disk
+/// faults with [`crate::journal::io::FaultyIo`]).
+pub async fn start_with_io(
+    config: Config,
+    listeners: Vec<BoundListener>,
+    io: Arc<dyn JournalIo>,
+) -> std::io::Result<Server> {
     let stats = Arc::new(Stats::default());
     let journal = match &config.journal {
         Some(j) => {
-            let (journal, report) = Journal::open(j.clone())?;
+            let (journal, report) = Journal::open_with(j.clone(), Arc::clone(&io))?;
             tracing::info!(dir = %j.dir.display(), next_seq = report.next_seq,
                 truncated_bytes = report.truncated_bytes, skipped_bytes = report.skipped_bytes,
+                empty_segments_removed = report.empty_removed,
                 "journal open");
-            stats.set_ledger(Ledger::open(&j.dir)?);
+            stats.set_ledger(Ledger::open_with(&j.ledger, io)?);
             Some(journal)
         }
         None => None,
@@ -353,17 +373,20 @@ impl Server {
         Arc::clone(&self.observed)
     }
 
-    /// Stops in the documented order and returns the final counters.
+    /// Stops in the documented order, within `service.drain_timeout` (plus the time the
+    /// workers take to emit their buckets), and returns the final counters.
     pub async fn shutdown(self) -> Arc<Stats> {
+        let deadline = tokio::time::Instant::now() + self.config.service.drain_timeout;
         self.observed.ready.store(false, Ordering::Relaxed);
+        if let Some(j) = &self.journal {
+            j.begin_shutdown(deadline.into_std());
+        }
         self.shutdown.cancel();
         self.tracker.close();
         self.tracker.wait().await;
         let workers = self.workers;
         let _ = tokio::task::spawn_blocking(move || workers.shutdown()).await;
-        self.senders
-            .drain(&self.dests, self.config.service.drain_timeout)
-            .await;
+        self.senders.drain(&self.dests, deadline).await;
         if let Some(j) = self.journal {
             let _ = tokio::task::spawn_blocking(move || j.close()).await;
         }

@@ -95,7 +95,7 @@ fn kill_9_and_restart_loses_no_aggregate() {
     assert!(want.contains_key(&("hour.count".to_string(), hour)));
     capture.wait_for("aggregates of both runs", |got| *got == want);
     // The rebuild re-read the malformed line but did not count or ledger it again.
-    let (entries, _) = aggd::journal::ledger::read(&dir.join("journal")).unwrap();
+    let (entries, _) = aggd::journal::ledger::read(&dir.join("journal/ledger.jsonl")).unwrap();
     let parse_errors: u64 = entries
         .iter()
         .filter(|e| e.reason == "parse_error")

@@ -251,6 +251,8 @@ pub struct JournalFile {
     /// Records queued for the writer.
     #[serde(default = "default_queue_records")]
     pub queue_records: usize,
+    /// The loss ledger file; default `<dir>/ledger.jsonl`.
+    pub ledger: Option<PathBuf>,
 }
 
 fn default_unknown() -> String {
@@ -591,8 +593,13 @@ fn journal_config(j: JournalFile, base: &Path, path: &Path) -> Result<JournalCon
             "journal.segment_bytes must be at least 4096 and queue_records at least 1",
         ));
     }
+    let dir = resolve(base, &j.dir);
     Ok(JournalConfig {
-        dir: resolve(base, &j.dir),
+        ledger: j.ledger.map_or_else(
+            || dir.join(crate::journal::ledger::FILE),
+            |l| resolve(base, &l),
+        ),
+        dir,
         fsync,
         segment_bytes: j.segment_bytes,
         segment_max_age: duration("segment_max_age", &j.segment_max_age, path)?,

@@ -126,11 +126,11 @@ impl Sink for Destinations {
 }
 
 impl Senders {
-    /// Lets every sender write what is queued, then stop; waits at most `timeout`. What is
-    /// still queued after that is counted as `destination_down` and the tasks are stopped.
-    pub async fn drain(self, dests: &Destinations, timeout: Duration) {
+    /// Lets every sender write what is queued, then stop; waits until `deadline` at most.
+    /// What is still queued after that is counted as `destination_down` and the tasks are
+    /// stopped.
+    pub async fn drain(self, dests: &Destinations, deadline: tokio::time::Instant) {
         self.drain.cancel();
-        let deadline = tokio::time::Instant::now() + timeout;
         for t in self.tasks {
             let abort = t.abort_handle();
             if tokio::time::timeout_at(deadline, t).await.is_err() {

@@ -1,31 +1,44 @@
-//! The loss ledger: `ledger.jsonl` next to the journal segments.
+//! The loss ledger: `ledger.jsonl` next to the journal segments, or wherever
+//! `journal.ledger` puts it (another filesystem keeps it writable when the journal's disk
+//! is full or read-only).
 //!
 //! Every drop event ([`DropReason`]) is merged, per reason, into an in-memory entry holding
 //! the affected time window (datapoint timestamps, or receive time where a datapoint has no
-//! usable timestamp) and a count; once a second the entries are appended to the file and
-//! fsynced. `aggd replay --lost` reads the unreplayed entries, recomputes their windows
+//! usable timestamp) and a count; a few times a second the entries are appended to the file
+//! and fsynced. `aggd replay --lost` reads the unreplayed entries, recomputes their windows
 //! from the journal, and appends `replayed` lines.
+//!
+//! Entries that cannot be written (a full or read-only disk) are kept in memory and written
+//! again at the next flush, with their ids, so nothing is lost while the daemon lives. At
+//! most [`MAX_UNWRITTEN`] are kept: past that, a new entry is merged into the newest kept
+//! entry of its reason (its window widens, so a replay still covers it) and counted in
+//! [`Ledger::merged`].
 //!
 //! Lines (JSON, one object per line):
 //! - `{"id":7,"at":1700000123,"reason":"destination_full","from":1700000040.0,"to":1700000100.0,"count":250}`
 //!   (`at` = Unix seconds written; `from`/`to` = Unix seconds, inclusive);
 //! - `{"replayed":7,"at":1700000500}`.
 //!
-//! A torn last line (crash while appending) is ignored when reading.
+//! A torn last line (crash or full disk while appending) is ignored when reading, and a
+//! line whose id was read before (rewritten after a partly failed append) is read once.
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
 use crate::drops::DropReason;
 
-/// File name of the ledger inside the journal directory.
+use super::io::{JournalIo, OsIo};
+
+/// File name of the ledger inside the journal directory (the default place).
 pub const FILE: &str = "ledger.jsonl";
+
+/// Most entries kept in memory while the ledger cannot be written.
+pub const MAX_UNWRITTEN: usize = 4096;
 
 /// An inclusive time window in Unix seconds.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -80,25 +93,41 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The ledger of one journal directory.
+/// The ledger file of one journal.
 pub struct Ledger {
     path: PathBuf,
-    pending: Mutex<BTreeMap<&'static str, (Window, u64)>>,
+    io: Arc<dyn JournalIo>,
+    state: Mutex<State>,
     next_id: AtomicU64,
+    merged: AtomicU64,
+    write_errors: AtomicU64,
 }
 
-/// Entries and replay marks read from a ledger file.
-pub fn read(dir: &Path) -> std::io::Result<(Vec<Entry>, HashSet<u64>)> {
-    let text = match std::fs::read_to_string(dir.join(FILE)) {
+#[derive(Default)]
+struct State {
+    /// Drops since the last flush, merged per reason.
+    pending: BTreeMap<&'static str, (Window, u64)>,
+    /// Entries (with ids) that a flush could not write yet, oldest first.
+    unwritten: Vec<Entry>,
+    /// A failed append may have left a partial line: start the next one on a new line.
+    torn: bool,
+}
+
+/// Entries and replay marks read from the ledger file `path` (missing = empty).
+pub fn read(path: &Path) -> std::io::Result<(Vec<Entry>, HashSet<u64>)> {
+    let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
         Err(e) => return Err(e),
     };
     let mut entries = Vec::new();
+    let mut ids = HashSet::new();
     let mut replayed = HashSet::new();
     for line in text.lines() {
         if let Ok(e) = serde_json::from_str::<Entry>(line) {
-            entries.push(e);
+            if ids.insert(e.id) {
+                entries.push(e);
+            }
         } else if let Ok(r) = serde_json::from_str::<Replayed>(line) {
             replayed.insert(r.replayed);
         }
@@ -106,94 +135,149 @@ pub fn read(dir: &Path) -> std::io::Result<(Vec<Entry>, HashSet<u64>)> {
     Ok((entries, replayed))
 }
 
-/// Appends `replayed` marks for `ids`, fsynced.
-pub fn mark_replayed(dir: &Path, ids: &[u64]) -> std::io::Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join(FILE))?;
+/// Appends `replayed` marks for `ids` to the ledger file `path`, fsynced.
+pub fn mark_replayed(path: &Path, ids: &[u64]) -> std::io::Result<()> {
     let at = unix_now();
-    let mut buf = String::new();
+    let mut buf = String::from("\n"); // ends a torn last line, if any
     for id in ids {
         buf.push_str(&serde_json::to_string(&Replayed { replayed: *id, at }).unwrap_or_default());
         buf.push('\n');
     }
+    let mut f = OsIo.open_append(path)?;
     f.write_all(buf.as_bytes())?;
     f.sync_data()
 }
 
 impl Ledger {
-    /// Opens the ledger in `dir`, continuing its ids. A torn last line (no newline) is
-    /// ended first so the next entry starts on its own line.
-    pub fn open(dir: &Path) -> std::io::Result<Ledger> {
-        let path = dir.join(FILE);
-        if let Ok(bytes) = std::fs::read(&path)
-            && bytes.last().is_some_and(|b| *b != b'\n')
-        {
-            std::fs::OpenOptions::new()
-                .append(true)
-                .open(&path)?
-                .write_all(b"\n")?;
-        }
-        let (entries, _) = read(dir)?;
+    /// Opens the ledger file `path` (created on the first entry), continuing its ids.
+    ///
+    /// Errors: the file exists but cannot be read.
+    pub fn open(path: &Path) -> std::io::Result<Ledger> {
+        Ledger::open_with(path, Arc::new(OsIo))
+    }
+
+    /// Like [`Ledger::open`], writing through `io`.
+    pub fn open_with(path: &Path, io: Arc<dyn JournalIo>) -> std::io::Result<Ledger> {
+        let (entries, _) = read(path).map_err(|e| {
+            std::io::Error::new(e.kind(), format!("ledger {}: {e}", path.display()))
+        })?;
+        // A torn last line (no newline) is ended before the next entry is appended.
+        let torn = std::fs::read(path).is_ok_and(|b| b.last().is_some_and(|c| *c != b'\n'));
         Ok(Ledger {
-            path: dir.join(FILE),
-            pending: Mutex::new(BTreeMap::new()),
+            path: path.to_path_buf(),
+            io,
+            state: Mutex::new(State {
+                torn,
+                ..State::default()
+            }),
             next_id: AtomicU64::new(entries.iter().map(|e| e.id + 1).max().unwrap_or(1)),
+            merged: AtomicU64::new(0),
+            write_errors: AtomicU64::new(0),
         })
+    }
+
+    /// The ledger file.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Merges `n` events of `reason` over `window` into the pending entry.
     pub fn record(&self, reason: DropReason, n: u64, window: Window) {
-        if let Ok(mut p) = self.pending.lock() {
-            let e = p.entry(reason.as_str()).or_insert((window, 0));
-            e.0 = e.0.union(window);
-            e.1 += n;
-        }
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let e = s.pending.entry(reason.as_str()).or_insert((window, 0));
+        e.0 = e.0.union(window);
+        e.1 += n;
     }
 
-    /// Appends the pending entries and fsyncs.
+    /// Entries waiting to be written (a flush failed).
+    pub fn unwritten(&self) -> usize {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .unwritten
+            .len()
+    }
+
+    /// Entries merged into an older one because [`MAX_UNWRITTEN`] were waiting.
+    pub fn merged(&self) -> u64 {
+        self.merged.load(Ordering::Relaxed)
+    }
+
+    /// Flushes that failed.
+    pub fn write_errors(&self) -> u64 {
+        self.write_errors.load(Ordering::Relaxed)
+    }
+
+    /// Appends the pending entries (and any a failed flush kept) and fsyncs. On error
+    /// every entry is kept for the next flush.
     pub fn flush(&self) -> std::io::Result<()> {
-        let pending = match self.pending.lock() {
-            Ok(mut p) => std::mem::take(&mut *p),
-            Err(_) => return Ok(()),
-        };
-        if pending.is_empty() {
-            return Ok(());
-        }
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let at = unix_now();
-        let mut buf = String::new();
-        for (reason, (w, count)) in pending {
-            let e = Entry {
+        for (reason, (w, count)) in std::mem::take(&mut s.pending) {
+            if s.unwritten.len() >= MAX_UNWRITTEN
+                && let Some(e) = s.unwritten.iter_mut().rev().find(|e| e.reason == reason)
+            {
+                e.from = e.from.min(w.from);
+                e.to = e.to.max(w.to);
+                e.count += count;
+                self.merged.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            s.unwritten.push(Entry {
                 id: self.next_id.fetch_add(1, Ordering::Relaxed),
                 at,
                 reason: reason.to_string(),
                 from: w.from,
                 to: w.to,
                 count,
-            };
-            buf.push_str(&serde_json::to_string(&e).unwrap_or_default());
+            });
+        }
+        if s.unwritten.is_empty() {
+            return Ok(());
+        }
+        let mut buf = String::new();
+        if s.torn {
             buf.push('\n');
         }
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)?;
-        f.write_all(buf.as_bytes())?;
-        f.sync_data()
+        for e in &s.unwritten {
+            buf.push_str(&serde_json::to_string(e).unwrap_or_default());
+            buf.push('\n');
+        }
+        let written = self.io.open_append(&self.path).and_then(|mut f| {
+            f.write_all(buf.as_bytes())?;
+            f.sync_data()
+        });
+        match written {
+            Ok(()) => {
+                s.unwritten.clear();
+                s.torn = false;
+                Ok(())
+            }
+            Err(e) => {
+                s.torn = true;
+                self.write_errors.fetch_add(1, Ordering::Relaxed);
+                Err(std::io::Error::new(
+                    e.kind(),
+                    format!("ledger {}: {e}", self.path.display()),
+                ))
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::journal::io::{Faults, FaultyIo};
+    use std::io::Write as _;
 
     #[test]
     fn entries_merge_flush_and_mark() {
         let dir = std::env::temp_dir().join(format!("aggd-ledger-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let l = Ledger::open(&dir).unwrap();
+        let file = dir.join(FILE);
+        let l = Ledger::open(&file).unwrap();
         l.record(DropReason::DestinationFull, 3, Window::at(120.0));
         l.record(
             DropReason::DestinationFull,
@@ -206,7 +290,7 @@ mod tests {
         l.record(DropReason::TooOld, 1, Window::at(10.0));
         l.flush().unwrap();
         l.flush().unwrap(); // nothing pending: no new lines
-        let (entries, replayed) = read(&dir).unwrap();
+        let (entries, replayed) = read(&file).unwrap();
         assert_eq!(entries.len(), 2);
         let full = entries
             .iter()
@@ -214,25 +298,92 @@ mod tests {
             .unwrap();
         assert_eq!((full.from, full.to, full.count), (60.0, 120.0, 5));
         assert!(replayed.is_empty());
-        mark_replayed(&dir, &[full.id]).unwrap();
+        mark_replayed(&file, &[full.id]).unwrap();
         // A torn last line is ignored; ids continue after reopening.
         std::fs::OpenOptions::new()
             .append(true)
-            .open(dir.join(FILE))
+            .open(&file)
             .unwrap()
             .write_all(b"{\"id\":9")
             .unwrap();
-        let (entries, replayed) = read(&dir).unwrap();
+        let (entries, replayed) = read(&file).unwrap();
         assert_eq!(entries.len(), 2);
         assert!(replayed.contains(&full.id));
-        let l2 = Ledger::open(&dir).unwrap();
+        let l2 = Ledger::open(&file).unwrap();
         assert_eq!(
             l2.next_id.load(Ordering::Relaxed),
             entries.iter().map(|e| e.id).max().unwrap() + 1
         );
         l2.record(DropReason::Panic, 1, Window::at(5.0));
         l2.flush().unwrap();
-        let (entries, _) = read(&dir).unwrap();
+        let (entries, _) = read(&file).unwrap();
         assert_eq!(entries.len(), 3, "the entry after a torn line is readable");
+    }
+
+    #[test]
+    fn entries_that_cannot_be_written_are_kept_and_written_later() {
+        let dir = std::env::temp_dir().join(format!("aggd-ledger-ro-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join(FILE);
+        let io = FaultyIo::new();
+        let l = Ledger::open_with(&file, Arc::new(io.clone())).unwrap();
+        io.set(Faults {
+            read_only: true,
+            ..Faults::default()
+        });
+        for i in 0..99 {
+            l.record(DropReason::Unjournaled, 1, Window::at(f64::from(i)));
+            assert!(l.flush().is_err());
+        }
+        assert_eq!(l.unwritten(), 99, "one entry per failed flush, all kept");
+        assert_eq!(read(&file).unwrap().0.len(), 0);
+        // A full disk writes part of the batch, then fails: the torn line is ignored and
+        // the next flush writes every entry again, each read once.
+        io.set(Faults {
+            space_left: Some(300),
+            ..Faults::default()
+        });
+        assert!(l.flush().is_err());
+        io.set(Faults::default());
+        l.flush().unwrap();
+        let (entries, _) = read(&file).unwrap();
+        assert_eq!(entries.len(), 99);
+        assert_eq!(entries.iter().map(|e| e.count).sum::<u64>(), 99);
+        assert_eq!(l.unwritten(), 0);
+        assert_eq!(l.write_errors(), 100);
+    }
+
+    #[test]
+    fn unwritten_entries_are_bounded_by_merging() {
+        let dir = std::env::temp_dir().join(format!("aggd-ledger-cap-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join(FILE);
+        let io = FaultyIo::new();
+        io.set(Faults {
+            eio: true,
+            ..Faults::default()
+        });
+        let l = Ledger::open_with(&file, Arc::new(io.clone())).unwrap();
+        for i in 0..MAX_UNWRITTEN + 10 {
+            l.record(DropReason::QueueFull, 2, Window::at(i as f64));
+            let _ = l.flush();
+        }
+        assert_eq!(l.unwritten(), MAX_UNWRITTEN);
+        assert_eq!(l.merged(), 10);
+        io.set(Faults::default());
+        l.flush().unwrap();
+        let (entries, _) = read(&file).unwrap();
+        assert_eq!(
+            entries.iter().map(|e| e.count).sum::<u64>(),
+            2 * (MAX_UNWRITTEN as u64 + 10)
+        );
+        let last = entries.last().unwrap();
+        assert_eq!(
+            last.to,
+            (MAX_UNWRITTEN + 9) as f64,
+            "the merged window covers the newest drop"
+        );
     }
 }

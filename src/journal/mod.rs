@@ -38,6 +38,7 @@
 //! - Retention deletes whole sealed segments only, oldest first.
 //! - A segment exceeds `segment_bytes` by at most one writer batch (4 MiB).
 
+pub mod io;
 pub mod ledger;
 pub mod reader;
 pub mod record;
@@ -92,7 +93,11 @@ pub struct JournalConfig {
     pub on_full: OnFull,
     /// Records queued for the writer before `on_full` applies.
     pub queue_records: usize,
+    /// The loss ledger file (default `<dir>/ledger.jsonl`).
+    pub ledger: PathBuf,
 }
 
+#[cfg(test)]
+mod fault_tests;
 #[cfg(test)]
 mod tests;

@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use super::io::JournalIo;
 use super::record::{self, DecodeError, Record};
 
 /// First bytes of every segment file.
@@ -223,13 +224,14 @@ impl Index {
         s
     }
 
-    /// Writes the index file (`<first_seq>.idx`), ending in a CRC32C line.
-    pub fn write(&self, dir: &Path) -> std::io::Result<()> {
+    /// Writes the index file (`<first_seq>.idx`, through a temporary file and a rename),
+    /// ending in a CRC32C line.
+    pub fn write(&self, dir: &Path, io: &dyn JournalIo) -> std::io::Result<()> {
         let text = self.text();
         let crc = crc32c::crc32c(text.as_bytes());
         let tmp = index_path(dir, self.first_seq).with_extension("idx.tmp");
-        std::fs::write(&tmp, format!("{text}crc32c {crc:08x}\n"))?;
-        std::fs::rename(tmp, index_path(dir, self.first_seq))
+        io.write_file(&tmp, format!("{text}crc32c {crc:08x}\n").as_bytes())?;
+        io.rename(&tmp, &index_path(dir, self.first_seq))
     }
 
     /// Reads an index file; `None` if it is missing or does not verify.
@@ -341,7 +343,7 @@ mod tests {
         assert_eq!((skipped, torn), (0, None));
         let dir = std::env::temp_dir().join(format!("aggd-idx-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        idx.write(&dir).unwrap();
+        idx.write(&dir, &crate::journal::io::OsIo).unwrap();
         assert_eq!(Index::read(&dir, 0), Some(idx.clone()));
         // A damaged index is not trusted.
         let p = index_path(&dir, 0);

@@ -13,7 +13,7 @@ use super::segment::{self, MAGIC};
 use super::writer::{NewRecord, Writer};
 use super::{Fsync, Journal, JournalConfig, OnFull};
 
-fn tmp(tag: &str) -> PathBuf {
+pub(super) fn tmp(tag: &str) -> PathBuf {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -23,7 +23,7 @@ fn tmp(tag: &str) -> PathBuf {
     d
 }
 
-fn cfg(dir: &Path, segment_bytes: u64, max_bytes: u64) -> JournalConfig {
+pub(super) fn cfg(dir: &Path, segment_bytes: u64, max_bytes: u64) -> JournalConfig {
     JournalConfig {
         dir: dir.to_path_buf(),
         fsync: Fsync::Interval(Duration::from_millis(50)),
@@ -34,10 +34,11 @@ fn cfg(dir: &Path, segment_bytes: u64, max_bytes: u64) -> JournalConfig {
         min_free_disk: 0,
         on_full: OnFull::Ingest,
         queue_records: 64,
+        ledger: dir.join("ledger.jsonl"),
     }
 }
 
-fn rec(t: i64, payload: &[u8]) -> NewRecord {
+pub(super) fn rec(t: i64, payload: &[u8]) -> NewRecord {
     NewRecord {
         received_us: t,
         listener: 1,
@@ -49,7 +50,7 @@ fn rec(t: i64, payload: &[u8]) -> NewRecord {
 }
 
 /// (seq, received_us, payload) of every record readable now.
-fn read_all(dir: &Path) -> Vec<(u64, i64, Vec<u8>)> {
+pub(super) fn read_all(dir: &Path) -> Vec<(u64, i64, Vec<u8>)> {
     let mut out = Vec::new();
     read_range(
         dir,

@@ -1,0 +1,298 @@
+//! Journal faults injected through [`FaultyIo`] into the real writer and recovery: quiet
+//! restarts, ENOSPC at any byte (rotation included), EIO, a read-only filesystem, failing
+//! fsync, backpressure on a full disk and its end at shutdown's deadline, and the
+//! directory lock.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use super::io::{Faults, FaultyIo};
+use super::segment;
+use super::tests::{cfg, read_all, rec, tmp};
+use super::writer::Writer;
+use super::{Fsync, Journal, OnFull};
+
+fn faulty() -> (FaultyIo, Arc<FaultyIo>) {
+    let io = FaultyIo::new();
+    (io.clone(), Arc::new(io))
+}
+
+#[tokio::test]
+async fn quiet_runs_never_stop_the_next_start() {
+    let dir = tmp("quiet");
+    for run in 0..5 {
+        let (j, report) = Journal::open(cfg(&dir, 1 << 20, 1 << 30))
+            .unwrap_or_else(|e| panic!("start {run} after {run} quiet runs: {e}"));
+        assert_eq!(report.next_seq, 0);
+        j.close();
+    }
+    let (j, report) = Journal::open(cfg(&dir, 1 << 20, 1 << 30)).unwrap();
+    assert!(report.empty_removed > 0);
+    assert!(j.submit(rec(1, b"a 1 1\n")).await.wait().await);
+    j.close();
+    for _ in 0..3 {
+        Journal::open(cfg(&dir, 1 << 20, 1 << 30))
+            .unwrap()
+            .0
+            .close();
+    }
+    let (j, report) = Journal::open(cfg(&dir, 1 << 20, 1 << 30)).unwrap();
+    assert_eq!(report.next_seq, 1);
+    assert!(j.submit(rec(2, b"b 1 1\n")).await.wait().await);
+    j.close();
+    let seqs: Vec<u64> = read_all(&dir).iter().map(|r| r.0).collect();
+    assert_eq!(seqs, [0, 1]);
+    // Only the segments that hold records, plus the last run's (empty) active one.
+    assert!(segment::list(&dir).unwrap().len() <= 3);
+}
+
+#[test]
+fn a_segment_file_without_its_header_is_removed_at_start() {
+    // What a rotation that hit ENOSPC left behind before this was fixed: an empty file.
+    let dir = tmp("headerless");
+    let mut w = Writer::for_test(cfg(&dir, 1 << 20, 1 << 30)).unwrap();
+    w.write_batch(&[rec(1, b"a 1 1\n")]).unwrap();
+    drop(w);
+    std::fs::write(segment::segment_path(&dir, 1), b"").unwrap();
+    std::fs::write(segment::segment_path(&dir, 7), b"AGGD").unwrap();
+    let mut w = Writer::for_test(cfg(&dir, 1 << 20, 1 << 30)).unwrap();
+    // Sequence numbers never go back, even past a segment that held none.
+    assert_eq!(w.next_seq(), 7);
+    w.write_batch(&[rec(2, b"b 1 1\n")]).unwrap();
+    drop(w);
+    let seqs: Vec<u64> = read_all(&dir).iter().map(|r| r.0).collect();
+    assert_eq!(seqs, [0, 7]);
+}
+
+/// Writes batches of 3 records, with the disk full after `space` bytes until batch
+/// `heal_at`; returns (batches written, records read back after a restart).
+fn enospc_run(space: u64, heal_at: usize) -> (Vec<u64>, Vec<u64>) {
+    let dir = tmp("enospc");
+    let (faults, io) = faulty();
+    // Small segments: most runs rotate while the disk is full.
+    let mut w = Writer::for_test_with(cfg(&dir, 400, 1 << 30), io.clone()).unwrap();
+    faults.set(Faults {
+        space_left: Some(space),
+        ..Faults::default()
+    });
+    let mut written = Vec::new();
+    for b in 0..8u64 {
+        if b as usize == heal_at {
+            faults.set(Faults::default());
+        }
+        let batch: Vec<_> = (0..3)
+            .map(|i| rec((b * 10 + i) as i64, format!("m.{b}.{i} 1 1\n").as_bytes()))
+            .collect();
+        if w.write_batch(&batch).is_ok() {
+            written.push(b);
+        }
+    }
+    drop(w);
+    // The next start must succeed and see exactly the batches that were written.
+    let w = Writer::for_test_with(cfg(&dir, 400, 1 << 30), io).unwrap();
+    drop(w);
+    let read: Vec<u64> = read_all(&dir).iter().map(|r| r.1 as u64 / 10).collect();
+    let _ = std::fs::remove_dir_all(&dir);
+    (written, read)
+}
+
+#[test]
+fn enospc_at_any_byte_loses_nothing_written_and_never_wedges() {
+    for space in 0..700 {
+        let (written, read) = enospc_run(space, 5);
+        assert!(
+            written.contains(&5) && written.contains(&7),
+            "space {space}: writing must resume once the disk has room: {written:?}"
+        );
+        let mut expected: Vec<u64> = written.iter().flat_map(|b| [*b; 3]).collect();
+        expected.sort();
+        assert_eq!(read, expected, "space {space}");
+    }
+}
+
+#[test]
+fn enospc_while_creating_the_next_segment_keeps_the_current_one() {
+    let dir = tmp("rotate-enospc");
+    let (faults, io) = faulty();
+    let mut w = Writer::for_test_with(cfg(&dir, 200, 1 << 30), io).unwrap();
+    w.write_batch(&[rec(1, &[b'x'; 150])]).unwrap();
+    let first = w.active_first_seq();
+    faults.set(Faults {
+        space_left: Some(0),
+        ..Faults::default()
+    });
+    // This batch needs a new segment; its header cannot be written.
+    let e = w.write_batch(&[rec(2, &[b'y'; 150])]).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::StorageFull);
+    assert!(e.to_string().contains(".seg"), "names the file: {e}");
+    assert_eq!(w.active_first_seq(), first);
+    assert_eq!(
+        segment::list(&dir).unwrap().len(),
+        1,
+        "no half-made segment"
+    );
+    faults.set(Faults::default());
+    w.write_batch(&[rec(3, &[b'z'; 150])]).unwrap();
+    assert_ne!(w.active_first_seq(), first);
+    drop(w);
+    let seqs: Vec<u64> = read_all(&dir).iter().map(|r| r.0).collect();
+    assert_eq!(seqs, [0, 1]);
+}
+
+#[test]
+fn eio_and_a_failing_truncate_seal_the_segment() {
+    let dir = tmp("eio");
+    let (faults, io) = faulty();
+    let mut w = Writer::for_test_with(cfg(&dir, 1 << 20, 1 << 30), io.clone()).unwrap();
+    w.write_batch(&[rec(1, b"a 1 1\n")]).unwrap();
+    let first = w.active_first_seq();
+    // A partial write, then the truncation back fails too (the filesystem went read-only).
+    faults.set(Faults {
+        space_left: Some(10),
+        ..Faults::default()
+    });
+    assert!(w.write_batch(&[rec(2, b"b 1 1\n")]).is_err());
+    faults.set(Faults {
+        eio: true,
+        ..Faults::default()
+    });
+    assert!(w.write_batch(&[rec(2, b"b 1 1\n")]).is_err());
+    faults.set(Faults::default());
+    w.write_batch(&[rec(3, b"c 1 1\n")]).unwrap();
+    drop(w);
+    let w = Writer::for_test_with(cfg(&dir, 1 << 20, 1 << 30), io).unwrap();
+    drop(w);
+    let got: Vec<(u64, i64)> = read_all(&dir).iter().map(|r| (r.0, r.1)).collect();
+    assert_eq!(got, [(0, 1), (1, 3)]);
+    assert!(first < 1);
+}
+
+#[tokio::test]
+async fn read_only_filesystem_is_an_error_naming_the_path() {
+    let dir = tmp("ro");
+    let (faults, io) = faulty();
+    faults.set(Faults {
+        read_only: true,
+        ..Faults::default()
+    });
+    let e = Journal::open_with(cfg(&dir, 1 << 20, 1 << 30), io)
+        .err()
+        .expect("a read-only journal cannot open");
+    assert_eq!(e.kind(), std::io::ErrorKind::ReadOnlyFilesystem);
+    assert!(e.to_string().contains(&*dir.to_string_lossy()), "{e}");
+}
+
+#[tokio::test]
+async fn failing_fsync_with_always_reports_unjournaled() {
+    let dir = tmp("fsync");
+    let (faults, io) = faulty();
+    let mut c = cfg(&dir, 1 << 20, 1 << 30);
+    c.fsync = Fsync::Always;
+    let (j, _) = Journal::open_with(c, io).unwrap();
+    assert!(j.submit(rec(1, b"a 1 1\n")).await.wait().await);
+    faults.set(Faults {
+        fail_fsync: true,
+        ..Faults::default()
+    });
+    assert!(!j.submit(rec(2, b"b 1 1\n")).await.wait().await);
+    assert!(j.stats().fsync_errors.load(Ordering::Relaxed) >= 1);
+    assert_eq!(j.stats().unjournaled.load(Ordering::Relaxed), 1);
+    faults.set(Faults::default());
+    j.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backpressure_holds_every_record_until_the_disk_has_room() {
+    let dir = tmp("bp");
+    let (faults, io) = faulty();
+    let mut c = cfg(&dir, 1 << 20, 1 << 30);
+    c.on_full = OnFull::Backpressure;
+    c.queue_records = 4;
+    let (j, _) = Journal::open_with(c, io).unwrap();
+    faults.set(Faults {
+        space_left: Some(0),
+        ..Faults::default()
+    });
+    let mut senders = Vec::new();
+    for i in 0..40 {
+        let j = Arc::clone(&j);
+        senders.push(tokio::spawn(async move {
+            j.submit(rec(i, format!("m {i} 1\n").as_bytes()))
+                .await
+                .wait()
+                .await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        senders.iter().all(|s| !s.is_finished()),
+        "every sender waits while the disk is full"
+    );
+    assert_eq!(j.stats().unjournaled.load(Ordering::Relaxed), 0);
+    faults.set(Faults::default());
+    for s in senders {
+        assert!(s.await.unwrap(), "journaled once the disk has room");
+    }
+    j.close();
+    assert_eq!(read_all(&dir).len(), 40);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_deadline_ends_backpressure_on_a_full_disk() {
+    let dir = tmp("bp-stop");
+    let (faults, io) = faulty();
+    let mut c = cfg(&dir, 1 << 20, 1 << 30);
+    c.on_full = OnFull::Backpressure;
+    c.queue_records = 4;
+    let (j, _) = Journal::open_with(c, io).unwrap();
+    faults.set(Faults {
+        read_only: true,
+        ..Faults::default()
+    });
+    let mut senders = Vec::new();
+    for i in 0..20 {
+        let j = Arc::clone(&j);
+        senders.push(tokio::spawn(async move {
+            j.submit(rec(i, b"m 1 1\n")).await.wait().await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    j.begin_shutdown(started + Duration::from_millis(300));
+    for s in senders {
+        assert!(!s.await.unwrap(), "reported unjournaled, not written");
+    }
+    let j2 = Arc::clone(&j);
+    tokio::task::spawn_blocking(move || j2.close())
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(j.stats().unjournaled.load(Ordering::Relaxed), 20);
+}
+
+#[tokio::test]
+async fn a_second_daemon_on_the_same_directory_is_refused() {
+    let dir = tmp("lock");
+    let (j, _) = Journal::open(cfg(&dir, 1 << 20, 1 << 30)).unwrap();
+    assert!(j.submit(rec(1, b"a 1 1\n")).await.wait().await);
+    let e = Journal::open(cfg(&dir, 1 << 20, 1 << 30))
+        .err()
+        .expect("the directory is locked");
+    let msg = e.to_string();
+    assert!(msg.contains(&*dir.to_string_lossy()), "{msg}");
+    assert!(
+        msg.contains(&format!("pid {}", std::process::id())),
+        "{msg}"
+    );
+    // The refused open changed nothing: the live segment is still being appended to.
+    assert!(j.submit(rec(2, b"b 1 1\n")).await.wait().await);
+    j.close();
+    let (j, report) = Journal::open(cfg(&dir, 1 << 20, 1 << 30)).unwrap();
+    assert_eq!(report.next_seq, 2);
+    j.close();
+}
