@@ -50,6 +50,10 @@ pub enum DropReason {
     DestinationFull,
     /// A destination could not be reached before shutdown finished.
     DestinationDown,
+    /// Aggregates written into a destination connection that then failed (or was not
+    /// acknowledged by shutdown's deadline), within the destination's
+    /// `unconfirmed_window`: carbon has no acknowledgements, so they may be lost.
+    Unconfirmed,
     /// Processing a batch panicked; the batch was dropped and the worker went on.
     Panic,
     /// A frame was processed without being journaled (the journal's queue was full or it
@@ -70,7 +74,7 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 22] = [
+    pub const ALL: [DropReason; 23] = [
         DropReason::ParseError,
         DropReason::BadUtf8,
         DropReason::LineTooLong,
@@ -86,6 +90,7 @@ impl DropReason {
         DropReason::QueueFull,
         DropReason::DestinationFull,
         DropReason::DestinationDown,
+        DropReason::Unconfirmed,
         DropReason::Panic,
         DropReason::Unjournaled,
         DropReason::TenantDeleted,
@@ -113,6 +118,7 @@ impl DropReason {
             DropReason::QueueFull => "queue_full",
             DropReason::DestinationFull => "destination_full",
             DropReason::DestinationDown => "destination_down",
+            DropReason::Unconfirmed => "unconfirmed",
             DropReason::Panic => "panic",
             DropReason::Unjournaled => "unjournaled",
             DropReason::TenantDeleted => "tenant_deleted",

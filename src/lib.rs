@@ -6,7 +6,8 @@
 //! sweeps) → [`dest`] (bounded queue and sender per destination). [`server`] assembles it;
 //! [`config`] reads `aggd.toml` or a carbon.conf; [`rules`] reads carbon-aggregator's rule
 //! files; every drop is a [`drops::DropReason`].
-#![forbid(unsafe_code)]
+// One audited exception: the SIOCOUTQ ioctl in `dest` (no safe wrapper exists).
+#![deny(unsafe_code)]
 
 pub mod aggregate;
 pub mod codec;

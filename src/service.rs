@@ -124,10 +124,18 @@ impl Observed {
             Family::<Vec<(String, String)>, Counter>::default(),
             Family::<Vec<(String, String)>, Gauge>::default(),
         );
+        let (unconfirmed, failures) = (
+            Family::<Vec<(String, String)>, Counter>::default(),
+            Family::<Vec<(String, String)>, Counter>::default(),
+        );
         for (name, c) in self.dests.counters() {
             let l = vec![("destination".to_string(), name.to_string())];
             sent.get_or_create(&l).inc_by(ld(&c.sent));
             full.get_or_create(&l).inc_by(ld(&c.full_queue_drops));
+            unconfirmed.get_or_create(&l).inc_by(ld(&c.unconfirmed));
+            failures
+                .get_or_create(&l)
+                .inc_by(ld(&c.connection_failures));
             queued
                 .get_or_create(&l)
                 .set(c.queued.load(Ordering::Relaxed) as i64);
@@ -136,6 +144,16 @@ impl Observed {
             "destination_sent",
             "Datapoints written, per destination",
             sent,
+        );
+        reg.register(
+            "destination_unconfirmed",
+            "Datapoints written into connections that then failed (ledgered)",
+            unconfirmed,
+        );
+        reg.register(
+            "destination_connection_failures",
+            "Destination connections that failed",
+            failures,
         );
         reg.register(
             "destination_full_queue_drops",

@@ -180,6 +180,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             protocol,
             queue_datapoints: queue,
             max_datapoints_per_message: per_message,
+            unconfirmed_window: super::default_unconfirmed_window(),
         });
     }
     let base = path.parent().unwrap_or(Path::new("."));

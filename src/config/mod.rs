@@ -172,6 +172,9 @@ pub(crate) fn default_queue_datapoints() -> usize {
 fn default_per_message() -> usize {
     500
 }
+pub(crate) fn default_unconfirmed_window() -> String {
+    "5m".into()
+}
 
 /// `[[destination]]` as written.
 #[derive(Debug, Deserialize)]
@@ -188,6 +191,10 @@ pub struct DestinationFile {
     /// Datapoints per pickle frame (carbon's MAX_DATAPOINTS_PER_MESSAGE).
     #[serde(default = "default_per_message")]
     pub max_datapoints_per_message: usize,
+    /// How far back, when a connection fails, written aggregates count as possibly lost
+    /// (ledgered as `unconfirmed`), e.g. `"5m"`; never before the connection was made.
+    #[serde(default = "default_unconfirmed_window")]
+    pub unconfirmed_window: String,
 }
 
 fn default_fsync() -> String {
@@ -457,6 +464,9 @@ pub struct DestinationConfig {
     pub queue_datapoints: usize,
     /// Datapoints per pickle frame.
     pub max_datapoints_per_message: usize,
+    /// When a connection fails, what was written into it within this long before (and
+    /// since it connected) is ledgered as `unconfirmed`.
+    pub unconfirmed_window: Duration,
 }
 
 impl DestinationConfig {
@@ -707,6 +717,11 @@ impl Config {
                 protocol: d.protocol,
                 queue_datapoints: d.queue_datapoints,
                 max_datapoints_per_message: d.max_datapoints_per_message,
+                unconfirmed_window: duration(
+                    "destination.unconfirmed_window",
+                    &d.unconfirmed_window,
+                    path,
+                )?,
             });
         }
         let limits = file.limits;

@@ -9,12 +9,28 @@
 //! 100 ms to 5 s, coalesces queued batches into writes of up to ~10 000 datapoints, and
 //! writes carbon pickle frames (protocol 2, `max_datapoints_per_message` per frame) or
 //! plaintext lines. A batch whose write failed is written again after reconnecting.
+//!
+//! # Delivery
+//! carbon's protocols have no acknowledgement, so a write that reached the kernel is not a
+//! delivery: the peer may be stopped, its receive buffer full, and then die. So:
+//! - **Sent** (`destination_sent`) means written into the socket.
+//! - The sender keeps the time window and count of everything written into the current
+//!   connection within `unconfirmed_window` (and since it connected). When the connection
+//!   fails (a write error, or the peer closing or resetting it, which the sender watches for
+//!   while idle), all of that is ledgered as `unconfirmed`, so `aggd replay --lost`
+//!   recomputes and re-sends it. Full aggregates are idempotent downstream.
+//! - At shutdown the sender waits until the kernel's send queue is empty (`SIOCOUTQ` = 0:
+//!   the peer's TCP acknowledged every byte) before closing; what is still unacknowledged
+//!   at the drain deadline is ledgered as `unconfirmed`. An acknowledgement means the
+//!   peer's kernel holds the bytes, not that the peer process read them: a peer killed
+//!   later can still lose them, which only its own restart can tell.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +51,14 @@ pub struct DestCounters {
     pub full_queue_drops: AtomicU64,
     /// Datapoints waiting in the queue now.
     pub queued: AtomicUsize,
+    /// Datapoints written into connections that then failed, within the unconfirmed
+    /// window: ledgered as `unconfirmed` for `aggd replay --lost`.
+    pub unconfirmed: AtomicU64,
+    /// Connections that failed (write error, closed or reset by the destination).
+    pub connection_failures: AtomicU64,
+    /// Time window covered by what is queued (a superset: reset only when the queue
+    /// empties), ledgered if it is still queued when shutdown's drain ends.
+    queued_window: Mutex<Option<Window>>,
 }
 
 struct Dest {
@@ -42,9 +66,9 @@ struct Dest {
     tx: mpsc::Sender<OutBatch>,
     max_queued: usize,
     counters: Arc<DestCounters>,
-    /// Time window covered by what is queued (a superset: reset only when the queue
-    /// empties), ledgered if it is still queued when shutdown's drain ends.
-    queued_window: Arc<Mutex<Option<Window>>>,
+    /// What the sender wrote and cannot yet count as delivered; ledgered if the sender
+    /// is still holding it when shutdown's drain ends.
+    unconfirmed: Arc<Mutex<Unconfirmed>>,
 }
 
 /// The destinations' queues; a [`Sink`] that offers each batch to every destination.
@@ -68,21 +92,20 @@ impl Destinations {
         for cfg in configs {
             let (tx, rx) = mpsc::channel(cfg.queue_datapoints.clamp(16, 1 << 16));
             let counters = Arc::new(DestCounters::default());
-            let queued_window = Arc::new(Mutex::new(None));
-            tasks.push(tokio::spawn(run_sender(
-                cfg.clone(),
-                rx,
-                Arc::clone(&counters),
-                Arc::clone(&queued_window),
-                Arc::clone(&stats),
-                drain.clone(),
-            )));
+            let unconfirmed = Arc::new(Mutex::new(Unconfirmed::default()));
+            let link = Link {
+                cfg: cfg.clone(),
+                counters: Arc::clone(&counters),
+                unconfirmed: Arc::clone(&unconfirmed),
+                stats: Arc::clone(&stats),
+            };
+            tasks.push(tokio::spawn(run_sender(link, rx, drain.clone())));
             dests.push(Dest {
                 name: cfg.name().to_string(),
                 tx,
                 max_queued: cfg.queue_datapoints,
                 counters,
-                queued_window,
+                unconfirmed,
             });
         }
         (
@@ -117,7 +140,7 @@ impl Sink for Destinations {
                     w,
                     &format_args!("destination {}", d.name),
                 );
-            } else if let Ok(mut q) = d.queued_window.lock() {
+            } else if let Ok(mut q) = d.counters.queued_window.lock() {
                 // After the add: a sender that empties the queue meanwhile cannot erase it.
                 *q = Some(q.map_or(w, |q| q.union(w)));
             }
@@ -139,7 +162,7 @@ impl Senders {
         }
         for d in &dests.dests {
             let left = d.counters.queued.swap(0, Ordering::Relaxed);
-            let w = d.queued_window.lock().ok().and_then(|q| *q);
+            let w = d.counters.queued_window.lock().ok().and_then(|q| *q);
             if let Some(w) = w {
                 dests.stats.record_drop(
                     DropReason::DestinationDown,
@@ -148,21 +171,179 @@ impl Senders {
                     &format_args!("destination {} not reachable before shutdown", d.name),
                 );
             }
+            // A sender stopped before its peer acknowledged what it wrote.
+            let unconfirmed = d
+                .unconfirmed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(Duration::MAX);
+            if let Some((w, n)) = unconfirmed {
+                ledger_unconfirmed(&dests.stats, &d.counters, &d.name, w, n);
+            }
         }
     }
 }
 
-type Conn = Box<dyn AsyncWrite + Unpin + Send>;
+/// A connection to a destination.
+enum Conn {
+    Stdout(tokio::io::Stdout),
+    Tcp(tokio::net::TcpStream),
+}
 
-async fn connect(cfg: &DestinationConfig) -> std::io::Result<Conn> {
-    match &cfg.address {
-        DestAddress::Stdout => Ok(Box::new(tokio::io::stdout())),
-        DestAddress::Tcp(addr) => {
-            let s = tokio::net::TcpStream::connect(addr.as_str()).await?;
-            s.set_nodelay(true)?;
-            Ok(Box::new(s))
+impl Conn {
+    async fn connect(cfg: &DestinationConfig) -> std::io::Result<Conn> {
+        match &cfg.address {
+            DestAddress::Stdout => Ok(Conn::Stdout(tokio::io::stdout())),
+            DestAddress::Tcp(addr) => {
+                let s = tokio::net::TcpStream::connect(addr.as_str()).await?;
+                s.set_nodelay(true)?;
+                Ok(Conn::Tcp(s))
+            }
         }
     }
+
+    async fn write(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        match self {
+            Conn::Stdout(s) => {
+                s.write_all(buf).await?;
+                s.flush().await
+            }
+            Conn::Tcp(s) => s.write_all(buf).await,
+        }
+    }
+
+    /// Resolves when the peer has closed or reset the connection (carbon receivers never
+    /// write back, so readability means the end); never for stdout.
+    async fn closed(&mut self) -> std::io::Error {
+        let Conn::Tcp(s) = self else {
+            return std::future::pending().await;
+        };
+        let mut scratch = [0u8; 512];
+        loop {
+            if let Err(e) = s.readable().await {
+                return e;
+            }
+            match s.try_read(&mut scratch) {
+                Ok(0) => {
+                    return std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "connection closed by the destination",
+                    );
+                }
+                Ok(_) => {} // bytes from the peer: not part of the protocol, ignored
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return e,
+            }
+        }
+    }
+
+    /// Bytes written but not yet acknowledged by the peer's TCP; 0 for stdout.
+    fn unacked(&self) -> std::io::Result<usize> {
+        match self {
+            Conn::Stdout(_) => Ok(0),
+            Conn::Tcp(s) => unacked_bytes(s),
+        }
+    }
+
+    async fn close(self) {
+        match self {
+            Conn::Stdout(mut s) => {
+                let _ = s.flush().await;
+            }
+            Conn::Tcp(mut s) => {
+                let _ = s.shutdown().await;
+            }
+        }
+    }
+}
+
+/// `ioctl(SIOCOUTQ)` (tcp(7)): bytes in the socket's send queue not yet acknowledged by
+/// the peer.
+#[allow(unsafe_code)]
+fn unacked_bytes(s: &tokio::net::TcpStream) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let mut n: libc::c_int = 0;
+    // SAFETY: the descriptor is an open socket borrowed for the call, and SIOCOUTQ (the
+    // same request number as TIOCOUTQ) writes one c_int through the pointer, which points
+    // at `n`.
+    let r = unsafe { libc::ioctl(s.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(usize::try_from(n).unwrap_or(0))
+}
+
+/// What was written into the current connection within the unconfirmed window: written
+/// time, bucket window and datapoints, merged per second so it stays small.
+#[derive(Debug, Default)]
+pub struct Unconfirmed {
+    writes: VecDeque<(Instant, Window, u64)>,
+}
+
+impl Unconfirmed {
+    fn prune(&mut self, keep: Duration) {
+        while self.writes.front().is_some_and(|w| w.0.elapsed() > keep) {
+            self.writes.pop_front();
+        }
+    }
+
+    /// Notes `n` datapoints over `window` written now.
+    fn written(&mut self, window: Window, n: u64, keep: Duration) {
+        self.prune(keep);
+        match self.writes.back_mut() {
+            Some(last) if last.0.elapsed() < Duration::from_secs(1) => {
+                last.1 = last.1.union(window);
+                last.2 += n;
+            }
+            _ => self.writes.push_back((Instant::now(), window, n)),
+        }
+    }
+
+    /// Everything noted within `keep`, as one window and a count; empties the log.
+    fn take(&mut self, keep: Duration) -> Option<(Window, u64)> {
+        self.prune(keep);
+        let all = self
+            .writes
+            .drain(..)
+            .reduce(|a, b| (a.0, a.1.union(b.1), a.2 + b.2));
+        all.map(|(_, w, n)| (w, n))
+    }
+}
+
+/// The sender's view of one destination: config, counters and the unconfirmed log.
+struct Link {
+    cfg: DestinationConfig,
+    counters: Arc<DestCounters>,
+    unconfirmed: Arc<Mutex<Unconfirmed>>,
+    stats: Arc<Stats>,
+}
+
+impl Link {
+    fn log(&self) -> std::sync::MutexGuard<'_, Unconfirmed> {
+        self.unconfirmed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The connection failed: ledger what it may have lost.
+    fn failed(&self, e: &std::io::Error) {
+        self.counters
+            .connection_failures
+            .fetch_add(1, Ordering::Relaxed);
+        let lost = self.log().take(self.cfg.unconfirmed_window);
+        tracing::warn!(destination = self.cfg.name(), error = %e, unconfirmed_datapoints = lost.map_or(0, |l| l.1), "connection failed; reconnecting");
+        if let Some((w, n)) = lost {
+            ledger_unconfirmed(&self.stats, &self.counters, self.cfg.name(), w, n);
+        }
+    }
+}
+
+fn ledger_unconfirmed(stats: &Stats, counters: &DestCounters, name: &str, w: Window, n: u64) {
+    counters.unconfirmed.fetch_add(n, Ordering::Relaxed);
+    stats.record_drop(
+        DropReason::Unconfirmed,
+        n,
+        w,
+        &format_args!("destination {name}: written into a connection that failed"),
+    );
 }
 
 fn encode(cfg: &DestinationConfig, batches: &[OutBatch], buf: &mut Vec<u8>) {
@@ -179,43 +360,58 @@ fn encode(cfg: &DestinationConfig, batches: &[OutBatch], buf: &mut Vec<u8>) {
     }
 }
 
-async fn run_sender(
-    cfg: DestinationConfig,
-    mut rx: mpsc::Receiver<OutBatch>,
-    counters: Arc<DestCounters>,
-    queued_window: Arc<Mutex<Option<Window>>>,
-    stats: Arc<Stats>,
-    drain: CancellationToken,
-) {
+/// Waits for the next queued batch; meanwhile notices a connection the peer closed.
+async fn next_batch(
+    rx: &mut mpsc::Receiver<OutBatch>,
+    conn: &mut Option<Conn>,
+    link: &Link,
+    drain: &CancellationToken,
+) -> Option<OutBatch> {
+    loop {
+        let closed = async {
+            match conn.as_mut() {
+                Some(c) => c.closed().await,
+                None => std::future::pending().await,
+            }
+        };
+        let e = tokio::select! {
+            biased;
+            b = rx.recv() => return b,
+            _ = drain.cancelled() => return rx.try_recv().ok(),
+            e = closed => e,
+        };
+        *conn = None;
+        link.failed(&e);
+    }
+}
+
+async fn run_sender(link: Link, mut rx: mpsc::Receiver<OutBatch>, drain: CancellationToken) {
+    let cfg = &link.cfg;
     let mut conn: Option<Conn> = None;
     let mut backoff = Duration::from_millis(100);
     let mut last_warn: Option<Instant> = None;
     let mut buf = Vec::new();
     let mut batches = Vec::new();
-    loop {
-        let first = tokio::select! {
-            biased;
-            b = rx.recv() => b,
-            _ = drain.cancelled() => rx.try_recv().ok(),
-        };
-        let Some(first) = first else { break };
+    while let Some(first) = next_batch(&mut rx, &mut conn, &link, &drain).await {
         let mut n = first.len();
+        let mut w = window(&first);
         batches.clear();
         batches.push(first);
         while n < 10_000 {
             match rx.try_recv() {
                 Ok(b) => {
                     n += b.len();
+                    w = w.union(window(&b));
                     batches.push(b);
                 }
                 Err(_) => break,
             }
         }
-        encode(&cfg, &batches, &mut buf);
+        encode(cfg, &batches, &mut buf);
         loop {
             let c = match conn.as_mut() {
                 Some(c) => c,
-                None => match connect(&cfg).await {
+                None => match Conn::connect(cfg).await {
                     Ok(c) => {
                         tracing::info!(destination = cfg.name(), "connected");
                         backoff = Duration::from_millis(100);
@@ -232,29 +428,49 @@ async fn run_sender(
                     }
                 },
             };
-            match async {
-                c.write_all(&buf).await?;
-                c.flush().await
-            }
-            .await
-            {
+            match c.write(&buf).await {
                 Ok(()) => break,
                 Err(e) => {
-                    tracing::warn!(destination = cfg.name(), error = %e, "write failed; reconnecting");
                     conn = None;
+                    link.failed(&e);
                 }
             }
         }
+        link.log().written(w, n as u64, cfg.unconfirmed_window);
+        let counters = &link.counters;
         if counters.queued.fetch_sub(n, Ordering::Relaxed) == n
-            && let Ok(mut q) = queued_window.lock()
+            && let Ok(mut q) = counters.queued_window.lock()
         {
             *q = None;
         }
         counters.sent.fetch_add(n as u64, Ordering::Relaxed);
-        stats.sent.fetch_add(n as u64, Ordering::Relaxed);
+        link.stats.sent.fetch_add(n as u64, Ordering::Relaxed);
     }
-    if let Some(mut c) = conn {
-        let _ = c.flush().await;
-        let _ = c.shutdown().await;
+    if let Some(c) = conn {
+        close_confirmed(c, &link).await;
     }
+}
+
+/// Closes a connection once the peer's TCP has acknowledged every byte written (until
+/// the drain deadline aborts the task); then nothing written is unconfirmed any more.
+async fn close_confirmed(mut c: Conn, link: &Link) {
+    loop {
+        match c.unacked() {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => {
+                link.failed(&e);
+                return;
+            }
+        }
+        tokio::select! {
+            e = c.closed() => {
+                link.failed(&e);
+                return;
+            }
+            _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+        }
+    }
+    link.log().take(Duration::ZERO);
+    c.close().await;
 }

@@ -31,6 +31,11 @@ impl Drop for CarbonCache {
 }
 
 impl CarbonCache {
+    /// The carbon-cache process id (to stop or kill it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Starts carbon-cache on a free port.
     pub fn start() -> CarbonCache {
         let port = std::net::TcpListener::bind("127.0.0.1:0")

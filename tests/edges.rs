@@ -1,0 +1,268 @@
+//! The promises at the edges, with the real binary: a destination that stops reading and
+//! dies (real carbon-cache), start/stop/kill cycles, and hostile clients.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use common::carbon::CarbonCache;
+use common::{aggd_ok, http, sigterm, spawn_run, tempdir};
+
+/// The address of the first listener of `kind` in a `spawn_run` result.
+fn addr_of(addrs: &[(String, SocketAddr)], kind: &str) -> SocketAddr {
+    addrs.iter().find(|(k, _)| k == kind).unwrap().1
+}
+
+/// The first Prometheus sample from `/metrics` whose line starts with `sample`, e.g.
+/// `aggd_dropped_total{reason="unconfirmed"}`; fails the test if there is none.
+fn metric(admin: SocketAddr, sample: &str) -> f64 {
+    let (_, _, body) = http(admin, "GET", "/metrics", &[], b"");
+    let text = String::from_utf8(body).unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(sample))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {sample} in /metrics:\n{text}"))
+}
+
+fn send_lines(addr: SocketAddr, lines: &str) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(lines.as_bytes()).unwrap();
+}
+
+fn signal(child_pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &child_pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {child_pid}");
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "aggd did not exit within {within:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Sends `series` input paths × `minutes` past minutes (two datapoints each) and returns
+/// the expected sums per (output path, minute).
+fn send_minutes(
+    addr: SocketAddr,
+    tag: &str,
+    series: usize,
+    minutes: std::ops::Range<i64>,
+    base: i64,
+) -> BTreeMap<(String, i64), f64> {
+    let mut expected = BTreeMap::new();
+    let mut text = String::new();
+    for m in minutes {
+        let ts = base - 60 * m;
+        for s in 0..series {
+            for (i, v) in [(0, 1.5 + s as f64), (1, 2.0 * m as f64)] {
+                text.push_str(&format!("{tag}.s{s}.h{i} {v} {}\n", ts + 7));
+                *expected
+                    .entry((format!("agg.{tag}.s{s}"), ts))
+                    .or_insert(0.0) += v;
+            }
+        }
+    }
+    send_lines(addr, &text);
+    expected
+}
+
+/// Waits until carbon-cache's whisper files hold every expected value.
+fn wait_whisper(cc: &CarbonCache, expected: &BTreeMap<(String, i64), f64>, within: Duration) {
+    let mut by_ts: BTreeMap<i64, Vec<(&str, f64)>> = BTreeMap::new();
+    for ((p, ts), v) in expected {
+        by_ts.entry(*ts).or_default().push((p, *v));
+    }
+    let deadline = Instant::now() + within;
+    for (ts, want) in by_ts {
+        loop {
+            let paths: Vec<&str> = want.iter().map(|(p, _)| *p).collect();
+            let got = cc.fetch(&paths, ts);
+            let missing: Vec<_> = want
+                .iter()
+                .zip(&got)
+                .filter(|((_, v), g)| **g != Some(*v))
+                .collect();
+            if missing.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "at {ts}, {} of {} aggregates missing or wrong, e.g. {:?}",
+                missing.len(),
+                want.len(),
+                &missing[..missing.len().min(3)]
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+}
+
+#[test]
+fn destination_stopped_then_killed_loses_nothing_after_replay_lost() {
+    let cc = CarbonCache::start();
+    let dir = tempdir("dest-death");
+    std::fs::write(
+        dir.join("aggregation-rules.conf"),
+        "agg.<t>.<s> (60) = sum <t>.<s>.*\n",
+    )
+    .unwrap();
+    let cfg = dir.join("aggd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[listen]]\nprotocol = \"plaintext\"\naddress = \"127.0.0.1:0\"\n\
+             [aggregation]\nrules = \"aggregation-rules.conf\"\nmax_intervals = 40\n\
+             [workers]\ncount = 2\nflush_tick_ms = 50\n\
+             [journal]\ndir = \"journal\"\n\
+             [admin]\naddress = \"127.0.0.1:0\"\ntoken = \"edges-test-token\"\n\
+             [[destination]]\naddress = \"127.0.0.1:{}\"\nprotocol = \"pickle\"\n",
+            cc.port
+        ),
+    )
+    .unwrap();
+    let (mut aggd, addrs) = spawn_run(&["-c", cfg.to_str().unwrap()], 2);
+    let input = addr_of(&addrs, "plaintext/tcp");
+    let admin = addr_of(&addrs, "admin/http");
+    let now = common::now() as i64;
+    let base = now - now.rem_euclid(60);
+
+    // Delivered while the destination is healthy.
+    let before = send_minutes(input, "a", 20, 2..4, base);
+    wait_whisper(&cc, &before, Duration::from_secs(60));
+
+    // The destination stops reading: aggd's writes land in kernel buffers.
+    let cc_pid = cc.pid();
+    signal(cc_pid, "-STOP");
+    let during = send_minutes(input, "b", 80, 2..8, base);
+    assert_eq!(during.len(), 480);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(admin, "aggd_destination_sent_total{destination=\"127.0.0.1") < 520.0 {
+        assert!(
+            Instant::now() < deadline,
+            "aggd did not write the aggregates"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    // ... and dies with them unread; a new carbon-cache takes its place.
+    signal(cc_pid, "-KILL");
+    let (port, store) = (cc.port, cc.dir.clone());
+    drop(cc);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(admin, "aggd_dropped_total{reason=\"unconfirmed\"}") == 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the failed connection was not noticed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let unconfirmed = metric(admin, "aggd_dropped_total{reason=\"unconfirmed\"}");
+    assert!(
+        unconfirmed >= 480.0,
+        "everything written since connect is unconfirmed: {unconfirmed}"
+    );
+    let cc = CarbonCache::start_on(port, store);
+    sigterm(&aggd);
+    assert!(wait_exit(&mut aggd, Duration::from_secs(30)).success());
+
+    let out = aggd_ok(["replay", "-c", cfg.to_str().unwrap(), "--lost"]);
+    assert!(out.contains("replay"), "{out}");
+    let mut all = before;
+    all.extend(during);
+    wait_whisper(&cc, &all, Duration::from_secs(60));
+    // Replayed windows are marked: a second --lost has nothing left to do.
+    let again = aggd_ok(["replay", "-c", cfg.to_str().unwrap(), "--lost"]);
+    assert!(again.contains("nothing to replay"), "{again}");
+}
+
+/// Writes an aggd.toml with one plaintext listener, a journal with `journal_extra`, and a
+/// capturing destination.
+fn journal_config(
+    dir: &std::path::Path,
+    dest: SocketAddr,
+    journal_extra: &str,
+) -> std::path::PathBuf {
+    std::fs::write(
+        dir.join("aggregation-rules.conf"),
+        "agg.<t>.<s> (60) = sum <t>.<s>.*\n",
+    )
+    .unwrap();
+    let cfg = dir.join("aggd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[[listen]]\nprotocol = \"plaintext\"\naddress = \"127.0.0.1:0\"\n\
+             [aggregation]\nrules = \"aggregation-rules.conf\"\nmax_intervals = 40\n\
+             [workers]\ncount = 2\nflush_tick_ms = 50\n\
+             [journal]\ndir = \"journal\"\n{journal_extra}\n\
+             [service]\ndrain_timeout = \"2s\"\n\
+             [admin]\naddress = \"127.0.0.1:0\"\ntoken = \"edges-test-token\"\n\
+             [[destination]]\naddress = \"{dest}\"\nprotocol = \"pickle\"\n"
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+#[test]
+fn backpressure_on_a_full_disk_holds_input_and_sigterm_still_finishes() {
+    let down = common::Capture::start("pickle");
+    let dir = tempdir("bp-full");
+    // Free space can never reach this: every journal write fails as if the disk were full.
+    let cfg = journal_config(
+        &dir,
+        down.addr,
+        "on_full = \"backpressure\"\nmin_free_disk = 1152921504606846976\nqueue_records = 8",
+    );
+    let (mut aggd, addrs) = spawn_run(&["-c", cfg.to_str().unwrap()], 2);
+    let input = addr_of(&addrs, "plaintext/tcp");
+    let admin = addr_of(&addrs, "admin/http");
+    let now = common::now() as i64;
+    let ts = now - now.rem_euclid(60) - 120;
+    let mut s = TcpStream::connect(input).unwrap();
+    for i in 0..8000 {
+        // One frame per write: each waits for the journal.
+        s.write_all(format!("bp.s{}.h0 1 {ts}\n", i % 10).as_bytes())
+            .unwrap();
+        if i % 100 == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    // Nothing was aggregated unjournaled: input waits.
+    assert_eq!(
+        metric(admin, "aggd_dropped_total{reason=\"unjournaled\"}"),
+        0.0
+    );
+    assert_eq!(metric(admin, "aggd_received_total"), 0.0);
+    let t = Instant::now();
+    sigterm(&aggd);
+    assert!(wait_exit(&mut aggd, Duration::from_secs(15)).success());
+    assert!(
+        t.elapsed() < Duration::from_secs(8),
+        "shutdown took {:?} with a 2 s drain timeout",
+        t.elapsed()
+    );
+    // What could not be journaled by the deadline is ledgered.
+    let (entries, _) = aggd::journal::ledger::read(&dir.join("journal/ledger.jsonl")).unwrap();
+    assert!(
+        entries.iter().any(|e| e.reason == "unjournaled"),
+        "{entries:?}"
+    );
+}
