@@ -175,6 +175,8 @@ pub struct Stats {
     pub sent: AtomicU64,
     /// Open inbound TCP connections (carbon's activeConnections).
     pub active_connections: AtomicU64,
+    /// Inbound TCP connections closed at once because a connection limit was reached.
+    pub connections_refused: AtomicU64,
     /// The loss ledger, when the journal is on.
     ledger: OnceLock<Ledger>,
 }
@@ -188,6 +190,7 @@ impl Default for Stats {
             forwarded: AtomicU64::new(0),
             sent: AtomicU64::new(0),
             active_connections: AtomicU64::new(0),
+            connections_refused: AtomicU64::new(0),
             ledger: OnceLock::new(),
         }
     }

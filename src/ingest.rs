@@ -30,7 +30,7 @@ use crate::journal::ledger::Window;
 use crate::journal::record::Kind;
 use crate::journal::{Journal, NewRecord, Ticket};
 use crate::quarantine::Quarantine;
-use crate::route::{LocalRoutes, Route, Router};
+use crate::route::{LocalRoutes, Route, RouteBudget, Router};
 use crate::tenant::{Tenants, prefix};
 use arc_swap::ArcSwap;
 
@@ -52,6 +52,24 @@ pub struct Pipeline {
     pub tenants: Option<Arc<Tenants>>,
     /// Where rejected datapoints are written, when on.
     pub quarantine: Option<Arc<Quarantine>>,
+    /// Bytes left for the connections' private route caches.
+    pub route_budget: Arc<RouteBudget>,
+    /// Permits for open TCP connections (`limits.max_connections`).
+    pub connections: Arc<tokio::sync::Semaphore>,
+}
+
+impl Pipeline {
+    /// Budgets for connections and private route caches, from `limits`.
+    pub fn budgets(limits: &Limits) -> (Arc<RouteBudget>, Arc<tokio::sync::Semaphore>) {
+        (
+            RouteBudget::new(limits.private_route_cache_bytes),
+            Arc::new(tokio::sync::Semaphore::new(
+                limits
+                    .max_connections
+                    .min(tokio::sync::Semaphore::MAX_PERMITS),
+            )),
+        )
+    }
 }
 
 /// Per-connection batching state.
@@ -107,6 +125,10 @@ fn dispatch(
 /// Datapoints whose routes [`Ingest::accept_many`] looks up before writing their items.
 const LOOKUP_BATCH: usize = 8;
 
+/// Most work items one worker-queue slot holds (a TCP or HTTP batch larger than this is
+/// sent in pieces; a UDP datagram never has this many).
+pub const MAX_BATCH_ITEMS: usize = 16_384;
+
 impl Ingest {
     /// State for one connection from `peer` on listener `listener` (config index) of
     /// `kind`.
@@ -115,7 +137,7 @@ impl Ingest {
         let router = p.router.load_full();
         Ingest {
             router,
-            routes: LocalRoutes::default(),
+            routes: LocalRoutes::new(Arc::clone(&p.route_budget)),
             p,
             peer,
             listener,
@@ -392,26 +414,44 @@ impl Ingest {
     }
 
     /// Hands every pending batch to its worker once the journal has the frames, waiting
-    /// while a queue is full (backpressure on this connection only).
+    /// while a queue is full (backpressure on this connection only). A batch of more than
+    /// [`MAX_BATCH_ITEMS`] goes in pieces, in order, so a queue slot holds at most that.
     pub async fn flush(&mut self) {
         self.await_journal().await;
         for i in 0..self.pending.len() {
-            if self.pending[i].is_empty() {
+            let batch = std::mem::take(&mut self.pending[i]);
+            if batch.len() <= MAX_BATCH_ITEMS {
+                self.send_waiting(i, batch).await;
                 continue;
             }
-            let mut msg = WorkerMsg::Batch(std::mem::take(&mut self.pending[i]));
+            let mut items = batch.into_iter();
             loop {
-                match self.p.workers[i].try_send(msg) {
-                    Ok(()) => break,
-                    Err(TrySendError::Full(m)) => {
-                        msg = m;
-                        tokio::time::sleep(Duration::from_millis(1)).await;
-                    }
-                    Err(TrySendError::Disconnected(_)) => break,
+                let piece: Vec<WorkItem> = items.by_ref().take(MAX_BATCH_ITEMS).collect();
+                if piece.is_empty() {
+                    break;
                 }
+                self.send_waiting(i, piece).await;
             }
         }
         self.settle();
+    }
+
+    /// Sends `batch` (if not empty) to worker `i`, waiting while its queue is full.
+    async fn send_waiting(&self, i: usize, batch: Vec<WorkItem>) {
+        if batch.is_empty() {
+            return;
+        }
+        let mut msg = WorkerMsg::Batch(batch);
+        loop {
+            match self.p.workers[i].try_send(msg) {
+                Ok(()) => break,
+                Err(TrySendError::Full(m)) => {
+                    msg = m;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err(TrySendError::Disconnected(_)) => break,
+            }
+        }
     }
 
     /// Hands every pending batch on, blocking the thread while a queue is full. For the
@@ -498,6 +538,8 @@ mod tests {
             journal: None,
             tenants: None,
             quarantine: None,
+            route_budget: RouteBudget::new(1 << 20),
+            connections: Arc::new(tokio::sync::Semaphore::new(10)),
         });
         let peer = "127.0.0.1:9".parse().unwrap();
         (Ingest::new(p, peer, 0, Kind::PlaintextTcp), rx, stats)

@@ -12,6 +12,7 @@
 
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicIsize, Ordering};
 
 use dashmap::DashMap;
 
@@ -222,25 +223,95 @@ impl Router {
     }
 }
 
+/// The bytes that all connections' private route caches may hold together
+/// (`limits.private_route_cache_bytes`): a connection whose cache cannot take another
+/// entry is served by the shared cache instead, so many connections with many distinct
+/// paths cannot multiply memory.
+#[derive(Debug)]
+pub struct RouteBudget {
+    left: AtomicIsize,
+}
+
+impl RouteBudget {
+    /// A budget of `bytes`.
+    pub fn new(bytes: usize) -> Arc<RouteBudget> {
+        Arc::new(RouteBudget {
+            left: AtomicIsize::new(isize::try_from(bytes).unwrap_or(isize::MAX)),
+        })
+    }
+
+    /// Takes `n` bytes if that many are left.
+    fn take(&self, n: usize) -> bool {
+        let n = n as isize;
+        if self.left.fetch_sub(n, Ordering::Relaxed) < n {
+            self.left.fetch_add(n, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    fn give(&self, n: usize) {
+        self.left.fetch_add(n as isize, Ordering::Relaxed);
+    }
+
+    /// Bytes not taken.
+    pub fn left(&self) -> isize {
+        self.left.load(Ordering::Relaxed)
+    }
+}
+
+/// Heap bytes a private cache entry is charged beyond its path: the table slot, the
+/// `String` and the `Arc` of its route.
+pub const ENTRY_BYTES: usize = 64;
+
 /// A connection's private route cache in front of the shared one: no lock and no atomic
 /// operation on a hit, and warm in the connection's core. Bounded by [`LOCAL_ROUTES`]
-/// entries: when full, further paths are served by the shared cache without being kept
-/// (emptying it each time would thrash when a connection sees more paths than that), and
-/// it is emptied only after `8 × LOCAL_ROUTES` such misses, so a drifting set of paths
-/// still renews it. Emptied when a reload swaps the router.
-#[derive(Default)]
+/// entries and by a [`RouteBudget`] shared with every other connection: when either is
+/// reached, further paths are served by the shared cache without being kept (emptying it
+/// each time would thrash when a connection sees more paths than that), and it is emptied
+/// only after eight times its size in such misses, so a drifting set of paths still renews
+/// it. Emptied when a reload swaps the router; its bytes go back to the budget when it is
+/// emptied or dropped.
 pub struct LocalRoutes {
     map: hashbrown::HashMap<String, Arc<Route>, ahash::RandomState>,
     /// Lookups that missed while the cache was full, since it was last emptied.
     full_misses: usize,
     /// The route of the last such miss (held so a reference can be returned).
     overflow: Option<Arc<Route>>,
+    /// Where this cache's bytes come from.
+    budget: Arc<RouteBudget>,
+    /// Bytes taken from the budget.
+    bytes: usize,
+}
+
+impl Default for LocalRoutes {
+    /// A cache with a budget of its own, unbounded in bytes (replay and tests).
+    fn default() -> Self {
+        LocalRoutes::new(RouteBudget::new(usize::MAX))
+    }
+}
+
+impl Drop for LocalRoutes {
+    fn drop(&mut self) {
+        self.budget.give(self.bytes);
+    }
 }
 
 /// Most routes one connection caches privately.
 pub const LOCAL_ROUTES: usize = 1 << 16;
 
 impl LocalRoutes {
+    /// An empty cache charging `budget`.
+    pub fn new(budget: Arc<RouteBudget>) -> Self {
+        LocalRoutes {
+            map: hashbrown::HashMap::default(),
+            full_misses: 0,
+            overflow: None,
+            budget,
+            bytes: 0,
+        }
+    }
+
     /// The route of `path`: from this cache, else from `router` (see [`Router::lookup`]).
     #[inline]
     pub fn get(
@@ -249,21 +320,30 @@ impl LocalRoutes {
         path: &str,
         admit_new: impl FnOnce() -> Result<(), crate::drops::DropReason>,
     ) -> Result<&Route, crate::drops::DropReason> {
-        if self.map.len() >= LOCAL_ROUTES && !self.map.contains_key(path) {
-            self.full_misses += 1;
-            if self.full_misses > 8 * LOCAL_ROUTES {
-                self.clear();
-            } else {
-                let r = router.lookup(path, admit_new)?;
-                return Ok(&**self.overflow.insert(r));
-            }
+        if self.full_misses > 8 * self.map.len().max(1024) {
+            self.clear();
         }
+        let room = self.map.len() < LOCAL_ROUTES;
+        let LocalRoutes {
+            map,
+            full_misses,
+            overflow,
+            budget,
+            bytes,
+        } = self;
         // One hash lookup on a hit; the key is allocated only on insert.
-        match self.map.entry_ref(path) {
+        match map.entry_ref(path) {
             hashbrown::hash_map::EntryRef::Occupied(o) => Ok(&**o.into_mut()),
             hashbrown::hash_map::EntryRef::Vacant(v) => {
                 let r = router.lookup(path, admit_new)?;
-                Ok(&**v.insert(r))
+                let cost = path.len() + ENTRY_BYTES;
+                if room && budget.take(cost) {
+                    *bytes += cost;
+                    Ok(&**v.insert(r))
+                } else {
+                    *full_misses += 1;
+                    Ok(&**overflow.insert(r))
+                }
             }
         }
     }
@@ -274,10 +354,11 @@ impl LocalRoutes {
         self.map.get(path).map(|r| &**r)
     }
 
-    /// Forgets every route (the router was swapped).
+    /// Forgets every route (the router was swapped) and frees the table.
     pub fn clear(&mut self) {
-        self.map.clear();
+        self.map = hashbrown::HashMap::default();
         self.full_misses = 0;
+        self.budget.give(std::mem::take(&mut self.bytes));
     }
 }
 
@@ -350,6 +431,30 @@ mod tests {
         let refused = local.get(&r, "new", || Err(crate::drops::DropReason::SeriesLimit));
         assert_eq!(refused.err(), Some(crate::drops::DropReason::SeriesLimit));
         assert!(local.get(&r, "new", || Ok(())).is_ok());
+    }
+
+    #[test]
+    fn private_caches_share_one_byte_budget() {
+        let r = Router::new(aggregation("<x>.t (60) = sum <x>\n", "", false, 1 << 20), 2);
+        let budget = RouteBudget::new(100 * (ENTRY_BYTES + 6));
+        let mut a = LocalRoutes::new(Arc::clone(&budget));
+        let mut b = LocalRoutes::new(Arc::clone(&budget));
+        for i in 0..1000 {
+            for (c, tag) in [(&mut a, "a"), (&mut b, "b")] {
+                let p = format!("{tag}{i:05}");
+                let route = c.get(&r, &p, || Ok(())).unwrap();
+                assert_eq!(&*route.outputs[0].key.name, format!("{p}.t"));
+            }
+            assert!(budget.left() >= 0);
+        }
+        assert_eq!(
+            a.map.len() + b.map.len(),
+            100,
+            "exactly the budget's worth is kept"
+        );
+        drop(a);
+        b.clear();
+        assert_eq!(budget.left(), (100 * (ENTRY_BYTES + 6)) as isize);
     }
 
     #[test]

@@ -153,6 +153,7 @@ pub async fn start_with_io(
         },
     )?;
     let router = Arc::new(Router::new(a.clone(), config.workers.count));
+    let (route_budget, connections) = Pipeline::budgets(&config.limits);
     if let Some(j) = &journal {
         let rebuild_pipeline = Arc::new(Pipeline {
             router: ArcSwap::from(Arc::clone(&router)),
@@ -163,6 +164,8 @@ pub async fn start_with_io(
             journal: None,
             tenants: None,
             quarantine: None,
+            route_budget: Arc::clone(&route_budget),
+            connections: Arc::clone(&connections),
         });
         let dir = j.dir().to_path_buf();
         let cfg = config.clone();
@@ -192,6 +195,8 @@ pub async fn start_with_io(
         journal: journal.clone(),
         tenants: tenants.as_ref().map(|(t, _)| Arc::clone(t)),
         quarantine,
+        route_budget,
+        connections,
     });
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -233,7 +238,14 @@ pub async fn start_with_io(
         let kind = l.kind();
         tracing::info!(listener = kind, address = %addr, "listening");
         addrs.push((kind, addr));
-        l.serve(i as u16, Arc::clone(&pipeline), shutdown.clone(), &tracker)?;
+        let cap = config.listeners.get(i).and_then(|c| c.max_connections);
+        l.serve(
+            i as u16,
+            cap,
+            Arc::clone(&pipeline),
+            shutdown.clone(),
+            &tracker,
+        )?;
     }
     // Listeners bound and open intervals rebuilt: ready.
     observed.ready.store(true, Ordering::Relaxed);

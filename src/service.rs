@@ -108,6 +108,11 @@ impl Observed {
             "Open inbound TCP connections",
             gauge(ld(&s.active_connections)),
         );
+        reg.register(
+            "connections_refused",
+            "Inbound TCP connections closed at once: a connection limit was reached",
+            counter(ld(&s.connections_refused)),
+        );
         let drops = Family::<Vec<(String, String)>, Counter>::default();
         for r in DropReason::ALL {
             drops

@@ -37,6 +37,15 @@ pub struct Limits {
     /// decoding; datagrams past it are dropped as `queue_full` (counted, ledgered, and
     /// journaled first, so replay recovers them).
     pub udp_queue_bytes: usize,
+    /// Most open TCP connections (plaintext and pickle) over all listeners; a connection
+    /// past it is closed at once and counted (`connections_refused`).
+    pub max_connections: usize,
+    /// Most HTTP ingest requests processed at once per HTTP listener; past it, 503 and
+    /// counted (`connections_refused`).
+    pub max_http_requests: usize,
+    /// Bytes all connections' private route caches may hold together (each entry is
+    /// charged its path plus 64); past it, lookups go to the shared route cache.
+    pub private_route_cache_bytes: usize,
 }
 
 impl Default for Limits {
@@ -50,6 +59,9 @@ impl Default for Limits {
             max_http_body_bytes: 16 << 20,
             udp_receive_buffer_bytes: 32 << 20,
             udp_queue_bytes: 64 << 20,
+            max_connections: 1024,
+            max_http_requests: 32,
+            private_route_cache_bytes: 64 << 20,
         }
     }
 }

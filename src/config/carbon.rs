@@ -138,11 +138,13 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             protocol: Protocol::Plaintext,
             transport: Transport::Tcp,
             address: addr("LINE_RECEIVER_INTERFACE", "LINE_RECEIVER_PORT", 2003)?,
+            max_connections: None,
         },
         ListenFile {
             protocol: Protocol::Pickle,
             transport: Transport::Tcp,
             address: addr("PICKLE_RECEIVER_INTERFACE", "PICKLE_RECEIVER_PORT", 2004)?,
+            max_connections: None,
         },
     ];
     if flag("ENABLE_UDP_LISTENER", false)? {
@@ -150,6 +152,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             protocol: Protocol::Plaintext,
             transport: Transport::Udp,
             address: addr("UDP_RECEIVER_INTERFACE", "UDP_RECEIVER_PORT", 2003)?,
+            max_connections: None,
         });
     }
     let protocol = match get("DESTINATION_PROTOCOL").unwrap_or("pickle") {

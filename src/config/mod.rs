@@ -7,6 +7,7 @@
 //! carbon.conf `[aggregator]` section.
 
 pub mod carbon;
+pub mod memory;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -97,6 +98,9 @@ pub struct ListenFile {
     pub transport: Transport,
     /// `host:port`; port 0 picks a free port.
     pub address: String,
+    /// Most open connections on this listener (TCP); besides `limits.max_connections`.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
 }
 
 fn default_max_intervals() -> u32 {
@@ -442,6 +446,8 @@ pub struct ListenerConfig {
     pub transport: Transport,
     /// Address to bind, `host:port`.
     pub address: String,
+    /// Most open connections on this listener (TCP), if limited.
+    pub max_connections: Option<usize>,
 }
 
 /// Where a destination sends.
@@ -650,6 +656,7 @@ impl Config {
                 protocol: l.protocol,
                 transport: l.transport,
                 address: l.address,
+                max_connections: l.max_connections,
             });
         }
         let a = file.aggregation;
@@ -884,6 +891,16 @@ impl Config {
         }
         for d in &self.destinations {
             let _ = writeln!(s, "destination: {} ({:?})", d.name(), d.protocol);
+        }
+        let series = 100_000;
+        let bound = self.memory_bound(series);
+        let _ = writeln!(
+            s,
+            "memory bound with {series} live output series: {} MiB (docs/operations.md)",
+            bound.total() >> 20
+        );
+        for (what, bytes) in &bound.terms {
+            let _ = writeln!(s, "  {what}: {} MiB", bytes >> 20);
         }
         s
     }

@@ -10,7 +10,12 @@
 //! 400 an unusable body (bad gzip, undecodable pickle, JSON that is not an array of
 //! datapoints); 401 a missing or unknown API key; 413 a body over
 //! `limits.max_http_body_bytes` (compressed or decoded); 415 an unsupported Content-Type;
-//! 429 with `Retry-After: 1` when the tenant's rate limit rejected every datapoint.
+//! 429 with `Retry-After: 1` when the tenant's rate limit rejected every datapoint;
+//! 503 when `limits.max_http_requests` requests are already in progress (counted as
+//! `connections_refused`).
+//!
+//! gzip decoding and body decoding run on tokio's blocking pool, never on the threads that
+//! serve connections.
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -34,6 +39,8 @@ use crate::ingest::{Ingest, Pipeline};
 
 struct HttpState {
     pipeline: Arc<Pipeline>,
+    /// Permits for requests in progress (`limits.max_http_requests`).
+    requests: Arc<tokio::sync::Semaphore>,
     index: u16,
     max_body: usize,
 }
@@ -97,7 +104,9 @@ async fn ingest(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
     let body = if gzip {
-        match gunzip(&body, s.max_body) {
+        let max = s.max_body;
+        let unzipped = tokio::task::spawn_blocking(move || gunzip(&body, max)).await;
+        match unzipped.unwrap_or(Err(false)) {
             Ok(b) => b,
             Err(true) => {
                 return error(StatusCode::PAYLOAD_TOO_LARGE, "decoded body over the limit");
@@ -109,13 +118,19 @@ async fn ingest(
     };
     let mut ing = Ingest::new(Arc::clone(&s.pipeline), peer, s.index, kind);
     ing.journal_as(&body, now, peer, kind, tenant.clone()).await;
-    let decoded = ing.http(
-        kind,
-        &body,
-        tenant.as_deref(),
-        &mut PickleDecoder::new(),
-        now,
-    );
+    let decode = tokio::task::spawn_blocking(move || {
+        let decoded = ing.http(
+            kind,
+            &body,
+            tenant.as_deref(),
+            &mut PickleDecoder::new(),
+            now,
+        );
+        (ing, decoded)
+    });
+    let Ok((mut ing, decoded)) = decode.await else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "decoding failed");
+    };
     if let Err(e) = decoded {
         ing.reject(DropReason::BadFrame, 1);
         ing.flush().await;
@@ -142,6 +157,26 @@ async fn ingest(
 }
 
 /// Serves HTTP ingest on `listener` until `shutdown`.
+/// Holds a request permit (`limits.max_http_requests`) while a request is read and
+/// processed, so the bodies in memory are bounded; 503 without one.
+async fn admit(
+    State(s): State<Arc<HttpState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Ok(_permit) = Arc::clone(&s.requests).try_acquire_owned() else {
+        s.pipeline
+            .stats
+            .connections_refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many requests in progress (limits.max_http_requests)",
+        );
+    };
+    next.run(req).await
+}
+
 pub(super) async fn serve(
     listener: tokio::net::TcpListener,
     index: u16,
@@ -149,7 +184,12 @@ pub(super) async fn serve(
     shutdown: CancellationToken,
 ) {
     let max_body = pipeline.limits.max_http_body_bytes;
+    let requests = pipeline
+        .limits
+        .max_http_requests
+        .min(tokio::sync::Semaphore::MAX_PERMITS);
     let state = Arc::new(HttpState {
+        requests: Arc::new(tokio::sync::Semaphore::new(requests)),
         pipeline,
         index,
         max_body,
@@ -158,6 +198,10 @@ pub(super) async fn serve(
         .route("/api/v1/ingest", post(ingest))
         .route("/", post(ingest))
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            admit,
+        ))
         .with_state(state);
     let serve = axum::serve(
         listener,

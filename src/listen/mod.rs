@@ -12,6 +12,8 @@ mod http;
 mod tcp;
 mod udp;
 
+pub use tcp::{READ_MAX, READ_MIN};
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -121,11 +123,12 @@ impl BoundListener {
         }
     }
 
-    /// Serves this listener (number `index` in the config) until `shutdown`; connection
-    /// tasks are spawned on `tracker`.
+    /// Serves this listener (number `index` in the config, at most `max_connections` open
+    /// at once if given) until `shutdown`; connection tasks are spawned on `tracker`.
     pub(crate) fn serve(
         self,
         index: u16,
+        max_connections: Option<usize>,
         pipeline: Arc<Pipeline>,
         shutdown: CancellationToken,
         tracker: &TaskTracker,
@@ -150,6 +153,7 @@ impl BoundListener {
                     l,
                     index,
                     kind,
+                    max_connections,
                     pipeline,
                     shutdown,
                     tracker.clone(),

@@ -1,4 +1,11 @@
 //! TCP connections: plaintext lines and pickle frames.
+//!
+//! Memory per connection is bounded and follows the traffic: the read buffer starts at
+//! [`READ_MIN`] and doubles while reads fill it, up to [`READ_MAX`]; it shrinks back when
+//! reads get small, and is released whenever it holds no partial line or frame. A partial
+//! line or frame makes it grow only as far as that needs (at most `max_line_bytes` or
+//! `max_pickle_frame_bytes`). Open connections are capped per listener and in total; a
+//! connection past a cap is closed at once and counted as `connections_refused`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -6,8 +13,8 @@ use std::time::Duration;
 use std::net::SocketAddr;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -18,17 +25,34 @@ use crate::drops::DropReason;
 use crate::ingest::{Ingest, Pipeline};
 use crate::journal::record::Kind;
 
-/// Bytes requested per read.
-const READ_BYTES: usize = 256 * 1024;
+/// Smallest read buffer (an idle connection holds at most this, plus a partial line).
+pub const READ_MIN: usize = 4 << 10;
+/// Largest read buffer (a busy connection's reads).
+pub const READ_MAX: usize = 256 << 10;
+
+/// Both connection permits (the listener's, if capped, and the total's), or `None`.
+fn admit(
+    listener_cap: Option<&Arc<Semaphore>>,
+    total: &Arc<Semaphore>,
+) -> Option<(Option<OwnedSemaphorePermit>, OwnedSemaphorePermit)> {
+    let own = match listener_cap {
+        Some(s) => Some(Arc::clone(s).try_acquire_owned().ok()?),
+        None => None,
+    };
+    Some((own, Arc::clone(total).try_acquire_owned().ok()?))
+}
 
 pub(super) async fn accept_loop(
     listener: TcpListener,
     index: u16,
     kind: Kind,
+    max_connections: Option<usize>,
     pipeline: Arc<Pipeline>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
+    let cap = max_connections.map(|n| Arc::new(Semaphore::new(n.min(Semaphore::MAX_PERMITS))));
+    let mut last_refusal_log: Option<std::time::Instant> = None;
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -36,14 +60,33 @@ pub(super) async fn accept_loop(
         };
         match accepted {
             Ok((sock, peer)) => {
+                let Some(permits) = admit(cap.as_ref(), &pipeline.connections) else {
+                    drop(sock);
+                    let n = pipeline
+                        .stats
+                        .connections_refused
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                        + 1;
+                    if last_refusal_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                        last_refusal_log = Some(std::time::Instant::now());
+                        tracing::warn!(%peer, listener = index, refused_total = n, "connection limit reached; connection closed");
+                    }
+                    continue;
+                };
                 let _ = sock.set_nodelay(true);
                 let sd = shutdown.clone();
                 let p = Arc::clone(&pipeline);
                 let ingest = Ingest::new(p, peer, index, kind);
                 if kind == Kind::PickleTcp {
-                    tracker.spawn(pickle_conn(sock, ingest, sd));
+                    tracker.spawn(async move {
+                        pickle_conn(sock, ingest, sd).await;
+                        drop(permits);
+                    });
                 } else {
-                    tracker.spawn(plaintext_conn(sock, ingest, sd));
+                    tracker.spawn(async move {
+                        plaintext_conn(sock, ingest, sd).await;
+                        drop(permits);
+                    });
                 }
             }
             Err(e) => {
@@ -55,24 +98,85 @@ pub(super) async fn accept_loop(
     }
 }
 
-/// Reads into `buf`; on shutdown only what the kernel already holds. `Ok(0)` = end.
+/// A connection's read buffer, sized by its traffic (see the module docs).
+struct ReadBuf {
+    buf: BytesMut,
+    /// Spare capacity wanted for the next read: [`READ_MIN`]..=[`READ_MAX`].
+    want: usize,
+}
+
+impl ReadBuf {
+    fn new() -> Self {
+        ReadBuf {
+            buf: BytesMut::new(),
+            want: READ_MIN,
+        }
+    }
+
+    /// Makes room for a read: `want` bytes, allocated only now (an idle connection holds
+    /// no buffer until its socket is readable).
+    fn prepare(&mut self) {
+        if self.buf.capacity() - self.buf.len() < self.want / 2 {
+            self.buf.reserve(self.want);
+        }
+    }
+
+    /// Adapts `want` to a read of `n` bytes into `spare` bytes of room.
+    fn read(&mut self, n: usize, spare: usize) {
+        if n == spare {
+            self.want = (self.want * 2).min(READ_MAX);
+        } else if n < self.want / 4 {
+            self.want = (self.want / 2).max(READ_MIN);
+        }
+    }
+
+    /// The socket has nothing to read: free a buffer that holds nothing, and shrink one
+    /// that holds only a small partial line or frame, so an idle connection keeps (almost)
+    /// no memory. Busy connections never get here with data waiting, and keep theirs.
+    fn idle(&mut self) {
+        if self.buf.is_empty() {
+            self.buf = BytesMut::new();
+        } else if self.buf.capacity() > 4 * self.buf.len().max(READ_MIN) {
+            self.buf = BytesMut::from(&self.buf[..]);
+        }
+    }
+}
+
+/// Reads into `rb`, waiting for the socket to be readable; on shutdown only what the
+/// kernel already holds. `Ok(0)` = end.
 async fn read_more(
     sock: &mut TcpStream,
-    buf: &mut BytesMut,
+    rb: &mut ReadBuf,
     shutdown: &CancellationToken,
     draining: &mut bool,
 ) -> std::io::Result<usize> {
-    buf.reserve(READ_BYTES);
-    if !*draining {
-        tokio::select! {
-            biased;
-            r = sock.read_buf(buf) => return r,
-            _ = shutdown.cancelled() => *draining = true,
-        }
+    if shutdown.is_cancelled() {
+        *draining = true;
     }
-    match sock.try_read_buf(buf) {
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(0),
-        r => r,
+    // Reads below go straight to the socket; this keeps a busy connection from holding
+    // its runtime thread (tokio's cooperative budget, as an awaited read would).
+    tokio::task::consume_budget().await;
+    loop {
+        rb.prepare();
+        let spare = rb.buf.capacity() - rb.buf.len();
+        match sock.try_read_buf(&mut rb.buf) {
+            Ok(n) => {
+                rb.read(n, spare);
+                return Ok(n);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if *draining {
+                    return Ok(0);
+                }
+                rb.idle();
+                tokio::select! {
+                    biased;
+                    r = sock.readable() => r?,
+                    _ = shutdown.cancelled() => *draining = true,
+                }
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -180,14 +284,14 @@ async fn serve(
     let peer = sock
         .peer_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-    let mut buf = BytesMut::with_capacity(READ_BYTES);
+    let mut rb = ReadBuf::new();
     let mut frames = Vec::new();
     let mut draining = false;
     // Only a clean end of stream completes an unfinished last line; after a reset it may
     // be a cut-off line that would parse into a wrong datapoint.
     let mut eof = false;
     loop {
-        match read_more(&mut sock, &mut buf, &shutdown, &mut draining).await {
+        match read_more(&mut sock, &mut rb, &shutdown, &mut draining).await {
             Ok(0) => {
                 eof = !draining;
                 break;
@@ -198,11 +302,11 @@ async fn serve(
                 break;
             }
         }
-        d.frames(&mut buf, &mut ingest, &mut frames);
+        d.frames(&mut rb.buf, &mut ingest, &mut frames);
         process(&mut frames, &mut d, &mut ingest, peer).await;
         ingest.flush().await;
     }
-    frames.extend(d.finish(&mut buf, &mut ingest, eof));
+    frames.extend(d.finish(&mut rb.buf, &mut ingest, eof));
     process(&mut frames, &mut d, &mut ingest, peer).await;
     ingest.flush().await;
     stats

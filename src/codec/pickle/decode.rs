@@ -20,6 +20,12 @@
 //! Strings are not copied: binary-protocol strings are ranges of the frame. Only protocol-0
 //! `STRING`/`UNICODE` text, which needs unescaping, goes to a scratch buffer reused between
 //! frames, like every other buffer of the decoder.
+//!
+//! Memory follows what a frame uses, not what it names: the memo is dense only up to the
+//! number of objects created so far (CPython numbers memo slots in order), and a slot
+//! beyond that goes to a small map, so a 7-byte frame naming slot 1 048 575 costs one map
+//! entry. After a frame, buffers grown past [`KEEP_BYTES`] are released, so a frame of a
+//! million opcodes costs its memory only while it is decoded.
 
 use super::super::{Limits, finish_point};
 use crate::datapoint::Datapoint;
@@ -68,13 +74,19 @@ struct Chunk {
     next: u32,
 }
 
+/// Bytes of decode buffers a decoder keeps between frames; larger ones are released.
+pub const KEEP_BYTES: usize = 64 << 10;
+
 /// Reusable decoder state; one per connection. See the module docs for the limits.
 #[derive(Default)]
 pub struct PickleDecoder {
     objs: Vec<Obj>,
     stack: Vec<u32>,
     marks: Vec<usize>,
+    /// Memo slots `0..memo.len()`, grown only up to the number of objects.
     memo: Vec<u32>,
+    /// Memo slots beyond the dense part (never written by a normal pickler).
+    sparse_memo: hashbrown::HashMap<u32, u32>,
     items: Vec<u32>,
     chunks: Vec<Chunk>,
     scratch: String,
@@ -319,21 +331,67 @@ impl PickleDecoder {
             .filter(|i| *i < limits.max_pickle_objects)
             .ok_or(BAD)?;
         let top = self.top()?;
-        if idx >= self.memo.len() {
+        if idx < self.memo.len() {
+            self.memo[idx] = top;
+        } else if idx <= self.objs.len() {
             self.memo.resize(idx + 1, NONE);
+            self.memo[idx] = top;
+        } else {
+            if self.sparse_memo.len() >= limits.max_pickle_objects {
+                return Err(BAD);
+            }
+            self.sparse_memo.insert(idx as u32, top);
         }
-        self.memo[idx] = top;
         Ok(())
     }
 
     fn memo_get(&mut self, idx: u64) -> R<()> {
         let id = usize::try_from(idx)
             .ok()
-            .and_then(|i| self.memo.get(i).copied())
+            .and_then(|i| match self.memo.get(i) {
+                Some(id) => Some(*id),
+                None => self.sparse_memo.get(&u32::try_from(i).ok()?).copied(),
+            })
             .filter(|id| *id != NONE)
             .ok_or(BAD)?;
         self.stack.push(id);
         Ok(())
+    }
+
+    /// Bytes of buffer capacity the decoder holds between frames (for the memory bound).
+    pub fn retained_bytes(&self) -> usize {
+        fn b<T>(v: &Vec<T>) -> usize {
+            v.capacity() * std::mem::size_of::<T>()
+        }
+        b(&self.objs)
+            + b(&self.stack)
+            + b(&self.marks)
+            + b(&self.memo)
+            + b(&self.items)
+            + b(&self.chunks)
+            + self.scratch.capacity()
+            + self.sparse_memo.capacity() * 8
+    }
+
+    /// Releases buffers that grew past [`KEEP_BYTES`] decoding the last frame.
+    fn release_large(&mut self) {
+        fn cap<T>(v: &mut Vec<T>) {
+            if v.capacity() * std::mem::size_of::<T>() > KEEP_BYTES {
+                *v = Vec::new();
+            }
+        }
+        cap(&mut self.objs);
+        cap(&mut self.stack);
+        cap(&mut self.marks);
+        cap(&mut self.memo);
+        cap(&mut self.items);
+        cap(&mut self.chunks);
+        if self.scratch.capacity() > KEEP_BYTES {
+            self.scratch = String::new();
+        }
+        if self.sparse_memo.capacity() > 0 {
+            self.sparse_memo = hashbrown::HashMap::new();
+        }
     }
 
     fn tuple_from(&mut self, from: usize, limits: &Limits) -> R<()> {
@@ -385,6 +443,7 @@ impl PickleDecoder {
         self.stack.clear();
         self.marks.clear();
         self.memo.clear();
+        self.sparse_memo.clear();
         self.items.clear();
         self.chunks.clear();
         self.scratch.clear();
@@ -747,6 +806,22 @@ impl PickleDecoder {
         if frame.len() > limits.max_pickle_frame_bytes || frame.len() >= u32::MAX as usize / 2 {
             return Err(DropReason::FrameTooLarge);
         }
+        let result = self.decode_frame(frame, now, limits, run, &mut emit);
+        self.release_large();
+        result
+    }
+
+    fn decode_frame<F>(
+        &mut self,
+        frame: &[u8],
+        now: f64,
+        limits: &Limits,
+        run: usize,
+        emit: &mut F,
+    ) -> R<()>
+    where
+        F: FnMut(Result<&[Datapoint<'_>], DropReason>),
+    {
         let top = self.run(frame, limits)?;
         let run = run.max(1);
         let mut points = Vec::with_capacity(run);

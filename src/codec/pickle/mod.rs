@@ -8,7 +8,7 @@
 
 mod decode;
 
-pub use decode::PickleDecoder;
+pub use decode::{KEEP_BYTES, PickleDecoder};
 
 use bytes::{Buf, Bytes, BytesMut};
 use serde::ser::{Serialize, SerializeSeq, SerializeTuple, Serializer};

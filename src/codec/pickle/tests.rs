@@ -331,3 +331,46 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn memo_and_opcode_bombs_leave_nothing_behind() {
+    let limits = Limits::default();
+    let mut d = PickleDecoder::new();
+    // A 7-byte frame that names a memo slot near the object budget: one sparse entry.
+    let r = d.decode(b"]r\xff\xff\x0f\x00.", 0.0, &limits, |_| {});
+    assert_eq!(r, Ok(()));
+    assert!(d.retained_bytes() <= KEEP_BYTES, "{}", d.retained_bytes());
+    // A million None opcodes: decoded (and rejected), then released.
+    let mut nones = vec![b'N'; 1_000_000];
+    nones.push(b'.');
+    assert_eq!(
+        d.decode(&nones, 0.0, &limits, |_| {}),
+        Err(DropReason::BadFrame)
+    );
+    assert!(
+        d.retained_bytes() <= 6 * KEEP_BYTES,
+        "{}",
+        d.retained_bytes()
+    );
+    // The decoder still decodes a normal frame afterwards.
+    assert_eq!(decode(CPYTHON[2]).unwrap().len(), 3);
+    assert_eq!(
+        d.decode(CPYTHON[2], 42.0, &limits, |_| {}),
+        Ok(()),
+        "reused after the bombs"
+    );
+}
+
+#[test]
+fn sparse_memo_slots_resolve_like_dense_ones() {
+    // [("a", (1, 2))] with the path put in slot 70000 and fetched back from it.
+    let frame =
+        b"\x80\x02]X\x01\x00\x00\x00ar\x70\x11\x01\x000j\x70\x11\x01\x00K\x01K\x02\x86\x86a.";
+    let mut d = PickleDecoder::new();
+    let mut out = Vec::new();
+    let r = d.decode(frame, 0.0, &Limits::default(), |p| {
+        out.push(p.map(|p| (p.path.to_string(), p.timestamp, p.value)))
+    });
+    assert_eq!(r, Ok(()));
+    assert_eq!(out, vec![Ok(("a".to_string(), 1.0, 2.0))]);
+}

@@ -1,0 +1,117 @@
+//! The daemon's memory bound, as a formula over its configuration.
+//!
+//! Every term is the most that part of aggd can hold with the configuration as it is;
+//! `aggd check` prints them, and `docs/operations.md` explains each. The bound is a worst
+//! case: each term assumes its part is full at the same moment. Live output series are
+//! the one quantity the configuration bounds only through tenants' `max_series`, so the
+//! caller names how many to count.
+
+use super::{Config, Protocol, Transport};
+use crate::codec::pickle::KEEP_BYTES;
+use crate::ingest::MAX_BATCH_ITEMS;
+use crate::listen::READ_MAX;
+use crate::route::ENTRY_BYTES;
+
+/// Code, the tokio runtime, thread stacks and allocator slack.
+pub const BASE_BYTES: u64 = 64 << 20;
+/// Per output series: its key, table slot and `max_intervals` buckets (measured, see
+/// `docs/performance.md`: about 1.6 KB).
+pub const SERIES_BYTES: u64 = 2 << 10;
+/// Arena bytes the pickle decoder uses per object (object, stack slot, container item).
+pub const PICKLE_BYTES_PER_OBJECT: u64 = 24;
+/// Bytes of one queued work item (series key pointer, timestamp, value).
+pub const WORK_ITEM_BYTES: u64 = 24;
+/// The shortest carbon plaintext line that is a datapoint (`a 1 1\n`).
+const SHORTEST_LINE: u64 = 6;
+
+/// The terms of the bound, in bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemoryBound {
+    /// `(what, bytes)`, in the order `docs/operations.md` lists them.
+    pub terms: Vec<(&'static str, u64)>,
+}
+
+impl MemoryBound {
+    /// The sum of every term.
+    pub fn total(&self) -> u64 {
+        self.terms.iter().map(|(_, b)| b).sum()
+    }
+}
+
+impl Config {
+    /// The memory bound of this configuration with `live_series` output series.
+    pub fn memory_bound(&self, live_series: u64) -> MemoryBound {
+        let l = &self.limits;
+        let u = |v: usize| v as u64;
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get() as u64);
+        let decode = PICKLE_BYTES_PER_OBJECT * u(l.max_pickle_objects);
+        let outputs = u(self.aggregation.rules.rules().len().max(1));
+        // Work items decoded from `bytes` of input and waiting to be handed on.
+        let items = |bytes: u64| bytes / SHORTEST_LINE * WORK_ITEM_BYTES * outputs;
+        // A connection: its read buffer (room for a read, plus a partial line or frame,
+        // doubled by growth), the previous buffer still held by frames in flight, and the
+        // work items of one read.
+        let per_conn = |p: Protocol| match p {
+            Protocol::Plaintext => {
+                let read = u(READ_MAX) + u(l.max_line_bytes);
+                2 * read + u(READ_MAX) + items(read) + (16 << 10)
+            }
+            Protocol::Pickle => {
+                let read = u(READ_MAX) + u(l.max_pickle_frame_bytes);
+                2 * read + u(READ_MAX) + items(read) + u(KEEP_BYTES) + (16 << 10)
+            }
+            // A request: the body, its gzip-decoded copy, a decode arena, its work items.
+            Protocol::Http => {
+                3 * u(l.max_http_body_bytes) + decode + items(u(l.max_http_body_bytes))
+            }
+        };
+        let mut tcp = 0;
+        let mut largest = 0;
+        let mut udp = 0;
+        let mut http = 0;
+        for c in &self.listeners {
+            match c.transport {
+                Transport::Udp => udp += u(l.udp_queue_bytes) + (64 << 10),
+                Transport::Tcp if c.protocol == Protocol::Http => {
+                    http += u(l.max_http_requests) * per_conn(c.protocol);
+                }
+                Transport::Tcp => {
+                    let n = c
+                        .max_connections
+                        .unwrap_or(usize::MAX)
+                        .min(l.max_connections);
+                    tcp += u(n) * per_conn(c.protocol);
+                    largest = largest.max(per_conn(c.protocol));
+                }
+            }
+        }
+        let connections = tcp.min(u(l.max_connections) * largest) + http;
+        // A queue slot holds at most MAX_BATCH_ITEMS work items.
+        let per_batch = u(MAX_BATCH_ITEMS) * WORK_ITEM_BYTES;
+        let worker_queues = u(self.workers.count) * u(self.workers.queue_batches) * per_batch;
+        let destinations: u64 = self
+            .destinations
+            .iter()
+            .map(|d| u(d.queue_datapoints) * 48)
+            .sum();
+        let journal = if self.journal.is_some() { 8 << 20 } else { 0 };
+        MemoryBound {
+            terms: vec![
+                ("base", BASE_BYTES),
+                ("connections and HTTP requests", connections),
+                ("UDP queues", udp),
+                ("pickle decoding in progress", threads * decode),
+                ("private route caches", u(l.private_route_cache_bytes)),
+                (
+                    "shared route cache",
+                    u(self.aggregation.route_cache_entries)
+                        * (u(l.max_path_bytes) + ENTRY_BYTES as u64 + 192),
+                ),
+                ("worker queues", worker_queues),
+                ("destination queues", destinations),
+                ("journal writer", journal),
+                ("live output series", live_series * SERIES_BYTES),
+            ],
+        }
+    }
+}
