@@ -95,6 +95,8 @@ pub struct Ingest {
     /// Start-up rebuild: the input was counted (and its drops ledgered) when it was first
     /// received, so nothing is counted again.
     rebuild: bool,
+    /// Start-up rebuild of input whose aggregates the previous run delivered.
+    delivered: bool,
 }
 
 /// Queues `dp` for each of `route`'s output series (per owning worker) and, if the route
@@ -150,6 +152,7 @@ impl Ingest {
             received: 0,
             received_total: 0,
             rebuild: false,
+            delivered: false,
         }
     }
 
@@ -161,6 +164,15 @@ impl Ingest {
         Ingest {
             rebuild: true,
             ..Ingest::new(p, peer, u16::MAX, Kind::PlaintextTcp)
+        }
+    }
+
+    /// Start-up rebuild: whether the input that follows was delivered downstream by the
+    /// previous run (see [`WorkerMsg::Rebuild`]); hands on what is pending first.
+    pub fn set_delivered(&mut self, delivered: bool) {
+        if delivered != self.delivered {
+            self.flush_blocking();
+            self.delivered = delivered;
         }
     }
 
@@ -461,7 +473,10 @@ impl Ingest {
             if !self.pending[i].is_empty() {
                 let batch = std::mem::take(&mut self.pending[i]);
                 let msg = if self.rebuild {
-                    WorkerMsg::Rebuild(batch)
+                    WorkerMsg::Rebuild {
+                        items: batch,
+                        delivered: self.delivered,
+                    }
                 } else {
                     WorkerMsg::Batch(batch)
                 };
@@ -481,7 +496,9 @@ impl Ingest {
             }
             let batch = std::mem::take(&mut self.pending[i]);
             if let Err(e) = self.p.workers[i].try_send(WorkerMsg::Batch(batch)) {
-                let (WorkerMsg::Batch(batch) | WorkerMsg::Rebuild(batch)) = e.into_inner() else {
+                let (WorkerMsg::Batch(batch) | WorkerMsg::Rebuild { items: batch, .. }) =
+                    e.into_inner()
+                else {
                     continue;
                 };
                 let n = batch.len() as u64;

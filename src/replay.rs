@@ -94,9 +94,15 @@ pub fn for_each_datapoint(
 }
 
 /// Feeds every record received in the last [`acceptance_span`] into the workers through
-/// `ingest` (which must not journal). Blocking; call before listeners start. Returns the
-/// number of records read.
-pub fn rebuild(config: &Config, dir: &Path, ingest: &mut Ingest) -> std::io::Result<u64> {
+/// `ingest` (which must not journal). Records below `delivered_below` (the clean-shutdown
+/// mark, [`crate::journal::clean`]) go in as already delivered. Blocking; call before
+/// listeners start. Returns the number of records read.
+pub fn rebuild(
+    config: &Config,
+    dir: &Path,
+    ingest: &mut Ingest,
+    delivered_below: Option<u64>,
+) -> std::io::Result<u64> {
     let span = acceptance_span(config);
     if span == 0.0 {
         return Ok(0);
@@ -111,6 +117,7 @@ pub fn rebuild(config: &Config, dir: &Path, ingest: &mut Ingest) -> std::io::Res
         i64::MAX,
         |rec| {
             n += 1;
+            ingest.set_delivered(delivered_below.is_some_and(|b| rec.meta.seq < b));
             let t = rec.meta.received_us as f64 / 1e6;
             match rec.meta.kind {
                 Kind::PickleTcp => ingest.pickle(&mut decoder, rec.payload, t),
@@ -199,11 +206,27 @@ pub fn replay(
     };
     let mut summary = ReplaySummary::default();
     let windows = merge(opts.windows.clone());
-    let plans: Vec<_> = windows
+    // Each journal range is read once: windows whose read ranges (the window widened by
+    // the acceptance span) overlap are replayed from one read.
+    let mut groups: Vec<(Window, Vec<Window>)> = Vec::new();
+    for w in &windows {
+        let range = Window {
+            from: w.from - span,
+            to: w.to + span,
+        };
+        match groups.last_mut() {
+            Some((r, ws)) if range.from <= r.to => {
+                *r = r.union(range);
+                ws.push(*w);
+            }
+            _ => groups.push((range, vec![*w])),
+        }
+    }
+    let plans: Vec<_> = groups
         .iter()
-        .map(|w| {
-            let from_us = ((w.from - span) * 1e6) as i64;
-            let to_us = ((w.to + span) * 1e6) as i64;
+        .map(|(r, _)| {
+            let from_us = (r.from * 1e6) as i64;
+            let to_us = (r.to * 1e6) as i64;
             reader::plan(dir, from_us, to_us).map(|p| (from_us, to_us, p))
         })
         .collect::<Result<_, _>>()?;
@@ -213,7 +236,7 @@ pub fn replay(
         .sum();
     let mut done = 0u64;
     let mut sender = Sender::new(config, opts)?;
-    for (w, (from_us, to_us, _)) in windows.iter().zip(plans) {
+    for ((_, group), (from_us, to_us, _)) in groups.iter().zip(plans) {
         let mut table = SeriesTable::new(settings);
         let mut decoder = PickleDecoder::new();
         let limits = config.limits.clone();
@@ -257,7 +280,7 @@ pub fn replay(
         table.drain_all(|key, start, value| {
             let f = f64::from(key.frequency);
             let s = start as f64;
-            let overlaps = s <= w.to && s + f > w.from;
+            let overlaps = group.iter().any(|w| s <= w.to && s + f > w.from);
             let wanted = opts
                 .matching
                 .as_ref()

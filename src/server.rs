@@ -6,7 +6,9 @@
 //! 2. workers receive `Shutdown`, emit every dirty bucket (open intervals included) and exit;
 //! 3. destination senders write what is queued; what is left at the deadline is counted as
 //!    `destination_down` (and ledgered);
-//! 4. the journal writes what is queued and fsyncs; the loss ledger is flushed.
+//! 4. the journal writes what is queued and fsyncs; the loss ledger is flushed; if every
+//!    destination took and acknowledged everything, the clean-shutdown mark is written
+//!    ([`crate::journal::clean`]), so the next start does not re-send what was delivered.
 //!
 //! One deadline, `service.drain_timeout` after shutdown begins, bounds every wait: the
 //! journal stops waiting for a full disk (connections then count `unjournaled`), and the
@@ -169,9 +171,10 @@ pub async fn start_with_io(
         });
         let dir = j.dir().to_path_buf();
         let cfg = config.clone();
+        let delivered_below = crate::journal::clean::take(&dir);
         tokio::task::spawn_blocking(move || {
             let mut ingest = Ingest::for_rebuild(rebuild_pipeline);
-            replay::rebuild(&cfg, &dir, &mut ingest)
+            replay::rebuild(&cfg, &dir, &mut ingest, delivered_below)
         })
         .await
         .map_err(std::io::Error::other)??;
@@ -398,9 +401,16 @@ impl Server {
         self.tracker.wait().await;
         let workers = self.workers;
         let _ = tokio::task::spawn_blocking(move || workers.shutdown()).await;
-        self.senders.drain(&self.dests, deadline).await;
+        let delivered = self.senders.drain(&self.dests, deadline).await;
         if let Some(j) = self.journal {
-            let _ = tokio::task::spawn_blocking(move || j.close()).await;
+            let closed = Arc::clone(&j);
+            let _ = tokio::task::spawn_blocking(move || closed.close()).await;
+            if delivered {
+                let next_seq = j.stats().next_seq.load(Ordering::Relaxed);
+                if let Err(e) = crate::journal::clean::write(j.dir(), next_seq) {
+                    tracing::warn!(error = %e, "cannot write the clean-shutdown mark; the next start re-sends open intervals");
+                }
+            }
         }
         if let Some((stop, t)) = self.ledger_flusher {
             stop.store(true, Ordering::Relaxed);

@@ -419,3 +419,231 @@ fn hostile_clients_stay_within_the_memory_bound_and_good_senders_aggregate_exact
         HOSTILE_RSS_EXPECTED >> 20
     );
 }
+
+/// The "N records" figure of an `aggd replay` summary line.
+fn records_read(out: &str) -> u64 {
+    let rest = out.split("replay").nth(1).unwrap();
+    let n = rest.split(" records").next().unwrap();
+    n.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn replay_lost_reads_the_journal_once_for_many_ledger_entries() {
+    let down = common::Capture::start("pickle");
+    let dir = tempdir("lost-once");
+    let cfg = journal_config(&dir, down.addr, "");
+    let (mut aggd, addrs) = spawn_run(&["-c", cfg.to_str().unwrap()], 2);
+    let now = common::now() as i64;
+    let base = now - now.rem_euclid(60);
+    send_minutes(addr_of(&addrs, "plaintext/tcp"), "r", 10, 2..4, base);
+    std::thread::sleep(Duration::from_millis(500));
+    sigterm(&aggd);
+    assert!(wait_exit(&mut aggd, Duration::from_secs(30)).success());
+    // Fifty losses ten seconds apart, as a flapping destination leaves them.
+    let mut ledger = String::new();
+    for i in 0..50 {
+        let t = base - 240 + 10 * i;
+        ledger.push_str(&format!(
+            "{{\"id\":{},\"at\":{now},\"reason\":\"unconfirmed\",\"from\":{t}.0,\"to\":{t}.0,\"count\":1}}\n",
+            i + 1
+        ));
+    }
+    std::fs::write(dir.join("journal/ledger.jsonl"), ledger).unwrap();
+    let c = cfg.to_str().unwrap();
+    let lost = aggd_ok(["replay", "-c", c, "--lost", "--dry-run"]);
+    let from = (base - 240).to_string();
+    let to = (base + 250).to_string();
+    let whole = aggd_ok(["replay", "-c", c, "--from", &from, "--to", &to, "--dry-run"]);
+    assert!(records_read(&whole) > 0, "{whole}");
+    assert_eq!(records_read(&lost), records_read(&whole), "{lost}\n{whole}");
+}
+
+/// A small deterministic generator (SplitMix64), so a failing soak can be re-run.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Waits until aggd says it took (journaled and handed on) `n` datapoints in this run.
+fn wait_received(admin: SocketAddr, n: f64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(admin, "aggd_received_total") < n {
+        assert!(
+            Instant::now() < deadline,
+            "aggd did not take {n} datapoints"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn clean_restart_does_not_resend_what_was_delivered() {
+    let down = common::Capture::start("pickle");
+    let dir = tempdir("clean-restart");
+    let cfg = journal_config(&dir, down.addr, "");
+    let c = cfg.to_str().unwrap();
+    let now = common::now() as i64;
+    let base = now - now.rem_euclid(60);
+    let (mut aggd, addrs) = spawn_run(&["-c", c], 2);
+    let expected = send_minutes(addr_of(&addrs, "plaintext/tcp"), "c", 20, 2..4, base);
+    wait_received(addr_of(&addrs, "admin/http"), 80.0);
+    sigterm(&aggd);
+    assert!(wait_exit(&mut aggd, Duration::from_secs(30)).success());
+    let delivered = down.received.lock().unwrap().datapoints;
+    assert!(delivered >= expected.len(), "{delivered}");
+    // A quiet run after a clean shutdown sends nothing again.
+    let (mut aggd, _) = spawn_run(&["-c", c], 2);
+    std::thread::sleep(Duration::from_secs(1));
+    sigterm(&aggd);
+    assert!(wait_exit(&mut aggd, Duration::from_secs(30)).success());
+    assert_eq!(down.received.lock().unwrap().datapoints, delivered);
+    // After a crash, the next start re-sends the open intervals, complete.
+    let (aggd, addrs) = spawn_run(&["-c", c], 2);
+    let more = send_minutes(addr_of(&addrs, "plaintext/tcp"), "c", 20, 2..3, base);
+    wait_received(addr_of(&addrs, "admin/http"), 40.0);
+    signal(aggd.id(), "-KILL");
+    let (mut aggd, _) = spawn_run(&["-c", c], 2);
+    let mut all = expected.clone();
+    for (k, v) in more {
+        *all.get_mut(&k).unwrap() += v;
+    }
+    down.wait_for("complete aggregates after the crash", |got| {
+        all.iter().all(|(k, v)| got.get(k) == Some(v))
+    });
+    sigterm(&aggd);
+    assert!(wait_exit(&mut aggd, Duration::from_secs(30)).success());
+}
+
+#[test]
+fn lifecycle_soak_every_start_succeeds_and_downstream_matches() {
+    let seed = common::now() as u64;
+    eprintln!("lifecycle soak seed {seed}");
+    let mut rng = Rng(seed);
+    let down = common::Capture::start("pickle");
+    let dir = tempdir("soak");
+    let cfg = journal_config(&dir, down.addr, "fsync = \"never\"");
+    let c = cfg.to_str().unwrap();
+    let now = common::now() as i64;
+    let base = now - now.rem_euclid(60);
+    let mut expected: BTreeMap<(String, i64), f64> = BTreeMap::new();
+    for cycle in 0..30 {
+        let mode = rng.below(5);
+        if mode == 4 {
+            // Killed at a random point of its start (recovery, rebuild, binding).
+            let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_aggd"))
+                .args(["run", "-c", c])
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(rng.below(400)));
+            let _ = child.kill();
+            let _ = child.wait();
+            continue;
+        }
+        let (mut aggd, addrs) = spawn_run(&["-c", c], 2);
+        assert!(
+            aggd.try_wait().unwrap().is_none(),
+            "start {cycle} failed (seed {seed})"
+        );
+        if mode >= 2 {
+            let series = 1 + rng.below(30) as usize;
+            let first = 2 + rng.below(4) as i64;
+            let sent = send_minutes(
+                addr_of(&addrs, "plaintext/tcp"),
+                &format!("k{}", rng.below(3)),
+                series,
+                first..first + 1 + rng.below(2) as i64,
+                base,
+            );
+            let n = sent.len() as f64 * 2.0;
+            for (k, v) in sent {
+                *expected.entry(k).or_insert(0.0) += v;
+            }
+            wait_received(addr_of(&addrs, "admin/http"), n);
+        }
+        std::thread::sleep(Duration::from_millis(rng.below(300)));
+        if mode.is_multiple_of(2) {
+            signal(aggd.id(), "-KILL");
+            let _ = aggd.wait();
+        } else {
+            sigterm(&aggd);
+            let st = wait_exit(&mut aggd, Duration::from_secs(30));
+            assert!(st.success(), "cycle {cycle}: {st} (seed {seed})");
+        }
+    }
+    // One last clean run delivers whatever a kill left open.
+    let (mut aggd, _) = spawn_run(&["-c", c], 2);
+    down.wait_for("every aggregate of the soak", |got| {
+        expected.iter().all(|(k, v)| got.get(k) == Some(v))
+    });
+    sigterm(&aggd);
+    assert!(wait_exit(&mut aggd, Duration::from_secs(30)).success());
+    let got = down.snapshot();
+    for (k, v) in &expected {
+        assert_eq!(got.get(k), Some(v), "{k:?} (seed {seed})");
+    }
+}
+
+/// Runs `aggd ARGS`, expecting failure; returns its stderr.
+fn aggd_fails(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_aggd"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "aggd {args:?} should fail");
+    String::from_utf8(out.stderr).unwrap()
+}
+
+#[test]
+fn start_errors_name_the_path_and_say_it_once() {
+    let dir = tempdir("errors");
+    let missing = dir.join("missing.toml");
+    let err = aggd_fails(&["run", "-c", missing.to_str().unwrap()]);
+    assert!(err.contains(missing.to_str().unwrap()), "{err}");
+    assert_eq!(err.matches("os error 2").count(), 1, "{err}");
+    // A journal directory that cannot be created: the error names it.
+    let down = common::Capture::start("pickle");
+    let cfg = journal_config(&dir, down.addr, "");
+    std::fs::write(dir.join("journal"), b"a file, not a directory").unwrap();
+    let err = aggd_fails(&["run", "-c", cfg.to_str().unwrap()]);
+    assert!(
+        err.contains(&*dir.join("journal").to_string_lossy()),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_second_daemon_on_the_same_journal_is_refused_and_the_first_is_untouched() {
+    let down = common::Capture::start("pickle");
+    let dir = tempdir("two-daemons");
+    let cfg = journal_config(&dir, down.addr, "");
+    let c = cfg.to_str().unwrap();
+    let (mut first, addrs) = spawn_run(&["-c", c], 2);
+    let err = aggd_fails(&["run", "-c", c]);
+    assert!(
+        err.contains(&*dir.join("journal").to_string_lossy())
+            && err.contains(&format!("pid {}", first.id())),
+        "{err}"
+    );
+    // The first daemon still aggregates exactly.
+    let now = common::now() as i64;
+    let base = now - now.rem_euclid(60);
+    let expected = send_minutes(addr_of(&addrs, "plaintext/tcp"), "two", 5, 2..3, base);
+    sigterm(&first);
+    assert!(wait_exit(&mut first, Duration::from_secs(30)).success());
+    let got = down.snapshot();
+    for (k, v) in &expected {
+        assert_eq!(got.get(k), Some(v), "{k:?}");
+    }
+}

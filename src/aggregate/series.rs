@@ -78,7 +78,16 @@ impl Series {
         }
     }
 
-    fn add(&mut self, ts: f64, value: f64, now: f64, s: &Settings) -> Result<(), DropReason> {
+    /// Adds a value; `dirty` = it was not yet delivered downstream (see
+    /// [`SeriesTable::add_as`]).
+    fn add(
+        &mut self,
+        ts: f64,
+        value: f64,
+        now: f64,
+        s: &Settings,
+        dirty: bool,
+    ) -> Result<(), DropReason> {
         let f = f64::from(self.frequency);
         let start = floor_to(ts, f);
         let now_bucket = floor_to(now, f);
@@ -109,7 +118,7 @@ impl Series {
             return Err(DropReason::BucketFull);
         }
         b.acc.add(value, self.method);
-        b.dirty = true;
+        b.dirty |= dirty;
         Ok(())
     }
 
@@ -177,12 +186,28 @@ impl SeriesTable {
         value: f64,
         now: f64,
     ) -> Result<(), DropReason> {
+        self.add_as(key, ts, value, now, true)
+    }
+
+    /// Like [`SeriesTable::add`]; with `dirty` false the value counts as already delivered
+    /// in its bucket's last emission (the start-up rebuild of input that the previous run
+    /// flushed and delivered before a clean shutdown): the bucket is emitted again only
+    /// once it gets new data, and then with every value.
+    #[inline]
+    pub fn add_as(
+        &mut self,
+        key: &Arc<SeriesKey>,
+        ts: f64,
+        value: f64,
+        now: f64,
+        dirty: bool,
+    ) -> Result<(), DropReason> {
         let s = &self.settings;
         if let Some(series) = self.series.get_mut(key) {
-            return series.add(ts, value, now, s);
+            return series.add(ts, value, now, s, dirty);
         }
         let mut series = Series::new(key.method, key.frequency, now, s);
-        let r = series.add(ts, value, now, s);
+        let r = series.add(ts, value, now, s, dirty);
         if r.is_ok() {
             self.series.insert(Arc::clone(key), series);
         }

@@ -48,8 +48,14 @@ pub enum WorkerMsg {
     Batch(Vec<WorkItem>),
     /// Datapoints re-read from the journal at start-up: added like a batch, but those
     /// outside the window now are skipped without being counted (they were accounted for
-    /// when first received).
-    Rebuild(Vec<WorkItem>),
+    /// when first received). With `delivered`, the previous run emitted and delivered
+    /// them before a clean shutdown: their buckets are not emitted again for them alone.
+    Rebuild {
+        /// The datapoints.
+        items: Vec<WorkItem>,
+        /// Already delivered downstream.
+        delivered: bool,
+    },
     /// Emit every dirty bucket, open or not, then exit.
     Shutdown,
 }
@@ -131,7 +137,7 @@ fn now_ms() -> u64 {
 
 impl Worker {
     /// Applies `items[*next..]`, advancing `*next` past each item before applying it.
-    fn apply(&mut self, items: &[WorkItem], next: &mut usize, count_drops: bool) {
+    fn apply(&mut self, items: &[WorkItem], next: &mut usize, count_drops: bool, dirty: bool) {
         let now = now_unix();
         let mut rejected: Option<&Arc<str>> = None;
         while *next < items.len() {
@@ -140,7 +146,9 @@ impl Worker {
             if self.hooks.panic_on_series.as_deref() == Some(&*it.key.name) {
                 panic!("fault injection: panic on series {}", it.key.name);
             }
-            if let Err(reason) = self.table.add(&it.key, it.timestamp, it.value, now)
+            if let Err(reason) = self
+                .table
+                .add_as(&it.key, it.timestamp, it.value, now, dirty)
                 && count_drops
             {
                 self.tally.add(reason, 1, it.timestamp);
@@ -155,11 +163,11 @@ impl Worker {
 
     /// Applies a batch; a datapoint whose processing panics is counted as `panic`,
     /// ledgered and quarantined, and the rest of the batch is applied.
-    fn apply_guarded(&mut self, items: &[WorkItem], count_drops: bool) {
+    fn apply_guarded(&mut self, items: &[WorkItem], count_drops: bool, dirty: bool) {
         let mut next = 0;
         while next < items.len() {
             let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                self.apply(items, &mut next, count_drops)
+                self.apply(items, &mut next, count_drops, dirty)
             }));
             if r.is_ok() {
                 break;
@@ -196,8 +204,10 @@ impl Worker {
         let mut next_tick = Instant::now() + self.tick;
         loop {
             match rx.recv_deadline(next_tick) {
-                Ok(WorkerMsg::Batch(items)) => self.apply_guarded(&items, true),
-                Ok(WorkerMsg::Rebuild(items)) => self.apply_guarded(&items, false),
+                Ok(WorkerMsg::Batch(items)) => self.apply_guarded(&items, true, true),
+                Ok(WorkerMsg::Rebuild { items, delivered }) => {
+                    self.apply_guarded(&items, false, !delivered)
+                }
                 Ok(WorkerMsg::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
                     self.sweep(true);
                     return;

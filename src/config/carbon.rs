@@ -81,9 +81,9 @@ fn parse_destination(entry: &str) -> Option<String> {
 /// Errors: unreadable or unparsable file, no `[aggregator]` section, bad values (named by
 /// key), or invalid rules files.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Io {
         file: path.to_path_buf(),
-        source,
+        error,
     })?;
     let ini = ini::Ini::load_from_str_opt(
         &text,

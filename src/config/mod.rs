@@ -25,12 +25,12 @@ use crate::rules::rewrite::RewriteRules;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("{}: cannot read: {source}", file.display())]
+    #[error("{}: cannot read: {error}", file.display())]
     Io {
         /// The file.
         file: PathBuf,
-        /// The IO error.
-        source: std::io::Error,
+        /// The IO error (part of the message, so not also a `source`: printed once).
+        error: std::io::Error,
     },
     /// The file is not valid TOML or INI, or has unknown keys or wrong types.
     #[error("{}: {message}", file.display())]
@@ -630,9 +630,9 @@ fn journal_config(j: JournalFile, base: &Path, path: &Path) -> Result<JournalCon
 impl Config {
     /// Reads, parses and validates a TOML config file (and the rules files it names).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Io {
             file: path.to_path_buf(),
-            source,
+            error,
         })?;
         let file: File = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
             file: path.to_path_buf(),
@@ -773,7 +773,7 @@ impl Config {
                     (_, Some(f)) => {
                         let f = resolve(base, &f);
                         std::fs::read_to_string(&f)
-                            .map_err(|source| ConfigError::Io { file: f, source })?
+                            .map_err(|error| ConfigError::Io { file: f, error })?
                             .trim()
                             .to_string()
                     }

@@ -151,18 +151,21 @@ impl Sink for Destinations {
 impl Senders {
     /// Lets every sender write what is queued, then stop; waits until `deadline` at most.
     /// What is still queued after that is counted as `destination_down` and the tasks are
-    /// stopped.
-    pub async fn drain(self, dests: &Destinations, deadline: tokio::time::Instant) {
+    /// stopped. Returns whether every destination took everything and acknowledged it.
+    pub async fn drain(self, dests: &Destinations, deadline: tokio::time::Instant) -> bool {
         self.drain.cancel();
+        let mut complete = true;
         for t in self.tasks {
             let abort = t.abort_handle();
             if tokio::time::timeout_at(deadline, t).await.is_err() {
                 abort.abort();
+                complete = false;
             }
         }
         for d in &dests.dests {
             let left = d.counters.queued.swap(0, Ordering::Relaxed);
             let w = d.counters.queued_window.lock().ok().and_then(|q| *q);
+            complete &= left == 0;
             if let Some(w) = w {
                 dests.stats.record_drop(
                     DropReason::DestinationDown,
@@ -178,9 +181,11 @@ impl Senders {
                 .unwrap_or_else(|p| p.into_inner())
                 .take(Duration::MAX);
             if let Some((w, n)) = unconfirmed {
+                complete = false;
                 ledger_unconfirmed(&dests.stats, &d.counters, &d.name, w, n);
             }
         }
+        complete
     }
 }
 

@@ -38,6 +38,7 @@
 //! - Retention deletes whole sealed segments only, oldest first.
 //! - A segment exceeds `segment_bytes` by at most one writer batch (4 MiB).
 
+pub mod clean;
 pub mod io;
 pub mod ledger;
 pub mod reader;

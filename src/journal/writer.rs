@@ -91,6 +91,8 @@ pub struct JournalStats {
     pub segments_deleted: AtomicU64,
     /// Sequence number of the last record written.
     pub last_seq: AtomicU64,
+    /// The sequence number the next record will get.
+    pub next_seq: AtomicU64,
 }
 
 enum Msg {
@@ -355,6 +357,7 @@ impl Writer {
     ) -> std::io::Result<Writer> {
         let (file, index) = Writer::open_segment(&*io, &cfg.dir, next_seq)?;
         let active = Arc::new(Mutex::new(file.try_clone().ok()));
+        stats.next_seq.store(next_seq, Ordering::Relaxed);
         Ok(Writer {
             cfg,
             io,
@@ -509,6 +512,7 @@ impl Writer {
         self.stats
             .last_seq
             .store(self.next_seq.wrapping_sub(1), Ordering::Relaxed);
+        self.stats.next_seq.store(self.next_seq, Ordering::Relaxed);
         self.dirty = true;
         Ok(())
     }

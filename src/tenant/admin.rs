@@ -37,12 +37,17 @@ pub struct Admin {
     pub write: tokio::sync::Mutex<()>,
 }
 
+/// Whether the request carries the admin token. The comparison takes the same time
+/// wherever the first difference is (`subtle`), so timing does not reveal a prefix.
 fn authorized(admin: &Admin, headers: &HeaderMap) -> bool {
+    use subtle::ConstantTimeEq;
     headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| !admin.token.is_empty() && t == admin.token)
+        .is_some_and(|t| {
+            !admin.token.is_empty() && bool::from(t.as_bytes().ct_eq(admin.token.as_bytes()))
+        })
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {

@@ -109,9 +109,9 @@ impl Registry {
 
     /// Reads a registry file.
     pub fn load(file: &Path) -> Result<Registry, ConfigError> {
-        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Io {
+        let text = std::fs::read_to_string(file).map_err(|error| ConfigError::Io {
             file: file.to_path_buf(),
-            source,
+            error,
         })?;
         Registry::parse(&text, file)
     }
