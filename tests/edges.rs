@@ -287,7 +287,7 @@ fn framed(body: &[u8]) -> Vec<u8> {
 
 /// What the hostile clients below can make aggd hold, by the per-state costs in
 /// `docs/operations.md` ("Memory"): 64 MiB base; 2 000 idle connections at a 4 KiB read
-/// buffer each; 220 pickle connections at 4 KiB plus a 64 KiB decoder; one million-object
+/// buffer each; 420 pickle connections at 4 KiB plus a 64 KiB decoder; one million-object
 /// frame decoding on each of two runtime threads (24 MiB each); the private route caches'
 /// 8 MiB budget; 100 000 shared route cache entries of about 300 bytes; the worker and
 /// destination queues of this small flow. About 200 MiB; before the fix, with a million
@@ -310,10 +310,10 @@ fn hostile_clients_stay_within_the_memory_bound_and_good_senders_aggregate_exact
             "[[listen]]\nprotocol = \"plaintext\"\naddress = \"127.0.0.1:0\"\n\
              max_connections = 2200\n\
              [[listen]]\nprotocol = \"pickle\"\naddress = \"127.0.0.1:0\"\n\
-             max_connections = 220\n\
+             max_connections = 420\n\
              [aggregation]\nrules = \"aggregation-rules.conf\"\nmax_intervals = 40\n\
              route_cache_entries = 100000\n\
-             [limits]\nmax_path_bytes = 256\nmax_connections = 2400\n\
+             [limits]\nmax_path_bytes = 256\nmax_connections = 2600\n\
              private_route_cache_bytes = 8388608\n\
              [workers]\ncount = 2\nflush_tick_ms = 50\nqueue_batches = 16\n\
              [journal]\ndir = \"journal\"\n\
@@ -340,6 +340,12 @@ fn hostile_clients_stay_within_the_memory_bound_and_good_senders_aggregate_exact
         s.write_all(&framed(b"]r\xff\xff\x0f\x00.")).unwrap();
         held.push(s);
     }
+    // 200 pickle connections, each with only the 4-byte header of a 1 000 000-byte frame.
+    for _ in 0..200 {
+        let mut s = TcpStream::connect(pickle).unwrap();
+        s.write_all(&1_000_000u32.to_be_bytes()).unwrap();
+        held.push(s);
+    }
     // 20 pickle connections, each with a frame of a million None opcodes.
     let mut nones = vec![b'N'; 1_000_000];
     nones.push(b'.');
@@ -348,7 +354,7 @@ fn hostile_clients_stay_within_the_memory_bound_and_good_senders_aggregate_exact
         s.write_all(&framed(&nones)).unwrap();
         held.push(s);
     }
-    // The pickle listener is at its cap of 220: one more is closed at once, and counted.
+    // The pickle listener is at its cap of 420: one more is closed at once, and counted.
     let mut extra = TcpStream::connect(pickle).unwrap();
     extra
         .set_read_timeout(Some(Duration::from_secs(10)))

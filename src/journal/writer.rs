@@ -768,6 +768,11 @@ impl Journal {
     /// (until shutdown's deadline, see [`Journal::begin_shutdown`]); with `"ingest"`
     /// returns [`Ticket::Skipped`] at once.
     pub async fn submit(&self, rec: NewRecord) -> Ticket {
+        if self.control.stop.load(Ordering::Relaxed) {
+            // Closed: nothing would ever write it.
+            self.stats.unjournaled.fetch_add(1, Ordering::Relaxed);
+            return Ticket::Skipped;
+        }
         let (done, rx) = oneshot::channel();
         let mut msg = Msg::Record(rec, done);
         loop {

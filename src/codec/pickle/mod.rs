@@ -69,7 +69,8 @@ impl PickleFramer {
             return Some(FrameEvent::TooLarge(len as u64));
         }
         if buf.len() < HEADER_BYTES + len {
-            buf.reserve(HEADER_BYTES + len - buf.len());
+            // No reservation for the declared length: the buffer grows with the bytes
+            // that actually arrive (a 4-byte header alone must not pin a megabyte).
             return None;
         }
         buf.advance(HEADER_BYTES);
