@@ -113,10 +113,13 @@ fn wait_whisper(cc: &CarbonCache, expected: &BTreeMap<(String, i64), f64>, withi
     }
 }
 
-#[test]
-fn destination_stopped_then_killed_loses_nothing_after_replay_lost() {
-    let cc = CarbonCache::start();
-    let dir = tempdir("dest-death");
+/// Writes an aggd.toml with one plaintext listener, a journal with `journal_extra`, and a
+/// capturing destination.
+fn journal_config(
+    dir: &std::path::Path,
+    dest: SocketAddr,
+    journal_extra: &str,
+) -> std::path::PathBuf {
     std::fs::write(
         dir.join("aggregation-rules.conf"),
         "agg.<t>.<s> (60) = sum <t>.<s>.*\n",
@@ -129,13 +132,21 @@ fn destination_stopped_then_killed_loses_nothing_after_replay_lost() {
             "[[listen]]\nprotocol = \"plaintext\"\naddress = \"127.0.0.1:0\"\n\
              [aggregation]\nrules = \"aggregation-rules.conf\"\nmax_intervals = 40\n\
              [workers]\ncount = 2\nflush_tick_ms = 50\n\
-             [journal]\ndir = \"journal\"\n\
+             [journal]\ndir = \"journal\"\n{journal_extra}\n\
+             [service]\ndrain_timeout = \"2s\"\n\
              [admin]\naddress = \"127.0.0.1:0\"\ntoken = \"edges-test-token\"\n\
-             [[destination]]\naddress = \"127.0.0.1:{}\"\nprotocol = \"pickle\"\n",
-            cc.port
+             [[destination]]\naddress = \"{dest}\"\nprotocol = \"pickle\"\n"
         ),
     )
     .unwrap();
+    cfg
+}
+
+#[test]
+fn destination_stopped_then_killed_loses_nothing_after_replay_lost() {
+    let cc = CarbonCache::start();
+    let dir = tempdir("dest-death");
+    let cfg = journal_config(&dir, SocketAddr::from(([127, 0, 0, 1], cc.port)), "");
     let (mut aggd, addrs) = spawn_run(&["-c", cfg.to_str().unwrap()], 2);
     let input = addr_of(&addrs, "plaintext/tcp");
     let admin = addr_of(&addrs, "admin/http");
@@ -189,35 +200,6 @@ fn destination_stopped_then_killed_loses_nothing_after_replay_lost() {
     // Replayed windows are marked: a second --lost has nothing left to do.
     let again = aggd_ok(["replay", "-c", cfg.to_str().unwrap(), "--lost"]);
     assert!(again.contains("nothing to replay"), "{again}");
-}
-
-/// Writes an aggd.toml with one plaintext listener, a journal with `journal_extra`, and a
-/// capturing destination.
-fn journal_config(
-    dir: &std::path::Path,
-    dest: SocketAddr,
-    journal_extra: &str,
-) -> std::path::PathBuf {
-    std::fs::write(
-        dir.join("aggregation-rules.conf"),
-        "agg.<t>.<s> (60) = sum <t>.<s>.*\n",
-    )
-    .unwrap();
-    let cfg = dir.join("aggd.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[[listen]]\nprotocol = \"plaintext\"\naddress = \"127.0.0.1:0\"\n\
-             [aggregation]\nrules = \"aggregation-rules.conf\"\nmax_intervals = 40\n\
-             [workers]\ncount = 2\nflush_tick_ms = 50\n\
-             [journal]\ndir = \"journal\"\n{journal_extra}\n\
-             [service]\ndrain_timeout = \"2s\"\n\
-             [admin]\naddress = \"127.0.0.1:0\"\ntoken = \"edges-test-token\"\n\
-             [[destination]]\naddress = \"{dest}\"\nprotocol = \"pickle\"\n"
-        ),
-    )
-    .unwrap();
-    cfg
 }
 
 #[test]

@@ -202,28 +202,47 @@ async fn failing_fsync_with_always_reports_unjournaled() {
     j.close();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn backpressure_holds_every_record_until_the_disk_has_room() {
-    let dir = tmp("bp");
+/// A backpressure journal (queue of 4) whose disk fails with `fault`, and `n` senders
+/// submitting one record each; returns the fault switch, the journal, its directory and
+/// the senders (each resolving to whether its record was journaled).
+fn backpressured(
+    tag: &str,
+    fault: Faults,
+    n: i64,
+) -> (
+    FaultyIo,
+    Arc<Journal>,
+    std::path::PathBuf,
+    Vec<tokio::task::JoinHandle<bool>>,
+) {
+    let dir = tmp(tag);
     let (faults, io) = faulty();
     let mut c = cfg(&dir, 1 << 20, 1 << 30);
     c.on_full = OnFull::Backpressure;
     c.queue_records = 4;
     let (j, _) = Journal::open_with(c, io).unwrap();
-    faults.set(Faults {
+    faults.set(fault);
+    let senders = (0..n)
+        .map(|i| {
+            let j = Arc::clone(&j);
+            tokio::spawn(async move {
+                j.submit(rec(i, format!("m {i} 1\n").as_bytes()))
+                    .await
+                    .wait()
+                    .await
+            })
+        })
+        .collect();
+    (faults, j, dir, senders)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backpressure_holds_every_record_until_the_disk_has_room() {
+    let full = Faults {
         space_left: Some(0),
         ..Faults::default()
-    });
-    let mut senders = Vec::new();
-    for i in 0..40 {
-        let j = Arc::clone(&j);
-        senders.push(tokio::spawn(async move {
-            j.submit(rec(i, format!("m {i} 1\n").as_bytes()))
-                .await
-                .wait()
-                .await
-        }));
-    }
+    };
+    let (faults, j, dir, senders) = backpressured("bp", full, 40);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
         senders.iter().all(|s| !s.is_finished()),
@@ -240,23 +259,11 @@ async fn backpressure_holds_every_record_until_the_disk_has_room() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_deadline_ends_backpressure_on_a_full_disk() {
-    let dir = tmp("bp-stop");
-    let (faults, io) = faulty();
-    let mut c = cfg(&dir, 1 << 20, 1 << 30);
-    c.on_full = OnFull::Backpressure;
-    c.queue_records = 4;
-    let (j, _) = Journal::open_with(c, io).unwrap();
-    faults.set(Faults {
+    let read_only = Faults {
         read_only: true,
         ..Faults::default()
-    });
-    let mut senders = Vec::new();
-    for i in 0..20 {
-        let j = Arc::clone(&j);
-        senders.push(tokio::spawn(async move {
-            j.submit(rec(i, b"m 1 1\n")).await.wait().await
-        }));
-    }
+    };
+    let (_faults, j, _dir, senders) = backpressured("bp-stop", read_only, 20);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let started = Instant::now();
     j.begin_shutdown(started + Duration::from_millis(300));
