@@ -206,6 +206,33 @@ impl Observed {
                 "Bytes of all journal segments",
                 gauge(j.size_on_disk()),
             );
+            reg.register(
+                "journal_write_errors",
+                "Journal batch writes or rotations that failed",
+                counter(ld(&js.write_errors)),
+            );
+            reg.register(
+                "journal_fsync_errors",
+                "Journal fsyncs that failed",
+                counter(ld(&js.fsync_errors)),
+            );
+            reg.register(
+                "journal_unjournaled",
+                "Records the journal could not write",
+                counter(ld(&js.unjournaled)),
+            );
+        }
+        if let Some(l) = self.stats.ledger() {
+            reg.register(
+                "ledger_unwritten_entries",
+                "Loss ledger entries kept in memory because the ledger file cannot be written",
+                gauge(l.unwritten() as u64),
+            );
+            reg.register(
+                "ledger_write_errors",
+                "Loss ledger flushes that failed",
+                counter(l.write_errors()),
+            );
         }
         reg.register("ready", "1 when ready", gauge(u64::from(self.is_ready())));
         let mut out = String::new();

@@ -233,6 +233,7 @@ fn backpressure_on_a_full_disk_holds_input_and_sigterm_still_finishes() {
         0.0
     );
     assert_eq!(metric(admin, "aggd_received_total"), 0.0);
+    assert!(metric(admin, "aggd_journal_write_errors_total") > 0.0);
     let t = Instant::now();
     sigterm(&aggd);
     assert!(wait_exit(&mut aggd, Duration::from_secs(15)).success());
