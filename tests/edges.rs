@@ -584,14 +584,30 @@ fn lifecycle_soak_every_start_succeeds_and_downstream_matches() {
     }
 }
 
-/// Runs `aggd ARGS`, expecting failure; returns its stderr.
+/// Runs `aggd ARGS`, expecting it to fail within 15 s; returns its stderr.
 fn aggd_fails(args: &[&str]) -> String {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_aggd"))
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_aggd"))
         .args(args)
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
-    assert!(!out.status.success(), "aggd {args:?} should fail");
-    String::from_utf8(out.stderr).unwrap()
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("aggd {args:?} should fail, but it is still running");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "aggd {args:?} should fail");
+    err
 }
 
 #[test]
