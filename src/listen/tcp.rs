@@ -1,8 +1,9 @@
 //! TCP connections: plaintext lines and pickle frames.
 //!
 //! Memory per connection is bounded and follows the traffic: the read buffer starts at
-//! [`READ_MIN`] and doubles while reads fill it, up to [`READ_MAX`]; it shrinks back when
-//! reads get small, and is released whenever it holds no partial line or frame. A partial
+//! [`READ_MIN`] and doubles while reads fill it, up to [`READ_MAX`]; a connection quiet
+//! for half a second gives its buffer back (keeping only a partial line or frame) and
+//! starts small again. A partial
 //! line or frame makes it grow only as far as that needs (at most `max_line_bytes` or
 //! `max_pickle_frame_bytes`). Open connections are capped per listener and in total; a
 //! connection past a cap is closed at once and counted as `connections_refused`.
@@ -29,6 +30,8 @@ use crate::journal::record::Kind;
 pub const READ_MIN: usize = 4 << 10;
 /// Largest read buffer (a busy connection's reads).
 pub const READ_MAX: usize = 256 << 10;
+/// How long a connection's socket stays empty before its read buffer is released.
+const IDLE_AFTER: Duration = Duration::from_millis(500);
 
 /// Both connection permits (the listener's, if capped, and the total's), or `None`.
 fn admit(
@@ -121,24 +124,26 @@ impl ReadBuf {
         }
     }
 
-    /// Adapts `want` to a read of `n` bytes into `spare` bytes of room.
+    /// Adapts `want` to a read of `n` bytes into `spare` bytes of room: a read that
+    /// fills the room doubles it (a busy connection soon reads 256 KiB at a time, so a
+    /// journal record and a flush carry many lines). It shrinks only once the connection
+    /// goes quiet ([`ReadBuf::idle`]).
     fn read(&mut self, n: usize, spare: usize) {
         if n == spare {
             self.want = (self.want * 2).min(READ_MAX);
-        } else if n < self.want / 4 {
-            self.want = (self.want / 2).max(READ_MIN);
         }
     }
 
-    /// The socket has nothing to read: free a buffer that holds nothing, and shrink one
-    /// that holds only a small partial line or frame, so an idle connection keeps (almost)
-    /// no memory. Busy connections never get here with data waiting, and keep theirs.
+    /// The socket has been quiet for [`IDLE_AFTER`]: free a buffer that holds nothing,
+    /// and shrink one that holds only a small partial line or frame, so an idle connection
+    /// keeps (almost) no memory; its next reads start small again.
     fn idle(&mut self) {
         if self.buf.is_empty() {
             self.buf = BytesMut::new();
         } else if self.buf.capacity() > 4 * self.buf.len().max(READ_MIN) {
             self.buf = BytesMut::from(&self.buf[..]);
         }
+        self.want = READ_MIN;
     }
 }
 
@@ -168,11 +173,29 @@ async fn read_more(
                 if *draining {
                     return Ok(0);
                 }
-                rb.idle();
-                tokio::select! {
+                // A connection quiet for IDLE_AFTER gives its buffer back; a busy one,
+                // which often finds its socket empty for a moment, keeps it.
+                let quiet = tokio::select! {
                     biased;
-                    r = sock.readable() => r?,
-                    _ = shutdown.cancelled() => *draining = true,
+                    r = tokio::time::timeout(IDLE_AFTER, sock.readable()) => match r {
+                        Ok(r) => {
+                            r?;
+                            false
+                        }
+                        Err(_) => true,
+                    },
+                    _ = shutdown.cancelled() => {
+                        *draining = true;
+                        false
+                    }
+                };
+                if quiet {
+                    rb.idle();
+                    tokio::select! {
+                        biased;
+                        r = sock.readable() => r?,
+                        _ = shutdown.cancelled() => *draining = true,
+                    }
                 }
             }
             Err(e) => return Err(e),
