@@ -127,8 +127,7 @@ fn dispatch(
 /// Datapoints whose routes [`Ingest::accept_many`] looks up before writing their items.
 const LOOKUP_BATCH: usize = 8;
 
-/// Most work items one worker-queue slot holds (a TCP or HTTP batch larger than this is
-/// sent in pieces; a UDP datagram never has this many).
+/// Most work items one worker-queue slot holds (a larger batch is sent in pieces).
 pub const MAX_BATCH_ITEMS: usize = 16_384;
 
 impl Ingest {
@@ -431,28 +430,15 @@ impl Ingest {
     pub async fn flush(&mut self) {
         self.await_journal().await;
         for i in 0..self.pending.len() {
-            let batch = std::mem::take(&mut self.pending[i]);
-            if batch.len() <= MAX_BATCH_ITEMS {
-                self.send_waiting(i, batch).await;
-                continue;
-            }
-            let mut items = batch.into_iter();
-            loop {
-                let piece: Vec<WorkItem> = items.by_ref().take(MAX_BATCH_ITEMS).collect();
-                if piece.is_empty() {
-                    break;
-                }
+            for piece in pieces(std::mem::take(&mut self.pending[i])) {
                 self.send_waiting(i, piece).await;
             }
         }
         self.settle();
     }
 
-    /// Sends `batch` (if not empty) to worker `i`, waiting while its queue is full.
+    /// Sends `batch` to worker `i`, waiting while its queue is full.
     async fn send_waiting(&self, i: usize, batch: Vec<WorkItem>) {
-        if batch.is_empty() {
-            return;
-        }
         let mut msg = WorkerMsg::Batch(batch);
         loop {
             match self.p.workers[i].try_send(msg) {
@@ -491,11 +477,10 @@ impl Ingest {
     pub async fn flush_nowait(&mut self) {
         self.await_journal().await;
         for i in 0..self.pending.len() {
-            if self.pending[i].is_empty() {
-                continue;
-            }
-            let batch = std::mem::take(&mut self.pending[i]);
-            if let Err(e) = self.p.workers[i].try_send(WorkerMsg::Batch(batch)) {
+            for piece in pieces(std::mem::take(&mut self.pending[i])) {
+                let Err(e) = self.p.workers[i].try_send(WorkerMsg::Batch(piece)) else {
+                    continue;
+                };
                 let (WorkerMsg::Batch(batch) | WorkerMsg::Rebuild { items: batch, .. }) =
                     e.into_inner()
                 else {
@@ -515,6 +500,23 @@ impl Ingest {
         }
         self.settle();
     }
+}
+
+/// `batch` in order, in pieces of at most [`MAX_BATCH_ITEMS`] (no piece if it is empty; no
+/// copy if it fits in one).
+fn pieces(batch: Vec<WorkItem>) -> impl Iterator<Item = Vec<WorkItem>> {
+    let (mut whole, mut rest) = if batch.len() <= MAX_BATCH_ITEMS {
+        (Some(batch).filter(|b| !b.is_empty()), None)
+    } else {
+        (None, Some(batch.into_iter()))
+    };
+    std::iter::from_fn(move || {
+        if let Some(b) = whole.take() {
+            return Some(b);
+        }
+        let piece: Vec<WorkItem> = rest.as_mut()?.by_ref().take(MAX_BATCH_ITEMS).collect();
+        (!piece.is_empty()).then_some(piece)
+    })
 }
 
 #[cfg(test)]
@@ -588,6 +590,35 @@ mod tests {
         assert_eq!(second.len(), 2);
         assert_eq!(stats.total_drops(), 0);
         assert_eq!(stats.received.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn large_batches_go_in_ordered_pieces() {
+        let key = Arc::new(crate::route::SeriesKey {
+            name: "k".into(),
+            hash: 0,
+            method: crate::aggregate::method::Method::Sum,
+            frequency: 60,
+        });
+        let batch: Vec<WorkItem> = (0..2 * MAX_BATCH_ITEMS + 5)
+            .map(|i| WorkItem {
+                key: Arc::clone(&key),
+                timestamp: i as f64,
+                value: 1.0,
+            })
+            .collect();
+        let sizes: Vec<usize> = pieces(batch).map(|p| p.len()).collect();
+        assert_eq!(sizes, [MAX_BATCH_ITEMS, MAX_BATCH_ITEMS, 5]);
+        let small: Vec<WorkItem> = (0..3)
+            .map(|i| WorkItem {
+                key: Arc::clone(&key),
+                timestamp: i as f64,
+                value: 1.0,
+            })
+            .collect();
+        let order: Vec<f64> = pieces(small).flatten().map(|w| w.timestamp).collect();
+        assert_eq!(order, [0.0, 1.0, 2.0]);
+        assert_eq!(pieces(Vec::new()).count(), 0);
     }
 
     #[tokio::test]

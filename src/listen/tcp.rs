@@ -3,9 +3,9 @@
 //! Memory per connection is bounded and follows the traffic: the read buffer starts at
 //! [`READ_MIN`] and doubles while reads fill it, up to [`READ_MAX`]; a connection quiet
 //! for half a second gives its buffer back (keeping only a partial line or frame) and
-//! starts small again. A partial
-//! line or frame makes it grow only as far as that needs (at most `max_line_bytes` or
-//! `max_pickle_frame_bytes`). Open connections are capped per listener and in total; a
+//! starts small again. A partial line or frame makes it grow only with the bytes that
+//! arrive (at most `max_line_bytes` or `max_pickle_frame_bytes`), never with the length a
+//! pickle header declares. Open connections are capped per listener and in total; a
 //! connection past a cap is closed at once and counted as `connections_refused`.
 
 use std::sync::Arc;
