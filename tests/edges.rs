@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::process::Child;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::carbon::CarbonCache;
@@ -651,4 +652,48 @@ fn a_second_daemon_on_the_same_journal_is_refused_and_the_first_is_untouched() {
     for (k, v) in &expected {
         assert_eq!(got.get(k), Some(v), "{k:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_journal_is_ledgered_on_another_path_and_nothing_is_thrown_away() {
+    use aggd::journal::io::{Faults, FaultyIo};
+    let down = common::Capture::start("pickle");
+    let dir = tempdir("ro-journal");
+    std::fs::create_dir_all(dir.join("elsewhere")).unwrap();
+    let cfg = journal_config(&dir, down.addr, "ledger = \"elsewhere/ledger.jsonl\"");
+    let config = aggd::config::Config::load(&cfg).unwrap();
+    let listeners = aggd::listen::BoundListener::bind_all(&config.listeners).unwrap();
+    let faults = FaultyIo::new();
+    let server = aggd::server::start_with_io(config, listeners, Arc::new(faults.clone()))
+        .await
+        .unwrap();
+    // The journal's filesystem turns read-only; the ledger's does not.
+    faults.set(Faults {
+        read_only: true,
+        only_under: Some(dir.join("journal")),
+        ..Faults::default()
+    });
+    let addr = server.addr("plaintext/tcp").unwrap();
+    let ts = common::now() as i64 - 120;
+    tokio::task::spawn_blocking(move || {
+        for i in 0..99 {
+            send_lines(addr, &format!("ro.s{i}.h0 1 {ts}\n"));
+        }
+    })
+    .await
+    .unwrap();
+    let stats = server.stats();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while stats.drops(aggd::drops::DropReason::Unjournaled) < 99 {
+        assert!(Instant::now() < deadline, "frames not counted unjournaled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.shutdown().await;
+    let (entries, _) = aggd::journal::ledger::read(&dir.join("elsewhere/ledger.jsonl")).unwrap();
+    let unjournaled: u64 = entries
+        .iter()
+        .filter(|e| e.reason == "unjournaled")
+        .map(|e| e.count)
+        .sum();
+    assert_eq!(unjournaled, 99, "{entries:?}");
 }

@@ -104,6 +104,9 @@ pub struct Faults {
     pub read_only: bool,
     /// Every fsync fails with EIO.
     pub fail_fsync: bool,
+    /// Only paths under this directory fail (`None`: every path), e.g. the journal's
+    /// directory but not a ledger on another filesystem.
+    pub only_under: Option<std::path::PathBuf>,
 }
 
 /// A [`JournalIo`] over the real filesystem that fails as its [`Faults`] say. For tests.
@@ -137,15 +140,23 @@ impl FaultyIo {
             .clone()
     }
 
-    fn check_mutation(&self) -> io::Result<()> {
-        if self.get().read_only {
+    /// Whether the faults apply to `path`.
+    fn covers(&self, path: &Path) -> bool {
+        self.get().only_under.is_none_or(|d| path.starts_with(d))
+    }
+
+    fn check_mutation(&self, path: &Path) -> io::Result<()> {
+        if self.covers(path) && self.get().read_only {
             return Err(err(io::ErrorKind::ReadOnlyFilesystem, libc::EROFS));
         }
         Ok(())
     }
 
-    /// How many of `n` bytes may be written, or the error to fail with.
-    fn allow(&self, n: usize) -> (usize, Option<io::Error>) {
+    /// How many of `n` bytes may be written to `path`, or the error to fail with.
+    fn allow(&self, path: &Path, n: usize) -> (usize, Option<io::Error>) {
+        if !self.covers(path) {
+            return (n, None);
+        }
         let mut f = self.faults.lock().unwrap_or_else(|p| p.into_inner());
         if f.read_only {
             return (0, Some(err(io::ErrorKind::ReadOnlyFilesystem, libc::EROFS)));
@@ -167,9 +178,10 @@ impl FaultyIo {
         }
     }
 
-    fn wrap(&self, f: File) -> Box<dyn JournalFile> {
+    fn wrap(&self, f: File, path: &Path) -> Box<dyn JournalFile> {
         Box::new(FaultyFile {
             file: f,
+            path: path.to_path_buf(),
             io: self.clone(),
         })
     }
@@ -177,63 +189,67 @@ impl FaultyIo {
 
 struct FaultyFile {
     file: File,
+    path: std::path::PathBuf,
     io: FaultyIo,
 }
 
 impl JournalFile for FaultyFile {
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        let (ok, e) = self.io.allow(buf.len());
+        let (ok, e) = self.io.allow(&self.path, buf.len());
         Write::write_all(&mut self.file, &buf[..ok])?;
         e.map_or(Ok(()), Err)
     }
     fn sync_data(&self) -> io::Result<()> {
-        if self.io.get().fail_fsync {
+        if self.io.covers(&self.path) && self.io.get().fail_fsync {
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
         self.file.sync_data()
     }
     fn set_len(&self, len: u64) -> io::Result<()> {
-        self.io.check_mutation()?;
+        self.io.check_mutation(&self.path)?;
         self.file.set_len(len)
     }
     fn try_clone(&self) -> io::Result<Box<dyn JournalFile>> {
-        Ok(self.io.wrap(self.file.try_clone()?))
+        Ok(self.io.wrap(self.file.try_clone()?, &self.path))
     }
 }
 
 impl JournalIo for FaultyIo {
     fn create_new(&self, path: &Path) -> io::Result<Box<dyn JournalFile>> {
-        self.check_mutation()?;
+        self.check_mutation(path)?;
         let f = OpenOptions::new()
             .create_new(true)
             .append(true)
             .open(path)?;
-        Ok(self.wrap(f))
+        Ok(self.wrap(f, path))
     }
     fn open_append(&self, path: &Path) -> io::Result<Box<dyn JournalFile>> {
-        self.check_mutation()?;
+        self.check_mutation(path)?;
         let f = OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(self.wrap(f))
+        Ok(self.wrap(f, path))
     }
     fn open_write(&self, path: &Path) -> io::Result<Box<dyn JournalFile>> {
-        self.check_mutation()?;
-        Ok(self.wrap(OpenOptions::new().write(true).open(path)?))
+        self.check_mutation(path)?;
+        Ok(self.wrap(OpenOptions::new().write(true).open(path)?, path))
     }
     fn write_file(&self, path: &Path, bytes: &[u8]) -> io::Result<()> {
-        self.check_mutation()?;
-        let mut f = self.wrap(File::create(path)?);
+        self.check_mutation(path)?;
+        let mut f = self.wrap(File::create(path)?, path);
         f.write_all(bytes)
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.check_mutation()?;
+        self.check_mutation(from)?;
         std::fs::rename(from, to)
     }
     fn remove_file(&self, path: &Path) -> io::Result<()> {
-        self.check_mutation()?;
+        self.check_mutation(path)?;
         std::fs::remove_file(path)
     }
     fn available_space(&self, dir: &Path) -> io::Result<u64> {
         let real = fs4::available_space(dir)?;
+        if !self.covers(dir) {
+            return Ok(real);
+        }
         Ok(self.get().space_left.map_or(real, |l| l.min(real)))
     }
 }
