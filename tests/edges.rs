@@ -278,8 +278,26 @@ fn framed(body: &[u8]) -> Vec<u8> {
 /// distinct paths, it was 1 846 MiB.
 const HOSTILE_RSS_EXPECTED: u64 = 256 << 20;
 
+/// Raises this process's open-file limit (inherited by the aggd it starts) to at least
+/// `n`, within the hard limit.
+#[allow(unsafe_code)]
+fn raise_fd_limit(n: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write the one struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < n {
+            lim.rlim_cur = n.min(lim.rlim_max);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 #[test]
 fn hostile_clients_stay_within_the_memory_bound_and_good_senders_aggregate_exactly() {
+    raise_fd_limit(8192);
     let down = common::Capture::start("pickle");
     let dir = tempdir("hostile");
     std::fs::write(
