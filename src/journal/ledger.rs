@@ -149,18 +149,24 @@ pub fn mark_replayed(path: &Path, ids: &[u64]) -> std::io::Result<()> {
 }
 
 impl Ledger {
-    /// Opens the ledger file `path` (created on the first entry), continuing its ids.
+    /// Opens the ledger file `path` (created on the first entry, with its directory now),
+    /// continuing its ids.
     ///
-    /// Errors: the file exists but cannot be read.
+    /// Errors (naming the path): its directory cannot be created, or the file exists but
+    /// cannot be read.
     pub fn open(path: &Path) -> std::io::Result<Ledger> {
         Ledger::open_with(path, Arc::new(OsIo))
     }
 
     /// Like [`Ledger::open`], writing through `io`.
     pub fn open_with(path: &Path, io: Arc<dyn JournalIo>) -> std::io::Result<Ledger> {
-        let (entries, _) = read(path).map_err(|e| {
+        let named = |e: std::io::Error| {
             std::io::Error::new(e.kind(), format!("ledger {}: {e}", path.display()))
-        })?;
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(named)?;
+        }
+        let (entries, _) = read(path).map_err(named)?;
         // A torn last line (no newline) is ended before the next entry is appended.
         let torn = std::fs::read(path).is_ok_and(|b| b.last().is_some_and(|c| *c != b'\n'));
         Ok(Ledger {
@@ -235,15 +241,15 @@ impl Ledger {
         if s.unwritten.is_empty() {
             return Ok(());
         }
-        let mut buf = String::new();
-        if s.torn {
-            buf.push('\n');
-        }
-        for e in &s.unwritten {
-            buf.push_str(&serde_json::to_string(e).unwrap_or_default());
-            buf.push('\n');
-        }
         let written = self.io.open_append(&self.path).and_then(|mut f| {
+            let mut buf = String::new();
+            if s.torn {
+                buf.push('\n');
+            }
+            for e in &s.unwritten {
+                buf.push_str(&serde_json::to_string(e).unwrap_or_default());
+                buf.push('\n');
+            }
             f.write_all(buf.as_bytes())?;
             f.sync_data()
         });
@@ -366,24 +372,36 @@ mod tests {
             ..Faults::default()
         });
         let l = Ledger::open_with(&file, Arc::new(io.clone())).unwrap();
-        for i in 0..MAX_UNWRITTEN + 10 {
-            l.record(DropReason::QueueFull, 2, Window::at(i as f64));
+        // Every reason once per flush, until the bound is reached.
+        let mut events = 0;
+        let mut t = 0.0;
+        while l.unwritten() < MAX_UNWRITTEN {
+            for r in DropReason::ALL {
+                l.record(r, 2, Window::at(t));
+                events += 2;
+            }
+            t += 1.0;
             let _ = l.flush();
         }
-        assert_eq!(l.unwritten(), MAX_UNWRITTEN);
-        assert_eq!(l.merged(), 10);
+        let kept = l.unwritten();
+        assert!(kept < MAX_UNWRITTEN + DropReason::ALL.len(), "{kept}");
+        let merged = l.merged();
+        for _ in 0..10 {
+            l.record(DropReason::QueueFull, 2, Window::at(t));
+            events += 2;
+            let _ = l.flush();
+        }
+        assert_eq!(l.unwritten(), kept, "past the bound, entries merge");
+        assert_eq!(l.merged() - merged, 10);
         io.set(Faults::default());
         l.flush().unwrap();
         let (entries, _) = read(&file).unwrap();
-        assert_eq!(
-            entries.iter().map(|e| e.count).sum::<u64>(),
-            2 * (MAX_UNWRITTEN as u64 + 10)
-        );
-        let last = entries.last().unwrap();
-        assert_eq!(
-            last.to,
-            (MAX_UNWRITTEN + 9) as f64,
-            "the merged window covers the newest drop"
-        );
+        assert_eq!(entries.iter().map(|e| e.count).sum::<u64>(), events);
+        let widened = entries
+            .iter()
+            .rev()
+            .find(|e| e.reason == "queue_full")
+            .unwrap();
+        assert_eq!(widened.to, t, "the merged window covers the newest drop");
     }
 }
