@@ -114,33 +114,64 @@ fn wait_whisper(cc: &CarbonCache, expected: &BTreeMap<(String, i64), f64>, withi
     }
 }
 
-/// Writes an aggd.toml with one plaintext listener, a journal with `journal_extra`, and a
-/// capturing destination.
-fn journal_config(
-    dir: &std::path::Path,
-    dest: SocketAddr,
-    journal_extra: &str,
-) -> std::path::PathBuf {
+/// What [`edge_config`] adds to its base configuration.
+#[derive(Default)]
+struct Extra<'a> {
+    /// `[[listen]]` tables instead of one plaintext listener.
+    listen: Option<&'a str>,
+    /// Keys of `[aggregation]`, `[workers]` and `[journal]`.
+    aggregation: &'a str,
+    workers: &'a str,
+    journal: &'a str,
+    /// Further sections.
+    more: &'a str,
+}
+
+/// Writes `aggd.toml` into `dir`: a plaintext listener, the rule `agg.<t>.<s> (60) = sum
+/// <t>.<s>.*` keeping 40 intervals, two workers, a journal, a 2 s drain, an admin API and
+/// a pickle destination `dest`, with `x` added.
+fn edge_config(dir: &std::path::Path, dest: SocketAddr, x: Extra<'_>) -> std::path::PathBuf {
     std::fs::write(
         dir.join("aggregation-rules.conf"),
         "agg.<t>.<s> (60) = sum <t>.<s>.*\n",
     )
     .unwrap();
+    let listen = x
+        .listen
+        .unwrap_or("[[listen]]\nprotocol = \"plaintext\"\naddress = \"127.0.0.1:0\"\n");
     let cfg = dir.join("aggd.toml");
     std::fs::write(
         &cfg,
         format!(
-            "[[listen]]\nprotocol = \"plaintext\"\naddress = \"127.0.0.1:0\"\n\
-             [aggregation]\nrules = \"aggregation-rules.conf\"\nmax_intervals = 40\n\
-             [workers]\ncount = 2\nflush_tick_ms = 50\n\
-             [journal]\ndir = \"journal\"\n{journal_extra}\n\
+            "{listen}\
+             [aggregation]\nrules = \"aggregation-rules.conf\"\nmax_intervals = 40\n{}\n\
+             [workers]\ncount = 2\nflush_tick_ms = 50\n{}\n\
+             [journal]\ndir = \"journal\"\n{}\n\
              [service]\ndrain_timeout = \"2s\"\n\
              [admin]\naddress = \"127.0.0.1:0\"\ntoken = \"edges-test-token\"\n\
-             [[destination]]\naddress = \"{dest}\"\nprotocol = \"pickle\"\n"
+             {}\n\
+             [[destination]]\naddress = \"{dest}\"\nprotocol = \"pickle\"\n",
+            x.aggregation, x.workers, x.journal, x.more
         ),
     )
     .unwrap();
     cfg
+}
+
+/// [`edge_config`] with `journal_extra` keys in `[journal]`.
+fn journal_config(
+    dir: &std::path::Path,
+    dest: SocketAddr,
+    journal_extra: &str,
+) -> std::path::PathBuf {
+    edge_config(
+        dir,
+        dest,
+        Extra {
+            journal: journal_extra,
+            ..Extra::default()
+        },
+    )
 }
 
 #[test]
@@ -300,31 +331,23 @@ fn hostile_clients_stay_within_the_memory_bound_and_good_senders_aggregate_exact
     raise_fd_limit(8192);
     let down = common::Capture::start("pickle");
     let dir = tempdir("hostile");
-    std::fs::write(
-        dir.join("aggregation-rules.conf"),
-        "agg.<t>.<s> (60) = sum <t>.<s>.*\n",
-    )
-    .unwrap();
-    let cfg = dir.join("aggd.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[[listen]]\nprotocol = \"plaintext\"\naddress = \"127.0.0.1:0\"\n\
-             max_connections = 2200\n\
-             [[listen]]\nprotocol = \"pickle\"\naddress = \"127.0.0.1:0\"\n\
-             max_connections = 420\n\
-             [aggregation]\nrules = \"aggregation-rules.conf\"\nmax_intervals = 40\n\
-             route_cache_entries = 100000\n\
-             [limits]\nmax_path_bytes = 256\nmax_connections = 2600\n\
-             private_route_cache_bytes = 8388608\n\
-             [workers]\ncount = 2\nflush_tick_ms = 50\nqueue_batches = 16\n\
-             [journal]\ndir = \"journal\"\n\
-             [admin]\naddress = \"127.0.0.1:0\"\ntoken = \"edges-test-token\"\n\
-             [[destination]]\naddress = \"{}\"\nprotocol = \"pickle\"\n",
-            down.addr
-        ),
-    )
-    .unwrap();
+    let cfg = edge_config(
+        &dir,
+        down.addr,
+        Extra {
+            listen: Some(
+                "[[listen]]\nprotocol = \"plaintext\"\naddress = \"127.0.0.1:0\"\n\
+                 max_connections = 2200\n\
+                 [[listen]]\nprotocol = \"pickle\"\naddress = \"127.0.0.1:0\"\n\
+                 max_connections = 420\n",
+            ),
+            aggregation: "route_cache_entries = 100000",
+            workers: "queue_batches = 16",
+            more: "[limits]\nmax_path_bytes = 256\nmax_connections = 2600\n\
+                   private_route_cache_bytes = 8388608",
+            ..Extra::default()
+        },
+    );
     let (mut aggd, addrs) = spawn_run(&["-c", cfg.to_str().unwrap()], 3);
     let plain = addr_of(&addrs, "plaintext/tcp");
     let pickle = addr_of(&addrs, "pickle/tcp");
