@@ -15,7 +15,8 @@ use aggd::codec::pickle::{PickleDecoder, encode_frames};
 use aggd::codec::plaintext::{lines, parse_line};
 use aggd::config::Aggregation;
 use aggd::datapoint::{OutPoint, OutValue};
-use aggd::route::{LocalRoutes, Router, SeriesKey, fnv1a64};
+use aggd::hash::fnv1a64;
+use aggd::route::{LocalRoutes, Router, SeriesKey};
 use aggd::rules::aggregation::AggregationRules;
 use aggd::rules::rewrite::RewriteRules;
 
@@ -184,7 +185,7 @@ fn main() {
                     .submit(aggd::journal::NewRecord {
                         received_us: 0,
                         listener: 0,
-                        kind: aggd::journal::record::Kind::PlaintextTcp,
+                        kind: aggd::datapoint::Kind::PlaintextTcp,
                         peer: "127.0.0.1:1".parse().unwrap(),
                         tenant: None,
                         payload: chunk.clone(),

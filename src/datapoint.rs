@@ -1,6 +1,53 @@
-//! The units that flow through aggd: decoded input datapoints and outgoing datapoints.
+//! The units that flow through aggd: input kinds, decoded input datapoints and outgoing
+//! datapoints. Part of the ground floor: imports nothing of aggd above [`crate::time`].
 
 use std::sync::Arc;
+
+/// What kind of input a frame is (a journal record's kind), which decides how its bytes
+/// are decoded. The numbers are the journal's on-disk codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Kind {
+    /// A run of complete carbon plaintext lines from a TCP connection.
+    PlaintextTcp = 1,
+    /// One UDP datagram of carbon plaintext lines.
+    PlaintextUdp = 2,
+    /// One carbon pickle frame body (without its length prefix).
+    PickleTcp = 3,
+    /// An HTTP body of carbon plaintext lines (gzip already decoded).
+    HttpPlaintext = 4,
+    /// An HTTP body holding one pickled list.
+    HttpPickle = 5,
+    /// An HTTP body holding a JSON array of datapoints.
+    HttpJson = 6,
+}
+
+impl Kind {
+    /// The kind with journal code `b`.
+    pub fn from_u8(b: u8) -> Option<Kind> {
+        match b {
+            1 => Some(Kind::PlaintextTcp),
+            2 => Some(Kind::PlaintextUdp),
+            3 => Some(Kind::PickleTcp),
+            4 => Some(Kind::HttpPlaintext),
+            5 => Some(Kind::HttpPickle),
+            6 => Some(Kind::HttpJson),
+            _ => None,
+        }
+    }
+
+    /// `plaintext/tcp`, `plaintext/udp`, `pickle/tcp` or `http/…`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::PlaintextTcp => "plaintext/tcp",
+            Kind::PlaintextUdp => "plaintext/udp",
+            Kind::PickleTcp => "pickle/tcp",
+            Kind::HttpPlaintext => "http/plaintext",
+            Kind::HttpPickle => "http/pickle",
+            Kind::HttpJson => "http/json",
+        }
+    }
+}
 
 /// One decoded input datapoint, borrowing its metric path from the received bytes.
 ///
@@ -52,8 +99,8 @@ pub struct OutPoint {
 pub type OutBatch = Arc<[OutPoint]>;
 
 /// The time window (timestamps, Unix s) a non-empty set of outgoing datapoints covers.
-pub fn window(points: &[OutPoint]) -> crate::journal::ledger::Window {
-    use crate::journal::ledger::Window;
+pub fn window(points: &[OutPoint]) -> crate::time::Window {
+    use crate::time::Window;
     points.iter().fold(
         Window {
             from: f64::INFINITY,
@@ -61,4 +108,12 @@ pub fn window(points: &[OutPoint]) -> crate::journal::ledger::Window {
         },
         |w, p| w.union(Window::at(p.timestamp)),
     )
+}
+
+/// Where outgoing datapoints go: workers hand their emitted aggregates, and ingest its
+/// forwarded raw datapoints, to a sink (the destinations, or a test collector). Must not
+/// block.
+pub trait Sink: Send + Sync {
+    /// Takes one batch of outgoing datapoints.
+    fn send(&self, batch: OutBatch);
 }

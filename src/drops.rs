@@ -8,9 +8,9 @@
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::journal::ledger::{Ledger, Window};
+use crate::journal::ledger::Ledger;
+use crate::time::Window;
 
 /// Why a line, frame or datapoint was not aggregated or not delivered.
 ///
@@ -224,12 +224,9 @@ impl Stats {
         let slot = &self.drops[reason.index()];
         slot.count.fetch_add(n, Ordering::Relaxed);
         if let Some(l) = self.ledger.get() {
-            l.record(reason, n, window);
+            l.record(reason.as_str(), n, window);
         }
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now = crate::time::now_secs();
         let last = slot.last_log_sec.load(Ordering::Relaxed);
         if now > last
             && slot

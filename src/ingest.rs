@@ -21,17 +21,16 @@ use std::time::Duration;
 use bytes::Bytes;
 use crossbeam_channel::{Sender, TrySendError};
 
-use crate::aggregate::worker::{Sink, WorkItem, WorkerMsg};
+use crate::aggregate::worker::{WorkItem, WorkerMsg};
 use crate::codec::pickle::PickleDecoder;
 use crate::codec::{Limits, plaintext};
-use crate::datapoint::{Datapoint, OutPoint, OutValue};
+use crate::datapoint::{Datapoint, Kind, OutPoint, OutValue, Sink};
 use crate::drops::{DropReason, DropTally, Stats};
-use crate::journal::ledger::Window;
-use crate::journal::record::Kind;
 use crate::journal::{Journal, NewRecord, Ticket};
 use crate::quarantine::Quarantine;
 use crate::route::{LocalRoutes, Route, RouteBudget, Router};
 use crate::tenant::{Tenants, prefix};
+use crate::time::Window;
 use arc_swap::ArcSwap;
 
 /// Everything a connection needs, shared by all connections.

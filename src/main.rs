@@ -183,11 +183,11 @@ fn journal_paths(config: &Config) -> anyhow::Result<(PathBuf, PathBuf)> {
 }
 
 fn replay(args: ReplayArgs) -> anyhow::Result<()> {
-    use aggd::journal::ledger::Window;
-    use aggd::replay::{ReplayOptions, lost_windows, parse_time, unix_now};
+    use aggd::replay::{ReplayOptions, lost_windows, parse_time};
+    use aggd::time::Window;
     let config = args.config.load()?;
     let (dir, ledger) = journal_paths(&config)?;
-    let now = unix_now();
+    let now = aggd::time::now();
     let mut windows = Vec::new();
     let mut ids = Vec::new();
     if args.lost {

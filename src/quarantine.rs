@@ -11,7 +11,6 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Sender, bounded};
 
@@ -64,9 +63,7 @@ impl Quarantine {
 
     /// Queues one rejected datapoint; never blocks.
     pub fn record(&self, reason: DropReason, path: &str, value: f64, timestamp: f64) {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now = crate::time::now_secs();
         let line = format!("{now} {reason} {path} {value} {timestamp}\n");
         if self.tx.try_send(line).is_err() {
             self.overflowed.fetch_add(1, Ordering::Relaxed);

@@ -19,19 +19,21 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use crate::aggregate::series::{SeriesTable, Settings};
 use crate::codec::pickle::{PickleDecoder, encode_frames};
 use crate::codec::{Limits, plaintext};
 use crate::config::{Config, DestAddress, DestProtocol};
+use crate::datapoint::Kind;
 use crate::datapoint::{Datapoint, OutPoint};
 use crate::drops::DropReason;
 use crate::ingest::Ingest;
-use crate::journal::ledger::{self, Window};
+use crate::journal::ledger;
 use crate::journal::reader;
-use crate::journal::record::{Kind, Record};
+use crate::journal::record::Record;
 use crate::route::Router;
+use crate::time::Window;
 
 /// The largest rule frequency, in seconds (0 without rules).
 pub fn max_frequency(config: &Config) -> u32 {
@@ -107,7 +109,7 @@ pub fn rebuild(
     if span == 0.0 {
         return Ok(0);
     }
-    let now = crate::aggregate::worker::now_unix();
+    let now = crate::time::now();
     let from_us = ((now - span - 1.0) * 1e6) as i64;
     let mut decoder = PickleDecoder::new();
     let mut n = 0u64;
@@ -390,13 +392,6 @@ pub fn parse_time(s: &str, now: f64) -> Result<f64, String> {
                 .map_or(0.0, |d| d.as_secs_f64())
         })
         .map_err(|e| format!("{s:?}: not now, epoch seconds, -DURATION or RFC 3339 ({e})"))
-}
-
-/// Unix seconds now.
-pub fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// Per-segment lines for `aggd journal stat`, and a summary of the ledger file `ledger`.

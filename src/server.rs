@@ -24,9 +24,10 @@ use tokio_util::task::TaskTracker;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::aggregate::series::Settings;
-use crate::aggregate::worker::{Hooks, Sink, WorkerPool};
+use crate::aggregate::worker::{Hooks, WorkerPool};
 use crate::config::Config;
 use crate::datapoint::OutBatch;
+use crate::datapoint::Sink;
 use crate::dest::{Destinations, Senders};
 use crate::drops::Stats;
 use crate::ingest::Ingest;

@@ -27,7 +27,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
-use crate::aggregate::worker::{Heartbeats, Sink, WorkerGauges, WorkerMsg, now_unix};
+use crate::aggregate::worker::{Heartbeats, WorkerGauges, WorkerMsg};
+use crate::datapoint::Sink;
 use crate::datapoint::{OutPoint, OutValue};
 use crate::dest::Destinations;
 use crate::drops::{DropReason, Stats};
@@ -348,7 +349,7 @@ pub fn spawn_self_metrics(
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(interval) => {}
             }
-            let ts = now_unix();
+            let ts = crate::time::now();
             let base = format!("{prefix}.aggregator.{host}");
             let mut out = Vec::new();
             let mut point = |stat: String, v: OutValue| {

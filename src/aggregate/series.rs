@@ -247,7 +247,7 @@ impl SeriesTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::route::fnv1a64;
+    use crate::hash::fnv1a64;
 
     fn key(name: &str, method: &str, frequency: u32) -> Arc<SeriesKey> {
         Arc::new(SeriesKey {

@@ -11,24 +11,19 @@
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+use crate::time;
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
 
 use super::series::{SeriesTable, Settings};
-use crate::datapoint::OutBatch;
+use crate::datapoint::Sink;
 use crate::drops::{DropReason, DropTally, Stats};
-use crate::journal::ledger::Window;
 use crate::quarantine::Quarantine;
 use crate::route::SeriesKey;
+use crate::time::Window;
 use std::sync::atomic::{AtomicU64, Ordering};
-
-/// Where workers hand their emitted aggregates (the destinations, or a test collector).
-/// Must not block.
-pub trait Sink: Send + Sync {
-    /// Takes one batch of emitted datapoints.
-    fn send(&self, batch: OutBatch);
-}
 
 /// One datapoint for one output series.
 #[derive(Debug)]
@@ -62,13 +57,6 @@ pub enum WorkerMsg {
 
 /// Most datapoints per batch handed to the [`Sink`].
 pub const EMIT_BATCH: usize = 1000;
-
-/// The current time as Unix seconds.
-pub fn now_unix() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
 
 /// The running worker threads.
 pub struct WorkerPool {
@@ -131,14 +119,12 @@ impl Heartbeats {
     }
 }
 
-fn now_ms() -> u64 {
-    (now_unix() * 1000.0) as u64
-}
+use crate::time::now_ms;
 
 impl Worker {
     /// Applies `items[*next..]`, advancing `*next` past each item before applying it.
     fn apply(&mut self, items: &[WorkItem], next: &mut usize, count_drops: bool, dirty: bool) {
-        let now = now_unix();
+        let now = time::now();
         let mut rejected: Option<&Arc<str>> = None;
         while *next < items.len() {
             let it = &items[*next];
@@ -189,7 +175,7 @@ impl Worker {
 
     fn sweep(&mut self, force: bool) {
         let mut out = Vec::new();
-        self.table.sweep(now_unix(), force, &mut out);
+        self.table.sweep(time::now(), force, &mut out);
         self.stats
             .aggregates_emitted
             .fetch_add(out.len() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -316,8 +302,8 @@ impl WorkerPool {
 mod tests {
     use super::*;
     use crate::aggregate::method::Method;
-    use crate::datapoint::OutPoint;
-    use crate::route::fnv1a64;
+    use crate::datapoint::{OutBatch, OutPoint};
+    use crate::hash::fnv1a64;
     use std::sync::Mutex;
 
     #[derive(Default)]
@@ -377,7 +363,7 @@ mod tests {
             method: Method::Sum,
             frequency: 3600,
         });
-        let now = now_unix();
+        let now = time::now();
         let items = vec![
             WorkItem {
                 key: key.clone(),

@@ -15,8 +15,8 @@ use serde::Deserialize;
 use super::pickle::PickleDecoder;
 use super::{Limits, finish_point, plaintext};
 use crate::datapoint::Datapoint;
+use crate::datapoint::Kind;
 use crate::drops::DropReason;
-use crate::journal::record::Kind;
 
 /// One element of a JSON body.
 #[derive(Deserialize)]

@@ -35,12 +35,11 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::aggregate::worker::Sink;
 use crate::codec::{pickle, plaintext};
 use crate::config::{DestAddress, DestProtocol, DestinationConfig};
-use crate::datapoint::{OutBatch, window};
+use crate::datapoint::{OutBatch, Sink, window};
 use crate::drops::{DropReason, Stats};
-use crate::journal::ledger::Window;
+use crate::time::Window;
 
 /// Counters of one destination.
 #[derive(Debug, Default)]

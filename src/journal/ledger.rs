@@ -2,7 +2,7 @@
 //! `journal.ledger` puts it (another filesystem keeps it writable when the journal's disk
 //! is full or read-only).
 //!
-//! Every drop event ([`DropReason`]) is merged, per reason, into an in-memory entry holding
+//! Every drop event (a [`crate::drops::DropReason`], by its label) is merged, per reason, into an in-memory entry holding
 //! the affected time window (datapoint timestamps, or receive time where a datapoint has no
 //! usable timestamp) and a count; a few times a second the entries are appended to the file
 //! and fsynced. `aggd replay --lost` reads the unreplayed entries, recomputes their windows
@@ -26,11 +26,10 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::drops::DropReason;
+use crate::time::Window;
 
 use super::io::{JournalIo, OsIo};
 
@@ -39,30 +38,6 @@ pub const FILE: &str = "ledger.jsonl";
 
 /// Most entries kept in memory while the ledger cannot be written.
 pub const MAX_UNWRITTEN: usize = 4096;
-
-/// An inclusive time window in Unix seconds.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Window {
-    /// Start, inclusive.
-    pub from: f64,
-    /// End, inclusive.
-    pub to: f64,
-}
-
-impl Window {
-    /// A window holding one instant.
-    pub fn at(t: f64) -> Window {
-        Window { from: t, to: t }
-    }
-
-    /// The smallest window holding both.
-    pub fn union(self, o: Window) -> Window {
-        Window {
-            from: self.from.min(o.from),
-            to: self.to.max(o.to),
-        }
-    }
-}
 
 /// One ledger entry as read back.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -85,12 +60,6 @@ pub struct Entry {
 struct Replayed {
     replayed: u64,
     at: u64,
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// The ledger file of one journal.
@@ -137,7 +106,7 @@ pub fn read(path: &Path) -> std::io::Result<(Vec<Entry>, HashSet<u64>)> {
 
 /// Appends `replayed` marks for `ids` to the ledger file `path`, fsynced.
 pub fn mark_replayed(path: &Path, ids: &[u64]) -> std::io::Result<()> {
-    let at = unix_now();
+    let at = crate::time::now_secs();
     let mut buf = String::from("\n"); // ends a torn last line, if any
     for id in ids {
         buf.push_str(&serde_json::to_string(&Replayed { replayed: *id, at }).unwrap_or_default());
@@ -187,10 +156,11 @@ impl Ledger {
         &self.path
     }
 
-    /// Merges `n` events of `reason` over `window` into the pending entry.
-    pub fn record(&self, reason: DropReason, n: u64, window: Window) {
+    /// Merges `n` events of the drop reason labelled `reason` (e.g. `too_old`) over `window`
+    /// into the pending entry.
+    pub fn record(&self, reason: &'static str, n: u64, window: Window) {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let e = s.pending.entry(reason.as_str()).or_insert((window, 0));
+        let e = s.pending.entry(reason).or_insert((window, 0));
         e.0 = e.0.union(window);
         e.1 += n;
     }
@@ -218,7 +188,7 @@ impl Ledger {
     /// every entry is kept for the next flush.
     pub fn flush(&self) -> std::io::Result<()> {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let at = unix_now();
+        let at = crate::time::now_secs();
         for (reason, (w, count)) in std::mem::take(&mut s.pending) {
             if s.unwritten.len() >= MAX_UNWRITTEN
                 && let Some(e) = s.unwritten.iter_mut().rev().find(|e| e.reason == reason)
@@ -274,6 +244,7 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::drops::DropReason;
     use crate::journal::io::{Faults, FaultyIo};
     use std::io::Write as _;
 
@@ -284,16 +255,16 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join(FILE);
         let l = Ledger::open(&file).unwrap();
-        l.record(DropReason::DestinationFull, 3, Window::at(120.0));
+        l.record(DropReason::DestinationFull.as_str(), 3, Window::at(120.0));
         l.record(
-            DropReason::DestinationFull,
+            DropReason::DestinationFull.as_str(),
             2,
             Window {
                 from: 60.0,
                 to: 90.0,
             },
         );
-        l.record(DropReason::TooOld, 1, Window::at(10.0));
+        l.record(DropReason::TooOld.as_str(), 1, Window::at(10.0));
         l.flush().unwrap();
         l.flush().unwrap(); // nothing pending: no new lines
         let (entries, replayed) = read(&file).unwrap();
@@ -320,7 +291,7 @@ mod tests {
             l2.next_id.load(Ordering::Relaxed),
             entries.iter().map(|e| e.id).max().unwrap() + 1
         );
-        l2.record(DropReason::Panic, 1, Window::at(5.0));
+        l2.record(DropReason::Panic.as_str(), 1, Window::at(5.0));
         l2.flush().unwrap();
         let (entries, _) = read(&file).unwrap();
         assert_eq!(entries.len(), 3, "the entry after a torn line is readable");
@@ -339,7 +310,11 @@ mod tests {
             ..Faults::default()
         });
         for i in 0..99 {
-            l.record(DropReason::Unjournaled, 1, Window::at(f64::from(i)));
+            l.record(
+                DropReason::Unjournaled.as_str(),
+                1,
+                Window::at(f64::from(i)),
+            );
             assert!(l.flush().is_err());
         }
         assert_eq!(l.unwritten(), 99, "one entry per failed flush, all kept");
@@ -377,7 +352,7 @@ mod tests {
         let mut t = 0.0;
         while l.unwritten() < MAX_UNWRITTEN {
             for r in DropReason::ALL {
-                l.record(r, 2, Window::at(t));
+                l.record(r.as_str(), 2, Window::at(t));
                 events += 2;
             }
             t += 1.0;
@@ -387,7 +362,7 @@ mod tests {
         assert!(kept < MAX_UNWRITTEN + DropReason::ALL.len(), "{kept}");
         let merged = l.merged();
         for _ in 0..10 {
-            l.record(DropReason::QueueFull, 2, Window::at(t));
+            l.record(DropReason::QueueFull.as_str(), 2, Window::at(t));
             events += 2;
             let _ = l.flush();
         }

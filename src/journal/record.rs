@@ -7,49 +7,7 @@ pub const FIXED_BODY_BYTES: usize = 21;
 /// Largest body accepted when reading; anything larger is corruption.
 pub const MAX_BODY_BYTES: usize = 64 << 20;
 
-/// What kind of input a record holds, which decides how its payload is decoded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Kind {
-    /// A run of complete carbon plaintext lines from a TCP connection.
-    PlaintextTcp = 1,
-    /// One UDP datagram of carbon plaintext lines.
-    PlaintextUdp = 2,
-    /// One carbon pickle frame body (without its length prefix).
-    PickleTcp = 3,
-    /// An HTTP body of carbon plaintext lines (gzip already decoded).
-    HttpPlaintext = 4,
-    /// An HTTP body holding one pickled list.
-    HttpPickle = 5,
-    /// An HTTP body holding a JSON array of datapoints.
-    HttpJson = 6,
-}
-
-impl Kind {
-    fn from_u8(b: u8) -> Option<Kind> {
-        match b {
-            1 => Some(Kind::PlaintextTcp),
-            2 => Some(Kind::PlaintextUdp),
-            3 => Some(Kind::PickleTcp),
-            4 => Some(Kind::HttpPlaintext),
-            5 => Some(Kind::HttpPickle),
-            6 => Some(Kind::HttpJson),
-            _ => None,
-        }
-    }
-
-    /// `plaintext/tcp`, `plaintext/udp` or `pickle/tcp`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::PlaintextTcp => "plaintext/tcp",
-            Kind::PlaintextUdp => "plaintext/udp",
-            Kind::PickleTcp => "pickle/tcp",
-            Kind::HttpPlaintext => "http/plaintext",
-            Kind::HttpPickle => "http/pickle",
-            Kind::HttpJson => "http/json",
-        }
-    }
-}
+use crate::datapoint::Kind;
 
 /// Everything about a record except its payload.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -275,7 +275,8 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journal::record::{Kind, Meta, encode};
+    use crate::datapoint::Kind;
+    use crate::journal::record::{Meta, encode};
 
     fn segment(n: u64) -> Vec<u8> {
         let mut b = MAGIC.to_vec();

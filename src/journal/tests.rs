@@ -8,10 +8,10 @@ use bytes::Bytes;
 use proptest::prelude::*;
 
 use super::reader::read_range;
-use super::record::Kind;
 use super::segment::{self, MAGIC};
 use super::writer::{NewRecord, Writer};
 use super::{Fsync, Journal, JournalConfig, OnFull};
+use crate::datapoint::Kind;
 
 pub(super) fn tmp(tag: &str) -> PathBuf {
     let nanos = std::time::SystemTime::now()

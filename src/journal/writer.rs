@@ -32,16 +32,17 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError, bounded};
 use tokio::sync::oneshot;
 
 use super::io::{JournalFile, JournalIo, OsIo};
-use super::record::{self, Kind, Meta};
+use super::record::{self, Meta};
 use super::segment::{self, Index, MAGIC};
 use super::{JournalConfig, OnFull};
+use crate::datapoint::Kind;
 
 /// Largest batch the writer encodes before writing.
 const BATCH_BYTES: usize = 4 << 20;
@@ -199,11 +200,7 @@ impl Ticket {
     }
 }
 
-fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
-}
+use crate::time::now_us;
 
 /// What opening the journal found.
 #[derive(Debug, Default, Clone, PartialEq)]

@@ -31,7 +31,6 @@ use bytes::Bytes;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::aggregate::worker::now_unix;
 use crate::codec::http::kind_of;
 use crate::codec::pickle::PickleDecoder;
 use crate::drops::DropReason;
@@ -82,7 +81,7 @@ async fn ingest(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let now = now_unix();
+    let now = crate::time::now();
     let tenant = match &s.pipeline.tenants {
         None => None,
         Some(t) => match api_key(&headers).and_then(|k| t.tenant_for_key(&k)) {

@@ -21,8 +21,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{ListenerConfig, Protocol, Transport};
+use crate::datapoint::Kind;
 use crate::ingest::Pipeline;
-use crate::journal::record::Kind;
 
 /// A bound listening socket and what it speaks.
 #[derive(Debug)]

@@ -19,12 +19,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::aggregate::worker::now_unix;
 use crate::codec::pickle::{FrameEvent, PickleDecoder, PickleFramer};
 use crate::codec::plaintext::LineFramer;
+use crate::datapoint::Kind;
 use crate::drops::DropReason;
 use crate::ingest::{Ingest, Pipeline};
-use crate::journal::record::Kind;
 
 /// Smallest read buffer (an idle connection holds at most this, plus a partial line).
 pub const READ_MIN: usize = 4 << 10;
@@ -285,7 +284,7 @@ async fn process(
     ingest: &mut Ingest,
     peer: SocketAddr,
 ) {
-    let now = now_unix();
+    let now = crate::time::now();
     for f in frames.drain(..) {
         ingest.journal(&f, now, peer).await;
         d.decode(&f, ingest, now);

@@ -17,13 +17,12 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::aggregate::worker::now_unix;
 use crate::codec::plaintext;
+use crate::datapoint::Kind;
 use crate::drops::DropReason;
 use crate::ingest::{Ingest, Pipeline};
-use crate::journal::ledger::Window;
-use crate::journal::record::Kind;
 use crate::journal::{NewRecord, Ticket};
+use crate::time::Window;
 
 /// Largest UDP payload.
 const DATAGRAM_BYTES: usize = 65536;
@@ -107,7 +106,7 @@ async fn enqueue(
     queued: &AtomicUsize,
     tx: &mpsc::Sender<Datagram>,
 ) {
-    let now = now_unix();
+    let now = crate::time::now();
     let bytes = Bytes::copy_from_slice(bytes);
     let ticket = match &pipeline.journal {
         Some(j) => Some(

@@ -30,7 +30,7 @@ use dashmap::DashMap;
 pub use registry::{Registry, TenantEntry, TenantState};
 
 use crate::drops::DropReason;
-use crate::route::fnv1a64;
+use crate::hash::fnv1a64;
 
 /// What to do with datapoints of a tenant the registry does not know.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,0 +1,72 @@
+//! The one clock and the time window. Part of the ground floor: imports nothing of aggd.
+//!
+//! Every "now" in aggd is the system clock read here, as Unix time; a clock before 1970
+//! reads as 0.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+fn since_epoch() -> std::time::Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+/// Now, in Unix seconds (fractional).
+pub fn now() -> f64 {
+    since_epoch().as_secs_f64()
+}
+
+/// Now, in whole Unix seconds.
+pub fn now_secs() -> u64 {
+    since_epoch().as_secs()
+}
+
+/// Now, in Unix milliseconds.
+pub fn now_ms() -> u64 {
+    since_epoch().as_millis() as u64
+}
+
+/// Now, in Unix microseconds (the journal's receive times).
+pub fn now_us() -> i64 {
+    since_epoch().as_micros() as i64
+}
+
+/// An inclusive time window in Unix seconds: the datapoint timestamps (or receive times)
+/// a drop affects, as the loss ledger records it and `aggd replay` recomputes it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Window {
+    /// Start, inclusive.
+    pub from: f64,
+    /// End, inclusive.
+    pub to: f64,
+}
+
+impl Window {
+    /// A window holding one instant.
+    pub fn at(t: f64) -> Window {
+        Window { from: t, to: t }
+    }
+
+    /// The smallest window holding both.
+    pub fn union(self, o: Window) -> Window {
+        Window {
+            from: self.from.min(o.from),
+            to: self.to.max(o.to),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clocks_agree_and_windows_grow() {
+        let (s, ms, us) = (now(), now_ms(), now_us());
+        assert!((s - ms as f64 / 1e3).abs() < 1.0);
+        assert!((s - us as f64 / 1e6).abs() < 1.0);
+        assert_eq!(now_secs() as f64, now_secs() as f64);
+        let w = Window::at(5.0).union(Window { from: 1.0, to: 3.0 });
+        assert_eq!(w, Window { from: 1.0, to: 5.0 });
+    }
+}
