@@ -11,22 +11,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::carbon::CarbonCache;
-use common::{aggd_ok, http, sigterm, spawn_run, tempdir};
+use common::{aggd_ok, metric, sigterm, spawn_run, tempdir, wait_received};
 
 /// The address of the first listener of `kind` in a `spawn_run` result.
 fn addr_of(addrs: &[(String, SocketAddr)], kind: &str) -> SocketAddr {
     addrs.iter().find(|(k, _)| k == kind).unwrap().1
-}
-
-/// The first Prometheus sample from `/metrics` whose line starts with `sample`, e.g.
-/// `aggd_dropped_total{reason="unconfirmed"}`; fails the test if there is none.
-fn metric(admin: SocketAddr, sample: &str) -> f64 {
-    let (_, _, body) = http(admin, "GET", "/metrics", &[], b"");
-    let text = String::from_utf8(body).unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(sample))
-        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or_else(|| panic!("no sample {sample} in /metrics:\n{text}"))
 }
 
 fn send_lines(addr: SocketAddr, lines: &str) {
@@ -503,18 +492,6 @@ impl Rng {
 
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n
-    }
-}
-
-/// Waits until aggd says it took (journaled and handed on) `n` datapoints in this run.
-fn wait_received(admin: SocketAddr, n: f64) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while metric(admin, "aggd_received_total") < n {
-        assert!(
-            Instant::now() < deadline,
-            "aggd did not take {n} datapoints"
-        );
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -42,6 +42,10 @@ fn kill_9_and_restart_loses_no_aggregate() {
         "pickle",
     );
     add_journal(&cfg, "");
+    append_config(
+        &cfg,
+        "[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"journal-test-token\"\n",
+    );
     let args = ["-c", cfg.to_str().unwrap()];
     let ts = now() as i64;
     let hour = ts - ts.rem_euclid(3600);
@@ -60,24 +64,25 @@ fn kill_9_and_restart_loses_no_aggregate() {
         .collect();
     let (before, after) = all.split_at(5000);
 
-    let (mut child, addrs) = spawn_run(&args, 3);
-    let tcp = addrs.iter().find(|(k, _)| k == "plaintext/tcp").unwrap().1;
+    let at = |addrs: &[(String, std::net::SocketAddr)], kind: &str| {
+        addrs.iter().find(|(k, _)| k == kind).unwrap().1
+    };
+    let (mut child, addrs) = spawn_run(&args, 4);
     // One malformed line, journaled with the rest: counted and ledgered once, by this run.
     let mut first: Vec<String> = before.iter().map(|(l, _)| l.clone()).collect();
     first.insert(100, "not a datapoint\n".into());
-    send_steady(tcp, &first);
-    // Everything sent has been read and journaled well within this; then SIGKILL.
-    std::thread::sleep(Duration::from_millis(500));
+    send_steady(at(&addrs, "plaintext/tcp"), &first);
+    // Once every datapoint is journaled and handed on: SIGKILL.
+    wait_received(at(&addrs, "admin/http"), before.len() as f64);
     child.kill().unwrap();
     child.wait().unwrap();
 
-    let (child, addrs) = spawn_run(&args, 3);
-    let tcp = addrs.iter().find(|(k, _)| k == "plaintext/tcp").unwrap().1;
+    let (child, addrs) = spawn_run(&args, 4);
     send_steady(
-        tcp,
+        at(&addrs, "plaintext/tcp"),
         &after.iter().map(|(l, _)| l.clone()).collect::<Vec<_>>(),
     );
-    std::thread::sleep(Duration::from_millis(300));
+    wait_received(at(&addrs, "admin/http"), after.len() as f64);
     sigterm(&child);
     let mut child = child;
     assert!(child.wait().unwrap().success());
@@ -92,8 +97,14 @@ fn kill_9_and_restart_loses_no_aggregate() {
             *want.entry((format!("{name}.count"), b)).or_insert(0.0) += 1.0;
         }
     }
-    assert!(want.contains_key(&("hour.count".to_string(), hour)));
     capture.wait_for("aggregates of both runs", |got| *got == want);
+    // The open hour spans the kill: downstream counts the datapoints of both runs in it.
+    let in_hour = |part: &[(String, i64)]| part.iter().filter(|(_, t)| *t >= hour).count();
+    assert!(in_hour(before) > 0 && in_hour(after) > 0);
+    assert_eq!(
+        capture.value("hour.count", hour),
+        Some((in_hour(before) + in_hour(after)) as f64)
+    );
     // The rebuild re-read the malformed line but did not count or ledger it again.
     let (entries, _) = aggd::journal::ledger::read(&dir.join("journal/ledger.jsonl")).unwrap();
     let parse_errors: u64 = entries
@@ -206,19 +217,32 @@ async fn replay_lost_repairs_a_destination_outage_in_carbon_cache() {
     }
 
     // Replaying again changes nothing: the ledger is marked, and an explicit window
-    // re-sends the same complete aggregates.
+    // re-sends the same complete aggregates (to a capture here, so what this replay sent
+    // is seen apart from what the first one wrote).
     assert!(replay(&cfg, &["--lost"]).contains("nothing to replay"));
+    let again = Capture::start("pickle");
     let window = [
         "--from".to_string(),
         base.to_string(),
         "--to".to_string(),
         (base + 59).to_string(),
+        "--dest".to_string(),
+        again.addr.to_string(),
     ];
     let out = replay(&cfg, &window.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(
         out.contains(&format!("{} intervals sent", 2 * hosts)),
         "{out}"
     );
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    again.wait_for("the second replay's complete aggregates", |got| {
+        path_refs
+            .iter()
+            .zip(&want)
+            .all(|(p, w)| got.get(&(p.to_string(), base)).copied() == *w)
+    });
+    assert_eq!(
+        again.received.lock().unwrap().datapoints,
+        2 * hosts as usize
+    );
     assert_eq!(fetch(&cc), want);
 }

@@ -391,3 +391,27 @@ pub async fn start_aggd_config(config: aggd::config::Config) -> aggd::server::Se
     let listeners = aggd::listen::BoundListener::bind_all(&config.listeners).unwrap();
     aggd::server::start(config, listeners).await.unwrap()
 }
+
+/// The first Prometheus sample from `/metrics` whose line starts with `sample`, e.g.
+/// `aggd_dropped_total{reason="unconfirmed"}`; fails the test if there is none.
+pub fn metric(admin: SocketAddr, sample: &str) -> f64 {
+    let (_, _, body) = http(admin, "GET", "/metrics", &[], b"");
+    let text = String::from_utf8(body).unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(sample))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no sample {sample} in /metrics:\n{text}"))
+}
+
+/// Waits (up to 30 s) until aggd says it took (journaled and handed on) `n` datapoints
+/// in this run.
+pub fn wait_received(admin: SocketAddr, n: f64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(admin, "aggd_received_total") < n {
+        assert!(
+            Instant::now() < deadline,
+            "aggd did not take {n} datapoints"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
