@@ -239,8 +239,28 @@ async fn shutdown_flushes_open_intervals() {
     })
     .await
     .unwrap();
-    // Let the datapoints reach the worker; the interval is open, so nothing is emitted.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Once a sweep has run with both datapoints in their bucket (workers publish their
+    // gauges right after a sweep): the interval is open, so nothing was emitted.
+    let observed = server.observed();
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    while observed
+        .gauges
+        .iter()
+        .map(|g| g.buffered.load(std::sync::atomic::Ordering::Relaxed))
+        .sum::<u64>()
+        < 2
+    {
+        assert!(
+            Instant::now() < deadline,
+            "datapoints never reached a bucket"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let emitted = server
+        .stats()
+        .aggregates_emitted
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(emitted, 0, "an open interval is not emitted");
     assert_eq!(capture.value("hour.sum", bucket), None);
     server.shutdown().await;
     capture.wait_for("flushed open bucket", |got| {

@@ -42,6 +42,9 @@ pub fn previous_bucket(f: i64) -> i64 {
 pub struct Received {
     pub last: BTreeMap<(String, i64), f64>,
     pub datapoints: usize,
+    /// What aggd sent that is not the protocol (a failed check in a connection thread),
+    /// reported by [`Capture::wait_for`] and [`Capture::snapshot`] at once.
+    pub errors: Vec<String>,
 }
 
 /// A carbon downstream on 127.0.0.1:0 that decodes pickle frames with serde-pickle (the
@@ -74,7 +77,9 @@ fn serve_pickle(mut s: std::net::TcpStream, rx: Arc<Mutex<Received>>) {
             return;
         }
         let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
-        s.read_exact(&mut body).unwrap();
+        if s.read_exact(&mut body).is_err() {
+            return; // the sender went away mid-frame (a killed aggd)
+        }
         assert_eq!(&body[..2], b"\x80\x02", "aggd must send pickle protocol 2");
         let v = serde_pickle::value_from_slice(&body, serde_pickle::DeOptions::new()).unwrap();
         let serde_pickle::Value::List(items) = v else {
@@ -97,8 +102,14 @@ fn serve_pickle(mut s: std::net::TcpStream, rx: Arc<Mutex<Received>>) {
 
 fn serve_plaintext(s: std::net::TcpStream, rx: Arc<Mutex<Received>>) {
     use std::io::BufRead;
-    for line in std::io::BufReader::new(s).lines() {
-        let Ok(line) = line else { return };
+    let mut r = std::io::BufReader::new(s);
+    loop {
+        let mut line = String::new();
+        match r.read_line(&mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) if !line.ends_with('\n') => return, // cut by a sender that went away
+            Ok(_) => {}
+        }
         let f: Vec<&str> = line.split_whitespace().collect();
         assert_eq!(f.len(), 3, "bad line from aggd: {line:?}");
         record(
@@ -134,9 +145,23 @@ impl Capture {
                     continue;
                 }
                 let rx = rx.clone();
-                std::thread::spawn(move || match protocol {
-                    "pickle" => serve_pickle(s, rx),
-                    _ => serve_plaintext(s, rx),
+                std::thread::spawn(move || {
+                    let r =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match protocol {
+                            "pickle" => serve_pickle(s, rx.clone()),
+                            _ => serve_plaintext(s, rx.clone()),
+                        }));
+                    if let Err(p) = r {
+                        let msg = p
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                            .unwrap_or_else(|| "a panic".into());
+                        rx.lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .errors
+                            .push(msg);
+                    }
                 });
             }
         });
@@ -157,16 +182,23 @@ impl Capture {
             .copied()
     }
 
-    /// All (path, ts) → value received.
+    /// All (path, ts) → value received; fails the test if aggd sent anything that is not
+    /// the protocol.
     pub fn snapshot(&self) -> BTreeMap<(String, i64), f64> {
-        self.received.lock().unwrap().last.clone()
+        let r = self.received.lock().unwrap_or_else(|p| p.into_inner());
+        assert!(
+            r.errors.is_empty(),
+            "downstream protocol errors: {:?}",
+            r.errors
+        );
+        r.last.clone()
     }
 
     /// Waits (up to 20 s) until `pred` holds for the received values.
     pub fn wait_for(&self, what: &str, pred: impl Fn(&BTreeMap<(String, i64), f64>) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if pred(&self.received.lock().unwrap().last) {
+            if pred(&self.snapshot()) {
                 return;
             }
             assert!(
