@@ -100,8 +100,8 @@ fn sigterm_mid_stream_loses_nothing_and_exits_zero() {
         }
     }
     s.flush().unwrap();
-    // Give the kernel the bytes, then signal while the connection is still open.
-    std::thread::sleep(Duration::from_millis(200));
+    // Once aggd's kernel holds every byte, signal, while the connection is still open.
+    wait_acknowledged(&s);
     sigterm(&child);
     let status = child.wait().unwrap();
     assert!(status.success(), "exit status {status}");

@@ -69,8 +69,17 @@ async fn deleting_a_tenant_mid_run_costs_the_others_nothing() {
             })
         })
         .collect();
-    // Mid-run, gamma's account is deleted while it keeps sending.
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Mid-run, once gamma has had five rounds accepted, its account is deleted while it
+    // keeps sending.
+    let gamma = server.tenants().unwrap().counters("gamma");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while gamma.accepted.load(std::sync::atomic::Ordering::Relaxed) < 5 * per_round as u64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "gamma's input never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let (status, _, body) = tokio::task::spawn_blocking(move || {
         http(
             admin,

@@ -447,3 +447,22 @@ pub fn wait_received(admin: SocketAddr, n: f64) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Waits (up to 10 s) until the peer's TCP has acknowledged every byte written to `s`
+/// (`SIOCOUTQ` is 0): the bytes are then in the peer's receive queue.
+#[allow(unsafe_code)]
+pub fn wait_acknowledged(s: &std::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut n: libc::c_int = 0;
+        // SAFETY: SIOCOUTQ writes one c_int through the pointer, which points at `n`.
+        let r = unsafe { libc::ioctl(s.as_raw_fd(), libc::TIOCOUTQ, &mut n) };
+        assert!(r == 0, "SIOCOUTQ: {}", std::io::Error::last_os_error());
+        if n == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{n} bytes never acknowledged");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
