@@ -432,7 +432,7 @@ async fn udp_queue_overflow_is_counted_ledgered_and_journaled() {
     // A queue of 100 bytes: a 2-line datagram fits, a 6-line one (over 100 bytes) never.
     append_config(
         &cfg,
-        "[limits]\nudp_queue_bytes = 100\n[journal]\ndir = \"journal\"\n",
+        "[limits]\nudp_queue_bytes = 100\n[journal]\ndir = \"journal\"\nmin_free_disk = 0\n",
     );
     let server = start_aggd(&cfg).await;
     let base = previous_bucket(60);

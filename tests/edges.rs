@@ -128,6 +128,12 @@ fn edge_config(dir: &std::path::Path, dest: SocketAddr, x: Extra<'_>) -> std::pa
     let listen = x
         .listen
         .unwrap_or("[[listen]]\nprotocol = \"plaintext\"\naddress = \"127.0.0.1:0\"\n");
+    // Journaling must not depend on this machine's free disk (the default keeps 1 GiB).
+    let free = if x.journal.contains("min_free_disk") {
+        ""
+    } else {
+        "min_free_disk = 0"
+    };
     let cfg = dir.join("aggd.toml");
     std::fs::write(
         &cfg,
@@ -135,7 +141,7 @@ fn edge_config(dir: &std::path::Path, dest: SocketAddr, x: Extra<'_>) -> std::pa
             "{listen}\
              [aggregation]\nrules = \"aggregation-rules.conf\"\nmax_intervals = 40\n{}\n\
              [workers]\ncount = 2\nflush_tick_ms = 50\n{}\n\
-             [journal]\ndir = \"journal\"\n{}\n\
+             [journal]\ndir = \"journal\"\n{free}\n{}\n\
              [service]\ndrain_timeout = \"2s\"\n\
              [admin]\naddress = \"127.0.0.1:0\"\ntoken = \"edges-test-token\"\n\
              {}\n\

@@ -56,7 +56,7 @@ async fn bodies_errors_limits_and_journal() {
     );
     with_http(
         &cfg,
-        "[limits]\nmax_http_body_bytes = 4096\n[journal]\ndir = \"journal\"\n",
+        "[limits]\nmax_http_body_bytes = 4096\n[journal]\ndir = \"journal\"\nmin_free_disk = 0\n",
     );
     let server = start_aggd(&cfg).await;
     let h = server.addr("http").unwrap();

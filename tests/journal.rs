@@ -16,7 +16,9 @@ fn add_journal(cfg: &std::path::Path, extra_destination: &str) {
         "[[destination]]",
         &format!("[[destination]]{extra_destination}"),
     );
-    text.push_str("[journal]\ndir = \"journal\"\nfsync = \"interval\"\nfsync_interval = \"1s\"\n");
+    text.push_str(
+        "[journal]\ndir = \"journal\"\nfsync = \"interval\"\nfsync_interval = \"1s\"\nmin_free_disk = 0\n",
+    );
     std::fs::write(cfg, text).unwrap();
 }
 
