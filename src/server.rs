@@ -152,6 +152,7 @@ pub async fn start_with_io(
         Arc::clone(&stats),
         Hooks {
             quarantine: quarantine.clone(),
+            #[cfg(feature = "fault-injection")]
             panic_on_series: config.faults.panic_on_series.as_deref().map(Arc::from),
         },
     )?;

@@ -72,7 +72,9 @@ pub struct WorkerPool {
 pub struct Hooks {
     /// Where datapoints whose processing panicked are written.
     pub quarantine: Option<Arc<Quarantine>>,
-    /// Fault injection for tests: applying a datapoint of this output series panics.
+    /// Fault injection for tests (feature `fault-injection`): applying a datapoint of
+    /// this output series panics.
+    #[cfg(feature = "fault-injection")]
     pub panic_on_series: Option<Arc<str>>,
 }
 
@@ -129,6 +131,7 @@ impl Worker {
         while *next < items.len() {
             let it = &items[*next];
             *next += 1;
+            #[cfg(feature = "fault-injection")]
             if self.hooks.panic_on_series.as_deref() == Some(&*it.key.name) {
                 panic!("fault injection: panic on series {}", it.key.name);
             }

@@ -412,7 +412,9 @@ pub struct File {
     pub service: ServiceFile,
 }
 
-/// Faults to inject, for tests of isolation. Not settable from a config file.
+/// Faults to inject, for tests of isolation (feature `fault-injection`). Not settable
+/// from a config file.
+#[cfg(feature = "fault-injection")]
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Faults {
     /// Applying a datapoint of this output series panics in the worker.
@@ -544,7 +546,8 @@ pub struct Config {
     pub quarantine: Option<(PathBuf, u64)>,
     /// Service behaviour.
     pub service: Service,
-    /// Fault injection (library users and tests only).
+    /// Fault injection (tests only, feature `fault-injection`).
+    #[cfg(feature = "fault-injection")]
     pub faults: Faults,
 }
 
@@ -837,6 +840,7 @@ impl Config {
                     .unwrap_or_else(machine_hostname)
                     .replace('.', "_"),
             },
+            #[cfg(feature = "fault-injection")]
             faults: Faults::default(),
         })
     }
