@@ -6,13 +6,17 @@
 //! to a bounded queue drained by one thread, so a flood of rejections costs at most the
 //! formatting; what does not fit in the queue is counted in
 //! [`Quarantine::overflowed`]. The file is bounded: at `max_bytes` it is renamed to
-//! `<file>.1` (replacing the previous one) and a new file starts.
+//! `<file>.1` (replacing the previous one) and a new file starts. [`Quarantine::close`]
+//! writes what is queued and joins the writer thread.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crossbeam_channel::{Sender, bounded};
+use std::sync::Mutex;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender, bounded};
 
 use crate::drops::DropReason;
 
@@ -20,6 +24,54 @@ use crate::drops::DropReason;
 pub struct Quarantine {
     tx: Sender<String>,
     overflowed: AtomicU64,
+    /// Tells the writer to drain the queue and exit (dropped by [`Quarantine::close`]).
+    stop: Mutex<Option<Sender<()>>>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Appends `line` to the file, rotating it at `max_bytes`.
+struct Writer {
+    file: PathBuf,
+    out: std::fs::File,
+    size: u64,
+    max_bytes: u64,
+}
+
+impl Writer {
+    fn write(&mut self, line: &str) {
+        if self.size + line.len() as u64 > self.max_bytes {
+            let _ = self.out.flush();
+            let _ = std::fs::rename(&self.file, self.file.with_extension("1"));
+            match std::fs::File::create(&self.file) {
+                Ok(f) => self.out = f,
+                Err(e) => {
+                    tracing::error!(error = %e, file = %self.file.display(), "quarantine file");
+                    return;
+                }
+            }
+            self.size = 0;
+        }
+        if self.out.write_all(line.as_bytes()).is_ok() {
+            self.size += line.len() as u64;
+        }
+    }
+
+    /// Writes lines until `stop` is dropped (or every sender is gone), then what is left.
+    fn run(mut self, rx: Receiver<String>, stop: Receiver<()>) {
+        loop {
+            crossbeam_channel::select! {
+                recv(rx) -> line => match line {
+                    Ok(line) => self.write(&line),
+                    Err(_) => break,
+                },
+                recv(stop) -> _ => break,
+            }
+        }
+        for line in rx.try_iter() {
+            self.write(&line);
+        }
+        let _ = self.out.flush();
+    }
 }
 
 impl Quarantine {
@@ -28,37 +80,38 @@ impl Quarantine {
         if let Some(dir) = file.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let mut out = std::fs::OpenOptions::new()
+        let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&file)?;
-        let mut size = out.metadata()?.len();
+        let size = out.metadata()?.len();
         let (tx, rx) = bounded::<String>(65536);
-        std::thread::Builder::new()
+        let (stop, stopped) = bounded::<()>(0);
+        let writer = Writer {
+            file,
+            out,
+            size,
+            max_bytes,
+        };
+        let handle = std::thread::Builder::new()
             .name("aggd-quarantine".into())
-            .spawn(move || {
-                for line in rx {
-                    if size + line.len() as u64 > max_bytes {
-                        let _ = out.flush();
-                        let _ = std::fs::rename(&file, file.with_extension("1"));
-                        match std::fs::File::create(&file) {
-                            Ok(f) => out = f,
-                            Err(e) => {
-                                tracing::error!(error = %e, "quarantine file");
-                                continue;
-                            }
-                        }
-                        size = 0;
-                    }
-                    if out.write_all(line.as_bytes()).is_ok() {
-                        size += line.len() as u64;
-                    }
-                }
-            })?;
+            .spawn(move || writer.run(rx, stopped))?;
         Ok(Quarantine {
             tx,
             overflowed: AtomicU64::new(0),
+            stop: Mutex::new(Some(stop)),
+            writer: Mutex::new(Some(handle)),
         })
+    }
+
+    /// Writes what is queued and stops the writer thread; later records are counted as
+    /// overflowed. Idempotent.
+    pub fn close(&self) {
+        self.stop.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let handle = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
     }
 
     /// Queues one rejected datapoint; never blocks.
@@ -89,8 +142,13 @@ mod tests {
         for i in 0..10 {
             q.record(DropReason::TenantDeleted, &format!("acme.m{i}"), 1.5, 60.0);
         }
-        drop(q); // closes the queue; the writer drains it
-        std::thread::sleep(std::time::Duration::from_millis(200));
+        q.close(); // the writer drains the queue and exits
+        q.record(DropReason::TenantDeleted, "after.close", 1.0, 1.0);
+        assert_eq!(
+            q.overflowed(),
+            1,
+            "a record after close is counted, not written"
+        );
         let cur = std::fs::read_to_string(&file).unwrap();
         let old = std::fs::read_to_string(file.with_extension("1")).unwrap();
         assert!(cur.len() <= 200 && old.len() <= 200);

@@ -254,7 +254,7 @@ pub async fn start_with_io(
     }
     // Listeners bound and open intervals rebuilt: ready.
     observed.ready.store(true, Ordering::Relaxed);
-    service::spawn_watchdog(Arc::clone(&observed), shutdown.clone());
+    service::spawn_watchdog(Arc::clone(&observed), shutdown.clone(), &tracker);
     let svc = &config.service;
     service::spawn_self_metrics(
         Arc::clone(&observed),
@@ -262,6 +262,7 @@ pub async fn start_with_io(
         svc.self_metrics_prefix.clone(),
         svc.hostname.clone(),
         shutdown.clone(),
+        &tracker,
     );
     Ok(Server {
         addrs,
@@ -403,6 +404,9 @@ impl Server {
         self.tracker.wait().await;
         let workers = self.workers;
         let _ = tokio::task::spawn_blocking(move || workers.shutdown()).await;
+        if let Some(q) = self.pipeline.quarantine.clone() {
+            let _ = tokio::task::spawn_blocking(move || q.close()).await;
+        }
         let delivered = self.senders.drain(&self.dests, deadline).await;
         if let Some(j) = self.journal {
             let closed = Arc::clone(&j);

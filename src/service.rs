@@ -26,6 +26,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::aggregate::worker::{Heartbeats, WorkerGauges, WorkerMsg};
 use crate::datapoint::Sink;
@@ -287,11 +288,11 @@ pub fn routes(o: Arc<Observed>) -> axum::Router {
 
 /// Pings the systemd watchdog at half its interval while the workers make progress; a
 /// stalled worker stops the pings and systemd restarts the service.
-pub fn spawn_watchdog(o: Arc<Observed>, shutdown: CancellationToken) {
+pub fn spawn_watchdog(o: Arc<Observed>, shutdown: CancellationToken, tracker: &TaskTracker) {
     let Some(every) = sd_notify::watchdog_enabled() else {
         return;
     };
-    tokio::spawn(async move {
+    tracker.spawn(async move {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -336,11 +337,12 @@ pub fn spawn_self_metrics(
     prefix: String,
     host: String,
     shutdown: CancellationToken,
+    tracker: &TaskTracker,
 ) {
     if interval.is_zero() {
         return;
     }
-    tokio::spawn(async move {
+    tracker.spawn(async move {
         let mut last: HashMap<String, u64> = HashMap::new();
         let (mut last_cpu, _) = process_usage();
         let mut last_t = Instant::now();

@@ -299,10 +299,7 @@ async fn serve(
     shutdown: CancellationToken,
     mut d: impl StreamDecoder,
 ) {
-    let stats = ingest.stats();
-    stats
-        .active_connections
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let _open = OpenConnection::new(ingest.stats());
     let peer = sock
         .peer_addr()
         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
@@ -331,7 +328,24 @@ async fn serve(
     frames.extend(d.finish(&mut rb.buf, &mut ingest, eof));
     process(&mut frames, &mut d, &mut ingest, peer).await;
     ingest.flush().await;
-    stats
-        .active_connections
-        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Counts a connection in `active_connections` for as long as it lives.
+struct OpenConnection(Arc<crate::drops::Stats>);
+
+impl OpenConnection {
+    fn new(stats: Arc<crate::drops::Stats>) -> Self {
+        stats
+            .active_connections
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        OpenConnection(stats)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0
+            .active_connections
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
