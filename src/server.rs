@@ -54,7 +54,7 @@ pub struct Server {
     shutdown: CancellationToken,
     tracker: TaskTracker,
     journal: Option<Arc<Journal>>,
-    ledger_flusher: Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>,
+    ledger_flusher: Option<(crossbeam_channel::Sender<()>, std::thread::JoinHandle<()>)>,
     tenants: Option<(Arc<Tenants>, PathBuf)>,
     pipeline: Arc<Pipeline>,
     observed: Arc<Observed>,
@@ -69,18 +69,20 @@ impl Sink for NoForward {
 
 /// Flushes the loss ledger every 200 ms until `stop`, then once more. A flush that fails
 /// keeps its entries for the next one; failures are logged at most every 10 s.
+/// Dropping the returned sender stops the thread at once (after its last flush).
 fn ledger_flusher(
     stats: Arc<Stats>,
-) -> std::io::Result<(Arc<AtomicBool>, std::thread::JoinHandle<()>)> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let s = Arc::clone(&stop);
+) -> std::io::Result<(crossbeam_channel::Sender<()>, std::thread::JoinHandle<()>)> {
+    let (stop, stopped) = crossbeam_channel::bounded::<()>(0);
     let t = std::thread::Builder::new()
         .name("aggd-ledger".into())
         .spawn(move || {
             let Some(l) = stats.ledger() else { return };
             let mut last_log: Option<std::time::Instant> = None;
-            while !s.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(200));
+            let every = Duration::from_millis(200);
+            while let Err(crossbeam_channel::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(every)
+            {
                 if let Err(e) = l.flush()
                     && last_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
                 {
@@ -419,7 +421,7 @@ impl Server {
             }
         }
         if let Some((stop, t)) = self.ledger_flusher {
-            stop.store(true, Ordering::Relaxed);
+            drop(stop);
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
         self.stats

@@ -132,7 +132,8 @@ pub struct Journal {
     stats: Arc<JournalStats>,
     control: Arc<Control>,
     thread: Mutex<Option<JoinHandle<()>>>,
-    fsyncer: Mutex<Option<(Arc<AtomicBool>, JoinHandle<()>)>>,
+    /// The interval fsync thread and the sender whose drop stops it.
+    fsyncer: Mutex<Option<(Sender<()>, JoinHandle<()>)>>,
     /// The locked `lock` file; dropped (unlocked) by [`Journal::close`].
     lock: Mutex<Option<File>>,
     dir: PathBuf,
@@ -142,23 +143,17 @@ type Active = Arc<Mutex<Option<Box<dyn JournalFile>>>>;
 
 /// The `fsync = "interval"` thread: every interval, fsyncs the active segment through its
 /// own file handle, so the writer never waits for the disk.
+/// Dropping the returned sender stops the thread at once.
 fn spawn_fsyncer(
     active: Active,
     every: Duration,
     stats: Arc<JournalStats>,
-) -> std::io::Result<(Arc<AtomicBool>, JoinHandle<()>)> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let s = Arc::clone(&stop);
+) -> std::io::Result<(Sender<()>, JoinHandle<()>)> {
+    let (stop, stopped) = bounded::<()>(0);
     let t = std::thread::Builder::new()
         .name("aggd-journal-fsync".into())
         .spawn(move || {
-            let mut last = Instant::now();
-            while !s.load(Ordering::Relaxed) {
-                std::thread::sleep(every.min(Duration::from_millis(100)));
-                if last.elapsed() < every {
-                    continue;
-                }
-                last = Instant::now();
+            while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
                 let f = active
                     .lock()
                     .ok()
@@ -810,7 +805,7 @@ impl Journal {
             let _ = t.join();
         }
         if let Some((stop, t)) = self.fsyncer.lock().ok().and_then(|mut t| t.take()) {
-            stop.store(true, Ordering::Relaxed);
+            drop(stop);
             let _ = t.join();
         }
         if let Ok(mut l) = self.lock.lock() {
