@@ -16,7 +16,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use bytes::Bytes;
 use crossbeam_channel::{Sender, TrySendError};
@@ -39,6 +38,10 @@ pub struct Pipeline {
     pub router: ArcSwap<Router>,
     /// Worker queues.
     pub workers: Arc<[Sender<WorkerMsg>]>,
+    /// Per worker, woken when it takes a batch off its queue ([`WorkerPool::rooms`]).
+    ///
+    /// [`WorkerPool::rooms`]: crate::aggregate::worker::WorkerPool::rooms
+    pub worker_rooms: Arc<[Arc<tokio::sync::Notify>]>,
     /// Where forwarded raw datapoints go (the destinations).
     pub forward: Arc<dyn Sink>,
     /// Counters.
@@ -436,18 +439,25 @@ impl Ingest {
         self.settle();
     }
 
-    /// Sends `batch` to worker `i`, waiting while its queue is full.
+    /// Sends `batch` to worker `i`, waiting while its queue is full (woken by the worker
+    /// when it takes a batch, never by polling).
     async fn send_waiting(&self, i: usize, batch: Vec<WorkItem>) {
         let mut msg = WorkerMsg::Batch(batch);
+        let queue = &self.p.workers[i];
         loop {
-            match self.p.workers[i].try_send(msg) {
-                Ok(()) => break,
-                Err(TrySendError::Full(m)) => {
-                    msg = m;
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-                Err(TrySendError::Disconnected(_)) => break,
+            match queue.try_send(msg) {
+                Ok(()) | Err(TrySendError::Disconnected(_)) => return,
+                Err(TrySendError::Full(m)) => msg = m,
             }
+            // Registered before trying again, so a batch taken in between still wakes us.
+            let room = self.p.worker_rooms[i].notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            match queue.try_send(msg) {
+                Ok(()) | Err(TrySendError::Disconnected(_)) => return,
+                Err(TrySendError::Full(m)) => msg = m,
+            }
+            room.await;
         }
     }
 
@@ -527,6 +537,7 @@ mod tests {
     use crate::rules::aggregation::AggregationRules;
     use crate::rules::rewrite::RewriteRules;
     use std::path::{Path, PathBuf};
+    use std::time::Duration;
 
     struct Discard;
     impl Sink for Discard {
@@ -550,6 +561,7 @@ mod tests {
         let p = Arc::new(Pipeline {
             router: ArcSwap::from_pointee(Router::new(aggregation, 1)),
             workers: vec![tx].into(),
+            worker_rooms: vec![Arc::new(tokio::sync::Notify::new())].into(),
             forward: Arc::new(Discard),
             stats: stats.clone(),
             limits: Limits::default(),
@@ -566,6 +578,7 @@ mod tests {
     #[tokio::test]
     async fn tcp_flush_waits_for_a_full_queue() {
         let (mut ing, rx, stats) = ingest(1);
+        let room = Arc::clone(&ing.p.worker_rooms[0]);
         ing.plaintext(b"a 1 10\n", 0.0);
         ing.flush().await; // fills the queue
         ing.plaintext(b"b 2 10\nc 3 10\n", 0.0);
@@ -582,6 +595,8 @@ mod tests {
             panic!()
         };
         assert_eq!(first.len(), 1);
+        // As a worker does when it takes a batch: wake whoever waits for room.
+        room.notify_waiters();
         waiting.await.unwrap();
         let WorkerMsg::Batch(second) = rx.recv().unwrap() else {
             panic!()

@@ -164,6 +164,7 @@ pub async fn start_with_io(
         let rebuild_pipeline = Arc::new(Pipeline {
             router: ArcSwap::from(Arc::clone(&router)),
             workers: workers.senders(),
+            worker_rooms: workers.rooms(),
             forward: Arc::new(NoForward),
             stats: Arc::clone(&stats),
             limits: config.limits.clone(),
@@ -196,6 +197,7 @@ pub async fn start_with_io(
     let pipeline = Arc::new(Pipeline {
         router: ArcSwap::from(router),
         workers: workers.senders(),
+        worker_rooms: workers.rooms(),
         forward: dests.clone(),
         stats: Arc::clone(&stats),
         limits: config.limits.clone(),

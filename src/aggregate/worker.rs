@@ -61,6 +61,7 @@ pub const EMIT_BATCH: usize = 1000;
 /// The running worker threads.
 pub struct WorkerPool {
     senders: Vec<Sender<WorkerMsg>>,
+    rooms: Vec<Arc<tokio::sync::Notify>>,
     threads: Vec<JoinHandle<()>>,
     beats: Vec<Arc<AtomicU64>>,
     gauges: Vec<Arc<WorkerGauges>>,
@@ -91,6 +92,9 @@ struct Worker {
     beat: Arc<AtomicU64>,
     /// Published after every sweep.
     gauges: Arc<WorkerGauges>,
+    /// Woken each time the worker takes a batch off its queue: senders waiting for room
+    /// in a full queue wait on it.
+    room: Arc<tokio::sync::Notify>,
 }
 
 /// What a worker publishes about itself after every sweep.
@@ -192,7 +196,11 @@ impl Worker {
     fn run(mut self, rx: Receiver<WorkerMsg>) {
         let mut next_tick = Instant::now() + self.tick;
         loop {
-            match rx.recv_deadline(next_tick) {
+            let msg = rx.recv_deadline(next_tick);
+            if msg.is_ok() {
+                self.room.notify_waiters();
+            }
+            match msg {
                 Ok(WorkerMsg::Batch(items)) => self.apply_guarded(&items, true, true),
                 Ok(WorkerMsg::Rebuild { items, delivered }) => {
                     self.apply_guarded(&items, false, !delivered)
@@ -234,7 +242,10 @@ impl WorkerPool {
         let mut threads = Vec::new();
         let mut beats = Vec::new();
         let mut gauges = Vec::new();
+        let mut rooms = Vec::new();
         for index in 0..count.max(1) {
+            let room = Arc::new(tokio::sync::Notify::new());
+            rooms.push(Arc::clone(&room));
             let (tx, rx) = bounded(queue_batches);
             let beat = Arc::new(AtomicU64::new(now_ms()));
             beats.push(Arc::clone(&beat));
@@ -250,6 +261,7 @@ impl WorkerPool {
                 hooks: hooks.clone(),
                 beat,
                 gauges: g,
+                room,
             };
             threads.push(
                 std::thread::Builder::new()
@@ -260,6 +272,7 @@ impl WorkerPool {
         }
         Ok(WorkerPool {
             senders,
+            rooms,
             threads,
             beats,
             gauges,
@@ -288,6 +301,12 @@ impl WorkerPool {
     /// The workers' queues, indexed like [`Output::worker`](crate::route::Output::worker).
     pub fn senders(&self) -> Arc<[Sender<WorkerMsg>]> {
         self.senders.clone().into()
+    }
+
+    /// Per worker, woken each time the worker takes a batch off its queue (to wait for room
+    /// in a full queue without polling); indexed like [`WorkerPool::senders`].
+    pub fn rooms(&self) -> Arc<[Arc<tokio::sync::Notify>]> {
+        self.rooms.clone().into()
     }
 
     /// Tells every worker to flush everything and exit, and waits for them (blocking).

@@ -111,6 +111,9 @@ struct Control {
     /// [`Journal::submit`] stops waiting for queue space (set by
     /// [`Journal::begin_shutdown`]).
     deadline: Mutex<Option<Instant>>,
+    /// Woken each time the writer takes records off its queue, and at shutdown: submitters
+    /// waiting for room wait on it.
+    room: tokio::sync::Notify,
 }
 
 impl Control {
@@ -588,6 +591,8 @@ impl Writer {
                     Err(TryRecvError::Disconnected) => next = Err(RecvTimeoutError::Disconnected),
                 }
             }
+            // Room was made in the queue: wake submitters waiting for it.
+            control.room.notify_waiters();
             if !records.is_empty() {
                 let ok = self.write_or_give_up(&records, &control);
                 if !ok {
@@ -767,14 +772,26 @@ impl Journal {
         }
         let (done, rx) = oneshot::channel();
         let mut msg = Msg::Record(rec, done);
+        let mut waiting = false;
         loop {
+            // Registered before trying, so room made in between still wakes us.
+            let room = self.control.room.notified();
+            tokio::pin!(room);
+            if waiting {
+                room.as_mut().enable();
+            }
             match self.tx.try_send(msg) {
                 Ok(()) => return Ticket::Queued(rx),
                 Err(TrySendError::Full(m))
                     if self.on_full == OnFull::Backpressure && !self.control.give_up() =>
                 {
                     msg = m;
-                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    if waiting {
+                        // The writer wakes us when it takes records; the timeout re-checks
+                        // shutdown's deadline.
+                        let _ = tokio::time::timeout(RETRY_EVERY, room).await;
+                    }
+                    waiting = true;
                 }
                 Err(_) => {
                     self.stats.unjournaled.fetch_add(1, Ordering::Relaxed);
@@ -793,6 +810,7 @@ impl Journal {
             .deadline
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = Some(deadline);
+        self.control.room.notify_waiters();
     }
 
     /// Writes what is queued (giving up on a failing disk at once, or at the deadline of
