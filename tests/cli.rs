@@ -29,6 +29,18 @@ fn check_accepts_shipped_config_and_refuses_bad_rules_with_line() {
     );
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("aggregation rules: 3"), "{text}");
+    // Settings read back in the config's own words, and the memory bound with its terms.
+    for line in [
+        "listen: plaintext/tcp on 127.0.0.1:2003",
+        "listen: pickle/tcp on 127.0.0.1:2004",
+        "journal: ",
+        "(fsync interval 1s, on_full ingest)",
+        "destination: stdout (plaintext)",
+        "memory bound with 100000 live output series: ",
+        "  connections and HTTP requests: ",
+    ] {
+        assert!(text.contains(line), "{line:?} missing in:\n{text}");
+    }
 
     let dir = tempdir("check");
     let cfg = write_config(

@@ -87,6 +87,37 @@ pub enum DestProtocol {
     Plaintext,
 }
 
+impl std::fmt::Display for Protocol {
+    /// As written in the config: `plaintext`, `pickle` or `http`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Protocol::Plaintext => "plaintext",
+            Protocol::Pickle => "pickle",
+            Protocol::Http => "http",
+        })
+    }
+}
+
+impl std::fmt::Display for Transport {
+    /// As written in the config: `tcp` or `udp`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Transport::Tcp => "tcp",
+            Transport::Udp => "udp",
+        })
+    }
+}
+
+impl std::fmt::Display for DestProtocol {
+    /// As written in the config: `pickle` or `plaintext`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DestProtocol::Pickle => "pickle",
+            DestProtocol::Plaintext => "plaintext",
+        })
+    }
+}
+
 /// `[[listen]]` as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -851,11 +882,7 @@ impl Config {
         let mut s = String::new();
         let _ = writeln!(s, "config: {}", self.source.display());
         for l in &self.listeners {
-            let _ = writeln!(
-                s,
-                "listen: {:?}/{:?} on {}",
-                l.protocol, l.transport, l.address
-            );
+            let _ = writeln!(s, "listen: {}/{} on {}", l.protocol, l.transport, l.address);
         }
         let a = &self.aggregation;
         let _ = writeln!(
@@ -883,7 +910,7 @@ impl Config {
             Some(j) => {
                 let _ = writeln!(
                     s,
-                    "journal: {} (fsync {:?}, on_full {:?})",
+                    "journal: {} (fsync {}, on_full {})",
                     j.dir.display(),
                     j.fsync,
                     j.on_full
@@ -894,7 +921,7 @@ impl Config {
             }
         }
         for d in &self.destinations {
-            let _ = writeln!(s, "destination: {} ({:?})", d.name(), d.protocol);
+            let _ = writeln!(s, "destination: {} ({})", d.name(), d.protocol);
         }
         let series = 100_000;
         let bound = self.memory_bound(series);

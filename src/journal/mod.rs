@@ -62,6 +62,17 @@ pub enum Fsync {
     Always,
 }
 
+impl std::fmt::Display for Fsync {
+    /// As written in the config: `never`, `always`, or `interval 1s`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fsync::Never => f.write_str("never"),
+            Fsync::Always => f.write_str("always"),
+            Fsync::Interval(d) => write!(f, "interval {}", humantime::format_duration(*d)),
+        }
+    }
+}
+
 /// What happens when the journal cannot take a record (its queue is full, the disk is full
 /// or below `min_free_disk`, or a write fails).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,6 +82,16 @@ pub enum OnFull {
     /// Push back: TCP connections wait until the journal writes again (UDP datagrams wait
     /// too, so the kernel drops what overflows its buffer).
     Backpressure,
+}
+
+impl std::fmt::Display for OnFull {
+    /// As written in the config: `ingest` or `backpressure`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            OnFull::Ingest => "ingest",
+            OnFull::Backpressure => "backpressure",
+        })
+    }
 }
 
 /// Validated `[journal]` settings.
