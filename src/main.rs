@@ -195,8 +195,8 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     }
     match (&args.from, &args.to) {
         (Some(f), Some(t)) => windows.push(Window {
-            from: parse_time(f, now).map_err(anyhow::Error::msg)?,
-            to: parse_time(t, now).map_err(anyhow::Error::msg)?,
+            from: parse_time(f, now).context("--from")?,
+            to: parse_time(t, now).context("--to")?,
         }),
         (None, None) if args.lost => {}
         _ => anyhow::bail!("give --from and --to, or --lost"),

@@ -197,7 +197,7 @@ pub fn replay(
     dir: &Path,
     opts: &ReplayOptions,
     mut progress: impl FnMut(u64, u64),
-) -> anyhow::Result<ReplaySummary> {
+) -> Result<ReplaySummary, ReplayError> {
     let started = Instant::now();
     let span = acceptance_span(config) + 60.0;
     let router = Router::new(config.aggregation.clone(), 1);
@@ -231,7 +231,8 @@ pub fn replay(
             let to_us = (r.to * 1e6) as i64;
             reader::plan(dir, from_us, to_us).map(|p| (from_us, to_us, p))
         })
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<_, _>>()
+        .map_err(|source| journal_error(dir, source))?;
     let total: u64 = plans
         .iter()
         .flat_map(|(_, _, p)| p.iter().map(|(_, b)| *b))
@@ -275,7 +276,8 @@ pub fn replay(
                 done += bytes;
                 progress(done, total);
             },
-        )?;
+        )
+        .map_err(|source| journal_error(dir, source))?;
         summary.datapoints += read;
         summary.skipped_bytes += stats.skipped_bytes;
         let mut out = Vec::new();
@@ -304,13 +306,47 @@ pub fn replay(
     Ok(summary)
 }
 
+/// Why a replay stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// Nowhere to send: no `[[destination]]` and no `--dest`.
+    #[error("no destination: configure one or give --dest")]
+    NoDestination,
+    /// The journal could not be read.
+    #[error("journal {}: {source}", dir.display())]
+    Journal {
+        /// The journal directory.
+        dir: std::path::PathBuf,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// A destination could not be reached or written.
+    #[error("destination {destination}: {source}")]
+    Destination {
+        /// `host:port`, or `stdout`.
+        destination: String,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// Aggregates could not be pickled (a bug: every OutPoint is picklable).
+    #[error("pickle encoding: {0}")]
+    Encode(#[from] serde_pickle::Error),
+}
+
+fn journal_error(dir: &Path, source: std::io::Error) -> ReplayError {
+    ReplayError::Journal {
+        dir: dir.to_path_buf(),
+        source,
+    }
+}
+
 /// Writes replayed aggregates to destinations over plain blocking TCP (or stdout).
 struct Sender {
     targets: Vec<(DestAddress, DestProtocol, usize)>,
 }
 
 impl Sender {
-    fn new(config: &Config, opts: &ReplayOptions) -> anyhow::Result<Sender> {
+    fn new(config: &Config, opts: &ReplayOptions) -> Result<Sender, ReplayError> {
         let targets = match &opts.dest {
             Some(a) => vec![(DestAddress::Tcp(a.clone()), DestProtocol::Pickle, 500)],
             None => config
@@ -320,12 +356,12 @@ impl Sender {
                 .collect(),
         };
         if targets.is_empty() && !opts.dry_run {
-            anyhow::bail!("no destination: configure one or give --dest");
+            return Err(ReplayError::NoDestination);
         }
         Ok(Sender { targets })
     }
 
-    fn send(&mut self, points: &[OutPoint]) -> anyhow::Result<()> {
+    fn send(&mut self, points: &[OutPoint]) -> Result<(), ReplayError> {
         if points.is_empty() {
             return Ok(());
         }
@@ -337,17 +373,22 @@ impl Sender {
                 }
                 _ => plaintext::encode_lines(points, &mut buf),
             }
-            match addr {
-                DestAddress::Stdout => std::io::stdout().write_all(&buf)?,
-                DestAddress::Tcp(a) => {
-                    let mut s = TcpStream::connect(a.as_str())
-                        .map_err(|e| anyhow::anyhow!("destination {a}: {e}"))?;
+            let written = match addr {
+                DestAddress::Stdout => std::io::stdout().write_all(&buf),
+                DestAddress::Tcp(a) => TcpStream::connect(a.as_str()).and_then(|mut s| {
                     s.write_all(&buf)?;
                     s.flush()?;
                     // FIN after the data: the kernel still delivers what is buffered.
-                    s.shutdown(std::net::Shutdown::Write)?;
-                }
-            }
+                    s.shutdown(std::net::Shutdown::Write)
+                }),
+            };
+            written.map_err(|source| ReplayError::Destination {
+                destination: match addr {
+                    DestAddress::Stdout => "stdout".into(),
+                    DestAddress::Tcp(a) => a.clone(),
+                },
+                source,
+            })?;
         }
         Ok(())
     }
@@ -371,9 +412,21 @@ pub fn lost_windows(ledger: &Path) -> std::io::Result<(Vec<Window>, Vec<u64>)> {
     Ok((windows, ids))
 }
 
+/// A `--from`/`--to` time that does not parse.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{input:?}: {reason}")]
+pub struct TimeError {
+    /// The time as given.
+    pub input: String,
+    /// Why it does not parse.
+    pub reason: String,
+}
+
 /// Parses a time: `now`, epoch seconds (`1700000000`), a relative form (`-2h`, `-30m`),
 /// or RFC 3339 (`2026-11-21T06:00:00Z`). Returns Unix seconds.
-pub fn parse_time(s: &str, now: f64) -> Result<f64, String> {
+///
+/// Errors: none of these forms.
+pub fn parse_time(s: &str, now: f64) -> Result<f64, TimeError> {
     let s = s.trim();
     if s == "now" {
         return Ok(now);
@@ -384,14 +437,20 @@ pub fn parse_time(s: &str, now: f64) -> Result<f64, String> {
     if let Some(rel) = s.strip_prefix('-') {
         return humantime::parse_duration(rel)
             .map(|d| now - d.as_secs_f64())
-            .map_err(|e| format!("{s:?}: {e}"));
+            .map_err(|e| TimeError {
+                input: s.into(),
+                reason: e.to_string(),
+            });
     }
     humantime::parse_rfc3339_weak(s)
         .map(|t| {
             t.duration_since(UNIX_EPOCH)
                 .map_or(0.0, |d| d.as_secs_f64())
         })
-        .map_err(|e| format!("{s:?}: not now, epoch seconds, -DURATION or RFC 3339 ({e})"))
+        .map_err(|e| TimeError {
+            input: s.into(),
+            reason: format!("not now, epoch seconds, -DURATION or RFC 3339 ({e})"),
+        })
 }
 
 /// Per-segment lines for `aggd journal stat`, and a summary of the ledger file `ledger`.
