@@ -135,8 +135,8 @@ mod tests {
 
     #[test]
     fn writes_and_rotates() {
-        let dir = std::env::temp_dir().join(format!("aggd-q-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let guard = tempfile::tempdir().unwrap();
+        let dir = guard.path().to_path_buf();
         let file = dir.join("quarantine.log");
         let q = Quarantine::open(file.clone(), 200).unwrap();
         for i in 0..10 {

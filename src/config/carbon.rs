@@ -244,8 +244,8 @@ mod tests {
 
     #[test]
     fn debian_style_carbon_conf() {
-        let d = std::env::temp_dir().join(format!("aggd-carbonconf-{}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
+        let guard = tempfile::tempdir().unwrap();
+        let d = guard.path().to_path_buf();
         std::fs::write(d.join("aggregation-rules.conf"), "a.sum (60) = sum a.*\n").unwrap();
         std::fs::write(
             d.join("carbon.conf"),

@@ -947,18 +947,21 @@ mod tests {
         p
     }
 
-    fn tmpdir(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("aggd-cfg-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
-        d
+    /// A fresh directory, removed when the guard drops.
+    fn tmpdir(tag: &str) -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix(&format!("aggd-cfg-{tag}-"))
+            .tempdir()
+            .unwrap()
     }
 
     #[test]
     fn minimal_config_and_relative_paths() {
-        let d = tmpdir("min");
-        write(&d, "rules.conf", "a (60) = sum b\n");
+        let guard = tmpdir("min");
+        let d = guard.path();
+        write(d, "rules.conf", "a (60) = sum b\n");
         let cfg = write(
-            &d,
+            d,
             "aggd.toml",
             "[[listen]]\nprotocol = \"plaintext\"\naddress = \"127.0.0.1:0\"\n\
              [aggregation]\nrules = \"rules.conf\"\n\
@@ -974,17 +977,18 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_bad_values_are_errors() {
-        let d = tmpdir("bad");
-        write(&d, "rules.conf", "a (60) = sum b\n");
+        let guard = tmpdir("bad");
+        let d = guard.path();
+        write(d, "rules.conf", "a (60) = sum b\n");
         let cfg = write(
-            &d,
+            d,
             "a.toml",
             "[aggregation]\nrules = \"rules.conf\"\nbogus = 1\n",
         );
         let e = Config::load(&cfg).unwrap_err().to_string();
         assert!(e.contains("bogus"), "{e}");
         let cfg = write(
-            &d,
+            d,
             "b.toml",
             "[aggregation]\nrules = \"rules.conf\"\n[[destination]]\naddress = \"nope\"\n",
         );
@@ -995,7 +999,7 @@ mod tests {
                 .contains("host:port")
         );
         let cfg = write(
-            &d,
+            d,
             "c.toml",
             "[[listen]]\nprotocol = \"pickle\"\ntransport = \"udp\"\naddress = \"127.0.0.1:0\"\n[aggregation]\nrules = \"rules.conf\"\n",
         );
@@ -1005,8 +1009,8 @@ mod tests {
                 .to_string()
                 .contains("TCP only")
         );
-        write(&d, "broken.conf", "x (60) = sum a\ny.<q> (60) = sum b\n");
-        let cfg = write(&d, "d.toml", "[aggregation]\nrules = \"broken.conf\"\n");
+        write(d, "broken.conf", "x (60) = sum a\ny.<q> (60) = sum b\n");
+        let cfg = write(d, "d.toml", "[aggregation]\nrules = \"broken.conf\"\n");
         let e = Config::load(&cfg).unwrap_err().to_string();
         assert!(e.contains("broken.conf:2:"), "{e}");
     }

@@ -44,8 +44,8 @@ mod tests {
 
     #[test]
     fn mark_is_taken_once() {
-        let dir = std::env::temp_dir().join(format!("aggd-clean-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let guard = tempfile::tempdir().unwrap();
+        let dir = guard.path().to_path_buf();
         write(&dir, 42).unwrap();
         assert_eq!(take(&dir), Some(42));
         assert_eq!(take(&dir), None);

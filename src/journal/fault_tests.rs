@@ -20,58 +20,58 @@ fn faulty() -> (FaultyIo, Arc<FaultyIo>) {
 
 #[tokio::test]
 async fn quiet_runs_never_stop_the_next_start() {
-    let dir = tmp("quiet");
+    let guard = tmp("quiet");
+    let dir = guard.path();
     for run in 0..5 {
-        let (j, report) = Journal::open(cfg(&dir, 1 << 20, 1 << 30))
+        let (j, report) = Journal::open(cfg(dir, 1 << 20, 1 << 30))
             .unwrap_or_else(|e| panic!("start {run} after {run} quiet runs: {e}"));
         assert_eq!(report.next_seq, 0);
         j.close();
     }
-    let (j, report) = Journal::open(cfg(&dir, 1 << 20, 1 << 30)).unwrap();
+    let (j, report) = Journal::open(cfg(dir, 1 << 20, 1 << 30)).unwrap();
     assert!(report.empty_removed > 0);
     assert!(j.submit(rec(1, b"a 1 1\n")).await.wait().await);
     j.close();
     for _ in 0..3 {
-        Journal::open(cfg(&dir, 1 << 20, 1 << 30))
-            .unwrap()
-            .0
-            .close();
+        Journal::open(cfg(dir, 1 << 20, 1 << 30)).unwrap().0.close();
     }
-    let (j, report) = Journal::open(cfg(&dir, 1 << 20, 1 << 30)).unwrap();
+    let (j, report) = Journal::open(cfg(dir, 1 << 20, 1 << 30)).unwrap();
     assert_eq!(report.next_seq, 1);
     assert!(j.submit(rec(2, b"b 1 1\n")).await.wait().await);
     j.close();
-    let seqs: Vec<u64> = read_all(&dir).iter().map(|r| r.0).collect();
+    let seqs: Vec<u64> = read_all(dir).iter().map(|r| r.0).collect();
     assert_eq!(seqs, [0, 1]);
     // Only the segments that hold records, plus the last run's (empty) active one.
-    assert!(segment::list(&dir).unwrap().len() <= 3);
+    assert!(segment::list(dir).unwrap().len() <= 3);
 }
 
 #[test]
 fn a_segment_file_without_its_header_is_removed_at_start() {
     // What a rotation that hit ENOSPC left behind before this was fixed: an empty file.
-    let dir = tmp("headerless");
-    let mut w = Writer::for_test(cfg(&dir, 1 << 20, 1 << 30)).unwrap();
+    let guard = tmp("headerless");
+    let dir = guard.path();
+    let mut w = Writer::for_test(cfg(dir, 1 << 20, 1 << 30)).unwrap();
     w.write_batch(&[rec(1, b"a 1 1\n")]).unwrap();
     drop(w);
-    std::fs::write(segment::segment_path(&dir, 1), b"").unwrap();
-    std::fs::write(segment::segment_path(&dir, 7), b"AGGD").unwrap();
-    let mut w = Writer::for_test(cfg(&dir, 1 << 20, 1 << 30)).unwrap();
+    std::fs::write(segment::segment_path(dir, 1), b"").unwrap();
+    std::fs::write(segment::segment_path(dir, 7), b"AGGD").unwrap();
+    let mut w = Writer::for_test(cfg(dir, 1 << 20, 1 << 30)).unwrap();
     // Sequence numbers never go back, even past a segment that held none.
     assert_eq!(w.next_seq(), 7);
     w.write_batch(&[rec(2, b"b 1 1\n")]).unwrap();
     drop(w);
-    let seqs: Vec<u64> = read_all(&dir).iter().map(|r| r.0).collect();
+    let seqs: Vec<u64> = read_all(dir).iter().map(|r| r.0).collect();
     assert_eq!(seqs, [0, 7]);
 }
 
 /// Writes batches of 3 records, with the disk full after `space` bytes until batch
 /// `heal_at`; returns (batches written, records read back after a restart).
 fn enospc_run(space: u64, heal_at: usize) -> (Vec<u64>, Vec<u64>) {
-    let dir = tmp("enospc");
+    let guard = tmp("enospc");
+    let dir = guard.path();
     let (faults, io) = faulty();
     // Small segments: most runs rotate while the disk is full.
-    let mut w = Writer::for_test_with(cfg(&dir, 400, 1 << 30), io.clone()).unwrap();
+    let mut w = Writer::for_test_with(cfg(dir, 400, 1 << 30), io.clone()).unwrap();
     faults.set(Faults {
         space_left: Some(space),
         ..Faults::default()
@@ -90,10 +90,10 @@ fn enospc_run(space: u64, heal_at: usize) -> (Vec<u64>, Vec<u64>) {
     }
     drop(w);
     // The next start must succeed and see exactly the batches that were written.
-    let w = Writer::for_test_with(cfg(&dir, 400, 1 << 30), io).unwrap();
+    let w = Writer::for_test_with(cfg(dir, 400, 1 << 30), io).unwrap();
     drop(w);
-    let read: Vec<u64> = read_all(&dir).iter().map(|r| r.1 as u64 / 10).collect();
-    let _ = std::fs::remove_dir_all(&dir);
+    let read: Vec<u64> = read_all(dir).iter().map(|r| r.1 as u64 / 10).collect();
+    let _ = std::fs::remove_dir_all(dir);
     (written, read)
 }
 
@@ -113,9 +113,10 @@ fn enospc_at_any_byte_loses_nothing_written_and_never_wedges() {
 
 #[test]
 fn enospc_while_creating_the_next_segment_keeps_the_current_one() {
-    let dir = tmp("rotate-enospc");
+    let guard = tmp("rotate-enospc");
+    let dir = guard.path();
     let (faults, io) = faulty();
-    let mut w = Writer::for_test_with(cfg(&dir, 200, 1 << 30), io).unwrap();
+    let mut w = Writer::for_test_with(cfg(dir, 200, 1 << 30), io).unwrap();
     w.write_batch(&[rec(1, &[b'x'; 150])]).unwrap();
     let first = w.active_first_seq();
     faults.set(Faults {
@@ -127,24 +128,21 @@ fn enospc_while_creating_the_next_segment_keeps_the_current_one() {
     assert_eq!(e.kind(), std::io::ErrorKind::StorageFull);
     assert!(e.to_string().contains(".seg"), "names the file: {e}");
     assert_eq!(w.active_first_seq(), first);
-    assert_eq!(
-        segment::list(&dir).unwrap().len(),
-        1,
-        "no half-made segment"
-    );
+    assert_eq!(segment::list(dir).unwrap().len(), 1, "no half-made segment");
     faults.set(Faults::default());
     w.write_batch(&[rec(3, &[b'z'; 150])]).unwrap();
     assert_ne!(w.active_first_seq(), first);
     drop(w);
-    let seqs: Vec<u64> = read_all(&dir).iter().map(|r| r.0).collect();
+    let seqs: Vec<u64> = read_all(dir).iter().map(|r| r.0).collect();
     assert_eq!(seqs, [0, 1]);
 }
 
 #[test]
 fn eio_and_a_failing_truncate_seal_the_segment() {
-    let dir = tmp("eio");
+    let guard = tmp("eio");
+    let dir = guard.path();
     let (faults, io) = faulty();
-    let mut w = Writer::for_test_with(cfg(&dir, 1 << 20, 1 << 30), io.clone()).unwrap();
+    let mut w = Writer::for_test_with(cfg(dir, 1 << 20, 1 << 30), io.clone()).unwrap();
     w.write_batch(&[rec(1, b"a 1 1\n")]).unwrap();
     let first = w.active_first_seq();
     // A partial write, then the truncation back fails too (the filesystem went read-only).
@@ -161,22 +159,23 @@ fn eio_and_a_failing_truncate_seal_the_segment() {
     faults.set(Faults::default());
     w.write_batch(&[rec(3, b"c 1 1\n")]).unwrap();
     drop(w);
-    let w = Writer::for_test_with(cfg(&dir, 1 << 20, 1 << 30), io).unwrap();
+    let w = Writer::for_test_with(cfg(dir, 1 << 20, 1 << 30), io).unwrap();
     drop(w);
-    let got: Vec<(u64, i64)> = read_all(&dir).iter().map(|r| (r.0, r.1)).collect();
+    let got: Vec<(u64, i64)> = read_all(dir).iter().map(|r| (r.0, r.1)).collect();
     assert_eq!(got, [(0, 1), (1, 3)]);
     assert!(first < 1);
 }
 
 #[tokio::test]
 async fn read_only_filesystem_is_an_error_naming_the_path() {
-    let dir = tmp("ro");
+    let guard = tmp("ro");
+    let dir = guard.path();
     let (faults, io) = faulty();
     faults.set(Faults {
         read_only: true,
         ..Faults::default()
     });
-    let e = Journal::open_with(cfg(&dir, 1 << 20, 1 << 30), io)
+    let e = Journal::open_with(cfg(dir, 1 << 20, 1 << 30), io)
         .err()
         .expect("a read-only journal cannot open");
     assert_eq!(e.kind(), std::io::ErrorKind::ReadOnlyFilesystem);
@@ -185,9 +184,10 @@ async fn read_only_filesystem_is_an_error_naming_the_path() {
 
 #[tokio::test]
 async fn failing_fsync_with_always_reports_unjournaled() {
-    let dir = tmp("fsync");
+    let guard = tmp("fsync");
+    let dir = guard.path();
     let (faults, io) = faulty();
-    let mut c = cfg(&dir, 1 << 20, 1 << 30);
+    let mut c = cfg(dir, 1 << 20, 1 << 30);
     c.fsync = Fsync::Always;
     let (j, _) = Journal::open_with(c, io).unwrap();
     assert!(j.submit(rec(1, b"a 1 1\n")).await.wait().await);
@@ -203,7 +203,8 @@ async fn failing_fsync_with_always_reports_unjournaled() {
 }
 
 /// A backpressure journal (queue of 4) whose disk fails with `fault`, and `n` senders
-/// submitting one record each; returns the fault switch, the journal, its directory and
+/// submitting one record each; returns the fault switch, the journal, its directory (removed
+/// when dropped) and
 /// the senders (each resolving to whether its record was journaled).
 fn backpressured(
     tag: &str,
@@ -212,12 +213,12 @@ fn backpressured(
 ) -> (
     FaultyIo,
     Arc<Journal>,
-    std::path::PathBuf,
+    tempfile::TempDir,
     Vec<tokio::task::JoinHandle<bool>>,
 ) {
-    let dir = tmp(tag);
+    let guard = tmp(tag);
     let (faults, io) = faulty();
-    let mut c = cfg(&dir, 1 << 20, 1 << 30);
+    let mut c = cfg(guard.path(), 1 << 20, 1 << 30);
     c.on_full = OnFull::Backpressure;
     c.queue_records = 4;
     let (j, _) = Journal::open_with(c, io).unwrap();
@@ -233,7 +234,7 @@ fn backpressured(
             })
         })
         .collect();
-    (faults, j, dir, senders)
+    (faults, j, guard, senders)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -254,7 +255,7 @@ async fn backpressure_holds_every_record_until_the_disk_has_room() {
         assert!(s.await.unwrap(), "journaled once the disk has room");
     }
     j.close();
-    assert_eq!(read_all(&dir).len(), 40);
+    assert_eq!(read_all(dir.path()).len(), 40);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -284,10 +285,11 @@ async fn shutdown_deadline_ends_backpressure_on_a_full_disk() {
 
 #[tokio::test]
 async fn a_second_daemon_on_the_same_directory_is_refused() {
-    let dir = tmp("lock");
-    let (j, _) = Journal::open(cfg(&dir, 1 << 20, 1 << 30)).unwrap();
+    let guard = tmp("lock");
+    let dir = guard.path();
+    let (j, _) = Journal::open(cfg(dir, 1 << 20, 1 << 30)).unwrap();
     assert!(j.submit(rec(1, b"a 1 1\n")).await.wait().await);
-    let e = Journal::open(cfg(&dir, 1 << 20, 1 << 30))
+    let e = Journal::open(cfg(dir, 1 << 20, 1 << 30))
         .err()
         .expect("the directory is locked");
     let msg = e.to_string();
@@ -299,7 +301,7 @@ async fn a_second_daemon_on_the_same_directory_is_refused() {
     // The refused open changed nothing: the live segment is still being appended to.
     assert!(j.submit(rec(2, b"b 1 1\n")).await.wait().await);
     j.close();
-    let (j, report) = Journal::open(cfg(&dir, 1 << 20, 1 << 30)).unwrap();
+    let (j, report) = Journal::open(cfg(dir, 1 << 20, 1 << 30)).unwrap();
     assert_eq!(report.next_seq, 2);
     j.close();
 }

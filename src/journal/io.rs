@@ -260,8 +260,8 @@ mod tests {
 
     #[test]
     fn enospc_writes_the_prefix_then_fails() {
-        let dir = std::env::temp_dir().join(format!("aggd-io-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let guard = tempfile::tempdir().unwrap();
+        let dir = guard.path().to_path_buf();
         let p = dir.join("f");
         let _ = std::fs::remove_file(&p);
         let io = FaultyIo::new();

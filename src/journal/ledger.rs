@@ -250,9 +250,8 @@ mod tests {
 
     #[test]
     fn entries_merge_flush_and_mark() {
-        let dir = std::env::temp_dir().join(format!("aggd-ledger-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let guard = tempfile::tempdir().unwrap();
+        let dir = guard.path().to_path_buf();
         let file = dir.join(FILE);
         let l = Ledger::open(&file).unwrap();
         l.record(DropReason::DestinationFull.as_str(), 3, Window::at(120.0));
@@ -299,9 +298,8 @@ mod tests {
 
     #[test]
     fn entries_that_cannot_be_written_are_kept_and_written_later() {
-        let dir = std::env::temp_dir().join(format!("aggd-ledger-ro-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let guard = tempfile::tempdir().unwrap();
+        let dir = guard.path().to_path_buf();
         let file = dir.join(FILE);
         let io = FaultyIo::new();
         let l = Ledger::open_with(&file, Arc::new(io.clone())).unwrap();
@@ -337,9 +335,8 @@ mod tests {
 
     #[test]
     fn unwritten_entries_are_bounded_by_merging() {
-        let dir = std::env::temp_dir().join(format!("aggd-ledger-cap-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let guard = tempfile::tempdir().unwrap();
+        let dir = guard.path().to_path_buf();
         let file = dir.join(FILE);
         let io = FaultyIo::new();
         io.set(Faults {

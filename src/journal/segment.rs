@@ -342,8 +342,8 @@ mod tests {
         );
         assert_eq!(idx.bytes, b.len() as u64);
         assert_eq!((skipped, torn), (0, None));
-        let dir = std::env::temp_dir().join(format!("aggd-idx-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let guard = tempfile::tempdir().unwrap();
+        let dir = guard.path().to_path_buf();
         idx.write(&dir, &crate::journal::io::OsIo).unwrap();
         assert_eq!(Index::read(&dir, 0), Some(idx.clone()));
         // A damaged index is not trusted.

@@ -1,7 +1,7 @@
 //! Journal tests through the real writer, recovery and reader.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,14 +13,12 @@ use super::writer::{NewRecord, Writer};
 use super::{Fsync, Journal, JournalConfig, OnFull};
 use crate::datapoint::Kind;
 
-pub(super) fn tmp(tag: &str) -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
+/// A fresh directory, removed when the returned guard drops.
+pub(super) fn tmp(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("aggd-jt-{tag}-"))
+        .tempdir()
         .unwrap()
-        .as_nanos();
-    let d = std::env::temp_dir().join(format!("aggd-jt-{tag}-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 pub(super) fn cfg(dir: &Path, segment_bytes: u64, max_bytes: u64) -> JournalConfig {
@@ -65,8 +63,9 @@ pub(super) fn read_all(dir: &Path) -> Vec<(u64, i64, Vec<u8>)> {
 
 #[tokio::test]
 async fn submit_close_reopen_continues_sequence() {
-    let dir = tmp("reopen");
-    let (j, report) = Journal::open(cfg(&dir, 1 << 20, 1 << 30)).unwrap();
+    let guard = tmp("reopen");
+    let dir = guard.path();
+    let (j, report) = Journal::open(cfg(dir, 1 << 20, 1 << 30)).unwrap();
     assert_eq!(report.next_seq, 0);
     for i in 0..10 {
         let t = j
@@ -75,11 +74,11 @@ async fn submit_close_reopen_continues_sequence() {
         assert!(t.wait().await);
     }
     j.close();
-    let (j, report) = Journal::open(cfg(&dir, 1 << 20, 1 << 30)).unwrap();
+    let (j, report) = Journal::open(cfg(dir, 1 << 20, 1 << 30)).unwrap();
     assert_eq!(report.next_seq, 10);
     assert!(j.submit(rec(2000, b"after\n")).await.wait().await);
     j.close();
-    let all = read_all(&dir);
+    let all = read_all(dir);
     assert_eq!(all.len(), 11);
     assert!(
         all.windows(2).all(|w| w[1].0 == w[0].0 + 1),
@@ -88,7 +87,7 @@ async fn submit_close_reopen_continues_sequence() {
     assert_eq!(all[10], (10, 2000, b"after\n".to_vec()));
     // A time range reads only what was received in it.
     let mut n = 0;
-    read_range(&dir, 1003, 1005, |_| n += 1, |_| {}).unwrap();
+    read_range(dir, 1003, 1005, |_| n += 1, |_| {}).unwrap();
     assert_eq!(n, 3);
 }
 
@@ -96,13 +95,14 @@ async fn submit_close_reopen_continues_sequence() {
 async fn torn_tail_is_truncated_at_every_byte_on_restart() {
     // Build a closed journal of 4 records, then cut its last segment inside the last
     // record at every byte and reopen.
-    let src = tmp("torn-src");
-    let (j, _) = Journal::open(cfg(&src, 1 << 20, 1 << 30)).unwrap();
+    let src_guard = tmp("torn-src");
+    let src = src_guard.path();
+    let (j, _) = Journal::open(cfg(src, 1 << 20, 1 << 30)).unwrap();
     for i in 0..4 {
         assert!(j.submit(rec(i, &[b'x'; 30])).await.wait().await);
     }
     j.close();
-    let (first, path) = segment::list(&src).unwrap().into_iter().last().unwrap();
+    let (first, path) = segment::list(src).unwrap().into_iter().last().unwrap();
     let bytes = std::fs::read(&path).unwrap();
     let last_start = segment::scan(&bytes, 0)
         .find_map(|item| match item {
@@ -113,9 +113,10 @@ async fn torn_tail_is_truncated_at_every_byte_on_restart() {
         })
         .unwrap();
     for cut in last_start..bytes.len() {
-        let dir = tmp("torn");
-        std::fs::write(segment::segment_path(&dir, first), &bytes[..cut]).unwrap();
-        let (j, report) = Journal::open(cfg(&dir, 1 << 20, 1 << 30)).unwrap();
+        let guard = tmp("torn");
+        let dir = guard.path();
+        std::fs::write(segment::segment_path(dir, first), &bytes[..cut]).unwrap();
+        let (j, report) = Journal::open(cfg(dir, 1 << 20, 1 << 30)).unwrap();
         j.close();
         assert_eq!(
             report.truncated_bytes,
@@ -123,22 +124,23 @@ async fn torn_tail_is_truncated_at_every_byte_on_restart() {
             "cut {cut}"
         );
         assert_eq!(report.next_seq, 3, "cut {cut}");
-        let seqs: Vec<u64> = read_all(&dir).iter().map(|r| r.0).collect();
+        let seqs: Vec<u64> = read_all(dir).iter().map(|r| r.0).collect();
         assert_eq!(seqs, [0, 1, 2], "cut {cut}");
         assert_eq!(
-            std::fs::metadata(segment::segment_path(&dir, first))
+            std::fs::metadata(segment::segment_path(dir, first))
                 .unwrap()
                 .len(),
             last_start as u64
         );
-        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
 
 #[tokio::test]
 async fn queue_full_with_ingest_policy_skips_and_counts() {
-    let dir = tmp("full");
-    let mut c = cfg(&dir, 1 << 20, 1 << 30);
+    let guard = tmp("full");
+    let dir = guard.path();
+    let mut c = cfg(dir, 1 << 20, 1 << 30);
     c.queue_records = 1;
     let (j, _) = Journal::open(c).unwrap();
     let mut tickets = Vec::new();
@@ -156,7 +158,7 @@ async fn queue_full_with_ingest_policy_skips_and_counts() {
         .load(std::sync::atomic::Ordering::Relaxed);
     assert!(skipped > 0, "a queue of one record must overflow");
     assert_eq!(written + skipped, 200);
-    assert_eq!(read_all(&dir).len() as u64, written);
+    assert_eq!(read_all(dir).len() as u64, written);
 }
 
 /// One step of the property test.
@@ -187,8 +189,9 @@ proptest! {
     /// first, never the active one.
     #[test]
     fn journal_matches_model(ops in proptest::collection::vec(op(), 1..40)) {
-        let dir = tmp("prop");
-        let mut w = Writer::for_test(cfg(&dir, 2048, 6000)).unwrap();
+        let guard = tmp("prop");
+    let dir = guard.path();
+        let mut w = Writer::for_test(cfg(dir, 2048, 6000)).unwrap();
         // seq → (segment first_seq, offset, len, payload)
         let mut model: BTreeMap<u64, (u64, u64, u64, Vec<u8>)> = BTreeMap::new();
         let mut damaged: Vec<u64> = Vec::new();
@@ -209,7 +212,7 @@ proptest! {
                 Op::Rotate => { if w.records_in_segment() > 0 { w.rotate().unwrap(); } }
                 Op::Retention => w.retention(),
                 Op::Flip(f, bit) => {
-                    let segs = segment::list(&dir).unwrap();
+                    let segs = segment::list(dir).unwrap();
                     let sealed: Vec<_> = segs.iter().filter(|(s, _)| *s != w.active_first_seq()).collect();
                     if let Some((first, path)) = sealed.first() {
                         let mut b = std::fs::read(path).unwrap();
@@ -218,7 +221,7 @@ proptest! {
                             let pos = pos.min(b.len() - 1);
                             b[pos] ^= 1 << bit;
                             std::fs::write(path, &b).unwrap();
-                            let _ = std::fs::remove_file(segment::index_path(&dir, *first));
+                            let _ = std::fs::remove_file(segment::index_path(dir, *first));
                             for (seq, (s, off, len, _)) in &model {
                                 if s == first && (*off..off + len).contains(&(pos as u64)) {
                                     damaged.push(*seq);
@@ -229,7 +232,7 @@ proptest! {
                 }
             }
         }
-        let present: Vec<u64> = segment::list(&dir).unwrap().iter().map(|(s, _)| *s).collect();
+        let present: Vec<u64> = segment::list(dir).unwrap().iter().map(|(s, _)| *s).collect();
         // Retention leaves a suffix of segments that includes the active one.
         prop_assert!(present.contains(&w.active_first_seq()));
         let firsts: Vec<u64> = model.values().map(|v| v.0).collect::<std::collections::BTreeSet<_>>().into_iter().collect();
@@ -240,32 +243,33 @@ proptest! {
             .filter(|(seq, (s, ..))| present.contains(s) && !damaged.contains(seq))
             .map(|(seq, (.., p))| (*seq, p.clone()))
             .collect();
-        let got: Vec<(u64, Vec<u8>)> = read_all(&dir).into_iter().map(|(s, _, p)| (s, p)).collect();
+        let got: Vec<(u64, Vec<u8>)> = read_all(dir).into_iter().map(|(s, _, p)| (s, p)).collect();
         prop_assert_eq!(got, want);
-        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
 
 #[tokio::test]
 async fn readers_see_what_a_running_writer_wrote() {
-    let dir = tmp("live");
-    let (j, _) = Journal::open(cfg(&dir, 1 << 20, 1 << 30)).unwrap();
+    let guard = tmp("live");
+    let dir = guard.path();
+    let (j, _) = Journal::open(cfg(dir, 1 << 20, 1 << 30)).unwrap();
     for i in 0..5 {
         assert!(j.submit(rec(i, b"x 1 1\n")).await.wait().await);
     }
     // The writer is still running and its segment has no index yet.
     let mut n = 0;
-    let stats = read_range(&dir, i64::MIN, i64::MAX, |_| n += 1, |_| {}).unwrap();
+    let stats = read_range(dir, i64::MIN, i64::MAX, |_| n += 1, |_| {}).unwrap();
     assert_eq!(n, 5);
     assert_eq!((stats.skipped_bytes, stats.incomplete_tail_bytes), (0, 0));
     // A write in progress (a partial record at the end) is not corruption.
-    let (_, path) = segment::list(&dir).unwrap().into_iter().last().unwrap();
+    let (_, path) = segment::list(dir).unwrap().into_iter().last().unwrap();
     std::fs::OpenOptions::new()
         .append(true)
         .open(&path)
         .and_then(|mut f| std::io::Write::write_all(&mut f, &[40, 0, 0, 0, 1, 2]))
         .unwrap();
-    let stats = read_range(&dir, i64::MIN, i64::MAX, |_| {}, |_| {}).unwrap();
+    let stats = read_range(dir, i64::MIN, i64::MAX, |_| {}, |_| {}).unwrap();
     assert_eq!(
         (
             stats.records,
@@ -279,8 +283,9 @@ async fn readers_see_what_a_running_writer_wrote() {
 
 #[test]
 fn retention_deletes_old_sealed_segments_by_age() {
-    let dir = tmp("age");
-    let mut c = cfg(&dir, 1 << 20, 1 << 30);
+    let guard = tmp("age");
+    let dir = guard.path();
+    let mut c = cfg(dir, 1 << 20, 1 << 30);
     c.max_age = Duration::from_secs(3600);
     let mut w = Writer::for_test(c).unwrap();
     let now_us = std::time::SystemTime::now()
@@ -293,7 +298,7 @@ fn retention_deletes_old_sealed_segments_by_age() {
         w.rotate().unwrap();
     }
     w.retention();
-    let left: Vec<u64> = segment::list(&dir)
+    let left: Vec<u64> = segment::list(dir)
         .unwrap()
         .iter()
         .map(|(s, _)| *s)
@@ -303,6 +308,6 @@ fn retention_deletes_old_sealed_segments_by_age() {
         [2, 3],
         "old sealed segments go; the recent and the active one stay"
     );
-    let seqs: Vec<u64> = read_all(&dir).iter().map(|r| r.0).collect();
+    let seqs: Vec<u64> = read_all(dir).iter().map(|r| r.0).collect();
     assert_eq!(seqs, [2]);
 }

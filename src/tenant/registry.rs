@@ -181,8 +181,8 @@ mod tests {
         assert_eq!(r.get("acme").unwrap().datapoints_per_second, Some(10));
         assert_eq!(r.get("old").unwrap().state, TenantState::Deleted);
         assert_eq!(r.tenant_for_key("k1").as_deref(), Some("acme"));
-        let dir = std::env::temp_dir().join(format!("aggd-reg-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let guard = tempfile::tempdir().unwrap();
+        let dir = guard.path().to_path_buf();
         let f = dir.join("tenants.toml");
         r.save(&f).unwrap();
         let back = Registry::load(&f).unwrap();
