@@ -39,17 +39,21 @@
 //! - A segment exceeds `segment_bytes` by at most one writer batch (4 MiB).
 
 pub mod clean;
+pub mod handle;
 pub mod io;
 pub mod ledger;
 pub mod reader;
 pub mod record;
+pub mod recovery;
 pub mod segment;
 pub mod writer;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use writer::{Journal, JournalStats, NewRecord, OpenReport, Ticket};
+pub use handle::{Journal, Ticket};
+pub use recovery::OpenReport;
+pub use writer::{JournalStats, NewRecord};
 
 /// When the writer calls fsync.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

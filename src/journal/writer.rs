@@ -1,7 +1,7 @@
 //! The journal writer: one dedicated thread that appends records with group commit.
 //!
-//! Listeners [`Journal::submit`] a record and get a [`Ticket`]; they parse the payload while
-//! the writer works, and hand datapoints to workers only after [`Ticket::wait`] says the
+//! Listeners [`Journal::submit`](super::Journal::submit) a record and get a [`Ticket`](super::Ticket); they parse the payload while
+//! the writer works, and hand datapoints to workers only after [`Ticket::wait`](super::Ticket::wait) says the
 //! record was written (to the page cache; with `fsync = "always"`, to disk). Every record
 //! that could not be written is reported, so the caller ledgers the unjournaled window.
 //!
@@ -18,38 +18,35 @@
 //! - `on_full = "ingest"`: the batch's tickets resolve `false` at once (the caller ledgers
 //!   the window as `unjournaled`). `"backpressure"`: the writer retries the batch every
 //!   100 ms and takes nothing more off its queue, so the queue fills and
-//!   [`Journal::submit`] waits: TCP readers stop reading. Once shutdown's deadline
-//!   ([`Journal::begin_shutdown`]) has passed, both give up and report `unjournaled`, so a
+//!   [`Journal::submit`](super::Journal::submit) waits: TCP readers stop reading. Once shutdown's deadline
+//!   ([`Journal::begin_shutdown`](super::Journal::begin_shutdown)) has passed, both give up and report `unjournaled`, so a
 //!   full disk never holds up shutdown past its drain timeout.
 //!
-//! The directory is locked (`flock` on `lock`, which holds the owner's PID) for the
-//! journal's life, so a second daemon on the same directory refuses to start instead of
-//! recovering the first one's live segment.
+//! Opening (the directory lock, recovery) is in [`super::recovery`]; the handle listeners
+//! share is [`super::handle`].
 
-use std::fs::File;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError, bounded};
+use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use tokio::sync::oneshot;
 
-use super::io::{JournalFile, JournalIo, OsIo};
+use super::io::{JournalFile, JournalIo};
 use super::record::{self, Meta};
+use super::recovery::at;
 use super::segment::{self, Index, MAGIC};
 use super::{JournalConfig, OnFull};
 use crate::datapoint::Kind;
+use crate::time::now_us;
 
 /// Largest batch the writer encodes before writing.
 const BATCH_BYTES: usize = 4 << 20;
 /// How often a writer in backpressure retries a failed write.
-const RETRY_EVERY: Duration = Duration::from_millis(100);
-/// The lock file inside the journal directory.
-pub const LOCK_FILE: &str = "lock";
+pub(super) const RETRY_EVERY: Duration = Duration::from_millis(100);
 
 /// A record to append.
 #[derive(Debug)]
@@ -96,7 +93,7 @@ pub struct JournalStats {
     pub next_seq: AtomicU64,
 }
 
-enum Msg {
+pub(super) enum Msg {
     Record(NewRecord, oneshot::Sender<bool>),
     /// Wakes the writer to look at [`Control::stop`].
     Wake,
@@ -104,22 +101,22 @@ enum Msg {
 
 /// Shared between the handle and the writer thread: when to stop and when to give up.
 #[derive(Default)]
-struct Control {
+pub(super) struct Control {
     /// [`Journal::close`] was called: write what is queued, then exit.
-    stop: AtomicBool,
+    pub(super) stop: AtomicBool,
     /// Past this instant a write that fails is reported at once instead of retried, and
     /// [`Journal::submit`] stops waiting for queue space (set by
     /// [`Journal::begin_shutdown`]).
-    deadline: Mutex<Option<Instant>>,
+    pub(super) deadline: Mutex<Option<Instant>>,
     /// Woken each time the writer takes records off its queue, and at shutdown: submitters
     /// waiting for room wait on it.
-    room: tokio::sync::Notify,
+    pub(super) room: tokio::sync::Notify,
 }
 
 impl Control {
     /// Whether waiting for the disk must end now: shutdown's deadline has passed, or the
     /// journal is closing without one.
-    fn give_up(&self) -> bool {
+    pub(super) fn give_up(&self) -> bool {
         let deadline = *self.deadline.lock().unwrap_or_else(|p| p.into_inner());
         match deadline {
             Some(d) => Instant::now() >= d,
@@ -128,183 +125,7 @@ impl Control {
     }
 }
 
-/// Handle on the journal; shared by all listeners.
-pub struct Journal {
-    tx: Sender<Msg>,
-    on_full: OnFull,
-    stats: Arc<JournalStats>,
-    control: Arc<Control>,
-    thread: Mutex<Option<JoinHandle<()>>>,
-    /// The interval fsync thread and the sender whose drop stops it.
-    fsyncer: Mutex<Option<(Sender<()>, JoinHandle<()>)>>,
-    /// The locked `lock` file; dropped (unlocked) by [`Journal::close`].
-    lock: Mutex<Option<File>>,
-    dir: PathBuf,
-}
-
-type Active = Arc<Mutex<Option<Box<dyn JournalFile>>>>;
-
-/// The `fsync = "interval"` thread: every interval, fsyncs the active segment through its
-/// own file handle, so the writer never waits for the disk.
-/// Dropping the returned sender stops the thread at once.
-fn spawn_fsyncer(
-    active: Active,
-    every: Duration,
-    stats: Arc<JournalStats>,
-) -> std::io::Result<(Sender<()>, JoinHandle<()>)> {
-    let (stop, stopped) = bounded::<()>(0);
-    let t = std::thread::Builder::new()
-        .name("aggd-journal-fsync".into())
-        .spawn(move || {
-            while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
-                let f = active
-                    .lock()
-                    .ok()
-                    .and_then(|a| a.as_ref().and_then(|f| f.try_clone().ok()));
-                match f.map(|f| f.sync_data()) {
-                    Some(Ok(())) => {
-                        stats.fsyncs.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Some(Err(e))
-                        if stats
-                            .fsync_errors
-                            .fetch_add(1, Ordering::Relaxed)
-                            .is_multiple_of(100) =>
-                    {
-                        tracing::error!(error = %e, "journal fsync failed");
-                    }
-                    _ => {}
-                }
-            }
-        })?;
-    Ok((stop, t))
-}
-
-/// The outcome of a submission, to await before handing datapoints on.
-pub enum Ticket {
-    /// Queued; resolves when written.
-    Queued(oneshot::Receiver<bool>),
-    /// Not journaled (queue full with `on_full = "ingest"`, or shutdown's deadline passed).
-    Skipped,
-}
-
-impl Ticket {
-    /// Whether the record was journaled.
-    pub async fn wait(self) -> bool {
-        match self {
-            Ticket::Queued(rx) => rx.await.unwrap_or(false),
-            Ticket::Skipped => false,
-        }
-    }
-}
-
-use crate::time::now_us;
-
-/// What opening the journal found.
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct OpenReport {
-    /// Torn-tail bytes truncated from the last segment.
-    pub truncated_bytes: u64,
-    /// Corrupt bytes skipped (left in place) in the last segment.
-    pub skipped_bytes: u64,
-    /// Sealed segments whose missing or damaged index was rebuilt.
-    pub indexes_rebuilt: usize,
-    /// Segment files holding no record (left by a quiet run or a failed rotation), removed.
-    pub empty_removed: usize,
-    /// The next sequence number.
-    pub next_seq: u64,
-}
-
-/// Adds the path to an IO error's message.
-fn at(path: &Path, e: std::io::Error) -> std::io::Error {
-    std::io::Error::new(e.kind(), format!("{}: {e}", path.display()))
-}
-
-/// Seals the previous run's last segment (truncating a torn tail), rebuilds missing
-/// indexes, removes segment files that hold no record, and returns the next sequence
-/// number.
-///
-/// A segment without a single record (a quiet run, or a rotation that failed before its
-/// header was written) is removed: it holds nothing, and keeping it would make its own
-/// first sequence number the next one, whose file then exists. A file that holds bytes but
-/// no decodable record is renamed `<name>.corrupt`, out of the way but kept.
-fn recover(dir: &Path, io: &dyn JournalIo) -> std::io::Result<OpenReport> {
-    let mut report = OpenReport::default();
-    let segs = segment::list(dir).map_err(|e| at(dir, e))?;
-    for (i, (first, path)) in segs.iter().enumerate() {
-        let last = i + 1 == segs.len();
-        let len = std::fs::metadata(path).map_err(|e| at(path, e))?.len();
-        let trusted = Index::read(dir, *first).filter(|x| x.bytes == len);
-        let idx = match (last, trusted) {
-            (false, Some(idx)) => idx,
-            _ => {
-                let bytes = std::fs::read(path).map_err(|e| at(path, e))?;
-                let (mut idx, skipped, torn) = Index::scan(*first, &bytes);
-                if idx.records == 0 {
-                    let _ = io.remove_file(&segment::index_path(dir, *first));
-                    if bytes.len() > MAGIC.len() && !bytes.starts_with(MAGIC) {
-                        let to = path.with_extension("seg.corrupt");
-                        io.rename(path, &to).map_err(|e| at(path, e))?;
-                        tracing::warn!(segment = %path.display(), "journal: no record in a non-empty segment; renamed .corrupt");
-                    } else {
-                        io.remove_file(path).map_err(|e| at(path, e))?;
-                    }
-                    report.empty_removed += 1;
-                    report.next_seq = report.next_seq.max(*first);
-                    continue;
-                }
-                if last {
-                    report.skipped_bytes += skipped;
-                    if let Some((offset, len)) = torn {
-                        let f = io.open_write(path).map_err(|e| at(path, e))?;
-                        f.set_len(offset.max(MAGIC.len() as u64))
-                            .map_err(|e| at(path, e))?;
-                        f.sync_data().map_err(|e| at(path, e))?;
-                        report.truncated_bytes += len;
-                        idx.bytes = offset.max(MAGIC.len() as u64);
-                        tracing::warn!(segment = %path.display(), offset, bytes = len, "journal: truncated torn tail");
-                    }
-                } else {
-                    report.indexes_rebuilt += 1;
-                }
-                idx.write(dir, io).map_err(|e| at(dir, e))?;
-                idx
-            }
-        };
-        report.next_seq = report.next_seq.max(idx.last_seq + 1);
-    }
-    Ok(report)
-}
-
-/// Takes the directory's lock, or says who holds it.
-fn lock(dir: &Path) -> std::io::Result<File> {
-    use std::io::{Read, Seek, Write};
-    let path = dir.join(LOCK_FILE);
-    let mut f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(|e| at(&path, e))?;
-    if let Err(e) = f.try_lock() {
-        let mut pid = String::new();
-        let _ = f.read_to_string(&mut pid);
-        let pid = pid.trim();
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::WouldBlock,
-            format!(
-                "journal directory {} is in use by another aggd (pid {}): {e}",
-                dir.display(),
-                if pid.is_empty() { "unknown" } else { pid }
-            ),
-        ));
-    }
-    f.set_len(0)?;
-    f.rewind()?;
-    writeln!(f, "{}", std::process::id())?;
-    Ok(f)
-}
+pub(super) type Active = Arc<Mutex<Option<Box<dyn JournalFile>>>>;
 
 pub(super) struct Writer {
     cfg: JournalConfig,
@@ -312,7 +133,7 @@ pub(super) struct Writer {
     file: Box<dyn JournalFile>,
     /// A handle on the active segment for the interval fsync thread (which must not hold
     /// up the writer: an inline fsync of a second's data stalled every connection).
-    active: Active,
+    pub(super) active: Active,
     index: Index,
     opened: Instant,
     next_seq: u64,
@@ -344,7 +165,7 @@ impl Writer {
         Ok((f, Index::new(first_seq)))
     }
 
-    fn new(
+    pub(super) fn new(
         cfg: JournalConfig,
         io: Arc<dyn JournalIo>,
         next_seq: u64,
@@ -561,7 +382,7 @@ impl Writer {
         true
     }
 
-    fn run(mut self, rx: Receiver<Msg>, control: Arc<Control>) {
+    pub(super) fn run(mut self, rx: Receiver<Msg>, control: Arc<Control>) {
         let mut records = Vec::new();
         let mut waiters = Vec::new();
         loop {
@@ -627,7 +448,7 @@ impl Writer {
 impl Writer {
     /// A writer without its thread, for tests that drive it step by step.
     pub(super) fn for_test(cfg: JournalConfig) -> std::io::Result<Writer> {
-        Writer::for_test_with(cfg, Arc::new(OsIo))
+        Writer::for_test_with(cfg, Arc::new(super::io::OsIo))
     }
 
     /// Like [`Writer::for_test`], writing through `io`.
@@ -636,7 +457,7 @@ impl Writer {
         io: Arc<dyn JournalIo>,
     ) -> std::io::Result<Writer> {
         std::fs::create_dir_all(&cfg.dir)?;
-        let report = recover(&cfg.dir, &*io)?;
+        let report = super::recovery::recover(&cfg.dir, &*io)?;
         let mut w = Writer::new(cfg, io, report.next_seq, Arc::default())?;
         w.last_space_check = Instant::now();
         w.last_retention = Instant::now();
@@ -672,162 +493,5 @@ impl Writer {
             }
         }
         (self.index.first_seq, m)
-    }
-}
-
-impl Journal {
-    /// Opens (creating) the journal directory: locks it, recovers the previous run's
-    /// segments (see [`OpenReport`]), starts a new active segment and the writer thread.
-    ///
-    /// Errors (each naming the path): the directory cannot be created or locked (another
-    /// aggd holds it: the message names its PID), a segment cannot be read or repaired, or
-    /// the new segment cannot be created.
-    pub fn open(cfg: JournalConfig) -> std::io::Result<(Arc<Journal>, OpenReport)> {
-        Journal::open_with(cfg, Arc::new(OsIo))
-    }
-
-    /// Like [`Journal::open`], writing through `io` (a [`super::io::FaultyIo`] in tests).
-    pub fn open_with(
-        cfg: JournalConfig,
-        io: Arc<dyn JournalIo>,
-    ) -> std::io::Result<(Arc<Journal>, OpenReport)> {
-        std::fs::create_dir_all(&cfg.dir).map_err(|e| at(&cfg.dir, e))?;
-        let lock = lock(&cfg.dir)?;
-        let report = recover(&cfg.dir, &*io)?;
-        let stats = Arc::new(JournalStats::default());
-        stats
-            .truncated_bytes
-            .store(report.truncated_bytes, Ordering::Relaxed);
-        stats
-            .skipped_bytes
-            .store(report.skipped_bytes, Ordering::Relaxed);
-        let (tx, rx) = bounded(cfg.queue_records);
-        let dir = cfg.dir.clone();
-        let on_full = cfg.on_full;
-        let fsync = cfg.fsync;
-        let writer = Writer::new(cfg, io, report.next_seq, Arc::clone(&stats))?;
-        let fsyncer = match fsync {
-            super::Fsync::Interval(every) => Some(spawn_fsyncer(
-                Arc::clone(&writer.active),
-                every,
-                Arc::clone(&stats),
-            )?),
-            _ => None,
-        };
-        let control = Arc::new(Control::default());
-        let c = Arc::clone(&control);
-        let thread = std::thread::Builder::new()
-            .name("aggd-journal".into())
-            .spawn(move || writer.run(rx, c))?;
-        Ok((
-            Arc::new(Journal {
-                tx,
-                on_full,
-                stats,
-                control,
-                thread: Mutex::new(Some(thread)),
-                fsyncer: Mutex::new(fsyncer),
-                lock: Mutex::new(Some(lock)),
-                dir,
-            }),
-            report,
-        ))
-    }
-
-    /// The journal directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// Records waiting for the writer (the journal's lag).
-    pub fn queued(&self) -> usize {
-        self.tx.len()
-    }
-
-    /// Bytes of all segment files.
-    pub fn size_on_disk(&self) -> u64 {
-        segment::list(&self.dir)
-            .map(|l| {
-                l.iter()
-                    .filter_map(|(_, p)| std::fs::metadata(p).ok())
-                    .map(|m| m.len())
-                    .sum()
-            })
-            .unwrap_or(0)
-    }
-
-    /// Counters.
-    pub fn stats(&self) -> &JournalStats {
-        &self.stats
-    }
-
-    /// Queues a record. With `on_full = "backpressure"` waits while the queue is full
-    /// (until shutdown's deadline, see [`Journal::begin_shutdown`]); with `"ingest"`
-    /// returns [`Ticket::Skipped`] at once.
-    pub async fn submit(&self, rec: NewRecord) -> Ticket {
-        if self.control.stop.load(Ordering::Relaxed) {
-            // Closed: nothing would ever write it.
-            self.stats.unjournaled.fetch_add(1, Ordering::Relaxed);
-            return Ticket::Skipped;
-        }
-        let (done, rx) = oneshot::channel();
-        let mut msg = Msg::Record(rec, done);
-        let mut waiting = false;
-        loop {
-            // Registered before trying, so room made in between still wakes us.
-            let room = self.control.room.notified();
-            tokio::pin!(room);
-            if waiting {
-                room.as_mut().enable();
-            }
-            match self.tx.try_send(msg) {
-                Ok(()) => return Ticket::Queued(rx),
-                Err(TrySendError::Full(m))
-                    if self.on_full == OnFull::Backpressure && !self.control.give_up() =>
-                {
-                    msg = m;
-                    if waiting {
-                        // The writer wakes us when it takes records; the timeout re-checks
-                        // shutdown's deadline.
-                        let _ = tokio::time::timeout(RETRY_EVERY, room).await;
-                    }
-                    waiting = true;
-                }
-                Err(_) => {
-                    self.stats.unjournaled.fetch_add(1, Ordering::Relaxed);
-                    return Ticket::Skipped;
-                }
-            }
-        }
-    }
-
-    /// Shutdown has begun: from `deadline` on, nothing waits for the disk any more (a
-    /// failing write is reported as unjournaled instead of retried, and
-    /// [`Journal::submit`] stops waiting for queue space).
-    pub fn begin_shutdown(&self, deadline: Instant) {
-        *self
-            .control
-            .deadline
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(deadline);
-        self.control.room.notify_waiters();
-    }
-
-    /// Writes what is queued (giving up on a failing disk at once, or at the deadline of
-    /// [`Journal::begin_shutdown`]), fsyncs (unless `fsync = "never"`), stops the writer
-    /// and unlocks the directory. Never blocks on a full queue.
-    pub fn close(&self) {
-        self.control.stop.store(true, Ordering::Relaxed);
-        let _ = self.tx.try_send(Msg::Wake);
-        if let Some(t) = self.thread.lock().ok().and_then(|mut t| t.take()) {
-            let _ = t.join();
-        }
-        if let Some((stop, t)) = self.fsyncer.lock().ok().and_then(|mut t| t.take()) {
-            drop(stop);
-            let _ = t.join();
-        }
-        if let Ok(mut l) = self.lock.lock() {
-            l.take();
-        }
     }
 }

@@ -1,6 +1,6 @@
 //! Listeners: carbon plaintext over TCP and UDP, carbon pickle over TCP.
 //!
-//! A listener only reads, frames, decodes and hands batches on through an [`Ingest`]. It
+//! A listener only reads, frames, decodes and hands batches on through an [`Ingest`](crate::ingest::Ingest). It
 //! waits on nothing but its own socket and, for TCP, a full worker queue. Sockets come in
 //! already bound ([`BoundListener`]), so tests bind port 0 and systemd socket activation is
 //! the same case.
