@@ -377,6 +377,28 @@ impl Ingest {
         }
     }
 
+    /// Decodes one frame of any input `kind` received at `now` (for `tenant`, on HTTP):
+    /// the one place that picks the decoder for a kind on the routing path.
+    ///
+    /// Errors: an HTTP body unusable as a whole ([`crate::codec::http::BadBody`]).
+    pub fn frame(
+        &mut self,
+        kind: Kind,
+        payload: &[u8],
+        tenant: Option<&str>,
+        decoder: &mut PickleDecoder,
+        now: f64,
+    ) -> Result<(), crate::codec::http::BadBody> {
+        match kind {
+            Kind::PlaintextTcp | Kind::PlaintextUdp => self.plaintext(payload, now),
+            Kind::PickleTcp => self.pickle(decoder, payload, now),
+            Kind::HttpPlaintext | Kind::HttpPickle | Kind::HttpJson => {
+                return self.http(kind, payload, tenant, decoder, now);
+            }
+        }
+        Ok(())
+    }
+
     /// Decodes one HTTP body of `kind` received at `now` for `tenant` (API key).
     ///
     /// Errors: the body is unusable as a whole ([`crate::codec::http::BadBody`]).

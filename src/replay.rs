@@ -25,7 +25,6 @@ use crate::aggregate::series::{SeriesTable, Settings};
 use crate::codec::pickle::{PickleDecoder, encode_frames};
 use crate::codec::{Limits, plaintext};
 use crate::config::{Config, DestAddress, DestProtocol};
-use crate::datapoint::Kind;
 use crate::datapoint::{Datapoint, OutPoint};
 use crate::drops::DropReason;
 use crate::ingest::Ingest;
@@ -53,8 +52,8 @@ pub fn acceptance_span(config: &Config) -> f64 {
     f64::from(config.aggregation.max_intervals + 1) * f64::from(max_frequency(config))
 }
 
-/// Decodes one journal record with the listeners' decoders, calling `f` per datapoint or
-/// rejection. Its receive time replaces `-1` timestamps.
+/// Decodes one journal record with the listeners' decoders ([`crate::codec::decode_frame`]),
+/// calling `f` per datapoint or rejection. Its receive time replaces `-1` timestamps.
 pub fn for_each_datapoint(
     record: &Record<'_>,
     limits: &Limits,
@@ -62,36 +61,18 @@ pub fn for_each_datapoint(
     mut f: impl FnMut(Result<Datapoint<'_>, DropReason>),
 ) {
     let now = record.meta.received_us as f64 / 1e6;
-    match record.meta.kind {
-        Kind::PlaintextTcp | Kind::PlaintextUdp => {
-            for line in plaintext::lines(record.payload) {
-                match plaintext::parse_line(line, now, limits) {
-                    Ok(Some(dp)) => f(Ok(dp)),
-                    Ok(None) => {}
-                    Err(r) => f(Err(r)),
-                }
-            }
-        }
-        Kind::PickleTcp => {
-            if let Err(r) = decoder.decode(record.payload, now, limits, &mut f) {
-                f(Err(r));
-            }
-        }
-        Kind::HttpPlaintext | Kind::HttpPickle | Kind::HttpJson => {
-            let tenant = Some(record.meta.tenant.as_str()).filter(|t| !t.is_empty());
-            let r = crate::codec::http::decode(
-                record.meta.kind,
-                record.payload,
-                tenant,
-                now,
-                limits,
-                decoder,
-                &mut f,
-            );
-            if r.is_err() {
-                f(Err(DropReason::BadFrame));
-            }
-        }
+    let tenant = Some(record.meta.tenant.as_str()).filter(|t| !t.is_empty());
+    let decoded = crate::codec::decode_frame(
+        record.meta.kind,
+        record.payload,
+        tenant,
+        now,
+        limits,
+        decoder,
+        &mut f,
+    );
+    if let Err(r) = decoded {
+        f(Err(r));
     }
 }
 
@@ -121,15 +102,9 @@ pub fn rebuild(
             n += 1;
             ingest.set_delivered(delivered_below.is_some_and(|b| rec.meta.seq < b));
             let t = rec.meta.received_us as f64 / 1e6;
-            match rec.meta.kind {
-                Kind::PickleTcp => ingest.pickle(&mut decoder, rec.payload, t),
-                Kind::PlaintextTcp | Kind::PlaintextUdp => ingest.plaintext(rec.payload, t),
-                Kind::HttpPlaintext | Kind::HttpPickle | Kind::HttpJson => {
-                    let tenant = Some(rec.meta.tenant.as_str()).filter(|t| !t.is_empty());
-                    // A body unusable as a whole was answered 400 (and counted) when received.
-                    let _ = ingest.http(rec.meta.kind, rec.payload, tenant, &mut decoder, t);
-                }
-            }
+            let tenant = Some(rec.meta.tenant.as_str()).filter(|t| !t.is_empty());
+            // A body unusable as a whole was answered 400 (and counted) when received.
+            let _ = ingest.frame(rec.meta.kind, rec.payload, tenant, &mut decoder, t);
             if n.is_multiple_of(64) {
                 ingest.flush_blocking();
             }

@@ -10,7 +10,7 @@ pub mod http;
 pub mod pickle;
 pub mod plaintext;
 
-use crate::datapoint::Datapoint;
+use crate::datapoint::{Datapoint, Kind};
 use crate::drops::DropReason;
 
 /// Hard limits applied by the decoders to untrusted input. All sizes in bytes. Also the
@@ -62,6 +62,45 @@ impl Default for Limits {
             max_connections: 1024,
             max_http_requests: 32,
             private_route_cache_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Decodes one frame of input `kind` received at `now` (Unix s; it replaces `-1`
+/// timestamps), calling `f` with each datapoint or per-element rejection, in order: the
+/// one decode step per input kind, shared by the start-up rebuild and `aggd replay`
+/// (listeners call the same decoders through [`crate::ingest::Ingest`]).
+///
+/// - plaintext (TCP run of lines, UDP datagram, HTTP body): [`plaintext::parse_line`] per line;
+/// - pickle (TCP frame body, HTTP body): [`pickle::PickleDecoder`];
+/// - HTTP bodies: [`http::decode`], with paths put under `tenant` when it is given.
+///
+/// Errors: the frame is unusable as a whole ([`DropReason::BadFrame`] or the pickle
+/// decoder's reason); datapoints decoded before that were passed to `f`.
+pub fn decode_frame(
+    kind: Kind,
+    payload: &[u8],
+    tenant: Option<&str>,
+    now: f64,
+    limits: &Limits,
+    decoder: &mut pickle::PickleDecoder,
+    mut f: impl FnMut(Result<Datapoint<'_>, DropReason>),
+) -> Result<(), DropReason> {
+    match kind {
+        Kind::PlaintextTcp | Kind::PlaintextUdp => {
+            for line in plaintext::lines(payload) {
+                match plaintext::parse_line(line, now, limits) {
+                    Ok(Some(dp)) => f(Ok(dp)),
+                    Ok(None) => {}
+                    Err(r) => f(Err(r)),
+                }
+            }
+            Ok(())
+        }
+        Kind::PickleTcp => decoder.decode(payload, now, limits, f),
+        Kind::HttpPlaintext | Kind::HttpPickle | Kind::HttpJson => {
+            http::decode(kind, payload, tenant, now, limits, decoder, f)
+                .map_err(|_| DropReason::BadFrame)
         }
     }
 }
