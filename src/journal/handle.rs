@@ -183,31 +183,39 @@ impl Journal {
         }
         let (done, rx) = oneshot::channel();
         let mut msg = Msg::Record(rec, done);
-        let mut waiting = false;
         loop {
-            // Registered before trying, so room made in between still wakes us.
+            msg = match self.offer(msg) {
+                Ok(()) => return Ticket::Queued(rx),
+                Err(Some(m)) => m,
+                Err(None) => return Ticket::Skipped,
+            };
+            // Registered before trying again, so room the writer makes in between still
+            // wakes us; the timeout re-checks shutdown's deadline.
             let room = self.control.room.notified();
             tokio::pin!(room);
-            if waiting {
-                room.as_mut().enable();
-            }
-            match self.tx.try_send(msg) {
+            room.as_mut().enable();
+            msg = match self.offer(msg) {
                 Ok(()) => return Ticket::Queued(rx),
-                Err(TrySendError::Full(m))
-                    if self.on_full == OnFull::Backpressure && !self.control.give_up() =>
-                {
-                    msg = m;
-                    if waiting {
-                        // The writer wakes us when it takes records; the timeout re-checks
-                        // shutdown's deadline.
-                        let _ = tokio::time::timeout(RETRY_EVERY, room).await;
-                    }
-                    waiting = true;
-                }
-                Err(_) => {
-                    self.stats.unjournaled.fetch_add(1, Ordering::Relaxed);
-                    return Ticket::Skipped;
-                }
+                Err(Some(m)) => m,
+                Err(None) => return Ticket::Skipped,
+            };
+            let _ = tokio::time::timeout(RETRY_EVERY, room).await;
+        }
+    }
+
+    /// Tries to queue `msg`: `Err(Some(msg))` to wait and try again (a full queue under
+    /// backpressure), `Err(None)` when it is not journaled (counted).
+    fn offer(&self, msg: Msg) -> Result<(), Option<Msg>> {
+        match self.tx.try_send(msg) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(m))
+                if self.on_full == OnFull::Backpressure && !self.control.give_up() =>
+            {
+                Err(Some(m))
+            }
+            Err(_) => {
+                self.stats.unjournaled.fetch_add(1, Ordering::Relaxed);
+                Err(None)
             }
         }
     }
