@@ -8,7 +8,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aggd::aggregate::method::Method;
 use aggd::aggregate::series::{SeriesTable, Settings};
 use aggd::codec::Limits;
 use aggd::codec::pickle::{PickleDecoder, encode_frames};
@@ -16,6 +15,7 @@ use aggd::codec::plaintext::{lines, parse_line};
 use aggd::config::Aggregation;
 use aggd::datapoint::{OutPoint, OutValue};
 use aggd::hash::fnv1a64;
+use aggd::method::Method;
 use aggd::route::{LocalRoutes, Router, SeriesKey};
 use aggd::rules::aggregation::AggregationRules;
 use aggd::rules::rewrite::RewriteRules;

@@ -49,11 +49,18 @@ impl Kind {
     }
 }
 
+/// The first node of a metric path (all of it if it has no `.`), e.g. `acme` for
+/// `acme.web.cpu`: the tenant id in prefix mode.
+#[inline]
+pub fn first_node(path: &str) -> &str {
+    path.split_once('.').map_or(path, |(t, _)| t)
+}
+
 /// One decoded input datapoint, borrowing its metric path from the received bytes.
 ///
 /// `timestamp` is Unix seconds as received (fractions kept; `-1` already replaced by the
 /// receive time); `value` is never NaN (decoders drop NaN values as
-/// [`DropReason::NanValue`](crate::drops::DropReason::NanValue)) but may be ±inf.
+/// [`DropReason::NanValue`](crate::reason::DropReason::NanValue)) but may be ±inf.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Datapoint<'a> {
     /// Metric path, e.g. `servers.web01.cpu` or a tagged `cpu;host=web01`.

@@ -24,9 +24,10 @@ use crate::aggregate::worker::{WorkItem, WorkerMsg};
 use crate::codec::pickle::PickleDecoder;
 use crate::codec::{Limits, plaintext};
 use crate::datapoint::{Datapoint, Kind, OutPoint, OutValue, Sink};
-use crate::drops::{DropReason, DropTally, Stats};
+use crate::drops::{DropTally, Stats};
 use crate::journal::{Journal, NewRecord, Ticket};
 use crate::quarantine::Quarantine;
+use crate::reason::DropReason;
 use crate::route::{LocalRoutes, Route, RouteBudget, Router};
 use crate::tenant::{Tenants, prefix};
 use crate::time::Window;
@@ -633,7 +634,7 @@ mod tests {
         let key = Arc::new(crate::route::SeriesKey {
             name: "k".into(),
             hash: 0,
-            method: crate::aggregate::method::Method::Sum,
+            method: crate::method::Method::Sum,
             frequency: 60,
         });
         let batch: Vec<WorkItem> = (0..2 * MAX_BATCH_ITEMS + 5)

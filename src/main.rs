@@ -11,6 +11,9 @@ use aggd::config::{Config, carbon};
 use aggd::listen::BoundListener;
 use aggd::server::Signal;
 
+/// Live output series `aggd check` counts in the memory bound it prints.
+const CHECK_LIVE_SERIES: u64 = 100_000;
+
 /// A Graphite-compatible aggregation daemon.
 #[derive(Parser)]
 #[command(version, about)]
@@ -265,7 +268,9 @@ fn main() -> ExitCode {
     init_logging(cli.log_json);
     let result = match cli.command {
         Command::Run(c) => c.load().and_then(|cfg| run(cfg, c.clone())),
-        Command::Check(c) => c.load().map(|cfg| print!("{}", cfg.summary())),
+        Command::Check(c) => c
+            .load()
+            .map(|cfg| print!("{cfg}{}", cfg.memory_bound(CHECK_LIVE_SERIES))),
         Command::Explain { config, paths } => config
             .load()
             .map(|cfg| print!("{}", aggd::explain::explain(&cfg, &paths))),

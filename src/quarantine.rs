@@ -18,7 +18,7 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 
-use crate::drops::DropReason;
+use crate::reason::DropReason;
 
 /// Handle on the quarantine writer.
 pub struct Quarantine {

@@ -26,11 +26,11 @@ use crate::codec::pickle::{PickleDecoder, encode_frames};
 use crate::codec::{Limits, plaintext};
 use crate::config::{Config, DestAddress, DestProtocol};
 use crate::datapoint::{Datapoint, OutPoint};
-use crate::drops::DropReason;
 use crate::ingest::Ingest;
 use crate::journal::ledger;
 use crate::journal::reader;
 use crate::journal::record::Record;
+use crate::reason::DropReason;
 use crate::route::Router;
 use crate::time::Window;
 

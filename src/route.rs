@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 
 use dashmap::DashMap;
 
-use crate::aggregate::method::Method;
 use crate::config::Aggregation;
+use crate::method::Method;
 
 use crate::hash::fnv1a64;
 
@@ -185,9 +185,9 @@ impl Router {
     pub fn with_route_checked<T>(
         &self,
         path: &str,
-        admit_new: impl FnOnce() -> Result<(), crate::drops::DropReason>,
+        admit_new: impl FnOnce() -> Result<(), crate::reason::DropReason>,
         f: impl FnOnce(&Route) -> T,
-    ) -> Result<T, crate::drops::DropReason> {
+    ) -> Result<T, crate::reason::DropReason> {
         self.lookup(path, admit_new).map(|r| f(&r))
     }
 
@@ -196,8 +196,8 @@ impl Router {
     pub fn lookup(
         &self,
         path: &str,
-        admit_new: impl FnOnce() -> Result<(), crate::drops::DropReason>,
-    ) -> Result<Arc<Route>, crate::drops::DropReason> {
+        admit_new: impl FnOnce() -> Result<(), crate::reason::DropReason>,
+    ) -> Result<Arc<Route>, crate::reason::DropReason> {
         if let Some(r) = self.cache.get(path) {
             return Ok(Arc::clone(&r));
         }
@@ -310,8 +310,8 @@ impl LocalRoutes {
         &mut self,
         router: &Router,
         path: &str,
-        admit_new: impl FnOnce() -> Result<(), crate::drops::DropReason>,
-    ) -> Result<&Route, crate::drops::DropReason> {
+        admit_new: impl FnOnce() -> Result<(), crate::reason::DropReason>,
+    ) -> Result<&Route, crate::reason::DropReason> {
         if self.full_misses > 8 * self.map.len().max(1024) {
             self.clear();
         }
@@ -412,8 +412,8 @@ mod tests {
             assert!(local.map.len() <= LOCAL_ROUTES);
         }
         // A refused new path is not cached: the check runs again next time.
-        let refused = local.get(&r, "new", || Err(crate::drops::DropReason::SeriesLimit));
-        assert_eq!(refused.err(), Some(crate::drops::DropReason::SeriesLimit));
+        let refused = local.get(&r, "new", || Err(crate::reason::DropReason::SeriesLimit));
+        assert_eq!(refused.err(), Some(crate::reason::DropReason::SeriesLimit));
         assert!(local.get(&r, "new", || Ok(())).is_ok());
     }
 

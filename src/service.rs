@@ -32,8 +32,9 @@ use crate::aggregate::worker::{Heartbeats, WorkerGauges, WorkerMsg};
 use crate::datapoint::Sink;
 use crate::datapoint::{OutPoint, OutValue};
 use crate::dest::Destinations;
-use crate::drops::{DropReason, Stats};
+use crate::drops::Stats;
 use crate::journal::Journal;
+use crate::reason::DropReason;
 
 /// Sends a systemd notification (a no-op without `NOTIFY_SOCKET`).
 pub fn notify(states: &[sd_notify::NotifyState<'_>]) {

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::net::{TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
-use aggd::drops::DropReason;
+use aggd::reason::DropReason;
 use common::*;
 
 const RULES: &str = "\

@@ -708,7 +708,7 @@ async fn a_read_only_journal_is_ledgered_on_another_path_and_nothing_is_thrown_a
     .unwrap();
     let stats = server.stats();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while stats.drops(aggd::drops::DropReason::Unjournaled) < 99 {
+    while stats.drops(aggd::reason::DropReason::Unjournaled) < 99 {
         assert!(Instant::now() < deadline, "frames not counted unjournaled");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

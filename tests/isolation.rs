@@ -8,7 +8,7 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use aggd::drops::DropReason;
+use aggd::reason::DropReason;
 use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -173,7 +173,7 @@ async fn replay_lost_repairs_a_destination_outage_in_carbon_cache() {
         assert!(Instant::now() < deadline, "aggregates not emitted");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let dropped = stats.drops(aggd::drops::DropReason::DestinationFull);
+    let dropped = stats.drops(aggd::reason::DropReason::DestinationFull);
     assert!(dropped > 0, "the outage must lose aggregates");
 
     // The destination comes back; aggd delivers what it still had queued, and stops.

@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use aggd::drops::DropReason;
+use aggd::reason::DropReason;
 use common::*;
 
 const TOKEN: &str = "admin-token-for-tests";

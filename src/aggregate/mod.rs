@@ -1,6 +1,5 @@
-//! Aggregation: methods ([`method`]), per-series buckets and their emission rules
-//! ([`series`]), and the worker threads that own them ([`worker`]).
+//! Aggregation: per-series buckets and their emission rules ([`series`]), and the worker
+//! threads that own them ([`worker`]). The methods' formulas are [`crate::method`].
 
-pub mod method;
 pub mod series;
 pub mod worker;

@@ -22,9 +22,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::method::{Acc, Method};
 use crate::datapoint::{OutPoint, OutValue};
-use crate::drops::DropReason;
+use crate::method::{Acc, Method};
+use crate::reason::DropReason;
 use crate::route::{Prehashed, SeriesKey};
 
 /// Bucket settings shared by all series.

@@ -19,8 +19,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
 
 use super::series::{SeriesTable, Settings};
 use crate::datapoint::Sink;
-use crate::drops::{DropReason, DropTally, Stats};
+use crate::drops::{DropTally, Stats};
 use crate::quarantine::Quarantine;
+use crate::reason::DropReason;
 use crate::route::SeriesKey;
 use crate::time::Window;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -323,9 +324,9 @@ impl WorkerPool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::aggregate::method::Method;
     use crate::datapoint::{OutBatch, OutPoint};
     use crate::hash::fnv1a64;
+    use crate::method::Method;
     use std::sync::Mutex;
 
     #[derive(Default)]

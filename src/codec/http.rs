@@ -16,7 +16,7 @@ use super::pickle::PickleDecoder;
 use super::{Limits, finish_point, plaintext};
 use crate::datapoint::Datapoint;
 use crate::datapoint::Kind;
-use crate::drops::DropReason;
+use crate::reason::DropReason;
 
 /// One element of a JSON body.
 #[derive(Deserialize)]
@@ -52,7 +52,7 @@ where
     F: FnMut(Result<Datapoint<'_>, DropReason>),
 {
     match tenant {
-        Some(t) if crate::tenant::prefix(dp.path) != t => {
+        Some(t) if crate::datapoint::first_node(dp.path) != t => {
             let path = format!("{t}.{}", dp.path);
             f(Ok(Datapoint { path: &path, ..dp }))
         }

@@ -11,7 +11,7 @@ pub mod pickle;
 pub mod plaintext;
 
 use crate::datapoint::{Datapoint, Kind};
-use crate::drops::DropReason;
+use crate::reason::DropReason;
 
 /// Hard limits applied by the decoders to untrusted input. All sizes in bytes. Also the
 /// `[limits]` config section as written (every key optional, unknown keys refused).

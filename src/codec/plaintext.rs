@@ -18,7 +18,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::{Limits, finish_point};
 use crate::datapoint::Datapoint;
-use crate::drops::DropReason;
+use crate::reason::DropReason;
 
 /// Whether `b` separates fields (ASCII subset of Python's whitespace).
 #[inline]
@@ -67,7 +67,7 @@ fn next_field<'a>(line: &'a [u8], pos: &mut usize) -> Option<&'a [u8]> {
 ///
 /// ```
 /// use aggd::codec::{Limits, plaintext::parse_line};
-/// use aggd::drops::DropReason;
+/// use aggd::reason::DropReason;
 ///
 /// let l = Limits::default();
 /// let p = parse_line(b"web01.cpu 42.5 1700000000\r", 0.0, &l).unwrap().unwrap();

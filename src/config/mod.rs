@@ -7,7 +7,6 @@
 //! carbon.conf `[aggregator]` section.
 
 pub mod carbon;
-pub mod memory;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -51,6 +50,9 @@ pub enum ConfigError {
     /// A rules file is invalid.
     #[error(transparent)]
     Rules(#[from] RuleError),
+    /// The tenant registry file is invalid.
+    #[error(transparent)]
+    Registry(#[from] crate::tenant::RegistryError),
 }
 
 /// Input protocol of a listener.
@@ -875,65 +877,51 @@ impl Config {
             faults: Faults::default(),
         })
     }
+}
 
-    /// A short human summary (for `aggd check`).
-    pub fn summary(&self) -> String {
-        use std::fmt::Write;
-        let mut s = String::new();
-        let _ = writeln!(s, "config: {}", self.source.display());
+/// The summary `aggd check` prints: every setting in the config's own words.
+impl std::fmt::Display for Config {
+    fn fmt(&self, s: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(s, "config: {}", self.source.display())?;
         for l in &self.listeners {
-            let _ = writeln!(s, "listen: {}/{} on {}", l.protocol, l.transport, l.address);
+            writeln!(s, "listen: {}/{} on {}", l.protocol, l.transport, l.address)?;
         }
         let a = &self.aggregation;
-        let _ = writeln!(
+        writeln!(
             s,
             "aggregation rules: {} from {}",
             a.rules.rules().len(),
             a.rules_file.display()
-        );
+        )?;
         if let Some(f) = &a.rewrite_file {
-            let _ = writeln!(
+            writeln!(
                 s,
                 "rewrite rules: {} [pre], {} [post] from {}",
                 a.rewrite.pre.len(),
                 a.rewrite.post.len(),
                 f.display()
-            );
+            )?;
         }
-        let _ = writeln!(
+        writeln!(
             s,
             "forward_all: {}, max_intervals: {}, write_back_frequency: {}s",
             a.forward_all, a.max_intervals, a.write_back_frequency
-        );
-        let _ = writeln!(s, "workers: {}", self.workers.count);
+        )?;
+        writeln!(s, "workers: {}", self.workers.count)?;
         match &self.journal {
-            Some(j) => {
-                let _ = writeln!(
-                    s,
-                    "journal: {} (fsync {}, on_full {})",
-                    j.dir.display(),
-                    j.fsync,
-                    j.on_full
-                );
-            }
-            None => {
-                let _ = writeln!(s, "journal: off");
-            }
+            Some(j) => writeln!(
+                s,
+                "journal: {} (fsync {}, on_full {})",
+                j.dir.display(),
+                j.fsync,
+                j.on_full
+            )?,
+            None => writeln!(s, "journal: off")?,
         }
         for d in &self.destinations {
-            let _ = writeln!(s, "destination: {} ({})", d.name(), d.protocol);
+            writeln!(s, "destination: {} ({})", d.name(), d.protocol)?;
         }
-        let series = 100_000;
-        let bound = self.memory_bound(series);
-        let _ = writeln!(
-            s,
-            "memory bound with {series} live output series: {} MiB (docs/operations.md)",
-            bound.total() >> 20
-        );
-        for (what, bytes) in &bound.terms {
-            let _ = writeln!(s, "  {what}: {} MiB", bytes >> 20);
-        }
-        s
+        Ok(())
     }
 }
 

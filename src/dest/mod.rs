@@ -38,7 +38,8 @@ use tokio_util::sync::CancellationToken;
 use crate::codec::{pickle, plaintext};
 use crate::config::{DestAddress, DestProtocol, DestinationConfig};
 use crate::datapoint::{OutBatch, Sink, window};
-use crate::drops::{DropReason, Stats};
+use crate::drops::Stats;
+use crate::reason::DropReason;
 use crate::time::Window;
 
 /// Counters of one destination.

@@ -2,7 +2,7 @@
 //! `journal.ledger` puts it (another filesystem keeps it writable when the journal's disk
 //! is full or read-only).
 //!
-//! Every drop event (a [`crate::drops::DropReason`], by its label) is merged, per reason, into an in-memory entry holding
+//! Every drop event (a [`crate::reason::DropReason`], by its label) is merged, per reason, into an in-memory entry holding
 //! the affected time window (datapoint timestamps, or receive time where a datapoint has no
 //! usable timestamp) and a count; a few times a second the entries are appended to the file
 //! and fsynced. `aggd replay --lost` reads the unreplayed entries, recomputes their windows
@@ -244,8 +244,8 @@ impl Ledger {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::drops::DropReason;
     use crate::journal::io::{Faults, FaultyIo};
+    use crate::reason::DropReason;
     use std::io::Write as _;
 
     #[test]

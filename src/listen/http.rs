@@ -33,8 +33,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::codec::http::kind_of;
 use crate::codec::pickle::PickleDecoder;
-use crate::drops::DropReason;
 use crate::ingest::{Ingest, Pipeline};
+use crate::reason::DropReason;
 
 struct HttpState {
     pipeline: Arc<Pipeline>,

@@ -22,8 +22,8 @@ use tokio_util::task::TaskTracker;
 use crate::codec::pickle::{FrameEvent, PickleDecoder, PickleFramer};
 use crate::codec::plaintext::LineFramer;
 use crate::datapoint::Kind;
-use crate::drops::DropReason;
 use crate::ingest::{Ingest, Pipeline};
+use crate::reason::DropReason;
 
 /// Smallest read buffer (an idle connection holds at most this, plus a partial line).
 pub const READ_MIN: usize = 4 << 10;

@@ -19,9 +19,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::codec::plaintext;
 use crate::datapoint::Kind;
-use crate::drops::DropReason;
 use crate::ingest::{Ingest, Pipeline};
 use crate::journal::{NewRecord, Ticket};
+use crate::reason::DropReason;
 use crate::time::Window;
 
 /// Largest UDP payload.

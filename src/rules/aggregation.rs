@@ -23,7 +23,7 @@ use std::path::Path;
 use regex::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
 
 use super::{REGEX_SIZE_LIMIT, RuleError};
-use crate::aggregate::method::Method;
+use crate::method::Method;
 
 /// One piece of an output template.
 #[derive(Clone, Debug, PartialEq)]

@@ -23,7 +23,7 @@ use axum::routing::get;
 use serde_json::json;
 
 use super::{TenantEntry, TenantState, Tenants};
-use crate::drops::DropReason;
+use crate::reason::DropReason;
 
 /// Shared state of the admin API.
 pub struct Admin {

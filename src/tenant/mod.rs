@@ -27,10 +27,10 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use dashmap::DashMap;
 
-pub use registry::{Registry, TenantEntry, TenantState};
+pub use registry::{Registry, RegistryError, TenantEntry, TenantState};
 
-use crate::drops::DropReason;
 use crate::hash::fnv1a64;
+use crate::reason::DropReason;
 
 /// What to do with datapoints of a tenant the registry does not know.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -105,7 +105,7 @@ pub struct Tenants {
 /// The tenant id of a metric path in prefix mode: its first node.
 #[inline]
 pub fn prefix(path: &str) -> &str {
-    path.split_once('.').map_or(path, |(t, _)| t)
+    crate::datapoint::first_node(path)
 }
 
 impl Tenants {

@@ -13,12 +13,39 @@
 //! file renamed over it), so its changes survive reloads and restarts.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::ConfigError;
+/// Why a registry file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The file could not be read.
+    #[error("{}: cannot read: {error}", file.display())]
+    Io {
+        /// The registry file.
+        file: PathBuf,
+        /// The IO error (part of the message, so not also a `source`: printed once).
+        error: std::io::Error,
+    },
+    /// The file is not valid TOML, or has unknown keys or wrong types.
+    #[error("{}: {message}", file.display())]
+    Syntax {
+        /// The registry file.
+        file: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A tenant id or API key is invalid.
+    #[error("{}: {message}", file.display())]
+    Invalid {
+        /// The registry file.
+        file: PathBuf,
+        /// What is wrong, naming the tenant.
+        message: String,
+    },
+}
 
 /// A tenant's state.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -77,8 +104,8 @@ impl Registry {
     ///
     /// Errors: TOML syntax or unknown keys; an id with `.`, `;` or spaces; an API key used
     /// by two tenants.
-    pub fn parse(text: &str, file: &Path) -> Result<Registry, ConfigError> {
-        let f: File = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+    pub fn parse(text: &str, file: &Path) -> Result<Registry, RegistryError> {
+        let f: File = toml::from_str(text).map_err(|e| RegistryError::Syntax {
             file: file.to_path_buf(),
             message: e.to_string(),
         })?;
@@ -88,8 +115,8 @@ impl Registry {
     fn from_entries(
         tenants: BTreeMap<String, TenantEntry>,
         file: &Path,
-    ) -> Result<Registry, ConfigError> {
-        let invalid = |message: String| ConfigError::Invalid {
+    ) -> Result<Registry, RegistryError> {
+        let invalid = |message: String| RegistryError::Invalid {
             file: file.to_path_buf(),
             message,
         };
@@ -108,8 +135,8 @@ impl Registry {
     }
 
     /// Reads a registry file.
-    pub fn load(file: &Path) -> Result<Registry, ConfigError> {
-        let text = std::fs::read_to_string(file).map_err(|error| ConfigError::Io {
+    pub fn load(file: &Path) -> Result<Registry, RegistryError> {
+        let text = std::fs::read_to_string(file).map_err(|error| RegistryError::Io {
             file: file.to_path_buf(),
             error,
         })?;
@@ -138,7 +165,7 @@ impl Registry {
         id: &str,
         entry: Option<TenantEntry>,
         file: &Path,
-    ) -> Result<Registry, ConfigError> {
+    ) -> Result<Registry, RegistryError> {
         let mut tenants = self.tenants.clone();
         match entry {
             Some(e) => {

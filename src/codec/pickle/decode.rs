@@ -29,7 +29,7 @@
 
 use super::super::{Limits, finish_point};
 use crate::datapoint::Datapoint;
-use crate::drops::DropReason;
+use crate::reason::DropReason;
 
 const NONE: u32 = u32::MAX;
 

@@ -1,6 +1,6 @@
 use super::*;
 use crate::codec::Limits;
-use crate::drops::DropReason;
+use crate::reason::DropReason;
 use proptest::prelude::*;
 
 type Decoded = Vec<Result<(String, f64, f64), DropReason>>;

@@ -6,8 +6,8 @@
 //! the one quantity the configuration bounds only through tenants' `max_series`, so the
 //! caller names how many to count.
 
-use super::{Config, Protocol, Transport};
 use crate::codec::pickle::KEEP_BYTES;
+use crate::config::{Config, Protocol, Transport};
 use crate::ingest::MAX_BATCH_ITEMS;
 use crate::listen::READ_MAX;
 use crate::route::ENTRY_BYTES;
@@ -27,6 +27,8 @@ const SHORTEST_LINE: u64 = 6;
 /// The terms of the bound, in bytes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MemoryBound {
+    /// The live output series counted.
+    pub live_series: u64,
     /// `(what, bytes)`, in the order `docs/operations.md` lists them.
     pub terms: Vec<(&'static str, u64)>,
 }
@@ -35,6 +37,22 @@ impl MemoryBound {
     /// The sum of every term.
     pub fn total(&self) -> u64 {
         self.terms.iter().map(|(_, b)| b).sum()
+    }
+}
+
+/// As `aggd check` prints it: the total, then each term, in MiB.
+impl std::fmt::Display for MemoryBound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "memory bound with {} live output series: {} MiB (docs/operations.md)",
+            self.live_series,
+            self.total() >> 20
+        )?;
+        for (what, bytes) in &self.terms {
+            writeln!(f, "  {what}: {} MiB", bytes >> 20)?;
+        }
+        Ok(())
     }
 }
 
@@ -96,6 +114,7 @@ impl Config {
             .sum();
         let journal = if self.journal.is_some() { 8 << 20 } else { 0 };
         MemoryBound {
+            live_series,
             terms: vec![
                 ("base", BASE_BYTES),
                 ("connections and HTTP requests", connections),
