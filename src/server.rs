@@ -137,7 +137,7 @@ pub async fn start_with_io(
     }
     let (dests, senders) = Destinations::start(&config.destinations, Arc::clone(&stats));
     let quarantine = match &config.quarantine {
-        Some((file, max)) => Some(Arc::new(Quarantine::open(file.clone(), *max)?)),
+        Some(q) => Some(Arc::new(Quarantine::open(q.file.clone(), q.max_bytes)?)),
         None => None,
     };
     let a = &config.aggregation;

@@ -22,10 +22,8 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{
-    AggregationFile, Config, ConfigError, DestProtocol, DestinationFile, File, ListenFile,
-    Protocol, Transport, WorkersFile, invalid,
-};
+use super::file::{AggregationFile, DestinationFile, ListenFile, WorkersFile, defaults, resolve};
+use super::{Config, ConfigError, DestProtocol, File, Protocol, Transport, invalid};
 
 const UNDERSTOOD: [&str; 20] = [
     "LINE_RECEIVER_INTERFACE",
@@ -165,7 +163,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             ));
         }
     };
-    let queue = (num("MAX_QUEUE_SIZE", 10_000)? as usize).max(super::default_queue_datapoints());
+    let queue = (num("MAX_QUEUE_SIZE", 10_000)? as usize).max(defaults::queue_datapoints());
     let per_message = num("MAX_DATAPOINTS_PER_MESSAGE", 500)? as usize;
     let mut destination = Vec::new();
     for entry in get("DESTINATIONS").unwrap_or("").split(',') {
@@ -183,12 +181,12 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             protocol,
             queue_datapoints: queue,
             max_datapoints_per_message: per_message,
-            unconfirmed_window: super::default_unconfirmed_window(),
+            unconfirmed_window: defaults::unconfirmed_window(),
         });
     }
     let base = path.parent().unwrap_or(Path::new("."));
     let rules = PathBuf::from(get("AGGREGATION_RULES").unwrap_or("aggregation-rules.conf"));
-    let rewrite = super::resolve(
+    let rewrite = resolve(
         base,
         Path::new(get("REWRITE_RULES").unwrap_or("rewrite-rules.conf")),
     );
@@ -204,8 +202,8 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             forward_all: flag("FORWARD_ALL", true)?,
             max_intervals: num("MAX_AGGREGATION_INTERVALS", 5)? as u32,
             write_back_frequency: num("WRITE_BACK_FREQUENCY", 0)? as u32,
-            route_cache_entries: super::default_route_cache(),
-            max_values_per_bucket: super::default_max_values(),
+            route_cache_entries: defaults::route_cache_entries(),
+            max_values_per_bucket: defaults::max_values_per_bucket(),
         },
         workers: WorkersFile::default(),
         destination,

@@ -32,10 +32,13 @@ pub use registry::{Registry, RegistryError, TenantEntry, TenantState};
 use crate::hash::fnv1a64;
 use crate::reason::DropReason;
 
-/// What to do with datapoints of a tenant the registry does not know.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What to do with datapoints of a tenant the registry does not know (`tenants.unknown`:
+/// `accept` or `reject`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Unknown {
     /// Let them pass, without limits.
+    #[default]
     Accept,
     /// Reject them as `tenant_unknown`.
     Reject,

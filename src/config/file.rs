@@ -1,0 +1,406 @@
+//! The configuration file as written: one serde struct per TOML section, every one
+//! rejecting unknown keys, with the defaults `config/aggd.toml` documents. Closed sets of
+//! values are enums (`fsync = "interval"`, `on_full = "backpressure"`, …) and durations
+//! are humantime strings (`"1s"`, `"5m"`, `"7d"`; `"0"` or `"0s"` is zero), so a wrong
+//! value is a syntax error naming the key, its line and the accepted values.
+//!
+//! Nothing here is validated beyond its type: [`super::Config::from_file`] resolves the
+//! relative paths and turns each section into its validated type (`TryFrom`).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::codec::Limits;
+use crate::journal::OnFull;
+use crate::tenant::Unknown;
+
+/// Input protocol of a listener.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// carbon plaintext, `path value timestamp\n`.
+    Plaintext,
+    /// carbon pickle, length-prefixed frames.
+    Pickle,
+    /// HTTP ingest API (TCP only).
+    Http,
+}
+
+/// Transport of a listener.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// TCP stream.
+    #[default]
+    Tcp,
+    /// UDP datagrams (plaintext only).
+    Udp,
+}
+
+/// Output protocol of a destination.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DestProtocol {
+    /// carbon pickle, protocol 2, length-prefixed frames.
+    #[default]
+    Pickle,
+    /// carbon plaintext lines.
+    Plaintext,
+}
+
+/// `journal.fsync` as written; `interval` takes its period from `journal.fsync_interval`.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncMode {
+    /// Never call fsync.
+    Never,
+    /// At most once per `fsync_interval`.
+    #[default]
+    Interval,
+    /// Before acknowledging each batch.
+    Always,
+}
+
+/// `tenants.mode`: how a datapoint's tenant is found.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TenantMode {
+    /// The first node of the metric path.
+    #[default]
+    Prefix,
+}
+
+macro_rules! display_as_written {
+    ($t:ty { $($v:ident => $s:literal),* $(,)? }) => {
+        impl std::fmt::Display for $t {
+            /// As written in the config.
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(match self { $(Self::$v => $s),* })
+            }
+        }
+    };
+}
+display_as_written!(Protocol { Plaintext => "plaintext", Pickle => "pickle", Http => "http" });
+display_as_written!(Transport { Tcp => "tcp", Udp => "udp" });
+display_as_written!(DestProtocol { Pickle => "pickle", Plaintext => "plaintext" });
+
+/// `[[listen]]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenFile {
+    /// `plaintext`, `pickle` or `http`.
+    pub protocol: Protocol,
+    /// `tcp` (default) or `udp`.
+    #[serde(default)]
+    pub transport: Transport,
+    /// `host:port`; port 0 picks a free port.
+    pub address: String,
+    /// Most open connections on this listener (TCP); besides `limits.max_connections`.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+}
+
+/// `[aggregation]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregationFile {
+    /// Path of `aggregation-rules.conf`.
+    pub rules: PathBuf,
+    /// Path of `rewrite-rules.conf` (optional).
+    pub rewrite_rules: Option<PathBuf>,
+    /// Also forward every raw datapoint (after `[post]` rewrites).
+    #[serde(default)]
+    pub forward_all: bool,
+    /// Intervals kept per series before a bucket is final; older data is `too_old`.
+    #[serde(default = "defaults::max_intervals")]
+    pub max_intervals: u32,
+    /// Seconds between running partial aggregates of open intervals; 0 = off.
+    #[serde(default)]
+    pub write_back_frequency: u32,
+    /// Distinct metric paths whose routes are cached.
+    #[serde(default = "defaults::route_cache_entries")]
+    pub route_cache_entries: usize,
+    /// Values one bucket keeps for percentile methods; more are `bucket_full`.
+    #[serde(default = "defaults::max_values_per_bucket")]
+    pub max_values_per_bucket: usize,
+}
+
+/// `[workers]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkersFile {
+    /// Worker threads; 0 = one per core.
+    #[serde(default)]
+    pub count: usize,
+    /// Capacity of each worker's queue, in batches.
+    #[serde(default = "defaults::queue_batches")]
+    pub queue_batches: usize,
+    /// Milliseconds between flush sweeps.
+    #[serde(default = "defaults::flush_tick_ms")]
+    pub flush_tick_ms: u64,
+}
+
+impl Default for WorkersFile {
+    fn default() -> Self {
+        WorkersFile {
+            count: 0,
+            queue_batches: defaults::queue_batches(),
+            flush_tick_ms: defaults::flush_tick_ms(),
+        }
+    }
+}
+
+/// `[[destination]]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationFile {
+    /// `host:port`, or `stdout`.
+    pub address: String,
+    /// `pickle` (default) or `plaintext`.
+    #[serde(default)]
+    pub protocol: DestProtocol,
+    /// Datapoints the queue holds before `destination_full` drops.
+    #[serde(default = "defaults::queue_datapoints")]
+    pub queue_datapoints: usize,
+    /// Datapoints per pickle frame (carbon's MAX_DATAPOINTS_PER_MESSAGE).
+    #[serde(default = "defaults::max_datapoints_per_message")]
+    pub max_datapoints_per_message: usize,
+    /// How far back, when a connection fails, written aggregates count as possibly lost
+    /// (ledgered as `unconfirmed`), e.g. `"5m"`; never before the connection was made.
+    #[serde(default = "defaults::unconfirmed_window", with = "humantime_serde")]
+    pub unconfirmed_window: Duration,
+}
+
+/// `[journal]` as written; the section's presence turns the journal on.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalFile {
+    /// Directory for segments, indexes and the loss ledger.
+    pub dir: PathBuf,
+    /// `never`, `interval` or `always`.
+    #[serde(default)]
+    pub fsync: FsyncMode,
+    /// Period for `fsync = "interval"`, e.g. `"1s"`.
+    #[serde(default = "defaults::fsync_interval", with = "humantime_serde")]
+    pub fsync_interval: Duration,
+    /// Segment size that starts a new segment.
+    #[serde(default = "defaults::segment_bytes")]
+    pub segment_bytes: u64,
+    /// Segment age that starts a new segment, e.g. `"1h"`.
+    #[serde(default = "defaults::segment_max_age", with = "humantime_serde")]
+    pub segment_max_age: Duration,
+    /// Total size kept.
+    #[serde(default = "defaults::journal_max_bytes")]
+    pub max_bytes: u64,
+    /// Age kept, e.g. `"7d"`.
+    #[serde(default = "defaults::journal_max_age", with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Free disk space to keep, in bytes; 0 = no check.
+    #[serde(default = "defaults::min_free_disk")]
+    pub min_free_disk: u64,
+    /// `ingest` or `backpressure`.
+    #[serde(default)]
+    pub on_full: OnFull,
+    /// Records queued for the writer.
+    #[serde(default = "defaults::queue_records")]
+    pub queue_records: usize,
+    /// The loss ledger file; default `<dir>/ledger.jsonl`.
+    pub ledger: Option<PathBuf>,
+}
+
+/// `[tenants]` as written; the section's presence turns the tenant gate on.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantsFile {
+    /// How a datapoint's tenant is found: `prefix` (the first path node).
+    #[serde(default)]
+    pub mode: TenantMode,
+    /// The registry file (TOML, `[tenant.<id>]` tables).
+    pub registry: PathBuf,
+    /// Tenants not in the registry: `accept` or `reject`.
+    #[serde(default)]
+    pub unknown: Unknown,
+}
+
+/// `[admin]` as written: the admin HTTP API.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminFile {
+    /// `host:port`; loopback by default.
+    #[serde(default = "defaults::admin_address")]
+    pub address: String,
+    /// The bearer token (prefer `token_file`).
+    pub token: Option<String>,
+    /// A file holding the bearer token.
+    pub token_file: Option<PathBuf>,
+}
+
+/// `[quarantine]` as written: the optional file of rejected datapoints.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuarantineFile {
+    /// The file; `<file>.1` holds the previous one after rotation.
+    pub file: PathBuf,
+    /// Size at which the file rotates.
+    #[serde(default = "defaults::quarantine_bytes")]
+    pub max_bytes: u64,
+}
+
+/// `[service]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceFile {
+    /// Longest wait at shutdown for destinations to take what is queued.
+    #[serde(default = "defaults::drain_timeout", with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// Period of carbon-style self-metrics sent to the destinations; "0s" turns them off.
+    #[serde(default = "defaults::self_metrics_interval", with = "humantime_serde")]
+    pub self_metrics_interval: Duration,
+    /// First node of self-metric names (carbon's CARBON_METRIC_PREFIX).
+    #[serde(default = "defaults::self_metrics_prefix")]
+    pub self_metrics_prefix: String,
+    /// Host name in self-metric names; default: the machine's.
+    pub hostname: Option<String>,
+}
+
+impl Default for ServiceFile {
+    fn default() -> Self {
+        ServiceFile {
+            drain_timeout: defaults::drain_timeout(),
+            self_metrics_interval: defaults::self_metrics_interval(),
+            self_metrics_prefix: defaults::self_metrics_prefix(),
+            hostname: None,
+        }
+    }
+}
+
+/// The whole TOML file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    /// Listeners.
+    #[serde(default)]
+    pub listen: Vec<ListenFile>,
+    /// Rules and bucket settings.
+    pub aggregation: AggregationFile,
+    /// Worker threads.
+    #[serde(default)]
+    pub workers: WorkersFile,
+    /// Destinations.
+    #[serde(default)]
+    pub destination: Vec<DestinationFile>,
+    /// Decoder limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// The raw-input journal (off without this section).
+    pub journal: Option<JournalFile>,
+    /// The tenant gate (off without this section).
+    pub tenants: Option<TenantsFile>,
+    /// The admin HTTP API (off without this section).
+    pub admin: Option<AdminFile>,
+    /// The quarantine file (off without this section).
+    pub quarantine: Option<QuarantineFile>,
+    /// Service behaviour: drain, self-metrics.
+    #[serde(default)]
+    pub service: ServiceFile,
+}
+
+/// Resolves `p` against `base` (the config file's directory) unless it is absolute.
+pub(crate) fn resolve(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+impl File {
+    /// Makes every path in the file absolute against `base`, the directory of the file
+    /// it was read from (absolute paths stay as they are).
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| *p = resolve(base, p);
+        fix(&mut self.aggregation.rules);
+        self.aggregation.rewrite_rules.as_mut().map(fix);
+        if let Some(j) = &mut self.journal {
+            fix(&mut j.dir);
+            j.ledger.as_mut().map(fix);
+        }
+        if let Some(t) = &mut self.tenants {
+            fix(&mut t.registry);
+        }
+        if let Some(a) = &mut self.admin {
+            a.token_file.as_mut().map(fix);
+        }
+        if let Some(q) = &mut self.quarantine {
+            fix(&mut q.file);
+        }
+    }
+}
+
+/// The defaults `config/aggd.toml` documents.
+pub(crate) mod defaults {
+    use std::time::Duration;
+
+    pub fn max_intervals() -> u32 {
+        5
+    }
+    pub fn route_cache_entries() -> usize {
+        1_000_000
+    }
+    pub fn max_values_per_bucket() -> usize {
+        100_000
+    }
+    pub fn queue_batches() -> usize {
+        1024
+    }
+    pub fn flush_tick_ms() -> u64 {
+        250
+    }
+    pub fn queue_datapoints() -> usize {
+        100_000
+    }
+    pub fn max_datapoints_per_message() -> usize {
+        500
+    }
+    pub fn unconfirmed_window() -> Duration {
+        Duration::from_secs(5 * 60)
+    }
+    pub fn fsync_interval() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub fn segment_bytes() -> u64 {
+        64 << 20
+    }
+    pub fn segment_max_age() -> Duration {
+        Duration::from_secs(3600)
+    }
+    pub fn journal_max_bytes() -> u64 {
+        10 << 30
+    }
+    pub fn journal_max_age() -> Duration {
+        Duration::from_secs(7 * 86_400)
+    }
+    pub fn min_free_disk() -> u64 {
+        1 << 30
+    }
+    pub fn queue_records() -> usize {
+        4096
+    }
+    pub fn admin_address() -> String {
+        "127.0.0.1:8081".into()
+    }
+    pub fn quarantine_bytes() -> u64 {
+        64 << 20
+    }
+    pub fn drain_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn self_metrics_interval() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn self_metrics_prefix() -> String {
+        "carbon".into()
+    }
+}
