@@ -69,10 +69,13 @@ pub fn for_each_datapoint(
         now,
         limits,
         decoder,
-        &mut f,
+        |r| match r {
+            Ok(run) => run.iter().for_each(|dp| f(Ok(*dp))),
+            Err(reason) => f(Err(reason)),
+        },
     );
-    if let Err(r) = decoded {
-        f(Err(r));
+    if let Err(e) = decoded {
+        f(Err(e.reason()));
     }
 }
 
@@ -92,7 +95,6 @@ pub fn rebuild(
     }
     let now = crate::time::now();
     let from_us = ((now - span - 1.0) * 1e6) as i64;
-    let mut decoder = PickleDecoder::new();
     let mut n = 0u64;
     let stats = reader::read_range(
         dir,
@@ -104,7 +106,7 @@ pub fn rebuild(
             let t = rec.meta.received_us as f64 / 1e6;
             let tenant = Some(rec.meta.tenant.as_str()).filter(|t| !t.is_empty());
             // A body unusable as a whole was answered 400 (and counted) when received.
-            let _ = ingest.frame(rec.meta.kind, rec.payload, tenant, &mut decoder, t);
+            let _ = ingest.frame(rec.meta.kind, rec.payload, tenant, t);
             if n.is_multiple_of(64) {
                 ingest.flush_blocking();
             }

@@ -66,17 +66,52 @@ impl Default for Limits {
     }
 }
 
+/// Most datapoints [`decode_frame`] hands over in one run.
+pub const RUN: usize = 8;
+
+/// Why a frame is unusable as a whole (its datapoints decoded before that were handed
+/// over). Either way it counts as one rejection of [`FrameError::reason`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum FrameError {
+    /// A pickle frame that cannot be decoded within the limits, or is not a list.
+    Frame(DropReason),
+    /// An HTTP body unusable as a whole: the message its 400 answer carries.
+    Body(http::BadBody),
+}
+
+impl std::fmt::Display for FrameError {
+    /// A body's message, or a frame's reason label.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FrameError::Frame(r) => f.write_str(r.as_str()),
+            FrameError::Body(b) => f.write_str(&b.0),
+        }
+    }
+}
+
+impl FrameError {
+    /// The reason it is counted under: the frame's own, or `bad_frame` for a body.
+    pub fn reason(&self) -> DropReason {
+        match self {
+            FrameError::Frame(r) => *r,
+            FrameError::Body(_) => DropReason::BadFrame,
+        }
+    }
+}
+
 /// Decodes one frame of input `kind` received at `now` (Unix s; it replaces `-1`
-/// timestamps), calling `f` with each datapoint or per-element rejection, in order: the
-/// one decode step per input kind, shared by the start-up rebuild and `aggd replay`
-/// (listeners call the same decoders through [`crate::ingest::Ingest`]).
+/// timestamps): the one decode step per input kind, used by the listeners, the start-up
+/// rebuild and `aggd replay` alike. Calls `f` in frame order with runs of at most [`RUN`]
+/// accepted datapoints (so the caller can look several routes up at once) and with each
+/// per-line or per-element rejection on its own, after the datapoints before it.
 ///
-/// - plaintext (TCP run of lines, UDP datagram, HTTP body): [`plaintext::parse_line`] per line;
-/// - pickle (TCP frame body, HTTP body): [`pickle::PickleDecoder`];
+/// - plaintext (TCP run of lines, UDP datagram): [`plaintext::parse_line`] per line;
+/// - pickle (TCP frame body): [`pickle::PickleDecoder::decode_runs`];
 /// - HTTP bodies: [`http::decode`], with paths put under `tenant` when it is given.
 ///
-/// Errors: the frame is unusable as a whole ([`DropReason::BadFrame`] or the pickle
-/// decoder's reason); datapoints decoded before that were passed to `f`.
+/// Allocates nothing per datapoint (`decoder` keeps its scratch between frames).
+///
+/// Errors: the frame is unusable as a whole ([`FrameError`]).
 pub fn decode_frame(
     kind: Kind,
     payload: &[u8],
@@ -84,23 +119,51 @@ pub fn decode_frame(
     now: f64,
     limits: &Limits,
     decoder: &mut pickle::PickleDecoder,
-    mut f: impl FnMut(Result<Datapoint<'_>, DropReason>),
-) -> Result<(), DropReason> {
+    mut f: impl FnMut(Result<&[Datapoint<'_>], DropReason>),
+) -> Result<(), FrameError> {
     match kind {
         Kind::PlaintextTcp | Kind::PlaintextUdp => {
+            let empty = Datapoint {
+                path: "",
+                timestamp: 0.0,
+                value: 0.0,
+            };
+            let mut run = [empty; RUN];
+            let mut n = 0;
             for line in plaintext::lines(payload) {
                 match plaintext::parse_line(line, now, limits) {
-                    Ok(Some(dp)) => f(Ok(dp)),
+                    Ok(Some(dp)) => {
+                        run[n] = dp;
+                        n += 1;
+                        if n == RUN {
+                            f(Ok(&run));
+                            n = 0;
+                        }
+                    }
                     Ok(None) => {}
-                    Err(r) => f(Err(r)),
+                    Err(r) => {
+                        if n > 0 {
+                            f(Ok(&run[..n]));
+                            n = 0;
+                        }
+                        f(Err(r));
+                    }
                 }
+            }
+            if n > 0 {
+                f(Ok(&run[..n]));
             }
             Ok(())
         }
-        Kind::PickleTcp => decoder.decode(payload, now, limits, f),
+        Kind::PickleTcp => decoder
+            .decode_runs(payload, now, limits, RUN, f)
+            .map_err(FrameError::Frame),
         Kind::HttpPlaintext | Kind::HttpPickle | Kind::HttpJson => {
-            http::decode(kind, payload, tenant, now, limits, decoder, f)
-                .map_err(|_| DropReason::BadFrame)
+            http::decode(kind, payload, tenant, now, limits, decoder, |r| match r {
+                Ok(dp) => f(Ok(std::slice::from_ref(&dp))),
+                Err(reason) => f(Err(reason)),
+            })
+            .map_err(FrameError::Body)
         }
     }
 }

@@ -32,7 +32,6 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::http::kind_of;
-use crate::codec::pickle::PickleDecoder;
 use crate::ingest::{Ingest, Pipeline};
 use crate::reason::DropReason;
 
@@ -116,24 +115,18 @@ async fn ingest(
         body
     };
     let mut ing = Ingest::new(Arc::clone(&s.pipeline), peer, s.index, kind);
-    ing.journal_as(&body, now, peer, kind, tenant.clone()).await;
+    ing.journal_as(&body, now, kind, tenant.clone()).await;
     let decode = tokio::task::spawn_blocking(move || {
-        let decoded = ing.http(
-            kind,
-            &body,
-            tenant.as_deref(),
-            &mut PickleDecoder::new(),
-            now,
-        );
+        let decoded = ing.frame(kind, &body, tenant.as_deref(), now);
         (ing, decoded)
     });
     let Ok((mut ing, decoded)) = decode.await else {
         return error(StatusCode::INTERNAL_SERVER_ERROR, "decoding failed");
     };
     if let Err(e) = decoded {
-        ing.reject(DropReason::BadFrame, 1);
+        // Counted as bad_frame by the decode step.
         ing.flush().await;
-        return error(StatusCode::BAD_REQUEST, e.0);
+        return error(StatusCode::BAD_REQUEST, e.to_string());
     }
     ing.flush().await;
     let (accepted, reasons) = ing.outcome();

@@ -19,7 +19,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::codec::pickle::{FrameEvent, PickleDecoder, PickleFramer};
+use crate::codec::pickle::{FrameEvent, PickleFramer};
 use crate::codec::plaintext::LineFramer;
 use crate::datapoint::Kind;
 use crate::ingest::{Ingest, Pipeline};
@@ -202,13 +202,12 @@ async fn read_more(
     }
 }
 
-/// How one TCP protocol cuts frames out of the stream and decodes them.
-trait StreamDecoder {
+/// How one TCP protocol cuts frames out of the stream (decoding them is
+/// [`Ingest::receive`]'s, by the connection's input kind).
+trait StreamFramer {
     /// Moves every complete frame (a run of lines, a pickle body) out of `buf` into
     /// `out`; counts framing rejections on `ingest`.
     fn frames(&mut self, buf: &mut BytesMut, ingest: &mut Ingest, out: &mut Vec<Bytes>);
-    /// Decodes one frame received at `now`.
-    fn decode(&mut self, frame: &[u8], ingest: &mut Ingest, now: f64);
     /// At end of stream (`eof`) or shutdown: the unfinished tail as a last frame, if it
     /// is one.
     fn finish(&mut self, buf: &mut BytesMut, ingest: &mut Ingest, eof: bool) -> Option<Bytes>;
@@ -217,15 +216,11 @@ trait StreamDecoder {
 /// carbon plaintext lines.
 struct Lines(LineFramer);
 
-impl StreamDecoder for Lines {
+impl StreamFramer for Lines {
     fn frames(&mut self, buf: &mut BytesMut, ingest: &mut Ingest, out: &mut Vec<Bytes>) {
         let framed = self.0.next_chunk(buf);
         ingest.reject(DropReason::LineTooLong, framed.too_long);
         out.extend(framed.chunk);
-    }
-
-    fn decode(&mut self, frame: &[u8], ingest: &mut Ingest, now: f64) {
-        ingest.plaintext(frame, now);
     }
 
     /// At end of stream a last line without a newline is accepted; not when cut by
@@ -236,14 +231,11 @@ impl StreamDecoder for Lines {
 }
 
 /// carbon pickle frames.
-struct Frames {
-    framer: PickleFramer,
-    decoder: PickleDecoder,
-}
+struct Frames(PickleFramer);
 
-impl StreamDecoder for Frames {
+impl StreamFramer for Frames {
     fn frames(&mut self, buf: &mut BytesMut, ingest: &mut Ingest, out: &mut Vec<Bytes>) {
-        while let Some(ev) = self.framer.next_frame(buf) {
+        while let Some(ev) = self.0.next_frame(buf) {
             match ev {
                 FrameEvent::TooLarge(_) => ingest.reject(DropReason::FrameTooLarge, 1),
                 FrameEvent::Frame(body) => out.push(body),
@@ -251,13 +243,9 @@ impl StreamDecoder for Frames {
         }
     }
 
-    fn decode(&mut self, frame: &[u8], ingest: &mut Ingest, now: f64) {
-        ingest.pickle(&mut self.decoder, frame, now);
-    }
-
     /// Bytes of an unfinished frame at end of stream are a bad frame.
     fn finish(&mut self, buf: &mut BytesMut, ingest: &mut Ingest, eof: bool) -> Option<Bytes> {
-        if eof && self.framer.truncated(buf) {
+        if eof && self.0.truncated(buf) {
             ingest.reject(DropReason::BadFrame, 1);
         }
         None
@@ -270,24 +258,15 @@ async fn plaintext_conn(sock: TcpStream, ingest: Ingest, shutdown: CancellationT
 }
 
 async fn pickle_conn(sock: TcpStream, ingest: Ingest, shutdown: CancellationToken) {
-    let d = Frames {
-        framer: PickleFramer::new(ingest.limits().max_pickle_frame_bytes),
-        decoder: PickleDecoder::new(),
-    };
-    serve(sock, ingest, shutdown, d).await;
+    let framer = PickleFramer::new(ingest.limits().max_pickle_frame_bytes);
+    serve(sock, ingest, shutdown, Frames(framer)).await;
 }
 
 /// Journals each frame, then decodes it (the journal writes while the frame decodes).
-async fn process(
-    frames: &mut Vec<Bytes>,
-    d: &mut impl StreamDecoder,
-    ingest: &mut Ingest,
-    peer: SocketAddr,
-) {
+async fn process(frames: &mut Vec<Bytes>, ingest: &mut Ingest) {
     let now = crate::time::now();
     for f in frames.drain(..) {
-        ingest.journal(&f, now, peer).await;
-        d.decode(&f, ingest, now);
+        ingest.receive(&f, now).await;
     }
 }
 
@@ -297,7 +276,7 @@ async fn serve(
     mut sock: TcpStream,
     mut ingest: Ingest,
     shutdown: CancellationToken,
-    mut d: impl StreamDecoder,
+    mut d: impl StreamFramer,
 ) {
     let _open = OpenConnection::new(ingest.stats());
     let peer = sock
@@ -322,11 +301,11 @@ async fn serve(
             }
         }
         d.frames(&mut rb.buf, &mut ingest, &mut frames);
-        process(&mut frames, &mut d, &mut ingest, peer).await;
+        process(&mut frames, &mut ingest).await;
         ingest.flush().await;
     }
     frames.extend(d.finish(&mut rb.buf, &mut ingest, eof));
-    process(&mut frames, &mut d, &mut ingest, peer).await;
+    process(&mut frames, &mut ingest).await;
     ingest.flush().await;
 }
 

@@ -169,9 +169,9 @@ async fn process(mut ingest: Ingest, mut rx: mpsc::Receiver<Datagram>, queued: A
             if let Some(t) = d.ticket {
                 ingest.adopt(t, d.now);
             }
-            ingest.plaintext(&d.bytes, d.now);
+            let _ = ingest.frame(Kind::PlaintextUdp, &d.bytes, None, d.now);
             queued.fetch_sub(d.bytes.len(), Ordering::Relaxed);
         }
-        ingest.flush_nowait().await;
+        ingest.flush().await;
     }
 }

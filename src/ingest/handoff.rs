@@ -1,0 +1,159 @@
+//! Hand-off: from per-worker batches to the worker queues, once the journal has the
+//! frames they came from (so every datapoint a worker sees is journaled: DESIGN.md's
+//! invariant 5, a restart rebuilds exactly what was aggregated).
+//!
+//! One path for every input, differing only in what a full worker queue does ([`Mode`]):
+//! TCP and HTTP wait for room (backpressure on that connection only, woken by the worker,
+//! never by polling), UDP drops the batch as `queue_full` (it cannot push back), and the
+//! start-up rebuild waits and marks its batches as rebuilt.
+
+use std::net::SocketAddr;
+
+use crossbeam_channel::TrySendError;
+
+use crate::aggregate::worker::{WorkItem, WorkerMsg};
+use crate::drops::DropTally;
+use crate::journal::{NewRecord, Ticket};
+use crate::reason::DropReason;
+use crate::time::Window;
+
+use super::Pipeline;
+use super::routing::Batches;
+
+/// Most work items one worker-queue slot holds (a larger batch is sent in pieces).
+pub const MAX_BATCH_ITEMS: usize = 16_384;
+
+/// What hand-off does when a worker queue is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Mode {
+    /// Wait for room (TCP, HTTP).
+    Wait,
+    /// Drop the batch and count it as `queue_full` (UDP).
+    Drop,
+    /// Wait for room, sending [`WorkerMsg::Rebuild`] batches (the start-up rebuild);
+    /// `delivered`: the previous run delivered their aggregates.
+    Rebuild {
+        /// Whether the previous run delivered these datapoints' aggregates.
+        delivered: bool,
+    },
+}
+
+/// One connection's batches and the journal tickets they wait for.
+pub(super) struct Handoff {
+    /// What routing produced.
+    pub batches: Batches,
+    /// Journal tickets of the frames in `batches`, with their receive times.
+    tickets: Vec<(Ticket, f64)>,
+    /// What a full queue does.
+    pub mode: Mode,
+}
+
+impl Handoff {
+    /// Empty batches for `workers` workers.
+    pub fn new(workers: usize, mode: Mode) -> Self {
+        Handoff {
+            batches: Batches::new(workers),
+            tickets: Vec::new(),
+            mode,
+        }
+    }
+
+    /// Submits `record` to the journal when it is on; [`Handoff::flush`] waits for it.
+    pub async fn journal(&mut self, p: &Pipeline, record: NewRecord) {
+        let Some(j) = &p.journal else { return };
+        let at = record.received_us as f64 / 1e6;
+        let ticket = j.submit(record).await;
+        self.tickets.push((ticket, at));
+    }
+
+    /// Waits for a ticket another task submitted, like for its own.
+    pub fn adopt(&mut self, ticket: Ticket, at: f64) {
+        self.tickets.push((ticket, at));
+    }
+
+    /// Hands every pending batch to its worker once the journal has the frames (what it
+    /// could not write is counted `unjournaled` in `tally`), in pieces of at most
+    /// [`MAX_BATCH_ITEMS`], in order. A full queue is handled by the [`Mode`]; `peer` and
+    /// `now` describe a `queue_full` drop.
+    pub async fn flush(&mut self, p: &Pipeline, tally: &mut DropTally, peer: SocketAddr, now: f64) {
+        for (ticket, at) in std::mem::take(&mut self.tickets) {
+            if !ticket.wait().await {
+                tally.add(DropReason::Unjournaled, 1, at);
+            }
+        }
+        for i in 0..self.batches.pending.len() {
+            for piece in pieces(std::mem::take(&mut self.batches.pending[i])) {
+                let msg = match self.mode {
+                    Mode::Rebuild { delivered } => WorkerMsg::Rebuild {
+                        items: piece,
+                        delivered,
+                    },
+                    Mode::Wait | Mode::Drop => WorkerMsg::Batch(piece),
+                };
+                if self.mode == Mode::Drop {
+                    send_or_drop(p, i, msg, peer, now);
+                } else {
+                    send_waiting(p, i, msg).await;
+                }
+            }
+        }
+    }
+}
+
+/// Sends `msg` to worker `i`, waiting while its queue is full (woken by the worker when it
+/// takes a batch, never by polling).
+async fn send_waiting(p: &Pipeline, i: usize, mut msg: WorkerMsg) {
+    let queue = &p.workers[i];
+    loop {
+        match queue.try_send(msg) {
+            Ok(()) | Err(TrySendError::Disconnected(_)) => return,
+            Err(TrySendError::Full(m)) => msg = m,
+        }
+        // Registered before trying again, so a batch taken in between still wakes us.
+        let room = p.worker_rooms[i].notified();
+        tokio::pin!(room);
+        room.as_mut().enable();
+        match queue.try_send(msg) {
+            Ok(()) | Err(TrySendError::Disconnected(_)) => return,
+            Err(TrySendError::Full(m)) => msg = m,
+        }
+        room.await;
+    }
+}
+
+/// Sends `msg` to worker `i`, or drops it as `queue_full` if the queue is full, with the
+/// window of its datapoints.
+fn send_or_drop(p: &Pipeline, i: usize, msg: WorkerMsg, peer: SocketAddr, now: f64) {
+    let Err(TrySendError::Full(msg)) = p.workers[i].try_send(msg) else {
+        return;
+    };
+    let (WorkerMsg::Batch(batch) | WorkerMsg::Rebuild { items: batch, .. }) = msg else {
+        return;
+    };
+    let window = batch
+        .iter()
+        .fold(Window::at(now), |w, it| w.union(Window::at(it.timestamp)));
+    p.stats.record_drop(
+        DropReason::QueueFull,
+        batch.len() as u64,
+        window,
+        &format_args!("worker {i} queue full, datagram from {peer}"),
+    );
+}
+
+/// `batch` in order, in pieces of at most [`MAX_BATCH_ITEMS`] (no piece if it is empty; no
+/// copy if it fits in one).
+pub(super) fn pieces(batch: Vec<WorkItem>) -> impl Iterator<Item = Vec<WorkItem>> {
+    let (mut whole, mut rest) = if batch.len() <= MAX_BATCH_ITEMS {
+        (Some(batch).filter(|b| !b.is_empty()), None)
+    } else {
+        (None, Some(batch.into_iter()))
+    };
+    std::iter::from_fn(move || {
+        if let Some(b) = whole.take() {
+            return Some(b);
+        }
+        let piece: Vec<WorkItem> = rest.as_mut()?.by_ref().take(MAX_BATCH_ITEMS).collect();
+        (!piece.is_empty()).then_some(piece)
+    })
+}

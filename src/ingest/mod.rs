@@ -1,0 +1,273 @@
+//! The per-connection path from received bytes to worker queues, in two parts:
+//! [`routing`] (decoded datapoints → tenant gate → route cache → per-worker batches) and
+//! [`handoff`] (batches → worker queues, once the journal has their frames).
+//!
+//! An [`Ingest`] belongs to one connection (or UDP socket, HTTP request, or the start-up
+//! rebuild). For each frame (a run of complete lines, a datagram, a pickle frame, an HTTP
+//! body) the listener first submits the raw bytes to the journal ([`Ingest::journal`]),
+//! then hands them to [`Ingest::frame`], the one decode step
+//! ([`crate::codec::decode_frame`]), which routes every datapoint while the journal writer
+//! works. [`Ingest::flush`] hands the batches on after the journal has written their
+//! frames: TCP and HTTP wait while a worker queue is full (this connection only), UDP drops
+//! the batch as `queue_full`, and the rebuild waits and marks its batches as rebuilt.
+
+mod handoff;
+mod routing;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use crossbeam_channel::Sender;
+
+use crate::aggregate::worker::WorkerMsg;
+use crate::codec::pickle::PickleDecoder;
+use crate::codec::{FrameError, Limits};
+use crate::datapoint::{Kind, Sink};
+use crate::drops::{DropTally, Stats};
+use crate::journal::{Journal, NewRecord, Ticket};
+use crate::quarantine::Quarantine;
+use crate::reason::DropReason;
+use crate::route::{RouteBudget, Router};
+use crate::tenant::Tenants;
+
+pub use handoff::MAX_BATCH_ITEMS;
+use handoff::{Handoff, Mode};
+use routing::Routing;
+
+/// Everything a connection needs, shared by all connections.
+pub struct Pipeline {
+    /// Route cache and rules; swapped whole by a reload.
+    pub router: ArcSwap<Router>,
+    /// Worker queues.
+    pub workers: Arc<[Sender<WorkerMsg>]>,
+    /// Per worker, woken when it takes a batch off its queue ([`WorkerPool::rooms`]).
+    ///
+    /// [`WorkerPool::rooms`]: crate::aggregate::worker::WorkerPool::rooms
+    pub worker_rooms: Arc<[Arc<tokio::sync::Notify>]>,
+    /// Where forwarded raw datapoints go (the destinations).
+    pub forward: Arc<dyn Sink>,
+    /// Counters.
+    pub stats: Arc<Stats>,
+    /// Decoder limits.
+    pub limits: Limits,
+    /// The raw-input journal, when on.
+    pub journal: Option<Arc<Journal>>,
+    /// The tenant gate, when on.
+    pub tenants: Option<Arc<Tenants>>,
+    /// Where rejected datapoints are written, when on.
+    pub quarantine: Option<Arc<Quarantine>>,
+    /// Bytes left for the connections' private route caches.
+    pub route_budget: Arc<RouteBudget>,
+    /// Permits for open TCP connections (`limits.max_connections`).
+    pub connections: Arc<tokio::sync::Semaphore>,
+}
+
+impl Pipeline {
+    /// Budgets for connections and private route caches, from `limits`.
+    pub fn budgets(limits: &Limits) -> (Arc<RouteBudget>, Arc<tokio::sync::Semaphore>) {
+        (
+            RouteBudget::new(limits.private_route_cache_bytes),
+            Arc::new(tokio::sync::Semaphore::new(
+                limits
+                    .max_connections
+                    .min(tokio::sync::Semaphore::MAX_PERMITS),
+            )),
+        )
+    }
+}
+
+/// One connection's ingest state: its routing and its hand-off.
+pub struct Ingest {
+    /// What every connection shares.
+    p: Arc<Pipeline>,
+    /// The sender (named in drop logs; the journal record's peer).
+    peer: SocketAddr,
+    /// The listener's index in the config (the journal record's listener).
+    listener: u16,
+    /// The listener's input kind (the journal record's kind unless given).
+    kind: Kind,
+    /// Pickle decoding scratch, kept between frames.
+    decoder: PickleDecoder,
+    /// Tenant gate, route caches and counts.
+    routing: Routing,
+    /// Batches, journal tickets and what a full queue does.
+    handoff: Handoff,
+}
+
+impl Ingest {
+    /// State for one connection from `peer` on listener `listener` (config index) of
+    /// `kind`: a full worker queue waits, except for UDP, which drops.
+    pub fn new(p: Arc<Pipeline>, peer: SocketAddr, listener: u16, kind: Kind) -> Self {
+        let mode = if kind == Kind::PlaintextUdp {
+            Mode::Drop
+        } else {
+            Mode::Wait
+        };
+        Ingest {
+            routing: Routing::new(&p),
+            handoff: Handoff::new(p.workers.len(), mode),
+            decoder: PickleDecoder::new(),
+            p,
+            peer,
+            listener,
+            kind,
+        }
+    }
+
+    /// State for the start-up rebuild from the journal: like [`Ingest::new`], but nothing
+    /// is counted or ledgered again (the input was counted when first received), and
+    /// workers do not count datapoints that have aged out of the window since.
+    pub fn for_rebuild(p: Arc<Pipeline>) -> Self {
+        let peer = SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut ingest = Ingest::new(p, peer, u16::MAX, Kind::PlaintextTcp);
+        ingest.handoff.mode = Mode::Rebuild { delivered: false };
+        ingest
+    }
+
+    /// Start-up rebuild: whether the input that follows was delivered downstream by the
+    /// previous run (see [`WorkerMsg::Rebuild`]); hands on what is pending first.
+    pub fn set_delivered(&mut self, delivered: bool) {
+        if self.handoff.mode != (Mode::Rebuild { delivered }) {
+            self.flush_blocking();
+            self.handoff.mode = Mode::Rebuild { delivered };
+        }
+    }
+
+    /// The process counters.
+    pub fn stats(&self) -> Arc<Stats> {
+        Arc::clone(&self.p.stats)
+    }
+
+    /// The decoder limits.
+    pub fn limits(&self) -> &Limits {
+        &self.p.limits
+    }
+
+    /// Submits a frame of this connection's kind received at `now` (Unix s) to the
+    /// journal, when on; [`Ingest::flush`] waits for it before handing its datapoints on.
+    pub async fn journal(&mut self, payload: &Bytes, now: f64) {
+        self.journal_as(payload, now, self.kind, None).await
+    }
+
+    /// Like [`Ingest::journal`], with the record's kind and tenant given (HTTP bodies).
+    pub async fn journal_as(
+        &mut self,
+        payload: &Bytes,
+        now: f64,
+        kind: Kind,
+        tenant: Option<Arc<str>>,
+    ) {
+        self.routing.now = now;
+        let record = NewRecord {
+            received_us: (now * 1e6) as i64,
+            listener: self.listener,
+            kind,
+            peer: self.peer,
+            tenant,
+            payload: payload.clone(),
+        };
+        self.handoff.journal(&self.p, record).await;
+    }
+
+    /// Takes over a journal ticket for a frame received at `now` that another task
+    /// submitted (see [`Journal::submit`]); [`Ingest::flush`] waits for it like for its
+    /// own.
+    pub fn adopt(&mut self, ticket: Ticket, now: f64) {
+        self.routing.now = now;
+        self.handoff.adopt(ticket, now);
+    }
+
+    /// Decodes and routes one frame of input `kind` received at `now` (for `tenant`, on
+    /// HTTP), through [`crate::codec::decode_frame`]. A frame unusable as a whole is
+    /// counted under its reason.
+    ///
+    /// Errors: the frame is unusable as a whole (an HTTP listener answers 400 with it).
+    pub fn frame(
+        &mut self,
+        kind: Kind,
+        payload: &[u8],
+        tenant: Option<&str>,
+        now: f64,
+    ) -> Result<(), FrameError> {
+        let Ingest {
+            p,
+            decoder,
+            routing,
+            handoff,
+            ..
+        } = self;
+        routing.start_frame(p, now);
+        let decoded = crate::codec::decode_frame(
+            kind,
+            payload,
+            tenant,
+            now,
+            &p.limits,
+            decoder,
+            |r| match r {
+                Ok(run) => routing.accept_run(p, &mut handoff.batches, run),
+                Err(reason) => routing.tally.add(reason, 1, now),
+            },
+        );
+        if let Err(e) = &decoded {
+            routing.tally.add(e.reason(), 1, now);
+        }
+        decoded
+    }
+
+    /// A frame of this connection's kind received at `now`: journaled, then decoded and
+    /// routed ([`Ingest::journal`], then [`Ingest::frame`]; a frame unusable as a whole is
+    /// counted there).
+    pub async fn receive(&mut self, payload: &Bytes, now: f64) {
+        self.journal(payload, now).await;
+        let _ = self.frame(self.kind, payload, None, now);
+    }
+
+    /// Counts `n` rejections of `reason` found by a framer.
+    pub fn reject(&mut self, reason: DropReason, n: u64) {
+        self.routing.tally.add(reason, n, self.routing.now);
+    }
+
+    /// Datapoints accepted so far, and rejections per reason (with a count), over this
+    /// Ingest's life.
+    pub fn outcome(&self) -> (u64, Vec<(DropReason, u64)>) {
+        (self.routing.received_total, self.routing.tally.totals())
+    }
+
+    /// Hands every pending batch on once the journal has its frames (see the module
+    /// docs for what a full worker queue does), then adds this connection's counts to the
+    /// process counters (not for the rebuild, whose input was counted when received).
+    pub async fn flush(&mut self) {
+        let r = &mut self.routing;
+        self.handoff
+            .flush(&self.p, &mut r.tally, self.peer, r.now)
+            .await;
+        let forwards = std::mem::take(&mut self.handoff.batches.forwards);
+        let received = std::mem::take(&mut r.received);
+        if let Mode::Rebuild { .. } = self.handoff.mode {
+            r.tally = DropTally::default();
+            return;
+        }
+        if !forwards.is_empty() {
+            let s = &self.p.stats;
+            s.forwarded
+                .fetch_add(forwards.len() as u64, Ordering::Relaxed);
+            self.p.forward.send(forwards.into());
+        }
+        self.p.stats.received.fetch_add(received, Ordering::Relaxed);
+        r.tally
+            .flush(&self.p.stats, &format_args!("from {}", self.peer));
+    }
+
+    /// [`Ingest::flush`] from a thread that may block: the start-up rebuild, which runs
+    /// on tokio's blocking pool.
+    pub fn flush_blocking(&mut self) {
+        tokio::runtime::Handle::current().block_on(self.flush());
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,125 @@
+//! Unit tests of routing and hand-off.
+use super::handoff::pieces;
+use super::*;
+use crate::aggregate::worker::WorkItem;
+use crate::config::Aggregation;
+use crate::datapoint::OutBatch;
+use crate::route::Router;
+use crate::rules::aggregation::AggregationRules;
+use crate::rules::rewrite::RewriteRules;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+struct Discard;
+impl Sink for Discard {
+    fn send(&self, _: OutBatch) {}
+}
+
+fn ingest(
+    capacity: usize,
+    kind: Kind,
+) -> (Ingest, crossbeam_channel::Receiver<WorkerMsg>, Arc<Stats>) {
+    let (tx, rx) = crossbeam_channel::bounded(capacity);
+    let stats = Arc::new(Stats::default());
+    let aggregation = Aggregation {
+        rules_file: PathBuf::from("r"),
+        rules: Arc::new(AggregationRules::parse("o (60) = sum *\n", Path::new("r")).unwrap()),
+        rewrite_file: None,
+        rewrite: Arc::new(RewriteRules::default()),
+        forward_all: false,
+        max_intervals: 5,
+        write_back_frequency: 0,
+        route_cache_entries: 10,
+        max_values_per_bucket: 10,
+    };
+    let p = Arc::new(Pipeline {
+        router: ArcSwap::from_pointee(Router::new(aggregation, 1)),
+        workers: vec![tx].into(),
+        worker_rooms: vec![Arc::new(tokio::sync::Notify::new())].into(),
+        forward: Arc::new(Discard),
+        stats: stats.clone(),
+        limits: Limits::default(),
+        journal: None,
+        tenants: None,
+        quarantine: None,
+        route_budget: RouteBudget::new(1 << 20),
+        connections: Arc::new(tokio::sync::Semaphore::new(10)),
+    });
+    let peer = "127.0.0.1:9".parse().unwrap();
+    (Ingest::new(p, peer, 0, kind), rx, stats)
+}
+
+#[tokio::test]
+async fn tcp_flush_waits_for_a_full_queue() {
+    let (mut ing, rx, stats) = ingest(1, Kind::PlaintextTcp);
+    let room = Arc::clone(&ing.p.worker_rooms[0]);
+    ing.frame(Kind::PlaintextTcp, b"a 1 10\n", None, 0.0)
+        .unwrap();
+    ing.flush().await; // fills the queue
+    ing.frame(Kind::PlaintextTcp, b"b 2 10\nc 3 10\n", None, 0.0)
+        .unwrap();
+    let waiting = tokio::spawn(async move {
+        ing.flush().await;
+        ing
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        !waiting.is_finished(),
+        "flush must wait while the queue is full"
+    );
+    let WorkerMsg::Batch(first) = rx.recv().unwrap() else {
+        panic!()
+    };
+    assert_eq!(first.len(), 1);
+    // As a worker does when it takes a batch: wake whoever waits for room.
+    room.notify_waiters();
+    waiting.await.unwrap();
+    let WorkerMsg::Batch(second) = rx.recv().unwrap() else {
+        panic!()
+    };
+    assert_eq!(second.len(), 2);
+    assert_eq!(stats.total_drops(), 0);
+    assert_eq!(stats.received.load(Ordering::Relaxed), 3);
+}
+
+#[test]
+fn large_batches_go_in_ordered_pieces() {
+    let key = Arc::new(crate::route::SeriesKey {
+        name: "k".into(),
+        hash: 0,
+        method: crate::method::Method::Sum,
+        frequency: 60,
+    });
+    let batch: Vec<WorkItem> = (0..2 * MAX_BATCH_ITEMS + 5)
+        .map(|i| WorkItem {
+            key: Arc::clone(&key),
+            timestamp: i as f64,
+            value: 1.0,
+        })
+        .collect();
+    let sizes: Vec<usize> = pieces(batch).map(|p| p.len()).collect();
+    assert_eq!(sizes, [MAX_BATCH_ITEMS, MAX_BATCH_ITEMS, 5]);
+    let small: Vec<WorkItem> = (0..3)
+        .map(|i| WorkItem {
+            key: Arc::clone(&key),
+            timestamp: i as f64,
+            value: 1.0,
+        })
+        .collect();
+    let order: Vec<f64> = pieces(small).flatten().map(|w| w.timestamp).collect();
+    assert_eq!(order, [0.0, 1.0, 2.0]);
+    assert_eq!(pieces(Vec::new()).count(), 0);
+}
+
+#[tokio::test]
+async fn udp_flush_drops_and_counts_on_a_full_queue() {
+    let (mut ing, rx, stats) = ingest(1, Kind::PlaintextUdp);
+    ing.frame(Kind::PlaintextTcp, b"a 1 10\n", None, 0.0)
+        .unwrap();
+    ing.flush().await;
+    ing.frame(Kind::PlaintextTcp, b"b 2 10\nc 3 10\n", None, 0.0)
+        .unwrap();
+    ing.flush().await;
+    assert_eq!(stats.drops(DropReason::QueueFull), 2);
+    assert_eq!(rx.len(), 1);
+}
