@@ -7,37 +7,21 @@
 //! events that second's log line stands for. The counters are listed, with their meaning, in
 //! `docs/operations.md`.
 
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock};
 
+use crate::events::{Events, LogLimit};
 use crate::journal::ledger::Ledger;
 use crate::reason::DropReason;
 use crate::time::Window;
-
-/// One counter per reason plus a once-a-second log limiter per reason.
-struct ReasonSlot {
-    count: AtomicU64,
-    /// Unix second of the last log line for this reason.
-    last_log_sec: AtomicU64,
-    /// Events since the last log line, reported in the next one.
-    unlogged: AtomicU64,
-}
-
-impl ReasonSlot {
-    const fn new() -> Self {
-        ReasonSlot {
-            count: AtomicU64::new(0),
-            last_log_sec: AtomicU64::new(0),
-            unlogged: AtomicU64::new(0),
-        }
-    }
-}
 
 /// Process-wide counters, shared by listeners, workers and destinations through an `Arc`.
 ///
 /// Hot paths add per batch, not per datapoint, to keep cache lines quiet.
 pub struct Stats {
-    drops: [ReasonSlot; DropReason::ALL.len()],
+    drops: [LogLimit; DropReason::ALL.len()],
+    /// Notable events other than drops, with their counters.
+    pub events: Arc<Events>,
     /// Datapoints accepted by a decoder and handed to routing (carbon's `metricsReceived`).
     pub received: AtomicU64,
     /// Aggregate datapoints emitted by workers, re-emissions included (carbon's
@@ -49,8 +33,6 @@ pub struct Stats {
     pub sent: AtomicU64,
     /// Open inbound TCP connections (carbon's activeConnections).
     pub active_connections: AtomicU64,
-    /// Inbound TCP connections closed at once because a connection limit was reached.
-    pub connections_refused: AtomicU64,
     /// The loss ledger, when the journal is on.
     ledger: OnceLock<Ledger>,
 }
@@ -58,13 +40,13 @@ pub struct Stats {
 impl Default for Stats {
     fn default() -> Self {
         Stats {
-            drops: [const { ReasonSlot::new() }; DropReason::ALL.len()],
+            drops: [const { LogLimit::new() }; DropReason::ALL.len()],
+            events: Arc::default(),
             received: AtomicU64::new(0),
             aggregates_emitted: AtomicU64::new(0),
             forwarded: AtomicU64::new(0),
             sent: AtomicU64::new(0),
             active_connections: AtomicU64::new(0),
-            connections_refused: AtomicU64::new(0),
             ledger: OnceLock::new(),
         }
     }
@@ -95,34 +77,22 @@ impl Stats {
         if n == 0 {
             return;
         }
-        let slot = &self.drops[reason.index()];
-        slot.count.fetch_add(n, Ordering::Relaxed);
         if let Some(l) = self.ledger.get() {
             l.record(reason.as_str(), n, window);
         }
-        let now = crate::time::now_secs();
-        let last = slot.last_log_sec.load(Ordering::Relaxed);
-        if now > last
-            && slot
-                .last_log_sec
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            let earlier = slot.unlogged.swap(0, Ordering::Relaxed);
+        if let Some(earlier) = self.drops[reason.index()].count(n) {
             tracing::warn!(
                 reason = reason.as_str(),
                 count = n,
                 suppressed_since_last_log = earlier,
                 "dropped: {detail}"
             );
-        } else {
-            slot.unlogged.fetch_add(n, Ordering::Relaxed);
         }
     }
 
     /// The counter for one reason.
     pub fn drops(&self, reason: DropReason) -> u64 {
-        self.drops[reason.index()].count.load(Ordering::Relaxed)
+        self.drops[reason.index()].get()
     }
 
     /// Sum of all drop counters.

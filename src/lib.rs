@@ -15,6 +15,7 @@ pub mod config;
 pub mod datapoint;
 pub mod dest;
 pub mod drops;
+pub mod events;
 pub mod explain;
 pub mod hash;
 pub mod ingest;

@@ -13,11 +13,12 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 
+use crate::events::{Event, Events};
 use crate::reason::DropReason;
 
 /// Handle on the quarantine writer.
@@ -31,6 +32,8 @@ pub struct Quarantine {
 
 /// Appends `line` to the file, rotating it at `max_bytes`.
 struct Writer {
+    /// Where a failure to write is counted and logged.
+    events: Arc<Events>,
     file: PathBuf,
     out: std::fs::File,
     size: u64,
@@ -45,14 +48,25 @@ impl Writer {
             match std::fs::File::create(&self.file) {
                 Ok(f) => self.out = f,
                 Err(e) => {
-                    tracing::error!(error = %e, file = %self.file.display(), "quarantine file");
+                    let file = self.file.display();
+                    self.events.emit(
+                        Event::QuarantineWriteFailed,
+                        &format_args!("quarantine file {file}: cannot create: {e}"),
+                    );
                     return;
                 }
             }
             self.size = 0;
         }
-        if self.out.write_all(line.as_bytes()).is_ok() {
-            self.size += line.len() as u64;
+        match self.out.write_all(line.as_bytes()) {
+            Ok(()) => self.size += line.len() as u64,
+            Err(e) => {
+                let file = self.file.display();
+                self.events.emit(
+                    Event::QuarantineWriteFailed,
+                    &format_args!("quarantine file {file}: cannot write: {e}"),
+                );
+            }
         }
     }
 
@@ -75,19 +89,28 @@ impl Writer {
 }
 
 impl Quarantine {
-    /// Starts the writer for `file`, rotating at `max_bytes`.
-    pub fn open(file: PathBuf, max_bytes: u64) -> std::io::Result<Quarantine> {
+    /// Starts the writer for `file`, rotating at `max_bytes`; write failures are counted
+    /// and logged as [`Event::QuarantineWriteFailed`] on `events`.
+    ///
+    /// Errors: the file or its directory cannot be created or opened (the error names
+    /// the file), or the thread cannot be spawned.
+    pub fn open(file: PathBuf, max_bytes: u64, events: Arc<Events>) -> std::io::Result<Quarantine> {
+        let named = |e: std::io::Error| {
+            std::io::Error::new(e.kind(), format!("quarantine file {}: {e}", file.display()))
+        };
         if let Some(dir) = file.parent() {
-            std::fs::create_dir_all(dir)?;
+            std::fs::create_dir_all(dir).map_err(named)?;
         }
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&file)?;
-        let size = out.metadata()?.len();
+            .open(&file)
+            .map_err(named)?;
+        let size = out.metadata().map_err(named)?.len();
         let (tx, rx) = bounded::<String>(65536);
         let (stop, stopped) = bounded::<()>(0);
         let writer = Writer {
+            events,
             file,
             out,
             size,
@@ -138,7 +161,7 @@ mod tests {
         let guard = tempfile::tempdir().unwrap();
         let dir = guard.path().to_path_buf();
         let file = dir.join("quarantine.log");
-        let q = Quarantine::open(file.clone(), 200).unwrap();
+        let q = Quarantine::open(file.clone(), 200, Arc::default()).unwrap();
         for i in 0..10 {
             q.record(DropReason::TenantDeleted, &format!("acme.m{i}"), 1.5, 60.0);
         }

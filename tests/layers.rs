@@ -12,7 +12,7 @@ use std::path::Path;
 const LAYERS: &[&[&str]] = &[
     // Ground floor: imports nothing of aggd (but each other, downward).
     &["time"],
-    &["hash", "reason"],
+    &["hash", "reason", "events"],
     &["datapoint"],
     // Pure functions over bytes and values.
     &["codec", "method"],

@@ -294,3 +294,115 @@ async fn metrics_health_and_self_metrics_match_the_traffic() {
     }
     server.shutdown().await;
 }
+
+/// Every `(metric, label)` sample of counter families in `/metrics` text, as
+/// `(carbon stat, value)` for the families the self-metrics also report.
+fn counters_as_carbon_stats(metrics: &str) -> Vec<(String, f64)> {
+    let mut out = Vec::new();
+    for l in metrics.lines().filter(|l| !l.starts_with('#')) {
+        let (sample, value) = l.rsplit_once(' ').unwrap();
+        let value: f64 = value.parse().unwrap();
+        let label = |family: &str, key: &str| {
+            sample
+                .strip_prefix(&format!("{family}{{{key}=\""))
+                .and_then(|r| r.strip_suffix("\"}"))
+                .map(str::to_string)
+        };
+        let stat = if sample == "aggd_received_total" {
+            Some("metricsReceived".to_string())
+        } else if let Some(r) = label("aggd_dropped_total", "reason") {
+            Some(format!("drops.{r}"))
+        } else {
+            label("aggd_events_total", "event").map(|e| format!("events.{e}"))
+        };
+        out.extend(stat.map(|s| (s, value)));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_and_self_metrics_report_the_same_counts() {
+    let capture = Capture::start("pickle");
+    let dir = tempdir("same-counts");
+    let cfg = write_config(
+        &dir,
+        "total (60) = sum in.*\n",
+        "",
+        &capture.addr.to_string(),
+        "pickle",
+    );
+    append_config(
+        &cfg,
+        "[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"unused-token\"\n\
+         [service]\nself_metrics_interval = \"1s\"\nhostname = \"h\"\n\
+         [limits]\nmax_connections = 1\n",
+    );
+    let server = start_aggd(&cfg).await;
+    let tcp = server.addr("plaintext/tcp").unwrap();
+    let admin = server.addr("admin/http").unwrap();
+    let base = previous_bucket(60);
+    tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(tcp).unwrap();
+        let mut b = format!("in.a 1 {base}\nin.b 2 {base}\nno value\n");
+        b.push_str(&format!("in.old 1 {}\nin.nan nan {base}\n", base - 7200));
+        s.write_all(b.as_bytes()).unwrap();
+        drop(s);
+        // in.a, in.b and in.old (too old only once a worker sees it).
+        wait_received(admin, 3.0);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while metric(admin, "aggd_active_connections") > 0.0 {
+            assert!(Instant::now() < deadline, "the connection never closed");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // One connection held open; the next one is past max_connections: refused.
+        let held = TcpStream::connect(tcp).unwrap();
+        let mut refused = TcpStream::connect(tcp).unwrap();
+        refused
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut buf = [0u8; 1];
+        assert!(matches!(
+            std::io::Read::read(&mut refused, &mut buf),
+            Ok(0) | Err(_)
+        ));
+        drop(held);
+    })
+    .await
+    .unwrap();
+    let stat = |got: &std::collections::BTreeMap<(String, i64), f64>, name: &str| -> f64 {
+        let p = format!("carbon.aggregator.h.{name}");
+        got.iter()
+            .filter(|((k, _), _)| *k == p)
+            .map(|(_, v)| v)
+            .sum()
+    };
+    capture.wait_for("self-metrics of the traffic", |got| {
+        stat(got, "metricsReceived") == 3.0 && stat(got, "events.connection_refused") == 1.0
+    });
+    let (_, _, body) = http(admin, "GET", "/metrics", &[], b"");
+    let counters = counters_as_carbon_stats(&String::from_utf8(body).unwrap());
+    let got = capture.snapshot();
+    // Every nonzero counter the self-metrics carry sums to the same value over the reports
+    // (each report holds the change of one interval); zero ones are never sent.
+    let mut compared = Vec::new();
+    for (stat_name, value) in &counters {
+        assert_eq!(stat(&got, stat_name), *value, "{stat_name}");
+        if *value > 0.0 {
+            compared.push(stat_name.as_str());
+        }
+    }
+    for expected in [
+        "metricsReceived",
+        "drops.parse_error",
+        "drops.too_old",
+        "drops.nan_value",
+        "events.connection_refused",
+    ] {
+        assert!(
+            compared.contains(&expected),
+            "{expected} not counted: {counters:?}"
+        );
+    }
+    assert_eq!(metric(admin, "aggd_connections_refused_total"), 1.0);
+    server.shutdown().await;
+}

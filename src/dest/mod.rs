@@ -39,6 +39,7 @@ use crate::codec::{pickle, plaintext};
 use crate::config::{DestAddress, DestProtocol, DestinationConfig};
 use crate::datapoint::{OutBatch, Sink, window};
 use crate::drops::Stats;
+use crate::events::Event;
 use crate::reason::DropReason;
 use crate::time::Window;
 
@@ -334,7 +335,11 @@ impl Link {
             .connection_failures
             .fetch_add(1, Ordering::Relaxed);
         let lost = self.log().take(self.cfg.unconfirmed_window);
-        tracing::warn!(destination = self.cfg.name(), error = %e, unconfirmed_datapoints = lost.map_or(0, |l| l.1), "connection failed; reconnecting");
+        let (name, n) = (self.cfg.name(), lost.map_or(0, |l| l.1));
+        self.stats.events.emit(
+            Event::DestinationConnectionLost,
+            &format_args!("destination {name}: connection failed ({e}); reconnecting; {n} datapoints unconfirmed"),
+        );
         if let Some((w, n)) = lost {
             ledger_unconfirmed(&self.stats, &self.counters, self.cfg.name(), w, n);
         }
@@ -351,13 +356,17 @@ fn ledger_unconfirmed(stats: &Stats, counters: &DestCounters, name: &str, w: Win
     );
 }
 
-fn encode(cfg: &DestinationConfig, batches: &[OutBatch], buf: &mut Vec<u8>) {
+fn encode(cfg: &DestinationConfig, batches: &[OutBatch], buf: &mut Vec<u8>, stats: &Stats) {
     buf.clear();
     let pickle_out = cfg.protocol == DestProtocol::Pickle && cfg.address != DestAddress::Stdout;
     for b in batches {
         if pickle_out {
             if let Err(e) = pickle::encode_frames(b, cfg.max_datapoints_per_message, buf) {
-                tracing::error!(error = %e, "pickle encoding failed");
+                let name = cfg.name();
+                stats.events.emit(
+                    Event::EncodeFailed,
+                    &format_args!("destination {name}: pickle encoding failed: {e}"),
+                );
             }
         } else {
             plaintext::encode_lines(b, buf);
@@ -394,7 +403,6 @@ async fn run_sender(link: Link, mut rx: mpsc::Receiver<OutBatch>, drain: Cancell
     let cfg = &link.cfg;
     let mut conn: Option<Conn> = None;
     let mut backoff = Duration::from_millis(100);
-    let mut last_warn: Option<Instant> = None;
     let mut buf = Vec::new();
     let mut batches = Vec::new();
     while let Some(first) = next_batch(&mut rx, &mut conn, &link, &drain).await {
@@ -412,7 +420,7 @@ async fn run_sender(link: Link, mut rx: mpsc::Receiver<OutBatch>, drain: Cancell
                 Err(_) => break,
             }
         }
-        encode(cfg, &batches, &mut buf);
+        encode(cfg, &batches, &mut buf, &link.stats);
         loop {
             let c = match conn.as_mut() {
                 Some(c) => c,
@@ -423,10 +431,11 @@ async fn run_sender(link: Link, mut rx: mpsc::Receiver<OutBatch>, drain: Cancell
                         conn.insert(c)
                     }
                     Err(e) => {
-                        if last_warn.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-                            tracing::warn!(destination = cfg.name(), error = %e, "cannot connect; retrying");
-                            last_warn = Some(Instant::now());
-                        }
+                        let name = cfg.name();
+                        link.stats.events.emit(
+                            Event::DestinationConnectFailed,
+                            &format_args!("destination {name}: cannot connect ({e}); retrying"),
+                        );
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(5));
                         continue;

@@ -22,9 +22,10 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use crossbeam_channel::Sender;
 
-use crate::aggregate::worker::WorkerMsg;
+use crate::aggregate::worker::{WorkerMsg, WorkerPool};
 use crate::codec::pickle::PickleDecoder;
 use crate::codec::{FrameError, Limits};
+use crate::config::Config;
 use crate::datapoint::{Kind, Sink};
 use crate::drops::{DropTally, Stats};
 use crate::journal::{Journal, NewRecord, Ticket};
@@ -66,16 +67,35 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    /// Budgets for connections and private route caches, from `limits`.
-    pub fn budgets(limits: &Limits) -> (Arc<RouteBudget>, Arc<tokio::sync::Semaphore>) {
-        (
-            RouteBudget::new(limits.private_route_cache_bytes),
-            Arc::new(tokio::sync::Semaphore::new(
+    /// A pipeline into `workers` over `router`, forwarding raw datapoints to `forward`,
+    /// with the connection and private route cache budgets of `config`'s `[limits]`, and
+    /// neither journal, tenant gate nor quarantine (a caller adds those it has with
+    /// struct update syntax; the start-up rebuild uses it as it is).
+    pub fn new(
+        router: &Arc<Router>,
+        workers: &WorkerPool,
+        forward: Arc<dyn Sink>,
+        stats: &Arc<Stats>,
+        config: &Config,
+    ) -> Pipeline {
+        let limits = &config.limits;
+        Pipeline {
+            router: ArcSwap::from(Arc::clone(router)),
+            workers: workers.senders(),
+            worker_rooms: workers.rooms(),
+            forward,
+            stats: Arc::clone(stats),
+            limits: limits.clone(),
+            journal: None,
+            tenants: None,
+            quarantine: None,
+            route_budget: RouteBudget::new(limits.private_route_cache_bytes),
+            connections: Arc::new(tokio::sync::Semaphore::new(
                 limits
                     .max_connections
                     .min(tokio::sync::Semaphore::MAX_PERMITS),
             )),
-        )
+        }
     }
 }
 

@@ -32,6 +32,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::http::kind_of;
+use crate::events::Event;
 use crate::ingest::{Ingest, Pipeline};
 use crate::reason::DropReason;
 
@@ -157,10 +158,10 @@ async fn admit(
     next: axum::middleware::Next,
 ) -> Response {
     let Ok(_permit) = Arc::clone(&s.requests).try_acquire_owned() else {
-        s.pipeline
-            .stats
-            .connections_refused
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        s.pipeline.stats.events.emit(
+            Event::ConnectionRefused,
+            &"HTTP request refused: limits.max_http_requests in progress",
+        );
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "too many requests in progress (limits.max_http_requests)",
@@ -180,6 +181,7 @@ pub(super) async fn serve(
         .limits
         .max_http_requests
         .min(tokio::sync::Semaphore::MAX_PERMITS);
+    let stats = Arc::clone(&pipeline.stats);
     let state = Arc::new(HttpState {
         requests: Arc::new(tokio::sync::Semaphore::new(requests)),
         pipeline,
@@ -201,6 +203,9 @@ pub(super) async fn serve(
     )
     .with_graceful_shutdown(async move { shutdown.cancelled().await });
     if let Err(e) = serve.await {
-        tracing::error!(error = %e, "HTTP ingest stopped");
+        stats.events.emit(
+            Event::ListenerStopped,
+            &format_args!("HTTP ingest stopped: {e}"),
+        );
     }
 }

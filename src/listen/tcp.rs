@@ -22,6 +22,7 @@ use tokio_util::task::TaskTracker;
 use crate::codec::pickle::{FrameEvent, PickleFramer};
 use crate::codec::plaintext::LineFramer;
 use crate::datapoint::Kind;
+use crate::events::Event;
 use crate::ingest::{Ingest, Pipeline};
 use crate::reason::DropReason;
 
@@ -54,7 +55,6 @@ pub(super) async fn accept_loop(
     tracker: TaskTracker,
 ) {
     let cap = max_connections.map(|n| Arc::new(Semaphore::new(n.min(Semaphore::MAX_PERMITS))));
-    let mut last_refusal_log: Option<std::time::Instant> = None;
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -64,15 +64,10 @@ pub(super) async fn accept_loop(
             Ok((sock, peer)) => {
                 let Some(permits) = admit(cap.as_ref(), &pipeline.connections) else {
                     drop(sock);
-                    let n = pipeline
-                        .stats
-                        .connections_refused
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                        + 1;
-                    if last_refusal_log.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-                        last_refusal_log = Some(std::time::Instant::now());
-                        tracing::warn!(%peer, listener = index, refused_total = n, "connection limit reached; connection closed");
-                    }
+                    pipeline.stats.events.emit(
+                        Event::ConnectionRefused,
+                        &format_args!("connection limit reached; connection from {peer} to listener {index} closed"),
+                    );
                     continue;
                 };
                 let _ = sock.set_nodelay(true);
@@ -93,7 +88,10 @@ pub(super) async fn accept_loop(
             }
             Err(e) => {
                 // Typically EMFILE: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
+                pipeline.stats.events.emit(
+                    Event::AcceptFailed,
+                    &format_args!("accept failed on listener {index}: {e}"),
+                );
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }

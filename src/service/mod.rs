@@ -1,0 +1,143 @@
+//! Running as a service: one readiness latch that drives both systemd's `READY=1` and
+//! `GET /ready`; the systemd watchdog, pinged only while every worker makes progress;
+//! `GET /health`, `GET /ready` and Prometheus text at `GET /metrics`; and carbon-style
+//! self-metrics sent to the destinations.
+//!
+//! The counters and gauges are one catalog ([`metrics`]) behind both `GET /metrics` and the
+//! carbon self-metrics ([`self_metrics`]).
+
+pub mod metrics;
+pub mod self_metrics;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use crossbeam_channel::Sender;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::aggregate::worker::{Heartbeats, WorkerGauges, WorkerMsg};
+use crate::dest::Destinations;
+use crate::drops::Stats;
+use crate::events::Event;
+use crate::journal::Journal;
+use crate::quarantine::Quarantine;
+
+pub use metrics::Metrics;
+pub use self_metrics::spawn_self_metrics;
+
+/// Sends a systemd notification (a no-op without `NOTIFY_SOCKET`).
+pub fn notify(states: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::debug!(error = %e, "sd_notify failed");
+    }
+}
+
+/// Everything the health, metrics and self-metrics views read.
+pub struct Observed {
+    /// Process counters.
+    pub stats: Arc<Stats>,
+    /// Destinations and their counters.
+    pub dests: Arc<Destinations>,
+    /// Per-worker gauges.
+    pub gauges: Vec<Arc<WorkerGauges>>,
+    /// Worker queues (for their depth).
+    pub queues: Arc<[Sender<WorkerMsg>]>,
+    /// Worker heartbeats.
+    pub heartbeats: Heartbeats,
+    /// The journal, when on.
+    pub journal: Option<Arc<Journal>>,
+    /// The quarantine file, when on.
+    pub quarantine: Option<Arc<Quarantine>>,
+    /// Readiness: listeners bound and open intervals rebuilt, not shutting down.
+    pub ready: AtomicBool,
+}
+
+/// How long a worker may go without progress and still count as healthy.
+pub const HEALTH_TOLERANCE: Duration = Duration::from_secs(5);
+
+impl Observed {
+    /// Liveness: every worker made progress recently.
+    pub fn healthy(&self) -> bool {
+        self.heartbeats.healthy(HEALTH_TOLERANCE)
+    }
+
+    /// Readiness: ready and healthy.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed) && self.healthy()
+    }
+}
+
+async fn health(axum::extract::State(o): axum::extract::State<Arc<Observed>>) -> Response {
+    if o.healthy() {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "a worker stopped making progress\n",
+        )
+            .into_response()
+    }
+}
+
+async fn ready(axum::extract::State(o): axum::extract::State<Arc<Observed>>) -> Response {
+    if o.is_ready() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    }
+}
+
+async fn metrics(axum::extract::State(m): axum::extract::State<Arc<Metrics>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        m.prometheus(),
+    )
+        .into_response()
+}
+
+/// `GET /health`, `GET /ready`, `GET /metrics` (no authentication; keep the admin
+/// listener on loopback or behind a firewall).
+pub fn routes(m: Arc<Metrics>) -> axum::Router {
+    let o = Arc::clone(m.observed());
+    axum::Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(m)
+        .merge(
+            axum::Router::new()
+                .route("/health", get(health))
+                .route("/ready", get(ready))
+                .with_state(o),
+        )
+}
+
+/// Pings the systemd watchdog at half its interval while the workers make progress; a
+/// stalled worker stops the pings and systemd restarts the service.
+pub fn spawn_watchdog(o: Arc<Observed>, shutdown: CancellationToken, tracker: &TaskTracker) {
+    let Some(every) = sd_notify::watchdog_enabled() else {
+        return;
+    };
+    tracker.spawn(async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(every / 2) => {}
+            }
+            if o.heartbeats.healthy(every / 2) {
+                notify(&[sd_notify::NotifyState::Watchdog]);
+            } else {
+                o.stats.events.emit(
+                    Event::WatchdogWithheld,
+                    &"a worker stopped making progress: not pinging the watchdog",
+                );
+            }
+        }
+    });
+}
