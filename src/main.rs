@@ -186,8 +186,9 @@ fn journal_paths(config: &Config) -> anyhow::Result<(PathBuf, PathBuf)> {
 }
 
 fn replay(args: ReplayArgs) -> anyhow::Result<()> {
-    use aggd::replay::{ReplayOptions, lost_windows, parse_time};
+    use aggd::replay::{ReplayOptions, lost_windows};
     use aggd::time::Window;
+    use aggd::time::parse_time;
     let config = args.config.load()?;
     let (dir, ledger) = journal_paths(&config)?;
     let now = aggd::time::now();

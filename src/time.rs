@@ -56,6 +56,47 @@ impl Window {
     }
 }
 
+/// A `--from`/`--to` time that does not parse.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{input:?}: {reason}")]
+pub struct TimeError {
+    /// The time as given.
+    pub input: String,
+    /// Why it does not parse.
+    pub reason: String,
+}
+
+/// Parses a time: `now`, epoch seconds (`1700000000`), a relative form (`-2h`, `-30m`),
+/// or RFC 3339 (`2026-11-21T06:00:00Z`). Returns Unix seconds.
+///
+/// Errors: none of these forms.
+pub fn parse_time(s: &str, now: f64) -> Result<f64, TimeError> {
+    let s = s.trim();
+    if s == "now" {
+        return Ok(now);
+    }
+    if let Ok(v) = s.parse::<f64>() {
+        return Ok(v);
+    }
+    if let Some(rel) = s.strip_prefix('-') {
+        return humantime::parse_duration(rel)
+            .map(|d| now - d.as_secs_f64())
+            .map_err(|e| TimeError {
+                input: s.into(),
+                reason: e.to_string(),
+            });
+    }
+    humantime::parse_rfc3339_weak(s)
+        .map(|t| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64())
+        })
+        .map_err(|e| TimeError {
+            input: s.into(),
+            reason: format!("not now, epoch seconds, -DURATION or RFC 3339 ({e})"),
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -68,5 +109,16 @@ mod tests {
         assert_eq!(now_secs() as f64, now_secs() as f64);
         let w = Window::at(5.0).union(Window { from: 1.0, to: 3.0 });
         assert_eq!(w, Window { from: 1.0, to: 5.0 });
+    }
+
+    #[test]
+    fn times() {
+        let now = 1_700_000_000.0;
+        assert_eq!(parse_time("now", now), Ok(now));
+        assert_eq!(parse_time("1600000000", now), Ok(1_600_000_000.0));
+        assert_eq!(parse_time("-2h", now), Ok(now - 7200.0));
+        assert_eq!(parse_time("-90s", now), Ok(now - 90.0));
+        assert_eq!(parse_time("2023-11-14T22:13:20Z", now), Ok(1_700_000_000.0));
+        assert!(parse_time("yesterday", now).is_err());
     }
 }

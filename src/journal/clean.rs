@@ -10,27 +10,32 @@
 
 use std::path::Path;
 
+use super::io::JournalIo;
+use super::recovery::at;
+
 /// File name inside the journal directory.
 pub const FILE: &str = "clean-shutdown";
 
-/// Writes the mark (through a temporary file and a rename, fsynced).
-pub fn write(dir: &Path, next_seq: u64) -> std::io::Result<()> {
+/// Writes the mark through `io` (a temporary file, fsynced, then a rename).
+///
+/// Errors: a write, fsync or rename failed (the error names the file).
+pub fn write(io: &dyn JournalIo, dir: &Path, next_seq: u64) -> std::io::Result<()> {
     let tmp = dir.join(format!("{FILE}.tmp"));
-    let f = std::fs::File::create(&tmp)?;
-    std::io::Write::write_all(
-        &mut &f,
-        format!("aggd-clean-shutdown 1 {next_seq}\n").as_bytes(),
-    )?;
-    f.sync_all()?;
-    std::fs::rename(tmp, dir.join(FILE))
+    let _ = io.remove_file(&tmp);
+    let mut f = io.create_new(&tmp).map_err(|e| at(&tmp, e))?;
+    f.write_all(format!("aggd-clean-shutdown 1 {next_seq}\n").as_bytes())
+        .and_then(|()| f.sync_data())
+        .map_err(|e| at(&tmp, e))?;
+    drop(f);
+    io.rename(&tmp, &dir.join(FILE)).map_err(|e| at(&tmp, e))
 }
 
-/// Reads and removes the mark: the sequence number below which the previous run
-/// delivered everything, if it shut down cleanly.
-pub fn take(dir: &Path) -> Option<u64> {
+/// Reads and removes (through `io`) the mark: the sequence number below which the
+/// previous run delivered everything, if it shut down cleanly.
+pub fn take(io: &dyn JournalIo, dir: &Path) -> Option<u64> {
     let path = dir.join(FILE);
     let text = std::fs::read_to_string(&path).ok();
-    let _ = std::fs::remove_file(&path);
+    let _ = io.remove_file(&path);
     text?
         .trim()
         .strip_prefix("aggd-clean-shutdown 1 ")?
@@ -42,14 +47,39 @@ pub fn take(dir: &Path) -> Option<u64> {
 mod tests {
     use super::*;
 
+    use crate::journal::io::{Faults, FaultyIo, OsIo};
+
     #[test]
     fn mark_is_taken_once() {
         let guard = tempfile::tempdir().unwrap();
         let dir = guard.path().to_path_buf();
-        write(&dir, 42).unwrap();
-        assert_eq!(take(&dir), Some(42));
-        assert_eq!(take(&dir), None);
+        write(&OsIo, &dir, 42).unwrap();
+        assert_eq!(take(&OsIo, &dir), Some(42));
+        assert_eq!(take(&OsIo, &dir), None);
         std::fs::write(dir.join(FILE), "garbage").unwrap();
-        assert_eq!(take(&dir), None);
+        assert_eq!(take(&OsIo, &dir), None);
+    }
+
+    #[test]
+    fn a_mark_that_cannot_be_written_names_its_file_and_leaves_none() {
+        let guard = tempfile::tempdir().unwrap();
+        let dir = guard.path().to_path_buf();
+        for faults in [
+            Faults {
+                read_only: true,
+                ..Faults::default()
+            },
+            Faults {
+                fail_fsync: true,
+                ..Faults::default()
+            },
+        ] {
+            let io = FaultyIo::new();
+            io.set(faults);
+            let e = write(&io, &dir, 7).unwrap_err().to_string();
+            assert!(e.contains("clean-shutdown.tmp"), "{e}");
+            assert!(!dir.join(FILE).exists(), "no mark after a failed write");
+            assert_eq!(take(&OsIo, &dir), None);
+        }
     }
 }

@@ -29,7 +29,10 @@ pub struct Journal {
     fsyncer: Mutex<Option<(Sender<()>, JoinHandle<()>)>>,
     /// The locked `lock` file; dropped (unlocked) by [`Journal::close`].
     lock: Mutex<Option<File>>,
+    /// The journal directory.
     dir: PathBuf,
+    /// How the journal writes (the clean-shutdown mark too).
+    io: Arc<dyn JournalIo>,
 }
 
 /// The `fsync = "interval"` thread: every interval, fsyncs the active segment through its
@@ -102,7 +105,7 @@ impl Journal {
         cfg: JournalConfig,
         io: Arc<dyn JournalIo>,
     ) -> std::io::Result<(Arc<Journal>, OpenReport)> {
-        std::fs::create_dir_all(&cfg.dir).map_err(|e| at(&cfg.dir, e))?;
+        io.create_dir_all(&cfg.dir).map_err(|e| at(&cfg.dir, e))?;
         let lock = lock(&cfg.dir)?;
         let report = recover(&cfg.dir, &*io)?;
         let stats = Arc::new(JournalStats::default());
@@ -116,7 +119,7 @@ impl Journal {
         let dir = cfg.dir.clone();
         let on_full = cfg.on_full;
         let fsync = cfg.fsync;
-        let writer = Writer::new(cfg, io, report.next_seq, Arc::clone(&stats))?;
+        let writer = Writer::new(cfg, Arc::clone(&io), report.next_seq, Arc::clone(&stats))?;
         let fsyncer = match fsync {
             super::Fsync::Interval(every) => Some(spawn_fsyncer(
                 Arc::clone(&writer.active),
@@ -140,9 +143,23 @@ impl Journal {
                 fsyncer: Mutex::new(fsyncer),
                 lock: Mutex::new(Some(lock)),
                 dir,
+                io,
             }),
             report,
         ))
+    }
+
+    /// Takes the clean-shutdown mark ([`super::clean::take`]).
+    pub fn take_clean_mark(&self) -> Option<u64> {
+        super::clean::take(&*self.io, &self.dir)
+    }
+
+    /// Writes the clean-shutdown mark for the records below `next_seq`
+    /// ([`super::clean::write`]).
+    ///
+    /// Errors: the mark cannot be written (the error names its file).
+    pub fn write_clean_mark(&self, next_seq: u64) -> std::io::Result<()> {
+        super::clean::write(&*self.io, &self.dir, next_seq)
     }
 
     /// The journal directory.

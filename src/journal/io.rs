@@ -2,8 +2,11 @@
 //! the faults a disk produces (ENOSPC at byte N, EIO, a read-only filesystem, a failing
 //! fsync) into the real writer, recovery and ledger code.
 //!
-//! Only writes and namespace changes go through [`JournalIo`]; reads (recovery's scan,
-//! `aggd replay`) use `std::fs` directly, since a fault there is reported, never written.
+//! Every write and namespace change goes through [`JournalIo`]: segments, indexes, the
+//! loss ledger, the clean-shutdown mark and the directories they live in. Two things do
+//! not: reads (recovery's scan, `aggd replay`), which use `std::fs` directly since a fault
+//! there is reported, never written; and the directory lock, which needs `flock(2)` on a
+//! real file descriptor.
 //!
 //! [`OsIo`] is the production implementation. [`FaultyIo`] wraps it and fails operations
 //! according to a shared [`Faults`] value that a test changes while the journal runs.
@@ -41,6 +44,8 @@ pub trait JournalIo: Send + Sync {
     fn remove_file(&self, path: &Path) -> io::Result<()>;
     /// Bytes available to an unprivileged user on the filesystem holding `dir`.
     fn available_space(&self, dir: &Path) -> io::Result<u64>;
+    /// Creates `dir` and its missing parents (`mkdir -p`).
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
 }
 
 /// The real filesystem.
@@ -88,6 +93,9 @@ impl JournalIo for OsIo {
     }
     fn available_space(&self, dir: &Path) -> io::Result<u64> {
         fs4::available_space(dir)
+    }
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(dir)
     }
 }
 
@@ -251,6 +259,13 @@ impl JournalIo for FaultyIo {
             return Ok(real);
         }
         Ok(self.get().space_left.map_or(real, |l| l.min(real)))
+    }
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        if dir.is_dir() {
+            return Ok(());
+        }
+        self.check_mutation(dir)?;
+        std::fs::create_dir_all(dir)
     }
 }
 

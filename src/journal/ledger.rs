@@ -133,7 +133,7 @@ impl Ledger {
             std::io::Error::new(e.kind(), format!("ledger {}: {e}", path.display()))
         };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(named)?;
+            io.create_dir_all(dir).map_err(named)?;
         }
         let (entries, _) = read(path).map_err(named)?;
         // A torn last line (no newline) is ended before the next entry is appended.

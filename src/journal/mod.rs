@@ -45,6 +45,7 @@ pub mod ledger;
 pub mod reader;
 pub mod record;
 pub mod recovery;
+mod retention;
 pub mod segment;
 pub mod writer;
 

@@ -41,7 +41,6 @@ use super::recovery::at;
 use super::segment::{self, Index, MAGIC};
 use super::{JournalConfig, OnFull};
 use crate::datapoint::Kind;
-use crate::time::now_us;
 
 /// Largest batch the writer encodes before writing.
 const BATCH_BYTES: usize = 4 << 20;
@@ -220,41 +219,10 @@ impl Writer {
         Ok(())
     }
 
+    /// Applies retention now (see [`super::retention`]).
     pub(super) fn retention(&mut self) {
         self.last_retention = Instant::now();
-        let Ok(segs) = segment::list(&self.cfg.dir) else {
-            return;
-        };
-        let mut total: u64 = segs
-            .iter()
-            .filter_map(|(_, p)| std::fs::metadata(p).ok())
-            .map(|m| m.len())
-            .sum();
-        let oldest_kept = now_us() - self.cfg.max_age.as_micros() as i64;
-        for (first, path) in segs {
-            if first == self.index.first_seq {
-                break; // the active segment is never deleted
-            }
-            let idx = Index::read(&self.cfg.dir, first);
-            let old = idx.as_ref().is_some_and(|i| i.max_us < oldest_kept);
-            let low_disk = self.cfg.min_free_disk > 0
-                && self
-                    .io
-                    .available_space(&self.cfg.dir)
-                    .is_ok_and(|a| a < self.cfg.min_free_disk);
-            if !(total > self.cfg.max_bytes || old || low_disk) {
-                break;
-            }
-            let len = std::fs::metadata(&path).map_or(0, |m| m.len());
-            if self.io.remove_file(&path).is_ok() {
-                let _ = self
-                    .io
-                    .remove_file(&segment::index_path(&self.cfg.dir, first));
-                total = total.saturating_sub(len);
-                self.stats.segments_deleted.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(segment = %path.display(), "journal: retention deleted segment");
-            }
-        }
+        super::retention::apply(&self.cfg, &*self.io, self.index.first_seq, &self.stats);
     }
 
     /// Whether the disk is below `min_free_disk` even after retention (checked ≤ 1/s).

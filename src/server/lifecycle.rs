@@ -148,7 +148,7 @@ impl Server {
             let _ = tokio::task::spawn_blocking(move || closed.close()).await;
             if delivered {
                 let next_seq = j.stats().next_seq.load(Ordering::Relaxed);
-                if let Err(e) = crate::journal::clean::write(j.dir(), next_seq) {
+                if let Err(e) = j.write_clean_mark(next_seq) {
                     tracing::warn!(error = %e, "cannot write the clean-shutdown mark; the next start re-sends open intervals");
                 }
             }

@@ -274,7 +274,7 @@ fn spawn_workers(
 async fn rebuild(config: &Config, journal: &Journal, quiet: Pipeline) -> std::io::Result<()> {
     let dir = journal.dir().to_path_buf();
     let cfg = config.clone();
-    let delivered_below = crate::journal::clean::take(&dir);
+    let delivered_below = journal.take_clean_mark();
     tokio::task::spawn_blocking(move || {
         let mut ingest = Ingest::for_rebuild(Arc::new(quiet));
         replay::rebuild(&cfg, &dir, &mut ingest, delivered_below)

@@ -1,0 +1,52 @@
+//! Retention: sealed segments are deleted, oldest first, while the journal is over
+//! `max_bytes`, while the oldest one's newest record is older than `max_age`, or while the
+//! disk has less than `min_free_disk` free. The active segment is never deleted. Runs after
+//! each rotation, at least once a minute, and when the disk runs low.
+
+use std::sync::atomic::Ordering;
+
+use super::JournalConfig;
+use super::io::JournalIo;
+use super::segment::{self, Index};
+use super::writer::JournalStats;
+use crate::time::now_us;
+
+/// Deletes sealed segments of the journal `cfg` describes (the active one starts at
+/// `active_first_seq`) through `io`, counting them in `stats`.
+pub(super) fn apply(
+    cfg: &JournalConfig,
+    io: &dyn JournalIo,
+    active_first_seq: u64,
+    stats: &JournalStats,
+) {
+    let Ok(segs) = segment::list(&cfg.dir) else {
+        return;
+    };
+    let mut total: u64 = segs
+        .iter()
+        .filter_map(|(_, p)| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
+    let oldest_kept = now_us() - cfg.max_age.as_micros() as i64;
+    for (first, path) in segs {
+        if first == active_first_seq {
+            break; // the active segment is never deleted
+        }
+        let idx = Index::read(&cfg.dir, first);
+        let old = idx.as_ref().is_some_and(|i| i.max_us < oldest_kept);
+        let low_disk = cfg.min_free_disk > 0
+            && io
+                .available_space(&cfg.dir)
+                .is_ok_and(|a| a < cfg.min_free_disk);
+        if !(total > cfg.max_bytes || old || low_disk) {
+            break;
+        }
+        let len = std::fs::metadata(&path).map_or(0, |m| m.len());
+        if io.remove_file(&path).is_ok() {
+            let _ = io.remove_file(&segment::index_path(&cfg.dir, first));
+            total = total.saturating_sub(len);
+            stats.segments_deleted.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(segment = %path.display(), "journal: retention deleted segment");
+        }
+    }
+}

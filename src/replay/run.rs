@@ -1,0 +1,333 @@
+//! `aggd replay`: intervals overlapping given windows recomputed from all the input
+//! journaled for them and sent, complete, to the destinations.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{acceptance_span, for_each_datapoint};
+use crate::aggregate::series::{SeriesTable, Settings};
+use crate::codec::pickle::{PickleDecoder, encode_frames};
+use crate::codec::plaintext;
+use crate::config::{Config, DestAddress, DestProtocol};
+use crate::datapoint::OutPoint;
+use crate::journal::{ledger, reader};
+use crate::route::Router;
+use crate::time::Window;
+
+/// What to replay.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayOptions {
+    /// Intervals overlapping `from..=to` (Unix seconds) are recomputed.
+    pub windows: Vec<Window>,
+    /// Only output series whose name matches.
+    pub matching: Option<regex::Regex>,
+    /// Only records of this tenant.
+    pub tenant: Option<String>,
+    /// Most input datapoints read per second (0 = unlimited).
+    pub rate: u64,
+    /// Send here (`host:port`, pickle) instead of the configured destinations.
+    pub dest: Option<String>,
+    /// Compute and report, send nothing.
+    pub dry_run: bool,
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReplaySummary {
+    /// Journal records read.
+    pub records: u64,
+    /// Input datapoints decoded.
+    pub datapoints: u64,
+    /// Aggregates (intervals × series) recomputed and sent (or, with dry run, computed).
+    pub intervals: u64,
+    /// Corrupt journal bytes skipped.
+    pub skipped_bytes: u64,
+    /// Seconds taken.
+    pub seconds: f64,
+}
+
+/// Merges overlapping or touching windows.
+pub fn merge(mut windows: Vec<Window>) -> Vec<Window> {
+    windows.sort_by(|a, b| a.from.total_cmp(&b.from));
+    let mut out: Vec<Window> = Vec::new();
+    for w in windows {
+        match out.last_mut() {
+            Some(last) if w.from <= last.to => last.to = last.to.max(w.to),
+            _ => out.push(w),
+        }
+    }
+    out
+}
+
+/// Recomputes the intervals overlapping each window and sends them. `progress` receives
+/// (bytes done, bytes total) of journal read.
+///
+/// Errors: nowhere to send, the journal cannot be read, a destination cannot be written.
+pub fn replay(
+    config: &Config,
+    dir: &Path,
+    opts: &ReplayOptions,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<ReplaySummary, ReplayError> {
+    let started = Instant::now();
+    let groups = read_groups(&merge(opts.windows.clone()), acceptance_span(config) + 60.0);
+    let plans: Vec<_> = groups
+        .iter()
+        .map(|(r, _)| {
+            let (from_us, to_us) = ((r.from * 1e6) as i64, (r.to * 1e6) as i64);
+            reader::plan(dir, from_us, to_us).map(|p| (from_us, to_us, p))
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|source| journal_error(dir, source))?;
+    let total: u64 = plans
+        .iter()
+        .flat_map(|(_, _, p)| p.iter().map(|(_, b)| *b))
+        .sum();
+    let mut done = 0u64;
+    let mut progress = |bytes| {
+        done += bytes;
+        progress(done, total);
+    };
+    let mut sender = Sender::new(config, opts)?;
+    let replayer = Replayer {
+        config,
+        dir,
+        opts,
+        router: Router::new(config.aggregation.clone(), 1),
+    };
+    let mut summary = ReplaySummary::default();
+    for ((_, group), (from_us, to_us, _)) in groups.iter().zip(plans) {
+        let out = replayer.group(from_us, to_us, group, &mut summary, &mut progress)?;
+        summary.intervals += out.len() as u64;
+        if !opts.dry_run {
+            sender.send(&out)?;
+        }
+    }
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+/// The journal ranges to read, each with the windows it serves: every window widened by
+/// `span` (the acceptance span, so late data is read), windows whose ranges overlap
+/// sharing one read (each journal range is read once).
+fn read_groups(windows: &[Window], span: f64) -> Vec<(Window, Vec<Window>)> {
+    let mut groups: Vec<(Window, Vec<Window>)> = Vec::new();
+    for w in windows {
+        let range = Window {
+            from: w.from - span,
+            to: w.to + span,
+        };
+        match groups.last_mut() {
+            Some((r, ws)) if range.from <= r.to => {
+                *r = r.union(range);
+                ws.push(*w);
+            }
+            _ => groups.push((range, vec![*w])),
+        }
+    }
+    groups
+}
+
+/// What every read group of one replay shares.
+struct Replayer<'a> {
+    config: &'a Config,
+    dir: &'a Path,
+    opts: &'a ReplayOptions,
+    router: Router,
+}
+
+impl Replayer<'_> {
+    /// Reads the journal from `from_us` to `to_us` into a private series table without
+    /// the too_old/too_new window, and returns the aggregates of the intervals that
+    /// overlap one of `windows` (and match `--match`).
+    fn group(
+        &self,
+        from_us: i64,
+        to_us: i64,
+        windows: &[Window],
+        summary: &mut ReplaySummary,
+        progress: &mut impl FnMut(u64),
+    ) -> Result<Vec<OutPoint>, ReplayError> {
+        let (config, opts) = (self.config, self.opts);
+        let mut table = SeriesTable::new(Settings {
+            max_intervals: config.aggregation.max_intervals,
+            write_back_frequency: 0,
+            max_values_per_bucket: config.aggregation.max_values_per_bucket,
+        });
+        let mut decoder = PickleDecoder::new();
+        let rate_start = Instant::now();
+        let mut read = 0u64;
+        let stats = reader::read_range(
+            self.dir,
+            from_us,
+            to_us,
+            |rec| {
+                if opts.tenant.as_deref().is_some_and(|t| t != rec.meta.tenant) {
+                    return;
+                }
+                summary.records += 1;
+                for_each_datapoint(rec, &config.limits, &mut decoder, |r| {
+                    let Ok(dp) = r else { return };
+                    read += 1;
+                    self.router.with_route(dp.path, |route| {
+                        for o in route.outputs.iter() {
+                            // Replay has no too_old/too_new window: "now" is the
+                            // datapoint's own time.
+                            let _ = table.add(&o.key, dp.timestamp, dp.value, dp.timestamp);
+                        }
+                    });
+                });
+                if opts.rate > 0 {
+                    let due = Duration::from_secs_f64(read as f64 / opts.rate as f64);
+                    if let Some(wait) = due.checked_sub(rate_start.elapsed()) {
+                        std::thread::sleep(wait);
+                    }
+                }
+            },
+            progress,
+        )
+        .map_err(|source| journal_error(self.dir, source))?;
+        summary.datapoints += read;
+        summary.skipped_bytes += stats.skipped_bytes;
+        let mut out = Vec::new();
+        table.drain_all(|key, start, value| {
+            let (f, s) = (f64::from(key.frequency), start as f64);
+            let overlaps = windows.iter().any(|w| s <= w.to && s + f > w.from);
+            let wanted = opts
+                .matching
+                .as_ref()
+                .is_none_or(|re| re.is_match(&key.name));
+            if overlaps && wanted {
+                out.push(OutPoint {
+                    path: Arc::clone(&key.name),
+                    timestamp: s,
+                    value,
+                });
+            }
+        });
+        Ok(out)
+    }
+}
+
+/// Why a replay stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// Nowhere to send: no `[[destination]]` and no `--dest`.
+    #[error("no destination: configure one or give --dest")]
+    NoDestination,
+    /// The journal could not be read.
+    #[error("journal {}: {source}", dir.display())]
+    Journal {
+        /// The journal directory.
+        dir: std::path::PathBuf,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// A destination could not be reached or written.
+    #[error("destination {destination}: {source}")]
+    Destination {
+        /// `host:port`, or `stdout`.
+        destination: String,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// Aggregates could not be pickled (a bug: every OutPoint is picklable).
+    #[error("pickle encoding: {0}")]
+    Encode(#[from] serde_pickle::Error),
+}
+
+fn journal_error(dir: &Path, source: std::io::Error) -> ReplayError {
+    ReplayError::Journal {
+        dir: dir.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes replayed aggregates to destinations over plain blocking TCP (or stdout).
+struct Sender {
+    targets: Vec<(DestAddress, DestProtocol, usize)>,
+}
+
+impl Sender {
+    fn new(config: &Config, opts: &ReplayOptions) -> Result<Sender, ReplayError> {
+        let targets = match &opts.dest {
+            Some(a) => vec![(DestAddress::Tcp(a.clone()), DestProtocol::Pickle, 500)],
+            None => config
+                .destinations
+                .iter()
+                .map(|d| (d.address.clone(), d.protocol, d.max_datapoints_per_message))
+                .collect(),
+        };
+        if targets.is_empty() && !opts.dry_run {
+            return Err(ReplayError::NoDestination);
+        }
+        Ok(Sender { targets })
+    }
+
+    fn send(&mut self, points: &[OutPoint]) -> Result<(), ReplayError> {
+        if points.is_empty() {
+            return Ok(());
+        }
+        for (addr, proto, per_frame) in &self.targets {
+            let mut buf = Vec::new();
+            match (addr, proto) {
+                (DestAddress::Tcp(_), DestProtocol::Pickle) => {
+                    encode_frames(points, *per_frame, &mut buf)?
+                }
+                _ => plaintext::encode_lines(points, &mut buf),
+            }
+            let written = match addr {
+                DestAddress::Stdout => std::io::stdout().write_all(&buf),
+                DestAddress::Tcp(a) => TcpStream::connect(a.as_str()).and_then(|mut s| {
+                    s.write_all(&buf)?;
+                    s.flush()?;
+                    // FIN after the data: the kernel still delivers what is buffered.
+                    s.shutdown(std::net::Shutdown::Write)
+                }),
+            };
+            written.map_err(|source| ReplayError::Destination {
+                destination: match addr {
+                    DestAddress::Stdout => "stdout".into(),
+                    DestAddress::Tcp(a) => a.clone(),
+                },
+                source,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Unreplayed entries' windows and ids in the ledger file `ledger`.
+pub fn lost_windows(ledger: &Path) -> std::io::Result<(Vec<Window>, Vec<u64>)> {
+    let (entries, replayed) = ledger::read(ledger)?;
+    let mut windows = Vec::new();
+    let mut ids = Vec::new();
+    for e in entries {
+        if replayed.contains(&e.id) || !e.from.is_finite() || !e.to.is_finite() {
+            continue;
+        }
+        windows.push(Window {
+            from: e.from,
+            to: e.to,
+        });
+        ids.push(e.id);
+    }
+    Ok((windows, ids))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_merge() {
+        let w = |from, to| Window { from, to };
+        assert_eq!(
+            merge(vec![w(10.0, 20.0), w(0.0, 5.0), w(15.0, 30.0), w(5.0, 6.0)]),
+            vec![w(0.0, 6.0), w(10.0, 30.0)]
+        );
+    }
+}
