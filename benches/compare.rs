@@ -2,7 +2,7 @@
 //! run. Run with `cargo bench --bench compare` (`tests/install-deps.sh` or
 //! `apt-get install carbon-c-relay` provides carbon-c-relay; without it only aggd runs).
 //!
-//! Workload: [`support::Workload`] (10 M datapoints over 100 000 input series, 4 TCP
+//! Workload: [`aggd_testkit::workload::Workload`] (10 M datapoints over 100 000 input series, 4 TCP
 //! senders, sum and count into 1 000 output series; `AGGD_BENCH_*` change it), every
 //! datapoint stamped with the start of the current minute, because carbon-c-relay's
 //! aggregator only takes datapoints whose bucket has not expired yet.
@@ -15,21 +15,17 @@
 //!   forwarding plaintext to the downstream.
 //!
 //! Both emit their aggregates only after the minute is over, so ingest is timed from the
-//! first byte sent to the moment the process went idle (see [`support::wait_idle`]); CPU
+//! first byte sent to the moment the process went idle (see [`aggd_testkit::workload::wait_idle`]); CPU
 //! is user+sys from /proc up to that moment. Every sum and count is then verified exactly
 //! at each downstream. Prints datapoints/s, CPU ns/datapoint and peak RSS for each, and
 //! aggd's ratio to carbon-c-relay.
-
-#[path = "../tests/common/mod.rs"]
-mod common;
-mod support;
 
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
-use support::*;
+use aggd_testkit::workload::*;
+use aggd_testkit::*;
 
 /// What one daemon did with the workload.
 struct Measured {

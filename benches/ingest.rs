@@ -22,18 +22,14 @@
 //! peak RSS; then the journal's throughput cost and replay's read rate.
 //! Run with `cargo bench --bench ingest`; `AGGD_BENCH_JOURNAL=off` or `=on` runs one mode.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-mod support;
-
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::*;
-use support::*;
+use aggd_testkit::workload::*;
+use aggd_testkit::*;
 
 /// One measured run.
 struct Run {
@@ -134,7 +130,7 @@ fn run(journal: bool) -> Run {
     };
     // Pickle: the same datapoints as carbon pickle frames of 500 (protocol 2).
     if proto == "pickle" {
-        for p in payload.conns.iter_mut() {
+        for p in &mut payload.conns {
             *p = to_pickle(p);
         }
     }

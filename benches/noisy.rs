@@ -4,10 +4,6 @@
 //! rate in both runs and the ratio, and verifies their aggregates exactly each time.
 //! Run with `cargo bench --bench noisy`.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-mod support;
-
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
@@ -15,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::*;
+use aggd_testkit::*;
 
 const QUIET_POINTS: usize = 5_000_000; // per quiet tenant
 const NOISY_LIMIT: u64 = 20_000; // datapoints per second
@@ -102,7 +98,7 @@ fn run(noisy: bool) -> f64 {
         std::thread::sleep(Duration::from_millis(300));
     }
     let t0 = Instant::now();
-    support::send_tcp(addr, quiet);
+    aggd_testkit::workload::send_tcp(addr, quiet);
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let done = (0..2)

@@ -21,7 +21,7 @@ pub fn explain(config: &Config, paths: &[String]) -> String {
         if route.outputs.is_empty() {
             let _ = writeln!(s, "  no aggregation rule matches");
         }
-        for o in route.outputs.iter() {
+        for o in &route.outputs {
             let r = &rules[o.rule];
             let _ = writeln!(
                 s,

@@ -130,8 +130,15 @@ impl Quarantine {
     /// Writes what is queued and stops the writer thread; later records are counted as
     /// overflowed. Idempotent.
     pub fn close(&self) {
-        self.stop.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let handle = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.stop
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let handle = self
+            .writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
         if let Some(h) = handle {
             let _ = h.join();
         }

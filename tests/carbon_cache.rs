@@ -2,14 +2,12 @@
 //! aggregates aggd sends as pickle land in whisper files, read back with Debian's whisper
 //! module. Requires `tests/install-deps.sh` (or `apt-get install graphite-carbon`).
 
-mod common;
-
 use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::carbon::CarbonCache;
-use common::*;
+use aggd_testkit::carbon::CarbonCache;
+use aggd_testkit::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aggregates_land_in_whisper() {

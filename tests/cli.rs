@@ -1,14 +1,12 @@
 //! The `aggd` binary as a user runs it: check, explain, and run with SIGTERM.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use common::*;
+use aggd_testkit::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_aggd");
 

@@ -2,14 +2,12 @@
 //! speaking carbon plaintext (TCP, UDP) and pickle (CPython's own `pickle` module), and a
 //! capturing downstream that decodes with serde-pickle.
 
-mod common;
-
 use std::io::Write;
 use std::net::{TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use aggd::reason::DropReason;
-use common::*;
+use aggd_testkit::*;
 
 const RULES: &str = "\
 agg.<g>.sum (60) = sum in.<g>.*

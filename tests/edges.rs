@@ -1,8 +1,6 @@
 //! The promises at the edges, with the real binary: a destination that stops reading and
 //! dies (real carbon-cache), start/stop/kill cycles, and hostile clients.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
@@ -10,8 +8,8 @@ use std::process::Child;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::carbon::CarbonCache;
-use common::{aggd_ok, metric, sigterm, spawn_run, tempdir, wait_received};
+use aggd_testkit::carbon::CarbonCache;
+use aggd_testkit::{aggd_ok, metric, sigterm, spawn_run, tempdir, wait_received};
 
 /// The address of the first listener of `kind` in a `spawn_run` result.
 fn addr_of(addrs: &[(String, SocketAddr)], kind: &str) -> SocketAddr {
@@ -177,7 +175,7 @@ fn destination_stopped_then_killed_loses_nothing_after_replay_lost() {
     let (mut aggd, addrs) = spawn_run(&["-c", cfg.to_str().unwrap()], 2);
     let input = addr_of(&addrs, "plaintext/tcp");
     let admin = addr_of(&addrs, "admin/http");
-    let now = common::now() as i64;
+    let now = aggd_testkit::now() as i64;
     let base = now - now.rem_euclid(60);
 
     // Delivered while the destination is healthy.
@@ -231,7 +229,7 @@ fn destination_stopped_then_killed_loses_nothing_after_replay_lost() {
 
 #[test]
 fn backpressure_on_a_full_disk_holds_input_and_sigterm_still_finishes() {
-    let down = common::Capture::start("pickle");
+    let down = aggd_testkit::Capture::start("pickle");
     let dir = tempdir("bp-full");
     // Free space can never reach this: every journal write fails as if the disk were full.
     let cfg = journal_config(
@@ -242,7 +240,7 @@ fn backpressure_on_a_full_disk_holds_input_and_sigterm_still_finishes() {
     let (mut aggd, addrs) = spawn_run(&["-c", cfg.to_str().unwrap()], 2);
     let input = addr_of(&addrs, "plaintext/tcp");
     let admin = addr_of(&addrs, "admin/http");
-    let now = common::now() as i64;
+    let now = aggd_testkit::now() as i64;
     let ts = now - now.rem_euclid(60) - 120;
     let mut s = TcpStream::connect(input).unwrap();
     for i in 0..8000 {
@@ -324,7 +322,7 @@ fn raise_fd_limit(n: u64) {
 #[test]
 fn hostile_clients_stay_within_the_memory_bound_and_good_senders_aggregate_exactly() {
     raise_fd_limit(8192);
-    let down = common::Capture::start("pickle");
+    let down = aggd_testkit::Capture::start("pickle");
     let dir = tempdir("hostile");
     let cfg = edge_config(
         &dir,
@@ -403,7 +401,7 @@ fn hostile_clients_stay_within_the_memory_bound_and_good_senders_aggregate_exact
         s.join().unwrap();
     }
     // A well-behaved sender on its own connection.
-    let now = common::now() as i64;
+    let now = aggd_testkit::now() as i64;
     let base = now - now.rem_euclid(60);
     let expected = send_minutes(plain, "good", 50, 2..4, base);
     let deadline = Instant::now() + Duration::from_secs(40);
@@ -455,11 +453,11 @@ fn records_read(out: &str) -> u64 {
 
 #[test]
 fn replay_lost_reads_the_journal_once_for_many_ledger_entries() {
-    let down = common::Capture::start("pickle");
+    let down = aggd_testkit::Capture::start("pickle");
     let dir = tempdir("lost-once");
     let cfg = journal_config(&dir, down.addr, "");
     let (mut aggd, addrs) = spawn_run(&["-c", cfg.to_str().unwrap()], 2);
-    let now = common::now() as i64;
+    let now = aggd_testkit::now() as i64;
     let base = now - now.rem_euclid(60);
     send_minutes(addr_of(&addrs, "plaintext/tcp"), "r", 10, 2..4, base);
     std::thread::sleep(Duration::from_millis(500));
@@ -503,11 +501,11 @@ impl Rng {
 
 #[test]
 fn clean_restart_does_not_resend_what_was_delivered() {
-    let down = common::Capture::start("pickle");
+    let down = aggd_testkit::Capture::start("pickle");
     let dir = tempdir("clean-restart");
     let cfg = journal_config(&dir, down.addr, "");
     let c = cfg.to_str().unwrap();
-    let now = common::now() as i64;
+    let now = aggd_testkit::now() as i64;
     let base = now - now.rem_euclid(60);
     let (mut aggd, addrs) = spawn_run(&["-c", c], 2);
     let expected = send_minutes(addr_of(&addrs, "plaintext/tcp"), "c", 20, 2..4, base);
@@ -541,14 +539,14 @@ fn clean_restart_does_not_resend_what_was_delivered() {
 
 #[test]
 fn lifecycle_soak_every_start_succeeds_and_downstream_matches() {
-    let seed = common::now() as u64;
+    let seed = aggd_testkit::now() as u64;
     eprintln!("lifecycle soak seed {seed}");
     let mut rng = Rng(seed);
-    let down = common::Capture::start("pickle");
+    let down = aggd_testkit::Capture::start("pickle");
     let dir = tempdir("soak");
     let cfg = journal_config(&dir, down.addr, "fsync = \"never\"");
     let c = cfg.to_str().unwrap();
-    let now = common::now() as i64;
+    let now = aggd_testkit::now() as i64;
     let base = now - now.rem_euclid(60);
     let mut expected: BTreeMap<(String, i64), f64> = BTreeMap::new();
     for cycle in 0..30 {
@@ -643,7 +641,7 @@ fn start_errors_name_the_path_and_say_it_once() {
     assert!(err.contains(missing.to_str().unwrap()), "{err}");
     assert_eq!(err.matches("os error 2").count(), 1, "{err}");
     // A journal directory that cannot be created: the error names it.
-    let down = common::Capture::start("pickle");
+    let down = aggd_testkit::Capture::start("pickle");
     let cfg = journal_config(&dir, down.addr, "");
     std::fs::write(dir.join("journal"), b"a file, not a directory").unwrap();
     let err = aggd_fails(&["run", "-c", cfg.to_str().unwrap()]);
@@ -655,7 +653,7 @@ fn start_errors_name_the_path_and_say_it_once() {
 
 #[test]
 fn a_second_daemon_on_the_same_journal_is_refused_and_the_first_is_untouched() {
-    let down = common::Capture::start("pickle");
+    let down = aggd_testkit::Capture::start("pickle");
     let dir = tempdir("two-daemons");
     let cfg = journal_config(&dir, down.addr, "");
     let c = cfg.to_str().unwrap();
@@ -667,7 +665,7 @@ fn a_second_daemon_on_the_same_journal_is_refused_and_the_first_is_untouched() {
         "{err}"
     );
     // The first daemon still aggregates exactly.
-    let now = common::now() as i64;
+    let now = aggd_testkit::now() as i64;
     let base = now - now.rem_euclid(60);
     let expected = send_minutes(addr_of(&addrs, "plaintext/tcp"), "two", 5, 2..3, base);
     sigterm(&first);
@@ -681,7 +679,7 @@ fn a_second_daemon_on_the_same_journal_is_refused_and_the_first_is_untouched() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_only_journal_is_ledgered_on_another_path_and_nothing_is_thrown_away() {
     use aggd::journal::io::{Faults, FaultyIo};
-    let down = common::Capture::start("pickle");
+    let down = aggd_testkit::Capture::start("pickle");
     let dir = tempdir("ro-journal");
     std::fs::create_dir_all(dir.join("elsewhere")).unwrap();
     let cfg = journal_config(&dir, down.addr, "ledger = \"elsewhere/ledger.jsonl\"");
@@ -698,7 +696,7 @@ async fn a_read_only_journal_is_ledgered_on_another_path_and_nothing_is_thrown_a
         ..Faults::default()
     });
     let addr = server.addr("plaintext/tcp").unwrap();
-    let ts = common::now() as i64 - 120;
+    let ts = aggd_testkit::now() as i64 - 120;
     tokio::task::spawn_blocking(move || {
         for i in 0..99 {
             send_lines(addr, &format!("ro.s{i}.h0 1 {ts}\n"));

@@ -1,11 +1,9 @@
 //! HTTP ingest over real sockets: body types, gzip, bad bodies, size limits, API keys,
 //! rate limits, and journaling.
 
-mod common;
-
 use std::io::Write;
 
-use common::*;
+use aggd_testkit::*;
 
 fn with_http(cfg: &std::path::Path, extra: &str) {
     let mut text = std::fs::read_to_string(cfg).unwrap();

@@ -1,15 +1,13 @@
 //! Poison records and slow destinations: one bad record or one slow downstream never
 //! costs anyone else anything.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use aggd::reason::DropReason;
-use common::*;
+use aggd_testkit::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panic_on_one_path_costs_nothing_else() {

@@ -1,14 +1,12 @@
 //! The journal end to end: a `kill -9` loses no aggregate, and `aggd replay --lost` repairs
 //! what a destination outage lost in a real carbon-cache, idempotently.
 
-mod common;
-
 use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::carbon::CarbonCache;
-use common::*;
+use aggd_testkit::carbon::CarbonCache;
+use aggd_testkit::*;
 
 fn add_journal(cfg: &std::path::Path, extra_destination: &str) {
     let mut text = std::fs::read_to_string(cfg).unwrap();

@@ -1,8 +1,6 @@
 //! aggd as a service: the systemd notify protocol, reload mid-stream, `/metrics`,
 //! `/health`, `/ready`, and carbon self-metrics.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixDatagram;
@@ -10,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use aggd_testkit::*;
 
 /// A running `aggd run -c CFG` whose stderr lines are collected.
 struct Daemon {

@@ -1,12 +1,10 @@
 //! Shutdown ends everything aggd started: every thread it named is gone afterwards. In a
 //! test binary of its own, so no other test's daemon shares the process.
 
-mod common;
-
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use common::*;
+use aggd_testkit::*;
 
 /// Names of this process's threads that aggd started (`aggd-…`).
 fn aggd_threads() -> Vec<String> {

@@ -2,14 +2,12 @@
 //! already-bound-listener path the other tests use. Needs systemd's tools
 //! (`tests/install-deps.sh` installs them).
 
-mod common;
-
 use std::io::Write;
 use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use aggd_testkit::*;
 
 fn tool(name: &str) -> String {
     let p = format!("/usr/bin/{name}");

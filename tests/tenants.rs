@@ -1,15 +1,13 @@
 //! Isolation between tenants: the incident test (a tenant deleted mid-run while it keeps
 //! sending), limits, and the admin API.
 
-mod common;
-
 use std::io::Write;
 use std::net::TcpStream;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use aggd::reason::DropReason;
-use common::*;
+use aggd_testkit::*;
 
 const TOKEN: &str = "admin-token-for-tests";
 

@@ -237,7 +237,7 @@ impl SeriesTable {
                     path: Arc::clone(&key.name),
                     timestamp: start as f64,
                     value,
-                })
+                });
             });
             !series.buckets.is_empty()
         });

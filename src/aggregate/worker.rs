@@ -161,7 +161,7 @@ impl Worker {
         let mut next = 0;
         while next < items.len() {
             let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                self.apply(items, &mut next, count_drops, dirty)
+                self.apply(items, &mut next, count_drops, dirty);
             }));
             if r.is_ok() {
                 break;
@@ -204,7 +204,7 @@ impl Worker {
             match msg {
                 Ok(WorkerMsg::Batch(items)) => self.apply_guarded(&items, true, true),
                 Ok(WorkerMsg::Rebuild { items, delivered }) => {
-                    self.apply_guarded(&items, false, !delivered)
+                    self.apply_guarded(&items, false, !delivered);
                 }
                 Ok(WorkerMsg::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
                     self.sweep(true);

@@ -54,7 +54,7 @@ where
     match tenant {
         Some(t) if crate::datapoint::first_node(dp.path) != t => {
             let path = format!("{t}.{}", dp.path);
-            f(Ok(Datapoint { path: &path, ..dp }))
+            f(Ok(Datapoint { path: &path, ..dp }));
         }
         _ => f(Ok(dp)),
     }

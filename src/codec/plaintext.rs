@@ -432,7 +432,7 @@ mod tests {
             too_long += out.too_long;
             if let Some(c) = out.chunk {
                 assert_eq!(c.last(), Some(&b'\n'));
-                lines_seen.extend(c[..c.len() - 1].split(|b| *b == b'\n').map(|l| l.to_vec()));
+                lines_seen.extend(c[..c.len() - 1].split(|b| *b == b'\n').map(<[u8]>::to_vec));
             }
             assert!(buf.len() <= max);
         }

@@ -98,7 +98,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         .section(Some("aggregator"))
         .ok_or_else(|| invalid(path, "no [aggregator] section"))?;
     let mut keys = std::collections::HashMap::new();
-    for (k, v) in section.iter() {
+    for (k, v) in section {
         let k = k.trim().to_ascii_uppercase();
         if !UNDERSTOOD.contains(&k.as_str()) {
             tracing::info!(key = %k, "carbon.conf key ignored by aggd");

@@ -109,7 +109,7 @@ impl TryFrom<WorkersFile> for Workers {
             ));
         }
         let count = if w.count == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
+            std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
         } else {
             w.count
         };

@@ -179,7 +179,7 @@ impl Senders {
             let unconfirmed = d
                 .unconfirmed
                 .lock()
-                .unwrap_or_else(|p| p.into_inner())
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .take(Duration::MAX);
             if let Some((w, n)) = unconfirmed {
                 complete = false;
@@ -326,7 +326,9 @@ struct Link {
 
 impl Link {
     fn log(&self) -> std::sync::MutexGuard<'_, Unconfirmed> {
-        self.unconfirmed.lock().unwrap_or_else(|p| p.into_inner())
+        self.unconfirmed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The connection failed: ledger what it may have lost.

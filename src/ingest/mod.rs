@@ -169,7 +169,7 @@ impl Ingest {
     /// Submits a frame of this connection's kind received at `now` (Unix s) to the
     /// journal, when on; [`Ingest::flush`] waits for it before handing its datapoints on.
     pub async fn journal(&mut self, payload: &Bytes, now: f64) {
-        self.journal_as(payload, now, self.kind, None).await
+        self.journal_as(payload, now, self.kind, None).await;
     }
 
     /// Like [`Ingest::journal`], with the record's kind and tenant given (HTTP bodies).

@@ -37,7 +37,7 @@ impl Batches {
     /// route forwards, for the destinations.
     #[inline]
     fn dispatch(&mut self, route: &Route, dp: &Datapoint<'_>) {
-        for o in route.outputs.iter() {
+        for o in &route.outputs {
             self.pending[o.worker].push(WorkItem {
                 key: Arc::clone(&o.key),
                 timestamp: dp.timestamp,

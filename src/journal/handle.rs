@@ -245,7 +245,7 @@ impl Journal {
             .control
             .deadline
             .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(deadline);
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(deadline);
         self.control.room.notify_waiters();
     }
 

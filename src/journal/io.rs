@@ -137,14 +137,17 @@ impl FaultyIo {
 
     /// Replaces the faults in force.
     pub fn set(&self, faults: Faults) {
-        *self.faults.lock().unwrap_or_else(|p| p.into_inner()) = faults;
+        *self
+            .faults
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = faults;
     }
 
     /// The faults in force (with `space_left` as used up so far).
     pub fn get(&self) -> Faults {
         self.faults
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
     }
 
@@ -165,7 +168,10 @@ impl FaultyIo {
         if !self.covers(path) {
             return (n, None);
         }
-        let mut f = self.faults.lock().unwrap_or_else(|p| p.into_inner());
+        let mut f = self
+            .faults
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if f.read_only {
             return (0, Some(err(io::ErrorKind::ReadOnlyFilesystem, libc::EROFS)));
         }

@@ -159,7 +159,10 @@ impl Ledger {
     /// Merges `n` events of the drop reason labelled `reason` (e.g. `too_old`) over `window`
     /// into the pending entry.
     pub fn record(&self, reason: &'static str, n: u64, window: Window) {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let e = s.pending.entry(reason).or_insert((window, 0));
         e.0 = e.0.union(window);
         e.1 += n;
@@ -169,7 +172,7 @@ impl Ledger {
     pub fn unwritten(&self) -> usize {
         self.state
             .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .unwritten
             .len()
     }
@@ -187,7 +190,10 @@ impl Ledger {
     /// Appends the pending entries (and any a failed flush kept) and fsyncs. On error
     /// every entry is kept for the next flush.
     pub fn flush(&self) -> std::io::Result<()> {
-        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut s = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let at = crate::time::now_secs();
         for (reason, (w, count)) in std::mem::take(&mut s.pending) {
             if s.unwritten.len() >= MAX_UNWRITTEN

@@ -116,7 +116,10 @@ impl Control {
     /// Whether waiting for the disk must end now: shutdown's deadline has passed, or the
     /// journal is closing without one.
     pub(super) fn give_up(&self) -> bool {
-        let deadline = *self.deadline.lock().unwrap_or_else(|p| p.into_inner());
+        let deadline = *self
+            .deadline
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         match deadline {
             Some(d) => Instant::now() >= d,
             None => self.stop.load(Ordering::Relaxed),

@@ -173,7 +173,7 @@ impl Replayer<'_> {
                     let Ok(dp) = r else { return };
                     read += 1;
                     self.router.with_route(dp.path, |route| {
-                        for o in route.outputs.iter() {
+                        for o in &route.outputs {
                             // Replay has no too_old/too_new window: "now" is the
                             // datapoint's own time.
                             let _ = table.add(&o.key, dp.timestamp, dp.value, dp.timestamp);
@@ -275,7 +275,7 @@ impl Sender {
             let mut buf = Vec::new();
             match (addr, proto) {
                 (DestAddress::Tcp(_), DestProtocol::Pickle) => {
-                    encode_frames(points, *per_frame, &mut buf)?
+                    encode_frames(points, *per_frame, &mut buf)?;
                 }
                 _ => plaintext::encode_lines(points, &mut buf),
             }

@@ -48,7 +48,7 @@ pub fn python_replacement(repl: &str) -> String {
             '\\' => match chars.peek().copied() {
                 Some(d) if d.is_ascii_digit() => {
                     let mut n = String::new();
-                    while let Some(d) = chars.peek().copied().filter(|d| d.is_ascii_digit()) {
+                    while let Some(d) = chars.peek().copied().filter(char::is_ascii_digit) {
                         if n.len() == 2 {
                             break;
                         }

@@ -189,7 +189,7 @@ pub const CATALOG: &[Metric] = &[
         read: |o, f| {
             o.dests
                 .counters()
-                .for_each(|(d, c)| f(d, ld(&c.unconfirmed)))
+                .for_each(|(d, c)| f(d, ld(&c.unconfirmed)));
         },
     },
     Metric {
@@ -201,7 +201,7 @@ pub const CATALOG: &[Metric] = &[
         read: |o, f| {
             o.dests
                 .counters()
-                .for_each(|(d, c)| f(d, ld(&c.connection_failures)))
+                .for_each(|(d, c)| f(d, ld(&c.connection_failures)));
         },
     },
     Metric {
@@ -216,7 +216,7 @@ pub const CATALOG: &[Metric] = &[
         read: |o, f| {
             o.dests
                 .counters()
-                .for_each(|(d, c)| f(d, ld(&c.full_queue_drops)))
+                .for_each(|(d, c)| f(d, ld(&c.full_queue_drops)));
         },
     },
     Metric {
@@ -228,7 +228,7 @@ pub const CATALOG: &[Metric] = &[
         read: |o, f| {
             o.dests
                 .counters()
-                .for_each(|(d, c)| f(d, c.queued.load(Ordering::Relaxed) as u64))
+                .for_each(|(d, c)| f(d, c.queued.load(Ordering::Relaxed) as u64));
         },
     },
     Metric {
@@ -314,7 +314,7 @@ pub const CATALOG: &[Metric] = &[
         read: |o, f| {
             o.journal
                 .iter()
-                .for_each(|j| f("", ld(&j.stats().write_errors)))
+                .for_each(|j| f("", ld(&j.stats().write_errors)));
         },
     },
     Metric {
@@ -326,7 +326,7 @@ pub const CATALOG: &[Metric] = &[
         read: |o, f| {
             o.journal
                 .iter()
-                .for_each(|j| f("", ld(&j.stats().fsync_errors)))
+                .for_each(|j| f("", ld(&j.stats().fsync_errors)));
         },
     },
     Metric {
@@ -338,7 +338,7 @@ pub const CATALOG: &[Metric] = &[
         read: |o, f| {
             o.journal
                 .iter()
-                .for_each(|j| f("", ld(&j.stats().unjournaled)))
+                .for_each(|j| f("", ld(&j.stats().unjournaled)));
         },
     },
     Metric {
@@ -351,7 +351,7 @@ pub const CATALOG: &[Metric] = &[
             o.stats
                 .ledger()
                 .iter()
-                .for_each(|l| f("", l.unwritten() as u64))
+                .for_each(|l| f("", l.unwritten() as u64));
         },
     },
     Metric {
@@ -364,7 +364,7 @@ pub const CATALOG: &[Metric] = &[
             o.stats
                 .ledger()
                 .iter()
-                .for_each(|l| f("", l.write_errors()))
+                .for_each(|l| f("", l.write_errors()));
         },
     },
     Metric {
@@ -411,7 +411,7 @@ impl prometheus_client::collector::Collector for Collector {
         for m in CATALOG {
             samples.clear();
             (m.read)(&self.0, &mut |label, v| {
-                samples.push((label.to_string(), v))
+                samples.push((label.to_string(), v));
             });
             if samples.is_empty() {
                 continue;

@@ -9,7 +9,7 @@ fn decode_with(frame: &[u8], limits: &Limits) -> Result<Decoded, DropReason> {
     let mut d = PickleDecoder::new();
     let mut out = Vec::new();
     d.decode(frame, 42.0, limits, |r| {
-        out.push(r.map(|p| (p.path.to_string(), p.timestamp, p.value)))
+        out.push(r.map(|p| (p.path.to_string(), p.timestamp, p.value)));
     })?;
     Ok(out)
 }
@@ -369,7 +369,7 @@ fn sparse_memo_slots_resolve_like_dense_ones() {
     let mut d = PickleDecoder::new();
     let mut out = Vec::new();
     let r = d.decode(frame, 0.0, &Limits::default(), |p| {
-        out.push(p.map(|p| (p.path.to_string(), p.timestamp, p.value)))
+        out.push(p.map(|p| (p.path.to_string(), p.timestamp, p.value)));
     });
     assert_eq!(r, Ok(()));
     assert_eq!(out, vec![Ok(("a".to_string(), 1.0, 2.0))]);

@@ -5,13 +5,12 @@
 //! `bench.sum.<m> (60) = sum bench.*.<m>` and `bench.count.<m> (60) = count bench.*.<m>`
 //! turn them into 2·M output series (1 000) whatever the number of input series `M·H`.
 //! Datapoint `i` is series `i mod S`, value `i mod 10`, sent by connection `i mod C`.
-#![allow(dead_code)]
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use crate::common::Capture;
+use crate::Capture;
 
 /// An environment variable as a number, or `default`.
 pub fn env_or(name: &str, default: usize) -> usize {

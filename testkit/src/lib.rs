@@ -1,8 +1,12 @@
-//! Shared helpers for the integration tests: temp dirs, configs, a capturing carbon
-//! downstream on a real socket, and an in-process aggd.
-#![allow(dead_code)]
+//! Test support shared by aggd's integration tests (`tests/`) and benchmarks
+//! (`benches/`), dev-only: temp dirs, configs, a capturing carbon downstream on a real
+//! socket ([`Capture`]), aggd in-process or as its real binary ([`TestAggd`],
+//! [`spawn_run`]), a real carbon-cache ([`carbon`]) and the benchmark workload
+//! ([`workload`]).
+#![allow(missing_docs, clippy::missing_panics_doc)]
 
 pub mod carbon;
+pub mod workload;
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -10,6 +14,23 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The `aggd` binary Cargo built for the running test or benchmark: next to the
+/// directory (`target/<profile>/deps`) that holds the test executable.
+pub fn aggd_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let mut dir = exe.parent().expect("a directory").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let bin = dir.join("aggd");
+    assert!(
+        bin.exists(),
+        "{} missing: run through cargo test or cargo bench",
+        bin.display()
+    );
+    bin
+}
 
 /// A fresh directory under the system temp dir.
 pub fn tempdir(tag: &str) -> PathBuf {
@@ -155,10 +176,13 @@ impl Capture {
                         let msg = p
                             .downcast_ref::<String>()
                             .cloned()
-                            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                            .or_else(|| {
+                                p.downcast_ref::<&str>()
+                                    .map(std::string::ToString::to_string)
+                            })
                             .unwrap_or_else(|| "a panic".into());
                         rx.lock()
-                            .unwrap_or_else(|p| p.into_inner())
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
                             .errors
                             .push(msg);
                     }
@@ -185,7 +209,10 @@ impl Capture {
     /// All (path, ts) → value received; fails the test if aggd sent anything that is not
     /// the protocol.
     pub fn snapshot(&self) -> BTreeMap<(String, i64), f64> {
-        let r = self.received.lock().unwrap_or_else(|p| p.into_inner());
+        let r = self
+            .received
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         assert!(
             r.errors.is_empty(),
             "downstream protocol errors: {:?}",
@@ -299,7 +326,7 @@ pub fn spawn_run_with(
     stdout: Stdio,
     close_stderr: bool,
 ) -> (Child, Vec<(String, SocketAddr)>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_aggd"))
+    let mut child = Command::new(aggd_bin())
         .arg("run")
         .args(args)
         .stderr(Stdio::piped())
@@ -353,10 +380,7 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<std::ffi::OsStr>,
 {
-    let out = Command::new(env!("CARGO_BIN_EXE_aggd"))
-        .args(args)
-        .output()
-        .unwrap();
+    let out = Command::new(aggd_bin()).args(args).output().unwrap();
     assert!(
         out.status.success(),
         "aggd failed: {}",
@@ -464,5 +488,98 @@ pub fn wait_acknowledged(s: &std::net::TcpStream) {
         }
         assert!(Instant::now() < deadline, "{n} bytes never acknowledged");
         std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// An aggd for one test, built step by step: the rules, `[aggregation]` keys, and more
+/// TOML; a capturing downstream ([`Capture`]) as its destination; its own temp dir. Then
+/// [`TestAggd::start`] runs it in-process, or [`TestAggd::spawn`] as the real binary.
+pub struct TestAggd {
+    tag: &'static str,
+    rules: String,
+    aggregation: String,
+    extra: String,
+    dest_protocol: &'static str,
+}
+
+/// A started [`TestAggd`]: the downstream, the directory and config file, and aggd.
+pub struct Running<A> {
+    /// The downstream aggd sends to.
+    pub capture: Capture,
+    /// The test's directory (config, rules, journal).
+    pub dir: PathBuf,
+    /// The config file.
+    pub config: PathBuf,
+    /// The in-process server, or the child process with its listeners' addresses.
+    pub aggd: A,
+}
+
+impl TestAggd {
+    /// aggd with `rules` (an `aggregation-rules.conf`), its directory tagged `tag`.
+    pub fn new(tag: &'static str, rules: &str) -> TestAggd {
+        TestAggd {
+            tag,
+            rules: rules.to_string(),
+            aggregation: String::new(),
+            extra: String::new(),
+            dest_protocol: "pickle",
+        }
+    }
+
+    /// More `[aggregation]` keys, e.g. `forward_all = true`.
+    pub fn aggregation(mut self, keys: &str) -> TestAggd {
+        self.aggregation.push_str(keys);
+        self
+    }
+
+    /// More TOML sections, appended to the config.
+    pub fn toml(mut self, sections: &str) -> TestAggd {
+        self.extra.push_str(sections);
+        self
+    }
+
+    /// The destination's protocol (`pickle`, the default, or `plaintext`).
+    pub fn dest_protocol(mut self, protocol: &'static str) -> TestAggd {
+        self.dest_protocol = protocol;
+        self
+    }
+
+    fn write(self) -> (Capture, PathBuf, PathBuf) {
+        let capture = Capture::start(self.dest_protocol);
+        let dir = tempdir(self.tag);
+        let cfg = write_config(
+            &dir,
+            &self.rules,
+            &self.aggregation,
+            &capture.addr.to_string(),
+            self.dest_protocol,
+        );
+        append_config(&cfg, &self.extra);
+        (capture, dir, cfg)
+    }
+
+    /// Writes the config and starts aggd in-process (inside a tokio runtime).
+    pub async fn start(self) -> Running<aggd::server::Server> {
+        let (capture, dir, config) = self.write();
+        let aggd = start_aggd(&config).await;
+        Running {
+            capture,
+            dir,
+            config,
+            aggd,
+        }
+    }
+
+    /// Writes the config and starts the real binary (`aggd run -c`), waiting for its
+    /// `listeners` listeners (the config has three, more with `[admin]` or HTTP).
+    pub fn spawn(self, listeners: usize) -> Running<(Child, Vec<(String, SocketAddr)>)> {
+        let (capture, dir, config) = self.write();
+        let aggd = spawn_run(&["-c", config.to_str().unwrap()], listeners);
+        Running {
+            capture,
+            dir,
+            config,
+            aggd,
+        }
     }
 }
