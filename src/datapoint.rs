@@ -24,7 +24,7 @@ pub enum Kind {
 
 impl Kind {
     /// The kind with journal code `b`.
-    pub fn from_u8(b: u8) -> Option<Kind> {
+    pub(crate) fn from_u8(b: u8) -> Option<Kind> {
         match b {
             1 => Some(Kind::PlaintextTcp),
             2 => Some(Kind::PlaintextUdp),
@@ -52,7 +52,7 @@ impl Kind {
 /// The first node of a metric path (all of it if it has no `.`), e.g. `acme` for
 /// `acme.web.cpu`: the tenant id in prefix mode.
 #[inline]
-pub fn first_node(path: &str) -> &str {
+pub(crate) fn first_node(path: &str) -> &str {
     path.split_once('.').map_or(path, |(t, _)| t)
 }
 
@@ -103,7 +103,7 @@ pub struct OutPoint {
 }
 
 /// A batch of outgoing datapoints, shared (not copied) between destinations.
-pub type OutBatch = Arc<[OutPoint]>;
+pub(crate) type OutBatch = Arc<[OutPoint]>;
 
 /// The time window (timestamps, Unix s) a non-empty set of outgoing datapoints covers.
 pub fn window(points: &[OutPoint]) -> crate::time::Window {

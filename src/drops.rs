@@ -54,7 +54,7 @@ impl Default for Stats {
 
 impl Stats {
     /// Attaches the loss ledger; from then on every drop is also ledgered. Once only.
-    pub fn set_ledger(&self, ledger: Ledger) {
+    pub(crate) fn set_ledger(&self, ledger: Ledger) {
         let _ = self.ledger.set(ledger);
     }
 
@@ -102,7 +102,7 @@ impl Stats {
 }
 
 /// Per-task tally of drops and their windows, added to [`Stats`] in one step per batch.
-pub struct DropTally {
+pub(crate) struct DropTally {
     counts: [u64; DropReason::ALL.len()],
     windows: [Window; DropReason::ALL.len()],
     /// Counts over the tally's life (not reset by [`DropTally::flush`]).
@@ -133,7 +133,7 @@ impl DropTally {
     }
 
     /// Every reason counted over the tally's life, with its count.
-    pub fn totals(&self) -> Vec<(DropReason, u64)> {
+    pub(crate) fn totals(&self) -> Vec<(DropReason, u64)> {
         DropReason::ALL
             .iter()
             .map(|r| (*r, self.totals[r.index()]))

@@ -40,7 +40,7 @@ pub enum Event {
 
 impl Event {
     /// Every event, in counter order.
-    pub const ALL: [Event; 10] = [
+    pub(crate) const ALL: [Event; 10] = [
         Event::AcceptFailed,
         Event::ConnectionRefused,
         Event::DestinationConnectFailed,
@@ -90,7 +90,7 @@ impl std::fmt::Display for Event {
 }
 
 /// A counter with a once-a-second log limiter.
-pub(crate) struct LogLimit {
+pub struct LogLimit {
     /// Events counted.
     count: AtomicU64,
     /// Unix second of the last log line.

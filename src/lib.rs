@@ -5,7 +5,7 @@
 //! per-worker batches) → [`aggregate`] workers (buckets per output series, emission
 //! sweeps) → [`dest`] (bounded queue and sender per destination). [`server`] assembles it;
 //! [`config`] reads `aggd.toml` or a carbon.conf; [`rules`] reads carbon-aggregator's rule
-//! files; every drop is a [`drops::DropReason`].
+//! files; every drop is a [`reason::DropReason`].
 // One audited exception: the SIOCOUTQ ioctl in `dest` (no safe wrapper exists).
 #![deny(unsafe_code)]
 

@@ -13,14 +13,14 @@ use crate::listen::READ_MAX;
 use crate::route::ENTRY_BYTES;
 
 /// Code, the tokio runtime, thread stacks and allocator slack.
-pub const BASE_BYTES: u64 = 64 << 20;
+pub(crate) const BASE_BYTES: u64 = 64 << 20;
 /// Per output series: its key, table slot and `max_intervals` buckets (measured, see
 /// `docs/performance.md`: about 1.6 KB).
-pub const SERIES_BYTES: u64 = 2 << 10;
+pub(crate) const SERIES_BYTES: u64 = 2 << 10;
 /// Arena bytes the pickle decoder uses per object (object, stack slot, container item).
-pub const PICKLE_BYTES_PER_OBJECT: u64 = 24;
+pub(crate) const PICKLE_BYTES_PER_OBJECT: u64 = 24;
 /// Bytes of one queued work item (series key pointer, timestamp, value).
-pub const WORK_ITEM_BYTES: u64 = 24;
+pub(crate) const WORK_ITEM_BYTES: u64 = 24;
 /// The shortest carbon plaintext line that is a datapoint (`a 1 1\n`).
 const SHORTEST_LINE: u64 = 6;
 

@@ -52,7 +52,7 @@ pub enum Method {
 
 impl Method {
     /// Every method name aggd accepts in a rule.
-    pub const NAMES: [&'static str; 17] = [
+    pub(crate) const NAMES: [&'static str; 17] = [
         "sum", "avg", "min", "max", "count", "p50", "p75", "p80", "p90", "p95", "p99", "p999",
         "median", "first", "last", "stddev", "variance",
     ];
@@ -83,7 +83,7 @@ impl Method {
     }
 
     /// Whether the accumulator must keep every value.
-    pub fn keeps_values(self) -> bool {
+    pub(crate) fn keeps_values(self) -> bool {
         matches!(self, Method::Percentile { .. } | Method::Median)
     }
 
@@ -118,7 +118,7 @@ impl std::fmt::Display for Method {
 /// Running state of one bucket. Only the fields the method needs are maintained beyond
 /// `count`.
 #[derive(Clone, Debug)]
-pub struct Acc {
+pub(crate) struct Acc {
     count: u64,
     sum: f64,
     min: f64,
@@ -158,7 +158,7 @@ impl Acc {
     }
 
     /// Number of values held in memory (percentile methods only).
-    pub fn held_values(&self) -> usize {
+    pub(crate) fn held_values(&self) -> usize {
         self.values.len()
     }
 
@@ -212,7 +212,7 @@ impl Acc {
 }
 
 /// carbon's percentile over ascending `v` (non-empty): see the module docs.
-pub fn percentile_sorted(v: &[f64], q: f64) -> f64 {
+pub(crate) fn percentile_sorted(v: &[f64], q: f64) -> f64 {
     let rank = q * (v.len() - 1) as f64;
     let lo = rank.floor();
     let hi = rank.ceil();

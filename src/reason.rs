@@ -66,7 +66,7 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 23] = [
+    pub(crate) const ALL: [DropReason; 23] = [
         DropReason::ParseError,
         DropReason::BadUtf8,
         DropReason::LineTooLong,

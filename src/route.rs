@@ -54,7 +54,7 @@ impl Hash for SeriesKey {
 
 /// A hasher for keys that carry their own precomputed hash ([`SeriesKey`]).
 #[derive(Default)]
-pub struct PrehashedHasher(u64);
+pub(crate) struct PrehashedHasher(u64);
 
 impl Hasher for PrehashedHasher {
     fn finish(&self) -> u64 {
@@ -72,7 +72,7 @@ impl Hasher for PrehashedHasher {
 }
 
 /// `BuildHasher` for maps keyed by [`SeriesKey`].
-pub type Prehashed = BuildHasherDefault<PrehashedHasher>;
+pub(crate) type Prehashed = BuildHasherDefault<PrehashedHasher>;
 
 /// One output series a path feeds, and the worker that owns it.
 #[derive(Clone, Debug)]
@@ -172,7 +172,7 @@ impl Router {
 
     /// Calls `f` with the route of `path`, computing and caching it on a miss.
     #[inline]
-    pub fn with_route<T>(&self, path: &str, f: impl FnOnce(&Route) -> T) -> T {
+    pub(crate) fn with_route<T>(&self, path: &str, f: impl FnOnce(&Route) -> T) -> T {
         match self.with_route_checked(path, || Ok(()), f) {
             Ok(t) => t,
             Err(_) => unreachable!("the admission check always passes"),
@@ -182,7 +182,7 @@ impl Router {
     /// Like [`Router::with_route`], but a path not in the cache must first pass
     /// `admit_new` (the tenant's series limit); its rejection is returned.
     #[inline]
-    pub fn with_route_checked<T>(
+    pub(crate) fn with_route_checked<T>(
         &self,
         path: &str,
         admit_new: impl FnOnce() -> Result<(), crate::reason::DropReason>,
@@ -254,7 +254,7 @@ impl RouteBudget {
 
 /// Heap bytes a private cache entry is charged beyond its path: the table slot, the
 /// `String` and the `Arc` of its route.
-pub const ENTRY_BYTES: usize = 64;
+pub(crate) const ENTRY_BYTES: usize = 64;
 
 /// A connection's private route cache in front of the shared one: no lock and no atomic
 /// operation on a hit, and warm in the connection's core. Bounded by [`LOCAL_ROUTES`]
@@ -342,7 +342,7 @@ impl LocalRoutes {
 
     /// The cached route of `path`, without asking the router.
     #[inline]
-    pub fn peek(&self, path: &str) -> Option<&Route> {
+    pub(crate) fn peek(&self, path: &str) -> Option<&Route> {
         self.map.get(path).map(|r| &**r)
     }
 

@@ -17,17 +17,17 @@ pub fn now() -> f64 {
 }
 
 /// Now, in whole Unix seconds.
-pub fn now_secs() -> u64 {
+pub(crate) fn now_secs() -> u64 {
     since_epoch().as_secs()
 }
 
 /// Now, in Unix milliseconds.
-pub fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     since_epoch().as_millis() as u64
 }
 
 /// Now, in Unix microseconds (the journal's receive times).
-pub fn now_us() -> i64 {
+pub(crate) fn now_us() -> i64 {
     since_epoch().as_micros() as i64
 }
 
@@ -48,7 +48,7 @@ impl Window {
     }
 
     /// The smallest window holding both.
-    pub fn union(self, o: Window) -> Window {
+    pub(crate) fn union(self, o: Window) -> Window {
         Window {
             from: self.from.min(o.from),
             to: self.to.max(o.to),

@@ -48,7 +48,7 @@ struct Bucket {
 
 /// The buckets of one output series.
 #[derive(Debug)]
-pub struct Series {
+pub(crate) struct Series {
     method: Method,
     frequency: u32,
     /// Sorted by start; at most `2·m + 1` long.
@@ -194,7 +194,7 @@ impl SeriesTable {
     /// flushed and delivered before a clean shutdown): the bucket is emitted again only
     /// once it gets new data, and then with every value.
     #[inline]
-    pub fn add_as(
+    pub(crate) fn add_as(
         &mut self,
         key: &Arc<SeriesKey>,
         ts: f64,
@@ -216,7 +216,7 @@ impl SeriesTable {
 
     /// Calls `f` with every non-empty bucket's aggregate (dirty or not) and empties the
     /// table. Replay uses this to send complete aggregates.
-    pub fn drain_all(&mut self, mut f: impl FnMut(&SeriesKey, i64, OutValue)) {
+    pub(crate) fn drain_all(&mut self, mut f: impl FnMut(&SeriesKey, i64, OutValue)) {
         for (key, mut series) in self.series.drain() {
             let method = series.method;
             for b in &mut series.buckets {

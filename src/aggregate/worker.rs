@@ -57,7 +57,7 @@ pub enum WorkerMsg {
 }
 
 /// Most datapoints per batch handed to the [`Sink`].
-pub const EMIT_BATCH: usize = 1000;
+pub(crate) const EMIT_BATCH: usize = 1000;
 
 /// The running worker threads.
 pub struct WorkerPool {

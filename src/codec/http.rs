@@ -31,7 +31,7 @@ struct JsonPoint {
 pub struct BadBody(pub String);
 
 /// The journal kind of a `Content-Type` (parameters ignored), or `None` if unsupported.
-pub fn kind_of(content_type: Option<&str>) -> Option<Kind> {
+pub(crate) fn kind_of(content_type: Option<&str>) -> Option<Kind> {
     let ct = content_type.unwrap_or("text/plain");
     let base = ct
         .split(';')

@@ -148,7 +148,7 @@ fn fast_decimal(b: &[u8]) -> Option<f64> {
 /// (see `fast_decimal`); everything else goes through `f64::from_str`, and a last try
 /// removes digit-group underscores (`1_000`).
 #[inline]
-pub fn parse_float(b: &[u8]) -> Option<f64> {
+pub(crate) fn parse_float(b: &[u8]) -> Option<f64> {
     if let Some(v) = fast_decimal(b) {
         return Some(v);
     }
@@ -262,7 +262,7 @@ impl LineFramer {
 /// Values: integers (`count`) as integers; floats in Rust's shortest round-trip decimal form
 /// (carbon prints 10 decimals and loses precision); `inf`, `-inf` and `NaN` as Python's
 /// `float()` reads them. Timestamps are truncated to whole seconds, as carbon does.
-pub fn encode_lines(points: &[crate::datapoint::OutPoint], out: &mut Vec<u8>) {
+pub(crate) fn encode_lines(points: &[crate::datapoint::OutPoint], out: &mut Vec<u8>) {
     use crate::datapoint::OutValue;
     use std::io::Write;
     for p in points {

@@ -355,19 +355,19 @@ pub(crate) mod defaults {
     pub fn queue_batches() -> usize {
         1024
     }
-    pub fn flush_tick_ms() -> u64 {
+    pub(crate) fn flush_tick_ms() -> u64 {
         250
     }
-    pub fn queue_datapoints() -> usize {
+    pub(crate) fn queue_datapoints() -> usize {
         100_000
     }
-    pub fn max_datapoints_per_message() -> usize {
+    pub(crate) fn max_datapoints_per_message() -> usize {
         500
     }
-    pub fn unconfirmed_window() -> Duration {
+    pub(crate) fn unconfirmed_window() -> Duration {
         Duration::from_secs(5 * 60)
     }
-    pub fn fsync_interval() -> Duration {
+    pub(crate) fn fsync_interval() -> Duration {
         Duration::from_secs(1)
     }
     pub fn segment_bytes() -> u64 {
@@ -376,10 +376,10 @@ pub(crate) mod defaults {
     pub fn segment_max_age() -> Duration {
         Duration::from_secs(3600)
     }
-    pub fn journal_max_bytes() -> u64 {
+    pub(crate) fn journal_max_bytes() -> u64 {
         10 << 30
     }
-    pub fn journal_max_age() -> Duration {
+    pub(crate) fn journal_max_age() -> Duration {
         Duration::from_secs(7 * 86_400)
     }
     pub fn min_free_disk() -> u64 {
@@ -388,19 +388,19 @@ pub(crate) mod defaults {
     pub fn queue_records() -> usize {
         4096
     }
-    pub fn admin_address() -> String {
+    pub(crate) fn admin_address() -> String {
         "127.0.0.1:8081".into()
     }
-    pub fn quarantine_bytes() -> u64 {
+    pub(crate) fn quarantine_bytes() -> u64 {
         64 << 20
     }
-    pub fn drain_timeout() -> Duration {
+    pub(crate) fn drain_timeout() -> Duration {
         Duration::from_secs(10)
     }
-    pub fn self_metrics_interval() -> Duration {
+    pub(crate) fn self_metrics_interval() -> Duration {
         Duration::from_secs(60)
     }
-    pub fn self_metrics_prefix() -> String {
+    pub(crate) fn self_metrics_prefix() -> String {
         "carbon".into()
     }
 }

@@ -1,5 +1,5 @@
 //! Configuration, in two phases: [`File`] is the TOML as written (unknown keys are errors,
-//! closed sets are enums, durations humantime strings; [`file`]), [`Config`] is the
+//! closed sets are enums, durations humantime strings; [`file`](mod@file)), [`Config`] is the
 //! validated result with compiled rules and resolved sizes, built one section at a time
 //! ([`section`]). A reload builds a whole new `Config`.
 //!

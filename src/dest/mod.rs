@@ -282,7 +282,7 @@ fn unacked_bytes(s: &tokio::net::TcpStream) -> std::io::Result<usize> {
 /// What was written into the current connection within the unconfirmed window: written
 /// time, bucket window and datapoints, merged per second so it stays small.
 #[derive(Debug, Default)]
-pub struct Unconfirmed {
+pub(crate) struct Unconfirmed {
     writes: VecDeque<(Instant, Window, u64)>,
 }
 

@@ -67,7 +67,7 @@ impl Handoff {
     }
 
     /// Waits for a ticket another task submitted, like for its own.
-    pub fn adopt(&mut self, ticket: Ticket, at: f64) {
+    pub(crate) fn adopt(&mut self, ticket: Ticket, at: f64) {
         self.tickets.push((ticket, at));
     }
 

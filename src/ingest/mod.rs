@@ -1,6 +1,6 @@
 //! The per-connection path from received bytes to worker queues, in two parts:
-//! [`routing`] (decoded datapoints → tenant gate → route cache → per-worker batches) and
-//! [`handoff`] (batches → worker queues, once the journal has their frames).
+//! `routing` (decoded datapoints → tenant gate → route cache → per-worker batches) and
+//! `handoff` (batches → worker queues, once the journal has their frames).
 //!
 //! An [`Ingest`] belongs to one connection (or UDP socket, HTTP request, or the start-up
 //! rebuild). For each frame (a run of complete lines, a datagram, a pickle frame, an HTTP
@@ -140,7 +140,7 @@ impl Ingest {
     /// State for the start-up rebuild from the journal: like [`Ingest::new`], but nothing
     /// is counted or ledgered again (the input was counted when first received), and
     /// workers do not count datapoints that have aged out of the window since.
-    pub fn for_rebuild(p: Arc<Pipeline>) -> Self {
+    pub(crate) fn for_rebuild(p: Arc<Pipeline>) -> Self {
         let peer = SocketAddr::from(([127, 0, 0, 1], 0));
         let mut ingest = Ingest::new(p, peer, u16::MAX, Kind::PlaintextTcp);
         ingest.handoff.mode = Mode::Rebuild { delivered: false };
@@ -149,7 +149,7 @@ impl Ingest {
 
     /// Start-up rebuild: whether the input that follows was delivered downstream by the
     /// previous run (see [`WorkerMsg::Rebuild`]); hands on what is pending first.
-    pub fn set_delivered(&mut self, delivered: bool) {
+    pub(crate) fn set_delivered(&mut self, delivered: bool) {
         if self.handoff.mode != (Mode::Rebuild { delivered }) {
             self.flush_blocking();
             self.handoff.mode = Mode::Rebuild { delivered };
@@ -173,7 +173,7 @@ impl Ingest {
     }
 
     /// Like [`Ingest::journal`], with the record's kind and tenant given (HTTP bodies).
-    pub async fn journal_as(
+    pub(crate) async fn journal_as(
         &mut self,
         payload: &Bytes,
         now: f64,
@@ -195,7 +195,7 @@ impl Ingest {
     /// Takes over a journal ticket for a frame received at `now` that another task
     /// submitted (see [`Journal::submit`]); [`Ingest::flush`] waits for it like for its
     /// own.
-    pub fn adopt(&mut self, ticket: Ticket, now: f64) {
+    pub(crate) fn adopt(&mut self, ticket: Ticket, now: f64) {
         self.routing.now = now;
         self.handoff.adopt(ticket, now);
     }
@@ -253,7 +253,7 @@ impl Ingest {
 
     /// Datapoints accepted so far, and rejections per reason (with a count), over this
     /// Ingest's life.
-    pub fn outcome(&self) -> (u64, Vec<(DropReason, u64)>) {
+    pub(crate) fn outcome(&self) -> (u64, Vec<(DropReason, u64)>) {
         (self.routing.received_total, self.routing.tally.totals())
     }
 
@@ -284,7 +284,7 @@ impl Ingest {
 
     /// [`Ingest::flush`] from a thread that may block: the start-up rebuild, which runs
     /// on tokio's blocking pool.
-    pub fn flush_blocking(&mut self) {
+    pub(crate) fn flush_blocking(&mut self) {
         tokio::runtime::Handle::current().block_on(self.flush());
     }
 }

@@ -86,7 +86,7 @@ impl Routing {
 
     /// Takes the current router (a reload may have swapped it) for a frame received at
     /// `now`.
-    pub fn start_frame(&mut self, p: &Pipeline, now: f64) {
+    pub(crate) fn start_frame(&mut self, p: &Pipeline, now: f64) {
         self.now = now;
         let current = p.router.load();
         if !Arc::ptr_eq(&current, &self.router) {
@@ -97,7 +97,7 @@ impl Routing {
 
     /// Routes one datapoint through the tenant gate and the route caches.
     #[inline]
-    pub fn accept(&mut self, p: &Pipeline, out: &mut Batches, dp: &Datapoint<'_>) {
+    pub(crate) fn accept(&mut self, p: &Pipeline, out: &mut Batches, dp: &Datapoint<'_>) {
         // The tenant gate: state and rate limits, then (for a path new to the route cache)
         // the series limit. Reads a lock-free registry snapshot; never blocks.
         let tenant = p.tenants.as_deref().map(|t| (t, prefix(dp.path)));
@@ -135,7 +135,7 @@ impl Routing {
     /// overlaps their cache misses (with 100 000 paths per connection, the probe's first
     /// touch of a table entry was half of `accept`). A path not yet cached ends the probe
     /// and takes the full path.
-    pub fn accept_run(&mut self, p: &Pipeline, out: &mut Batches, dps: &[Datapoint<'_>]) {
+    pub(crate) fn accept_run(&mut self, p: &Pipeline, out: &mut Batches, dps: &[Datapoint<'_>]) {
         if p.tenants.is_some() {
             for dp in dps {
                 self.accept(p, out, dp);

@@ -101,7 +101,7 @@ impl Journal {
     }
 
     /// Like [`Journal::open`], writing through `io` (a [`super::io::FaultyIo`] in tests).
-    pub fn open_with(
+    pub(crate) fn open_with(
         cfg: JournalConfig,
         io: Arc<dyn JournalIo>,
     ) -> std::io::Result<(Arc<Journal>, OpenReport)> {
@@ -150,7 +150,7 @@ impl Journal {
     }
 
     /// Takes the clean-shutdown mark ([`super::clean::take`]).
-    pub fn take_clean_mark(&self) -> Option<u64> {
+    pub(crate) fn take_clean_mark(&self) -> Option<u64> {
         super::clean::take(&*self.io, &self.dir)
     }
 
@@ -158,7 +158,7 @@ impl Journal {
     /// ([`super::clean::write`]).
     ///
     /// Errors: the mark cannot be written (the error names its file).
-    pub fn write_clean_mark(&self, next_seq: u64) -> std::io::Result<()> {
+    pub(crate) fn write_clean_mark(&self, next_seq: u64) -> std::io::Result<()> {
         super::clean::write(&*self.io, &self.dir, next_seq)
     }
 
@@ -173,7 +173,7 @@ impl Journal {
     }
 
     /// Bytes of all segment files.
-    pub fn size_on_disk(&self) -> u64 {
+    pub(crate) fn size_on_disk(&self) -> u64 {
         segment::list(&self.dir)
             .map(|l| {
                 l.iter()

@@ -128,7 +128,7 @@ impl Ledger {
     }
 
     /// Like [`Ledger::open`], writing through `io`.
-    pub fn open_with(path: &Path, io: Arc<dyn JournalIo>) -> std::io::Result<Ledger> {
+    pub(crate) fn open_with(path: &Path, io: Arc<dyn JournalIo>) -> std::io::Result<Ledger> {
         let named = |e: std::io::Error| {
             std::io::Error::new(e.kind(), format!("ledger {}: {e}", path.display()))
         };
@@ -169,7 +169,7 @@ impl Ledger {
     }
 
     /// Entries waiting to be written (a flush failed).
-    pub fn unwritten(&self) -> usize {
+    pub(crate) fn unwritten(&self) -> usize {
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -183,7 +183,7 @@ impl Ledger {
     }
 
     /// Flushes that failed.
-    pub fn write_errors(&self) -> u64 {
+    pub(crate) fn write_errors(&self) -> u64 {
         self.write_errors.load(Ordering::Relaxed)
     }
 

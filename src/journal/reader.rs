@@ -10,7 +10,7 @@ use super::segment::{self, Index, Item};
 
 /// What a read covered.
 #[derive(Debug, Default, Clone, PartialEq)]
-pub struct ReadStats {
+pub(crate) struct ReadStats {
     /// Segments read.
     pub segments: u64,
     /// Records delivered (in the time range).
@@ -31,7 +31,7 @@ fn index_of(dir: &Path, first: u64, path: &Path) -> std::io::Result<Option<Index
 
 /// Segments that may hold records received in `from_us..=to_us`, and the byte sizes to
 /// read (for progress bars).
-pub fn plan(dir: &Path, from_us: i64, to_us: i64) -> std::io::Result<Vec<(u64, u64)>> {
+pub(crate) fn plan(dir: &Path, from_us: i64, to_us: i64) -> std::io::Result<Vec<(u64, u64)>> {
     let mut out = Vec::new();
     for (first, path) in segment::list(dir)? {
         let len = std::fs::metadata(&path)?.len();
@@ -45,7 +45,7 @@ pub fn plan(dir: &Path, from_us: i64, to_us: i64) -> std::io::Result<Vec<(u64, u
 
 /// Calls `f` with every record received in `from_us..=to_us`, in sequence order, and
 /// `progress` with the bytes of each segment as it is finished.
-pub fn read_range(
+pub(crate) fn read_range(
     dir: &Path,
     from_us: i64,
     to_us: i64,

@@ -1,11 +1,11 @@
 //! Journal record encoding (pure; no IO). The layout is in the [module docs](super).
 
 /// Bytes before the body: body length and CRC32C.
-pub const PREFIX_BYTES: usize = 8;
+pub(crate) const PREFIX_BYTES: usize = 8;
 /// Fixed part of the body: seq, received_us, listener, kind, peer_len, tenant_len.
-pub const FIXED_BODY_BYTES: usize = 21;
+pub(crate) const FIXED_BODY_BYTES: usize = 21;
 /// Largest body accepted when reading; anything larger is corruption.
-pub const MAX_BODY_BYTES: usize = 64 << 20;
+pub(crate) const MAX_BODY_BYTES: usize = 64 << 20;
 
 use crate::datapoint::Kind;
 

@@ -13,7 +13,7 @@ use super::io::JournalIo;
 use super::segment::{self, Index, MAGIC};
 
 /// The lock file inside the journal directory.
-pub const LOCK_FILE: &str = "lock";
+pub(crate) const LOCK_FILE: &str = "lock";
 
 /// What opening the journal found.
 #[derive(Debug, Default, Clone, PartialEq)]

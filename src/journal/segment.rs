@@ -8,17 +8,17 @@ use super::io::JournalIo;
 use super::record::{self, DecodeError, Record};
 
 /// First bytes of every segment file.
-pub const MAGIC: &[u8; 8] = b"AGGDJNL1";
+pub(crate) const MAGIC: &[u8; 8] = b"AGGDJNL1";
 /// A sparse index entry is written every this many bytes of records.
 pub const INDEX_EVERY_BYTES: u64 = 256 << 10;
 
 /// `<first_seq, 20 digits>.seg`
-pub fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
+pub(crate) fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
     dir.join(format!("{first_seq:020}.seg"))
 }
 
 /// `<first_seq, 20 digits>.idx`
-pub fn index_path(dir: &Path, first_seq: u64) -> PathBuf {
+pub(crate) fn index_path(dir: &Path, first_seq: u64) -> PathBuf {
     dir.join(format!("{first_seq:020}.idx"))
 }
 
@@ -73,7 +73,7 @@ pub enum Item<'a> {
 ///
 /// A record that does not decode is skipped if a good record follows somewhere after it
 /// (searching byte by byte); otherwise everything from it to the end is the torn tail.
-pub fn scan(bytes: &[u8], start: u64) -> impl Iterator<Item = Item<'_>> {
+pub(crate) fn scan(bytes: &[u8], start: u64) -> impl Iterator<Item = Item<'_>> {
     let mut pos = (start as usize).max(MAGIC.len());
     let mut done = bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC;
     std::iter::from_fn(move || {
@@ -116,7 +116,7 @@ pub fn scan(bytes: &[u8], start: u64) -> impl Iterator<Item = Item<'_>> {
 
 /// Whether the bytes after a decode error at the end could still become a record (a write
 /// in progress) rather than corruption; used by readers of the active segment.
-pub fn is_incomplete(tail: &[u8]) -> bool {
+pub(crate) fn is_incomplete(tail: &[u8]) -> bool {
     matches!(record::decode(tail), Err(DecodeError::Incomplete))
 }
 
@@ -169,7 +169,7 @@ impl Index {
     }
 
     /// Builds the index by scanning segment bytes; also returns skipped and torn bytes.
-    pub fn scan(first_seq: u64, bytes: &[u8]) -> (Index, u64, Option<(u64, u64)>) {
+    pub(crate) fn scan(first_seq: u64, bytes: &[u8]) -> (Index, u64, Option<(u64, u64)>) {
         let mut idx = Index::new(first_seq);
         let mut skipped = 0;
         let mut torn = None;
@@ -198,7 +198,7 @@ impl Index {
     /// The offset to start reading from to see every record received at or after
     /// `from_us` (records are appended in nearly increasing receive time; the index is
     /// sparse, so this errs early).
-    pub fn start_for(&self, from_us: i64) -> u64 {
+    pub(crate) fn start_for(&self, from_us: i64) -> u64 {
         let mut start = MAGIC.len() as u64;
         for (t, off) in &self.entries {
             if *t < from_us {

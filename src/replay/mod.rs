@@ -1,9 +1,9 @@
 //! Re-reading the journal: the start-up rebuild of open intervals ([`rebuild`]), `aggd
-//! replay` ([`run`]) and `aggd journal stat` ([`stat`]).
+//! replay` (`run`) and `aggd journal stat` (`stat`).
 //!
 //! Both decode journal records with the same decoders as the listeners, with the record's
 //! receive time as "now" (so a `-1` timestamp means what it meant when received), and apply
-//! the same rules through a [`Router`].
+//! the same rules through a [`Router`](crate::route::Router).
 //!
 //! - **Rebuild** ([`rebuild`]): before listeners start, records received within the kept
 //!   intervals are fed to the workers like live input; the workers' usual window applies,
@@ -31,7 +31,7 @@ use crate::journal::record::Record;
 use crate::reason::DropReason;
 
 /// The largest rule frequency, in seconds (0 without rules).
-pub fn max_frequency(config: &Config) -> u32 {
+pub(crate) fn max_frequency(config: &Config) -> u32 {
     config
         .aggregation
         .rules
@@ -50,7 +50,7 @@ pub fn acceptance_span(config: &Config) -> f64 {
 
 /// Decodes one journal record with the listeners' decoders ([`crate::codec::decode_frame`]),
 /// calling `f` per datapoint or rejection. Its receive time replaces `-1` timestamps.
-pub fn for_each_datapoint(
+pub(crate) fn for_each_datapoint(
     record: &Record<'_>,
     limits: &Limits,
     decoder: &mut PickleDecoder,

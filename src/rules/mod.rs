@@ -27,7 +27,7 @@ pub struct RuleError {
 }
 
 /// Largest compiled size of one rule's regex, in bytes (regex crate `size_limit`).
-pub const REGEX_SIZE_LIMIT: usize = 1 << 20;
+pub(crate) const REGEX_SIZE_LIMIT: usize = 1 << 20;
 
 /// Reads a rules file, mapping IO errors to a [`RuleError`] at line 0.
 pub(crate) fn read(file: &std::path::Path) -> Result<String, RuleError> {

@@ -39,7 +39,7 @@ pub struct RewriteRules {
 }
 
 /// Translates a Python `re.sub` replacement to the regex crate's syntax.
-pub fn python_replacement(repl: &str) -> String {
+pub(crate) fn python_replacement(repl: &str) -> String {
     let mut out = String::with_capacity(repl.len());
     let mut chars = repl.chars().peekable();
     while let Some(c) = chars.next() {
@@ -149,12 +149,12 @@ impl RewriteRules {
     }
 
     /// Applies the `[pre]` rules (borrows when nothing changes).
-    pub fn apply_pre<'a>(&self, path: &'a str) -> Cow<'a, str> {
+    pub(crate) fn apply_pre<'a>(&self, path: &'a str) -> Cow<'a, str> {
         apply(&self.pre, path)
     }
 
     /// Applies the `[post]` rules (borrows when nothing changes).
-    pub fn apply_post<'a>(&self, path: &'a str) -> Cow<'a, str> {
+    pub(crate) fn apply_post<'a>(&self, path: &'a str) -> Cow<'a, str> {
         apply(&self.post, path)
     }
 }

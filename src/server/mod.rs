@@ -1,5 +1,5 @@
 //! Assembles the daemon: destinations, workers, route cache and listeners ([`start`], a
-//! short sequence of named steps), reloads it and takes it down in order ([`lifecycle`]).
+//! short sequence of named steps), reloads it and takes it down in order (`lifecycle`).
 //!
 //! Start-up order: open the journal (and the loss ledger), start the destinations, spawn
 //! the workers, rebuild the open intervals from the journal, then serve the admin API and

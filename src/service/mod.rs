@@ -58,7 +58,7 @@ pub struct Observed {
 }
 
 /// How long a worker may go without progress and still count as healthy.
-pub const HEALTH_TOLERANCE: Duration = Duration::from_secs(5);
+pub(crate) const HEALTH_TOLERANCE: Duration = Duration::from_secs(5);
 
 impl Observed {
     /// Liveness: every worker made progress recently.
@@ -67,7 +67,7 @@ impl Observed {
     }
 
     /// Readiness: ready and healthy.
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed) && self.healthy()
     }
 }
@@ -105,7 +105,7 @@ async fn metrics(axum::extract::State(m): axum::extract::State<Arc<Metrics>>) ->
 
 /// `GET /health`, `GET /ready`, `GET /metrics` (no authentication; keep the admin
 /// listener on loopback or behind a firewall).
-pub fn routes(m: Arc<Metrics>) -> axum::Router {
+pub(crate) fn routes(m: Arc<Metrics>) -> axum::Router {
     let o = Arc::clone(m.observed());
     axum::Router::new()
         .route("/metrics", get(metrics))
@@ -120,7 +120,7 @@ pub fn routes(m: Arc<Metrics>) -> axum::Router {
 
 /// Pings the systemd watchdog at half its interval while the workers make progress; a
 /// stalled worker stops the pings and systemd restarts the service.
-pub fn spawn_watchdog(o: Arc<Observed>, shutdown: CancellationToken, tracker: &TaskTracker) {
+pub(crate) fn spawn_watchdog(o: Arc<Observed>, shutdown: CancellationToken, tracker: &TaskTracker) {
     let Some(every) = sd_notify::watchdog_enabled() else {
         return;
     };

@@ -48,7 +48,7 @@ pub(crate) fn process_usage() -> (f64, u64) {
 
 /// The counters' totals at the last report, by stat name.
 #[derive(Default)]
-pub struct Report {
+pub(crate) struct Report {
     last: HashMap<String, u64>,
 }
 

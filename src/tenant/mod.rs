@@ -144,7 +144,7 @@ impl Tenants {
     }
 
     /// The tenant owning an HTTP API key, if any.
-    pub fn tenant_for_key(&self, key: &str) -> Option<Arc<str>> {
+    pub(crate) fn tenant_for_key(&self, key: &str) -> Option<Arc<str>> {
         self.registry.load().tenant_for_key(key)
     }
 
@@ -184,7 +184,7 @@ impl Tenants {
 
     /// Called when `path` is new to the route cache: admits it against the tenant's
     /// `max_series`.
-    pub fn admit_series(&self, tenant: &str, path: &str) -> Result<(), DropReason> {
+    pub(crate) fn admit_series(&self, tenant: &str, path: &str) -> Result<(), DropReason> {
         let reg = self.registry.load();
         let Some(max) = reg.get(tenant).and_then(|e| e.max_series) else {
             return Ok(());

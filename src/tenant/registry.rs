@@ -155,7 +155,7 @@ impl Registry {
     }
 
     /// The tenant owning an API key.
-    pub fn tenant_for_key(&self, key: &str) -> Option<Arc<str>> {
+    pub(crate) fn tenant_for_key(&self, key: &str) -> Option<Arc<str>> {
         self.keys.get(key).cloned()
     }
 
@@ -179,7 +179,7 @@ impl Registry {
     }
 
     /// Writes the registry to `file` atomically (temporary file, then rename).
-    pub fn save(&self, file: &Path) -> std::io::Result<()> {
+    pub(crate) fn save(&self, file: &Path) -> std::io::Result<()> {
         let text = toml::to_string(&File {
             tenant: self.tenants.clone(),
         })

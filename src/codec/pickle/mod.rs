@@ -16,7 +16,7 @@ use serde::ser::{Serialize, SerializeSeq, SerializeTuple, Serializer};
 use crate::datapoint::{OutPoint, OutValue};
 
 /// Length of the frame header.
-pub const HEADER_BYTES: usize = 4;
+pub(crate) const HEADER_BYTES: usize = 4;
 
 /// What [`PickleFramer::next_frame`] found in the buffer.
 #[derive(Debug, PartialEq)]
@@ -78,7 +78,7 @@ impl PickleFramer {
     }
 
     /// Bytes of an incomplete frame left at end of stream (counted as a bad frame).
-    pub fn truncated(&self, buf: &BytesMut) -> bool {
+    pub(crate) fn truncated(&self, buf: &BytesMut) -> bool {
         self.skipping == 0 && !buf.is_empty()
     }
 }
