@@ -129,4 +129,6 @@ pub struct JournalConfig {
 #[cfg(test)]
 mod fault_tests;
 #[cfg(test)]
+mod policy_tests;
+#[cfg(test)]
 mod tests;

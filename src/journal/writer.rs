@@ -332,7 +332,7 @@ impl Writer {
                 Err(e) => {
                     self.stats.write_errors.fetch_add(1, Ordering::Relaxed);
                     if !logged {
-                        tracing::warn!(error = %e, records = records.len(), on_full = ?self.cfg.on_full, "journal write failed");
+                        tracing::warn!(error = %e, records = records.len(), on_full = %self.cfg.on_full, "journal write failed");
                         logged = true;
                     }
                     if self.cfg.on_full == OnFull::Ingest || control.give_up() {

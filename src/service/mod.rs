@@ -141,3 +141,6 @@ pub(crate) fn spawn_watchdog(o: Arc<Observed>, shutdown: CancellationToken, trac
         }
     });
 }
+
+#[cfg(test)]
+mod tests;
