@@ -500,6 +500,7 @@ pub struct TestAggd {
     aggregation: String,
     extra: String,
     dest_protocol: &'static str,
+    registry: Option<String>,
 }
 
 /// A started [`TestAggd`]: the downstream, the directory and config file, and aggd.
@@ -523,6 +524,7 @@ impl TestAggd {
             aggregation: String::new(),
             extra: String::new(),
             dest_protocol: "pickle",
+            registry: None,
         }
     }
 
@@ -544,9 +546,19 @@ impl TestAggd {
         self
     }
 
+    /// A tenant registry, written as `tenants.toml` next to the config (for a
+    /// `[tenants]` section's `registry = "tenants.toml"`).
+    pub fn registry(mut self, toml: &str) -> TestAggd {
+        self.registry = Some(toml.to_string());
+        self
+    }
+
     fn write(self) -> (Capture, PathBuf, PathBuf) {
         let capture = Capture::start(self.dest_protocol);
         let dir = tempdir(self.tag);
+        if let Some(r) = &self.registry {
+            std::fs::write(dir.join("tenants.toml"), r).unwrap();
+        }
         let cfg = write_config(
             &dir,
             &self.rules,
