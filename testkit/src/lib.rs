@@ -68,6 +68,17 @@ pub struct Received {
     pub errors: Vec<String>,
 }
 
+/// What a [`Capture`] does with its first connection.
+#[derive(Clone, Copy)]
+enum First {
+    /// Serve it like the others.
+    Serve,
+    /// Close it at once.
+    Close,
+    /// Read a byte, wait, then reset it.
+    Reset,
+}
+
 /// A carbon downstream on 127.0.0.1:0 that decodes pickle frames with serde-pickle (the
 /// oracle) or plaintext lines, and records everything it receives.
 pub struct Capture {
@@ -151,7 +162,34 @@ impl Capture {
     /// Like [`Capture::start`]; with `drop_first`, the first connection is closed at once
     /// (a downstream restart).
     pub fn start_with(protocol: &'static str, drop_first: bool) -> Capture {
+        let first = if drop_first {
+            First::Close
+        } else {
+            First::Serve
+        };
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        Capture::serve(l, protocol, first)
+    }
+
+    /// A capturing downstream on an already-bound listener (to appear on a port aggd
+    /// already tries).
+    pub fn start_on(l: TcpListener, protocol: &'static str) -> Capture {
+        Capture::serve(l, protocol, First::Serve)
+    }
+
+    /// A downstream that fails aggd's first write: it accepts with a 4 KiB receive buffer,
+    /// reads one byte, waits 300 ms (so aggd's write blocks on the full window), then
+    /// resets the connection. Later connections are captured as usual.
+    pub fn start_resetting_first(protocol: &'static str) -> Capture {
+        let l = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        l.set_recv_buffer_size(4096).unwrap();
+        l.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        l.listen(16).unwrap();
+        Capture::serve(l.into(), protocol, First::Reset)
+    }
+
+    fn serve(l: TcpListener, protocol: &'static str, first: First) -> Capture {
         let addr = l.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Received::default()));
         let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -159,11 +197,21 @@ impl Capture {
         let conns = connections.clone();
         std::thread::spawn(move || {
             for s in l.incoming() {
-                let Ok(s) = s else { return };
+                let Ok(mut s) = s else { return };
                 let n = conns.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                if drop_first && n == 0 {
-                    let _ = s.shutdown(std::net::Shutdown::Both);
-                    continue;
+                match first {
+                    First::Close if n == 0 => {
+                        let _ = s.shutdown(std::net::Shutdown::Both);
+                        continue;
+                    }
+                    First::Reset if n == 0 => {
+                        let _ = s.read_exact(&mut [0u8; 1]);
+                        std::thread::sleep(Duration::from_millis(300));
+                        let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+                        drop(s);
+                        continue;
+                    }
+                    _ => {}
                 }
                 let rx = rx.clone();
                 std::thread::spawn(move || {
