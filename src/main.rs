@@ -154,6 +154,8 @@ fn signals() -> anyhow::Result<tokio::sync::mpsc::Receiver<Signal>> {
 }
 
 fn run(config: Config, source: ConfigArg) -> anyhow::Result<()> {
+    #[cfg(feature = "fault-injection")]
+    let config = with_test_faults(config);
     let listeners = BoundListener::from_systemd_or_bind(&config.listeners)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -262,6 +264,22 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         summary.datapoints as f64 / summary.seconds.max(1e-9)
     );
     Ok(())
+}
+
+/// Test builds only (feature `fault-injection`, which only the test suite enables):
+/// `AGGD_FAULT_STALL_SERIES=<series>:<ms>` stalls the worker that applies a datapoint of
+/// that output series, for the systemd watchdog and health tests of the real binary.
+#[cfg(feature = "fault-injection")]
+fn with_test_faults(mut config: Config) -> Config {
+    if let Some((series, ms)) = std::env::var("AGGD_FAULT_STALL_SERIES").ok().and_then(|v| {
+        Some((
+            v.rsplit_once(':')?.0.to_string(),
+            v.rsplit_once(':')?.1.parse().ok()?,
+        ))
+    }) {
+        config.faults.stall_on_series = Some((series, std::time::Duration::from_millis(ms)));
+    }
+    config
 }
 
 fn main() -> ExitCode {

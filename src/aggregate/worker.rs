@@ -78,6 +78,10 @@ pub struct Hooks {
     /// this output series panics.
     #[cfg(feature = "fault-injection")]
     pub panic_on_series: Option<Arc<str>>,
+    /// Fault injection for tests (feature `fault-injection`): applying a datapoint of
+    /// this output series blocks the worker this long (a stalled worker).
+    #[cfg(feature = "fault-injection")]
+    pub stall_on_series: Option<(Arc<str>, Duration)>,
 }
 
 /// What a worker needs besides its channel.
@@ -139,6 +143,12 @@ impl Worker {
             #[cfg(feature = "fault-injection")]
             if self.hooks.panic_on_series.as_deref() == Some(&*it.key.name) {
                 panic!("fault injection: panic on series {}", it.key.name);
+            }
+            #[cfg(feature = "fault-injection")]
+            if let Some((series, how_long)) = &self.hooks.stall_on_series
+                && **series == *it.key.name
+            {
+                std::thread::sleep(*how_long);
             }
             if let Err(reason) = self
                 .table

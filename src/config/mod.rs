@@ -79,6 +79,8 @@ pub struct Service {
 pub struct Faults {
     /// Applying a datapoint of this output series panics in the worker.
     pub panic_on_series: Option<String>,
+    /// Applying a datapoint of this output series blocks its worker this long.
+    pub stall_on_series: Option<(String, Duration)>,
 }
 
 /// Validated `[tenants]`.

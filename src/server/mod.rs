@@ -265,6 +265,9 @@ fn spawn_workers(
             quarantine,
             #[cfg(feature = "fault-injection")]
             panic_on_series: config.faults.panic_on_series.as_deref().map(Arc::from),
+            #[cfg(feature = "fault-injection")]
+            stall_on_series: (config.faults.stall_on_series.as_ref())
+                .map(|(s, d)| (Arc::from(s.as_str()), *d)),
         },
     )
 }

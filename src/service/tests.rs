@@ -36,6 +36,8 @@ async fn both_views_read_the_same_counters_and_only_what_applies() {
         quarantine: None,
         #[cfg(feature = "fault-injection")]
         panic_on_series: None,
+        #[cfg(feature = "fault-injection")]
+        stall_on_series: None,
     };
     let workers = WorkerPool::spawn(
         1,

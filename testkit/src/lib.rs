@@ -374,13 +374,20 @@ pub fn spawn_run_with(
     stdout: Stdio,
     close_stderr: bool,
 ) -> (Child, Vec<(String, SocketAddr)>) {
-    let mut child = Command::new(aggd_bin())
-        .arg("run")
-        .args(args)
-        .stderr(Stdio::piped())
-        .stdout(stdout)
-        .spawn()
-        .unwrap();
+    let mut cmd = Command::new(aggd_bin());
+    cmd.arg("run").args(args).stdout(stdout);
+    spawn_command(cmd, listeners, close_stderr)
+}
+
+/// Spawns `cmd` (an `aggd run` with whatever environment the test set) with its stderr
+/// piped, and returns it with its `listeners` listeners' addresses, read from its log;
+/// with `close_stderr`, the pipe is closed once they have been read.
+pub fn spawn_command(
+    mut cmd: Command,
+    listeners: usize,
+    close_stderr: bool,
+) -> (Child, Vec<(String, SocketAddr)>) {
+    let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
