@@ -197,7 +197,7 @@ fn socket_activation_with_several_sockets_maps_them_to_the_listeners_in_order() 
             Err(e) => panic!("first socket not served: {e}"),
         }
     };
-    write!(s, "in.a 2 {base}\n").unwrap();
+    writeln!(s, "in.a 2 {base}").unwrap();
     drop(s);
     // The second passed socket speaks pickle (CPython's own pickle module sends).
     let t = base as f64;
