@@ -1,7 +1,10 @@
 //! Micro-benchmarks of the per-datapoint pieces, each printing datapoints/s and ns per
 //! datapoint: the plaintext line parser, the pickle decoder, rule matching (a cache miss:
 //! the full match) with 10, 1 000 and 10 000 rules, a cached route lookup, a bucket
-//! update, and a journal append. Run with `cargo bench --bench micro`.
+//! update, and a journal append. Run with `cargo bench --bench micro`. Every benchmark
+//! checks what it computed after its timed loop (counts, sums, names, what the journal
+//! reads back), so a fast wrong answer fails instead of reporting a figure. The pickle
+//! input is made by CPython's own `pickle` module.
 
 use std::hint::black_box;
 use std::path::Path;
@@ -10,10 +13,9 @@ use std::time::{Duration, Instant};
 
 use aggd::aggregate::series::{SeriesTable, Settings};
 use aggd::codec::Limits;
-use aggd::codec::pickle::{PickleDecoder, encode_frames};
+use aggd::codec::pickle::PickleDecoder;
 use aggd::codec::plaintext::{lines, parse_line};
 use aggd::config::Aggregation;
-use aggd::datapoint::{OutPoint, OutValue};
 use aggd::hash::fnv1a64;
 use aggd::method::Method;
 use aggd::route::{LocalRoutes, Router, SeriesKey};
@@ -69,36 +71,35 @@ fn main() {
         .collect();
     let t = Instant::now();
     let mut ok = 0u64;
+    let mut sum = 0.0;
     for l in lines(text.as_bytes()) {
         if let Ok(Some(p)) = parse_line(l, 0.0, &limits) {
             ok += 1;
+            sum += p.value;
             black_box(p);
         }
     }
     assert_eq!(ok, n as u64);
+    assert_eq!(sum, (0..n).map(|i| (i % 100) as f64).sum::<f64>());
     report("plaintext parse_line", n as u64, t.elapsed());
 
-    let points: Vec<OutPoint> = (0..500)
-        .map(|i| OutPoint {
-            path: format!("svc.h{i}.requests").into(),
-            timestamp: 1_700_000_000.0,
-            value: OutValue::Float(i as f64),
-        })
-        .collect();
-    let mut frame = Vec::new();
-    encode_frames(&points, 500, &mut frame).unwrap();
-    let body = &frame[4..];
+    let body = cpython_pickle_frame(500);
     let mut d = PickleDecoder::new();
     let frames = n / 500;
     let t = Instant::now();
     let mut got = 0u64;
+    let mut sum = 0.0;
     for _ in 0..frames {
-        d.decode(body, 0.0, &limits, |r| {
-            got += u64::from(r.is_ok());
+        d.decode(&body, 0.0, &limits, |r| {
+            if let Ok(p) = r {
+                got += 1;
+                sum += p.value;
+            }
         })
         .unwrap();
     }
     assert_eq!(got, (frames * 500) as u64);
+    assert_eq!(sum, frames as f64 * (0..500).map(f64::from).sum::<f64>());
     report("pickle decode (protocol 2, 500/frame)", got, t.elapsed());
 
     for rules in [10usize, 1000, 10_000] {
@@ -107,15 +108,19 @@ fn main() {
             .map(|i| format!("svc{}.h{}.m{}.requests", i % rules, i, i % 7))
             .collect();
         let t = Instant::now();
-        for p in &paths {
-            let r = router.compute(p);
+        let routes: Vec<_> = paths.iter().map(|p| router.compute(p)).collect();
+        let elapsed = t.elapsed();
+        for (i, r) in routes.iter().enumerate() {
             assert_eq!(r.outputs.len(), 1);
-            black_box(r);
+            assert_eq!(
+                &*r.outputs[0].key.name,
+                format!("agg.r{}.h{i}.sum", i % rules)
+            );
         }
         report(
             &format!("rule match, cache miss, {rules} rules"),
             paths.len() as u64,
-            t.elapsed(),
+            elapsed,
         );
     }
     let router = Router::new(aggregation(1000), 2);
@@ -124,13 +129,19 @@ fn main() {
         .collect();
     let mut local = LocalRoutes::default();
     let t = Instant::now();
+    let mut outputs = 0usize;
     for i in 0..n {
         let r = local
             .get(&router, &paths[i % paths.len()], || Ok(()))
             .unwrap();
+        outputs += r.outputs.len();
         black_box(r);
     }
-    report("route lookup, connection cache hit", n as u64, t.elapsed());
+    let elapsed = t.elapsed();
+    assert_eq!(outputs, n, "every lookup found its one output series");
+    let r = local.get(&router, &paths[7], || Ok(())).unwrap();
+    assert_eq!(&*r.outputs[0].key.name, "agg.r7.h7.sum");
+    report("route lookup, connection cache hit", n as u64, elapsed);
 
     let mut table = SeriesTable::new(Settings {
         max_intervals: 5,
@@ -155,7 +166,15 @@ fn main() {
             .add(&keys[i % 1000], now - (i % 60) as f64, 1.0, now)
             .unwrap();
     }
-    report("bucket update (sum, 1000 series)", n as u64, t.elapsed());
+    let elapsed = t.elapsed();
+    // Every datapoint is in its series' bucket: the sums add up to n, 1000 series.
+    let (mut total, mut series) = (0.0, std::collections::HashSet::new());
+    table.drain_all(|key, _, value| {
+        total += value.as_f64();
+        series.insert(Arc::clone(&key.name));
+    });
+    assert_eq!((total, series.len()), (n as f64, 1000));
+    report("bucket update (sum, 1000 series)", n as u64, elapsed);
 
     let dir = std::env::temp_dir().join(format!("aggd-micro-journal-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -176,6 +195,9 @@ fn main() {
     })
     .unwrap();
     let records = 1000u64;
+    // Received now: a receive time of 0 is older than max_age, and retention would delete
+    // the sealed segments as soon as they rotate.
+    let received_us = (aggd::time::now() * 1e6) as i64;
     let t = rt.block_on(async {
         let t = Instant::now();
         let mut tickets = Vec::new();
@@ -183,7 +205,7 @@ fn main() {
             tickets.push(
                 journal
                     .submit(aggd::journal::NewRecord {
-                        received_us: 0,
+                        received_us,
                         listener: 0,
                         kind: aggd::datapoint::Kind::PlaintextTcp,
                         peer: "127.0.0.1:1".parse().unwrap(),
@@ -199,6 +221,21 @@ fn main() {
         t.elapsed()
     });
     journal.close();
+    // What was acknowledged reads back: every record, whole.
+    let (mut read, mut bytes) = (0u64, 0u64);
+    aggd::journal::reader::read_range(
+        &dir,
+        i64::MIN,
+        i64::MAX,
+        |r| {
+            read += 1;
+            bytes += r.payload.len() as u64;
+            assert_eq!(r.payload, &chunk[..]);
+        },
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!((read, bytes), (records, records * chunk.len() as u64));
     report(
         "journal append (256 KiB records, fsync 1 s)",
         records * lines_per_chunk,
@@ -210,4 +247,24 @@ fn main() {
         (records * chunk.len() as u64) as f64 / t.as_secs_f64() / 1e6
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The body of one carbon pickle frame of `n` datapoints (`svc.h<i>.requests`, value `i`)
+/// made by CPython's own `pickle` module, protocol 2, as carbon's senders make it.
+fn cpython_pickle_frame(n: usize) -> Vec<u8> {
+    let script = format!(
+        "import pickle, sys\n\
+         data = [('svc.h%d.requests' % i, (1700000000, float(i))) for i in range({n})]\n\
+         sys.stdout.buffer.write(pickle.dumps(data, protocol=2))\n"
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3 (CPython) makes the pickle input: install python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
 }

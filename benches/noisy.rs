@@ -36,7 +36,8 @@ fn run(noisy: bool) -> f64 {
             "[[listen]]\nprotocol = \"plaintext\"\naddress = \"127.0.0.1:0\"\n\
              [aggregation]\nrules = \"rules.conf\"\n[workers]\nflush_tick_ms = 100\n\
              [[destination]]\naddress = \"{}\"\n\
-             [tenants]\nregistry = \"tenants.toml\"\nunknown = \"reject\"\n",
+             [tenants]\nregistry = \"tenants.toml\"\nunknown = \"reject\"\n\
+             [admin]\naddress = \"127.0.0.1:0\"\ntoken = \"noisy-bench-token\"\n",
             capture.addr
         ),
     )
@@ -60,8 +61,9 @@ fn run(noisy: bool) -> f64 {
         })
         .collect();
     let want_sum: f64 = (0..QUIET_POINTS).map(|i| (i % 10) as f64).sum();
-    let (mut child, addrs) = spawn_run(&["-c", dir.join("aggd.toml").to_str().unwrap()], 1);
-    let addr: SocketAddr = addrs[0].1;
+    let (mut child, addrs) = spawn_run(&["-c", dir.join("aggd.toml").to_str().unwrap()], 2);
+    let at = |kind: &str| addrs.iter().find(|(k, _)| k == kind).unwrap().1;
+    let (addr, admin): (SocketAddr, SocketAddr) = (at("plaintext/tcp"), at("admin/http"));
 
     let stop = Arc::new(AtomicBool::new(false));
     let noisy_sent = Arc::new(AtomicU64::new(0));
@@ -121,12 +123,55 @@ fn run(noisy: bool) -> f64 {
             "quiet{t}.sum exact"
         );
     }
+    // Every noisy datapoint is admitted or refused with its reason, and what was admitted
+    // is bounded by the tenant's limits: its datapoints per second over the run (plus one
+    // second's allowance), at most max_series distinct series.
+    let sent = noisy_sent.load(Ordering::Relaxed) as f64;
+    let refused = |r: &str| metric(admin, &format!("aggd_dropped_total{{reason=\"{r}\"}}"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let admitted = loop {
+        let admitted = metric(admin, "aggd_received_total") - (2 * QUIET_POINTS) as f64;
+        if admitted + refused("rate_limited") + refused("series_limit") == sent {
+            break admitted;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "noisy datapoints unaccounted for"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let noisy_secs = secs + 0.3 + 1.0;
+    assert!(
+        admitted <= NOISY_LIMIT as f64 * noisy_secs,
+        "{admitted} admitted in {noisy_secs} s"
+    );
+    assert!(
+        !noisy || admitted >= 1000.0,
+        "the first max_series series are admitted"
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while capture.value("noisy.count", base).unwrap_or(0.0) < admitted {
+        assert!(
+            Instant::now() < deadline,
+            "admitted noisy datapoints not aggregated"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
     assert!(child.wait().unwrap().success());
     let rate = (2 * QUIET_POINTS) as f64 / secs;
     let noisy_counted = capture.value("noisy.count", base).unwrap_or(0.0);
+    assert_eq!(
+        noisy_counted, admitted,
+        "every admitted datapoint counted, no other"
+    );
+    assert_eq!(
+        capture.value("noisy.sum", base).unwrap_or(0.0),
+        admitted,
+        "values are 1"
+    );
     println!(
         "quiet tenants{}: {} datapoints in {secs:.3} s = {rate:.0} datapoints/s{}",
         if noisy {

@@ -216,7 +216,7 @@ impl SeriesTable {
 
     /// Calls `f` with every non-empty bucket's aggregate (dirty or not) and empties the
     /// table. Replay uses this to send complete aggregates.
-    pub(crate) fn drain_all(&mut self, mut f: impl FnMut(&SeriesKey, i64, OutValue)) {
+    pub fn drain_all(&mut self, mut f: impl FnMut(&SeriesKey, i64, OutValue)) {
         for (key, mut series) in self.series.drain() {
             let method = series.method;
             for b in &mut series.buckets {

@@ -1,6 +1,6 @@
 //! Hand-off: from per-worker batches to the worker queues, once the journal has the
-//! frames they came from (so every datapoint a worker sees is journaled: DESIGN.md's
-//! invariant 5, a restart rebuilds exactly what was aggregated).
+//! frames they came from, so every datapoint a worker sees is journaled and a restart
+//! rebuilds exactly what was aggregated (invariants 5 and 6 of `docs/architecture.md`).
 //!
 //! One path for every input, differing only in what a full worker queue does ([`Mode`]):
 //! TCP and HTTP wait for room (backpressure on that connection only, woken by the worker,

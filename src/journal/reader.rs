@@ -10,7 +10,7 @@ use super::segment::{self, Index, Item};
 
 /// What a read covered.
 #[derive(Debug, Default, Clone, PartialEq)]
-pub(crate) struct ReadStats {
+pub struct ReadStats {
     /// Segments read.
     pub segments: u64,
     /// Records delivered (in the time range).
@@ -45,7 +45,7 @@ pub(crate) fn plan(dir: &Path, from_us: i64, to_us: i64) -> std::io::Result<Vec<
 
 /// Calls `f` with every record received in `from_us..=to_us`, in sequence order, and
 /// `progress` with the bytes of each segment as it is finished.
-pub(crate) fn read_range(
+pub fn read_range(
     dir: &Path,
     from_us: i64,
     to_us: i64,

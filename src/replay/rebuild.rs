@@ -1,5 +1,5 @@
 //! The start-up rebuild: open intervals recomputed from the journal before listeners
-//! start (DESIGN.md's invariant 5).
+//! start (invariant 5 of `docs/architecture.md`).
 
 use std::path::Path;
 

@@ -154,16 +154,20 @@ impl Payload {
     }
 
     /// Waits up to `limit` until the counts cover every datapoint, then checks every sum
-    /// and count exactly. Err describes the first difference.
-    pub fn verify(&self, capture: &Capture, ts: i64, limit: Duration) -> Result<(), String> {
+    /// and count exactly. If the counts never cover every datapoint, what did arrive must
+    /// still be consistent with datapoints lost whole (a count and a sum below the expected
+    /// ones, and a complete count with its exact sum): [`Mismatch::Missing`]; anything else
+    /// is [`Mismatch::Wrong`].
+    pub fn verify(&self, capture: &Capture, ts: i64, limit: Duration) -> Result<(), Mismatch> {
         let deadline = Instant::now() + limit;
         while self.counted(capture, ts) < self.points as u64 {
             if Instant::now() > deadline {
-                return Err(format!(
+                self.consistent_with_loss(capture, ts)?;
+                return Err(Mismatch::Missing(format!(
                     "only {} of {} datapoints aggregated",
                     self.counted(capture, ts),
                     self.points
-                ));
+                )));
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -172,11 +176,49 @@ impl Payload {
                 let path = format!("bench.{name}.m{m}");
                 let got = capture.value(&path, ts);
                 if got != Some(want as f64) {
-                    return Err(format!("{path} at {ts}: got {got:?}, want {want}"));
+                    return Err(Mismatch::Wrong(format!(
+                        "{path} at {ts}: got {got:?}, want {want}"
+                    )));
                 }
             }
         }
         Ok(())
+    }
+
+    /// Every series' count and sum at most the expected ones (values are never negative),
+    /// and exact where the count is complete.
+    fn consistent_with_loss(&self, capture: &Capture, ts: i64) -> Result<(), Mismatch> {
+        for m in 0..self.sum.len() {
+            let sum = capture.value(&format!("bench.sum.m{m}"), ts).unwrap_or(0.0);
+            let count = capture
+                .value(&format!("bench.count.m{m}"), ts)
+                .unwrap_or(0.0);
+            let (want_sum, want_count) = (self.sum[m] as f64, self.count[m] as f64);
+            if count > want_count || sum > want_sum || (count == want_count && sum != want_sum) {
+                return Err(Mismatch::Wrong(format!(
+                    "bench.*.m{m} at {ts}: count {count} sum {sum}, want at most {want_count} and {want_sum}"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How aggregates differ from what the workload must give.
+#[derive(Debug)]
+pub enum Mismatch {
+    /// Datapoints are missing, and what arrived is consistent with their loss.
+    Missing(String),
+    /// A value is wrong: more than was sent, or a complete count with the wrong sum.
+    Wrong(String),
+}
+
+impl std::fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Mismatch::Missing(m) => write!(f, "missing: {m}"),
+            Mismatch::Wrong(m) => write!(f, "wrong: {m}"),
+        }
     }
 }
 
