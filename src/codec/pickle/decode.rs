@@ -26,8 +26,13 @@
 //! beyond that goes to a small map, so a 7-byte frame naming slot 1 048 575 costs one map
 //! entry. After a frame, buffers grown past [`KEEP_BYTES`] are released, so a frame of a
 //! million opcodes costs its memory only while it is decoded.
+//!
+//! Length: the interpreter (`PickleDecoder::run`) is one match over the opcodes, named in
+//! [`super::op`]; it stays one function (about 250 lines) so that every opcode's bounds
+//! check sits next to its effect on the stack.
 
 use super::super::{Limits, finish_point};
+use super::op;
 use crate::datapoint::Datapoint;
 use crate::reason::DropReason;
 
@@ -451,39 +456,39 @@ impl PickleDecoder {
         loop {
             let op = r.byte()?;
             match op {
-                0x80 => {
+                op::PROTO => {
                     if r.byte()? > 5 {
                         return Err(BAD);
                     }
                 }
-                0x95 => {
+                op::FRAME => {
                     r.take(8)?;
                 }
-                b'.' => {
+                op::STOP => {
                     let id = self.pop()?;
                     return Ok(id);
                 }
-                b'(' => {
+                op::MARK => {
                     if self.marks.len() >= limits.max_pickle_depth {
                         return Err(BAD);
                     }
                     self.marks.push(self.stack.len());
                 }
-                b'0' => {
+                op::POP => {
                     self.pop()?;
                 }
-                b'1' => {
+                op::POP_MARK => {
                     let from = self.pop_mark()?;
                     self.stack.truncate(from);
                 }
-                b'2' => {
+                op::DUP => {
                     let t = self.top()?;
                     self.stack.push(t);
                 }
-                b'N' => self.push(Obj::None, limits)?,
-                0x88 => self.push(Obj::Bool(true), limits)?,
-                0x89 => self.push(Obj::Bool(false), limits)?,
-                b'I' => {
+                op::NONE => self.push(Obj::None, limits)?,
+                op::NEWTRUE => self.push(Obj::Bool(true), limits)?,
+                op::NEWFALSE => self.push(Obj::Bool(false), limits)?,
+                op::INT => {
                     let line = r.line()?;
                     let o = match line {
                         b"01" => Obj::Bool(true),
@@ -492,7 +497,7 @@ impl PickleDecoder {
                     };
                     self.push(o, limits)?;
                 }
-                b'L' => {
+                op::LONG => {
                     let line = r.line()?;
                     let line = line.strip_suffix(b"L").unwrap_or(line);
                     let o = match ascii_int(line) {
@@ -504,20 +509,20 @@ impl PickleDecoder {
                     };
                     self.push(o, limits)?;
                 }
-                b'J' => {
+                op::BININT => {
                     let v = i32::from_le_bytes(r.take(4)?.try_into().map_err(|_| BAD)?);
                     self.push(Obj::Int(i64::from(v)), limits)?;
                 }
-                b'K' => {
+                op::BININT1 => {
                     let v = r.byte()?;
                     self.push(Obj::Int(i64::from(v)), limits)?;
                 }
-                b'M' => {
+                op::BININT2 => {
                     let v = r.u16le()?;
                     self.push(Obj::Int(i64::from(v)), limits)?;
                 }
-                0x8a | 0x8b => {
-                    let n = if op == 0x8a {
+                op::LONG1 | op::LONG4 => {
+                    let n = if op == op::LONG1 {
                         u64::from(r.byte()?)
                     } else {
                         u64::from(r.u32le()?)
@@ -526,7 +531,7 @@ impl PickleDecoder {
                     let o = le_signed(r.take(n)?).map_or(Obj::Opaque, Obj::Int);
                     self.push(o, limits)?;
                 }
-                b'F' => {
+                op::FLOAT => {
                     let line = r.line()?;
                     let v = std::str::from_utf8(line)
                         .ok()
@@ -534,57 +539,57 @@ impl PickleDecoder {
                         .ok_or(BAD)?;
                     self.push(Obj::Float(v), limits)?;
                 }
-                b'G' => {
+                op::BINFLOAT => {
                     let v = f64::from_be_bytes(r.take(8)?.try_into().map_err(|_| BAD)?);
                     self.push(Obj::Float(v), limits)?;
                 }
-                b'S' => {
+                op::STRING => {
                     let line = r.line()?;
                     self.quoted_string(line, limits)?;
                 }
-                b'T' => {
+                op::BINSTRING => {
                     let n = r.u32le()?;
                     let n = r.len(u64::from(n))?;
                     let start = r.pos;
                     r.take(n)?;
                     self.frame_str(start, n, limits)?;
                 }
-                b'U' => {
+                op::SHORT_BINSTRING => {
                     let n = r.byte()?;
                     let n = r.len(u64::from(n))?;
                     let start = r.pos;
                     r.take(n)?;
                     self.frame_str(start, n, limits)?;
                 }
-                b'V' => {
+                op::UNICODE => {
                     let line = r.line()?;
                     self.raw_unicode_escape(line, limits)?;
                 }
-                b'X' => {
+                op::BINUNICODE => {
                     let n = r.u32le()?;
                     self.sized(&mut r, u64::from(n), true, limits)?;
                 }
-                0x8c => {
+                op::SHORT_BINUNICODE => {
                     let n = r.byte()?;
                     self.sized(&mut r, u64::from(n), true, limits)?;
                 }
-                0x8d => {
+                op::BINUNICODE8 => {
                     let n = r.u64le()?;
                     self.sized(&mut r, n, true, limits)?;
                 }
-                b'B' => {
+                op::BINBYTES => {
                     let n = r.u32le()?;
                     self.sized(&mut r, u64::from(n), false, limits)?;
                 }
-                b'C' => {
+                op::SHORT_BINBYTES => {
                     let n = r.byte()?;
                     self.sized(&mut r, u64::from(n), false, limits)?;
                 }
-                0x8e | 0x96 => {
+                op::BINBYTES8 | op::BYTEARRAY8 => {
                     let n = r.u64le()?;
                     self.sized(&mut r, n, false, limits)?;
                 }
-                b']' => self.push(
+                op::EMPTY_LIST => self.push(
                     Obj::List {
                         head: NONE,
                         tail: NONE,
@@ -592,7 +597,7 @@ impl PickleDecoder {
                     },
                     limits,
                 )?,
-                b'l' => {
+                op::LIST => {
                     let from = self.pop_mark()?;
                     self.push(
                         Obj::List {
@@ -606,7 +611,7 @@ impl PickleDecoder {
                     self.extend_list(list, from)?;
                     self.stack.push(list);
                 }
-                b'a' => {
+                op::APPEND => {
                     let floor = self.marks.last().copied().unwrap_or(0);
                     if self.stack.len() < floor + 2 {
                         return Err(BAD);
@@ -615,7 +620,7 @@ impl PickleDecoder {
                     let list = self.stack[from - 1];
                     self.extend_list(list, from)?;
                 }
-                b'e' => {
+                op::APPENDS => {
                     let from = self.pop_mark()?;
                     let floor = self.marks.last().copied().unwrap_or(0);
                     if from == 0 || from <= floor {
@@ -624,64 +629,64 @@ impl PickleDecoder {
                     let list = self.stack[from - 1];
                     self.extend_list(list, from)?;
                 }
-                b')' => self.push(Obj::Tuple { start: 0, len: 0 }, limits)?,
-                b't' => {
+                op::EMPTY_TUPLE => self.push(Obj::Tuple { start: 0, len: 0 }, limits)?,
+                op::TUPLE => {
                     let from = self.pop_mark()?;
                     self.tuple_from(from, limits)?;
                 }
-                0x85..=0x87 => {
-                    let n = usize::from(op - 0x84);
+                op::TUPLE1..=op::TUPLE3 => {
+                    let n = usize::from(op - op::TUPLE1 + 1);
                     let floor = self.marks.last().copied().unwrap_or(0);
                     if self.stack.len() < floor + n {
                         return Err(BAD);
                     }
                     self.tuple_from(self.stack.len() - n, limits)?;
                 }
-                b'}' | 0x8f => self.push(Obj::Opaque, limits)?,
-                b'd' | 0x91 => {
+                op::EMPTY_DICT | op::EMPTY_SET => self.push(Obj::Opaque, limits)?,
+                op::DICT | op::FROZENSET => {
                     let from = self.pop_mark()?;
                     self.stack.truncate(from);
                     self.push(Obj::Opaque, limits)?;
                 }
-                b's' => {
+                op::SETITEM => {
                     self.pop()?;
                     self.pop()?;
                     if !matches!(self.objs[self.top()? as usize], Obj::Opaque) {
                         return Err(BAD);
                     }
                 }
-                b'u' | 0x90 => {
+                op::SETITEMS | op::ADDITEMS => {
                     let from = self.pop_mark()?;
                     self.stack.truncate(from);
                     if !matches!(self.objs[self.top()? as usize], Obj::Opaque) {
                         return Err(BAD);
                     }
                 }
-                b'p' => {
+                op::PUT => {
                     let idx = ascii_int(r.line()?)?;
                     self.memo_put(u64::try_from(idx).map_err(|_| BAD)?, limits)?;
                 }
-                b'q' => {
+                op::BINPUT => {
                     let idx = r.byte()?;
                     self.memo_put(u64::from(idx), limits)?;
                 }
-                b'r' => {
+                op::LONG_BINPUT => {
                     let idx = r.u32le()?;
                     self.memo_put(u64::from(idx), limits)?;
                 }
-                0x94 => {
+                op::MEMOIZE => {
                     let idx = self.memo.len() as u64;
                     self.memo_put(idx, limits)?;
                 }
-                b'g' => {
+                op::GET => {
                     let idx = ascii_int(r.line()?)?;
                     self.memo_get(u64::try_from(idx).map_err(|_| BAD)?)?;
                 }
-                b'h' => {
+                op::BINGET => {
                     let idx = r.byte()?;
                     self.memo_get(u64::from(idx))?;
                 }
-                b'j' => {
+                op::LONG_BINGET => {
                     let idx = r.u32le()?;
                     self.memo_get(u64::from(idx))?;
                 }

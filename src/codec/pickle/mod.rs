@@ -7,6 +7,7 @@
 //! - [`encode_frames`] writes carbon's output framing with serde-pickle, protocol 2.
 
 mod decode;
+pub mod op;
 
 pub use decode::{KEEP_BYTES, PickleDecoder};
 
