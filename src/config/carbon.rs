@@ -22,7 +22,9 @@
 
 use std::path::{Path, PathBuf};
 
-use super::file::{AggregationFile, DestinationFile, ListenFile, WorkersFile, defaults, resolve};
+use super::file::{
+    AggregationFile, DestinationFile, ListenFile, ServiceFile, WorkersFile, defaults, resolve,
+};
 use super::{Config, ConfigError, DestProtocol, File, Protocol, Transport, invalid};
 
 const UNDERSTOOD: [&str; 20] = [
@@ -97,82 +99,156 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let section = ini
         .section(Some("aggregator"))
         .ok_or_else(|| invalid(path, "no [aggregator] section"))?;
-    let mut keys = std::collections::HashMap::new();
-    for (k, v) in section {
-        let k = k.trim().to_ascii_uppercase();
-        if !UNDERSTOOD.contains(&k.as_str()) {
-            tracing::info!(key = %k, "carbon.conf key ignored by aggd");
+    let keys = Section::read(section, path);
+    let base = path.parent().unwrap_or(Path::new("."));
+    let rewrite = resolve(
+        base,
+        Path::new(keys.get("REWRITE_RULES").unwrap_or("rewrite-rules.conf")),
+    );
+    let limits = crate::codec::Limits {
+        max_pickle_frame_bytes: keys.num("PICKLE_RECEIVER_MAX_LENGTH", 1 << 20)? as usize,
+        ..crate::codec::Limits::default()
+    };
+    let file = File {
+        listen: listeners(&keys)?,
+        aggregation: AggregationFile {
+            rules: PathBuf::from(
+                keys.get("AGGREGATION_RULES")
+                    .unwrap_or("aggregation-rules.conf"),
+            ),
+            rewrite_rules: rewrite.exists().then_some(rewrite),
+            forward_all: keys.flag("FORWARD_ALL", true)?,
+            max_intervals: keys.num("MAX_AGGREGATION_INTERVALS", 5)? as u32,
+            write_back_frequency: keys.num("WRITE_BACK_FREQUENCY", 0)? as u32,
+            route_cache_entries: defaults::route_cache_entries(),
+            max_values_per_bucket: defaults::max_values_per_bucket(),
+        },
+        workers: WorkersFile::default(),
+        destination: destinations(&keys)?,
+        limits,
+        journal: None,
+        tenants: None,
+        admin: None,
+        quarantine: None,
+        service: ServiceFile::default(),
+    };
+    Config::from_file(file, path)
+}
+
+/// The `[aggregator]` section's keys (upper-cased, values trimmed) and the file they came
+/// from, read with carbon's value rules.
+struct Section<'a> {
+    keys: std::collections::HashMap<String, String>,
+    path: &'a Path,
+}
+
+impl<'a> Section<'a> {
+    /// The section's keys; a key aggd does not use is logged (carbon accepts unknown keys
+    /// silently).
+    fn read(section: &ini::Properties, path: &'a Path) -> Section<'a> {
+        let mut keys = std::collections::HashMap::new();
+        for (k, v) in section {
+            let k = k.trim().to_ascii_uppercase();
+            if !UNDERSTOOD.contains(&k.as_str()) {
+                tracing::info!(key = %k, "carbon.conf key ignored by aggd");
+            }
+            keys.insert(k, v.trim().to_string());
         }
-        keys.insert(k, v.trim().to_string());
+        Section { keys, path }
     }
-    let get = |k: &str| keys.get(k).map(String::as_str).filter(|v| !v.is_empty());
-    let num = |k: &str, default: u64| -> Result<u64, ConfigError> {
-        match get(k) {
+
+    /// A key's value, if set and not empty.
+    fn get(&self, k: &str) -> Option<&str> {
+        self.keys
+            .get(k)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+
+    /// A whole, non-negative number (`None` or unset: `default`).
+    fn num(&self, k: &str, default: u64) -> Result<u64, ConfigError> {
+        match self.get(k) {
             None | Some("None") => Ok(default),
             Some(v) => v
                 .parse::<f64>()
                 .ok()
                 .filter(|f| *f >= 0.0 && f.fract() == 0.0)
                 .map(|f| f as u64)
-                .ok_or_else(|| invalid(path, format!("{k} = {v:?} is not a whole number"))),
+                .ok_or_else(|| invalid(self.path, format!("{k} = {v:?} is not a whole number"))),
         }
-    };
-    let flag = |k: &str, default: bool| -> Result<bool, ConfigError> {
-        get(k).map_or(Ok(default), |v| {
-            parse_bool(v).ok_or_else(|| invalid(path, format!("{k} = {v:?} is not a boolean")))
+    }
+
+    /// A boolean in ConfigParser's words (unset: `default`).
+    fn flag(&self, k: &str, default: bool) -> Result<bool, ConfigError> {
+        self.get(k).map_or(Ok(default), |v| {
+            parse_bool(v).ok_or_else(|| invalid(self.path, format!("{k} = {v:?} is not a boolean")))
         })
-    };
-    let addr = |iface: &str, port: &str, default_port: u64| -> Result<String, ConfigError> {
-        let host = get(iface).unwrap_or("0.0.0.0");
-        let port = num(port, default_port)?;
+    }
+
+    /// `host:port` from an interface key (default `0.0.0.0`) and a port key.
+    fn addr(&self, iface: &str, port: &str, default_port: u64) -> Result<String, ConfigError> {
+        let host = self.get(iface).unwrap_or("0.0.0.0");
+        let port = self.num(port, default_port)?;
         Ok(if host.contains(':') {
             format!("[{host}]:{port}")
         } else {
             format!("{host}:{port}")
         })
+    }
+}
+
+/// The line and pickle receivers, and the UDP one when enabled.
+fn listeners(keys: &Section<'_>) -> Result<Vec<ListenFile>, ConfigError> {
+    let listener = |protocol, transport, address| ListenFile {
+        protocol,
+        transport,
+        address,
+        max_connections: None,
     };
     let mut listen = vec![
-        ListenFile {
-            protocol: Protocol::Plaintext,
-            transport: Transport::Tcp,
-            address: addr("LINE_RECEIVER_INTERFACE", "LINE_RECEIVER_PORT", 2003)?,
-            max_connections: None,
-        },
-        ListenFile {
-            protocol: Protocol::Pickle,
-            transport: Transport::Tcp,
-            address: addr("PICKLE_RECEIVER_INTERFACE", "PICKLE_RECEIVER_PORT", 2004)?,
-            max_connections: None,
-        },
+        listener(
+            Protocol::Plaintext,
+            Transport::Tcp,
+            keys.addr("LINE_RECEIVER_INTERFACE", "LINE_RECEIVER_PORT", 2003)?,
+        ),
+        listener(
+            Protocol::Pickle,
+            Transport::Tcp,
+            keys.addr("PICKLE_RECEIVER_INTERFACE", "PICKLE_RECEIVER_PORT", 2004)?,
+        ),
     ];
-    if flag("ENABLE_UDP_LISTENER", false)? {
-        listen.push(ListenFile {
-            protocol: Protocol::Plaintext,
-            transport: Transport::Udp,
-            address: addr("UDP_RECEIVER_INTERFACE", "UDP_RECEIVER_PORT", 2003)?,
-            max_connections: None,
-        });
+    if keys.flag("ENABLE_UDP_LISTENER", false)? {
+        listen.push(listener(
+            Protocol::Plaintext,
+            Transport::Udp,
+            keys.addr("UDP_RECEIVER_INTERFACE", "UDP_RECEIVER_PORT", 2003)?,
+        ));
     }
-    let protocol = match get("DESTINATION_PROTOCOL").unwrap_or("pickle") {
+    Ok(listen)
+}
+
+/// One destination per `DESTINATIONS` entry, with the protocol and queue settings.
+fn destinations(keys: &Section<'_>) -> Result<Vec<DestinationFile>, ConfigError> {
+    let protocol = match keys.get("DESTINATION_PROTOCOL").unwrap_or("pickle") {
         "pickle" => DestProtocol::Pickle,
         "line" => DestProtocol::Plaintext,
         other => {
             return Err(invalid(
-                path,
+                keys.path,
                 format!("DESTINATION_PROTOCOL = {other:?}: aggd sends pickle or line"),
             ));
         }
     };
-    let queue = (num("MAX_QUEUE_SIZE", 10_000)? as usize).max(defaults::queue_datapoints());
-    let per_message = num("MAX_DATAPOINTS_PER_MESSAGE", 500)? as usize;
+    let queue = (keys.num("MAX_QUEUE_SIZE", 10_000)? as usize).max(defaults::queue_datapoints());
+    let per_message = keys.num("MAX_DATAPOINTS_PER_MESSAGE", 500)? as usize;
     let mut destination = Vec::new();
-    for entry in get("DESTINATIONS").unwrap_or("").split(',') {
+    for entry in keys.get("DESTINATIONS").unwrap_or("").split(',') {
         if entry.trim().is_empty() {
             continue;
         }
         let address = parse_destination(entry).ok_or_else(|| {
             invalid(
-                path,
+                keys.path,
                 format!("DESTINATIONS entry {entry:?} is not host:port[:instance]"),
             )
         })?;
@@ -184,37 +260,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             unconfirmed_window: defaults::unconfirmed_window(),
         });
     }
-    let base = path.parent().unwrap_or(Path::new("."));
-    let rules = PathBuf::from(get("AGGREGATION_RULES").unwrap_or("aggregation-rules.conf"));
-    let rewrite = resolve(
-        base,
-        Path::new(get("REWRITE_RULES").unwrap_or("rewrite-rules.conf")),
-    );
-    let limits = crate::codec::Limits {
-        max_pickle_frame_bytes: num("PICKLE_RECEIVER_MAX_LENGTH", 1 << 20)? as usize,
-        ..crate::codec::Limits::default()
-    };
-    let file = File {
-        listen,
-        aggregation: AggregationFile {
-            rules,
-            rewrite_rules: rewrite.exists().then_some(rewrite),
-            forward_all: flag("FORWARD_ALL", true)?,
-            max_intervals: num("MAX_AGGREGATION_INTERVALS", 5)? as u32,
-            write_back_frequency: num("WRITE_BACK_FREQUENCY", 0)? as u32,
-            route_cache_entries: defaults::route_cache_entries(),
-            max_values_per_bucket: defaults::max_values_per_bucket(),
-        },
-        workers: WorkersFile::default(),
-        destination,
-        limits,
-        journal: None,
-        tenants: None,
-        admin: None,
-        quarantine: None,
-        service: Default::default(),
-    };
-    Config::from_file(file, path)
+    Ok(destination)
 }
 
 #[cfg(test)]

@@ -147,17 +147,10 @@ pub async fn start_with_io(
         tracing::warn!("no [[destination]]: aggregates are computed and discarded");
     }
     let (dests, senders) = Destinations::start(&config.destinations, Arc::clone(&stats));
-    let quarantine = match &config.quarantine {
-        Some(q) => {
-            let events = Arc::clone(&stats.events);
-            Some(Arc::new(Quarantine::open(
-                q.file.clone(),
-                q.max_bytes,
-                events,
-            )?))
-        }
-        None => None,
-    };
+    let quarantine = (config.quarantine.as_ref())
+        .map(|q| Quarantine::open(q.file.clone(), q.max_bytes, Arc::clone(&stats.events)))
+        .transpose()?
+        .map(Arc::new);
     let workers = spawn_workers(&config, &dests, &stats, quarantine.clone())?;
     let router = Arc::new(Router::new(
         config.aggregation.clone(),
@@ -187,6 +180,7 @@ pub async fn start_with_io(
         ready: AtomicBool::new(false),
     });
     let metrics = Arc::new(Metrics::new(Arc::clone(&observed)));
+    let svc = &config.service;
     let mut addrs = Vec::new();
     if let Some(a) = &config.admin {
         let addr = serve_admin(a, &metrics, &tenants, &shutdown, &tracker).await?;
@@ -195,18 +189,10 @@ pub async fn start_with_io(
     addrs.extend(serve_listeners(
         &config, listeners, &pipeline, &shutdown, &tracker,
     )?);
-    // Listeners bound and open intervals rebuilt: ready.
+    // Step 6: listeners bound and open intervals rebuilt: ready, and reporting.
     observed.ready.store(true, Ordering::Relaxed);
     service::spawn_watchdog(Arc::clone(&observed), shutdown.clone(), &tracker);
-    let svc = &config.service;
-    service::spawn_self_metrics(
-        metrics,
-        svc.self_metrics_interval,
-        svc.self_metrics_prefix.clone(),
-        svc.hostname.clone(),
-        shutdown.clone(),
-        &tracker,
-    );
+    service::spawn_self_metrics(metrics, svc, shutdown.clone(), &tracker);
     Ok(Server {
         addrs,
         stats,

@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -94,24 +94,24 @@ impl Report {
     }
 }
 
-/// Sends carbon-style self-metrics every `interval` until `shutdown` (not at all for a
-/// zero interval).
+/// Sends carbon-style self-metrics every `service.self_metrics_interval` until `shutdown`
+/// (not at all for a zero interval), named with its prefix and host name.
 pub fn spawn_self_metrics(
     metrics: Arc<Metrics>,
-    interval: Duration,
-    prefix: String,
-    host: String,
+    service: &crate::config::Service,
     shutdown: CancellationToken,
     tracker: &TaskTracker,
 ) {
+    let interval = service.self_metrics_interval;
     if interval.is_zero() {
         return;
     }
+    let (prefix, host) = (&service.self_metrics_prefix, &service.hostname);
+    let base = format!("{prefix}.aggregator.{host}");
     tracker.spawn(async move {
         let mut report = Report::default();
         let (mut last_cpu, _) = process_usage();
         let mut last_t = Instant::now();
-        let base = format!("{prefix}.aggregator.{host}");
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
