@@ -6,6 +6,7 @@
 //! The counters and gauges are one catalog ([`metrics`]) behind both `GET /metrics` and the
 //! carbon self-metrics ([`self_metrics`]).
 
+pub mod catalog;
 pub mod metrics;
 pub mod self_metrics;
 

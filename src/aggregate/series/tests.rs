@@ -1,0 +1,166 @@
+//! Unit tests of `series`.
+use super::*;
+use crate::hash::fnv1a64;
+
+fn key(name: &str, method: &str, frequency: u32) -> Arc<SeriesKey> {
+    Arc::new(SeriesKey {
+        name: name.into(),
+        hash: fnv1a64(name.as_bytes()),
+        method: Method::parse(method).unwrap(),
+        frequency,
+    })
+}
+
+fn settings(wbf: u32) -> Settings {
+    Settings {
+        max_intervals: 5,
+        write_back_frequency: wbf,
+        max_values_per_bucket: 3,
+    }
+}
+
+fn sweep(t: &mut SeriesTable, now: f64) -> Vec<(String, f64, f64)> {
+    let mut out = Vec::new();
+    t.sweep(now, false, &mut out);
+    let mut v: Vec<_> = out
+        .into_iter()
+        .map(|p| (p.path.to_string(), p.timestamp, p.value.as_f64()))
+        .collect();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v
+}
+
+#[test]
+fn floor_matches_python_modulo() {
+    let cases = [
+        (1_700_000_039.999_999_8, 60.0),
+        (1_700_000_040.0, 60.0),
+        (-100.0, 60.0),
+        (-2.0, 60.0),
+        (0.0, 10.0),
+        (119.999_999_999_999_99, 60.0),
+        (1e15 + 0.5, 7.0),
+    ];
+    for (t, f) in cases {
+        assert_eq!(floor_to(t, f), t - t.rem_euclid(f), "{t} {f}");
+    }
+    // Every ulp around interval boundaries of realistic timestamps.
+    for k in [28_333_333.0f64, 28_333_334.0] {
+        let mut t = k * 60.0;
+        for _ in 0..64 {
+            t = t.next_down();
+        }
+        for _ in 0..128 {
+            assert_eq!(floor_to(t, 60.0), t - t.rem_euclid(60.0), "{t}");
+            t = t.next_up();
+        }
+    }
+}
+
+#[test]
+fn bucket_alignment_and_emission_after_interval() {
+    let mut t = SeriesTable::new(settings(0));
+    let k = key("s", "sum", 60);
+    let now = 1_000_000.0; // 1_000_000 mod 60 = 40: now_bucket = 999_960
+    t.add(&k, 999_960.0, 1.0, now).unwrap();
+    t.add(&k, 999_999.5, 2.0, now).unwrap();
+    t.add(&k, 999_900.0, 5.0, now).unwrap();
+    // The current interval is open: only the previous one is emitted.
+    assert_eq!(sweep(&mut t, now), [("s".into(), 999_900.0, 5.0)]);
+    assert_eq!(sweep(&mut t, now + 1.0), []);
+    // Once over, the current one is emitted with the full aggregate.
+    assert_eq!(sweep(&mut t, 1_000_020.0), [("s".into(), 999_960.0, 3.0)]);
+}
+
+#[test]
+fn re_emission_is_over_all_values() {
+    let mut t = SeriesTable::new(settings(0));
+    let k = key("s", "avg", 10);
+    let now = 1000.0;
+    t.add(&k, 980.0, 3.0, now).unwrap();
+    assert_eq!(sweep(&mut t, now), [("s".into(), 980.0, 3.0)]);
+    t.add(&k, 985.0, 13.0, now + 1.0).unwrap();
+    assert_eq!(sweep(&mut t, now + 1.0), [("s".into(), 980.0, 8.0)]);
+    // Nothing new: nothing re-sent.
+    assert_eq!(sweep(&mut t, now + 2.0), []);
+}
+
+#[test]
+fn too_old_too_new_and_expiry() {
+    let mut t = SeriesTable::new(settings(0));
+    let k = key("s", "sum", 10);
+    let now = 1000.0;
+    assert_eq!(t.add(&k, 949.0, 1.0, now), Err(DropReason::TooOld));
+    assert_eq!(t.add(&k, 950.0, 1.0, now), Ok(()));
+    assert_eq!(t.add(&k, 1059.0, 1.0, now), Ok(()));
+    assert_eq!(t.add(&k, 1060.0, 1.0, now), Err(DropReason::TooNew));
+    assert_eq!(t.len(), 1);
+    sweep(&mut t, now);
+    // At 1010 the 950 bucket falls out of the window and is deleted; 1050 stays.
+    sweep(&mut t, 1010.0);
+    assert_eq!(t.add(&k, 950.0, 1.0, 1010.0), Err(DropReason::TooOld));
+    // After the future bucket is over and expired, the series is gone.
+    assert_eq!(sweep(&mut t, 1060.0), [("s".into(), 1050.0, 1.0)]);
+    sweep(&mut t, 1200.0);
+    assert!(t.is_empty());
+}
+
+#[test]
+fn negative_and_fractional_timestamps_floor() {
+    let mut t = SeriesTable::new(settings(0));
+    let k = key("s", "count", 60);
+    t.add(&k, -100.0, 1.0, -30.0).unwrap();
+    t.add(&k, -61.5, 1.0, -30.0).unwrap();
+    t.add(&k, -0.5, 1.0, -30.0).unwrap();
+    assert_eq!(
+        sweep(&mut t, 0.0),
+        [("s".into(), -120.0, 2.0), ("s".into(), -60.0, 1.0)]
+    );
+}
+
+#[test]
+fn write_back_frequency_emits_partials() {
+    let mut t = SeriesTable::new(settings(2));
+    let k = key("s", "sum", 60);
+    let now = 960.0;
+    t.add(&k, 960.0, 1.0, now).unwrap();
+    assert_eq!(sweep(&mut t, now + 1.0), []);
+    assert_eq!(sweep(&mut t, now + 2.0), [("s".into(), 960.0, 1.0)]);
+    t.add(&k, 961.0, 2.0, now + 3.0).unwrap();
+    assert_eq!(sweep(&mut t, now + 3.0), []);
+    assert_eq!(sweep(&mut t, now + 4.0), [("s".into(), 960.0, 3.0)]);
+}
+
+#[test]
+fn forced_sweep_flushes_open_buckets() {
+    let mut t = SeriesTable::new(settings(0));
+    let k = key("s", "max", 60);
+    t.add(&k, 965.0, 4.0, 970.0).unwrap();
+    let mut out = Vec::new();
+    t.sweep(970.0, true, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].value, OutValue::Float(4.0));
+}
+
+#[test]
+fn percentile_buckets_are_bounded() {
+    let mut t = SeriesTable::new(settings(0));
+    let k = key("s", "p90", 60);
+    for _ in 0..3 {
+        t.add(&k, 960.0, 1.0, 970.0).unwrap();
+    }
+    assert_eq!(t.add(&k, 960.0, 1.0, 970.0), Err(DropReason::BucketFull));
+    // Streaming methods are not bounded by it.
+    let k = key("c", "count", 60);
+    for _ in 0..10 {
+        t.add(&k, 960.0, 1.0, 970.0).unwrap();
+    }
+}
+
+#[test]
+fn first_rule_decides_method() {
+    let mut t = SeriesTable::new(settings(0));
+    t.add(&key("s", "sum", 60), 900.0, 2.0, 970.0).unwrap();
+    t.add(&key("s", "max", 60), 900.0, 5.0, 970.0).unwrap();
+    assert_eq!(sweep(&mut t, 970.0), [("s".into(), 900.0, 7.0)]);
+}

@@ -1,0 +1,329 @@
+//! The catalog itself: every counter and gauge aggd exports, one entry each (a table, so
+//! one file: a new metric is one entry here and nothing else). Types and encoding:
+//! [`super::metrics`].
+
+use std::sync::atomic::Ordering;
+
+use super::metrics::{Carbon, Metric, Type};
+use crate::events::Event;
+use crate::reason::DropReason;
+
+fn ld(a: &std::sync::atomic::AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
+/// Every metric, in `/metrics` order (`docs/operations.md` lists them with their meaning).
+pub const CATALOG: &[Metric] = &[
+    Metric {
+        name: "received",
+        help: "Datapoints accepted.",
+        ty: Type::Counter,
+        label: None,
+        carbon: Carbon::Stat {
+            name: "metricsReceived",
+            always: true,
+        },
+        read: |o, f| f("", ld(&o.stats.received)),
+    },
+    Metric {
+        name: "aggregates_emitted",
+        help: "Aggregates emitted, re-emissions included.",
+        ty: Type::Counter,
+        label: None,
+        carbon: Carbon::Stat {
+            name: "aggregateDatapointsSent",
+            always: true,
+        },
+        read: |o, f| f("", ld(&o.stats.aggregates_emitted)),
+    },
+    Metric {
+        name: "forwarded",
+        help: "Raw datapoints forwarded.",
+        ty: Type::Counter,
+        label: None,
+        carbon: Carbon::No,
+        read: |o, f| f("", ld(&o.stats.forwarded)),
+    },
+    Metric {
+        name: "sent",
+        help: "Datapoints written to destinations.",
+        ty: Type::Counter,
+        label: None,
+        carbon: Carbon::No,
+        read: |o, f| f("", ld(&o.stats.sent)),
+    },
+    Metric {
+        name: "active_connections",
+        help: "Open inbound TCP connections.",
+        ty: Type::Gauge,
+        label: None,
+        carbon: Carbon::Stat {
+            name: "activeConnections",
+            always: true,
+        },
+        read: |o, f| f("", ld(&o.stats.active_connections)),
+    },
+    Metric {
+        name: "connections_refused",
+        help: "Inbound TCP connections closed at once: a connection limit was reached.",
+        ty: Type::Counter,
+        label: None,
+        carbon: Carbon::No,
+        read: |o, f| f("", o.stats.events.count(Event::ConnectionRefused)),
+    },
+    Metric {
+        name: "dropped",
+        help: "Datapoints, lines or frames dropped, by reason.",
+        ty: Type::Counter,
+        label: Some("reason"),
+        carbon: Carbon::Each {
+            before: "drops.",
+            after: "",
+        },
+        read: |o, f| {
+            for r in DropReason::ALL {
+                f(r.as_str(), o.stats.drops(r));
+            }
+        },
+    },
+    Metric {
+        name: "events",
+        help: "Notable events other than drops (failures aggd recovers from), by event.",
+        ty: Type::Counter,
+        label: Some("event"),
+        carbon: Carbon::Each {
+            before: "events.",
+            after: "",
+        },
+        read: |o, f| {
+            for e in Event::ALL {
+                f(e.as_str(), o.stats.events.count(e));
+            }
+        },
+    },
+    Metric {
+        name: "destination_sent",
+        help: "Datapoints written, per destination.",
+        ty: Type::Counter,
+        label: Some("destination"),
+        carbon: Carbon::Each {
+            before: "destinations.",
+            after: ".sent",
+        },
+        read: |o, f| o.dests.counters().for_each(|(d, c)| f(d, ld(&c.sent))),
+    },
+    Metric {
+        name: "destination_unconfirmed",
+        help: "Datapoints written into connections that then failed (ledgered).",
+        ty: Type::Counter,
+        label: Some("destination"),
+        carbon: Carbon::No,
+        read: |o, f| {
+            o.dests
+                .counters()
+                .for_each(|(d, c)| f(d, ld(&c.unconfirmed)));
+        },
+    },
+    Metric {
+        name: "destination_connection_failures",
+        help: "Destination connections that failed.",
+        ty: Type::Counter,
+        label: Some("destination"),
+        carbon: Carbon::No,
+        read: |o, f| {
+            o.dests
+                .counters()
+                .for_each(|(d, c)| f(d, ld(&c.connection_failures)));
+        },
+    },
+    Metric {
+        name: "destination_full_queue_drops",
+        help: "Datapoints dropped on a full destination queue.",
+        ty: Type::Counter,
+        label: Some("destination"),
+        carbon: Carbon::Each {
+            before: "destinations.",
+            after: ".fullQueueDrops",
+        },
+        read: |o, f| {
+            o.dests
+                .counters()
+                .for_each(|(d, c)| f(d, ld(&c.full_queue_drops)));
+        },
+    },
+    Metric {
+        name: "destination_queued",
+        help: "Datapoints queued, per destination.",
+        ty: Type::Gauge,
+        label: Some("destination"),
+        carbon: Carbon::No,
+        read: |o, f| {
+            o.dests
+                .counters()
+                .for_each(|(d, c)| f(d, c.queued.load(Ordering::Relaxed) as u64));
+        },
+    },
+    Metric {
+        name: "worker_queue_depth",
+        help: "Batches waiting, per worker.",
+        ty: Type::Gauge,
+        label: Some("worker"),
+        carbon: Carbon::No,
+        read: |o, f| {
+            for (i, q) in o.queues.iter().enumerate() {
+                f(&i.to_string(), q.len() as u64);
+            }
+        },
+    },
+    Metric {
+        name: "series",
+        help: "Live output series, per worker.",
+        ty: Type::Gauge,
+        label: Some("worker"),
+        carbon: Carbon::Stat {
+            name: "allocatedBuffers",
+            always: true,
+        },
+        read: |o, f| {
+            for (i, g) in o.gauges.iter().enumerate() {
+                f(&i.to_string(), ld(&g.series));
+            }
+        },
+    },
+    Metric {
+        name: "buffered_datapoints",
+        help: "Datapoints in live buckets, per worker.",
+        ty: Type::Gauge,
+        label: Some("worker"),
+        carbon: Carbon::Stat {
+            name: "bufferedDatapoints",
+            always: true,
+        },
+        read: |o, f| {
+            for (i, g) in o.gauges.iter().enumerate() {
+                f(&i.to_string(), ld(&g.buffered));
+            }
+        },
+    },
+    Metric {
+        name: "journal_records",
+        help: "Records journaled.",
+        ty: Type::Counter,
+        label: None,
+        carbon: Carbon::No,
+        read: |o, f| o.journal.iter().for_each(|j| f("", ld(&j.stats().records))),
+    },
+    Metric {
+        name: "journal_bytes",
+        help: "Bytes journaled.",
+        ty: Type::Counter,
+        label: None,
+        carbon: Carbon::No,
+        read: |o, f| o.journal.iter().for_each(|j| f("", ld(&j.stats().bytes))),
+    },
+    Metric {
+        name: "journal_queue",
+        help: "Records waiting for the journal writer (lag).",
+        ty: Type::Gauge,
+        label: None,
+        carbon: Carbon::No,
+        read: |o, f| o.journal.iter().for_each(|j| f("", j.queued() as u64)),
+    },
+    Metric {
+        name: "journal_size_bytes",
+        help: "Bytes of all journal segments.",
+        ty: Type::Gauge,
+        label: None,
+        carbon: Carbon::No,
+        read: |o, f| o.journal.iter().for_each(|j| f("", j.size_on_disk())),
+    },
+    Metric {
+        name: "journal_write_errors",
+        help: "Journal batch writes or rotations that failed.",
+        ty: Type::Counter,
+        label: None,
+        carbon: Carbon::No,
+        read: |o, f| {
+            o.journal
+                .iter()
+                .for_each(|j| f("", ld(&j.stats().write_errors)));
+        },
+    },
+    Metric {
+        name: "journal_fsync_errors",
+        help: "Journal fsyncs that failed.",
+        ty: Type::Counter,
+        label: None,
+        carbon: Carbon::No,
+        read: |o, f| {
+            o.journal
+                .iter()
+                .for_each(|j| f("", ld(&j.stats().fsync_errors)));
+        },
+    },
+    Metric {
+        name: "journal_unjournaled",
+        help: "Records the journal could not write.",
+        ty: Type::Counter,
+        label: None,
+        carbon: Carbon::No,
+        read: |o, f| {
+            o.journal
+                .iter()
+                .for_each(|j| f("", ld(&j.stats().unjournaled)));
+        },
+    },
+    Metric {
+        name: "ledger_unwritten_entries",
+        help: "Loss ledger entries kept in memory because the ledger file cannot be written.",
+        ty: Type::Gauge,
+        label: None,
+        carbon: Carbon::No,
+        read: |o, f| {
+            o.stats
+                .ledger()
+                .iter()
+                .for_each(|l| f("", l.unwritten() as u64));
+        },
+    },
+    Metric {
+        name: "ledger_write_errors",
+        help: "Loss ledger flushes that failed.",
+        ty: Type::Counter,
+        label: None,
+        carbon: Carbon::No,
+        read: |o, f| {
+            o.stats
+                .ledger()
+                .iter()
+                .for_each(|l| f("", l.write_errors()));
+        },
+    },
+    Metric {
+        name: "quarantine_overflowed",
+        help: "Rejected datapoints not written to the quarantine file: its queue was full.",
+        ty: Type::Counter,
+        label: None,
+        carbon: Carbon::No,
+        read: |o, f| o.quarantine.iter().for_each(|q| f("", q.overflowed())),
+    },
+    Metric {
+        name: "process_resident_memory_bytes",
+        help: "Resident set size of the process.",
+        ty: Type::Gauge,
+        label: None,
+        carbon: Carbon::Stat {
+            name: "memUsage",
+            always: true,
+        },
+        read: |_, f| f("", super::self_metrics::process_usage().1),
+    },
+    Metric {
+        name: "ready",
+        help: "1 when ready.",
+        ty: Type::Gauge,
+        label: None,
+        carbon: Carbon::No,
+        read: |o, f| f("", u64::from(o.is_ready())),
+    },
+];
