@@ -182,7 +182,7 @@ pub async fn run(
     listeners: Vec<BoundListener>,
     mut signals: tokio::sync::mpsc::Receiver<Signal>,
     load: impl Fn() -> Result<Config, crate::config::ConfigError>,
-) -> std::io::Result<Arc<Stats>> {
+) -> Result<Arc<Stats>, super::StartError> {
     use sd_notify::NotifyState;
     let mut server = start(config, listeners).await?;
     service::notify(&[NotifyState::Ready]);

@@ -49,6 +49,19 @@ use crate::route::Router;
 use crate::service::{self, Metrics, Observed};
 use crate::tenant::{Registry, Tenants, admin};
 
+/// Why aggd could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A file, socket or thread could not be opened, bound or spawned (the error names the
+    /// path or address).
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// The tenant registry could not be read (it may have changed since the config was
+    /// checked).
+    #[error(transparent)]
+    Registry(#[from] crate::tenant::RegistryError),
+}
+
 /// A running aggd.
 pub struct Server {
     /// Each listener's kind and bound address (the admin API's too).
@@ -124,9 +137,9 @@ fn ledger_flusher(
 /// With a journal: recovers it (truncating a torn tail), attaches the loss ledger, and
 /// rebuilds the open intervals from it before any listener is served.
 ///
-/// Errors: the journal or ledger cannot be opened, a listener socket cannot be registered
-/// with tokio, or a thread cannot be spawned.
-pub async fn start(config: Config, listeners: Vec<BoundListener>) -> std::io::Result<Server> {
+/// Errors: the journal or ledger cannot be opened, the tenant registry cannot be read, a
+/// listener socket cannot be registered with tokio, or a thread cannot be spawned.
+pub async fn start(config: Config, listeners: Vec<BoundListener>) -> Result<Server, StartError> {
     start_with_io(config, listeners, Arc::new(OsIo)).await
 }
 
@@ -136,7 +149,7 @@ pub async fn start_with_io(
     config: Config,
     listeners: Vec<BoundListener>,
     io: Arc<dyn JournalIo>,
-) -> std::io::Result<Server> {
+) -> Result<Server, StartError> {
     let stats = Arc::new(Stats::default());
     let journal = open_journal(&config, &stats, io)?;
     let ledger_flusher = journal
@@ -274,11 +287,11 @@ async fn rebuild(config: &Config, journal: &Journal, quiet: Pipeline) -> std::io
 }
 
 /// The tenant gate and its registry file, when `[tenants]` is on.
-fn load_tenants(config: &Config) -> std::io::Result<Option<(Arc<Tenants>, PathBuf)>> {
+fn load_tenants(config: &Config) -> Result<Option<(Arc<Tenants>, PathBuf)>, StartError> {
     let Some(t) = &config.tenants else {
         return Ok(None);
     };
-    let registry = Registry::load(&t.registry).map_err(std::io::Error::other)?;
+    let registry = Registry::load(&t.registry)?;
     let gate = Arc::new(Tenants::new(registry, t.unknown));
     Ok(Some((gate, t.registry.clone())))
 }
