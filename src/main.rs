@@ -271,13 +271,12 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
 /// that output series, for the systemd watchdog and health tests of the real binary.
 #[cfg(feature = "fault-injection")]
 fn with_test_faults(mut config: Config) -> Config {
-    if let Some((series, ms)) = std::env::var("AGGD_FAULT_STALL_SERIES").ok().and_then(|v| {
-        Some((
-            v.rsplit_once(':')?.0.to_string(),
-            v.rsplit_once(':')?.1.parse().ok()?,
-        ))
-    }) {
-        config.faults.stall_on_series = Some((series, std::time::Duration::from_millis(ms)));
+    let v = std::env::var("AGGD_FAULT_STALL_SERIES").unwrap_or_default();
+    if let Some((series, ms)) = v.rsplit_once(':')
+        && let Ok(ms) = ms.parse()
+    {
+        let stall = std::time::Duration::from_millis(ms);
+        config.faults.stall_on_series = Some((series.to_string(), stall));
     }
     config
 }

@@ -181,6 +181,9 @@ impl Ingest {
         tenant: Option<Arc<str>>,
     ) {
         self.routing.now = now;
+        if self.p.journal.is_none() {
+            return;
+        }
         let record = NewRecord {
             received_us: (now * 1e6) as i64,
             listener: self.listener,
