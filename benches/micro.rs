@@ -47,6 +47,8 @@ fn aggregation(rules: usize) -> Aggregation {
         write_back_frequency: 0,
         route_cache_entries: 1 << 22,
         max_values_per_bucket: 1000,
+        lists: Arc::default(),
+        timestamp_resolution: 0,
     }
 }
 
@@ -142,6 +144,57 @@ fn main() {
     let r = local.get(&router, &paths[7], || Ok(())).unwrap();
     assert_eq!(&*r.outputs[0].key.name, "agg.r7.h7.sum");
     report("route lookup, connection cache hit", n as u64, elapsed);
+
+    // Placing outgoing names on three destinations, per method (once per emitted or
+    // forwarded datapoint when there are several destinations), and tag normalisation.
+    let names: Vec<String> = (0..100_000)
+        .map(|i| format!("agg.svc{}.h{i}.requests.sum", i % 10))
+        .collect();
+    for method in [
+        aggd::ring::Method::CarbonCh,
+        aggd::ring::Method::Fnv1aCh,
+        aggd::ring::Method::JumpFnv1aCh,
+    ] {
+        let nodes = (1..=3)
+            .map(|i| aggd::ring::Node {
+                host: format!("10.0.0.{i}"),
+                port: 2004,
+                instance: None,
+            })
+            .collect();
+        let placement = aggd::ring::Placement::new(method, nodes, 1, true).unwrap();
+        let mut placed = Vec::new();
+        let mut share = [0usize; 3];
+        let t = Instant::now();
+        for name in &names {
+            placement.place(name, &mut placed);
+            share[placed[0]] += 1;
+        }
+        let elapsed = t.elapsed();
+        assert!(share.iter().all(|&s| s > 20_000), "{method}: {share:?}");
+        report(
+            &format!("place a name on 3 destinations, {method}"),
+            names.len() as u64,
+            elapsed,
+        );
+    }
+    let tagged: Vec<String> = (0..100_000)
+        .map(|i| format!("cpu.load;zone=eu{};host=h{i};dc=x", i % 3))
+        .collect();
+    let t = Instant::now();
+    let mut changed = 0;
+    for name in &tagged {
+        if let aggd::codec::tagged::Normalized::Changed(n) = aggd::codec::tagged::normalize(name) {
+            changed += 1;
+            black_box(n);
+        }
+    }
+    assert_eq!(changed, tagged.len());
+    report(
+        "normalise a tagged name (3 tags, reordered)",
+        tagged.len() as u64,
+        t.elapsed(),
+    );
 
     let mut table = SeriesTable::new(Settings {
         max_intervals: 5,

@@ -64,7 +64,8 @@ impl Stats {
     }
 
     /// Counts `n` events of `reason` affecting data in `window` (Unix seconds: datapoint
-    /// timestamps, or the receive time where there is none), ledgers them, and logs at most
+    /// timestamps, or the receive time where there is none), ledgers them (unless the
+    /// reason is a filter, [`DropReason::is_filter`]), and logs at most
     /// one warning per reason per second. `detail` names the offending path, peer or
     /// destination.
     pub fn record_drop(
@@ -77,7 +78,9 @@ impl Stats {
         if n == 0 {
             return;
         }
-        if let Some(l) = self.ledger.get() {
+        if let Some(l) = self.ledger.get()
+            && !reason.is_filter()
+        {
             l.record(reason.as_str(), n, window);
         }
         if let Some(earlier) = self.drops[reason.index()].count(n) {

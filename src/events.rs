@@ -36,11 +36,14 @@ pub enum Event {
     ListenerStopped,
     /// A worker stopped making progress, so the systemd watchdog was not pinged.
     WatchdogWithheld,
+    /// An outgoing name could not be parsed as a tagged series for `normalize_tags`
+    /// (carbon's TAG_RELAY_NORMALIZED); it was sent unchanged, as carbon does.
+    TagNormalizeFailed,
 }
 
 impl Event {
     /// Every event, in counter order.
-    pub(crate) const ALL: [Event; 10] = [
+    pub(crate) const ALL: [Event; 11] = [
         Event::AcceptFailed,
         Event::ConnectionRefused,
         Event::DestinationConnectFailed,
@@ -51,6 +54,7 @@ impl Event {
         Event::ReloadFailed,
         Event::ListenerStopped,
         Event::WatchdogWithheld,
+        Event::TagNormalizeFailed,
     ];
 
     /// The snake_case label used for counters and logs, e.g. `accept_failed`.
@@ -66,6 +70,7 @@ impl Event {
             Event::ReloadFailed => "reload_failed",
             Event::ListenerStopped => "listener_stopped",
             Event::WatchdogWithheld => "watchdog_withheld",
+            Event::TagNormalizeFailed => "tag_normalize_failed",
         }
     }
 

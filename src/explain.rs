@@ -6,7 +6,8 @@ use crate::config::Config;
 use crate::route::Router;
 
 /// A human-readable account, per path, of the `[pre]` rewrite, every matching rule with
-/// its output series, method, frequency and worker, and the forwarded name.
+/// its output series, method, frequency and worker, the forwarded name, and for each
+/// outgoing name the destinations `[routing]` places it on (after tag normalisation).
 pub fn explain(config: &Config, paths: &[String]) -> String {
     let router = Router::new(config.aggregation.clone(), config.workers.count);
     let rules = config.aggregation.rules.rules();
@@ -34,10 +35,12 @@ pub fn explain(config: &Config, paths: &[String]) -> String {
                 r.frequency,
                 o.worker
             );
+            destinations(config, &o.key.name, &mut s);
         }
         match &route.forward {
             Some(f) => {
                 let _ = writeln!(s, "  forwarded raw as {f}");
+                destinations(config, f, &mut s);
             }
             None if config.aggregation.forward_all => {
                 let _ = writeln!(s, "  not forwarded: an output has the same name");
@@ -46,4 +49,44 @@ pub fn explain(config: &Config, paths: &[String]) -> String {
         }
     }
     s
+}
+
+/// `    to <destination>[, <replica>…]` for outgoing name `name` (and the normalised name
+/// first, if normalisation changes it); nothing without destinations.
+fn destinations(config: &Config, name: &str, s: &mut String) {
+    use crate::codec::tagged::{Normalized, normalize};
+    if config.destinations.is_empty() {
+        return;
+    }
+    let mut name = name.to_string();
+    if config.routing.normalize_tags {
+        match normalize(&name) {
+            Normalized::Same => {}
+            Normalized::Changed(n) => {
+                let _ = writeln!(s, "    normalised to {n}");
+                name = n;
+            }
+            Normalized::Invalid(why) => {
+                let _ = writeln!(s, "    not normalised ({why}): sent unchanged");
+            }
+        }
+    }
+    let mut placed = Vec::new();
+    config.routing.placement.place(&name, &mut placed);
+    let names: Vec<String> = placed
+        .iter()
+        .map(|&i| {
+            let d = &config.destinations[i];
+            match &d.instance {
+                Some(inst) => format!("{}:{inst}", d.name()),
+                None => d.name().to_string(),
+            }
+        })
+        .collect();
+    let _ = writeln!(
+        s,
+        "    to {} ({})",
+        names.join(", "),
+        config.routing.placement.method()
+    );
 }

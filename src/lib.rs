@@ -26,6 +26,7 @@ pub mod method;
 pub mod quarantine;
 pub mod reason;
 pub mod replay;
+pub mod ring;
 pub mod route;
 pub mod rules;
 pub mod server;

@@ -27,21 +27,42 @@ struct Cli {
 
 /// Which configuration to read.
 #[derive(Args, Clone)]
-#[group(required = true, multiple = false)]
 struct ConfigArg {
+    #[command(flatten)]
+    source: Source,
+    /// carbon's instance (with --carbon-conf): which [aggregator:<instance>] section
+    /// applies, and the instance in self-metric names.
+    #[arg(long)]
+    instance: Option<String>,
+}
+
+/// An aggd TOML file or a carbon.conf.
+#[derive(Args, Clone)]
+#[group(required = true, multiple = false)]
+struct Source {
     /// aggd TOML config file.
     #[arg(short = 'c', long = "config")]
     config: Option<PathBuf>,
-    /// An existing carbon.conf; its [aggregator] section is used.
+    /// An existing carbon.conf; its [aggregator] section is used, with
+    /// [aggregator:<instance>] over it.
     #[arg(long = "carbon-conf")]
     carbon_conf: Option<PathBuf>,
 }
 
 impl ConfigArg {
     fn load_config(&self) -> Result<Config, aggd::config::ConfigError> {
-        match (&self.config, &self.carbon_conf) {
+        match (&self.source.config, &self.source.carbon_conf) {
+            (Some(p), _) if self.instance.is_some() => Err(aggd::config::ConfigError::Invalid {
+                file: p.clone(),
+                message:
+                    "--instance goes with --carbon-conf (an aggd config sets service.instance)"
+                        .into(),
+            }),
             (Some(p), _) => Config::load(p),
-            (None, Some(p)) => carbon::load(p),
+            (None, Some(p)) => {
+                let instance = self.instance.as_deref();
+                carbon::load_instance(p, instance.unwrap_or(carbon::DEFAULT_INSTANCE))
+            }
             (None, None) => Err(aggd::config::ConfigError::Invalid {
                 file: PathBuf::from("-"),
                 message: "give -c FILE or --carbon-conf FILE".into(),

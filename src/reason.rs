@@ -62,11 +62,17 @@ pub enum DropReason {
     RateLimited,
     /// A new metric path of a tenant already at its `max_series`.
     SeriesLimit,
+    /// The metric path matches the blacklist (carbon's `blacklistMatches`). A filter, not
+    /// a loss: counted, but neither ledgered nor quarantined.
+    Blacklist,
+    /// A whitelist is set and the metric path matches none of it (carbon's
+    /// `whitelistRejects`). A filter, not a loss, like [`DropReason::Blacklist`].
+    Whitelist,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub(crate) const ALL: [DropReason; 23] = [
+    pub(crate) const ALL: [DropReason; 25] = [
         DropReason::ParseError,
         DropReason::BadUtf8,
         DropReason::LineTooLong,
@@ -90,6 +96,8 @@ impl DropReason {
         DropReason::TenantUnknown,
         DropReason::RateLimited,
         DropReason::SeriesLimit,
+        DropReason::Blacklist,
+        DropReason::Whitelist,
     ];
 
     /// The snake_case label used for counters and logs, e.g. `too_old`.
@@ -118,7 +126,16 @@ impl DropReason {
             DropReason::TenantUnknown => "tenant_unknown",
             DropReason::RateLimited => "rate_limited",
             DropReason::SeriesLimit => "series_limit",
+            DropReason::Blacklist => "blacklist",
+            DropReason::Whitelist => "whitelist",
         }
+    }
+
+    /// Whether it is a configured filter (the white/blacklists) rather than a loss: such
+    /// drops are counted and logged but not ledgered (replay filters them the same way)
+    /// nor quarantined.
+    pub fn is_filter(self) -> bool {
+        matches!(self, DropReason::Blacklist | DropReason::Whitelist)
     }
 
     /// Position in [`DropReason::ALL`] (counter slots are indexed by it).

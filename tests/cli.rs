@@ -60,6 +60,108 @@ fn check_accepts_shipped_config_and_refuses_bad_rules_with_line() {
 }
 
 #[test]
+fn check_names_every_bad_line_bad_addresses_and_missing_files() {
+    let dir = tempdir("check-all");
+    let check = |cfg: &std::path::Path| {
+        let out = Command::new(BIN)
+            .args(["check", "-c"])
+            .arg(cfg)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "check accepted {}", cfg.display());
+        String::from_utf8(out.stderr).unwrap()
+    };
+    // Two bad lines (3 and 5) around good ones: both are named, one line each.
+    let cfg = write_config(
+        &dir,
+        "ok (60) = sum a.*\n# comment\nbad (60) = rate a.*\nfine (60) = sum b.*\nworse (x) = sum c\n",
+        "",
+        "stdout",
+        "plaintext",
+    );
+    let err = check(&cfg);
+    let lines: Vec<&str> = err.lines().collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("aggregation-rules.conf:3:")),
+        "{err}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("aggregation-rules.conf:5:")),
+        "{err}"
+    );
+    assert_eq!(lines.len(), 2, "one line per problem: {err}");
+    // A missing rules file: no line number of 0.
+    std::fs::remove_file(dir.join("aggregation-rules.conf")).unwrap();
+    let err = check(&cfg);
+    assert!(err.contains("aggregation-rules.conf: cannot read"), "{err}");
+    assert!(!err.contains(":0:"), "{err}");
+    // Listener and destination addresses are validated.
+    std::fs::write(dir.join("aggregation-rules.conf"), "ok (60) = sum a.*\n").unwrap();
+    for (from, to, needle) in [
+        (
+            "address = \"stdout\"",
+            "address = \"cache:notaport\"",
+            "destination address",
+        ),
+        (
+            "address = \"stdout\"",
+            "address = \"::1:2004\"",
+            "destination address",
+        ),
+        (
+            "address = \"127.0.0.1:0\"",
+            "address = \"nohost\"",
+            "listen address",
+        ),
+    ] {
+        let text = std::fs::read_to_string(&cfg).unwrap();
+        let bad = dir.join("bad.toml");
+        std::fs::write(&bad, text.replacen(from, to, 1)).unwrap();
+        let err = check(&bad);
+        assert!(err.contains(needle), "{to}: {err}");
+    }
+}
+
+#[test]
+fn explain_shows_each_outputs_destinations() {
+    let dir = tempdir("explain-ring");
+    let cfg = write_config(
+        &dir,
+        "<h>.total (60) = sum <h>.*\n",
+        "",
+        "127.0.0.1:2004",
+        "pickle",
+    );
+    append_config(
+        &cfg,
+        "instance = \"a\"\n[[destination]]\naddress = \"127.0.0.1:2104\"\ninstance = \"b\"\n\
+         [routing]\nnormalize_tags = true\n",
+    );
+    let text = aggd_ok([
+        "explain",
+        "-c",
+        cfg.to_str().unwrap(),
+        "web.cpu",
+        "db.cpu",
+        "x;b=1;a=2",
+    ]);
+    let placed: Vec<&str> = text.lines().filter(|l| l.contains("    to ")).collect();
+    assert_eq!(placed.len(), 2, "{text}");
+    for l in &placed {
+        assert!(
+            l.ends_with("to 127.0.0.1:2004:a (carbon_ch)")
+                || l.ends_with("to 127.0.0.1:2104:b (carbon_ch)"),
+            "{text}"
+        );
+    }
+    assert!(text.contains("no aggregation rule matches"), "{text}");
+}
+
+#[test]
 fn explain_shows_rewrites_rules_and_outputs() {
     let out = Command::new(BIN)
         .args([
@@ -133,10 +235,12 @@ fn carbon_conf_drop_in() {
     std::fs::write(
         dir.join("carbon.conf"),
         format!(
-            "[aggregator]\nLINE_RECEIVER_INTERFACE = 127.0.0.1\nLINE_RECEIVER_PORT = 0\n\
-             PICKLE_RECEIVER_INTERFACE = 127.0.0.1\nPICKLE_RECEIVER_PORT = 0\n\
+            "[aggregator]\nLINE_RECEIVER_INTERFACE = 127.0.0.1\nLINE_RECEIVER_PORT = {}\n\
+             PICKLE_RECEIVER_INTERFACE = 127.0.0.1\nPICKLE_RECEIVER_PORT = {}\n\
              DESTINATIONS = {}:a\nDESTINATION_PROTOCOL = line\nFORWARD_ALL = False\n\
              LOG_LISTENER_CONN_SUCCESS = True\nCACHE_METRIC_NAMES_MAX = 0\n",
+            free_port(),
+            free_port(),
             capture.addr
         ),
     )

@@ -287,7 +287,8 @@ async fn dead_destination_fills_only_its_own_queue() {
     append_config(
         &cfg,
         &format!(
-            "[[destination]]\naddress = \"{dead}\"\nprotocol = \"pickle\"\nqueue_datapoints = 300\n"
+            "[[destination]]\naddress = \"{dead}\"\nprotocol = \"pickle\"\nqueue_datapoints = 300\n\
+             [routing]\nmethod = \"all\"\n"
         ),
     );
     let server = start_aggd(&cfg).await;

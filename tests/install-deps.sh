@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs beyond Rust: Debian's graphite-carbon (carbon-cache,
-# the real downstream), python3-whisper (to read its whisper files) and python3 (CPython's
-# own pickle module as a sender) and systemd's tools (systemd-analyze verify, socket
-# activation). Idempotent; installs only what is missing.
+# the real downstream, and carbon's own hash ring), python3-whisper (to read its whisper
+# files), python3 (CPython's own pickle module as a sender), carbon-c-relay (its test
+# mode shows its hash placement), systemd's tools (systemd-analyze verify, socket
+# activation), and PyPI's mmh3 for Debian's CPython (carbon's mmh3_ch ring needs it) into
+# target/pydeps. Idempotent; installs only what is missing.
 set -euo pipefail
 need=()
 [ -x /usr/bin/carbon-cache ] || need+=(graphite-carbon)
 [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import whisper' 2>/dev/null || need+=(python3-whisper)
 command -v python3 >/dev/null || need+=(python3)
 command -v kill >/dev/null || need+=(procps)
+[ -x /usr/bin/carbon-c-relay ] || need+=(carbon-c-relay)
 [ -x /usr/bin/systemd-analyze ] && [ -x /usr/bin/systemd-socket-activate ] || need+=(systemd)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
@@ -16,4 +19,12 @@ if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}" >&2
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+pydeps="$(cd "$(dirname "$0")/.." && pwd)/target/pydeps"
+if ! PYTHONPATH="$pydeps" /usr/bin/python3 -c 'import mmh3' 2>/dev/null; then
+  pip=(python3 -m pip)
+  "${pip[@]}" --version >/dev/null 2>&1 || pip=(pip3)
+  version=$(/usr/bin/python3 -c 'import sys; print("%d%d" % sys.version_info[:2])')
+  "${pip[@]}" install --quiet --disable-pip-version-check --target "$pydeps" --only-binary=:all: \
+    --no-deps --python-version "$version" --implementation cp --platform manylinux2014_x86_64 mmh3
 fi

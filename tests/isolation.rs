@@ -118,6 +118,7 @@ async fn a_slow_destination_costs_the_other_nothing() {
         &cfg,
         &format!(
             "[[destination]]\naddress = \"{slow_addr}\"\nprotocol = \"pickle\"\nqueue_datapoints = 100000\n\
+         [routing]\nmethod = \"all\"\n\
          [journal]\ndir = \"journal\"\nmin_free_disk = 0\n"
         ),
     );

@@ -14,6 +14,10 @@ fn add_journal(cfg: &std::path::Path, extra_destination: &str) {
         "[[destination]]",
         &format!("[[destination]]{extra_destination}"),
     );
+    if !extra_destination.is_empty() {
+        // Each destination gets everything: the tests compare them.
+        text.push_str("[routing]\nmethod = \"all\"\n");
+    }
     text.push_str(
         "[journal]\ndir = \"journal\"\nfsync = \"interval\"\nfsync_interval = \"1s\"\nmin_free_disk = 0\n",
     );

@@ -15,7 +15,7 @@ const LAYERS: &[&[&str]] = &[
     &["hash", "reason", "events"],
     &["datapoint"],
     // Pure functions over bytes and values.
-    &["codec", "method"],
+    &["codec", "method", "ring"],
     &["rules", "journal"],
     // Accounting and the tenant gate.
     &["drops", "quarantine", "tenant"],

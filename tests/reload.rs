@@ -40,7 +40,7 @@ async fn settings_that_need_a_restart_are_reported_and_the_rules_still_apply() {
     let new = edit(
         &config,
         "[[destination]]",
-        "[[destination]]\naddress = \"127.0.0.1:9\"\n[[destination]]",
+        "[[destination]]\naddress = \"127.0.0.2:9\"\n[[destination]]",
     );
     let restart = server.reload(new).unwrap();
     for key in ["[workers]", "[[destination]]"] {

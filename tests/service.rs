@@ -273,7 +273,7 @@ async fn metrics_health_and_self_metrics_match_the_traffic() {
     // over two: their sum is exact either way.
     capture.wait_for("self-metrics", |got| {
         got.iter()
-            .filter(|((p, _), _)| p == "carbon.aggregator.test_host.metricsReceived")
+            .filter(|((p, _), _)| p == "carbon.aggregator.test_host-a.metricsReceived")
             .map(|(_, v)| v)
             .sum::<f64>()
             == 301.0
@@ -287,7 +287,7 @@ async fn metrics_health_and_self_metrics_match_the_traffic() {
         "memUsage",
         "drops.parse_error",
     ] {
-        let p = format!("carbon.aggregator.test_host.{stat}");
+        let p = format!("carbon.aggregator.test_host-a.{stat}");
         assert!(got.keys().any(|(k, _)| *k == p), "{p} missing");
     }
     server.shutdown().await;
@@ -368,7 +368,7 @@ async fn metrics_and_self_metrics_report_the_same_counts() {
     .await
     .unwrap();
     let stat = |got: &std::collections::BTreeMap<(String, i64), f64>, name: &str| -> f64 {
-        let p = format!("carbon.aggregator.h.{name}");
+        let p = format!("carbon.aggregator.h-a.{name}");
         got.iter()
             .filter(|((k, _), _)| *k == p)
             .map(|(_, v)| v)

@@ -9,6 +9,7 @@
 pub mod http;
 pub mod pickle;
 pub mod plaintext;
+pub mod tagged;
 
 use crate::datapoint::{Datapoint, Kind};
 use crate::reason::DropReason;

@@ -125,6 +125,14 @@ pub struct AggregationFile {
     /// Values one bucket keeps for percentile methods; more are `bucket_full`.
     #[serde(default = "defaults::max_values_per_bucket")]
     pub max_values_per_bucket: usize,
+    /// carbon's `whitelist.conf`: when it has entries, paths matching none are dropped.
+    pub whitelist: Option<PathBuf>,
+    /// carbon's `blacklist.conf`: paths matching any entry are dropped.
+    pub blacklist: Option<PathBuf>,
+    /// Seconds timestamps are floored to a multiple of; 0 = as received (carbon's
+    /// MIN_TIMESTAMP_RESOLUTION).
+    #[serde(default)]
+    pub timestamp_resolution: u32,
 }
 
 /// `[workers]` as written.
@@ -171,6 +179,39 @@ pub struct DestinationFile {
     /// (ledgered as `unconfirmed`), e.g. `"5m"`; never before the connection was made.
     #[serde(default = "defaults::unconfirmed_window", with = "humantime_serde")]
     pub unconfirmed_window: Duration,
+    /// carbon's instance (the third field of carbon.conf's `host:port:instance`): part of
+    /// the destination's key on the hash ring and of its self-metric name.
+    pub instance: Option<String>,
+}
+
+/// `[routing]` as written: which destinations each outgoing name goes to.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingFile {
+    /// `carbon_ch` (default), `carbon_fnv1a_ch`, `mmh3_ch`, `fnv1a_ch`, `jump_fnv1a_ch`
+    /// or `all`.
+    #[serde(default)]
+    pub method: crate::ring::Method,
+    /// Destinations per name (carbon's REPLICATION_FACTOR).
+    #[serde(default = "defaults::replication")]
+    pub replication: usize,
+    /// Replicas on different hosts (carbon's DIVERSE_REPLICAS).
+    #[serde(default = "defaults::yes")]
+    pub diverse_replicas: bool,
+    /// Normalise tagged names on the way out (carbon's TAG_RELAY_NORMALIZED).
+    #[serde(default)]
+    pub normalize_tags: bool,
+}
+
+impl Default for RoutingFile {
+    fn default() -> Self {
+        RoutingFile {
+            method: crate::ring::Method::default(),
+            replication: defaults::replication(),
+            diverse_replicas: true,
+            normalize_tags: false,
+        }
+    }
 }
 
 /// `[journal]` as written; the section's presence turns the journal on.
@@ -263,6 +304,10 @@ pub struct ServiceFile {
     pub self_metrics_prefix: String,
     /// Host name in self-metric names; default: the machine's.
     pub hostname: Option<String>,
+    /// carbon's instance in self-metric names, `<host>-<instance>` (carbon-aggregator's
+    /// default `a`); `""` leaves it out.
+    #[serde(default = "defaults::instance")]
+    pub instance: String,
 }
 
 impl Default for ServiceFile {
@@ -272,6 +317,7 @@ impl Default for ServiceFile {
             self_metrics_interval: defaults::self_metrics_interval(),
             self_metrics_prefix: defaults::self_metrics_prefix(),
             hostname: None,
+            instance: defaults::instance(),
         }
     }
 }
@@ -291,6 +337,9 @@ pub struct File {
     /// Destinations.
     #[serde(default)]
     pub destination: Vec<DestinationFile>,
+    /// How names are placed on the destinations.
+    #[serde(default)]
+    pub routing: RoutingFile,
     /// Decoder limits.
     #[serde(default)]
     pub limits: Limits,
@@ -323,6 +372,8 @@ impl File {
         let fix = |p: &mut PathBuf| *p = resolve(base, p);
         fix(&mut self.aggregation.rules);
         self.aggregation.rewrite_rules.as_mut().map(fix);
+        self.aggregation.whitelist.as_mut().map(fix);
+        self.aggregation.blacklist.as_mut().map(fix);
         if let Some(j) = &mut self.journal {
             fix(&mut j.dir);
             j.ledger.as_mut().map(fix);
@@ -402,5 +453,14 @@ pub(crate) mod defaults {
     }
     pub(crate) fn self_metrics_prefix() -> String {
         "carbon".into()
+    }
+    pub(crate) fn instance() -> String {
+        "a".into()
+    }
+    pub(crate) fn replication() -> usize {
+        1
+    }
+    pub(crate) fn yes() -> bool {
+        true
     }
 }

@@ -70,6 +70,20 @@ pub struct Service {
     pub self_metrics_prefix: String,
     /// Host name for self-metrics, dots replaced by `_` (as carbon does).
     pub hostname: String,
+    /// carbon's instance in self-metric names (`<host>-<instance>`); empty: none.
+    pub instance: String,
+}
+
+impl Service {
+    /// The self-metrics' common prefix, `<prefix>.aggregator.<host>-<instance>` (carbon's
+    /// `aggregator_record`), without `-<instance>` when the instance is empty.
+    pub fn self_metrics_base(&self) -> String {
+        let (prefix, host) = (&self.self_metrics_prefix, &self.hostname);
+        match self.instance.as_str() {
+            "" => format!("{prefix}.aggregator.{host}"),
+            i => format!("{prefix}.aggregator.{host}-{i}"),
+        }
+    }
 }
 
 /// Faults to inject, for tests of isolation (feature `fault-injection`). Not settable
@@ -146,6 +160,8 @@ pub struct DestinationConfig {
     /// When a connection fails, what was written into it within this long before (and
     /// since it connected) is ledgered as `unconfirmed`.
     pub unconfirmed_window: Duration,
+    /// carbon's instance: part of the ring key and of the self-metric name.
+    pub instance: Option<String>,
 }
 
 impl DestinationConfig {
@@ -154,6 +170,81 @@ impl DestinationConfig {
         match &self.address {
             DestAddress::Stdout => "stdout",
             DestAddress::Tcp(a) => a,
+        }
+    }
+
+    /// The destination as the hash ring sees it: host (IPv6 without brackets), port,
+    /// instance; `stdout` is host `stdout`, port 0.
+    pub fn node(&self) -> crate::ring::Node {
+        let (host, port) = match &self.address {
+            DestAddress::Stdout => ("stdout".to_string(), 0),
+            DestAddress::Tcp(a) => split_host_port(a).unwrap_or_else(|| (a.clone(), 0)),
+        };
+        crate::ring::Node {
+            host,
+            port,
+            instance: self.instance.clone(),
+        }
+    }
+
+    /// carbon's name of the destination in self-metrics: `host:port:instance` (instance
+    /// `None` when not set) with `.` replaced by `_`, e.g. `127_0_0_1:2004:None`.
+    pub fn carbon_name(&self) -> String {
+        let n = self.node();
+        let instance = n.instance.as_deref().unwrap_or("None");
+        format!("{}:{}:{instance}", n.host, n.port).replace('.', "_")
+    }
+}
+
+/// Splits `host:port` (IPv6 as `[addr]:port`) into the host without brackets and the
+/// port; `None` unless the host is non-empty and the port a number.
+pub fn split_host_port(addr: &str) -> Option<(String, u16)> {
+    let (host, port) = addr.rsplit_once(':')?;
+    let port = port.parse::<u16>().ok()?;
+    let host = match host.strip_prefix('[') {
+        Some(h) => h.strip_suffix(']')?,
+        None if host.contains(':') => return None,
+        None => host,
+    };
+    (!host.is_empty()).then(|| (host.to_string(), port))
+}
+
+/// Validated `[routing]`: the destinations placed on the ring.
+#[derive(Clone, Debug)]
+pub struct Routing {
+    /// The destinations prepared for placing names ([`crate::ring`]).
+    pub placement: Arc<crate::ring::Placement>,
+    /// Normalise tagged names on the way out (carbon's TAG_RELAY_NORMALIZED).
+    pub normalize_tags: bool,
+}
+
+impl PartialEq for Routing {
+    /// The same settings (the destinations themselves are compared as `[[destination]]`).
+    fn eq(&self, other: &Self) -> bool {
+        let (a, b) = (&self.placement, &other.placement);
+        (
+            a.method(),
+            a.replication(),
+            a.diverse(),
+            self.normalize_tags,
+        ) == (
+            b.method(),
+            b.replication(),
+            b.diverse(),
+            other.normalize_tags,
+        )
+    }
+}
+
+impl Routing {
+    /// Every name to each of `destinations` (method `all`), names as they are.
+    pub fn all(destinations: &[DestinationConfig]) -> Routing {
+        let nodes = destinations.iter().map(DestinationConfig::node).collect();
+        let placement = crate::ring::Placement::new(crate::ring::Method::All, nodes, 1, false)
+            .expect("method all refuses nothing");
+        Routing {
+            placement: Arc::new(placement),
+            normalize_tags: false,
         }
     }
 }
@@ -179,6 +270,10 @@ pub struct Aggregation {
     pub route_cache_entries: usize,
     /// Values kept per bucket for percentile methods.
     pub max_values_per_bucket: usize,
+    /// The white/blacklists, applied to received paths before anything else.
+    pub lists: Arc<crate::rules::lists::Lists>,
+    /// Seconds timestamps are floored to a multiple of; 0 = off.
+    pub timestamp_resolution: u32,
 }
 
 /// Validated `[workers]`.
@@ -205,6 +300,8 @@ pub struct Config {
     pub workers: Workers,
     /// Destinations.
     pub destinations: Vec<DestinationConfig>,
+    /// Which destinations each name goes to.
+    pub routing: Routing,
     /// Decoder limits.
     pub limits: Limits,
     /// The journal, when on.
@@ -272,12 +369,14 @@ impl Config {
 
     fn from_sections(file: File, path: &Path) -> Result<Config, SectionError> {
         section::check_limits(&file.limits)?;
+        let destinations: Vec<DestinationConfig> = each(file.destination)?;
         Ok(Config {
             source: path.to_path_buf(),
             listeners: each(file.listen)?,
             aggregation: file.aggregation.try_into()?,
             workers: file.workers.try_into()?,
-            destinations: each(file.destination)?,
+            routing: section::routing(file.routing, &destinations)?,
+            destinations,
             limits: file.limits,
             journal: file.journal.map(TryInto::try_into).transpose()?,
             tenants: file.tenants.map(TryInto::try_into).transpose()?,
@@ -318,6 +417,13 @@ impl std::fmt::Display for Config {
             "forward_all: {}, max_intervals: {}, write_back_frequency: {}s",
             a.forward_all, a.max_intervals, a.write_back_frequency
         )?;
+        if !a.lists.is_empty() {
+            let (black, white) = a.lists.len();
+            writeln!(s, "blacklist: {black} regexes, whitelist: {white} regexes")?;
+        }
+        if a.timestamp_resolution > 0 {
+            writeln!(s, "timestamps floored to {} s", a.timestamp_resolution)?;
+        }
         writeln!(s, "workers: {}", self.workers.count)?;
         match &self.journal {
             Some(j) => writeln!(
@@ -330,7 +436,30 @@ impl std::fmt::Display for Config {
             None => writeln!(s, "journal: off")?,
         }
         for d in &self.destinations {
-            writeln!(s, "destination: {} ({})", d.name(), d.protocol)?;
+            let instance = d.instance.as_deref().map(|i| format!(", instance {i}"));
+            writeln!(
+                s,
+                "destination: {} ({}{})",
+                d.name(),
+                d.protocol,
+                instance.unwrap_or_default()
+            )?;
+        }
+        if self.destinations.len() > 1 {
+            let p = &self.routing.placement;
+            writeln!(
+                s,
+                "routing: {} ({} per name)",
+                p.method(),
+                if p.is_broadcast() {
+                    "every destination".to_string()
+                } else {
+                    format!("{} destination(s)", p.replication())
+                }
+            )?;
+        }
+        if self.routing.normalize_tags {
+            writeln!(s, "tagged names normalised on output")?;
         }
         Ok(())
     }

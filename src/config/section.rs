@@ -8,16 +8,18 @@ use std::sync::Arc;
 
 use super::file::{
     AdminFile, AggregationFile, DestinationFile, FsyncMode, JournalFile, ListenFile,
-    QuarantineFile, ServiceFile, TenantMode, TenantsFile, WorkersFile,
+    QuarantineFile, RoutingFile, ServiceFile, TenantMode, TenantsFile, WorkersFile,
 };
 use super::{
     AdminConfig, Aggregation, DestAddress, DestinationConfig, ListenerConfig, Protocol,
-    QuarantineConfig, Service, TenantsConfig, Transport, Workers,
+    QuarantineConfig, Routing, Service, TenantsConfig, Transport, Workers,
 };
 use crate::codec::Limits;
 use crate::journal::{Fsync, JournalConfig};
+use crate::ring::Placement;
 use crate::rules::RuleError;
 use crate::rules::aggregation::AggregationRules;
+use crate::rules::lists::Lists;
 use crate::rules::rewrite::RewriteRules;
 use crate::tenant::{Registry, RegistryError};
 
@@ -54,8 +56,11 @@ impl TryFrom<ListenFile> for ListenerConfig {
         if l.protocol != Protocol::Plaintext && l.transport == Transport::Udp {
             return Err(invalid("listen: pickle and http are TCP only"));
         }
-        if l.address.trim().is_empty() {
-            return Err(invalid("listen: address is empty"));
+        if super::split_host_port(&l.address).is_none() {
+            return Err(invalid(format!(
+                "listen address {:?} is not host:port (IPv6 as [addr]:port)",
+                l.address
+            )));
         }
         Ok(ListenerConfig {
             protocol: l.protocol,
@@ -84,6 +89,7 @@ impl TryFrom<AggregationFile> for Aggregation {
             Some(f) => RewriteRules::load(f)?,
             None => RewriteRules::default(),
         };
+        let lists = Lists::load(a.blacklist.as_deref(), a.whitelist.as_deref())?;
         Ok(Aggregation {
             rules_file: a.rules,
             rules: Arc::new(rules),
@@ -94,6 +100,8 @@ impl TryFrom<AggregationFile> for Aggregation {
             write_back_frequency: a.write_back_frequency,
             route_cache_entries: a.route_cache_entries,
             max_values_per_bucket: a.max_values_per_bucket,
+            lists: Arc::new(lists),
+            timestamp_resolution: a.timestamp_resolution,
         })
     }
 }
@@ -133,15 +141,11 @@ impl TryFrom<DestinationFile> for DestinationConfig {
         }
         let address = if d.address == "stdout" {
             DestAddress::Stdout
-        } else if d
-            .address
-            .rsplit_once(':')
-            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0))
-        {
+        } else if super::split_host_port(&d.address).is_some_and(|(_, port)| port > 0) {
             DestAddress::Tcp(d.address)
         } else {
             return Err(invalid(format!(
-                "destination address {:?} is not host:port or stdout",
+                "destination address {:?} is not host:port (port not 0; IPv6 as [addr]:port) or stdout",
                 d.address
             )));
         };
@@ -151,8 +155,27 @@ impl TryFrom<DestinationFile> for DestinationConfig {
             queue_datapoints: d.queue_datapoints,
             max_datapoints_per_message: d.max_datapoints_per_message,
             unconfirmed_window: d.unconfirmed_window,
+            instance: d.instance.filter(|i| !i.is_empty()),
         })
     }
+}
+
+/// `[routing]` over the validated destinations: builds the ring, which refuses two
+/// destinations with the same ring key.
+pub(super) fn routing(
+    r: RoutingFile,
+    destinations: &[DestinationConfig],
+) -> Result<Routing, SectionError> {
+    if r.replication == 0 {
+        return Err(invalid("routing.replication must be at least 1"));
+    }
+    let nodes = destinations.iter().map(DestinationConfig::node).collect();
+    let placement = Placement::new(r.method, nodes, r.replication, r.diverse_replicas)
+        .map_err(|e| invalid(format!("routing: {e}")))?;
+    Ok(Routing {
+        placement: Arc::new(placement),
+        normalize_tags: r.normalize_tags,
+    })
 }
 
 /// Checks `[limits]` (it is used as written).
@@ -254,6 +277,7 @@ impl From<ServiceFile> for Service {
                 .hostname
                 .unwrap_or_else(machine_hostname)
                 .replace('.', "_"),
+            instance: s.instance,
         }
     }
 }

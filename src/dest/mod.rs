@@ -25,7 +25,7 @@
 //!   peer's kernel holds the bytes, not that the peer process read them: a peer killed
 //!   later can still lose them, which only its own restart can tell.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,21 +33,41 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::DestinationConfig;
-use crate::datapoint::{OutBatch, Sink, window};
+use crate::config::{DestinationConfig, Routing};
+use crate::datapoint::{OutBatch, OutPoint, Sink, window};
 use crate::drops::Stats;
 use crate::reason::DropReason;
+use crate::ring::Placement;
 use crate::time::Window;
 
 mod sender;
 
 use sender::{Link, Unconfirmed, run_sender};
 
-/// Counters of one destination.
+/// [`DestCounters::state`]: the sender holds a connection.
+const UP: u8 = 1;
+/// [`DestCounters::state`]: the last connection attempt failed or the connection was lost.
+const DOWN: u8 = 2;
+
+/// Counters of one destination (carbon's per-destination stats in brackets).
 #[derive(Debug, Default)]
 pub struct DestCounters {
-    /// Datapoints written.
+    /// Datapoints offered to the queue, kept or not (`attemptedRelays`).
+    pub attempted: AtomicU64,
+    /// Datapoints written (`sent`).
     pub sent: AtomicU64,
+    /// carbon batches written: pickle frames, or for plaintext chunks of
+    /// `max_datapoints_per_message` (`batchesSent`).
+    pub batches: AtomicU64,
+    /// Datapoints offered while the destination was down: after a failed connection
+    /// attempt or a lost connection, until the next connection (`queuedUntilConnected`).
+    pub queued_until_connected: AtomicU64,
+    /// Largest queue length, in datapoints, seen at an offer since the last carbon
+    /// self-metrics report, which resets it (`relayMaxQueueLength`).
+    pub peak_queued: AtomicUsize,
+    /// Connection state: 0 before the first attempt (the sender connects when it first
+    /// has something to send), [`UP`] or [`DOWN`].
+    state: AtomicU8,
     /// Datapoints dropped because the queue was full.
     pub full_queue_drops: AtomicU64,
     /// Datapoints waiting in the queue now.
@@ -64,6 +84,8 @@ pub struct DestCounters {
 
 struct Dest {
     name: String,
+    /// carbon's name for it in self-metrics ([`DestinationConfig::carbon_name`]).
+    carbon_name: String,
     tx: mpsc::Sender<OutBatch>,
     max_queued: usize,
     counters: Arc<DestCounters>,
@@ -72,9 +94,12 @@ struct Dest {
     unconfirmed: Arc<Mutex<Unconfirmed>>,
 }
 
-/// The destinations' queues; a [`Sink`] that offers each batch to every destination.
+/// The destinations' queues; a [`Sink`] that offers each datapoint to the destinations
+/// its name is placed on ([`crate::ring`]), after normalising tagged names if asked.
 pub struct Destinations {
     dests: Vec<Dest>,
+    placement: Arc<Placement>,
+    normalize_tags: bool,
     stats: Arc<Stats>,
 }
 
@@ -85,8 +110,13 @@ pub struct Senders {
 }
 
 impl Destinations {
-    /// Starts one sender task per destination on the current tokio runtime.
-    pub fn start(configs: &[DestinationConfig], stats: Arc<Stats>) -> (Arc<Destinations>, Senders) {
+    /// Starts one sender task per destination on the current tokio runtime; `routing`
+    /// places names on them (its placement must be built over `configs`, in order).
+    pub fn start(
+        configs: &[DestinationConfig],
+        routing: &Routing,
+        stats: Arc<Stats>,
+    ) -> (Arc<Destinations>, Senders) {
         let drain = CancellationToken::new();
         let mut dests = Vec::new();
         let mut tasks = Vec::new();
@@ -103,50 +133,130 @@ impl Destinations {
             tasks.push(tokio::spawn(run_sender(link, rx, drain.clone())));
             dests.push(Dest {
                 name: cfg.name().to_string(),
+                carbon_name: cfg.carbon_name(),
                 tx,
                 max_queued: cfg.queue_datapoints,
                 counters,
                 unconfirmed,
             });
         }
-        (
-            Arc::new(Destinations { dests, stats }),
-            Senders { tasks, drain },
-        )
+        let placement = Arc::clone(&routing.placement);
+        debug_assert_eq!(placement.nodes().len(), dests.len());
+        let dests = Destinations {
+            dests,
+            placement,
+            normalize_tags: routing.normalize_tags,
+            stats,
+        };
+        (Arc::new(dests), Senders { tasks, drain })
     }
 
     /// Each destination's name and counters.
     pub fn counters(&self) -> impl Iterator<Item = (&str, &DestCounters)> {
         self.dests.iter().map(|d| (d.name.as_str(), &*d.counters))
     }
+
+    /// Each destination's carbon self-metric name (`127_0_0_1:2004:None`) and counters.
+    pub fn carbon_counters(&self) -> impl Iterator<Item = (&str, &DestCounters)> {
+        self.dests
+            .iter()
+            .map(|d| (d.carbon_name.as_str(), &*d.counters))
+    }
+
+    /// Resets every destination's [`DestCounters::peak_queued`] (after a self-metrics
+    /// report read it).
+    pub fn reset_peaks(&self) {
+        for d in &self.dests {
+            d.counters.peak_queued.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Offers `batch` (non-empty, covering `w`) to one destination's queue; a full queue
+    /// drops it for that destination alone, as `destination_full`.
+    fn offer(&self, d: &Dest, batch: OutBatch, w: Window) {
+        let n = batch.len();
+        let c = &d.counters;
+        c.attempted.fetch_add(n as u64, Ordering::Relaxed);
+        if c.state.load(Ordering::Relaxed) == DOWN {
+            c.queued_until_connected
+                .fetch_add(n as u64, Ordering::Relaxed);
+        }
+        let before = c.queued.fetch_add(n, Ordering::Relaxed);
+        c.peak_queued.fetch_max(before, Ordering::Relaxed);
+        if before + n > d.max_queued || d.tx.try_send(batch).is_err() {
+            c.queued.fetch_sub(n, Ordering::Relaxed);
+            c.full_queue_drops.fetch_add(n as u64, Ordering::Relaxed);
+            self.stats.record_drop(
+                DropReason::DestinationFull,
+                n as u64,
+                w,
+                &format_args!("destination {}", d.name),
+            );
+        } else if let Ok(mut q) = c.queued_window.lock() {
+            // After the add: a sender that empties the queue meanwhile cannot erase it.
+            *q = Some(q.map_or(w, |q| q.union(w)));
+        }
+    }
 }
 
 impl Sink for Destinations {
     fn send(&self, batch: OutBatch) {
-        let n = batch.len();
-        if n == 0 {
+        if batch.is_empty() || self.dests.is_empty() {
             return;
         }
-        let w = window(&batch);
-        for d in &self.dests {
-            let before = d.counters.queued.fetch_add(n, Ordering::Relaxed);
-            if before + n > d.max_queued || d.tx.try_send(Arc::clone(&batch)).is_err() {
-                d.counters.queued.fetch_sub(n, Ordering::Relaxed);
-                d.counters
-                    .full_queue_drops
-                    .fetch_add(n as u64, Ordering::Relaxed);
-                self.stats.record_drop(
-                    DropReason::DestinationFull,
-                    n as u64,
-                    w,
-                    &format_args!("destination {}", d.name),
-                );
-            } else if let Ok(mut q) = d.counters.queued_window.lock() {
-                // After the add: a sender that empties the queue meanwhile cannot erase it.
-                *q = Some(q.map_or(w, |q| q.union(w)));
+        let batch = match self.normalize_tags {
+            true => normalize(&batch, &self.stats.events).map_or(batch, Into::into),
+            false => batch,
+        };
+        if self.placement.is_broadcast() {
+            let w = window(&batch);
+            for d in &self.dests {
+                self.offer(d, Arc::clone(&batch), w);
+            }
+            return;
+        }
+        for (d, share) in self.dests.iter().zip(split(&self.placement, &batch)) {
+            if !share.is_empty() {
+                let w = window(&share);
+                self.offer(d, share.into(), w);
             }
         }
     }
+}
+
+/// `points` split by destination as `placement` places their names: one share per
+/// destination, in configuration order (a point with replicas is in several).
+pub fn split(placement: &Placement, points: &[OutPoint]) -> Vec<Vec<OutPoint>> {
+    let mut shares: Vec<Vec<OutPoint>> = vec![Vec::new(); placement.nodes().len()];
+    let mut placed = Vec::with_capacity(placement.replication());
+    for p in points {
+        placement.place(&p.path, &mut placed);
+        for &i in &placed {
+            shares[i].push(p.clone());
+        }
+    }
+    shares
+}
+
+/// `points` with every tagged name in carbon's normal form ([`crate::codec::tagged`]), or
+/// `None` when none changes. A name that does not parse stays as it is and is counted as
+/// [`Event::TagNormalizeFailed`](crate::events::Event::TagNormalizeFailed).
+pub fn normalize(points: &[OutPoint], events: &crate::events::Events) -> Option<Vec<OutPoint>> {
+    use crate::codec::tagged::{Normalized, normalize};
+    let mut changed: Option<Vec<OutPoint>> = None;
+    for (i, p) in points.iter().enumerate() {
+        match normalize(&p.path) {
+            Normalized::Same => {}
+            Normalized::Changed(n) => {
+                changed.get_or_insert_with(|| points.to_vec())[i].path = n.into();
+            }
+            Normalized::Invalid(why) => events.emit(
+                crate::events::Event::TagNormalizeFailed,
+                &format_args!("tagged name {:?} sent unchanged: {why}", p.path),
+            ),
+        }
+    }
+    changed
 }
 
 impl Senders {

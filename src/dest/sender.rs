@@ -167,6 +167,7 @@ impl Link {
 
     /// The connection failed: ledger what it may have lost.
     fn failed(&self, e: &std::io::Error) {
+        set_connected(&self.counters, false);
         self.counters
             .connection_failures
             .fetch_add(1, Ordering::Relaxed);
@@ -182,8 +183,13 @@ impl Link {
     }
 }
 
-fn encode(cfg: &DestinationConfig, batches: &[OutBatch], buf: &mut Vec<u8>, stats: &Stats) {
+/// Encodes `batches` into `buf`; returns the number of carbon batches (pickle frames, or
+/// for plaintext the same count of `max_datapoints_per_message` chunks): carbon's
+/// `batchesSent`.
+fn encode(cfg: &DestinationConfig, batches: &[OutBatch], buf: &mut Vec<u8>, stats: &Stats) -> u64 {
     buf.clear();
+    let per = cfg.max_datapoints_per_message.max(1);
+    let frames = batches.iter().map(|b| b.len().div_ceil(per) as u64).sum();
     let pickle_out = cfg.protocol == DestProtocol::Pickle && cfg.address != DestAddress::Stdout;
     for b in batches {
         if pickle_out {
@@ -198,6 +204,7 @@ fn encode(cfg: &DestinationConfig, batches: &[OutBatch], buf: &mut Vec<u8>, stat
             plaintext::encode_lines(b, buf);
         }
     }
+    frames
 }
 
 /// Waits for the next queued batch; meanwhile notices a connection the peer closed.
@@ -225,6 +232,13 @@ async fn next_batch(
     }
 }
 
+/// Notes whether the sender holds a connection (for carbon's `queuedUntilConnected`).
+fn set_connected(counters: &DestCounters, up: bool) {
+    counters
+        .state
+        .store(if up { super::UP } else { super::DOWN }, Ordering::Relaxed);
+}
+
 pub(super) async fn run_sender(
     link: Link,
     mut rx: mpsc::Receiver<OutBatch>,
@@ -250,7 +264,7 @@ pub(super) async fn run_sender(
                 Err(_) => break,
             }
         }
-        encode(cfg, &batches, &mut buf, &link.stats);
+        let frames = encode(cfg, &batches, &mut buf, &link.stats);
         loop {
             let c = match conn.as_mut() {
                 Some(c) => c,
@@ -258,9 +272,11 @@ pub(super) async fn run_sender(
                     Ok(c) => {
                         tracing::info!(destination = cfg.name(), "connected");
                         backoff = Duration::from_millis(100);
+                        set_connected(&link.counters, true);
                         conn.insert(c)
                     }
                     Err(e) => {
+                        set_connected(&link.counters, false);
                         let name = cfg.name();
                         link.stats.events.emit(
                             Event::DestinationConnectFailed,
@@ -288,6 +304,7 @@ pub(super) async fn run_sender(
             *q = None;
         }
         counters.sent.fetch_add(n as u64, Ordering::Relaxed);
+        counters.batches.fetch_add(frames, Ordering::Relaxed);
         link.stats.sent.fetch_add(n as u64, Ordering::Relaxed);
     }
     if let Some(c) = conn {

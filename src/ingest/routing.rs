@@ -95,7 +95,8 @@ impl Routing {
         }
     }
 
-    /// Routes one datapoint through the tenant gate and the route caches.
+    /// Routes one datapoint through the tenant gate and the route caches; a path the
+    /// white/blacklists filter is counted (not quarantined: a filter is no loss).
     #[inline]
     pub(crate) fn accept(&mut self, p: &Pipeline, out: &mut Batches, dp: &Datapoint<'_>) {
         // The tenant gate: state and rate limits, then (for a path new to the route cache)
@@ -110,12 +111,16 @@ impl Routing {
             Some((t, id)) => t.admit_series(id, dp.path),
             None => Ok(()),
         };
+        let resolution = self.router.timestamp_resolution();
         match self.routes.get(&self.router, dp.path, admit_new) {
-            Ok(route) => {
-                out.dispatch(route, dp);
-                self.received += 1;
-                self.received_total += 1;
-            }
+            Ok(route) => match route.filtered {
+                Some(reason) => self.tally.add(reason, 1, dp.timestamp),
+                None => {
+                    out.dispatch(route, &floored(dp, resolution));
+                    self.received += 1;
+                    self.received_total += 1;
+                }
+            },
             Err(reason) => self.reject_point(p, reason, dp),
         }
     }
@@ -130,13 +135,13 @@ impl Routing {
 
     /// Routes a run of datapoints in order, like [`Routing::accept`] on each.
     ///
-    /// Without tenants, the private route cache is first probed for the whole run and only
+    /// Without tenants or a timestamp resolution, the private route cache is first probed for the whole run and only
     /// then are its work items written: the probes do not depend on each other, so the CPU
     /// overlaps their cache misses (with 100 000 paths per connection, the probe's first
     /// touch of a table entry was half of `accept`). A path not yet cached ends the probe
     /// and takes the full path.
     pub(crate) fn accept_run(&mut self, p: &Pipeline, out: &mut Batches, dps: &[Datapoint<'_>]) {
-        if p.tenants.is_some() {
+        if p.tenants.is_some() || self.router.timestamp_resolution() > 0 {
             for dp in dps {
                 self.accept(p, out, dp);
             }
@@ -149,8 +154,8 @@ impl Routing {
             let mut hits = 0;
             for dp in run {
                 match self.routes.peek(dp.path) {
-                    Some(r) => found[hits] = Some(r),
-                    None => break,
+                    Some(r) if r.filtered.is_none() => found[hits] = Some(r),
+                    _ => break,
                 }
                 hits += 1;
             }
@@ -165,5 +170,38 @@ impl Routing {
                 next += 1;
             }
         }
+    }
+}
+
+/// `dp` with its timestamp floored to a multiple of `resolution` seconds, as carbon's
+/// MIN_TIMESTAMP_RESOLUTION does (`int(ts) // res * res`: truncated to whole seconds, then
+/// floored); unchanged for 0.
+#[inline]
+fn floored<'a>(dp: &Datapoint<'a>, resolution: u32) -> Datapoint<'a> {
+    if resolution == 0 {
+        return *dp;
+    }
+    let res = i64::from(resolution);
+    Datapoint {
+        timestamp: ((dp.timestamp.trunc() as i64).div_euclid(res) * res) as f64,
+        ..*dp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_floor_like_carbon() {
+        let dp = |t| Datapoint {
+            path: "a",
+            timestamp: t,
+            value: 1.0,
+        };
+        assert_eq!(floored(&dp(1_700_000_059.9), 60).timestamp, 1_700_000_040.0);
+        assert_eq!(floored(&dp(-1.5), 60).timestamp, -60.0);
+        assert_eq!(floored(&dp(7.25), 0).timestamp, 7.25);
+        assert_eq!(floored(&dp(10.0), 10).timestamp, 10.0);
     }
 }

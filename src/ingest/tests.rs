@@ -31,6 +31,8 @@ fn ingest(
         write_back_frequency: 0,
         route_cache_entries: 10,
         max_values_per_bucket: 10,
+        lists: Arc::default(),
+        timestamp_resolution: 0,
     };
     let p = Arc::new(Pipeline {
         router: ArcSwap::from_pointee(Router::new(aggregation, 1)),

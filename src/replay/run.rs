@@ -247,8 +247,14 @@ fn journal_error(dir: &Path, source: std::io::Error) -> ReplayError {
 }
 
 /// Writes replayed aggregates to destinations over plain blocking TCP (or stdout).
+/// Names are placed on the destinations as the daemon places them (`[routing]`, with
+/// tag normalisation); `--dest` gets everything.
 struct Sender {
     targets: Vec<(DestAddress, DestProtocol, usize)>,
+    /// Where each name goes, over `targets`; `None` with `--dest`.
+    routing: Option<crate::config::Routing>,
+    /// Counts names that do not normalise.
+    events: crate::events::Events,
 }
 
 impl Sender {
@@ -264,14 +270,33 @@ impl Sender {
         if targets.is_empty() && !opts.dry_run {
             return Err(ReplayError::NoDestination);
         }
-        Ok(Sender { targets })
+        Ok(Sender {
+            targets,
+            routing: opts.dest.is_none().then(|| config.routing.clone()),
+            events: crate::events::Events::default(),
+        })
     }
 
     fn send(&mut self, points: &[OutPoint]) -> Result<(), ReplayError> {
         if points.is_empty() {
             return Ok(());
         }
-        for (addr, proto, per_frame) in &self.targets {
+        let normalized = match &self.routing {
+            Some(r) if r.normalize_tags => crate::dest::normalize(points, &self.events),
+            _ => None,
+        };
+        let points = normalized.as_deref().unwrap_or(points);
+        let shares = match &self.routing {
+            Some(r) if !r.placement.is_broadcast() => {
+                Some(crate::dest::split(&r.placement, points))
+            }
+            _ => None,
+        };
+        for (i, (addr, proto, per_frame)) in self.targets.iter().enumerate() {
+            let points = shares.as_ref().map_or(points, |s| &s[i]);
+            if points.is_empty() {
+                continue;
+            }
             let mut buf = Vec::new();
             match (addr, proto) {
                 (DestAddress::Tcp(_), DestProtocol::Pickle) => {

@@ -92,6 +92,9 @@ pub struct Route {
     pub outputs: Box<[Output]>,
     /// Name to forward the raw datapoint under, if `forward_all` applies.
     pub forward: Option<Arc<str>>,
+    /// Set when the white/blacklists drop the path (then there are no outputs and no
+    /// forward): the reason to count.
+    pub filtered: Option<crate::reason::DropReason>,
 }
 
 /// Computes and caches routes.
@@ -123,9 +126,21 @@ impl Router {
         self.cache.len()
     }
 
-    /// Computes the route of `path` without the cache.
+    /// Seconds timestamps are floored to a multiple of (0: off).
+    pub fn timestamp_resolution(&self) -> u32 {
+        self.aggregation.timestamp_resolution
+    }
+
+    /// Computes the route of `path` without the cache: the white/blacklists on the path
+    /// as received, then the `[pre]` rewrite, the rules and the forward.
     pub fn compute(&self, path: &str) -> Route {
         let a = &self.aggregation;
+        if let Some(reason) = a.lists.check(path) {
+            return Route {
+                filtered: Some(reason),
+                ..Route::default()
+            };
+        }
         let rewritten = a.rewrite.apply_pre(path);
         let rules = a.rules.rules();
         let outputs: Box<[Output]> = a
@@ -143,7 +158,11 @@ impl Router {
             .collect();
         let forward = (a.forward_all && !outputs.iter().any(|o| *o.key.name == *rewritten))
             .then(|| Arc::from(a.rewrite.apply_post(&rewritten).as_ref()));
-        Route { outputs, forward }
+        Route {
+            outputs,
+            forward,
+            filtered: None,
+        }
     }
 
     /// The shared key of output series `name`; a new one gets the method and frequency
@@ -201,8 +220,11 @@ impl Router {
         if let Some(r) = self.cache.get(path) {
             return Ok(Arc::clone(&r));
         }
-        admit_new()?;
         let route = Arc::new(self.compute(path));
+        // A filtered path is no series of its tenant's.
+        if route.filtered.is_none() {
+            admit_new()?;
+        }
         if self.cache.len() >= self.aggregation.route_cache_entries {
             self.cache.clear();
             // Keys only the interner still holds feed no cached route and no live series.

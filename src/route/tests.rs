@@ -15,6 +15,8 @@ fn aggregation(rules: &str, rewrite: &str, forward_all: bool, cache: usize) -> A
         write_back_frequency: 0,
         route_cache_entries: cache,
         max_values_per_bucket: 10,
+        lists: Arc::default(),
+        timestamp_resolution: 0,
     }
 }
 

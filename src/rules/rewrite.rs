@@ -16,7 +16,7 @@ use std::path::Path;
 
 use regex::{Regex, RegexBuilder};
 
-use super::{REGEX_SIZE_LIMIT, RuleError};
+use super::{Problems, REGEX_SIZE_LIMIT, RuleError};
 
 /// One `REGEX = REPLACEMENT` line.
 #[derive(Clone, Debug)]
@@ -104,48 +104,26 @@ impl RewriteRules {
     }
 
     /// Parses rewrite rules text; `file` is only used in errors.
+    ///
+    /// Errors: every bad line, with its number: an unknown section, a rule before any
+    /// section, a line without `=`, a regex that does not compile.
     pub fn parse(text: &str, file: &Path) -> Result<Self, RuleError> {
         let mut rules = RewriteRules::default();
+        let mut problems = Problems::new(file);
         let mut section: Option<bool> = None; // Some(true) = pre
         for (i, raw) in text.lines().enumerate() {
             let line = raw.trim();
-            let fail = |message: String| RuleError {
-                file: file.to_path_buf(),
-                line: i + 1,
-                message,
-            };
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            if line.starts_with('[') && line.ends_with(']') {
-                section = match line[1..line.len() - 1].trim().to_lowercase().as_str() {
-                    "pre" => Some(true),
-                    "post" => Some(false),
-                    other => return Err(fail(format!("unknown section [{other}] (pre or post)"))),
-                };
-                continue;
-            }
-            let pre =
-                section.ok_or_else(|| fail("rule before any [pre] or [post] section".into()))?;
-            let (re, repl) = line
-                .split_once('=')
-                .ok_or_else(|| fail("expected 'regex = replacement'".into()))?;
-            let regex = RegexBuilder::new(re.trim())
-                .size_limit(REGEX_SIZE_LIMIT)
-                .build()
-                .map_err(|e| fail(format!("invalid regex {:?}: {e}", re.trim())))?;
-            let rule = RewriteRule {
-                line: i + 1,
-                regex,
-                replacement: python_replacement(repl.trim()),
-            };
-            if pre {
-                rules.pre.push(rule);
-            } else {
-                rules.post.push(rule);
+            match parse_line(line, i + 1, &mut section) {
+                Ok(None) => {}
+                Ok(Some((true, rule))) => rules.pre.push(rule),
+                Ok(Some((false, rule))) => rules.post.push(rule),
+                Err(message) => problems.at(i + 1, message),
             }
         }
-        Ok(rules)
+        problems.done(rules)
     }
 
     /// Applies the `[pre]` rules (borrows when nothing changes).
@@ -157,6 +135,37 @@ impl RewriteRules {
     pub(crate) fn apply_post<'a>(&self, path: &'a str) -> Cow<'a, str> {
         apply(&self.post, path)
     }
+}
+
+/// One non-blank line: a section header (updates `section`, yields nothing) or a rule with
+/// whether it is `[pre]`.
+fn parse_line(
+    line: &str,
+    line_no: usize,
+    section: &mut Option<bool>,
+) -> Result<Option<(bool, RewriteRule)>, String> {
+    if line.starts_with('[') && line.ends_with(']') {
+        *section = match line[1..line.len() - 1].trim().to_lowercase().as_str() {
+            "pre" => Some(true),
+            "post" => Some(false),
+            other => return Err(format!("unknown section [{other}] (pre or post)")),
+        };
+        return Ok(None);
+    }
+    let pre = section.ok_or("rule before any [pre] or [post] section")?;
+    let (re, repl) = line
+        .split_once('=')
+        .ok_or("expected 'regex = replacement'")?;
+    let regex = RegexBuilder::new(re.trim())
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
+        .map_err(|e| format!("invalid regex {:?}: {}", re.trim(), super::regex_error(&e)))?;
+    let rule = RewriteRule {
+        line: line_no,
+        regex,
+        replacement: python_replacement(repl.trim()),
+    };
+    Ok(Some((pre, rule)))
 }
 
 #[cfg(test)]
@@ -201,10 +210,13 @@ mod tests {
     #[test]
     fn errors_name_the_line() {
         let e = parse("[pre]\nok = fine\n(unclosed = x\n").unwrap_err();
-        assert_eq!(e.line, 3);
-        assert!(e.message.contains("invalid regex"));
-        assert_eq!(parse("a = b\n").unwrap_err().line, 1);
-        assert_eq!(parse("[pre]\nno equals sign\n").unwrap_err().line, 2);
-        assert_eq!(parse("[mid]\n").unwrap_err().line, 1);
+        assert_eq!(e.line(), Some(3));
+        assert!(e.to_string().contains("invalid regex"));
+        assert_eq!(parse("a = b\n").unwrap_err().line(), Some(1));
+        assert_eq!(
+            parse("[pre]\nno equals sign\n").unwrap_err().line(),
+            Some(2)
+        );
+        assert_eq!(parse("[mid]\n").unwrap_err().line(), Some(1));
     }
 }

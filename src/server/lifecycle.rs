@@ -30,7 +30,7 @@ impl Server {
     /// Applies a new, already validated configuration without losing buffered aggregates
     /// or dropping connections: the rules, rewrites, `forward_all` and route cache (a new
     /// router, swapped whole) and the tenant registry. Settings that need a restart
-    /// (listeners, workers, destinations, journal, limits, bucket settings, admin) are
+    /// (listeners, workers, destinations, routing, journal, limits, bucket settings, admin) are
     /// reported and left as they are.
     ///
     /// Errors: the new tenant registry cannot be read; nothing is changed then.
@@ -46,6 +46,7 @@ impl Server {
             ("[[listen]]", old.listeners != new.listeners),
             ("[workers]", old.workers != new.workers),
             ("[[destination]]", old.destinations != new.destinations),
+            ("[routing]", old.routing != new.routing),
             ("[journal]", old.journal != new.journal),
             ("[limits]", old.limits != new.limits),
             (

@@ -159,7 +159,8 @@ pub async fn start_with_io(
     if config.destinations.is_empty() {
         tracing::warn!("no [[destination]]: aggregates are computed and discarded");
     }
-    let (dests, senders) = Destinations::start(&config.destinations, Arc::clone(&stats));
+    let (dests, senders) =
+        Destinations::start(&config.destinations, &config.routing, Arc::clone(&stats));
     let quarantine = (config.quarantine.as_ref())
         .map(|q| Quarantine::open(q.file.clone(), q.max_bytes, Arc::clone(&stats.events)))
         .transpose()?

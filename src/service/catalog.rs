@@ -19,10 +19,10 @@ pub const CATALOG: &[Metric] = &[
         help: "Datapoints accepted.",
         ty: Type::Counter,
         label: None,
-        carbon: Carbon::Stat {
+        carbon: &[Carbon::Stat {
             name: "metricsReceived",
             always: true,
-        },
+        }],
         read: |o, f| f("", ld(&o.stats.received)),
     },
     Metric {
@@ -30,10 +30,10 @@ pub const CATALOG: &[Metric] = &[
         help: "Aggregates emitted, re-emissions included.",
         ty: Type::Counter,
         label: None,
-        carbon: Carbon::Stat {
+        carbon: &[Carbon::Stat {
             name: "aggregateDatapointsSent",
             always: true,
-        },
+        }],
         read: |o, f| f("", ld(&o.stats.aggregates_emitted)),
     },
     Metric {
@@ -41,7 +41,7 @@ pub const CATALOG: &[Metric] = &[
         help: "Raw datapoints forwarded.",
         ty: Type::Counter,
         label: None,
-        carbon: Carbon::No,
+        carbon: &[],
         read: |o, f| f("", ld(&o.stats.forwarded)),
     },
     Metric {
@@ -49,7 +49,7 @@ pub const CATALOG: &[Metric] = &[
         help: "Datapoints written to destinations.",
         ty: Type::Counter,
         label: None,
-        carbon: Carbon::No,
+        carbon: &[],
         read: |o, f| f("", ld(&o.stats.sent)),
     },
     Metric {
@@ -57,10 +57,10 @@ pub const CATALOG: &[Metric] = &[
         help: "Open inbound TCP connections.",
         ty: Type::Gauge,
         label: None,
-        carbon: Carbon::Stat {
+        carbon: &[Carbon::Stat {
             name: "activeConnections",
             always: true,
-        },
+        }],
         read: |o, f| f("", ld(&o.stats.active_connections)),
     },
     Metric {
@@ -68,7 +68,7 @@ pub const CATALOG: &[Metric] = &[
         help: "Inbound TCP connections closed at once: a connection limit was reached.",
         ty: Type::Counter,
         label: None,
-        carbon: Carbon::No,
+        carbon: &[],
         read: |o, f| f("", o.stats.events.count(Event::ConnectionRefused)),
     },
     Metric {
@@ -76,10 +76,20 @@ pub const CATALOG: &[Metric] = &[
         help: "Datapoints, lines or frames dropped, by reason.",
         ty: Type::Counter,
         label: Some("reason"),
-        carbon: Carbon::Each {
-            before: "drops.",
-            after: "",
-        },
+        carbon: &[
+            Carbon::Each {
+                before: "drops.",
+                after: "",
+            },
+            Carbon::Label {
+                label: "blacklist",
+                name: "blacklistMatches",
+            },
+            Carbon::Label {
+                label: "whitelist",
+                name: "whitelistRejects",
+            },
+        ],
         read: |o, f| {
             for r in DropReason::ALL {
                 f(r.as_str(), o.stats.drops(r));
@@ -91,10 +101,10 @@ pub const CATALOG: &[Metric] = &[
         help: "Notable events other than drops (failures aggd recovers from), by event.",
         ty: Type::Counter,
         label: Some("event"),
-        carbon: Carbon::Each {
+        carbon: &[Carbon::Each {
             before: "events.",
             after: "",
-        },
+        }],
         read: |o, f| {
             for e in Event::ALL {
                 f(e.as_str(), o.stats.events.count(e));
@@ -106,18 +116,63 @@ pub const CATALOG: &[Metric] = &[
         help: "Datapoints written, per destination.",
         ty: Type::Counter,
         label: Some("destination"),
-        carbon: Carbon::Each {
-            before: "destinations.",
-            after: ".sent",
-        },
+        carbon: &[Carbon::Dest { stat: "sent" }],
         read: |o, f| o.dests.counters().for_each(|(d, c)| f(d, ld(&c.sent))),
+    },
+    Metric {
+        name: "destination_attempted",
+        help: "Datapoints offered to a destination's queue, kept or dropped.",
+        ty: Type::Counter,
+        label: Some("destination"),
+        carbon: &[Carbon::Dest {
+            stat: "attemptedRelays",
+        }],
+        read: |o, f| o.dests.counters().for_each(|(d, c)| f(d, ld(&c.attempted))),
+    },
+    Metric {
+        name: "destination_batches",
+        help: "carbon batches (pickle frames, or plaintext chunks of max_datapoints_per_message) written, per destination.",
+        ty: Type::Counter,
+        label: Some("destination"),
+        carbon: &[Carbon::Dest {
+            stat: "batchesSent",
+        }],
+        read: |o, f| o.dests.counters().for_each(|(d, c)| f(d, ld(&c.batches))),
+    },
+    Metric {
+        name: "destination_queued_until_connected",
+        help: "Datapoints offered to a destination while it was down.",
+        ty: Type::Counter,
+        label: Some("destination"),
+        carbon: &[Carbon::Dest {
+            stat: "queuedUntilConnected",
+        }],
+        read: |o, f| {
+            o.dests
+                .counters()
+                .for_each(|(d, c)| f(d, ld(&c.queued_until_connected)));
+        },
+    },
+    Metric {
+        name: "destination_queue_peak",
+        help: "Largest queue length (datapoints) seen since the last carbon self-metrics report.",
+        ty: Type::Gauge,
+        label: Some("destination"),
+        carbon: &[Carbon::Dest {
+            stat: "relayMaxQueueLength",
+        }],
+        read: |o, f| {
+            o.dests
+                .counters()
+                .for_each(|(d, c)| f(d, c.peak_queued.load(Ordering::Relaxed) as u64));
+        },
     },
     Metric {
         name: "destination_unconfirmed",
         help: "Datapoints written into connections that then failed (ledgered).",
         ty: Type::Counter,
         label: Some("destination"),
-        carbon: Carbon::No,
+        carbon: &[],
         read: |o, f| {
             o.dests
                 .counters()
@@ -129,7 +184,7 @@ pub const CATALOG: &[Metric] = &[
         help: "Destination connections that failed.",
         ty: Type::Counter,
         label: Some("destination"),
-        carbon: Carbon::No,
+        carbon: &[],
         read: |o, f| {
             o.dests
                 .counters()
@@ -141,10 +196,9 @@ pub const CATALOG: &[Metric] = &[
         help: "Datapoints dropped on a full destination queue.",
         ty: Type::Counter,
         label: Some("destination"),
-        carbon: Carbon::Each {
-            before: "destinations.",
-            after: ".fullQueueDrops",
-        },
+        carbon: &[Carbon::Dest {
+            stat: "fullQueueDrops",
+        }],
         read: |o, f| {
             o.dests
                 .counters()
@@ -156,7 +210,7 @@ pub const CATALOG: &[Metric] = &[
         help: "Datapoints queued, per destination.",
         ty: Type::Gauge,
         label: Some("destination"),
-        carbon: Carbon::No,
+        carbon: &[],
         read: |o, f| {
             o.dests
                 .counters()
@@ -168,7 +222,7 @@ pub const CATALOG: &[Metric] = &[
         help: "Batches waiting, per worker.",
         ty: Type::Gauge,
         label: Some("worker"),
-        carbon: Carbon::No,
+        carbon: &[],
         read: |o, f| {
             for (i, q) in o.queues.iter().enumerate() {
                 f(&i.to_string(), q.len() as u64);
@@ -180,10 +234,10 @@ pub const CATALOG: &[Metric] = &[
         help: "Live output series, per worker.",
         ty: Type::Gauge,
         label: Some("worker"),
-        carbon: Carbon::Stat {
+        carbon: &[Carbon::Stat {
             name: "allocatedBuffers",
             always: true,
-        },
+        }],
         read: |o, f| {
             for (i, g) in o.gauges.iter().enumerate() {
                 f(&i.to_string(), ld(&g.series));
@@ -195,10 +249,10 @@ pub const CATALOG: &[Metric] = &[
         help: "Datapoints in live buckets, per worker.",
         ty: Type::Gauge,
         label: Some("worker"),
-        carbon: Carbon::Stat {
+        carbon: &[Carbon::Stat {
             name: "bufferedDatapoints",
             always: true,
-        },
+        }],
         read: |o, f| {
             for (i, g) in o.gauges.iter().enumerate() {
                 f(&i.to_string(), ld(&g.buffered));
@@ -210,7 +264,10 @@ pub const CATALOG: &[Metric] = &[
         help: "Records journaled.",
         ty: Type::Counter,
         label: None,
-        carbon: Carbon::No,
+        carbon: &[Carbon::Stat {
+            name: "journal.records",
+            always: false,
+        }],
         read: |o, f| o.journal.iter().for_each(|j| f("", ld(&j.stats().records))),
     },
     Metric {
@@ -218,7 +275,10 @@ pub const CATALOG: &[Metric] = &[
         help: "Bytes journaled.",
         ty: Type::Counter,
         label: None,
-        carbon: Carbon::No,
+        carbon: &[Carbon::Stat {
+            name: "journal.bytes",
+            always: false,
+        }],
         read: |o, f| o.journal.iter().for_each(|j| f("", ld(&j.stats().bytes))),
     },
     Metric {
@@ -226,7 +286,10 @@ pub const CATALOG: &[Metric] = &[
         help: "Records waiting for the journal writer (lag).",
         ty: Type::Gauge,
         label: None,
-        carbon: Carbon::No,
+        carbon: &[Carbon::Stat {
+            name: "journal.queue",
+            always: true,
+        }],
         read: |o, f| o.journal.iter().for_each(|j| f("", j.queued() as u64)),
     },
     Metric {
@@ -234,7 +297,10 @@ pub const CATALOG: &[Metric] = &[
         help: "Bytes of all journal segments.",
         ty: Type::Gauge,
         label: None,
-        carbon: Carbon::No,
+        carbon: &[Carbon::Stat {
+            name: "journal.sizeBytes",
+            always: true,
+        }],
         read: |o, f| o.journal.iter().for_each(|j| f("", j.size_on_disk())),
     },
     Metric {
@@ -242,7 +308,10 @@ pub const CATALOG: &[Metric] = &[
         help: "Journal batch writes or rotations that failed.",
         ty: Type::Counter,
         label: None,
-        carbon: Carbon::No,
+        carbon: &[Carbon::Stat {
+            name: "journal.writeErrors",
+            always: false,
+        }],
         read: |o, f| {
             o.journal
                 .iter()
@@ -254,7 +323,10 @@ pub const CATALOG: &[Metric] = &[
         help: "Journal fsyncs that failed.",
         ty: Type::Counter,
         label: None,
-        carbon: Carbon::No,
+        carbon: &[Carbon::Stat {
+            name: "journal.fsyncErrors",
+            always: false,
+        }],
         read: |o, f| {
             o.journal
                 .iter()
@@ -266,7 +338,10 @@ pub const CATALOG: &[Metric] = &[
         help: "Records the journal could not write.",
         ty: Type::Counter,
         label: None,
-        carbon: Carbon::No,
+        carbon: &[Carbon::Stat {
+            name: "journal.unjournaled",
+            always: false,
+        }],
         read: |o, f| {
             o.journal
                 .iter()
@@ -278,7 +353,7 @@ pub const CATALOG: &[Metric] = &[
         help: "Loss ledger entries kept in memory because the ledger file cannot be written.",
         ty: Type::Gauge,
         label: None,
-        carbon: Carbon::No,
+        carbon: &[],
         read: |o, f| {
             o.stats
                 .ledger()
@@ -291,7 +366,7 @@ pub const CATALOG: &[Metric] = &[
         help: "Loss ledger flushes that failed.",
         ty: Type::Counter,
         label: None,
-        carbon: Carbon::No,
+        carbon: &[],
         read: |o, f| {
             o.stats
                 .ledger()
@@ -304,7 +379,7 @@ pub const CATALOG: &[Metric] = &[
         help: "Rejected datapoints not written to the quarantine file: its queue was full.",
         ty: Type::Counter,
         label: None,
-        carbon: Carbon::No,
+        carbon: &[],
         read: |o, f| o.quarantine.iter().for_each(|q| f("", q.overflowed())),
     },
     Metric {
@@ -312,10 +387,10 @@ pub const CATALOG: &[Metric] = &[
         help: "Resident set size of the process.",
         ty: Type::Gauge,
         label: None,
-        carbon: Carbon::Stat {
+        carbon: &[Carbon::Stat {
             name: "memUsage",
             always: true,
-        },
+        }],
         read: |_, f| f("", super::self_metrics::process_usage().1),
     },
     Metric {
@@ -323,7 +398,7 @@ pub const CATALOG: &[Metric] = &[
         help: "1 when ready.",
         ty: Type::Gauge,
         label: None,
-        carbon: Carbon::No,
+        carbon: &[],
         read: |o, f| f("", u64::from(o.is_ready())),
     },
 ];

@@ -30,27 +30,40 @@ pub enum Type {
     Gauge,
 }
 
-/// How a metric appears among carbon self-metrics
-/// (`<prefix>.aggregator.<host>.<stat>`).
+/// One way a metric appears among carbon self-metrics
+/// (`<prefix>.aggregator.<host>-<instance>.<stat>`); a metric has any number of them.
+///
+/// A counter's stat is its change over the interval, a gauge's its level. Omitted when
+/// zero for the interval, except `always` stats (carbon's common stats).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Carbon {
-    /// Not sent.
-    No,
-    /// One stat: the value, or the sum over its labels. `always`: sent even when a
-    /// counter did not change (carbon's always-sent stats).
+    /// One stat: the value, or the sum over its labels.
     Stat {
         /// The stat's name, e.g. `metricsReceived`.
         name: &'static str,
-        /// Sent even when zero.
+        /// Sent even when zero (a counter's change; a gauge is then sent as it is).
         always: bool,
     },
-    /// One stat per label value, `<before><label value, . → _><after>`, sent when it
-    /// changed.
+    /// One stat per label value, `<before><label value, . → _><after>`.
     Each {
         /// Text before the label value, e.g. `drops.`.
         before: &'static str,
-        /// Text after the label value, e.g. `.sent`.
+        /// Text after the label value.
         after: &'static str,
+    },
+    /// One always-sent stat from the sample of one label value (e.g. the `blacklist`
+    /// drops as `blacklistMatches`).
+    Label {
+        /// The label value.
+        label: &'static str,
+        /// The stat's name.
+        name: &'static str,
+    },
+    /// A per-destination family (samples in destination order) as carbon's
+    /// `destinations.<dest>.<stat>`, `<dest>` being `host:port:instance` with `.` → `_`.
+    Dest {
+        /// carbon's stat name, e.g. `attemptedRelays`.
+        stat: &'static str,
     },
 }
 
@@ -68,8 +81,8 @@ pub struct Metric {
     pub ty: Type,
     /// The label of a family (`reason`, `destination`, `worker`, `event`).
     pub label: Option<&'static str>,
-    /// Its carbon self-metric.
-    pub carbon: Carbon,
+    /// Its carbon self-metrics (none: not sent).
+    pub carbon: &'static [Carbon],
     /// Reads its samples.
     pub read: Read,
 }

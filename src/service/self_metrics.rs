@@ -2,16 +2,23 @@
 //! and sent to the destinations every `service.self_metrics_interval`, never through rules
 //! or rewrites.
 //!
-//! Names: `<prefix>.aggregator.<host>.<stat>` (carbon's scheme; `<host>` with `.` → `_`).
+//! Names, as carbon-aggregator 1.1.x's (`carbon/instrumentation.py`):
+//! `<prefix>.aggregator.<host>-<instance>.<stat>`, `<host>` with `.` → `_`, instance `a`
+//! unless configured (`service.instance`, carbon's `--instance`). The first report is one
+//! interval after start; with a zero interval none is ever sent, not even at shutdown.
+//!
 //! Values per interval, like carbon's: a counter sends its change since the last report, a
-//! gauge its level. Counters that did not change are left out except the always-sent ones
-//! (`metricsReceived`, `aggregateDatapointsSent`), as in carbon. The stats are those the
-//! catalog names ([`super::metrics::Carbon`]): `metricsReceived`,
-//! `aggregateDatapointsSent`, `allocatedBuffers`, `bufferedDatapoints`,
-//! `activeConnections`, `memUsage` (RSS bytes), `destinations.<dest>.sent` and
-//! `.fullQueueDrops` (`<dest>` with `.` → `_`), aggd's `drops.<reason>` and
-//! `events.<event>`; plus `cpuUsage` (process CPU time / wall time × 100 over the
-//! interval), which is a rate of two readings and so not in the catalog.
+//! gauge its level. Stats that are zero for the interval are left out, except carbon's
+//! common ones, always sent: `metricsReceived`, `aggregateDatapointsSent`,
+//! `allocatedBuffers`, `bufferedDatapoints`, `activeConnections`, `blacklistMatches`,
+//! `whitelistRejects`, `cpuUsage` (process CPU time / wall time × 100 over the interval, a
+//! rate of two readings and so not in the catalog) and `memUsage` (RSS bytes). Per
+//! destination (`<dest>` = `host:port:instance`, `.` → `_`, e.g. `127_0_0_1:2004:None`):
+//! `destinations.<dest>.attemptedRelays`, `.sent`, `.batchesSent`,
+//! `.relayMaxQueueLength` (largest queue length in the interval), `.fullQueueDrops`,
+//! `.queuedUntilConnected`. aggd's own, under the same prefix: `drops.<reason>`,
+//! `events.<event>` and `journal.*`. The catalog ([`super::metrics::CATALOG`]) says which
+//! metric feeds which stat ([`super::metrics::Carbon`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -54,43 +61,63 @@ pub(crate) struct Report {
 
 impl Report {
     /// The stats of one report over `metrics`, as `(stat, value)`: counters as their
-    /// change since the previous call.
+    /// change since the previous call, gauges as they are; zero ones left out except the
+    /// `always` ones. Resets the destinations' queue peaks (they are per report).
     pub fn stats(&mut self, metrics: &Metrics) -> Vec<(String, u64)> {
         let o = metrics.observed();
+        let dest_names: Vec<&str> = o.dests.carbon_counters().map(|(n, _)| n).collect();
         let mut out = Vec::new();
         for m in CATALOG {
+            if m.carbon.is_empty() {
+                continue;
+            }
             let mut samples: Vec<(String, u64)> = Vec::new();
             (m.read)(o, &mut |label, v| samples.push((label.to_string(), v)));
             if samples.is_empty() {
                 continue;
             }
-            let mut add = |stat: String, v: u64, always: bool| match m.ty {
-                Type::Gauge => out.push((stat, v)),
-                Type::Counter => {
-                    let prev = self.last.insert(stat.clone(), v).unwrap_or(0);
-                    let d = v.saturating_sub(prev);
-                    if always || d > 0 {
-                        out.push((stat, d));
+            for view in m.carbon {
+                match *view {
+                    Carbon::Stat { name, always } => {
+                        let v = samples.iter().map(|s| s.1).sum();
+                        self.add(&mut out, m.ty, name.to_string(), v, always);
                     }
-                }
-            };
-            match m.carbon {
-                Carbon::No => {}
-                Carbon::Stat { name, always } => {
-                    add(name.to_string(), samples.iter().map(|s| s.1).sum(), always);
-                }
-                Carbon::Each { before, after } => {
-                    for (label, v) in samples {
-                        add(
-                            format!("{before}{}{after}", label.replace('.', "_")),
-                            v,
-                            false,
-                        );
+                    Carbon::Each { before, after } => {
+                        for (label, v) in &samples {
+                            let stat = format!("{before}{}{after}", label.replace('.', "_"));
+                            self.add(&mut out, m.ty, stat, *v, false);
+                        }
+                    }
+                    Carbon::Label { label, name } => {
+                        let v = samples.iter().find(|s| s.0 == label).map_or(0, |s| s.1);
+                        self.add(&mut out, m.ty, name.to_string(), v, true);
+                    }
+                    Carbon::Dest { stat } => {
+                        for ((_, v), dest) in samples.iter().zip(&dest_names) {
+                            let name = format!("destinations.{dest}.{stat}");
+                            self.add(&mut out, m.ty, name, *v, false);
+                        }
                     }
                 }
             }
         }
+        o.dests.reset_peaks();
         out
+    }
+
+    /// Adds one stat: a counter's change since the last report, a gauge's level; left out
+    /// when zero unless `always`.
+    fn add(&mut self, out: &mut Vec<(String, u64)>, ty: Type, stat: String, v: u64, always: bool) {
+        let v = match ty {
+            Type::Gauge => v,
+            Type::Counter => {
+                let prev = self.last.insert(stat.clone(), v).unwrap_or(0);
+                v.saturating_sub(prev)
+            }
+        };
+        if always || v > 0 {
+            out.push((stat, v));
+        }
     }
 }
 
@@ -106,8 +133,7 @@ pub fn spawn_self_metrics(
     if interval.is_zero() {
         return;
     }
-    let (prefix, host) = (&service.self_metrics_prefix, &service.hostname);
-    let base = format!("{prefix}.aggregator.{host}");
+    let base = service.self_metrics_base();
     tracker.spawn(async move {
         let mut report = Report::default();
         let (mut last_cpu, _) = process_usage();

@@ -20,7 +20,8 @@ use crate::time::Window;
 async fn both_views_read_the_same_counters_and_only_what_applies() {
     let guard = tempfile::tempdir().unwrap();
     let stats = Arc::new(Stats::default());
-    let (dests, _senders) = Destinations::start(&[], Arc::clone(&stats));
+    let (dests, _senders) =
+        Destinations::start(&[], &crate::config::Routing::all(&[]), Arc::clone(&stats));
     let events = Arc::clone(&stats.events);
     let q = Arc::new(Quarantine::open(guard.path().join("q.log"), 1 << 20, events).unwrap());
     q.close();

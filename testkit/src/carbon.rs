@@ -38,12 +38,7 @@ impl CarbonCache {
 
     /// Starts carbon-cache on a free port.
     pub fn start() -> CarbonCache {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        CarbonCache::start_on(port, tempdir("carbon-cache"))
+        CarbonCache::start_on(super::free_port(), tempdir("carbon-cache"))
     }
 
     /// Starts carbon-cache with its pickle receiver on `port`, storing under `dir`.
@@ -137,4 +132,75 @@ impl CarbonCache {
             .map(|l| l.parse().ok())
             .collect()
     }
+}
+
+/// carbon's own `ConsistentHashingRouter` (what carbon-aggregator routes with), run by
+/// Debian's CPython from the graphite-carbon package.
+const CARBON_ROUTER: &str = r#"
+import sys
+from carbon.routers import ConsistentHashingRouter
+class Settings:
+    REPLICATION_FACTOR = int(sys.argv[1])
+    DIVERSE_REPLICAS = sys.argv[2] == "1"
+    ROUTER_HASH_TYPE = sys.argv[3]
+dests = []
+for d in sys.argv[4:]:
+    parts = d.split(":")
+    dests.append((parts[0], int(parts[1]), parts[2] if len(parts) > 2 else None))
+router = ConsistentHashingRouter(Settings())
+for d in dests:
+    router.addDestination(d)
+label = dict(zip(dests, sys.argv[4:]))
+out = []
+for line in sys.stdin.buffer.read().decode("utf-8").split("\n")[:-1]:
+    seen = []
+    for d in router.getDestinations(line):
+        if label[d] not in seen:
+            seen.append(label[d])
+    out.append(",".join(seen))
+sys.stdout.write("\n".join(out) + "\n")
+"#;
+
+/// Where carbon's router (`ROUTER_HASH_TYPE` `hash_type`, `REPLICATION_FACTOR`,
+/// `DIVERSE_REPLICAS`) places each of `names` over `destinations` (`host:port[:instance]`):
+/// per name, its destinations as given, comma-separated, primary first (a destination
+/// carbon yields twice is listed once). `pythonpath` is added for optional modules (mmh3).
+pub fn carbon_placement(
+    hash_type: &str,
+    replication: usize,
+    diverse: bool,
+    destinations: &[&str],
+    names: &[String],
+    pythonpath: Option<&Path>,
+) -> Vec<String> {
+    use std::io::Write as _;
+    let mut cmd = Command::new(DEBIAN_PYTHON);
+    cmd.args(["-c", CARBON_ROUTER, &replication.to_string()])
+        .arg(if diverse { "1" } else { "0" })
+        .arg(hash_type)
+        .args(destinations)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(p) = pythonpath {
+        cmd.env("PYTHONPATH", p);
+    }
+    let mut child = cmd
+        .spawn()
+        .expect("Debian's python3 with graphite-carbon is required (tests/install-deps.sh)");
+    let input = names.join("\n") + "\n";
+    let mut stdin = child.stdin.take().expect("piped");
+    let feeder = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+    let out = child.wait_with_output().expect("carbon's router ran");
+    feeder.join().expect("feeder").expect("writing names");
+    assert!(
+        out.status.success(),
+        "carbon's router failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .expect("UTF-8")
+        .lines()
+        .map(str::to_string)
+        .collect()
 }

@@ -23,6 +23,16 @@ use std::path::PathBuf;
 use std::process::Child;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// A port on 127.0.0.1 free a moment ago (bound to port 0 and released), for programs
+/// that take a port number, where 0 means "off" (carbon-cache, carbon.conf receivers):
+/// a small race, if another process takes it in between.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("binding 127.0.0.1:0")
+        .port()
+}
+
 /// A fresh directory under the system temp dir.
 pub fn tempdir(tag: &str) -> PathBuf {
     let nanos = SystemTime::now()

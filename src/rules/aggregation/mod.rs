@@ -22,7 +22,7 @@ use std::path::Path;
 
 use regex::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
 
-use super::{REGEX_SIZE_LIMIT, RuleError};
+use super::{Problems, REGEX_SIZE_LIMIT, RuleError};
 use crate::method::Method;
 
 /// One piece of an output template.
@@ -163,31 +163,33 @@ impl AggregationRules {
 
     /// Parses rules text; `file` is only used in errors.
     ///
-    /// Errors: the first invalid line, with its number: wrong token count, bad frequency,
+    /// Errors: every invalid line, with its number: wrong token count, bad frequency,
     /// unknown method, a pattern that is not a valid regex, an output template field the
     /// pattern does not capture.
     pub fn parse(text: &str, file: &Path) -> Result<Self, RuleError> {
         let mut rules = Vec::new();
+        let mut problems = Problems::new(file);
         for (i, raw) in text.lines().enumerate() {
             let line = raw.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let rule = parse_rule(line, i + 1).map_err(|message| RuleError {
-                file: file.to_path_buf(),
-                line: i + 1,
-                message,
-            })?;
-            rules.push(rule);
+            match parse_rule(line, i + 1) {
+                Ok(rule) => rules.push(rule),
+                Err(message) => problems.at(i + 1, message),
+            }
         }
+        let rules = problems.done(rules)?;
         let set = RegexSetBuilder::new(rules.iter().map(|r| r.regex.as_str()))
             .size_limit(REGEX_SIZE_LIMIT.saturating_mul(rules.len().max(1)))
             .dfa_size_limit(64 << 20)
             .build()
-            .map_err(|e| RuleError {
-                file: file.to_path_buf(),
-                line: 0,
-                message: format!("the rules together are too large to compile: {e}"),
+            .map_err(|e| {
+                RuleError::new(
+                    file,
+                    None,
+                    format!("the rules together are too large to compile: {e}"),
+                )
             })?;
         Ok(AggregationRules { rules, set })
     }
@@ -254,7 +256,12 @@ fn parse_rule(line: &str, line_no: usize) -> Result<AggregationRule, String> {
     let regex = RegexBuilder::new(&regex_text)
         .size_limit(REGEX_SIZE_LIMIT)
         .build()
-        .map_err(|e| format!("input pattern {pattern:?} is not a valid regex: {e}"))?;
+        .map_err(|e| {
+            format!(
+                "input pattern {pattern:?} is not a valid regex: {}",
+                super::regex_error(&e)
+            )
+        })?;
     let output = Template::parse(template)?;
     for field in output.fields() {
         if !regex.capture_names().flatten().any(|n| n == field) {

@@ -1,0 +1,415 @@
+//! Drop-in migration: build a [`Config`] from carbon.conf's `[aggregator]` section, with
+//! `[aggregator:<instance>]` on top (instance `a` unless `--instance` says otherwise), as
+//! carbon-aggregator 1.1.x reads it.
+//!
+//! Keys are case-insensitive, as in carbon's ConfigParser; values follow carbon's rules
+//! (ConfigParser booleans, numbers, `None` for unset). [`keys::KEYS`] is the table of
+//! every key and what aggd does with it (`docs/operations.md` prints it); absent keys take
+//! carbon 1.1.7's code defaults. A key aggd ignores is logged with the reason, one aggd
+//! does not know at all (carbon accepts those silently) is logged as unknown.
+
+pub mod keys;
+mod section;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::file::{
+    AggregationFile, DestinationFile, ListenFile, RoutingFile, ServiceFile, WorkersFile, defaults,
+    resolve,
+};
+use super::{Config, ConfigError, DestProtocol, File, Protocol, Transport, invalid};
+use crate::ring::Method;
+use section::Section;
+
+/// carbon-aggregator's default instance.
+pub const DEFAULT_INSTANCE: &str = "a";
+
+/// Splits a `DESTINATIONS` entry, `host:port[:instance]` (IPv6 as
+/// `[addr]:port[:instance]`), into `host:port` and the instance.
+fn parse_destination(entry: &str) -> Option<(String, Option<String>)> {
+    let e = entry.trim();
+    let (address, instance) = if let Some(rest) = e.strip_prefix('[') {
+        let (addr, after) = rest.split_once(']')?;
+        let mut parts = after.strip_prefix(':')?.splitn(2, ':');
+        let port = parts.next()?;
+        port.parse::<u16>().ok()?;
+        (format!("[{addr}]:{port}"), parts.next())
+    } else {
+        let mut parts = e.splitn(3, ':');
+        let host = parts.next().filter(|h| !h.is_empty())?;
+        let port = parts.next()?;
+        port.parse::<u16>().ok()?;
+        (format!("{host}:{port}"), parts.next())
+    };
+    let instance = instance.filter(|i| !i.is_empty()).map(str::to_string);
+    Some((address, instance))
+}
+
+/// Reads `path` as carbon-aggregator's default instance ([`DEFAULT_INSTANCE`]) would.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    load_instance(path, DEFAULT_INSTANCE)
+}
+
+/// Reads `path`'s `[aggregator]` section, then `[aggregator:<instance>]` over it, into a
+/// validated [`Config`]; `instance` also names the self-metrics
+/// (`<prefix>.aggregator.<host>-<instance>.<stat>`).
+///
+/// Errors: unreadable or unparsable file, no `[aggregator]` section, bad values (named by
+/// key), settings aggd cannot honour (`DESTINATION_TRANSPORT = ssl`,
+/// `DESTINATION_PROTOCOL = protobuf`, an unknown `ROUTER_HASH_TYPE`), or invalid rules
+/// files.
+pub fn load_instance(path: &Path, instance: &str) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Io {
+        file: path.to_path_buf(),
+        error,
+    })?;
+    let ini = ini::Ini::load_from_str_opt(
+        &text,
+        ini::ParseOption {
+            enabled_escape: false,
+            ..ini::ParseOption::default()
+        },
+    )
+    .map_err(|e| ConfigError::Syntax {
+        file: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let keys = Section::read(&ini, instance, path)?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let file = File {
+        listen: listeners(&keys)?,
+        aggregation: aggregation(&keys, base)?,
+        workers: WorkersFile::default(),
+        destination: destinations(&keys)?,
+        routing: routing(&keys)?,
+        limits: limits(&keys)?,
+        journal: None,
+        tenants: None,
+        admin: None,
+        quarantine: None,
+        service: service(&keys, instance)?,
+    };
+    Config::from_file(file, path)
+}
+
+/// The rules files, bucket settings, lists and timestamp resolution.
+fn aggregation(keys: &Section<'_>, base: &Path) -> Result<AggregationFile, ConfigError> {
+    let rewrite = resolve(
+        base,
+        Path::new(keys.get("REWRITE_RULES").unwrap_or("rewrite-rules.conf")),
+    );
+    let lists = keys.flag("USE_WHITELIST", false)?;
+    Ok(AggregationFile {
+        rules: PathBuf::from(
+            keys.get("AGGREGATION_RULES")
+                .unwrap_or("aggregation-rules.conf"),
+        ),
+        rewrite_rules: rewrite.exists().then_some(rewrite),
+        forward_all: keys.flag("FORWARD_ALL", true)?,
+        max_intervals: keys.num("MAX_AGGREGATION_INTERVALS", 5)? as u32,
+        write_back_frequency: keys.num("WRITE_BACK_FREQUENCY", 0)? as u32,
+        route_cache_entries: defaults::route_cache_entries(),
+        max_values_per_bucket: defaults::max_values_per_bucket(),
+        whitelist: lists.then(|| PathBuf::from("whitelist.conf")),
+        blacklist: lists.then(|| PathBuf::from("blacklist.conf")),
+        timestamp_resolution: keys.num("MIN_TIMESTAMP_RESOLUTION", 0)? as u32,
+    })
+}
+
+/// The pickle frame limit and the connection limit.
+fn limits(keys: &Section<'_>) -> Result<crate::codec::Limits, ConfigError> {
+    let defaults = crate::codec::Limits::default();
+    // carbon's default, inf, would leave aggd's memory unbounded: aggd keeps its own.
+    let max_connections = match keys.get("MAX_RECEIVER_CONNECTIONS") {
+        Some(v) if v.eq_ignore_ascii_case("inf") => defaults.max_connections,
+        _ => keys.num("MAX_RECEIVER_CONNECTIONS", defaults.max_connections as u64)? as usize,
+    };
+    Ok(crate::codec::Limits {
+        max_pickle_frame_bytes: keys.num("PICKLE_RECEIVER_MAX_LENGTH", 1 << 20)? as usize,
+        max_connections,
+        ..defaults
+    })
+}
+
+/// Self-metrics: prefix, interval (0 or less: none), and the instance in their names.
+fn service(keys: &Section<'_>, instance: &str) -> Result<ServiceFile, ConfigError> {
+    let interval = keys.float("CARBON_METRIC_INTERVAL", 60.0)?;
+    Ok(ServiceFile {
+        self_metrics_interval: if interval > 0.0 {
+            Duration::from_secs_f64(interval)
+        } else {
+            Duration::ZERO
+        },
+        self_metrics_prefix: keys
+            .get("CARBON_METRIC_PREFIX")
+            .unwrap_or("carbon")
+            .to_string(),
+        instance: instance.to_string(),
+        ..ServiceFile::default()
+    })
+}
+
+/// The hash ring: carbon-aggregator always routes by consistent hashing.
+fn routing(keys: &Section<'_>) -> Result<RoutingFile, ConfigError> {
+    let method = match keys.get("ROUTER_HASH_TYPE") {
+        None | Some("None" | "carbon_ch") => Method::CarbonCh,
+        Some("fnv1a_ch") => Method::CarbonFnv1aCh,
+        Some("mmh3_ch") => Method::Mmh3Ch,
+        Some(other) => {
+            return Err(invalid(
+                keys.path(),
+                format!(
+                    "ROUTER_HASH_TYPE = {other:?}: carbon knows carbon_ch, fnv1a_ch and mmh3_ch"
+                ),
+            ));
+        }
+    };
+    let replication = keys.num("REPLICATION_FACTOR", 1)? as usize;
+    if replication == 0 {
+        return Err(invalid(
+            keys.path(),
+            "REPLICATION_FACTOR must be at least 1",
+        ));
+    }
+    Ok(RoutingFile {
+        method,
+        replication,
+        diverse_replicas: keys.flag("DIVERSE_REPLICAS", true)?,
+        normalize_tags: keys.flag("TAG_RELAY_NORMALIZED", false)?,
+    })
+}
+
+/// The line and pickle receivers (a port of 0 turns one off, as in carbon), and the UDP
+/// one when enabled.
+fn listeners(keys: &Section<'_>) -> Result<Vec<ListenFile>, ConfigError> {
+    let listener = |protocol, transport, address| ListenFile {
+        protocol,
+        transport,
+        address,
+        max_connections: None,
+    };
+    let mut listen = Vec::new();
+    let receivers = [
+        (Protocol::Plaintext, Transport::Tcp, "LINE", 2003, true),
+        (Protocol::Pickle, Transport::Tcp, "PICKLE", 2004, true),
+        (
+            Protocol::Plaintext,
+            Transport::Udp,
+            "UDP",
+            2003,
+            keys.flag("ENABLE_UDP_LISTENER", false)?,
+        ),
+    ];
+    for (protocol, transport, name, default_port, on) in receivers {
+        let port = keys.num(&format!("{name}_RECEIVER_PORT"), default_port)?;
+        if on && port != 0 {
+            let address = keys.addr(&format!("{name}_RECEIVER_INTERFACE"), port);
+            listen.push(listener(protocol, transport, address));
+        }
+    }
+    Ok(listen)
+}
+
+/// One destination per `DESTINATIONS` entry, with the protocol and queue settings.
+fn destinations(keys: &Section<'_>) -> Result<Vec<DestinationFile>, ConfigError> {
+    let protocol = match keys.get("DESTINATION_PROTOCOL").unwrap_or("pickle") {
+        "pickle" => DestProtocol::Pickle,
+        "line" => DestProtocol::Plaintext,
+        other => {
+            return Err(invalid(
+                keys.path(),
+                format!("DESTINATION_PROTOCOL = {other:?}: aggd sends pickle or line"),
+            ));
+        }
+    };
+    match keys.get("DESTINATION_TRANSPORT") {
+        None | Some("none" | "None") => {}
+        Some(other) => {
+            return Err(invalid(
+                keys.path(),
+                format!("DESTINATION_TRANSPORT = {other:?}: aggd has no TLS client; use none"),
+            ));
+        }
+    }
+    let queue = (keys.num("MAX_QUEUE_SIZE", 10_000)? as usize).max(defaults::queue_datapoints());
+    let per_message = keys.num("MAX_DATAPOINTS_PER_MESSAGE", 500)? as usize;
+    let mut destination = Vec::new();
+    for entry in keys.get("DESTINATIONS").unwrap_or("").split(',') {
+        if entry.trim().is_empty() {
+            continue;
+        }
+        let (address, instance) = parse_destination(entry).ok_or_else(|| {
+            invalid(
+                keys.path(),
+                format!("DESTINATIONS entry {entry:?} is not host:port[:instance]"),
+            )
+        })?;
+        destination.push(DestinationFile {
+            address,
+            protocol,
+            queue_datapoints: queue,
+            max_datapoints_per_message: per_message,
+            unconfirmed_window: defaults::unconfirmed_window(),
+            instance,
+        });
+    }
+    Ok(destination)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DestAddress;
+    use std::time::Duration;
+
+    #[test]
+    fn destinations_parse() {
+        let p = |e: &str| parse_destination(e);
+        let some = |a: &str, i: Option<&str>| Some((a.to_string(), i.map(str::to_string)));
+        assert_eq!(p("127.0.0.1:2004"), some("127.0.0.1:2004", None));
+        assert_eq!(p(" 10.0.0.1:2004:a "), some("10.0.0.1:2004", Some("a")));
+        assert_eq!(p("[::1]:2004:b"), some("[::1]:2004", Some("b")));
+        assert_eq!(parse_destination("nohost"), None);
+        assert_eq!(parse_destination("h:notaport"), None);
+    }
+
+    #[test]
+    fn debian_style_carbon_conf() {
+        let guard = tempfile::tempdir().unwrap();
+        let d = guard.path().to_path_buf();
+        std::fs::write(d.join("aggregation-rules.conf"), "a.sum (60) = sum a.*\n").unwrap();
+        std::fs::write(
+            d.join("carbon.conf"),
+            "[cache]\nLINE_RECEIVER_PORT = 2003\n\n\
+             [aggregator]\n\
+             LINE_RECEIVER_INTERFACE = 127.0.0.1\n\
+             line_receiver_port = 2023\n\
+             PICKLE_RECEIVER_PORT = 2024\n\
+             ENABLE_UDP_LISTENER = yes\n\
+             DESTINATIONS = 127.0.0.1:2004:a, 127.0.0.1:2104\n\
+             FORWARD_ALL = False\n\
+             MAX_QUEUE_SIZE = 10000\n\
+             MAX_AGGREGATION_INTERVALS = 3\n\
+             USE_FLOW_CONTROL = True\n",
+        )
+        .unwrap();
+        let c = load(&d.join("carbon.conf")).unwrap();
+        assert_eq!(c.listeners.len(), 3);
+        assert_eq!(c.listeners[0].address, "127.0.0.1:2023");
+        assert_eq!(c.listeners[1].address, "0.0.0.0:2024");
+        assert_eq!(c.listeners[2].address, "0.0.0.0:2003");
+        assert_eq!(c.listeners[2].transport, Transport::Udp);
+        assert_eq!(c.destinations.len(), 2);
+        assert_eq!(
+            c.destinations[1].address,
+            DestAddress::Tcp("127.0.0.1:2104".into())
+        );
+        assert_eq!(c.destinations[0].protocol, DestProtocol::Pickle);
+        assert_eq!(c.destinations[0].queue_datapoints, 100_000);
+        assert!(!c.aggregation.forward_all);
+        assert_eq!(c.aggregation.max_intervals, 3);
+        assert_eq!(c.aggregation.rules.rules().len(), 1);
+        assert!(c.aggregation.rewrite_file.is_none());
+        assert_eq!(c.destinations[0].instance.as_deref(), Some("a"));
+        assert_eq!(c.destinations[1].carbon_name(), "127_0_0_1:2104:None");
+        assert_eq!(c.routing.placement.method(), Method::CarbonCh);
+        assert_eq!(c.service.self_metrics_interval, Duration::from_secs(60));
+        assert_eq!(c.service.instance, "a");
+    }
+
+    /// Writes a carbon.conf with `keys` in `[aggregator]` (and `extra` after it) and
+    /// loads it as `instance`.
+    fn load_with(keys: &str, extra: &str, instance: &str) -> Result<Config, ConfigError> {
+        let guard = tempfile::tempdir().unwrap();
+        let d = guard.path();
+        std::fs::write(
+            d.join("aggregation-rules.conf"),
+            "a.sum (60) = sum a.*
+",
+        )
+        .unwrap();
+        std::fs::write(
+            d.join("carbon.conf"),
+            format!("[aggregator]\nDESTINATIONS = 127.0.0.1:2004, 127.0.0.2:2004\n{keys}\n{extra}"),
+        )
+        .unwrap();
+        load_instance(&d.join("carbon.conf"), instance)
+    }
+
+    #[test]
+    fn self_metrics_interval_and_names() {
+        for (v, secs) in [("0", 0), ("-1", 0), ("5", 5), ("None", 60)] {
+            let c = load_with(&format!("CARBON_METRIC_INTERVAL = {v}"), "", "a").unwrap();
+            assert_eq!(
+                c.service.self_metrics_interval,
+                Duration::from_secs(secs),
+                "{v}"
+            );
+        }
+        let c = load_with(
+            "CARBON_METRIC_PREFIX = base",
+            "[aggregator:b]\nCARBON_METRIC_PREFIX = other\nLINE_RECEIVER_PORT = 0\n",
+            "b",
+        )
+        .unwrap();
+        assert_eq!(c.service.self_metrics_prefix, "other");
+        assert_eq!(c.listeners.len(), 1, "port 0 turns the line receiver off");
+        let mut s = c.service.clone();
+        s.hostname = "web01_example_com".into();
+        assert_eq!(
+            s.self_metrics_base(),
+            "other.aggregator.web01_example_com-b"
+        );
+    }
+
+    #[test]
+    fn routing_keys_and_refusals() {
+        let c = load_with(
+            "ROUTER_HASH_TYPE = fnv1a_ch\nREPLICATION_FACTOR = 2\nDIVERSE_REPLICAS = False\n\
+             TAG_RELAY_NORMALIZED = True\nMIN_TIMESTAMP_RESOLUTION = 10\n\
+             MAX_RECEIVER_CONNECTIONS = 7",
+            "",
+            "a",
+        )
+        .unwrap();
+        let p = &c.routing.placement;
+        assert_eq!(p.method(), Method::CarbonFnv1aCh);
+        assert_eq!((p.replication(), p.diverse()), (2, false));
+        assert!(c.routing.normalize_tags);
+        assert_eq!(c.aggregation.timestamp_resolution, 10);
+        assert_eq!(c.limits.max_connections, 7);
+        for (keys, needle) in [
+            ("ROUTER_HASH_TYPE = md5", "ROUTER_HASH_TYPE"),
+            ("DESTINATION_TRANSPORT = ssl", "TLS"),
+            ("DESTINATION_PROTOCOL = protobuf", "pickle or line"),
+            ("REPLICATION_FACTOR = 0", "REPLICATION_FACTOR"),
+        ] {
+            let e = load_with(keys, "", "a").unwrap_err().to_string();
+            assert!(e.contains(needle), "{keys}: {e}");
+        }
+        // Two destinations on one host without instances share a ring key: refused, as
+        // carbon refuses them.
+        let guard = tempfile::tempdir().unwrap();
+        let d = guard.path();
+        std::fs::write(d.join("aggregation-rules.conf"), "a.sum (60) = sum a.*\n").unwrap();
+        std::fs::write(
+            d.join("carbon.conf"),
+            "[aggregator]\nDESTINATIONS = 127.0.0.1:2004, 127.0.0.1:2104\n",
+        )
+        .unwrap();
+        let e = load(&d.join("carbon.conf")).unwrap_err().to_string();
+        assert!(e.contains("127.0.0.1:2004 and 127.0.0.1:2104"), "{e}");
+    }
+
+    #[test]
+    fn every_key_of_the_table_is_documented() {
+        let doc = include_str!("../../../docs/operations.md");
+        for (key, _) in keys::KEYS {
+            assert!(
+                doc.contains(&format!("| {key} |")),
+                "{key} missing from docs/operations.md"
+            );
+        }
+    }
+}
