@@ -332,8 +332,12 @@ impl Placement {
 
     /// carbon-c-relay's `ch_get_nodes` for `jump_fnv1a_ch`.
     fn place_jump(&self, name: &str, out: &mut Vec<usize>) {
-        let mut buckets = self.buckets.clone();
         let mut hash = relay_fnv1a64(name.as_bytes());
+        if self.replication == 1 {
+            out.push(self.buckets[jump_bucket(hash, self.buckets.len())]);
+            return;
+        }
+        let mut buckets = self.buckets.clone();
         let mut i = buckets.len();
         while i > 0 {
             let j = jump_bucket(hash, i);

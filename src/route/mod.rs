@@ -97,6 +97,16 @@ pub struct Route {
     pub filtered: Option<crate::reason::DropReason>,
 }
 
+impl Route {
+    /// The route of a path the white/blacklists drop for `reason`.
+    fn filtered(reason: crate::reason::DropReason) -> Route {
+        Route {
+            filtered: Some(reason),
+            ..Route::default()
+        }
+    }
+}
+
 /// Computes and caches routes.
 pub struct Router {
     aggregation: Aggregation,
@@ -134,13 +144,15 @@ impl Router {
     /// Computes the route of `path` without the cache: the white/blacklists on the path
     /// as received, then the `[pre]` rewrite, the rules and the forward.
     pub fn compute(&self, path: &str) -> Route {
-        let a = &self.aggregation;
-        if let Some(reason) = a.lists.check(path) {
-            return Route {
-                filtered: Some(reason),
-                ..Route::default()
-            };
+        match self.aggregation.lists.check(path) {
+            Some(reason) => Route::filtered(reason),
+            None => self.compute_listed(path),
         }
+    }
+
+    /// The route of `path`, which the white/blacklists let through.
+    fn compute_listed(&self, path: &str) -> Route {
+        let a = &self.aggregation;
         let rewritten = a.rewrite.apply_pre(path);
         let rules = a.rules.rules();
         let outputs: Box<[Output]> = a
@@ -220,11 +232,15 @@ impl Router {
         if let Some(r) = self.cache.get(path) {
             return Ok(Arc::clone(&r));
         }
-        let route = Arc::new(self.compute(path));
-        // A filtered path is no series of its tenant's.
-        if route.filtered.is_none() {
-            admit_new()?;
-        }
+        // A filtered path is no series of its tenant's; a path over the tenant's series
+        // limit costs no rule matching.
+        let route = Arc::new(match self.aggregation.lists.check(path) {
+            Some(reason) => Route::filtered(reason),
+            None => {
+                admit_new()?;
+                self.compute_listed(path)
+            }
+        });
         if self.cache.len() >= self.aggregation.route_cache_entries {
             self.cache.clear();
             // Keys only the interner still holds feed no cached route and no live series.

@@ -119,3 +119,24 @@ fn output_keys_are_shared_and_released() {
     assert!(!r.keys.contains_key("h1.total"), "unused key was kept");
     assert!(r.interned() <= 8);
 }
+
+#[test]
+fn listed_paths_are_filtered_before_admission_and_rules() {
+    let d = tempfile::tempdir().unwrap();
+    let black = d.path().join("blacklist.conf");
+    std::fs::write(&black, "secret\n").unwrap();
+    let mut a = aggregation("<h>.total (60) = sum <h>.*\n", "", true, 100);
+    a.lists = Arc::new(crate::rules::lists::Lists::load(Some(&black), None).unwrap());
+    let r = Router::new(a, 2);
+    let route = r
+        .lookup("web.secret", || panic!("a filtered path is not admitted"))
+        .unwrap();
+    assert_eq!(route.filtered, Some(crate::reason::DropReason::Blacklist));
+    assert!(route.outputs.is_empty() && route.forward.is_none());
+    let route = r.lookup("web.cpu", || Ok(())).unwrap();
+    assert_eq!(route.filtered, None);
+    assert_eq!(&*route.outputs[0].key.name, "web.total");
+    // Over the tenant's series limit: refused before any rule is matched.
+    let e = r.lookup("db.cpu", || Err(crate::reason::DropReason::SeriesLimit));
+    assert_eq!(e.unwrap_err(), crate::reason::DropReason::SeriesLimit);
+}
