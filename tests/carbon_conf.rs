@@ -333,3 +333,50 @@ fn two_carbon_caches_each_series_lands_where_carbons_ring_says() {
     }
     stop(child);
 }
+
+#[test]
+fn a_dead_destinations_share_waits_and_is_never_rerouted() {
+    let capture = Capture::start("pickle");
+    let dead = free_port(); // nothing listens there
+    let dests = [capture.addr.to_string(), format!("127.0.0.2:{dead}")];
+    let dir = tempdir("cc-dead");
+    std::fs::write(
+        dir.join("aggregation-rules.conf"),
+        "agg.<s> (60) = sum in.<s>.*\n",
+    )
+    .unwrap();
+    let conf = carbon_conf(
+        &dir,
+        &dests.join(", "),
+        "FORWARD_ALL = False\nCARBON_METRIC_INTERVAL = 0\n",
+    );
+    let (child, tcp) = run(&conf, &[]);
+    let base = previous_bucket(60);
+    let series: Vec<String> = (0..40).map(|i| format!("agg.s{i}")).collect();
+    let lines: String = (0..40).map(|i| format!("in.s{i}.x 1 {base}\n")).collect();
+    send(tcp, &lines);
+    let dest_refs: Vec<&str> = dests.iter().map(String::as_str).collect();
+    let expected = carbon_placement("carbon_ch", 1, true, &dest_refs, &series, None);
+    let live: Vec<&String> = (0..40)
+        .filter(|&i| expected[i] == dests[0])
+        .map(|i| &series[i])
+        .collect();
+    assert!(
+        !live.is_empty() && live.len() < series.len(),
+        "{expected:?}"
+    );
+    capture.wait_for("the live destination's share", |got| {
+        live.iter().all(|s| got.contains_key(&((*s).clone(), base)))
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let got = capture.snapshot();
+    for (i, s) in series.iter().enumerate() {
+        if expected[i] != dests[0] {
+            assert!(
+                !got.contains_key(&(s.clone(), base)),
+                "{s} belongs to the dead destination and was re-routed"
+            );
+        }
+    }
+    stop(child);
+}
