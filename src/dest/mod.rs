@@ -1,5 +1,11 @@
 //! Destinations: carbon-cache, go-carbon, a relay, or stdout.
 //!
+//! Each outgoing datapoint goes to the destinations `[routing]` places its name on
+//! ([`crate::ring`]: carbon's consistent-hash ring by default, every destination with
+//! `all` or a single destination), after carbon's tag normalisation when
+//! `normalize_tags` is on. A destination that is down keeps its share queued; nothing is
+//! re-routed.
+//!
 //! Each destination has its own bounded queue (counted in datapoints, `queue_datapoints`)
 //! and its own sender task. Workers and listeners only ever `offer` to a queue, which never
 //! blocks: when a queue is full the batch is dropped for that destination alone and counted
