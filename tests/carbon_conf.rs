@@ -269,15 +269,18 @@ fn tagged_and_openmetrics_names_go_out_normalised() {
     stop(child);
 }
 
-#[test]
-fn two_carbon_caches_each_series_lands_where_carbons_ring_says() {
-    let a = CarbonCache::start();
-    let b = CarbonCache::start();
-    let dests = [
-        format!("127.0.0.1:{}:a", a.port),
-        format!("127.0.0.1:{}:b", b.port),
-    ];
-    let dir = tempdir("cc-ring");
+/// aggd with rule `agg.<s> (60) = sum in.<s>.*` routing to `dests` by carbon's ring, after
+/// `lines(i)` was sent for each of 40 series `agg.s<i>` at `base`.
+struct Spread {
+    child: Child,
+    base: i64,
+    series: Vec<String>,
+    /// Per series, the destination carbon's own router names.
+    expected: Vec<String>,
+}
+
+fn spread(tag: &str, dests: &[String], lines: impl Fn(usize, i64) -> String) -> Spread {
+    let dir = tempdir(tag);
     std::fs::write(
         dir.join("aggregation-rules.conf"),
         "agg.<s> (60) = sum in.<s>.*\n",
@@ -291,12 +294,33 @@ fn two_carbon_caches_each_series_lands_where_carbons_ring_says() {
     let (child, tcp) = run(&conf, &[]);
     let base = previous_bucket(60);
     let series: Vec<String> = (0..40).map(|i| format!("agg.s{i}")).collect();
-    let lines: String = (0..40)
-        .map(|i| format!("in.s{i}.x {i} {base}\nin.s{i}.y 1 {base}\n"))
-        .collect();
-    send(tcp, &lines);
+    send(tcp, &(0..40).map(|i| lines(i, base)).collect::<String>());
     let dest_refs: Vec<&str> = dests.iter().map(String::as_str).collect();
     let expected = carbon_placement("carbon_ch", 1, true, &dest_refs, &series, None);
+    Spread {
+        child,
+        base,
+        series,
+        expected,
+    }
+}
+
+#[test]
+fn two_carbon_caches_each_series_lands_where_carbons_ring_says() {
+    let a = CarbonCache::start();
+    let b = CarbonCache::start();
+    let dests = [
+        format!("127.0.0.1:{}:a", a.port),
+        format!("127.0.0.1:{}:b", b.port),
+    ];
+    let Spread {
+        child,
+        base,
+        series,
+        expected,
+    } = spread("cc-ring", &dests, |i, base| {
+        format!("in.s{i}.x {i} {base}\nin.s{i}.y 1 {base}\n")
+    });
     assert!(
         expected.iter().any(|e| *e == dests[0]) && expected.iter().any(|e| *e == dests[1]),
         "the ring should use both caches: {expected:?}"
@@ -339,24 +363,12 @@ fn a_dead_destinations_share_waits_and_is_never_rerouted() {
     let capture = Capture::start("pickle");
     let dead = free_port(); // nothing listens there
     let dests = [capture.addr.to_string(), format!("127.0.0.2:{dead}")];
-    let dir = tempdir("cc-dead");
-    std::fs::write(
-        dir.join("aggregation-rules.conf"),
-        "agg.<s> (60) = sum in.<s>.*\n",
-    )
-    .unwrap();
-    let conf = carbon_conf(
-        &dir,
-        &dests.join(", "),
-        "FORWARD_ALL = False\nCARBON_METRIC_INTERVAL = 0\n",
-    );
-    let (child, tcp) = run(&conf, &[]);
-    let base = previous_bucket(60);
-    let series: Vec<String> = (0..40).map(|i| format!("agg.s{i}")).collect();
-    let lines: String = (0..40).map(|i| format!("in.s{i}.x 1 {base}\n")).collect();
-    send(tcp, &lines);
-    let dest_refs: Vec<&str> = dests.iter().map(String::as_str).collect();
-    let expected = carbon_placement("carbon_ch", 1, true, &dest_refs, &series, None);
+    let Spread {
+        child,
+        base,
+        series,
+        expected,
+    } = spread("cc-dead", &dests, |i, base| format!("in.s{i}.x 1 {base}\n"));
     let live: Vec<&String> = (0..40)
         .filter(|&i| expected[i] == dests[0])
         .map(|i| &series[i])

@@ -4,12 +4,12 @@
 //! CPython) and of carbon-c-relay's test mode (`carbon-c-relay -t`, which prints where
 //! each metric goes). Tag normalisation is compared with carbon's own `TaggedSeries`.
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use aggd::config::Config;
 use aggd_testkit::carbon::carbon_placement;
+use aggd_testkit::run_with_input;
 
 /// Debian's CPython, which has the `carbon` package.
 const PYTHON: &str = "/usr/bin/python3";
@@ -83,24 +83,9 @@ fn aggd(
 
 /// Runs `program args`, feeding `input`; its stdout.
 fn run(program: &str, args: &[&str], input: &[u8]) -> String {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{program}: {e} (tests/install-deps.sh installs it)"));
-    let mut stdin = child.stdin.take().unwrap();
-    let input = input.to_vec();
-    let feeder = std::thread::spawn(move || stdin.write_all(&input));
-    let out = child.wait_with_output().unwrap();
-    feeder.join().unwrap().unwrap();
-    assert!(
-        out.status.success(),
-        "{program} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    run_with_input(cmd, input)
 }
 
 fn carbon(

@@ -173,33 +173,16 @@ pub fn carbon_placement(
     names: &[String],
     pythonpath: Option<&Path>,
 ) -> Vec<String> {
-    use std::io::Write as _;
     let mut cmd = Command::new(DEBIAN_PYTHON);
     cmd.args(["-c", CARBON_ROUTER, &replication.to_string()])
         .arg(if diverse { "1" } else { "0" })
         .arg(hash_type)
-        .args(destinations)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .args(destinations);
     if let Some(p) = pythonpath {
         cmd.env("PYTHONPATH", p);
     }
-    let mut child = cmd
-        .spawn()
-        .expect("Debian's python3 with graphite-carbon is required (tests/install-deps.sh)");
     let input = names.join("\n") + "\n";
-    let mut stdin = child.stdin.take().expect("piped");
-    let feeder = std::thread::spawn(move || stdin.write_all(input.as_bytes()));
-    let out = child.wait_with_output().expect("carbon's router ran");
-    feeder.join().expect("feeder").expect("writing names");
-    assert!(
-        out.status.success(),
-        "carbon's router failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout)
-        .expect("UTF-8")
+    super::process::run_with_input(cmd, input.as_bytes())
         .lines()
         .map(str::to_string)
         .collect()

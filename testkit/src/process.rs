@@ -136,3 +136,27 @@ pub fn python_pickle_send(addr: SocketAddr, protocol: u8, points: &[(String, f64
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Runs `cmd` with `input` on its stdin (written from a thread, so a child that answers
+/// while it reads cannot deadlock); fails the test unless it succeeds; returns its stdout.
+pub fn run_with_input(mut cmd: Command, input: &[u8]) -> String {
+    use std::io::Write as _;
+    let what = format!("{:?}", cmd.get_program());
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what}: {e} (tests/install-deps.sh installs it)"));
+    let mut stdin = child.stdin.take().expect("piped");
+    let input = input.to_vec();
+    let feeder = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output().expect("the child ran");
+    feeder.join().expect("feeder").expect("writing stdin");
+    assert!(
+        out.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}
