@@ -10,6 +10,7 @@
 #![deny(unsafe_code)]
 
 pub mod aggregate;
+pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod datapoint;

@@ -354,6 +354,66 @@ pub struct File {
     /// Service behaviour: drain, self-metrics.
     #[serde(default)]
     pub service: ServiceFile,
+    /// Cluster mode on NATS JetStream (standalone without this section).
+    pub cluster: Option<ClusterFile>,
+}
+
+/// `[cluster]` as written: cluster mode on NATS JetStream (`docs/cluster.md`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    /// NATS server URLs (`nats://host:port`); the client fails over between them.
+    pub servers: Vec<String>,
+    /// The cluster's name: the stream is `AGGD_<name>`, subjects `aggd.<name>.shard.<k>`.
+    #[serde(default = "defaults::cluster_name")]
+    pub name: String,
+    /// This node's id; default: the host name.
+    pub node: Option<String>,
+    /// Shards S, fixed when the cluster is created.
+    #[serde(default = "defaults::shards")]
+    pub shards: u32,
+    /// JetStream replicas of the stream and the KV buckets.
+    #[serde(default = "defaults::replicas")]
+    pub replicas: usize,
+    /// Age beyond which the stream deletes messages.
+    #[serde(default = "defaults::retention", with = "humantime_serde")]
+    pub retention: Duration,
+    /// The stream's duplicate window for `Nats-Msg-Id`.
+    #[serde(default = "defaults::duplicate_window", with = "humantime_serde")]
+    pub duplicate_window: Duration,
+    /// Shard lease time to live.
+    #[serde(default = "defaults::lease_ttl", with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// Published messages awaiting their acknowledgement at most.
+    #[serde(default = "defaults::max_in_flight")]
+    pub max_in_flight: usize,
+    /// Unpublished journal bytes beyond which TCP readers wait and UDP counts `queue_full`.
+    #[serde(default = "defaults::max_publish_lag_bytes")]
+    pub max_publish_lag_bytes: u64,
+    /// A message is sent once it holds this many datapoints…
+    #[serde(default = "defaults::batch_datapoints")]
+    pub batch_datapoints: usize,
+    /// …or this many bytes…
+    #[serde(default = "defaults::batch_bytes")]
+    pub batch_bytes: usize,
+    /// …or its oldest datapoint has waited this long.
+    #[serde(default = "defaults::batch_delay", with = "humantime_serde")]
+    pub batch_delay: Duration,
+    /// A NATS credentials file (`.creds`).
+    pub credentials: Option<PathBuf>,
+    /// A NATS token (prefer `token_file`).
+    pub token: Option<String>,
+    /// A file holding the NATS token.
+    pub token_file: Option<PathBuf>,
+    /// Require TLS.
+    #[serde(default)]
+    pub tls: bool,
+    /// CA certificate (PEM) to verify the servers with.
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM), with `tls_key`.
+    pub tls_cert: Option<PathBuf>,
+    /// Client key (PEM), with `tls_cert`.
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Resolves `p` against `base` (the config file's directory) unless it is absolute.
@@ -387,12 +447,57 @@ impl File {
         if let Some(q) = &mut self.quarantine {
             fix(&mut q.file);
         }
+        if let Some(c) = &mut self.cluster {
+            for p in [
+                &mut c.credentials,
+                &mut c.token_file,
+                &mut c.tls_ca,
+                &mut c.tls_cert,
+                &mut c.tls_key,
+            ] {
+                p.as_mut().map(fix);
+            }
+        }
     }
 }
 
 /// The defaults `config/aggd.toml` documents.
 pub(crate) mod defaults {
     use std::time::Duration;
+
+    pub fn cluster_name() -> String {
+        "main".into()
+    }
+    pub fn shards() -> u32 {
+        256
+    }
+    pub fn replicas() -> usize {
+        3
+    }
+    pub fn retention() -> Duration {
+        Duration::from_secs(24 * 3600)
+    }
+    pub fn duplicate_window() -> Duration {
+        Duration::from_secs(600)
+    }
+    pub fn lease_ttl() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn max_in_flight() -> usize {
+        512
+    }
+    pub fn max_publish_lag_bytes() -> u64 {
+        1 << 30
+    }
+    pub fn batch_datapoints() -> usize {
+        1000
+    }
+    pub fn batch_bytes() -> usize {
+        64 << 10
+    }
+    pub fn batch_delay() -> Duration {
+        Duration::from_millis(50)
+    }
 
     pub fn max_intervals() -> u32 {
         5

@@ -8,6 +8,7 @@
 //! carbon.conf `[aggregator]` section.
 
 pub mod carbon;
+pub mod cluster;
 pub mod file;
 pub mod section;
 
@@ -314,6 +315,8 @@ pub struct Config {
     pub quarantine: Option<QuarantineConfig>,
     /// Service behaviour.
     pub service: Service,
+    /// Cluster mode on NATS JetStream, when on.
+    pub cluster: Option<cluster::ClusterConfig>,
     /// Fault injection (tests only, feature `fault-injection`).
     #[cfg(feature = "fault-injection")]
     pub faults: Faults,
@@ -383,6 +386,7 @@ impl Config {
             admin: file.admin.map(TryInto::try_into).transpose()?,
             quarantine: file.quarantine.map(Into::into),
             service: file.service.into(),
+            cluster: file.cluster.map(TryInto::try_into).transpose()?,
             #[cfg(feature = "fault-injection")]
             faults: Faults::default(),
         })

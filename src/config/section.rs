@@ -45,7 +45,7 @@ pub enum SectionError {
     Registry(#[from] RegistryError),
 }
 
-fn invalid(message: impl Into<String>) -> SectionError {
+pub(crate) fn invalid(message: impl Into<String>) -> SectionError {
     SectionError::Invalid(message.into())
 }
 

@@ -81,6 +81,17 @@ impl Handoff {
                 tally.add(DropReason::Unjournaled, 1, at);
             }
         }
+        if let Some(c) = &p.cluster {
+            // The publisher reads these datapoints back from the journal; the shard
+            // owners aggregate them. Backpressure while the publish lag is too high.
+            for b in &mut self.batches.pending {
+                b.clear();
+            }
+            while self.mode == Mode::Wait && c.over_limit() && !c.closing() {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            return;
+        }
         for i in 0..self.batches.pending.len() {
             for piece in pieces(std::mem::take(&mut self.batches.pending[i])) {
                 let msg = match self.mode {
@@ -100,25 +111,9 @@ impl Handoff {
     }
 }
 
-/// Sends `msg` to worker `i`, waiting while its queue is full (woken by the worker when it
-/// takes a batch, never by polling).
-async fn send_waiting(p: &Pipeline, i: usize, mut msg: WorkerMsg) {
-    let queue = &p.workers[i];
-    loop {
-        match queue.try_send(msg) {
-            Ok(()) | Err(TrySendError::Disconnected(_)) => return,
-            Err(TrySendError::Full(m)) => msg = m,
-        }
-        // Registered before trying again, so a batch taken in between still wakes us.
-        let room = p.worker_rooms[i].notified();
-        tokio::pin!(room);
-        room.as_mut().enable();
-        match queue.try_send(msg) {
-            Ok(()) | Err(TrySendError::Disconnected(_)) => return,
-            Err(TrySendError::Full(m)) => msg = m,
-        }
-        room.await;
-    }
+/// Sends `msg` to worker `i`, waiting while its queue is full.
+async fn send_waiting(p: &Pipeline, i: usize, msg: WorkerMsg) {
+    crate::aggregate::worker::send_waiting(&p.workers[i], &p.worker_rooms[i], msg).await;
 }
 
 /// Sends `msg` to worker `i`, or drops it as `queue_full` if the queue is full, with the

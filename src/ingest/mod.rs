@@ -64,6 +64,10 @@ pub struct Pipeline {
     pub route_budget: Arc<RouteBudget>,
     /// Permits for open TCP connections (`limits.max_connections`).
     pub connections: Arc<tokio::sync::Semaphore>,
+    /// Cluster mode: the journal's publisher aggregates on the shard owners, so nothing
+    /// is handed to a local worker; connections wait while the publish lag is over its
+    /// limit.
+    pub cluster: Option<Arc<crate::cluster::ClusterIngest>>,
 }
 
 impl Pipeline {
@@ -95,6 +99,7 @@ impl Pipeline {
                     .max_connections
                     .min(tokio::sync::Semaphore::MAX_PERMITS),
             )),
+            cluster: None,
         }
     }
 }
@@ -145,6 +150,26 @@ impl Ingest {
         let mut ingest = Ingest::new(p, peer, u16::MAX, Kind::PlaintextTcp);
         ingest.handoff.mode = Mode::Rebuild { delivered: false };
         ingest
+    }
+
+    /// State for cluster mode's publisher: like [`Ingest::for_rebuild`] (nothing counted
+    /// again), routing into `outputs` pending batches (one per shard, with a router built
+    /// for that many outputs) that [`Ingest::take_pending`] hands over; nothing is sent to
+    /// a worker or forwarded.
+    pub(crate) fn for_publisher(p: Arc<Pipeline>, outputs: usize) -> Self {
+        let mut ingest = Ingest::for_rebuild(p);
+        ingest.handoff = Handoff::new(outputs, Mode::Rebuild { delivered: false });
+        ingest
+    }
+
+    /// The pending work items per output (per shard for [`Ingest::for_publisher`]), to be
+    /// drained by the caller; the rejections and forwards routing counted are discarded
+    /// (the connection that received the input counted them).
+    pub(crate) fn take_pending(&mut self) -> &mut [Vec<crate::aggregate::worker::WorkItem>] {
+        self.routing.tally = DropTally::default();
+        self.routing.received = 0;
+        self.handoff.batches.forwards.clear();
+        &mut self.handoff.batches.pending
     }
 
     /// Start-up rebuild: whether the input that follows was delivered downstream by the

@@ -189,6 +189,11 @@ impl Journal {
         &self.stats
     }
 
+    /// Counters, shared (cluster mode's publisher reads the bytes written).
+    pub(crate) fn stats_arc(&self) -> Arc<JournalStats> {
+        Arc::clone(&self.stats)
+    }
+
     /// Queues a record. With `on_full = "backpressure"` waits while the queue is full
     /// (until shutdown's deadline, see [`Journal::begin_shutdown`]); with `"ingest"`
     /// returns [`Ticket::Skipped`] at once.

@@ -47,6 +47,7 @@ pub mod record;
 pub mod recovery;
 mod retention;
 pub mod segment;
+pub mod tail;
 pub mod writer;
 
 use std::path::PathBuf;

@@ -108,6 +108,17 @@ async fn enqueue(
 ) {
     let now = crate::time::now();
     let bytes = Bytes::copy_from_slice(bytes);
+    if pipeline.cluster.as_ref().is_some_and(|c| c.over_limit()) {
+        // Cluster mode, publish lag over its limit: refused before it is journaled (a
+        // journaled datagram is published whatever happens to it here).
+        let d = Datagram {
+            bytes,
+            now,
+            peer,
+            ticket: None,
+        };
+        return drop_datagram(pipeline, &d);
+    }
     let ticket = match &pipeline.journal {
         Some(j) => Some(
             j.submit(NewRecord {
@@ -139,6 +150,11 @@ async fn enqueue(
         d
     };
     queued.fetch_sub(len, Ordering::Relaxed);
+    if pipeline.cluster.is_some() && refused.ticket.is_some() {
+        // Journaled, so published and aggregated by its shard owners: only this node's
+        // count of it is skipped.
+        return;
+    }
     drop_datagram(pipeline, &refused);
 }
 

@@ -34,7 +34,7 @@ impl Server {
     /// reported and left as they are.
     ///
     /// Errors: the new tenant registry cannot be read; nothing is changed then.
-    pub fn reload(&mut self, new: Config) -> Result<Vec<String>, crate::config::ConfigError> {
+    pub async fn reload(&mut self, new: Config) -> Result<Vec<String>, crate::config::ConfigError> {
         let registry = match (&self.tenants, &new.tenants) {
             (Some(_), Some(t)) => Some(Registry::load(&t.registry)?),
             _ => None,
@@ -56,6 +56,7 @@ impl Server {
             ("[admin]", old.admin != new.admin),
             ("[service]", old.service != new.service),
             ("[quarantine]", old.quarantine != new.quarantine),
+            ("[cluster]", old.cluster != new.cluster),
             (
                 "aggregation.max_intervals / write_back_frequency / max_values_per_bucket",
                 (
@@ -79,6 +80,9 @@ impl Server {
             .store(Arc::new(Router::new(b.clone(), self.config.workers.count)));
         if let (Some((t, _)), Some(r)) = (&self.tenants, registry) {
             t.replace(r);
+        }
+        if let Some(c) = &self.cluster {
+            c.reload(&new).await;
         }
         self.config.aggregation = b.clone();
         tracing::info!(
@@ -129,15 +133,24 @@ impl Server {
 
     /// Stops in the documented order, within `service.drain_timeout` (plus the time the
     /// workers take to emit their buckets), and returns the final counters.
-    pub async fn shutdown(self) -> Arc<Stats> {
+    pub async fn shutdown(mut self) -> Arc<Stats> {
         let deadline = tokio::time::Instant::now() + self.config.service.drain_timeout;
         self.observed.ready.store(false, Ordering::Relaxed);
         if let Some(j) = &self.journal {
             j.begin_shutdown(deadline.into_std());
         }
+        if let Some(c) = &self.cluster {
+            c.closing();
+        }
         self.shutdown.cancel();
         self.tracker.close();
         self.tracker.wait().await;
+        if let (Some(c), Some(j)) = (&mut self.cluster, &self.journal) {
+            // Connections are done and their records written: publish them all, then
+            // hand the shards over (the workers then emit none of them at exit).
+            let next_seq = j.stats().next_seq.load(Ordering::Relaxed);
+            c.leave(next_seq, deadline).await;
+        }
         let workers = self.workers;
         let _ = tokio::task::spawn_blocking(move || workers.shutdown()).await;
         if let Some(q) = self.pipeline.quarantine.clone() {
@@ -192,7 +205,11 @@ pub async fn run(
         let mut states = vec![NotifyState::Reloading];
         states.extend(mono);
         service::notify(&states);
-        if let Err(e) = load().and_then(|cfg| server.reload(cfg)) {
+        let reloaded = match load() {
+            Ok(cfg) => server.reload(cfg).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = reloaded {
             server.stats.events.emit(
                 Event::ReloadFailed,
                 &format_args!("reload failed; keeping the running configuration: {e}"),

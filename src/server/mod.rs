@@ -18,6 +18,7 @@
 //! journal stops waiting for a full disk (connections then count `unjournaled`), and the
 //! senders stop waiting for their destinations.
 
+mod cluster;
 mod lifecycle;
 
 pub use lifecycle::{Signal, run};
@@ -60,6 +61,9 @@ pub enum StartError {
     /// checked).
     #[error(transparent)]
     Registry(#[from] crate::tenant::RegistryError),
+    /// Cluster mode: NATS cannot be reached, or the cluster refused this node.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 /// A running aggd.
@@ -90,6 +94,8 @@ pub struct Server {
     observed: Arc<Observed>,
     /// The running configuration (its aggregation section follows reloads).
     config: Config,
+    /// Cluster mode's parts, when on.
+    cluster: Option<cluster::ClusterRuntime>,
 }
 
 /// The forward sink of the start-up rebuild: raw datapoints were forwarded when received.
@@ -165,20 +171,30 @@ pub async fn start_with_io(
         .map(|q| Quarantine::open(q.file.clone(), q.max_bytes, Arc::clone(&stats.events)))
         .transpose()?
         .map(Arc::new);
-    let workers = spawn_workers(&config, &dests, &stats, quarantine.clone())?;
+    let joined = cluster::join(&config).await?;
+    let gate = joined.as_ref().map(|(_, g)| Arc::clone(g));
+    let workers = spawn_workers(&config, &dests, &stats, quarantine.clone(), gate)?;
     let router = Arc::new(Router::new(
         config.aggregation.clone(),
         config.workers.count,
     ));
-    if let Some(j) = &journal {
+    // In cluster mode the shard owners rebuild from the stream instead.
+    if let (Some(j), None) = (&journal, &joined) {
         let quiet = Pipeline::new(&router, &workers, Arc::new(NoForward), &stats, &config);
         rebuild(&config, j, quiet).await?;
     }
+    let cluster = match (joined, &journal) {
+        (Some((joined, gate)), Some(j)) => {
+            Some(cluster::start(joined, gate, &config, j, &workers, &stats)?)
+        }
+        _ => None,
+    };
     let tenants = load_tenants(&config)?;
     let pipeline = Arc::new(Pipeline {
         journal: journal.clone(),
         tenants: tenants.as_ref().map(|(t, _)| Arc::clone(t)),
         quarantine: quarantine.clone(),
+        cluster: cluster.as_ref().map(|c| Arc::clone(&c.ingest)),
         ..Pipeline::new(&router, &workers, dests.clone(), &stats, &config)
     });
     let shutdown = CancellationToken::new();
@@ -191,6 +207,7 @@ pub async fn start_with_io(
         heartbeats: workers.heartbeats(),
         journal: journal.clone(),
         quarantine,
+        cluster: cluster.as_ref().map(|c| Arc::clone(&c.stats)),
         ready: AtomicBool::new(false),
     });
     let metrics = Arc::new(Metrics::new(Arc::clone(&observed)));
@@ -221,6 +238,7 @@ pub async fn start_with_io(
         pipeline,
         observed,
         config,
+        cluster,
     })
 }
 
@@ -248,6 +266,7 @@ fn spawn_workers(
     dests: &Arc<Destinations>,
     stats: &Arc<Stats>,
     quarantine: Option<Arc<Quarantine>>,
+    gate: Option<Arc<crate::cluster::ShardGate>>,
 ) -> std::io::Result<WorkerPool> {
     let a = &config.aggregation;
     WorkerPool::spawn(
@@ -263,6 +282,7 @@ fn spawn_workers(
         Arc::clone(stats),
         Hooks {
             quarantine,
+            gate,
             #[cfg(feature = "fault-injection")]
             panic_on_series: config.faults.panic_on_series.as_deref().map(Arc::from),
             #[cfg(feature = "fault-injection")]

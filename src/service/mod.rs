@@ -54,6 +54,8 @@ pub struct Observed {
     pub journal: Option<Arc<Journal>>,
     /// The quarantine file, when on.
     pub quarantine: Option<Arc<Quarantine>>,
+    /// Cluster mode's counters, when on.
+    pub cluster: Option<Arc<crate::cluster::ClusterStats>>,
     /// Readiness: listeners bound and open intervals rebuilt, not shutting down.
     pub ready: AtomicBool,
 }

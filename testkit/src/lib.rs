@@ -9,6 +9,7 @@ mod capture;
 pub mod carbon;
 pub mod edge;
 mod http;
+pub mod nats;
 mod process;
 pub mod workload;
 

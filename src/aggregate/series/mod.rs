@@ -214,6 +214,11 @@ impl SeriesTable {
         r
     }
 
+    /// Deletes the series `keep` refuses, without emitting them.
+    pub fn retain(&mut self, keep: impl Fn(&SeriesKey) -> bool) {
+        self.series.retain(|key, _| keep(key));
+    }
+
     /// Calls `f` with every non-empty bucket's aggregate (dirty or not) and empties the
     /// table. Replay uses this to send complete aggregates.
     pub fn drain_all(&mut self, mut f: impl FnMut(&SeriesKey, i64, OutValue)) {
@@ -230,8 +235,23 @@ impl SeriesTable {
     /// Emits what is due at `now` into `out` (everything dirty when `force`), and deletes
     /// expired buckets and empty series.
     pub fn sweep(&mut self, now: f64, force: bool, out: &mut Vec<OutPoint>) {
+        self.sweep_where(now, force, out, |_| true);
+    }
+
+    /// Like [`SeriesTable::sweep`], for the series `emit` accepts only; the others are
+    /// left as they are (cluster mode: a shard not yet rebuilt, or whose lease lapsed).
+    pub fn sweep_where(
+        &mut self,
+        now: f64,
+        force: bool,
+        out: &mut Vec<OutPoint>,
+        emit: impl Fn(&SeriesKey) -> bool,
+    ) {
         let s = self.settings;
         self.series.retain(|key, series| {
+            if !emit(key) {
+                return true;
+            }
             series.sweep(now, &s, force, |start, value| {
                 out.push(OutPoint {
                     path: Arc::clone(&key.name),

@@ -52,6 +52,12 @@ pub enum WorkerMsg {
         /// Already delivered downstream.
         delivered: bool,
     },
+    /// Cluster mode: shard `0` has been rebuilt up to here; its series may be emitted
+    /// (while its lease is valid, see [`super::gate::ShardGate`]).
+    Live(u32),
+    /// Cluster mode: this node no longer owns shard `0`; its series are deleted without
+    /// being emitted (the new owner rebuilds and emits them).
+    Forget(u32),
     /// Emit every dirty bucket, open or not, then exit.
     Shutdown,
 }
@@ -74,6 +80,8 @@ pub struct WorkerPool {
 pub struct Hooks {
     /// Where datapoints whose processing panicked are written.
     pub quarantine: Option<Arc<Quarantine>>,
+    /// Cluster mode: which shards this node may emit.
+    pub gate: Option<Arc<super::gate::ShardGate>>,
     /// Fault injection for tests (feature `fault-injection`): applying a datapoint of
     /// this output series panics.
     #[cfg(feature = "fault-injection")]
@@ -100,6 +108,8 @@ struct Worker {
     /// Woken each time the worker takes a batch off its queue: senders waiting for room
     /// in a full queue wait on it.
     room: Arc<tokio::sync::Notify>,
+    /// Cluster mode: per shard, whether its rebuild was applied here ([`WorkerMsg::Live`]).
+    live: Vec<bool>,
 }
 
 /// What a worker publishes about itself after every sweep.
@@ -193,7 +203,16 @@ impl Worker {
 
     fn sweep(&mut self, force: bool) {
         let mut out = Vec::new();
-        self.table.sweep(time::now(), force, &mut out);
+        match &self.hooks.gate {
+            None => self.table.sweep(time::now(), force, &mut out),
+            Some(gate) => {
+                let (live, s) = (&self.live, gate.shards());
+                self.table.sweep_where(time::now(), force, &mut out, |key| {
+                    let k = super::gate::shard_of(key.hash, s);
+                    live[k as usize] && gate.may_emit(k)
+                });
+            }
+        }
         self.stats
             .aggregates_emitted
             .fetch_add(out.len() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -216,6 +235,20 @@ impl Worker {
                 Ok(WorkerMsg::Rebuild { items, delivered }) => {
                     self.apply_guarded(&items, false, !delivered);
                 }
+                Ok(WorkerMsg::Live(k)) => {
+                    if let Some(l) = self.live.get_mut(k as usize) {
+                        *l = true;
+                    }
+                }
+                Ok(WorkerMsg::Forget(k)) => {
+                    if let (Some(l), Some(gate)) = (self.live.get_mut(k as usize), &self.hooks.gate)
+                    {
+                        *l = false;
+                        let s = gate.shards();
+                        self.table
+                            .retain(|key| super::gate::shard_of(key.hash, s) != k);
+                    }
+                }
                 Ok(WorkerMsg::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
                     self.sweep(true);
                     return;
@@ -234,6 +267,31 @@ impl Worker {
                 next_tick = Instant::now() + self.tick;
             }
         }
+    }
+}
+
+/// Sends `msg` into a worker's `queue`, waiting while it is full: woken through `room`
+/// when the worker takes a batch, never by polling. A stopped worker drops it.
+pub async fn send_waiting(
+    queue: &Sender<WorkerMsg>,
+    room: &tokio::sync::Notify,
+    mut msg: WorkerMsg,
+) {
+    use crossbeam_channel::TrySendError;
+    loop {
+        match queue.try_send(msg) {
+            Ok(()) | Err(TrySendError::Disconnected(_)) => return,
+            Err(TrySendError::Full(m)) => msg = m,
+        }
+        // Registered before trying again, so a batch taken in between still wakes us.
+        let notified = room.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        match queue.try_send(msg) {
+            Ok(()) | Err(TrySendError::Disconnected(_)) => return,
+            Err(TrySendError::Full(m)) => msg = m,
+        }
+        notified.await;
     }
 }
 
@@ -262,7 +320,9 @@ impl WorkerPool {
             beats.push(Arc::clone(&beat));
             let g = Arc::new(WorkerGauges::default());
             gauges.push(Arc::clone(&g));
+            let shards = hooks.gate.as_ref().map_or(0, |g| g.shards() as usize);
             let worker = Worker {
+                live: vec![false; shards],
                 index,
                 table: SeriesTable::new(settings),
                 tick,

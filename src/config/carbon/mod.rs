@@ -78,6 +78,7 @@ pub fn load_instance(path: &Path, instance: &str) -> Result<Config, ConfigError>
     let keys = Section::read(&ini, instance, path)?;
     let base = path.parent().unwrap_or(Path::new("."));
     let file = File {
+        cluster: None,
         listen: listeners(&keys)?,
         aggregation: aggregation(&keys, base)?,
         workers: WorkersFile::default(),

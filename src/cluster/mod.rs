@@ -1,0 +1,114 @@
+//! Cluster mode on NATS JetStream (`docs/cluster.md`): N aggd nodes share aggregation by
+//! shard over one replicated stream, and any node can die without losing or
+//! double-counting a datapoint.
+//!
+//! - [`wire`]: the message format (pure).
+//! - [`shard`]: shard of a series, rendezvous hashing, applied-record ranges (pure).
+//! - `nats`: connecting, creating or joining the cluster (the stream and KV buckets),
+//!   and the refusals of a node whose shard count or rules differ.
+//! - `publish`: the ingest side. A thread follows the local journal from the node's
+//!   republish watermark ([`crate::journal::tail`]), decodes and routes each record, and
+//!   publishes per shard in batches with a bounded in-flight window; the watermark
+//!   advances as acknowledgements arrive and is persisted beside the journal.
+//! - `owner`: the shard owner side. Leases in a KV bucket, renewed by compare-and-set;
+//!   the desired owner of each shard by rendezvous hashing over live nodes; per owned
+//!   shard a consumer that rebuilds from the stream and then follows it into the workers.
+//!
+//! Fencing lives in the workers ([`ShardGate`] plus per-worker live markers): a worker
+//! emits a series only while its shard's lease is valid and its rebuild has been applied.
+
+pub(crate) mod nats;
+pub(crate) mod owner;
+pub(crate) mod publish;
+pub mod shard;
+pub mod wire;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::config::Aggregation;
+use crate::hash::fnv1a64;
+
+pub use crate::aggregate::gate::ShardGate;
+pub use nats::{ClusterError, Joined};
+
+/// The rules digest every message carries and the cluster's KV bucket keeps: FNV-1a 64
+/// over the aggregation rules file, the rewrite rules file and the settings that change
+/// what a datapoint feeds (`forward_all`, `timestamp_resolution`), in that order. Nodes
+/// with equal digests route every datapoint to the same output series.
+pub fn rules_digest(a: &Aggregation) -> u64 {
+    let mut bytes = std::fs::read(&a.rules_file).unwrap_or_default();
+    if let Some(f) = &a.rewrite_file {
+        bytes.extend_from_slice(b"\0rewrite\0");
+        bytes.extend(std::fs::read(f).unwrap_or_default());
+    }
+    bytes.extend_from_slice(
+        format!(
+            "\0forward_all={}\0resolution={}",
+            a.forward_all, a.timestamp_resolution
+        )
+        .as_bytes(),
+    );
+    fnv1a64(&bytes)
+}
+
+/// Cluster counters and gauges, read by `/metrics` and the self-metrics.
+#[derive(Default)]
+pub struct ClusterStats {
+    /// Shards this node owns now.
+    pub shards_owned: AtomicU64,
+    /// Leases taken or given up by this node.
+    pub lease_changes: AtomicU64,
+    /// Journal bytes not yet published and acknowledged.
+    pub publish_lag_bytes: AtomicU64,
+    /// Messages published and acknowledged.
+    pub messages_published: AtomicU64,
+    /// Datapoints in those messages.
+    pub datapoints_published: AtomicU64,
+    /// Publish attempts that failed (each retried).
+    pub publish_errors: AtomicU64,
+    /// Messages applied whose rules digest differs from this node's.
+    pub rules_mismatch: AtomicU64,
+    /// Journal records skipped by an owner because it had applied them already.
+    pub duplicates_skipped: AtomicU64,
+    /// Messages an owner could not decode (counted, skipped).
+    pub malformed_messages: AtomicU64,
+    /// Stream messages not yet delivered to this node's shard consumers.
+    pub consumer_lag: AtomicU64,
+    /// Milliseconds the last shard rebuild took.
+    pub last_rebuild_ms: AtomicU64,
+    /// Journal records the publisher missed (deleted before it read them).
+    pub records_missed: AtomicU64,
+}
+
+/// What an ingest connection needs of cluster mode: the publish lag and its limit.
+pub struct ClusterIngest {
+    /// Counters (the publish lag among them).
+    pub stats: Arc<ClusterStats>,
+    /// Unpublished journal bytes beyond which TCP waits and UDP drops.
+    pub max_lag_bytes: u64,
+    /// Shutdown has begun: connections stop waiting for the publisher.
+    pub closing: std::sync::atomic::AtomicBool,
+}
+
+impl ClusterIngest {
+    /// Whether the publish lag is over its limit.
+    pub fn over_limit(&self) -> bool {
+        self.stats.publish_lag_bytes.load(Ordering::Relaxed) > self.max_lag_bytes
+    }
+
+    /// Whether shutdown has begun.
+    pub fn closing(&self) -> bool {
+        self.closing.load(Ordering::Relaxed)
+    }
+}
+
+/// The subject of shard `k` of cluster `name`.
+pub fn subject(name: &str, shard: u32) -> String {
+    format!("aggd.{name}.shard.{shard}")
+}
+
+/// The stream of cluster `name`.
+pub fn stream_name(name: &str) -> String {
+    format!("AGGD_{name}")
+}

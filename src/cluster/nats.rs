@@ -1,0 +1,220 @@
+//! Connecting to NATS and creating or joining the cluster: the stream `AGGD_<name>`
+//! (subjects `aggd.<name>.shard.*`, file storage, R replicas, retention by age, a
+//! duplicate window for `Nats-Msg-Id`), the KV bucket `AGGD_<name>_config` (keys `shards`
+//! and `rules`, fixed by the first node) and the KV bucket `AGGD_<name>_leases` (shard
+//! leases `shard.<k>` and node heartbeats `node.<id>`, every key expiring `lease_ttl` after
+//! its last write).
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, stream};
+use bytes::Bytes;
+
+use crate::config::cluster::{ClusterConfig, NatsAuth};
+
+/// Why this node cannot join its cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// NATS cannot be reached, or a JetStream request failed (the message names which).
+    #[error("cluster {cluster}: {what}: {source}")]
+    Nats {
+        /// The cluster name.
+        cluster: String,
+        /// What was being done.
+        what: &'static str,
+        /// The client's error.
+        source: async_nats::Error,
+    },
+    /// The cluster was created with another shard count.
+    #[error(
+        "cluster {cluster}: refusing to join: this node has shards = {mine}, the cluster has {theirs} (fixed when it was created)"
+    )]
+    Shards {
+        /// The cluster name.
+        cluster: String,
+        /// This node's `shards`.
+        mine: u32,
+        /// The cluster's.
+        theirs: String,
+    },
+    /// The cluster runs other rules.
+    #[error(
+        "cluster {cluster}: refusing to join: this node's rules digest is {mine:016x}, the cluster's is {theirs} (the aggregation and rewrite rules files, forward_all and timestamp_resolution must be the same on every node)"
+    )]
+    Rules {
+        /// The cluster name.
+        cluster: String,
+        /// This node's digest.
+        mine: u64,
+        /// The cluster's, as stored.
+        theirs: String,
+    },
+    /// Cluster mode needs the local journal: it is what the node republishes from.
+    #[error("cluster mode needs a [journal] section: the node republishes from its journal")]
+    NoJournal,
+}
+
+/// A joined cluster: the client and the handles of its stream and buckets.
+#[derive(Clone)]
+pub struct Joined {
+    /// The NATS client.
+    pub client: async_nats::Client,
+    /// JetStream.
+    pub js: jetstream::Context,
+    /// The stream.
+    pub stream: stream::Stream,
+    /// `shards` and `rules`.
+    pub config_kv: kv::Store,
+    /// Leases and heartbeats.
+    pub leases: kv::Store,
+    /// The cluster settings.
+    pub cfg: ClusterConfig,
+}
+
+fn err(cfg: &ClusterConfig, what: &'static str, e: impl Into<async_nats::Error>) -> ClusterError {
+    ClusterError::Nats {
+        cluster: cfg.name.clone(),
+        what,
+        source: e.into(),
+    }
+}
+
+/// Connects to the servers of `cfg` (retrying in the background once connected; the first
+/// connection must succeed within `timeout`).
+///
+/// Errors: [`ClusterError::Nats`] naming the servers.
+pub async fn connect(
+    cfg: &ClusterConfig,
+    timeout: Duration,
+) -> Result<async_nats::Client, ClusterError> {
+    let mut o = async_nats::ConnectOptions::new()
+        .name(format!("aggd-{}", cfg.node))
+        .max_reconnects(None)
+        .connection_timeout(timeout);
+    o = match &cfg.auth {
+        NatsAuth::None => o,
+        NatsAuth::Token(t) => o.token(t.clone()),
+        NatsAuth::Credentials(f) => o
+            .credentials_file(f)
+            .await
+            .map_err(|e| err(cfg, "reading the credentials file", e))?,
+    };
+    if cfg.tls.required {
+        o = o.require_tls(true);
+    }
+    if let Some(ca) = &cfg.tls.ca {
+        o = o.add_root_certificates(ca.clone());
+    }
+    if let Some((c, k)) = &cfg.tls.client {
+        o = o.add_client_certificate(c.clone(), k.clone());
+    }
+    tokio::time::timeout(timeout, o.connect(cfg.servers.clone()))
+        .await
+        .map_err(|e| err(cfg, "connecting to NATS", e))?
+        .map_err(|e| err(cfg, "connecting to NATS", e))
+}
+
+/// The bucket `name`, created with `max_age` (0 = none) if it does not exist.
+async fn bucket(
+    js: &jetstream::Context,
+    cfg: &ClusterConfig,
+    name: String,
+    max_age: Duration,
+) -> Result<kv::Store, ClusterError> {
+    if let Ok(s) = js.get_key_value(name.clone()).await {
+        return Ok(s);
+    }
+    js.create_key_value(kv::Config {
+        bucket: name,
+        history: 1,
+        max_age,
+        storage: stream::StorageType::File,
+        num_replicas: cfg.replicas,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| err(cfg, "creating a KV bucket", e))
+}
+
+/// Stores `value` under `key` if the key is new, else reads what is stored.
+async fn create_or_read(
+    kv: &kv::Store,
+    cfg: &ClusterConfig,
+    key: &str,
+    value: String,
+) -> Result<String, ClusterError> {
+    match kv.create(key, Bytes::from(value.clone())).await {
+        Ok(_) => Ok(value),
+        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+            let v = kv
+                .get(key)
+                .await
+                .map_err(|e| err(cfg, "reading the cluster config", e))?
+                .unwrap_or_default();
+            Ok(String::from_utf8_lossy(&v).into_owned())
+        }
+        Err(e) => Err(err(cfg, "writing the cluster config", e)),
+    }
+}
+
+/// Connects, creates the stream and buckets if this is the first node, and checks that
+/// this node's shard count and rules `digest` are the cluster's.
+///
+/// Errors: [`ClusterError::Nats`], [`ClusterError::Shards`], [`ClusterError::Rules`].
+pub async fn join(cfg: &ClusterConfig, digest: u64) -> Result<Joined, ClusterError> {
+    let client = connect(cfg, Duration::from_secs(10)).await?;
+    let mut js = jetstream::new(client.clone());
+    js.set_timeout(Duration::from_secs(5));
+    let stream = js
+        .get_or_create_stream(stream::Config {
+            name: super::stream_name(&cfg.name),
+            subjects: vec![format!("aggd.{}.shard.*", cfg.name)],
+            storage: stream::StorageType::File,
+            num_replicas: cfg.replicas,
+            max_age: cfg.retention,
+            duplicate_window: cfg.duplicate_window,
+            allow_direct: true,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| err(cfg, "creating the stream", e))?;
+    let config_kv = bucket(
+        &js,
+        cfg,
+        format!("{}_config", super::stream_name(&cfg.name)),
+        Duration::ZERO,
+    )
+    .await?;
+    let leases = bucket(
+        &js,
+        cfg,
+        format!("{}_leases", super::stream_name(&cfg.name)),
+        cfg.lease_ttl,
+    )
+    .await?;
+    let theirs = create_or_read(&config_kv, cfg, "shards", cfg.shards.to_string()).await?;
+    if theirs != cfg.shards.to_string() {
+        return Err(ClusterError::Shards {
+            cluster: cfg.name.clone(),
+            mine: cfg.shards,
+            theirs,
+        });
+    }
+    let mine = format!("{digest:016x}");
+    let theirs = create_or_read(&config_kv, cfg, "rules", mine.clone()).await?;
+    if theirs != mine {
+        return Err(ClusterError::Rules {
+            cluster: cfg.name.clone(),
+            mine: digest,
+            theirs,
+        });
+    }
+    Ok(Joined {
+        client,
+        js,
+        stream,
+        config_kv,
+        leases,
+        cfg: cfg.clone(),
+    })
+}

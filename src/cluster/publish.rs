@@ -1,0 +1,584 @@
+//! The ingest side of cluster mode: the journal, read back in order, published per shard.
+//!
+//! A thread (`aggd-publish`) follows the local journal ([`Tail`]) from the node's
+//! republish watermark, decodes and routes each record exactly as a connection does
+//! (nothing is counted twice), and appends each output series' datapoints to its shard's
+//! open message ([`wire::Builder`]), one section per journal record. A message is sealed
+//! when it holds `batch_datapoints` datapoints or `batch_bytes` bytes, or its oldest
+//! datapoint waited `batch_delay`; it covers the records from the end of its shard's
+//! previous message to the last record read.
+//!
+//! A tokio task publishes sealed messages with at most `max_in_flight` awaiting their
+//! acknowledgement, each retried (same `Nats-Msg-Id`, so the stream keeps one copy) until
+//! it is acknowledged: through a NATS outage nothing is dropped, the window fills, the
+//! thread stops reading, and the journal holds the rest.
+//!
+//! The **watermark** is the lowest journal record not yet in an acknowledged message: the
+//! first record of the oldest unacknowledged message or open message, or the next record
+//! to read. It is written to `<journal dir>/cluster.state` every second and at shutdown;
+//! after a restart the node republishes from it. Records republished that an owner already
+//! applied are recognised by their sections and skipped ([`super::shard::Applied`]).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+
+use super::wire::{self, Builder, Header};
+use super::{ClusterStats, subject};
+use crate::config::cluster::ClusterConfig;
+use crate::ingest::{Ingest, Pipeline};
+use crate::journal::JournalStats;
+use crate::journal::tail::Tail;
+
+/// The file beside the journal that holds the node's journal identity and watermark.
+pub(crate) const STATE_FILE: &str = "cluster.state";
+
+/// The journal identity and persisted watermark of a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct State {
+    /// Random, made with the journal directory's state file.
+    pub incarnation: u64,
+    /// Records below it were published and acknowledged.
+    pub watermark: u64,
+}
+
+/// Reads `<dir>/cluster.state`; without one (a new or lost journal) starts a new
+/// incarnation at `next_seq` (what an earlier standalone run journaled is not published).
+///
+/// Errors: the file exists but cannot be read or parsed, or a new one cannot be written.
+pub(crate) fn load_state(dir: &Path, next_seq: u64) -> std::io::Result<State> {
+    let path = dir.join(STATE_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => parse_state(&text).ok_or_else(|| {
+            std::io::Error::other(format!(
+                "{}: not an aggd cluster state file",
+                path.display()
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut b = [0u8; 8];
+            std::fs::File::open("/dev/urandom")
+                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))?;
+            let s = State {
+                incarnation: u64::from_le_bytes(b),
+                watermark: next_seq,
+            };
+            save_state(dir, s)?;
+            Ok(s)
+        }
+        Err(e) => Err(std::io::Error::new(
+            e.kind(),
+            format!("{}: {e}", path.display()),
+        )),
+    }
+}
+
+fn parse_state(text: &str) -> Option<State> {
+    let mut lines = text.lines();
+    (lines.next()? == "aggd-cluster-state 1").then_some(())?;
+    let inc = lines.next()?.strip_prefix("incarnation ")?;
+    let wm = lines.next()?.strip_prefix("watermark ")?;
+    Some(State {
+        incarnation: u64::from_str_radix(inc, 16).ok()?,
+        watermark: wm.parse().ok()?,
+    })
+}
+
+/// Writes the state file (a temporary file renamed over it, so a crash leaves one whole).
+pub(crate) fn save_state(dir: &Path, s: State) -> std::io::Result<()> {
+    let tmp = dir.join(format!("{STATE_FILE}.tmp"));
+    std::fs::write(
+        &tmp,
+        format!(
+            "aggd-cluster-state 1\nincarnation {:016x}\nwatermark {}\n",
+            s.incarnation, s.watermark
+        ),
+    )?;
+    std::fs::rename(tmp, dir.join(STATE_FILE))
+}
+
+/// A sealed message on its way to the stream.
+struct Out {
+    subject: String,
+    id: String,
+    payload: Bytes,
+    first_seq: u64,
+    points: u64,
+}
+
+/// What the thread and the publishing task share.
+#[derive(Default)]
+struct Progress {
+    /// First records of unacknowledged messages (a multiset).
+    unacked: BTreeMap<u64, u32>,
+    /// Lowest record not in a sealed message (open messages and the read position).
+    floor: u64,
+    /// Bytes of unacknowledged messages.
+    inflight_bytes: u64,
+}
+
+impl Progress {
+    fn watermark(&self) -> u64 {
+        self.unacked
+            .keys()
+            .next()
+            .map_or(self.floor, |f| (*f).min(self.floor))
+    }
+}
+
+/// The publisher: its thread and task, and how to stop them.
+pub(crate) struct Publisher {
+    thread: Option<std::thread::JoinHandle<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    /// Set to the journal's next record at shutdown: read up to it, seal all, stop.
+    drain_to: Arc<AtomicU64>,
+    /// Give up waiting (shutdown's deadline passed).
+    abandon: Arc<AtomicBool>,
+    progress: Arc<Mutex<Progress>>,
+    dir: PathBuf,
+    incarnation: u64,
+}
+
+/// One shard's open message.
+struct Open {
+    builder: Builder,
+    first: u64,
+    opened: Instant,
+}
+
+/// What the thread works with.
+struct Reader {
+    cfg: ClusterConfig,
+    digest: u64,
+    state: State,
+    dir: PathBuf,
+    tail: Tail,
+    ingest: Ingest,
+    open: Vec<Option<Open>>,
+    next_first: Vec<u64>,
+    tx: tokio::sync::mpsc::Sender<Out>,
+    progress: Arc<Mutex<Progress>>,
+    stats: Arc<ClusterStats>,
+    journal: Arc<JournalStats>,
+    /// The journal's next record when it was opened: records from it on count as new.
+    opened_at_seq: u64,
+    consumed_new: u64,
+    abandon: Arc<AtomicBool>,
+}
+
+impl Reader {
+    fn header(&self, first: u64, last: u64) -> Header {
+        Header {
+            digest: self.digest,
+            incarnation: self.state.incarnation,
+            watermark: self.state.watermark,
+            first_seq: first,
+            last_seq: last,
+            node: self.cfg.node.clone(),
+        }
+    }
+
+    /// Seals shard `k`'s open message, covering records up to `last`, and queues it
+    /// (waiting while the in-flight window is full, unless abandoned).
+    fn seal(&mut self, k: usize, last: u64) {
+        let Some(mut o) = self.open[k].take() else {
+            return;
+        };
+        let h = self.header(o.first, last);
+        let points = o.builder.points() as u64;
+        let payload = Bytes::from(o.builder.finish(&h));
+        self.next_first[k] = last + 1;
+        {
+            let mut p = self.progress.lock().unwrap_or_else(|e| e.into_inner());
+            *p.unacked.entry(o.first).or_default() += 1;
+            p.inflight_bytes += payload.len() as u64;
+        }
+        let mut out = Out {
+            subject: subject(&self.cfg.name, k as u32),
+            id: wire::msg_id(&h, k as u32),
+            payload,
+            first_seq: o.first,
+            points,
+        };
+        loop {
+            match self.tx.try_send(out) {
+                Ok(()) => return,
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return,
+                Err(tokio::sync::mpsc::error::TrySendError::Full(o)) => out = o,
+            }
+            if self.abandon.load(Ordering::Relaxed) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Reads what the journal has (up to 4 MiB), routing it into the open messages.
+    fn read(&mut self) -> std::io::Result<usize> {
+        let Reader {
+            tail,
+            ingest,
+            open,
+            next_first,
+            cfg,
+            ..
+        } = self;
+        let mut full: Vec<(usize, u64)> = Vec::new();
+        let mut new_bytes = 0u64;
+        let opened_at = self.opened_at_seq;
+        let n = tail.read(4 << 20, |rec| {
+            let seq = rec.meta.seq;
+            if seq >= opened_at {
+                new_bytes +=
+                    (8 + 21 + rec.meta.peer.len() + rec.meta.tenant.len() + rec.payload.len())
+                        as u64;
+            }
+            let now = rec.meta.received_us as f64 / 1e6;
+            let tenant = Some(rec.meta.tenant.as_str()).filter(|t| !t.is_empty());
+            let _ = ingest.frame(rec.meta.kind, rec.payload, tenant, now);
+            for (k, items) in ingest.take_pending().iter_mut().enumerate() {
+                if items.is_empty() {
+                    continue;
+                }
+                let o = open[k].get_or_insert_with(|| Open {
+                    builder: Builder::default(),
+                    first: next_first[k],
+                    opened: Instant::now(),
+                });
+                o.builder.section(seq);
+                for it in items.drain(..) {
+                    o.builder.push(&it.key, it.timestamp, it.value);
+                }
+                if o.builder.points() >= cfg.batch_datapoints
+                    || o.builder.bytes() >= cfg.batch_bytes
+                {
+                    full.push((k, seq));
+                }
+            }
+        })?;
+        self.consumed_new += new_bytes;
+        for (k, last) in full {
+            self.seal(k, last);
+        }
+        Ok(n)
+    }
+
+    /// Seals the open messages older than `batch_delay` (all of them with `all`).
+    fn seal_due(&mut self, all: bool) {
+        let last = self.tail.next_seq().saturating_sub(1);
+        let delay = self.cfg.batch_delay;
+        for k in 0..self.open.len() {
+            if self.open[k]
+                .as_ref()
+                .is_some_and(|o| all || o.opened.elapsed() >= delay)
+            {
+                self.seal(k, last);
+            }
+        }
+    }
+
+    /// Updates the floor, the lag gauge and the records-missed counter.
+    fn update(&mut self) {
+        let floor = self
+            .open
+            .iter()
+            .flatten()
+            .map(|o| o.first)
+            .min()
+            .unwrap_or(u64::MAX)
+            .min(self.tail.next_seq());
+        let inflight = {
+            let mut p = self.progress.lock().unwrap_or_else(|e| e.into_inner());
+            p.floor = floor;
+            p.inflight_bytes
+        };
+        let written = self.journal.bytes.load(Ordering::Relaxed);
+        let unread = written.saturating_sub(self.consumed_new);
+        self.stats
+            .publish_lag_bytes
+            .store(unread + inflight, Ordering::Relaxed);
+        self.stats
+            .records_missed
+            .store(self.tail.stats().missed_records, Ordering::Relaxed);
+    }
+
+    /// Persists the watermark if it moved.
+    fn persist(&mut self) {
+        let wm = self
+            .progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .watermark();
+        if wm > self.state.watermark {
+            let s = State {
+                watermark: wm,
+                ..self.state
+            };
+            match save_state(&self.dir, s) {
+                Ok(()) => self.state = s,
+                Err(e) => tracing::warn!(error = %e, "cannot write the cluster watermark"),
+            }
+        }
+    }
+
+    fn run(mut self, drain_to: Arc<AtomicU64>) {
+        let mut last_persist = Instant::now();
+        loop {
+            let n = match self.read() {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cluster publisher cannot read the journal; retrying");
+                    std::thread::sleep(Duration::from_millis(200));
+                    0
+                }
+            };
+            let target = drain_to.load(Ordering::Relaxed);
+            let draining = target != u64::MAX;
+            let done = draining && self.tail.next_seq() >= target;
+            self.seal_due(done);
+            self.update();
+            if last_persist.elapsed() >= Duration::from_secs(1) {
+                self.persist();
+                last_persist = Instant::now();
+            }
+            if done || (draining && self.abandon.load(Ordering::Relaxed)) {
+                return;
+            }
+            if n == 0 {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    }
+}
+
+/// Publishes one message until it is acknowledged (or `abandon`), backing off from 50 ms
+/// to 2 s between attempts.
+async fn publish_one(
+    js: jetstream::Context,
+    out: Out,
+    stats: Arc<ClusterStats>,
+    abandon: Arc<AtomicBool>,
+) -> (Out, bool) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", out.id.as_str());
+        let sent = js
+            .publish_with_headers(out.subject.clone(), headers, out.payload.clone())
+            .await;
+        let acked = match sent {
+            Ok(ack) => ack.await.map(|_| ()).map_err(async_nats::Error::from),
+            Err(e) => Err(e.into()),
+        };
+        match acked {
+            Ok(()) => return (out, true),
+            Err(e) => {
+                if stats.publish_errors.fetch_add(1, Ordering::Relaxed) % 100 == 0 {
+                    tracing::warn!(error = %e, subject = %out.subject, "cluster publish failed; retrying");
+                }
+            }
+        }
+        if abandon.load(Ordering::Relaxed) {
+            return (out, false);
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Takes sealed messages off `rx` and publishes them, at most `max` in flight.
+async fn publish_loop(
+    js: jetstream::Context,
+    mut rx: tokio::sync::mpsc::Receiver<Out>,
+    progress: Arc<Mutex<Progress>>,
+    stats: Arc<ClusterStats>,
+    max: usize,
+    abandon: Arc<AtomicBool>,
+) {
+    let mut inflight = FuturesUnordered::new();
+    let mut open = true;
+    loop {
+        tokio::select! {
+            m = rx.recv(), if open && inflight.len() < max => match m {
+                Some(out) => inflight.push(publish_one(js.clone(), out, Arc::clone(&stats), Arc::clone(&abandon))),
+                None => open = false,
+            },
+            Some((out, acked)) = inflight.next(), if !inflight.is_empty() => {
+                if acked {
+                    stats.messages_published.fetch_add(1, Ordering::Relaxed);
+                    stats.datapoints_published.fetch_add(out.points, Ordering::Relaxed);
+                    let mut p = progress.lock().unwrap_or_else(|e| e.into_inner());
+                    p.inflight_bytes = p.inflight_bytes.saturating_sub(out.payload.len() as u64);
+                    if let Some(c) = p.unacked.get_mut(&out.first_seq) {
+                        *c -= 1;
+                        if *c == 0 {
+                            p.unacked.remove(&out.first_seq);
+                        }
+                    }
+                }
+            },
+            else => return,
+        }
+    }
+}
+
+impl Publisher {
+    /// Starts publishing `dir`'s journal from the persisted watermark (see the module
+    /// docs), routing through `pipeline` (a quiet pipeline whose router has one output per
+    /// shard). Must be called inside a tokio runtime.
+    ///
+    /// Errors: the state file cannot be read or written, or the thread cannot be spawned.
+    pub(crate) fn start(
+        js: jetstream::Context,
+        cfg: &ClusterConfig,
+        digest: u64,
+        dir: &Path,
+        journal: Arc<JournalStats>,
+        opened_at_seq: u64,
+        pipeline: Arc<Pipeline>,
+        stats: Arc<ClusterStats>,
+    ) -> std::io::Result<Publisher> {
+        let state = load_state(dir, opened_at_seq)?;
+        tracing::info!(
+            incarnation = format_args!("{:016x}", state.incarnation),
+            watermark = state.watermark,
+            "cluster publisher starts at the watermark"
+        );
+        let shards = cfg.shards as usize;
+        let (tx, rx) = tokio::sync::mpsc::channel(cfg.max_in_flight);
+        let progress = Arc::new(Mutex::new(Progress {
+            floor: state.watermark,
+            ..Progress::default()
+        }));
+        let abandon = Arc::new(AtomicBool::new(false));
+        let drain_to = Arc::new(AtomicU64::new(u64::MAX));
+        let reader = Reader {
+            cfg: cfg.clone(),
+            digest,
+            state,
+            dir: dir.to_path_buf(),
+            tail: Tail::new(dir, state.watermark),
+            ingest: Ingest::for_publisher(pipeline, shards),
+            open: (0..shards).map(|_| None).collect(),
+            next_first: vec![state.watermark; shards],
+            tx,
+            progress: Arc::clone(&progress),
+            stats: Arc::clone(&stats),
+            journal,
+            opened_at_seq,
+            consumed_new: 0,
+            abandon: Arc::clone(&abandon),
+        };
+        let d = Arc::clone(&drain_to);
+        let handle = tokio::runtime::Handle::current();
+        let thread = std::thread::Builder::new()
+            .name("aggd-publish".into())
+            .spawn(move || {
+                // The reader routes through the pipeline, which may wait on tokio.
+                let _guard = handle.enter();
+                reader.run(d);
+            })?;
+        let task = tokio::spawn(publish_loop(
+            js,
+            rx,
+            Arc::clone(&progress),
+            stats,
+            cfg.max_in_flight,
+            Arc::clone(&abandon),
+        ));
+        Ok(Publisher {
+            thread: Some(thread),
+            task: Some(task),
+            drain_to,
+            abandon,
+            progress,
+            dir: dir.to_path_buf(),
+            incarnation: state.incarnation,
+        })
+    }
+
+    /// Publishes everything up to journal record `next_seq` (exclusive) and waits for its
+    /// acknowledgements until `deadline`, then stops and persists the watermark. Returns
+    /// whether everything was acknowledged.
+    pub(crate) async fn drain(mut self, next_seq: u64, deadline: tokio::time::Instant) -> bool {
+        self.drain_to.store(next_seq, Ordering::Relaxed);
+        let abandon = Arc::clone(&self.abandon);
+        let thread = self.thread.take();
+        let task = self.task.take();
+        let all = async move {
+            if let Some(t) = thread {
+                let _ = tokio::task::spawn_blocking(move || t.join()).await;
+            }
+            if let Some(t) = task {
+                let _ = t.await;
+            }
+        };
+        tokio::pin!(all);
+        let finished = tokio::time::timeout_at(deadline, &mut all).await.is_ok();
+        if !finished {
+            abandon.store(true, Ordering::Relaxed);
+            let _ = tokio::time::timeout(Duration::from_secs(5), all).await;
+        }
+        let wm = self
+            .progress
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .watermark();
+        let acked_all = finished && wm >= next_seq;
+        if let Ok(s) = load_state(&self.dir, wm)
+            && s.incarnation == self.incarnation
+            && wm > s.watermark
+        {
+            let _ = save_state(
+                &self.dir,
+                State {
+                    incarnation: self.incarnation,
+                    watermark: wm,
+                },
+            );
+        }
+        acked_all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_round_trips_and_a_new_journal_gets_a_new_incarnation() {
+        let d = tempfile::tempdir().unwrap();
+        let a = load_state(d.path(), 42).unwrap();
+        assert_eq!(a.watermark, 42);
+        assert_eq!(load_state(d.path(), 0).unwrap(), a);
+        save_state(d.path(), State { watermark: 99, ..a }).unwrap();
+        assert_eq!(load_state(d.path(), 0).unwrap().watermark, 99);
+        let e = tempfile::tempdir().unwrap();
+        assert_ne!(load_state(e.path(), 0).unwrap().incarnation, a.incarnation);
+        std::fs::write(d.path().join(STATE_FILE), "junk").unwrap();
+        assert!(load_state(d.path(), 0).is_err());
+    }
+
+    #[test]
+    fn the_watermark_is_the_oldest_unacknowledged_record() {
+        let mut p = Progress {
+            floor: 100,
+            ..Progress::default()
+        };
+        assert_eq!(p.watermark(), 100);
+        p.unacked.insert(40, 2);
+        p.unacked.insert(70, 1);
+        assert_eq!(p.watermark(), 40);
+        p.unacked.remove(&40);
+        assert_eq!(p.watermark(), 70);
+        p.floor = 50;
+        assert_eq!(p.watermark(), 50);
+    }
+}

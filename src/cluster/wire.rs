@@ -1,0 +1,414 @@
+//! The message format on the cluster stream (pure; no IO).
+//!
+//! One message carries the datapoints of one shard from a run of an ingest node's journal
+//! records, grouped by output series. All integers little-endian; floats IEEE-754
+//! binary64.
+//!
+//! ```text
+//! message  = version:u8 (= 1) digest:u64 incarnation:u64 watermark:u64
+//!            first_seq:u64 last_seq:u64 node_len:u8 node
+//!            series_count:u32 series*
+//!            section_count:u32 section*
+//! series   = name_len:u16 name method_len:u8 method frequency:u32
+//! section  = seq:u64 count:u32 point*
+//! point    = series_index:u32 timestamp:f64 value:f64
+//! ```
+//!
+//! - `digest`: the sender's rules digest ([`super::rules_digest`]).
+//! - `incarnation`: the sender's journal identity (a random number made with its journal
+//!   directory), so a node whose journal was lost and begun anew is a new origin.
+//! - `watermark`: the sender's persisted republish watermark: it never sends a record
+//!   below it again, so a receiver forgets what it saw below it.
+//! - `first_seq..=last_seq`: the journal records this message covers for its shard (a
+//!   record in the range without a section had nothing for the shard).
+//! - `method` is the aggregation method as written in a rule (`sum`, `p95`, …);
+//!   `frequency` is in seconds.
+//! - A section holds the points of one journal record; `seq` is [`NO_SEQ`] for points
+//!   whose record was never journaled (applied whatever was seen before).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::method::Method;
+use crate::route::SeriesKey;
+
+/// The format version this build writes and reads.
+pub const VERSION: u8 = 1;
+
+/// The section seq of points that no journal record holds.
+pub const NO_SEQ: u64 = u64::MAX;
+
+/// Bytes of the fixed header before the node id.
+const HEADER: usize = 1 + 8 * 5 + 1;
+
+/// Who sent a message, and what it covers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// The sender's rules digest.
+    pub digest: u64,
+    /// The sender's journal identity.
+    pub incarnation: u64,
+    /// The sender's persisted republish watermark.
+    pub watermark: u64,
+    /// First journal record covered.
+    pub first_seq: u64,
+    /// Last journal record covered.
+    pub last_seq: u64,
+    /// The sender's node id.
+    pub node: String,
+}
+
+/// Builds one message: series interned by pointer, points in sections.
+#[derive(Default)]
+pub struct Builder {
+    series: Vec<Arc<SeriesKey>>,
+    /// Keyed by the key's address (a key only; each is kept alive by `series`).
+    index: HashMap<usize, u32>,
+    /// Encoded sections.
+    body: Vec<u8>,
+    sections: u32,
+    /// Offset of the open section's count, and the count.
+    open: Option<(usize, u32)>,
+    points: usize,
+    names_bytes: usize,
+}
+
+impl Builder {
+    /// Starts a section for journal record `seq` (ends the previous one).
+    pub fn section(&mut self, seq: u64) {
+        self.close();
+        self.body.extend_from_slice(&seq.to_le_bytes());
+        self.open = Some((self.body.len(), 0));
+        self.body.extend_from_slice(&0u32.to_le_bytes());
+        self.sections += 1;
+    }
+
+    fn close(&mut self) {
+        if let Some((at, n)) = self.open.take() {
+            if n == 0 {
+                // An empty section is dropped again.
+                self.body.truncate(at - 8);
+                self.sections -= 1;
+            } else {
+                self.body[at..at + 4].copy_from_slice(&n.to_le_bytes());
+            }
+        }
+    }
+
+    /// Adds a point of `key` to the open section (one is opened with [`NO_SEQ`] if none
+    /// is).
+    pub fn push(&mut self, key: &Arc<SeriesKey>, timestamp: f64, value: f64) {
+        if self.open.is_none() {
+            self.section(NO_SEQ);
+        }
+        let next = self.series.len() as u32;
+        let i = *self.index.entry(Arc::as_ptr(key) as usize).or_insert(next);
+        if i == next {
+            self.names_bytes += key.name.len() + 12;
+            self.series.push(Arc::clone(key));
+        }
+        self.body.extend_from_slice(&i.to_le_bytes());
+        self.body.extend_from_slice(&timestamp.to_le_bytes());
+        self.body.extend_from_slice(&value.to_le_bytes());
+        if let Some((_, n)) = &mut self.open {
+            *n += 1;
+        }
+        self.points += 1;
+    }
+
+    /// Points added.
+    pub fn points(&self) -> usize {
+        self.points
+    }
+
+    /// Bytes the message would have (about; without the header).
+    pub fn bytes(&self) -> usize {
+        self.body.len() + self.names_bytes
+    }
+
+    /// The encoded message; the builder is empty again.
+    pub fn finish(&mut self, h: &Header) -> Vec<u8> {
+        self.close();
+        let node = &h.node.as_bytes()[..h.node.len().min(255)];
+        let mut out = Vec::with_capacity(HEADER + node.len() + 8 + self.bytes());
+        out.push(VERSION);
+        for v in [
+            h.digest,
+            h.incarnation,
+            h.watermark,
+            h.first_seq,
+            h.last_seq,
+        ] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.push(node.len() as u8);
+        out.extend_from_slice(node);
+        out.extend_from_slice(&(self.series.len() as u32).to_le_bytes());
+        for k in &self.series {
+            let name = &k.name.as_bytes()[..k.name.len().min(u16::MAX as usize)];
+            out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+            out.extend_from_slice(name);
+            let m = k.method.to_string();
+            out.push(m.len() as u8);
+            out.extend_from_slice(m.as_bytes());
+            out.extend_from_slice(&k.frequency.to_le_bytes());
+        }
+        out.extend_from_slice(&self.sections.to_le_bytes());
+        out.extend_from_slice(&self.body);
+        *self = Builder::default();
+        out
+    }
+}
+
+/// One output series of a decoded message.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Series<'a> {
+    /// Output metric path.
+    pub name: &'a str,
+    /// Aggregation method.
+    pub method: Method,
+    /// Interval in seconds.
+    pub frequency: u32,
+}
+
+/// A decoded message.
+#[derive(Debug, PartialEq)]
+pub struct Message<'a> {
+    /// Who sent it and what it covers.
+    pub header: Header,
+    /// Its series, indexed by [`Point::series`].
+    pub series: Vec<Series<'a>>,
+    /// Per journal record: its seq and points.
+    pub sections: Vec<(u64, Vec<Point>)>,
+}
+
+/// One datapoint of a decoded message.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Point {
+    /// Index into [`Message::series`].
+    pub series: u32,
+    /// Unix seconds.
+    pub timestamp: f64,
+    /// The value.
+    pub value: f64,
+}
+
+/// Why bytes are not a message.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    /// The version byte is not [`VERSION`].
+    #[error("message version {0}, this aggd reads version {VERSION}")]
+    Version(u8),
+    /// The message ends early, a name is not UTF-8, a method is unknown or a point names
+    /// a series the message does not have.
+    #[error("malformed message: {0}")]
+    Malformed(&'static str),
+}
+
+struct Cursor<'a>(&'a [u8]);
+
+impl<'a> Cursor<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], WireError> {
+        if self.0.len() < n {
+            return Err(WireError::Malformed("truncated"));
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+    fn u8(&mut self) -> Result<u8, WireError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, WireError> {
+        Ok(u16::from_le_bytes(
+            self.take(2)?.try_into().expect("2 bytes"),
+        ))
+    }
+    fn u32(&mut self) -> Result<u32, WireError> {
+        Ok(u32::from_le_bytes(
+            self.take(4)?.try_into().expect("4 bytes"),
+        ))
+    }
+    fn u64(&mut self) -> Result<u64, WireError> {
+        Ok(u64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+    fn f64(&mut self) -> Result<f64, WireError> {
+        Ok(f64::from_le_bytes(
+            self.take(8)?.try_into().expect("8 bytes"),
+        ))
+    }
+    fn str(&mut self, n: usize) -> Result<&'a str, WireError> {
+        std::str::from_utf8(self.take(n)?).map_err(|_| WireError::Malformed("name not UTF-8"))
+    }
+}
+
+/// Decodes a message. Counts are checked against the bytes left before anything is
+/// allocated, so a hostile message cannot make it allocate more than its own size.
+///
+/// Errors: [`WireError`].
+pub fn decode(bytes: &[u8]) -> Result<Message<'_>, WireError> {
+    let mut c = Cursor(bytes);
+    let v = c.u8()?;
+    if v != VERSION {
+        return Err(WireError::Version(v));
+    }
+    let digest = c.u64()?;
+    let incarnation = c.u64()?;
+    let watermark = c.u64()?;
+    let first_seq = c.u64()?;
+    let last_seq = c.u64()?;
+    let n = c.u8()? as usize;
+    let node = c.str(n)?.to_string();
+    let count = c.u32()? as usize;
+    if count > c.0.len() / 8 {
+        return Err(WireError::Malformed("series count beyond the message"));
+    }
+    let mut series = Vec::with_capacity(count);
+    for _ in 0..count {
+        let n = c.u16()? as usize;
+        let name = c.str(n)?;
+        let m = c.u8()? as usize;
+        let method = Method::parse(c.str(m)?).ok_or(WireError::Malformed("unknown method"))?;
+        let frequency = c.u32()?;
+        if frequency == 0 {
+            return Err(WireError::Malformed("frequency 0"));
+        }
+        series.push(Series {
+            name,
+            method,
+            frequency,
+        });
+    }
+    let count = c.u32()? as usize;
+    if count > c.0.len() / 12 {
+        return Err(WireError::Malformed("section count beyond the message"));
+    }
+    let mut sections = Vec::with_capacity(count);
+    for _ in 0..count {
+        let seq = c.u64()?;
+        let n = c.u32()? as usize;
+        if n > c.0.len() / 20 {
+            return Err(WireError::Malformed("point count beyond the message"));
+        }
+        let mut points = Vec::with_capacity(n);
+        for _ in 0..n {
+            let p = Point {
+                series: c.u32()?,
+                timestamp: c.f64()?,
+                value: c.f64()?,
+            };
+            if p.series as usize >= series.len() {
+                return Err(WireError::Malformed("point of an unknown series"));
+            }
+            points.push(p);
+        }
+        sections.push((seq, points));
+    }
+    if !c.0.is_empty() {
+        return Err(WireError::Malformed("bytes after the last section"));
+    }
+    Ok(Message {
+        header: Header {
+            digest,
+            incarnation,
+            watermark,
+            first_seq,
+            last_seq,
+            node,
+        },
+        series,
+        sections,
+    })
+}
+
+/// The `Nats-Msg-Id` of a message: `<node>.<incarnation hex>.<shard>.<first>-<last>`, the
+/// same for a retried publish of the same message, so the stream drops the copy.
+pub fn msg_id(h: &Header, shard: u32) -> String {
+    format!(
+        "{}.{:x}.{shard}.{}-{}",
+        h.node, h.incarnation, h.first_seq, h.last_seq
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hash::fnv1a64;
+
+    fn key(name: &str, method: Method, frequency: u32) -> Arc<SeriesKey> {
+        Arc::new(SeriesKey {
+            name: name.into(),
+            hash: fnv1a64(name.as_bytes()),
+            method,
+            frequency,
+        })
+    }
+
+    fn header() -> Header {
+        Header {
+            digest: 7,
+            incarnation: 0xabc,
+            watermark: 3,
+            first_seq: 10,
+            last_seq: 12,
+            node: "n1".into(),
+        }
+    }
+
+    #[test]
+    fn round_trip_groups_series_and_sections() {
+        let a = key("a.sum", Method::Sum, 60);
+        let b = key("b.p95", Method::Percentile { per_mille: 950 }, 10);
+        let mut w = Builder::default();
+        w.section(10);
+        w.push(&a, 100.0, 1.5);
+        w.push(&b, 101.0, -2.0);
+        w.section(11); // empty: dropped
+        w.section(12);
+        w.push(&a, 102.0, 3.0);
+        assert_eq!(w.points(), 3);
+        let bytes = w.finish(&header());
+        assert_eq!(w.points(), 0);
+        let m = decode(&bytes).unwrap();
+        assert_eq!(m.header, header());
+        assert_eq!(m.series.len(), 2);
+        assert_eq!(m.series[1].name, "b.p95");
+        assert_eq!(m.series[1].method, Method::Percentile { per_mille: 950 });
+        assert_eq!(m.series[1].frequency, 10);
+        let seqs: Vec<u64> = m.sections.iter().map(|s| s.0).collect();
+        assert_eq!(seqs, vec![10, 12]);
+        assert_eq!(m.sections[0].1[1].series, 1);
+        assert_eq!(m.sections[1].1[0].value, 3.0);
+        assert_eq!(msg_id(&m.header, 5), "n1.abc.5.10-12");
+    }
+
+    #[test]
+    fn points_without_a_section_get_no_seq() {
+        let a = key("a", Method::Count, 60);
+        let mut w = Builder::default();
+        w.push(&a, 1.0, 1.0);
+        let bytes = w.finish(&header());
+        assert_eq!(decode(&bytes).unwrap().sections[0].0, NO_SEQ);
+    }
+
+    #[test]
+    fn every_truncation_and_a_bad_version_are_refused() {
+        let a = key("a", Method::Sum, 60);
+        let mut w = Builder::default();
+        w.section(1);
+        w.push(&a, 1.0, 1.0);
+        let bytes = w.finish(&header());
+        for n in 0..bytes.len() {
+            assert!(decode(&bytes[..n]).is_err(), "prefix of {n} bytes decoded");
+        }
+        let mut v2 = bytes.clone();
+        v2[0] = 2;
+        assert_eq!(decode(&v2).unwrap_err(), WireError::Version(2));
+        let mut huge = bytes;
+        let at = HEADER + 2; // the series count after node "n1"
+        huge[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(decode(&huge), Err(WireError::Malformed(_))));
+    }
+}

@@ -1,0 +1,260 @@
+//! Following the journal as it is written: records from a sequence number on, in order,
+//! across segments, as the writer appends them (cluster mode publishes from it).
+//!
+//! Only the newest segment is appended to, so once a newer segment exists the current one
+//! is read to its end and left. A record not yet whole at the end of the newest segment
+//! is a write in progress and is read once it is. Corrupt bytes are skipped to the next
+//! record that decodes (counted); a segment deleted by retention before it was read is
+//! counted as records missed.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use super::record::{self, DecodeError, Record};
+use super::segment::{self, MAGIC};
+
+/// Bytes read from a segment file at once, at most.
+const READ_CHUNK: usize = 4 << 20;
+
+/// What a [`Tail`] skipped.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TailStats {
+    /// Corrupt bytes skipped.
+    pub skipped_bytes: u64,
+    /// Records that were deleted before they were read (a gap in sequence numbers).
+    pub missed_records: u64,
+}
+
+/// A reader of the journal from a sequence number on.
+pub struct Tail {
+    dir: PathBuf,
+    /// The segment being read: its first seq, its file and the bytes read from it.
+    current: Option<(u64, File, u64)>,
+    /// Bytes read and not yet decoded.
+    buf: Vec<u8>,
+    /// The next record wanted.
+    next_seq: u64,
+    stats: TailStats,
+}
+
+impl Tail {
+    /// A reader of `dir` starting at record `seq`.
+    pub fn new(dir: &Path, seq: u64) -> Tail {
+        Tail {
+            dir: dir.to_path_buf(),
+            current: None,
+            buf: Vec::new(),
+            next_seq: seq,
+            stats: TailStats::default(),
+        }
+    }
+
+    /// The sequence number of the next record to be delivered.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// What was skipped so far.
+    pub fn stats(&self) -> TailStats {
+        self.stats
+    }
+
+    /// Opens the segment that holds `next_seq` (or the first one after it); false if
+    /// there is none.
+    fn open(&mut self) -> std::io::Result<bool> {
+        let list = segment::list(&self.dir)?;
+        let pick = list
+            .iter()
+            .rev()
+            .find(|(first, _)| *first <= self.next_seq)
+            .or_else(|| list.first());
+        let Some((first, path)) = pick else {
+            return Ok(false);
+        };
+        let mut f = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        f.seek(SeekFrom::Start(MAGIC.len() as u64))?;
+        self.buf.clear();
+        self.current = Some((*first, f, MAGIC.len() as u64));
+        Ok(true)
+    }
+
+    /// Whether a segment newer than `first` exists.
+    fn newer_exists(&self, first: u64) -> std::io::Result<bool> {
+        Ok(segment::list(&self.dir)?.iter().any(|(s, _)| *s > first))
+    }
+
+    /// Reads more of the current segment; returns the bytes read.
+    fn fill(&mut self) -> std::io::Result<usize> {
+        let Some((_, f, offset)) = &mut self.current else {
+            return Ok(0);
+        };
+        let at = self.buf.len();
+        self.buf.resize(at + READ_CHUNK, 0);
+        let n = f.read(&mut self.buf[at..])?;
+        self.buf.truncate(at + n);
+        *offset += n as u64;
+        Ok(n)
+    }
+
+    /// Calls `f` with each record from `next_seq` on that is written now, in order, until
+    /// about `max_bytes` were delivered or nothing more is written; returns the records
+    /// delivered.
+    ///
+    /// Errors: a segment cannot be listed, opened or read.
+    pub fn read(
+        &mut self,
+        max_bytes: usize,
+        mut f: impl FnMut(&Record<'_>),
+    ) -> std::io::Result<usize> {
+        let mut delivered = 0;
+        let mut bytes = 0;
+        loop {
+            if self.current.is_none() && !self.open()? {
+                return Ok(delivered);
+            }
+            let mut pos = 0;
+            let mut stuck = false;
+            while pos < self.buf.len() && bytes < max_bytes {
+                match record::decode(&self.buf[pos..]) {
+                    Ok((rec, n)) => {
+                        pos += n;
+                        let seq = rec.meta.seq;
+                        if seq < self.next_seq {
+                            continue;
+                        }
+                        if seq > self.next_seq {
+                            self.stats.missed_records += seq - self.next_seq;
+                        }
+                        self.next_seq = seq + 1;
+                        bytes += n;
+                        delivered += 1;
+                        f(&rec);
+                    }
+                    Err(DecodeError::Incomplete) => {
+                        stuck = true;
+                        break;
+                    }
+                    Err(DecodeError::Corrupt) => {
+                        pos += 1;
+                        self.stats.skipped_bytes += 1;
+                    }
+                }
+            }
+            self.buf.drain(..pos);
+            if bytes >= max_bytes {
+                return Ok(delivered);
+            }
+            if self.fill()? > 0 {
+                continue;
+            }
+            // At the end of what is written: the newest segment waits for more; an older
+            // one is finished (read once more in case the writer appended before rotating).
+            let first = self.current.as_ref().map_or(0, |c| c.0);
+            if !self.newer_exists(first)? {
+                return Ok(delivered);
+            }
+            if self.fill()? > 0 {
+                continue;
+            }
+            if stuck || !self.buf.is_empty() {
+                self.stats.skipped_bytes += self.buf.len() as u64;
+            }
+            self.current = None;
+            self.buf.clear();
+            // The next segment starts at a higher seq; open() picks it.
+            let list = segment::list(&self.dir)?;
+            if let Some((next, _)) = list.iter().find(|(s, _)| *s > first)
+                && *next > self.next_seq
+            {
+                self.stats.missed_records += next - self.next_seq;
+                self.next_seq = *next;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datapoint::Kind;
+    use crate::journal::record::Meta;
+    use std::io::Write;
+
+    fn write_segment(dir: &Path, first: u64, seqs: std::ops::Range<u64>) -> File {
+        let mut f = File::create(segment::segment_path(dir, first)).unwrap();
+        f.write_all(MAGIC).unwrap();
+        for s in seqs {
+            f.write_all(&rec(s)).unwrap();
+        }
+        f
+    }
+
+    fn rec(seq: u64) -> Vec<u8> {
+        let meta = Meta {
+            seq,
+            received_us: 1,
+            listener: 0,
+            kind: Kind::PlaintextTcp,
+            peer: "127.0.0.1:1".into(),
+            tenant: String::new(),
+        };
+        let mut out = Vec::new();
+        record::encode(&meta, format!("a {seq} 1\n").as_bytes(), &mut out);
+        out
+    }
+
+    fn collect(t: &mut Tail) -> Vec<u64> {
+        let mut seen = Vec::new();
+        t.read(usize::MAX, |r| seen.push(r.meta.seq)).unwrap();
+        seen
+    }
+
+    #[test]
+    fn follows_appends_and_rotations_from_a_seq() {
+        let d = tempfile::tempdir().unwrap();
+        write_segment(d.path(), 0, 0..5);
+        let mut active = write_segment(d.path(), 5, 5..8);
+        let mut t = Tail::new(d.path(), 3);
+        assert_eq!(collect(&mut t), vec![3, 4, 5, 6, 7]);
+        assert!(collect(&mut t).is_empty());
+        // Half a record: not delivered until whole.
+        let r = rec(8);
+        active.write_all(&r[..10]).unwrap();
+        assert!(collect(&mut t).is_empty());
+        active.write_all(&r[10..]).unwrap();
+        active.write_all(&rec(9)).unwrap();
+        assert_eq!(collect(&mut t), vec![8, 9]);
+        write_segment(d.path(), 10, 10..12);
+        assert_eq!(collect(&mut t), vec![10, 11]);
+        assert_eq!(t.next_seq(), 12);
+        assert_eq!(t.stats(), TailStats::default());
+    }
+
+    #[test]
+    fn a_deleted_segment_is_counted_as_missed_and_corruption_skipped() {
+        let d = tempfile::tempdir().unwrap();
+        let mut f = write_segment(d.path(), 20, 20..21);
+        f.write_all(b"garbage!").unwrap();
+        f.write_all(&rec(21)).unwrap();
+        let mut t = Tail::new(d.path(), 10);
+        assert_eq!(collect(&mut t), vec![20, 21]);
+        assert_eq!(t.stats().missed_records, 10);
+        assert_eq!(t.stats().skipped_bytes, 8);
+    }
+
+    #[test]
+    fn max_bytes_bounds_one_read() {
+        let d = tempfile::tempdir().unwrap();
+        write_segment(d.path(), 0, 0..100);
+        let mut t = Tail::new(d.path(), 0);
+        let mut n = 0;
+        t.read(1, |_| n += 1).unwrap();
+        assert_eq!(n, 1);
+        assert_eq!(collect(&mut t).len(), 99);
+    }
+}
