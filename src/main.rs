@@ -96,6 +96,17 @@ enum Command {
         #[command(subcommand)]
         command: JournalCommand,
     },
+    /// Cluster mode (`[cluster]`).
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// The nodes with their publish and consumer lags, and the shard map.
+    Status(ConfigArg),
 }
 
 #[derive(Subcommand)]
@@ -132,6 +143,10 @@ struct ReplayArgs {
     /// Compute and report; send nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Read the cluster's stream (`[cluster]`) instead of the local journal: works from
+    /// any node, and after a node's disk is lost.
+    #[arg(long)]
+    cluster: bool,
 }
 
 fn init_logging(json: bool) {
@@ -200,6 +215,27 @@ fn run(config: Config, source: ConfigArg) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `aggd cluster status`: joins (read-only use) and prints the shard map and lags.
+fn cluster_status(config: &Config) -> anyhow::Result<()> {
+    let Some(c) = &config.cluster else {
+        anyhow::bail!("the config has no [cluster] section");
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let text = rt.block_on(async {
+        let joined =
+            aggd::cluster::nats::join(c, aggd::cluster::rules_digest(&config.aggregation)).await?;
+        anyhow::Ok(
+            aggd::cluster::owner::status(&joined)
+                .await
+                .map_err(|e| anyhow::anyhow!(e))?,
+        )
+    })?;
+    print!("{text}");
+    Ok(())
+}
+
 /// The journal directory and the ledger file.
 fn journal_paths(config: &Config) -> anyhow::Result<(PathBuf, PathBuf)> {
     match &config.journal {
@@ -213,7 +249,14 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     use aggd::time::Window;
     use aggd::time::parse_time;
     let config = args.config.load()?;
-    let (dir, ledger) = journal_paths(&config)?;
+    if args.cluster && args.lost {
+        anyhow::bail!("--lost reads the local loss ledger; with --cluster give --from and --to");
+    }
+    let (dir, ledger) = if args.cluster {
+        (PathBuf::new(), PathBuf::new())
+    } else {
+        journal_paths(&config)?
+    };
     let now = aggd::time::now();
     let mut windows = Vec::new();
     let mut ids = Vec::new();
@@ -258,15 +301,19 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         None
     };
     let mut last_log = std::time::Instant::now();
-    let summary = aggd::replay::replay(&config, &dir, &opts, |done, total| {
-        if let Some(b) = &bar {
-            b.set_length(total);
-            b.set_position(done);
-        } else if last_log.elapsed() >= std::time::Duration::from_secs(5) {
-            last_log = std::time::Instant::now();
-            tracing::info!(done_bytes = done, total_bytes = total, "replay progress");
-        }
-    })?;
+    let summary = if args.cluster {
+        aggd::replay::replay_cluster(&config, &opts)?
+    } else {
+        aggd::replay::replay(&config, &dir, &opts, |done, total| {
+            if let Some(b) = &bar {
+                b.set_length(total);
+                b.set_position(done);
+            } else if last_log.elapsed() >= std::time::Duration::from_secs(5) {
+                last_log = std::time::Instant::now();
+                tracing::info!(done_bytes = done, total_bytes = total, "replay progress");
+            }
+        })?
+    };
     if let Some(b) = bar {
         b.finish_and_clear();
     }
@@ -314,6 +361,9 @@ fn main() -> ExitCode {
             .load()
             .map(|cfg| print!("{}", aggd::explain::explain(&cfg, &paths))),
         Command::Replay(args) => replay(args),
+        Command::Cluster {
+            command: ClusterCommand::Status(c),
+        } => c.load().and_then(|cfg| cluster_status(&cfg)),
         Command::Journal {
             command: JournalCommand::Stat(c),
         } => c.load().and_then(|cfg| {

@@ -17,9 +17,10 @@
 //! Fencing lives in the workers ([`ShardGate`] plus per-worker live markers): a worker
 //! emits a series only while its shard's lease is valid and its rebuild has been applied.
 
-pub(crate) mod nats;
-pub(crate) mod owner;
+pub mod nats;
+pub mod owner;
 pub(crate) mod publish;
+pub mod read;
 pub mod shard;
 pub mod wire;
 

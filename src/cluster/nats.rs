@@ -157,11 +157,30 @@ async fn create_or_read(
     }
 }
 
+/// How long [`join`] retries a JetStream that is not ready (a new cluster electing its
+/// leaders, a server restarting).
+const JOIN_PATIENCE: Duration = Duration::from_secs(30);
+
 /// Connects, creates the stream and buckets if this is the first node, and checks that
-/// this node's shard count and rules `digest` are the cluster's.
+/// this node's shard count and rules `digest` are the cluster's. A JetStream request that
+/// fails is retried for 30 s (a new JetStream cluster takes seconds to elect leaders for
+/// new streams); a refusal is final.
 ///
 /// Errors: [`ClusterError::Nats`], [`ClusterError::Shards`], [`ClusterError::Rules`].
 pub async fn join(cfg: &ClusterConfig, digest: u64) -> Result<Joined, ClusterError> {
+    let deadline = tokio::time::Instant::now() + JOIN_PATIENCE;
+    loop {
+        match join_once(cfg, digest).await {
+            Err(e @ ClusterError::Nats { .. }) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(error = %e, "cannot join the cluster yet; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            r => return r,
+        }
+    }
+}
+
+async fn join_once(cfg: &ClusterConfig, digest: u64) -> Result<Joined, ClusterError> {
     let client = connect(cfg, Duration::from_secs(10)).await?;
     let mut js = jetstream::new(client.clone());
     js.set_timeout(Duration::from_secs(5));

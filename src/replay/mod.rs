@@ -20,7 +20,9 @@ mod run;
 mod stat;
 
 pub use rebuild::rebuild;
-pub use run::{ReplayError, ReplayOptions, ReplaySummary, lost_windows, merge, replay};
+pub use run::{
+    ReplayError, ReplayOptions, ReplaySummary, lost_windows, merge, replay, replay_cluster,
+};
 pub use stat::journal_stat;
 
 use crate::codec::Limits;

@@ -192,24 +192,84 @@ impl Replayer<'_> {
         .map_err(|source| journal_error(self.dir, source))?;
         summary.datapoints += read;
         summary.skipped_bytes += stats.skipped_bytes;
-        let mut out = Vec::new();
-        table.drain_all(|key, start, value| {
-            let (f, s) = (f64::from(key.frequency), start as f64);
-            let overlaps = windows.iter().any(|w| s <= w.to && s + f > w.from);
-            let wanted = opts
-                .matching
-                .as_ref()
-                .is_none_or(|re| re.is_match(&key.name));
-            if overlaps && wanted {
-                out.push(OutPoint {
-                    path: Arc::clone(&key.name),
-                    timestamp: s,
-                    value,
-                });
-            }
-        });
-        Ok(out)
+        Ok(overlapping(&mut table, windows, opts))
     }
+}
+
+/// Drains `table`, returning the aggregates of the intervals that overlap one of
+/// `windows` (and match `--match`).
+fn overlapping(table: &mut SeriesTable, windows: &[Window], opts: &ReplayOptions) -> Vec<OutPoint> {
+    let mut out = Vec::new();
+    table.drain_all(|key, start, value| {
+        let (f, s) = (f64::from(key.frequency), start as f64);
+        let overlaps = windows.iter().any(|w| s <= w.to && s + f > w.from);
+        let wanted = opts
+            .matching
+            .as_ref()
+            .is_none_or(|re| re.is_match(&key.name));
+        if overlaps && wanted {
+            out.push(OutPoint {
+                path: Arc::clone(&key.name),
+                timestamp: s,
+                value,
+            });
+        }
+    });
+    out
+}
+
+/// `aggd replay --cluster`: like [`replay`], reading the cluster's stream instead of the
+/// local journal (messages stored from each window's start minus the acceptance span to
+/// its end plus the span), so it works from any node and after a node's disk is lost.
+/// `--tenant` does not apply (messages carry output series, not records).
+///
+/// Errors: no `[cluster]`, NATS cannot be reached or the stream read, nowhere to send, a
+/// destination cannot be written.
+pub fn replay_cluster(config: &Config, opts: &ReplayOptions) -> Result<ReplaySummary, ReplayError> {
+    let started = Instant::now();
+    let Some(c) = &config.cluster else {
+        return Err(ReplayError::Cluster(
+            "no [cluster] section in the config".into(),
+        ));
+    };
+    let mut sender = Sender::new(config, opts)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ReplayError::Cluster(e.to_string()))?;
+    let digest = crate::cluster::rules_digest(&config.aggregation);
+    let joined = rt
+        .block_on(crate::cluster::nats::join(c, digest))
+        .map_err(|e| ReplayError::Cluster(e.to_string()))?;
+    let mut summary = ReplaySummary::default();
+    for (range, windows) in
+        read_groups(&merge(opts.windows.clone()), acceptance_span(config) + 60.0)
+    {
+        let mut table = SeriesTable::new(Settings {
+            max_intervals: config.aggregation.max_intervals,
+            write_back_frequency: 0,
+            max_values_per_bucket: config.aggregation.max_values_per_bucket,
+        });
+        let read = rt
+            .block_on(crate::cluster::read::read_stream(
+                &joined,
+                range.from,
+                range.to,
+                |it| {
+                    let _ = table.add(&it.key, it.timestamp, it.value, it.timestamp);
+                },
+            ))
+            .map_err(|e| ReplayError::Cluster(e.to_string()))?;
+        summary.records += read.messages;
+        summary.datapoints += read.datapoints;
+        let out = overlapping(&mut table, &windows, opts);
+        summary.intervals += out.len() as u64;
+        if !opts.dry_run {
+            sender.send(&out)?;
+        }
+    }
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
 }
 
 /// Why a replay stopped.
@@ -234,6 +294,9 @@ pub enum ReplayError {
         /// The IO error.
         source: std::io::Error,
     },
+    /// `--cluster`: no `[cluster]` section, or the cluster's stream could not be read.
+    #[error("cluster: {0}")]
+    Cluster(String),
     /// Aggregates could not be pickled (a bug: every OutPoint is picklable).
     #[error("pickle encoding: {0}")]
     Encode(#[from] serde_pickle::Error),

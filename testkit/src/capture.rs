@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 pub struct Received {
     pub last: BTreeMap<(String, i64), f64>,
     pub datapoints: usize,
-    /// Every datapoint in arrival order (path, timestamp, value).
-    pub history: Vec<(String, i64, f64)>,
+    /// Every datapoint in arrival order: path, timestamp, value, and when it arrived.
+    pub history: Vec<(String, i64, f64, Instant)>,
     /// What aggd sent that is not the protocol (a failed check in a connection thread),
     /// reported by [`Capture::wait_for`] and [`Capture::snapshot`] at once.
     pub errors: Vec<String>,
@@ -42,7 +42,8 @@ pub struct Capture {
 fn record(rx: &Mutex<Received>, path: String, ts: f64, value: f64) {
     let mut r = rx.lock().unwrap();
     r.datapoints += 1;
-    r.history.push((path.clone(), ts as i64, value));
+    r.history
+        .push((path.clone(), ts as i64, value, Instant::now()));
     r.last.insert((path, ts as i64), value);
 }
 
