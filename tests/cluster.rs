@@ -313,3 +313,162 @@ fn failover_after_sigkill_is_exact() {
     eprintln!("failover: first emission of b's shards {first:?} after SIGKILL");
     assert!(first < Duration::from_secs(30), "{first:?}");
 }
+
+/// Sends `rounds` rounds to the nodes in turn (plaintext, every fourth round pickle),
+/// calling `between(round)` after each.
+fn stream(nodes: &[&Node], rounds: usize, expected: &Expected, mut between: impl FnMut(usize)) {
+    for round in 0..rounds {
+        let n = nodes[round % nodes.len()];
+        let pickle = round % 4 == 3;
+        send_round(
+            if pickle { n.pickle } else { n.tcp },
+            round,
+            pickle,
+            expected,
+        );
+        between(round);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn losing_a_log_server_loses_nothing() {
+    let mut nats = Nats::start(3);
+    let capture = Capture::start("pickle");
+    let nodes: Vec<Node> = ["a", "b"]
+        .iter()
+        .map(|id| Node::start(id, &nats, &capture, 16, RULES))
+        .collect();
+    wait_spread(&nodes[0], &["a", "b"]);
+    let expected = Expected::default();
+    let refs: Vec<&Node> = nodes.iter().collect();
+    stream(&refs, 60, &expected, |round| {
+        if round == 20 {
+            nats.servers[1].kill();
+        }
+    });
+    wait_exact(&capture, &expected, Duration::from_secs(60));
+    assert_no_regression(&capture);
+}
+
+#[test]
+fn the_whole_log_down_for_20s_then_everything_is_published() {
+    let mut nats = Nats::one();
+    let capture = Capture::start("pickle");
+    let a = Node::start("a", &nats, &capture, 8, RULES);
+    let expected = Expected::default();
+    let mut down_at = None;
+    stream(&[&a], 260, &expected, |round| {
+        if round == 20 {
+            nats.servers[0].kill();
+            down_at = Some(Instant::now());
+        }
+        // 20 s of 100 ms rounds (and the sends' own time) later: back.
+        if down_at.is_some_and(|t| t.elapsed() >= Duration::from_secs(20)) {
+            nats.servers[0].start();
+            down_at = None;
+        }
+    });
+    nats.wait_healthy();
+    wait_exact(&capture, &expected, Duration::from_secs(60));
+    assert_no_regression(&capture);
+}
+
+#[test]
+fn a_node_joins_and_leaves_without_loss_or_regression() {
+    let nats = Nats::one();
+    let capture = Capture::start("pickle");
+    let nodes: Vec<Node> = ["a", "b", "c"]
+        .iter()
+        .map(|id| Node::start(id, &nats, &capture, 16, RULES))
+        .collect();
+    wait_spread(&nodes[0], &["a", "b", "c"]);
+    let expected = Expected::default();
+    let refs: Vec<&Node> = nodes.iter().collect();
+    let mut d: Option<Node> = None;
+    stream(&refs, 90, &expected, |round| {
+        if round == 20 {
+            d = Some(Node::start("d", &nats, &capture, 16, RULES));
+        }
+        if round == 45 {
+            let s = wait_spread(&nodes[0], &["a", "b", "c", "d"]);
+            assert!(!shards_of(&s, "d").is_empty(), "{s}");
+            d.as_mut().unwrap().stop();
+        }
+    });
+    let s = wait_spread(&nodes[0], &["a", "b", "c"]);
+    assert!(shards_of(&s, "d").is_empty(), "{s}");
+    wait_exact(&capture, &expected, Duration::from_secs(60));
+    assert_no_regression(&capture);
+}
+
+#[test]
+fn replay_from_the_stream_repairs_a_downstream_after_a_disk_loss() {
+    let nats = Nats::one();
+    let capture = Capture::start("pickle");
+    let mut a = Node::start("a", &nats, &capture, 8, RULES);
+    let b = Node::start("b", &nats, &capture, 8, RULES);
+    wait_spread(&b, &["a", "b"]);
+    let expected = Expected::default();
+    let from = aggd_testkit::now() as i64 - FREQ;
+    stream(&[&a, &b], 20, &expected, |_| {});
+    wait_exact(&capture, &expected, Duration::from_secs(30));
+    // a goes down, its journal directory is deleted, and it starts afresh.
+    a.sigkill();
+    std::fs::remove_dir_all(a.dir.join("journal")).unwrap();
+    a.restart();
+    stream(&[&a, &b], 10, &expected, |_| {});
+    wait_exact(&capture, &expected, Duration::from_secs(30));
+    // The downstream is lost too: a new, empty one, repaired from the stream alone.
+    let fresh = Capture::start("pickle");
+    let to = aggd_testkit::now() as i64;
+    let out = aggd_ok([
+        "replay",
+        "--cluster",
+        "-c",
+        b.cfg.to_str().unwrap(),
+        "--from",
+        &from.to_string(),
+        "--to",
+        &to.to_string(),
+        "--dest",
+        &fresh.addr.to_string(),
+    ]);
+    assert!(out.contains("replay: "), "{out}");
+    wait_exact(&fresh, &expected, Duration::from_secs(20));
+}
+
+#[test]
+fn a_node_with_other_shards_or_rules_is_refused() {
+    let nats = Nats::one();
+    let capture = Capture::start("pickle");
+    let _a = Node::start("a", &nats, &capture, 8, RULES);
+    let refused = |shards: u32, rules: &str| {
+        let dir = tempdir("cluster-refused");
+        let cfg = write_config(&dir, rules, "", &capture.addr.to_string(), "pickle");
+        append_config(
+            &cfg,
+            &format!(
+                "[journal]\ndir = \"journal\"\nmin_free_disk = 0\n\
+                 [cluster]\nservers = {}\nname = \"t\"\nnode = \"z\"\nshards = {shards}\nreplicas = 1\n",
+                nats.toml_servers()
+            ),
+        );
+        let out = std::process::Command::new(aggd_testkit::aggd_bin())
+            .args(["run", "-c", cfg.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let e = refused(16, RULES);
+    assert!(
+        e.contains("refusing to join: this node has shards = 16, the cluster has 8"),
+        "{e}"
+    );
+    let e = refused(8, "cl.<grp>.max (5) = max in.<grp>.*\n");
+    assert!(
+        e.contains("refusing to join: this node's rules digest is"),
+        "{e}"
+    );
+}

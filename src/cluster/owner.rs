@@ -283,8 +283,8 @@ async fn release(sh: &Arc<Shared>, k: u32, h: Held, delete: bool) {
 /// What a consumer keeps between messages.
 #[derive(Default)]
 pub(crate) struct Applier {
-    /// Per origin (node, incarnation): the records applied.
-    applied: HashMap<(String, u64), Applied>,
+    /// Per origin (node, incarnation) and shard: the records applied.
+    applied: HashMap<(String, u64, u32), Applied>,
     /// Series keys by name.
     keys: HashMap<Box<str>, Arc<SeriesKey>>,
 }
@@ -301,13 +301,14 @@ pub(crate) struct Applied1 {
 }
 
 impl Applier {
-    /// Decodes `bytes` and appends its datapoints not yet applied to `out` (per worker of
-    /// `workers`), remembering what it applied.
+    /// Decodes `bytes`, a message of shard `shard`, and appends its datapoints not yet
+    /// applied to `out` (per worker, `out.len()` of them), remembering what it applied.
     ///
     /// Errors: the message does not decode ([`wire::WireError`]).
     pub(crate) fn apply(
         &mut self,
         bytes: &[u8],
+        shard: u32,
         digest: u64,
         out: &mut [Vec<WorkItem>],
     ) -> Result<Applied1, wire::WireError> {
@@ -339,7 +340,7 @@ impl Applier {
             .collect();
         let applied = self
             .applied
-            .entry((h.node.clone(), h.incarnation))
+            .entry((h.node.clone(), h.incarnation, shard))
             .or_default();
         let workers = out.len() as u64;
         for (seq, points) in &m.sections {
@@ -416,7 +417,7 @@ async fn consume(sh: Arc<Shared>, k: u32, stop: CancellationToken) {
                 None => continue 'outer,
             };
             let info = m.info().ok().map(|i| (i.stream_sequence, i.pending));
-            match applier.apply(&m.payload, sh.digest, &mut out) {
+            match applier.apply(&m.payload, k, sh.digest, &mut out) {
                 Ok(r) => {
                     if r.mismatch {
                         sh.stats.rules_mismatch.fetch_add(1, Ordering::Relaxed);
@@ -619,12 +620,17 @@ mod tests {
         assert_eq!((r.points, r.duplicates, r.mismatch), (1, 1, true));
         // Another incarnation (its journal was lost) starts afresh at seq 0.
         let r = a
-            .apply(&message("n1", 8, 0, (0, 5), &[(5, 1.0)]), 1, &mut out)
+            .apply(&message("n1", 8, 0, (0, 5), &[(5, 1.0)]), 0, 1, &mut out)
+            .unwrap();
+        assert_eq!(r.points, 1);
+        // The same records of another shard are other datapoints.
+        let r = a
+            .apply(&message("n1", 7, 0, (0, 9), &[(5, 1.0)]), 1, 1, &mut out)
             .unwrap();
         assert_eq!(r.points, 1);
         let total: usize = out.iter().map(Vec::len).sum();
-        assert_eq!(total, 4);
-        assert!(a.apply(b"\x09junk", 1, &mut out).is_err());
+        assert_eq!(total, 5);
+        assert!(a.apply(b"\x09junk", 0, 1, &mut out).is_err());
     }
 
     #[test]

@@ -64,7 +64,12 @@ pub async fn read_stream(
             break;
         }
         read.messages += 1;
-        match applier.apply(&m.payload, 0, &mut out) {
+        let shard = m.subject.rsplit('.').next().and_then(|k| k.parse().ok());
+        let Some(shard) = shard else {
+            read.malformed += 1;
+            continue;
+        };
+        match applier.apply(&m.payload, shard, 0, &mut out) {
             Ok(_) => {
                 for it in out[0].drain(..) {
                     read.datapoints += 1;
