@@ -94,27 +94,6 @@ fn send_lines(addr: SocketAddr, lines: &str) {
     s.write_all(lines.as_bytes()).unwrap();
 }
 
-/// Waits until `pred` holds of the downstream's values, up to `limit`.
-fn wait_until(
-    capture: &Capture,
-    limit: Duration,
-    what: &str,
-    pred: impl Fn(&std::collections::BTreeMap<(String, i64), f64>) -> bool,
-) {
-    let deadline = Instant::now() + limit;
-    loop {
-        let snap = capture.snapshot();
-        if pred(&snap) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}; downstream has {snap:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// What the senders sent: per (output series, interval start), the expected value.
 #[derive(Default, Clone)]
 struct Expected(Arc<Mutex<BTreeMap<(String, i64), f64>>>);

@@ -23,6 +23,7 @@ const LAYERS: &[&[&str]] = &[
     &["route"],
     &["aggregate"],
     &["ingest", "dest"],
+    &["cluster"],
     &["listen", "replay", "service", "explain"],
     // Assembly.
     &["server", "memory"],

@@ -42,7 +42,7 @@ async fn settings_that_need_a_restart_are_reported_and_the_rules_still_apply() {
         "[[destination]]",
         "[[destination]]\naddress = \"127.0.0.2:9\"\n[[destination]]",
     );
-    let restart = server.reload(new).unwrap();
+    let restart = server.reload(new).await.unwrap();
     for key in ["[workers]", "[[destination]]"] {
         let said = format!("{key} changed: restart to apply");
         assert!(restart.contains(&said), "{said:?} not in {restart:?}");
@@ -70,7 +70,7 @@ async fn settings_that_need_a_restart_are_reported_and_the_rules_still_apply() {
         "[workers]",
         "[tenants]\nregistry = \"tenants.toml\"\n[workers]",
     );
-    let restart = server.reload(with_tenants).unwrap();
+    let restart = server.reload(with_tenants).await.unwrap();
     assert!(
         restart.iter().any(|r| r.starts_with("[tenants] changed")),
         "{restart:?}"
@@ -91,7 +91,7 @@ async fn removing_tenants_by_reload_is_reported_and_the_gate_stays() {
         .start()
         .await;
     let without = edit(&config, "[tenants]\nregistry = \"tenants.toml\"\n", "");
-    let restart = server.reload(without).unwrap();
+    let restart = server.reload(without).await.unwrap();
     assert!(
         restart.iter().any(|r| r.starts_with("[tenants] changed")),
         "{restart:?}"

@@ -25,7 +25,7 @@ pub mod shard;
 pub mod wire;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 
 use crate::config::Aggregation;
 use crate::hash::fnv1a64;
@@ -60,8 +60,8 @@ pub struct ClusterStats {
     pub shards_owned: AtomicU64,
     /// Leases taken or given up by this node.
     pub lease_changes: AtomicU64,
-    /// Journal bytes not yet published and acknowledged.
-    pub publish_lag_bytes: AtomicU64,
+    /// Journal bytes not yet published and acknowledged, with their limit.
+    pub publish: Arc<crate::ingest::PublishLag>,
     /// Messages published and acknowledged.
     pub messages_published: AtomicU64,
     /// Datapoints in those messages.
@@ -80,28 +80,6 @@ pub struct ClusterStats {
     pub last_rebuild_ms: AtomicU64,
     /// Journal records the publisher missed (deleted before it read them).
     pub records_missed: AtomicU64,
-}
-
-/// What an ingest connection needs of cluster mode: the publish lag and its limit.
-pub struct ClusterIngest {
-    /// Counters (the publish lag among them).
-    pub stats: Arc<ClusterStats>,
-    /// Unpublished journal bytes beyond which TCP waits and UDP drops.
-    pub max_lag_bytes: u64,
-    /// Shutdown has begun: connections stop waiting for the publisher.
-    pub closing: std::sync::atomic::AtomicBool,
-}
-
-impl ClusterIngest {
-    /// Whether the publish lag is over its limit.
-    pub fn over_limit(&self) -> bool {
-        self.stats.publish_lag_bytes.load(Ordering::Relaxed) > self.max_lag_bytes
-    }
-
-    /// Whether shutdown has begun.
-    pub fn closing(&self) -> bool {
-        self.closing.load(Ordering::Relaxed)
-    }
 }
 
 /// The subject of shard `k` of cluster `name`.

@@ -168,7 +168,7 @@ async fn tick(sh: &Arc<Shared>, me: &str, ttl_ms: u64, held: &mut HashMap<u32, H
     let beat = Heartbeat {
         node: me.to_string(),
         shards: held.len() as u64,
-        publish_lag_bytes: sh.stats.publish_lag_bytes.load(Ordering::Relaxed),
+        publish_lag_bytes: sh.stats.publish.bytes.load(Ordering::Relaxed),
         consumer_lag,
         at_ms: now_ms(),
     };
@@ -399,9 +399,8 @@ async fn consume(sh: Arc<Shared>, k: u32, stop: CancellationToken) {
         if pending == 0 && !live {
             go_live(&sh, k, started, &mut live).await;
         }
-        let mut messages = match c.messages().await {
-            Ok(m) => m,
-            Err(_) => continue,
+        let Ok(mut messages) = c.messages().await else {
+            continue;
         };
         loop {
             let next = tokio::select! {
@@ -427,7 +426,12 @@ async fn consume(sh: Arc<Shared>, k: u32, stop: CancellationToken) {
                         .fetch_add(r.duplicates, Ordering::Relaxed);
                 }
                 Err(e) => {
-                    if sh.stats.malformed_messages.fetch_add(1, Ordering::Relaxed) % 100 == 0 {
+                    if sh
+                        .stats
+                        .malformed_messages
+                        .fetch_add(1, Ordering::Relaxed)
+                        .is_multiple_of(100)
+                    {
                         tracing::warn!(shard = k, error = %e, "skipping a cluster message");
                     }
                 }
@@ -604,6 +608,7 @@ mod tests {
         let r = a
             .apply(
                 &message("n1", 7, 0, (0, 9), &[(2, 1.0), (5, 1.0)]),
+                0,
                 1,
                 &mut out,
             )
@@ -613,6 +618,7 @@ mod tests {
         let r = a
             .apply(
                 &message("n1", 7, 3, (3, 12), &[(5, 1.0), (11, 1.0)]),
+                0,
                 2,
                 &mut out,
             )

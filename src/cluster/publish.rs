@@ -133,6 +133,16 @@ impl Progress {
     }
 }
 
+/// The journal a [`Publisher`] follows.
+pub(crate) struct Source<'a> {
+    /// Its directory.
+    pub dir: &'a Path,
+    /// Its counters (the bytes written this run).
+    pub stats: Arc<JournalStats>,
+    /// Its next record when it was opened.
+    pub opened_at_seq: u64,
+}
+
 /// The publisher: its thread and task, and how to stop them.
 pub(crate) struct Publisher {
     thread: Option<std::thread::JoinHandle<()>>,
@@ -196,7 +206,10 @@ impl Reader {
         let payload = Bytes::from(o.builder.finish(&h));
         self.next_first[k] = last + 1;
         {
-            let mut p = self.progress.lock().unwrap_or_else(|e| e.into_inner());
+            let mut p = self
+                .progress
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             *p.unacked.entry(o.first).or_default() += 1;
             p.inflight_bytes += payload.len() as u64;
         }
@@ -209,8 +222,7 @@ impl Reader {
         };
         loop {
             match self.tx.try_send(out) {
-                Ok(()) => return,
-                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return,
+                Ok(()) | Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return,
                 Err(tokio::sync::mpsc::error::TrySendError::Full(o)) => out = o,
             }
             if self.abandon.load(Ordering::Relaxed) {
@@ -295,14 +307,18 @@ impl Reader {
             .unwrap_or(u64::MAX)
             .min(self.tail.next_seq());
         let inflight = {
-            let mut p = self.progress.lock().unwrap_or_else(|e| e.into_inner());
+            let mut p = self
+                .progress
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             p.floor = floor;
             p.inflight_bytes
         };
         let written = self.journal.bytes.load(Ordering::Relaxed);
         let unread = written.saturating_sub(self.consumed_new);
         self.stats
-            .publish_lag_bytes
+            .publish
+            .bytes
             .store(unread + inflight, Ordering::Relaxed);
         self.stats
             .records_missed
@@ -314,7 +330,7 @@ impl Reader {
         let wm = self
             .progress
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .watermark();
         if wm > self.state.watermark {
             let s = State {
@@ -380,7 +396,11 @@ async fn publish_one(
         match acked {
             Ok(()) => return (out, true),
             Err(e) => {
-                if stats.publish_errors.fetch_add(1, Ordering::Relaxed) % 100 == 0 {
+                if stats
+                    .publish_errors
+                    .fetch_add(1, Ordering::Relaxed)
+                    .is_multiple_of(100)
+                {
                     tracing::warn!(error = %e, subject = %out.subject, "cluster publish failed; retrying");
                 }
             }
@@ -414,7 +434,7 @@ async fn publish_loop(
                 if acked {
                     stats.messages_published.fetch_add(1, Ordering::Relaxed);
                     stats.datapoints_published.fetch_add(out.points, Ordering::Relaxed);
-                    let mut p = progress.lock().unwrap_or_else(|e| e.into_inner());
+                    let mut p = progress.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                     p.inflight_bytes = p.inflight_bytes.saturating_sub(out.payload.len() as u64);
                     if let Some(c) = p.unacked.get_mut(&out.first_seq) {
                         *c -= 1;
@@ -439,12 +459,15 @@ impl Publisher {
         js: jetstream::Context,
         cfg: &ClusterConfig,
         digest: u64,
-        dir: &Path,
-        journal: Arc<JournalStats>,
-        opened_at_seq: u64,
+        journal: Source<'_>,
         pipeline: Arc<Pipeline>,
         stats: Arc<ClusterStats>,
     ) -> std::io::Result<Publisher> {
+        let Source {
+            dir,
+            stats: journal,
+            opened_at_seq,
+        } = journal;
         let state = load_state(dir, opened_at_seq)?;
         tracing::info!(
             incarnation = format_args!("{:016x}", state.incarnation),
@@ -529,7 +552,7 @@ impl Publisher {
         let wm = self
             .progress
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .watermark();
         let acked_all = finished && wm >= next_seq;
         if let Ok(s) = load_state(&self.dir, wm)

@@ -67,7 +67,32 @@ pub struct Pipeline {
     /// Cluster mode: the journal's publisher aggregates on the shard owners, so nothing
     /// is handed to a local worker; connections wait while the publish lag is over its
     /// limit.
-    pub cluster: Option<Arc<crate::cluster::ClusterIngest>>,
+    pub cluster: Option<Arc<PublishLag>>,
+}
+
+/// Cluster mode's publish lag as connections see it: journal bytes not yet published and
+/// acknowledged (kept by the publisher), and the limit beyond which TCP readers wait and
+/// UDP datagrams are refused as `queue_full`.
+#[derive(Debug, Default)]
+pub struct PublishLag {
+    /// Bytes journaled and not yet acknowledged by the stream.
+    pub bytes: std::sync::atomic::AtomicU64,
+    /// The limit (`cluster.max_publish_lag_bytes`).
+    pub max_bytes: u64,
+    /// Shutdown has begun: connections stop waiting.
+    pub closing: std::sync::atomic::AtomicBool,
+}
+
+impl PublishLag {
+    /// Whether the lag is over its limit.
+    pub fn over_limit(&self) -> bool {
+        self.bytes.load(Ordering::Relaxed) > self.max_bytes
+    }
+
+    /// Whether shutdown has begun.
+    pub fn closing(&self) -> bool {
+        self.closing.load(Ordering::Relaxed)
+    }
 }
 
 impl Pipeline {

@@ -46,6 +46,7 @@ fn ingest(
         quarantine: None,
         route_budget: RouteBudget::new(1 << 20),
         connections: Arc::new(tokio::sync::Semaphore::new(10)),
+        cluster: None,
     });
     let peer = "127.0.0.1:9".parse().unwrap();
     (Ingest::new(p, peer, 0, kind), rx, stats)

@@ -119,6 +119,7 @@ impl Tail {
             }
             let mut pos = 0;
             let mut stuck = false;
+            let mut corrupt = false;
             while pos < self.buf.len() && bytes < max_bytes {
                 match record::decode(&self.buf[pos..]) {
                     Ok((rec, n)) => {
@@ -136,11 +137,25 @@ impl Tail {
                         f(&rec);
                     }
                     Err(DecodeError::Incomplete) => {
+                        // Inside corrupt bytes, what looks like the start of a long record
+                        // may be garbage: a whole record further on settles it.
+                        let next = corrupt
+                            .then(|| {
+                                (pos + 1..self.buf.len())
+                                    .find(|p| record::decode(&self.buf[*p..]).is_ok())
+                            })
+                            .flatten();
+                        if let Some(p) = next {
+                            self.stats.skipped_bytes += (p - pos) as u64;
+                            pos = p;
+                            continue;
+                        }
                         stuck = true;
                         break;
                     }
                     Err(DecodeError::Corrupt) => {
                         pos += 1;
+                        corrupt = true;
                         self.stats.skipped_bytes += 1;
                     }
                 }

@@ -2,17 +2,17 @@
 //! publisher and the owner task, the rules digest at reload, and leaving at shutdown.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::NoForward;
 use crate::aggregate::worker::WorkerPool;
 use crate::cluster::owner::{Owner, Shared, Workers};
-use crate::cluster::publish::Publisher;
-use crate::cluster::{ClusterError, ClusterIngest, ClusterStats, Joined, ShardGate, rules_digest};
+use crate::cluster::publish::{Publisher, Source};
+use crate::cluster::{ClusterError, ClusterStats, Joined, ShardGate, rules_digest};
 use crate::config::Config;
 use crate::drops::Stats;
-use crate::ingest::Pipeline;
+use crate::ingest::{Pipeline, PublishLag};
 use crate::journal::Journal;
 use crate::route::Router;
 
@@ -22,7 +22,7 @@ pub(super) struct ClusterRuntime {
     publisher: Option<Publisher>,
     owner: Option<Owner>,
     /// What connections check.
-    pub ingest: Arc<ClusterIngest>,
+    pub ingest: Arc<PublishLag>,
     /// The publisher's quiet pipeline (its router is swapped at reload).
     publish_pipeline: Arc<Pipeline>,
     /// Counters.
@@ -61,7 +61,13 @@ pub(super) fn start(
 ) -> std::io::Result<ClusterRuntime> {
     let c = &joined.cfg;
     let digest = rules_digest(&config.aggregation);
-    let cstats = Arc::new(ClusterStats::default());
+    let cstats = Arc::new(ClusterStats {
+        publish: Arc::new(PublishLag {
+            max_bytes: c.max_publish_lag_bytes,
+            ..PublishLag::default()
+        }),
+        ..ClusterStats::default()
+    });
     let router = Arc::new(Router::new(config.aggregation.clone(), c.shards as usize));
     let publish_pipeline = Arc::new(Pipeline::new(
         &router,
@@ -75,9 +81,11 @@ pub(super) fn start(
         joined.js.clone(),
         c,
         digest,
-        journal.dir(),
-        journal.stats_arc(),
-        opened_at,
+        Source {
+            dir: journal.dir(),
+            stats: journal.stats_arc(),
+            opened_at_seq: opened_at,
+        },
         Arc::clone(&publish_pipeline),
         Arc::clone(&cstats),
     )?;
@@ -95,11 +103,7 @@ pub(super) fn start(
         lag: (0..c.shards).map(|_| Default::default()).collect(),
     }));
     Ok(ClusterRuntime {
-        ingest: Arc::new(ClusterIngest {
-            stats: Arc::clone(&cstats),
-            max_lag_bytes: c.max_publish_lag_bytes,
-            closing: AtomicBool::new(false),
-        }),
+        ingest: Arc::clone(&cstats.publish),
         joined,
         publisher: Some(publisher),
         owner: Some(owner),

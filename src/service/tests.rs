@@ -35,6 +35,7 @@ async fn both_views_read_the_same_counters_and_only_what_applies() {
     };
     let hooks = Hooks {
         quarantine: None,
+        gate: None,
         #[cfg(feature = "fault-injection")]
         panic_on_series: None,
         #[cfg(feature = "fault-injection")]
@@ -58,6 +59,7 @@ async fn both_views_read_the_same_counters_and_only_what_applies() {
         heartbeats: workers.heartbeats(),
         journal: None,
         quarantine: Some(q),
+        cluster: None,
         ready: AtomicBool::new(true),
     });
     let m = Metrics::new(observed);
