@@ -21,8 +21,10 @@ struct Node {
     child: Option<Child>,
     dir: PathBuf,
     cfg: PathBuf,
+    listeners: usize,
     tcp: SocketAddr,
     pickle: SocketAddr,
+    admin: Option<SocketAddr>,
 }
 
 const RULES: &str = "cl.<grp>.count (5) = count in.<grp>.*\ncl.<grp>.sum (5) = sum in.<grp>.*\n";
@@ -30,6 +32,18 @@ const RULES: &str = "cl.<grp>.count (5) = count in.<grp>.*\ncl.<grp>.sum (5) = s
 impl Node {
     /// Writes node `id`'s config (cluster `name`, `shards` shards) and starts it.
     fn start(id: &str, nats: &Nats, capture: &Capture, shards: u32, rules: &str) -> Node {
+        Node::start_with(id, nats, capture, shards, rules, "")
+    }
+
+    /// Like [`Node::start`], with more TOML (`[admin]` adds a fourth listener).
+    fn start_with(
+        id: &str,
+        nats: &Nats,
+        capture: &Capture,
+        shards: u32,
+        rules: &str,
+        extra: &str,
+    ) -> Node {
         let dir = tempdir(&format!("cluster-{id}"));
         let cfg = write_config(
             &dir,
@@ -49,19 +63,23 @@ impl Node {
                 nats.servers.len().min(3)
             ),
         );
+        append_config(&cfg, extra);
         let mut n = Node {
             child: None,
             dir,
             cfg,
+            listeners: if extra.contains("[admin]") { 4 } else { 3 },
             tcp: "127.0.0.1:0".parse().unwrap(),
             pickle: "127.0.0.1:0".parse().unwrap(),
+            admin: None,
         };
         n.restart();
         n
     }
 
     fn restart(&mut self) {
-        let (child, addrs) = spawn_run(&["-c", self.cfg.to_str().unwrap()], 3);
+        let (child, addrs) = spawn_run(&["-c", self.cfg.to_str().unwrap()], self.listeners);
+        self.admin = addrs.iter().find(|(k, _)| k == "admin/http").map(|a| a.1);
         self.child = Some(child);
         self.tcp = addrs.iter().find(|(k, _)| k == "plaintext/tcp").unwrap().1;
         self.pickle = addrs.iter().find(|(k, _)| k == "pickle/tcp").unwrap().1;
@@ -229,7 +247,8 @@ fn assert_no_regression(capture: &Capture) {
 fn one_node_aggregates_through_the_stream() {
     let nats = Nats::one();
     let capture = Capture::start("pickle");
-    let node = Node::start("a", &nats, &capture, 8, RULES);
+    let admin = "[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"cluster-test-token\"\n";
+    let node = Node::start_with("a", &nats, &capture, 8, RULES, admin);
     let expected = Expected::default();
     for r in 0..3 {
         send_round(node.tcp, r, false, &expected);
@@ -239,6 +258,20 @@ fn one_node_aggregates_through_the_stream() {
     let s = status(&node);
     assert!(s.contains("unowned shards: 0"), "{s}");
     assert_eq!(shards_of(&s, "a").len(), 8, "{s}");
+    let metrics = node.admin.unwrap();
+    let metric = |m| aggd_testkit::metric(metrics, m);
+    assert_eq!(metric("aggd_cluster_shards_owned"), 8.0);
+    // Each datapoint feeds a count and a sum series: two published items.
+    let published = (GROUPS * HOSTS * 4 * 2) as f64;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric("aggd_cluster_datapoints_published_total") < published {
+        assert!(Instant::now() < deadline, "publish acknowledgements not counted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(metric("aggd_cluster_datapoints_published_total"), published);
+    assert_eq!(metric("aggd_cluster_publish_lag_bytes"), 0.0);
+    assert_eq!(metric("aggd_cluster_shard_consumer_lag{shard=\"0\"}"), 0.0);
+    assert_eq!(metric("aggd_cluster_rules_mismatch_total"), 0.0);
 }
 
 #[test]

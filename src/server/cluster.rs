@@ -2,7 +2,7 @@
 //! publisher and the owner task, the rules digest at reload, and leaving at shutdown.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::NoForward;
@@ -66,6 +66,7 @@ pub(super) fn start(
             max_bytes: c.max_publish_lag_bytes,
             ..PublishLag::default()
         }),
+        shard_lag: (0..c.shards).map(|_| AtomicU64::new(u64::MAX)).collect(),
         ..ClusterStats::default()
     });
     let router = Arc::new(Router::new(config.aggregation.clone(), c.shards as usize));
@@ -100,7 +101,6 @@ pub(super) fn start(
         stats: Arc::clone(&cstats),
         digest,
         rebuild_span: Duration::from_secs_f64(span),
-        lag: (0..c.shards).map(|_| Default::default()).collect(),
     }));
     Ok(ClusterRuntime {
         ingest: Arc::clone(&cstats.publish),
