@@ -295,3 +295,63 @@ fn stdout_destination_prints_plaintext_lines() {
     sigterm(&child);
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn check_accepts_the_three_node_cluster_example() {
+    for n in ["a", "b", "c"] {
+        let cfg = format!(
+            "{}/config/cluster/aggd-{n}.toml",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let out = Command::new(BIN)
+            .args(["check", "-c", &cfg])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        let want = format!(
+            "cluster: main as node {n}, 256 shards, 3 replicas, lease 10s, servers nats://127.0.0.1:4221, nats://127.0.0.1:4222, nats://127.0.0.1:4223"
+        );
+        assert!(text.contains(&want), "{want:?} missing in:\n{text}");
+    }
+    // A cluster without a journal is refused at start, not silently standalone.
+    let dir = std::env::temp_dir().join(format!("aggd-cli-cluster-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("r.conf"), "a (10) = sum b\n").unwrap();
+    let cfg = dir.join("aggd.toml");
+    std::fs::write(
+        &cfg,
+        "[aggregation]\nrules = \"r.conf\"\n[cluster]\nservers = [\"nats://127.0.0.1:1\"]\nnode = \"x y\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "-c", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cluster: node \"x y\" must be 1 to 64 letters"),
+        "{err}"
+    );
+    std::fs::write(
+        &cfg,
+        "[aggregation]\nrules = \"r.conf\"\n[cluster]\nservers = [\"nats://127.0.0.1:1\"]\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "-c", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cluster mode needs a [journal] section"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

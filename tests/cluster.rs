@@ -265,7 +265,10 @@ fn one_node_aggregates_through_the_stream() {
     let published = (GROUPS * HOSTS * 4 * 2) as f64;
     let deadline = Instant::now() + Duration::from_secs(10);
     while metric("aggd_cluster_datapoints_published_total") < published {
-        assert!(Instant::now() < deadline, "publish acknowledgements not counted");
+        assert!(
+            Instant::now() < deadline,
+            "publish acknowledgements not counted"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(metric("aggd_cluster_datapoints_published_total"), published);

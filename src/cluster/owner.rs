@@ -642,6 +642,21 @@ mod tests {
     }
 
     #[test]
+    fn messages_stored_out_of_order_lose_nothing() {
+        // A retried publish lands after the next message of its shard.
+        let mut a = Applier::default();
+        let mut out = vec![Vec::new()];
+        let later = message("n1", 1, 0, (10, 19), &[(12, 1.0), (19, 1.0)]);
+        let earlier = message("n1", 1, 0, (0, 9), &[(3, 1.0), (9, 1.0)]);
+        assert_eq!(a.apply(&later, 0, 1, &mut out).unwrap().points, 2);
+        assert_eq!(a.apply(&earlier, 0, 1, &mut out).unwrap().points, 2);
+        // And a copy of either is skipped whole.
+        let r = a.apply(&earlier, 0, 1, &mut out).unwrap();
+        assert_eq!((r.points, r.duplicates), (0, 2));
+        assert_eq!(out[0].len(), 4);
+    }
+
+    #[test]
     fn shard_lists_print_as_ranges() {
         assert_eq!(ranges(&[0, 1, 2, 3, 7, 9, 10]), "0-3,7,9-10");
         assert_eq!(ranges(&[]), "");

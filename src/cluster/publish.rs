@@ -242,7 +242,7 @@ impl Reader {
             cfg,
             ..
         } = self;
-        let mut full: Vec<(usize, u64)> = Vec::new();
+        let mut full: Vec<usize> = Vec::new();
         let mut new_bytes = 0u64;
         let opened_at = self.opened_at_seq;
         let n = tail.read(4 << 20, |rec| {
@@ -271,12 +271,18 @@ impl Reader {
                 if o.builder.points() >= cfg.batch_datapoints
                     || o.builder.bytes() >= cfg.batch_bytes
                 {
-                    full.push((k, seq));
+                    full.push(k);
                 }
             }
         })?;
         self.consumed_new += new_bytes;
-        for (k, last) in full {
+        // A full message holds sections up to the last record read: it covers up to
+        // there, so every record of a shard is in exactly the message whose range holds
+        // it, whatever order the stream stores the messages in (a retried publish lands
+        // after later ones; an owner then skips nothing it has not applied).
+        let last = self.tail.next_seq().saturating_sub(1);
+        full.dedup();
+        for k in full {
             self.seal(k, last);
         }
         Ok(n)

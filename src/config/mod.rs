@@ -372,6 +372,11 @@ impl Config {
 
     fn from_sections(file: File, path: &Path) -> Result<Config, SectionError> {
         section::check_limits(&file.limits)?;
+        if file.cluster.is_some() && file.journal.is_none() {
+            return Err(section::invalid(
+                "cluster mode needs a [journal] section: the node republishes from it",
+            ));
+        }
         let destinations: Vec<DestinationConfig> = each(file.destination)?;
         Ok(Config {
             source: path.to_path_buf(),
@@ -464,6 +469,18 @@ impl std::fmt::Display for Config {
         }
         if self.routing.normalize_tags {
             writeln!(s, "tagged names normalised on output")?;
+        }
+        if let Some(c) = &self.cluster {
+            writeln!(
+                s,
+                "cluster: {} as node {}, {} shards, {} replicas, lease {}, servers {}",
+                c.name,
+                c.node,
+                c.shards,
+                c.replicas,
+                humantime::format_duration(c.lease_ttl),
+                c.servers.join(", ")
+            )?;
         }
         Ok(())
     }
