@@ -481,6 +481,7 @@ impl Publisher {
             "cluster publisher starts at the watermark"
         );
         let shards = cfg.shards as usize;
+        let routes = pipeline.router.load().route_cache_entries();
         let (tx, rx) = tokio::sync::mpsc::channel(cfg.max_in_flight);
         let progress = Arc::new(Mutex::new(Progress {
             floor: state.watermark,
@@ -494,7 +495,7 @@ impl Publisher {
             state,
             dir: dir.to_path_buf(),
             tail: Tail::new(dir, state.watermark),
-            ingest: Ingest::for_publisher(pipeline, shards),
+            ingest: Ingest::for_publisher(pipeline, shards, routes),
             open: (0..shards).map(|_| None).collect(),
             next_first: vec![state.watermark; shards],
             tx,

@@ -156,9 +156,11 @@ impl Ingest {
         } else {
             Mode::Wait
         };
+        let mut handoff = Handoff::new(p.workers.len(), mode);
+        handoff.batches.aggregate = p.cluster.is_none();
         Ingest {
             routing: Routing::new(&p),
-            handoff: Handoff::new(p.workers.len(), mode),
+            handoff,
             decoder: PickleDecoder::new(),
             p,
             peer,
@@ -181,9 +183,10 @@ impl Ingest {
     /// again), routing into `outputs` pending batches (one per shard, with a router built
     /// for that many outputs) that [`Ingest::take_pending`] hands over; nothing is sent to
     /// a worker or forwarded.
-    pub(crate) fn for_publisher(p: Arc<Pipeline>, outputs: usize) -> Self {
+    pub(crate) fn for_publisher(p: Arc<Pipeline>, outputs: usize, routes: usize) -> Self {
         let mut ingest = Ingest::for_rebuild(p);
         ingest.handoff = Handoff::new(outputs, Mode::Rebuild { delivered: false });
+        ingest.routing.private_cache(routes);
         ingest
     }
 

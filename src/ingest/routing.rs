@@ -22,6 +22,9 @@ pub(super) struct Batches {
     pub pending: Vec<Vec<WorkItem>>,
     /// Raw datapoints to forward to the destinations (`forward_all`).
     pub forwards: Vec<OutPoint>,
+    /// Whether work items are kept (false for cluster mode's connections: the shard
+    /// owners aggregate, from what the publisher reads back from the journal).
+    pub aggregate: bool,
 }
 
 impl Batches {
@@ -30,6 +33,7 @@ impl Batches {
         Batches {
             pending: (0..workers).map(|_| Vec::new()).collect(),
             forwards: Vec::new(),
+            aggregate: true,
         }
     }
 
@@ -37,7 +41,8 @@ impl Batches {
     /// route forwards, for the destinations.
     #[inline]
     fn dispatch(&mut self, route: &Route, dp: &Datapoint<'_>) {
-        for o in &route.outputs {
+        let outputs: &[_] = if self.aggregate { &route.outputs } else { &[] };
+        for o in outputs {
             self.pending[o.worker].push(WorkItem {
                 key: Arc::clone(&o.key),
                 timestamp: dp.timestamp,
@@ -60,6 +65,8 @@ pub(super) struct Routing {
     router: Arc<Router>,
     /// This connection's private route cache (emptied when the router changes).
     routes: LocalRoutes,
+    /// The budget it charges.
+    routes_budget: Arc<crate::route::RouteBudget>,
     /// Receive time of the frame being routed (Unix s): dates drops that have no
     /// timestamp of their own.
     pub now: f64,
@@ -77,11 +84,17 @@ impl Routing {
         Routing {
             router: p.router.load_full(),
             routes: LocalRoutes::new(Arc::clone(&p.route_budget)),
+            routes_budget: Arc::clone(&p.route_budget),
             now: 0.0,
             tally: DropTally::default(),
             received: 0,
             received_total: 0,
         }
+    }
+
+    /// A private route cache of up to `max` paths (within the pipeline's budget).
+    pub(crate) fn private_cache(&mut self, max: usize) {
+        self.routes = LocalRoutes::with_max_entries(Arc::clone(&self.routes_budget), max);
     }
 
     /// Takes the current router (a reload may have swapped it) for a frame received at
@@ -141,6 +154,13 @@ impl Routing {
     /// touch of a table entry was half of `accept`). A path not yet cached ends the probe
     /// and takes the full path.
     pub(crate) fn accept_run(&mut self, p: &Pipeline, out: &mut Batches, dps: &[Datapoint<'_>]) {
+        if p.cluster.is_some() && p.tenants.is_none() && !self.router.forwards_or_filters() {
+            // Cluster mode: the publisher routes the journaled records; with nothing to
+            // gate, forward or filter here, routing would find nothing to do.
+            self.received += dps.len() as u64;
+            self.received_total += dps.len() as u64;
+            return;
+        }
         if p.tenants.is_some() || self.router.timestamp_resolution() > 0 {
             for dp in dps {
                 self.accept(p, out, dp);

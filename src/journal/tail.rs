@@ -33,6 +33,11 @@ pub struct Tail {
     current: Option<(u64, File, u64)>,
     /// Bytes read and not yet decoded.
     buf: Vec<u8>,
+    /// What one read lands in (allocated and zeroed once).
+    scratch: Vec<u8>,
+    /// When the directory was last listed for a newer segment (at most every 20 ms
+    /// while idle at the end of the newest segment).
+    listed: Option<std::time::Instant>,
     /// The next record wanted.
     next_seq: u64,
     stats: TailStats,
@@ -45,6 +50,8 @@ impl Tail {
             dir: dir.to_path_buf(),
             current: None,
             buf: Vec::new(),
+            scratch: Vec::new(),
+            listed: None,
             next_seq: seq,
             stats: TailStats::default(),
         }
@@ -93,10 +100,11 @@ impl Tail {
         let Some((_, f, offset)) = &mut self.current else {
             return Ok(0);
         };
-        let at = self.buf.len();
-        self.buf.resize(at + READ_CHUNK, 0);
-        let n = f.read(&mut self.buf[at..])?;
-        self.buf.truncate(at + n);
+        if self.scratch.is_empty() {
+            self.scratch = vec![0; READ_CHUNK];
+        }
+        let n = f.read(&mut self.scratch)?;
+        self.buf.extend_from_slice(&self.scratch[..n]);
         *offset += n as u64;
         Ok(n)
     }
@@ -170,6 +178,13 @@ impl Tail {
             // At the end of what is written: the newest segment waits for more; an older
             // one is finished (read once more in case the writer appended before rotating).
             let first = self.current.as_ref().map_or(0, |c| c.0);
+            let recently = self
+                .listed
+                .is_some_and(|t| t.elapsed() < std::time::Duration::from_millis(20));
+            if recently {
+                return Ok(delivered);
+            }
+            self.listed = Some(std::time::Instant::now());
             if !self.newer_exists(first)? {
                 return Ok(delivered);
             }
@@ -245,6 +260,8 @@ mod tests {
         active.write_all(&rec(9)).unwrap();
         assert_eq!(collect(&mut t), vec![8, 9]);
         write_segment(d.path(), 10, 10..12);
+        // A newer segment is looked for at most every 20 ms while idle.
+        std::thread::sleep(std::time::Duration::from_millis(25));
         assert_eq!(collect(&mut t), vec![10, 11]);
         assert_eq!(t.next_seq(), 12);
         assert_eq!(t.stats(), TailStats::default());

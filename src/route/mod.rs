@@ -141,6 +141,18 @@ impl Router {
         self.aggregation.timestamp_resolution
     }
 
+    /// The shared route cache's capacity (`route_cache_entries`).
+    pub fn route_cache_entries(&self) -> usize {
+        self.aggregation.route_cache_entries
+    }
+
+    /// Whether a route can do more than feed output series: forward the raw datapoint
+    /// (`forward_all`) or filter the path (white/blacklists). Cluster mode's connections,
+    /// whose output series the publisher routes again, route only then.
+    pub fn forwards_or_filters(&self) -> bool {
+        self.aggregation.forward_all || !self.aggregation.lists.is_empty()
+    }
+
     /// Computes the route of `path` without the cache: the white/blacklists on the path
     /// as received, then the `[pre]` rewrite, the rules and the forward.
     pub fn compute(&self, path: &str) -> Route {
@@ -312,6 +324,8 @@ pub struct LocalRoutes {
     budget: Arc<RouteBudget>,
     /// Bytes taken from the budget.
     bytes: usize,
+    /// Most entries ([`LOCAL_ROUTES`] unless [`LocalRoutes::with_max_entries`]).
+    max_entries: usize,
 }
 
 impl Default for LocalRoutes {
@@ -339,7 +353,16 @@ impl LocalRoutes {
             overflow: None,
             budget,
             bytes: 0,
+            max_entries: LOCAL_ROUTES,
         }
+    }
+
+    /// An empty cache charging `budget` that holds up to `max` entries (cluster mode's
+    /// publisher, the one reader of every path the node receives).
+    pub fn with_max_entries(budget: Arc<RouteBudget>, max: usize) -> Self {
+        let mut routes = LocalRoutes::new(budget);
+        routes.max_entries = max;
+        routes
     }
 
     /// The route of `path`: from this cache, else from `router` (see [`Router::lookup`]).
@@ -353,13 +376,14 @@ impl LocalRoutes {
         if self.full_misses > 8 * self.map.len().max(1024) {
             self.clear();
         }
-        let room = self.map.len() < LOCAL_ROUTES;
+        let room = self.map.len() < self.max_entries;
         let LocalRoutes {
             map,
             full_misses,
             overflow,
             budget,
             bytes,
+            ..
         } = self;
         // One hash lookup on a hit; the key is allocated only on insert.
         match map.entry_ref(path) {
