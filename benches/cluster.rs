@@ -103,7 +103,11 @@ fn run(nodes: usize) -> Measured {
     let pids: Vec<u32> = children.iter().map(std::process::Child::id).collect();
     let nats_pids: Vec<u32> = nats
         .iter()
-        .flat_map(|n| n.servers.iter().filter_map(|s| s.pid()))
+        .flat_map(|n| {
+            n.servers
+                .iter()
+                .filter_map(aggd_testkit::nats::NatsServer::pid)
+        })
         .collect();
     let cpu = |ps: &[u32]| ps.iter().map(|p| proc_usage(*p).0).sum::<f64>();
     let (a0, n0) = (cpu(&pids), cpu(&nats_pids));
