@@ -285,8 +285,8 @@ async fn release(sh: &Arc<Shared>, k: u32, h: Held, delete: bool) {
 /// What a consumer keeps between messages.
 #[derive(Default)]
 pub(crate) struct Applier {
-    /// Per origin (node, incarnation) and shard: the records applied.
-    applied: HashMap<(String, u64, u32), Applied>,
+    /// Per origin (node, incarnation, lane) and shard: the records applied.
+    applied: HashMap<(String, u64, u16, u32), Applied>,
     /// Series keys by name.
     keys: HashMap<Box<str>, Arc<SeriesKey>>,
 }
@@ -342,7 +342,7 @@ impl Applier {
             .collect();
         let applied = self
             .applied
-            .entry((h.node.clone(), h.incarnation, shard))
+            .entry((h.node.clone(), h.incarnation, h.lane, shard))
             .or_default();
         let workers = out.len() as u64;
         for (seq, points) in &m.sections {
@@ -596,6 +596,7 @@ mod tests {
         b.finish(&wire::Header {
             digest: 1,
             incarnation: inc,
+            lane: 0,
             watermark: wm,
             first_seq: range.0,
             last_seq: range.1,

@@ -45,15 +45,18 @@ pub(crate) const STATE_FILE: &str = "cluster.state";
 pub(crate) struct State {
     /// Random, made with the journal directory's state file.
     pub incarnation: u64,
+    /// Publisher lanes of this incarnation (fixed: lane numbers depend on it).
+    pub lanes: u64,
     /// Records below it were published and acknowledged.
     pub watermark: u64,
 }
 
 /// Reads `<dir>/cluster.state`; without one (a new or lost journal) starts a new
-/// incarnation at `next_seq` (what an earlier standalone run journaled is not published).
+/// incarnation of `lanes` lanes at `next_seq` (what an earlier standalone run journaled is
+/// not published).
 ///
 /// Errors: the file exists but cannot be read or parsed, or a new one cannot be written.
-pub(crate) fn load_state(dir: &Path, next_seq: u64) -> std::io::Result<State> {
+pub(crate) fn load_state(dir: &Path, next_seq: u64, lanes: u64) -> std::io::Result<State> {
     let path = dir.join(STATE_FILE);
     match std::fs::read_to_string(&path) {
         Ok(text) => parse_state(&text).ok_or_else(|| {
@@ -68,6 +71,7 @@ pub(crate) fn load_state(dir: &Path, next_seq: u64) -> std::io::Result<State> {
                 .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))?;
             let s = State {
                 incarnation: u64::from_le_bytes(b),
+                lanes: lanes.max(1),
                 watermark: next_seq,
             };
             save_state(dir, s)?;
@@ -84,9 +88,11 @@ fn parse_state(text: &str) -> Option<State> {
     let mut lines = text.lines();
     (lines.next()? == "aggd-cluster-state 1").then_some(())?;
     let inc = lines.next()?.strip_prefix("incarnation ")?;
+    let lanes = lines.next()?.strip_prefix("lanes ")?;
     let wm = lines.next()?.strip_prefix("watermark ")?;
     Some(State {
         incarnation: u64::from_str_radix(inc, 16).ok()?,
+        lanes: lanes.parse().ok().filter(|l| *l >= 1)?,
         watermark: wm.parse().ok()?,
     })
 }
@@ -97,15 +103,37 @@ pub(crate) fn save_state(dir: &Path, s: State) -> std::io::Result<()> {
     std::fs::write(
         &tmp,
         format!(
-            "aggd-cluster-state 1\nincarnation {:016x}\nwatermark {}\n",
-            s.incarnation, s.watermark
+            "aggd-cluster-state 1\nincarnation {:016x}\nlanes {}\nwatermark {}\n",
+            s.incarnation, s.lanes, s.watermark
         ),
     )?;
     std::fs::rename(tmp, dir.join(STATE_FILE))
 }
 
+/// How many records of lane `lane` of `lanes` have a sequence number below `bound`: the
+/// lane number of the first such record at or after `bound`.
+fn lane_index(bound: u64, lane: u64, lanes: u64) -> u64 {
+    if bound <= lane {
+        0
+    } else {
+        (bound - lane).div_ceil(lanes)
+    }
+}
+
+/// The journal watermark of lanes whose own watermarks (lane numbers) are `wms`: the
+/// lowest record not yet acknowledged in any lane.
+fn global_watermark(wms: &[u64]) -> u64 {
+    let lanes = wms.len() as u64;
+    wms.iter()
+        .enumerate()
+        .map(|(l, wm)| wm * lanes + l as u64)
+        .min()
+        .unwrap_or(0)
+}
+
 /// A sealed message on its way to the stream.
 struct Out {
+    lane: usize,
     subject: String,
     id: String,
     payload: Bytes,
@@ -145,15 +173,16 @@ pub(crate) struct Source<'a> {
 
 /// The publisher: its thread and task, and how to stop them.
 pub(crate) struct Publisher {
-    thread: Option<std::thread::JoinHandle<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
     /// Set to the journal's next record at shutdown: read up to it, seal all, stop.
     drain_to: Arc<AtomicU64>,
     /// Give up waiting (shutdown's deadline passed).
     abandon: Arc<AtomicBool>,
-    progress: Arc<Mutex<Progress>>,
+    /// Per lane.
+    progress: Vec<Arc<Mutex<Progress>>>,
     dir: PathBuf,
-    incarnation: u64,
+    state: State,
 }
 
 /// One shard's open message.
@@ -168,27 +197,46 @@ struct Reader {
     cfg: ClusterConfig,
     digest: u64,
     state: State,
+    /// This thread's lane, of `state.lanes`.
+    lane: u64,
+    /// The persisted journal watermark (lane 0 writes it).
+    persisted: Arc<AtomicU64>,
     dir: PathBuf,
     tail: Tail,
     ingest: Ingest,
     open: Vec<Option<Open>>,
     next_first: Vec<u64>,
     tx: tokio::sync::mpsc::Sender<Out>,
-    progress: Arc<Mutex<Progress>>,
+    /// Every lane's progress (this lane's is `progress[lane]`).
+    progress: Vec<Arc<Mutex<Progress>>>,
     stats: Arc<ClusterStats>,
     journal: Arc<JournalStats>,
     /// The journal's next record when it was opened: records from it on count as new.
     opened_at_seq: u64,
-    consumed_new: u64,
+    /// Bytes of new records read, by every lane.
+    consumed_new: Arc<AtomicU64>,
     abandon: Arc<AtomicBool>,
 }
 
 impl Reader {
+    fn lock(&self, lane: usize) -> std::sync::MutexGuard<'_, Progress> {
+        self.progress[lane]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The lane number after the last record of this lane read.
+    fn next_in_lane(&self) -> u64 {
+        lane_index(self.tail.next_seq(), self.lane, self.state.lanes)
+    }
+
     fn header(&self, first: u64, last: u64) -> Header {
+        let persisted = self.persisted.load(Ordering::Relaxed);
         Header {
             digest: self.digest,
             incarnation: self.state.incarnation,
-            watermark: self.state.watermark,
+            lane: self.lane as u16,
+            watermark: lane_index(persisted, self.lane, self.state.lanes),
             first_seq: first,
             last_seq: last,
             node: self.cfg.node.clone(),
@@ -206,14 +254,12 @@ impl Reader {
         let payload = Bytes::from(o.builder.finish(&h));
         self.next_first[k] = last + 1;
         {
-            let mut p = self
-                .progress
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut p = self.lock(self.lane as usize);
             *p.unacked.entry(o.first).or_default() += 1;
             p.inflight_bytes += payload.len() as u64;
         }
         let mut out = Out {
+            lane: self.lane as usize,
             subject: subject(&self.cfg.name, k as u32),
             id: wire::msg_id(&h, k as u32),
             payload,
@@ -245,9 +291,13 @@ impl Reader {
         let mut full: Vec<usize> = Vec::new();
         let mut new_bytes = 0u64;
         let opened_at = self.opened_at_seq;
+        let (lane, lanes) = (self.lane, self.state.lanes);
         let n = tail.read(4 << 20, |rec| {
-            let seq = rec.meta.seq;
-            if seq >= opened_at {
+            if rec.meta.seq % lanes != lane {
+                return;
+            }
+            let seq = rec.meta.seq / lanes;
+            if rec.meta.seq >= opened_at {
                 new_bytes +=
                     (8 + 21 + rec.meta.peer.len() + rec.meta.tenant.len() + rec.payload.len())
                         as u64;
@@ -275,12 +325,12 @@ impl Reader {
                 }
             }
         })?;
-        self.consumed_new += new_bytes;
+        self.consumed_new.fetch_add(new_bytes, Ordering::Relaxed);
         // A full message holds sections up to the last record read: it covers up to
         // there, so every record of a shard is in exactly the message whose range holds
         // it, whatever order the stream stores the messages in (a retried publish lands
         // after later ones; an owner then skips nothing it has not applied).
-        let last = self.tail.next_seq().saturating_sub(1);
+        let last = self.next_in_lane().saturating_sub(1);
         full.dedup();
         for k in full {
             self.seal(k, last);
@@ -290,7 +340,7 @@ impl Reader {
 
     /// Seals the open messages older than `batch_delay` (all of them with `all`).
     fn seal_due(&mut self, all: bool) {
-        let last = self.tail.next_seq().saturating_sub(1);
+        let last = self.next_in_lane().saturating_sub(1);
         let delay = self.cfg.batch_delay;
         for k in 0..self.open.len() {
             if self.open[k]
@@ -302,7 +352,8 @@ impl Reader {
         }
     }
 
-    /// Updates the floor, the lag gauge and the records-missed counter.
+    /// Updates this lane's floor; lane 0 also the lag gauge and the records-missed
+    /// counter (every lane's tail sees the same gaps).
     fn update(&mut self) {
         let floor = self
             .open
@@ -311,17 +362,16 @@ impl Reader {
             .map(|o| o.first)
             .min()
             .unwrap_or(u64::MAX)
-            .min(self.tail.next_seq());
-        let inflight = {
-            let mut p = self
-                .progress
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            p.floor = floor;
-            p.inflight_bytes
-        };
+            .min(self.next_in_lane());
+        self.lock(self.lane as usize).floor = floor;
+        if self.lane != 0 {
+            return;
+        }
+        let inflight: u64 = (0..self.progress.len())
+            .map(|l| self.lock(l).inflight_bytes)
+            .sum();
         let written = self.journal.bytes.load(Ordering::Relaxed);
-        let unread = written.saturating_sub(self.consumed_new);
+        let unread = written.saturating_sub(self.consumed_new.load(Ordering::Relaxed));
         self.stats
             .publish
             .bytes
@@ -331,20 +381,25 @@ impl Reader {
             .store(self.tail.stats().missed_records, Ordering::Relaxed);
     }
 
-    /// Persists the watermark if it moved.
+    /// Lane 0: persists the journal watermark if it moved.
     fn persist(&mut self) {
-        let wm = self
-            .progress
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .watermark();
+        if self.lane != 0 {
+            return;
+        }
+        let wms: Vec<u64> = (0..self.progress.len())
+            .map(|l| self.lock(l).watermark())
+            .collect();
+        let wm = global_watermark(&wms);
         if wm > self.state.watermark {
             let s = State {
                 watermark: wm,
                 ..self.state
             };
             match save_state(&self.dir, s) {
-                Ok(()) => self.state = s,
+                Ok(()) => {
+                    self.state = s;
+                    self.persisted.store(wm, Ordering::Relaxed);
+                }
                 Err(e) => tracing::warn!(error = %e, "cannot write the cluster watermark"),
             }
         }
@@ -423,7 +478,7 @@ async fn publish_one(
 async fn publish_loop(
     js: jetstream::Context,
     mut rx: tokio::sync::mpsc::Receiver<Out>,
-    progress: Arc<Mutex<Progress>>,
+    progress: Vec<Arc<Mutex<Progress>>>,
     stats: Arc<ClusterStats>,
     max: usize,
     abandon: Arc<AtomicBool>,
@@ -440,7 +495,7 @@ async fn publish_loop(
                 if acked {
                     stats.messages_published.fetch_add(1, Ordering::Relaxed);
                     stats.datapoints_published.fetch_add(out.points, Ordering::Relaxed);
-                    let mut p = progress.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let mut p = progress[out.lane].lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                     p.inflight_bytes = p.inflight_bytes.saturating_sub(out.payload.len() as u64);
                     if let Some(c) = p.unacked.get_mut(&out.first_seq) {
                         *c -= 1;
@@ -474,63 +529,81 @@ impl Publisher {
             stats: journal,
             opened_at_seq,
         } = journal;
-        let state = load_state(dir, opened_at_seq)?;
+        let state = load_state(dir, opened_at_seq, cfg.publish_threads as u64)?;
         tracing::info!(
             incarnation = format_args!("{:016x}", state.incarnation),
             watermark = state.watermark,
+            lanes = state.lanes,
             "cluster publisher starts at the watermark"
         );
         let shards = cfg.shards as usize;
         let routes = pipeline.router.load().route_cache_entries();
+        let lanes = state.lanes;
         let (tx, rx) = tokio::sync::mpsc::channel(cfg.max_in_flight);
-        let progress = Arc::new(Mutex::new(Progress {
-            floor: state.watermark,
-            ..Progress::default()
-        }));
+        let progress: Vec<Arc<Mutex<Progress>>> = (0..lanes)
+            .map(|l| {
+                Arc::new(Mutex::new(Progress {
+                    floor: lane_index(state.watermark, l, lanes),
+                    ..Progress::default()
+                }))
+            })
+            .collect();
         let abandon = Arc::new(AtomicBool::new(false));
         let drain_to = Arc::new(AtomicU64::new(u64::MAX));
-        let reader = Reader {
-            cfg: cfg.clone(),
-            digest,
-            state,
-            dir: dir.to_path_buf(),
-            tail: Tail::new(dir, state.watermark),
-            ingest: Ingest::for_publisher(pipeline, shards, routes),
-            open: (0..shards).map(|_| None).collect(),
-            next_first: vec![state.watermark; shards],
-            tx,
-            progress: Arc::clone(&progress),
-            stats: Arc::clone(&stats),
-            journal,
-            opened_at_seq,
-            consumed_new: 0,
-            abandon: Arc::clone(&abandon),
-        };
-        let d = Arc::clone(&drain_to);
+        let persisted = Arc::new(AtomicU64::new(state.watermark));
+        let consumed_new = Arc::new(AtomicU64::new(0));
         let handle = tokio::runtime::Handle::current();
-        let thread = std::thread::Builder::new()
-            .name("aggd-publish".into())
-            .spawn(move || {
-                // The reader routes through the pipeline, which may wait on tokio.
-                let _guard = handle.enter();
-                reader.run(d);
-            })?;
+        let mut threads = Vec::new();
+        for lane in 0..lanes {
+            let start = lane_index(state.watermark, lane, lanes);
+            let reader = Reader {
+                cfg: cfg.clone(),
+                digest,
+                state,
+                lane,
+                persisted: Arc::clone(&persisted),
+                dir: dir.to_path_buf(),
+                tail: Tail::new(dir, state.watermark),
+                ingest: Ingest::for_publisher(Arc::clone(&pipeline), shards, routes),
+                open: (0..shards).map(|_| None).collect(),
+                next_first: vec![start; shards],
+                tx: tx.clone(),
+                progress: progress.clone(),
+                stats: Arc::clone(&stats),
+                journal: Arc::clone(&journal),
+                opened_at_seq,
+                consumed_new: Arc::clone(&consumed_new),
+                abandon: Arc::clone(&abandon),
+            };
+            let d = Arc::clone(&drain_to);
+            let handle = handle.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("aggd-publish-{lane}"))
+                    .spawn(move || {
+                        // The reader routes through the pipeline, which may wait on tokio.
+                        let _guard = handle.enter();
+                        reader.run(d);
+                    })?,
+            );
+        }
+        drop(tx);
         let task = tokio::spawn(publish_loop(
             js,
             rx,
-            Arc::clone(&progress),
+            progress.clone(),
             stats,
             cfg.max_in_flight,
             Arc::clone(&abandon),
         ));
         Ok(Publisher {
-            thread: Some(thread),
+            threads,
             task: Some(task),
             drain_to,
             abandon,
             progress,
             dir: dir.to_path_buf(),
-            incarnation: state.incarnation,
+            state,
         })
     }
 
@@ -540,10 +613,10 @@ impl Publisher {
     pub(crate) async fn drain(mut self, next_seq: u64, deadline: tokio::time::Instant) -> bool {
         self.drain_to.store(next_seq, Ordering::Relaxed);
         let abandon = Arc::clone(&self.abandon);
-        let thread = self.thread.take();
+        let threads = std::mem::take(&mut self.threads);
         let task = self.task.take();
         let all = async move {
-            if let Some(t) = thread {
+            for t in threads {
                 let _ = tokio::task::spawn_blocking(move || t.join()).await;
             }
             if let Some(t) = task {
@@ -556,21 +629,24 @@ impl Publisher {
             abandon.store(true, Ordering::Relaxed);
             let _ = tokio::time::timeout(Duration::from_secs(5), all).await;
         }
-        let wm = self
-            .progress
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .watermark();
+        let wms: Vec<u64> = (self.progress.iter())
+            .map(|p| {
+                p.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .watermark()
+            })
+            .collect();
+        let wm = global_watermark(&wms);
         let acked_all = finished && wm >= next_seq;
-        if let Ok(s) = load_state(&self.dir, wm)
-            && s.incarnation == self.incarnation
+        if let Ok(s) = load_state(&self.dir, wm, self.state.lanes)
+            && s.incarnation == self.state.incarnation
             && wm > s.watermark
         {
             let _ = save_state(
                 &self.dir,
                 State {
-                    incarnation: self.incarnation,
                     watermark: wm,
+                    ..self.state
                 },
             );
         }
@@ -585,15 +661,47 @@ mod tests {
     #[test]
     fn state_round_trips_and_a_new_journal_gets_a_new_incarnation() {
         let d = tempfile::tempdir().unwrap();
-        let a = load_state(d.path(), 42).unwrap();
-        assert_eq!(a.watermark, 42);
-        assert_eq!(load_state(d.path(), 0).unwrap(), a);
+        let a = load_state(d.path(), 42, 2).unwrap();
+        assert_eq!((a.watermark, a.lanes), (42, 2));
+        // The lane count is the incarnation's, whatever the config says now.
+        assert_eq!(load_state(d.path(), 0, 4).unwrap(), a);
         save_state(d.path(), State { watermark: 99, ..a }).unwrap();
-        assert_eq!(load_state(d.path(), 0).unwrap().watermark, 99);
+        assert_eq!(load_state(d.path(), 0, 1).unwrap().watermark, 99);
         let e = tempfile::tempdir().unwrap();
-        assert_ne!(load_state(e.path(), 0).unwrap().incarnation, a.incarnation);
+        assert_ne!(
+            load_state(e.path(), 0, 2).unwrap().incarnation,
+            a.incarnation
+        );
         std::fs::write(d.path().join(STATE_FILE), "junk").unwrap();
-        assert!(load_state(d.path(), 0).is_err());
+        assert!(load_state(d.path(), 0, 2).is_err());
+    }
+
+    #[test]
+    fn lane_numbers_are_dense_and_the_watermark_is_the_lowest_unacknowledged_record() {
+        // Lane 1 of 3 holds records 1, 4, 7, …: numbered 0, 1, 2, …
+        assert_eq!(lane_index(0, 1, 3), 0);
+        assert_eq!(lane_index(1, 1, 3), 0);
+        assert_eq!(lane_index(2, 1, 3), 1);
+        assert_eq!(lane_index(4, 1, 3), 1);
+        assert_eq!(lane_index(5, 1, 3), 2);
+        for seq in (1..100).step_by(3) {
+            assert_eq!(
+                lane_index(seq, 1, 3),
+                seq / 3,
+                "record {seq} is numbered seq / 3"
+            );
+        }
+        // Lanes 0 and 1 of 2 acknowledged up to lane numbers 5 and 3: records 10 (lane 0,
+        // number 5) and 7 (lane 1, number 3) are the first unacknowledged.
+        assert_eq!(global_watermark(&[5, 3]), 7);
+        assert_eq!(global_watermark(&[3, 5]), 6);
+        assert_eq!(global_watermark(&[9]), 9);
+        // Every record below the watermark is acknowledged in its lane.
+        let wms = [5, 3];
+        for seq in 0..global_watermark(&wms) {
+            let lane = (seq % 2) as usize;
+            assert!(seq / 2 < wms[lane]);
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! binary64.
 //!
 //! ```text
-//! message  = version:u8 (= 1) digest:u64 incarnation:u64 watermark:u64
+//! message  = version:u8 (= 1) digest:u64 incarnation:u64 lane:u16 watermark:u64
 //!            first_seq:u64 last_seq:u64 node_len:u8 node
 //!            series_count:u32 series*
 //!            section_count:u32 section*
@@ -17,9 +17,13 @@
 //! - `digest`: the sender's rules digest ([`super::rules_digest`]).
 //! - `incarnation`: the sender's journal identity (a random number made with its journal
 //!   directory), so a node whose journal was lost and begun anew is a new origin.
-//! - `watermark`: the sender's persisted republish watermark: it never sends a record
+//! - `lane`: which of the sender's publisher threads sent it. Lane `l` of `L` publishes
+//!   the journal records whose sequence number is `l mod L`, numbered `seq / L` within
+//!   the lane; every sequence number below (sections, ranges, watermark) is such a lane
+//!   number, so each lane is an origin of its own with dense numbers.
+//! - `watermark`: the lane's persisted republish watermark: it never sends a record
 //!   below it again, so a receiver forgets what it saw below it.
-//! - `first_seq..=last_seq`: the journal records this message covers for its shard (a
+//! - `first_seq..=last_seq`: the lane's records this message covers for its shard (a
 //!   record in the range without a section had nothing for the shard).
 //! - `method` is the aggregation method as written in a rule (`sum`, `p95`, …);
 //!   `frequency` is in seconds.
@@ -39,7 +43,7 @@ pub const VERSION: u8 = 1;
 pub const NO_SEQ: u64 = u64::MAX;
 
 /// Bytes of the fixed header before the node id.
-const HEADER: usize = 1 + 8 * 5 + 1;
+const HEADER: usize = 1 + 8 * 5 + 2 + 1;
 
 /// Who sent a message, and what it covers.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,7 +52,9 @@ pub struct Header {
     pub digest: u64,
     /// The sender's journal identity.
     pub incarnation: u64,
-    /// The sender's persisted republish watermark.
+    /// The sender's publisher lane.
+    pub lane: u16,
+    /// The lane's persisted republish watermark.
     pub watermark: u64,
     /// First journal record covered.
     pub first_seq: u64,
@@ -132,13 +138,10 @@ impl Builder {
         let node = &h.node.as_bytes()[..h.node.len().min(255)];
         let mut out = Vec::with_capacity(HEADER + node.len() + 8 + self.bytes());
         out.push(VERSION);
-        for v in [
-            h.digest,
-            h.incarnation,
-            h.watermark,
-            h.first_seq,
-            h.last_seq,
-        ] {
+        out.extend_from_slice(&h.digest.to_le_bytes());
+        out.extend_from_slice(&h.incarnation.to_le_bytes());
+        out.extend_from_slice(&h.lane.to_le_bytes());
+        for v in [h.watermark, h.first_seq, h.last_seq] {
             out.extend_from_slice(&v.to_le_bytes());
         }
         out.push(node.len() as u8);
@@ -256,6 +259,7 @@ pub fn decode(bytes: &[u8]) -> Result<Message<'_>, WireError> {
     }
     let digest = c.u64()?;
     let incarnation = c.u64()?;
+    let lane = c.u16()?;
     let watermark = c.u64()?;
     let first_seq = c.u64()?;
     let last_seq = c.u64()?;
@@ -313,6 +317,7 @@ pub fn decode(bytes: &[u8]) -> Result<Message<'_>, WireError> {
         header: Header {
             digest,
             incarnation,
+            lane,
             watermark,
             first_seq,
             last_seq,
@@ -323,12 +328,12 @@ pub fn decode(bytes: &[u8]) -> Result<Message<'_>, WireError> {
     })
 }
 
-/// The `Nats-Msg-Id` of a message: `<node>.<incarnation hex>.<shard>.<first>-<last>`, the
-/// same for a retried publish of the same message, so the stream drops the copy.
+/// The `Nats-Msg-Id` of a message: `<node>.<incarnation hex>.<lane>.<shard>.<first>-<last>`,
+/// the same for a retried publish of the same message, so the stream drops the copy.
 pub fn msg_id(h: &Header, shard: u32) -> String {
     format!(
-        "{}.{:x}.{shard}.{}-{}",
-        h.node, h.incarnation, h.first_seq, h.last_seq
+        "{}.{:x}.{}.{shard}.{}-{}",
+        h.node, h.incarnation, h.lane, h.first_seq, h.last_seq
     )
 }
 
@@ -350,6 +355,7 @@ mod tests {
         Header {
             digest: 7,
             incarnation: 0xabc,
+            lane: 1,
             watermark: 3,
             first_seq: 10,
             last_seq: 12,
@@ -381,7 +387,7 @@ mod tests {
         assert_eq!(seqs, vec![10, 12]);
         assert_eq!(m.sections[0].1[1].series, 1);
         assert_eq!(m.sections[1].1[0].value, 3.0);
-        assert_eq!(msg_id(&m.header, 5), "n1.abc.5.10-12");
+        assert_eq!(msg_id(&m.header, 5), "n1.abc.1.5.10-12");
     }
 
     #[test]

@@ -57,6 +57,8 @@ pub struct ClusterConfig {
     pub batch_bytes: usize,
     /// Longest wait of a datapoint for its message.
     pub batch_delay: Duration,
+    /// Publisher threads (1..=16); a journal keeps the count it was first published with.
+    pub publish_threads: usize,
     /// Authentication.
     pub auth: NatsAuth,
     /// TLS.
@@ -119,6 +121,9 @@ impl TryFrom<ClusterFile> for ClusterConfig {
         if c.lease_ttl < Duration::from_secs(2) {
             return Err(invalid("cluster: lease_ttl must be at least 2s"));
         }
+        if !(1..=16).contains(&c.publish_threads) {
+            return Err(invalid("cluster: publish_threads must be 1 to 16"));
+        }
         if c.max_in_flight == 0 || c.batch_datapoints == 0 || c.batch_bytes == 0 {
             return Err(invalid(
                 "cluster: max_in_flight, batch_datapoints and batch_bytes must be at least 1",
@@ -162,6 +167,7 @@ impl TryFrom<ClusterFile> for ClusterConfig {
             batch_datapoints: c.batch_datapoints,
             batch_bytes: c.batch_bytes,
             batch_delay: c.batch_delay,
+            publish_threads: c.publish_threads,
             auth,
             tls: NatsTls {
                 required: c.tls || c.tls_ca.is_some() || client.is_some(),

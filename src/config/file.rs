@@ -399,6 +399,10 @@ pub struct ClusterFile {
     /// …or its oldest datapoint has waited this long.
     #[serde(default = "defaults::batch_delay", with = "humantime_serde")]
     pub batch_delay: Duration,
+    /// Publisher threads (lanes): each reads the journal and publishes the records whose
+    /// sequence number is its lane modulo their number.
+    #[serde(default = "defaults::publish_threads")]
+    pub publish_threads: usize,
     /// A NATS credentials file (`.creds`).
     pub credentials: Option<PathBuf>,
     /// A NATS token (prefer `token_file`).
@@ -494,6 +498,9 @@ pub(crate) mod defaults {
     }
     pub fn batch_bytes() -> usize {
         64 << 10
+    }
+    pub fn publish_threads() -> usize {
+        2
     }
     pub fn batch_delay() -> Duration {
         Duration::from_millis(50)
