@@ -325,7 +325,7 @@ fn check_accepts_the_three_node_cluster_example() {
     let cfg = dir.join("aggd.toml");
     std::fs::write(
         &cfg,
-        "[aggregation]\nrules = \"r.conf\"\n[cluster]\nservers = [\"nats://127.0.0.1:1\"]\nnode = \"x y\"\n",
+        "[aggregation]\nrules = \"r.conf\"\n[journal]\ndir = \"j\"\n[cluster]\nservers = [\"nats://127.0.0.1:1\"]\nnode = \"x y\"\n",
     )
     .unwrap();
     let out = Command::new(BIN)

@@ -58,9 +58,12 @@ impl Node {
                 "[journal]\ndir = \"journal\"\nmin_free_disk = 0\n\
                  [service]\nself_metrics_interval = \"0s\"\ndrain_timeout = \"10s\"\n\
                  [cluster]\nservers = {}\nname = \"t\"\nnode = \"{id}\"\nshards = {shards}\n\
-                 replicas = {}\nlease_ttl = \"2s\"\nbatch_delay = \"20ms\"\n",
+                 replicas = {}\nlease_ttl = \"2s\"\nbatch_delay = \"20ms\"\n\
+                 publish_threads = {}\n",
                 nats.toml_servers(),
-                nats.servers.len().min(3)
+                nats.servers.len().min(3),
+                // Node a publishes in one lane, the others in two.
+                if id == "a" { 1 } else { 2 }
             ),
         );
         append_config(&cfg, extra);
@@ -507,4 +510,62 @@ fn a_node_killed_and_restarted_with_its_disk_republishes_exactly_once() {
     stream(&[&a, &b], 20, &expected, |_| {});
     wait_exact(&capture, &expected, Duration::from_secs(60));
     assert_no_regression(&capture);
+}
+
+#[test]
+fn a_reload_on_one_node_reloads_every_node() {
+    let nats = Nats::one();
+    let capture = Capture::start("pickle");
+    let a = Node::start("a", &nats, &capture, 8, RULES);
+    let b = Node::start("b", &nats, &capture, 8, RULES);
+    wait_spread(&b, &["a", "b"]);
+    // New rules on both nodes' disks; only a gets a SIGHUP.
+    let more = format!("{RULES}cl.<grp>.max (5) = max in.<grp>.*\n");
+    for n in [&a, &b] {
+        std::fs::write(n.dir.join("aggregation-rules.conf"), &more).unwrap();
+    }
+    let ok = std::process::Command::new("kill")
+        .args(["-HUP", &a.child.as_ref().unwrap().id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    // b follows: datapoints it receives feed the new max series.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut round = 0;
+    loop {
+        let ts = aggd_testkit::now() as i64 - 10;
+        send_lines(b.tcp, &format!("in.g0.h0 {round} {ts}\n"));
+        let b0 = ts - ts.rem_euclid(FREQ);
+        if capture.value("cl.g0.max", b0).is_some() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "b never aggregated with the new rules: {:?}",
+            capture.snapshot()
+        );
+        round += 1;
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // The cluster's digest is the new rules': a node restarted with the old ones is
+    // refused.
+    let dir = tempdir("cluster-old-rules");
+    let cfg = write_config(&dir, RULES, "", &capture.addr.to_string(), "pickle");
+    append_config(
+        &cfg,
+        &format!(
+            "[journal]\ndir = \"journal\"\nmin_free_disk = 0\n\
+             [cluster]\nservers = {}\nname = \"t\"\nnode = \"old\"\nshards = 8\nreplicas = 1\n",
+            nats.toml_servers()
+        ),
+    );
+    let out = std::process::Command::new(aggd_testkit::aggd_bin())
+        .args(["run", "-c", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("rules digest"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -6,9 +6,9 @@
 //! - [`shard`]: shard of a series, rendezvous hashing, applied-record ranges (pure).
 //! - `nats`: connecting, creating or joining the cluster (the stream and KV buckets),
 //!   and the refusals of a node whose shard count or rules differ.
-//! - `publish`: the ingest side. A thread follows the local journal from the node's
-//!   republish watermark ([`crate::journal::tail`]), decodes and routes each record, and
-//!   publishes per shard in batches with a bounded in-flight window; the watermark
+//! - `publish`: the ingest side. Publisher lanes follow the local journal from the node's
+//!   republish watermark ([`crate::journal::tail`]), decode and route each record, and
+//!   publish per shard in batches with a bounded in-flight window; the watermark
 //!   advances as acknowledgements arrive and is persisted beside the journal.
 //! - `owner`: the shard owner side. Leases in a KV bucket, renewed by compare-and-set;
 //!   the desired owner of each shard by rendezvous hashing over live nodes; per owned

@@ -1,9 +1,11 @@
 //! The ingest side of cluster mode: the journal, read back in order, published per shard.
 //!
-//! A thread (`aggd-publish`) follows the local journal ([`Tail`]) from the node's
-//! republish watermark, decodes and routes each record exactly as a connection does
-//! (nothing is counted twice), and appends each output series' datapoints to its shard's
-//! open message ([`wire::Builder`]), one section per journal record. A message is sealed
+//! `publish_threads` lane threads (`aggd-publish-<l>`) follow the local journal
+//! ([`Tail`]) from the node's republish watermark. Lane `l` of `L` takes the records whose
+//! sequence number is `l mod L` (numbered `seq / L` in the lane: every range, section and
+//! watermark in its messages is such a lane number), decodes and routes each exactly as a
+//! connection does (nothing is counted twice), and appends each output series'
+//! datapoints to its shard's open message ([`wire::Builder`]), one section per record. A message is sealed
 //! when it holds `batch_datapoints` datapoints or `batch_bytes` bytes, or its oldest
 //! datapoint waited `batch_delay`; it covers the records from the end of its shard's
 //! previous message to the last record read.
@@ -13,9 +15,9 @@
 //! it is acknowledged: through a NATS outage nothing is dropped, the window fills, the
 //! thread stops reading, and the journal holds the rest.
 //!
-//! The **watermark** is the lowest journal record not yet in an acknowledged message: the
-//! first record of the oldest unacknowledged message or open message, or the next record
-//! to read. It is written to `<journal dir>/cluster.state` every second and at shutdown;
+//! The **watermark** is the lowest journal record not yet in an acknowledged message, over
+//! the lanes: per lane, the first record of its oldest unacknowledged or open message, or
+//! its next record to read. It is written to `<journal dir>/cluster.state` every second and at shutdown;
 //! after a restart the node republishes from it. Records republished that an owner already
 //! applied are recognised by their sections and skipped ([`super::shard::Applied`]).
 

@@ -500,7 +500,7 @@ pub(crate) mod defaults {
         64 << 10
     }
     pub fn publish_threads() -> usize {
-        2
+        1
     }
     pub fn batch_delay() -> Duration {
         Duration::from_millis(50)

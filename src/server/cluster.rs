@@ -27,6 +27,43 @@ pub(super) struct ClusterRuntime {
     publish_pipeline: Arc<Pipeline>,
     /// Counters.
     pub stats: Arc<ClusterStats>,
+    /// This node's rules digest (follows reloads).
+    digest: Arc<AtomicU64>,
+    /// Stops the watch of the cluster's rules digest.
+    watch: tokio_util::sync::CancellationToken,
+    /// Reload requests from that watch, until [`super::run`] takes them.
+    pub reloads: Option<tokio::sync::mpsc::Receiver<String>>,
+}
+
+/// Watches the cluster's `rules` key: when it changes to a digest this node does not run,
+/// asks for a reload (`tx`), so a SIGHUP on one node reloads every node in one step.
+async fn watch_rules(
+    kv: async_nats::jetstream::kv::Store,
+    digest: Arc<AtomicU64>,
+    tx: tokio::sync::mpsc::Sender<String>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    use futures_util::StreamExt;
+    while !stop.is_cancelled() {
+        let Ok(mut w) = kv.watch("rules").await else {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+            }
+        };
+        loop {
+            let e = tokio::select! {
+                () = stop.cancelled() => return,
+                e = w.next() => e,
+            };
+            let Some(Ok(e)) = e else { break };
+            let theirs = String::from_utf8_lossy(&e.value).into_owned();
+            let mine = format!("{:016x}", digest.load(Ordering::Relaxed));
+            if !theirs.is_empty() && theirs != mine && tx.try_send(theirs).is_err() {
+                tracing::debug!("a cluster rules reload is already pending");
+            }
+        }
+    }
 }
 
 /// Joins the cluster of `config` (the stream and buckets are created by the first node;
@@ -61,6 +98,15 @@ pub(super) fn start(
 ) -> std::io::Result<ClusterRuntime> {
     let c = &joined.cfg;
     let digest = rules_digest(&config.aggregation);
+    let shared_digest = Arc::new(AtomicU64::new(digest));
+    let (reload_tx, reloads) = tokio::sync::mpsc::channel(1);
+    let watch = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(watch_rules(
+        joined.config_kv.clone(),
+        Arc::clone(&shared_digest),
+        reload_tx,
+        watch.clone(),
+    ));
     let cstats = Arc::new(ClusterStats {
         publish: Arc::new(PublishLag {
             max_bytes: c.max_publish_lag_bytes,
@@ -109,20 +155,40 @@ pub(super) fn start(
         owner: Some(owner),
         publish_pipeline,
         stats: cstats,
+        digest: shared_digest,
+        watch,
+        reloads: Some(reloads),
     })
 }
 
 impl ClusterRuntime {
-    /// A reload: the publisher routes with the new rules, and the cluster's rules digest
-    /// becomes this node's (so nodes restarted with the old rules are refused; every node
-    /// must be reloaded with the same files).
-    pub(super) async fn reload(&self, config: &Config) {
+    /// A reload: the publisher routes with the new rules. After an operator's reload
+    /// (`announce`) the cluster's rules digest becomes this node's: the other nodes see it
+    /// change and reload themselves, and nodes restarted with the old rules are refused.
+    /// A reload the cluster asked for only checks that this node now runs the cluster's
+    /// digest (a node whose files were not updated says so, and its messages are counted
+    /// as `rules_mismatch` by their owners).
+    pub(super) async fn reload(&self, config: &Config, announce: Option<&str>) {
         let c = &self.joined.cfg;
         self.publish_pipeline.router.store(Arc::new(Router::new(
             config.aggregation.clone(),
             c.shards as usize,
         )));
-        let digest = format!("{:016x}", rules_digest(&config.aggregation));
+        let d = rules_digest(&config.aggregation);
+        self.digest.store(d, Ordering::Relaxed);
+        let digest = format!("{d:016x}");
+        if let Some(cluster) = announce {
+            if cluster == digest {
+                tracing::info!(digest = %digest, "reloaded to the cluster's rules");
+            } else {
+                tracing::error!(
+                    mine = %digest,
+                    cluster = %cluster,
+                    "reloaded, but this node's rules differ from the cluster's: put the same rules files on every node"
+                );
+            }
+            return;
+        }
         if let Err(e) = self
             .joined
             .config_kv
@@ -138,6 +204,7 @@ impl ClusterRuntime {
     /// Shutdown has begun: connections stop waiting for the publisher.
     pub(super) fn closing(&self) {
         self.ingest.closing.store(true, Ordering::Relaxed);
+        self.watch.cancel();
     }
 
     /// After the connections finished: publishes the journal up to `next_seq` (until

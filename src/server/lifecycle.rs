@@ -35,6 +35,17 @@ impl Server {
     ///
     /// Errors: the new tenant registry cannot be read; nothing is changed then.
     pub async fn reload(&mut self, new: Config) -> Result<Vec<String>, crate::config::ConfigError> {
+        self.reload_as(new, None).await
+    }
+
+    /// [`Server::reload`], asked for by the cluster (`cluster_digest`: the rules digest
+    /// another node announced) rather than by an operator's SIGHUP; it is not announced
+    /// again.
+    async fn reload_as(
+        &mut self,
+        new: Config,
+        cluster_digest: Option<&str>,
+    ) -> Result<Vec<String>, crate::config::ConfigError> {
         let registry = match (&self.tenants, &new.tenants) {
             (Some(_), Some(t)) => Some(Registry::load(&t.registry)?),
             _ => None,
@@ -82,7 +93,7 @@ impl Server {
             t.replace(r);
         }
         if let Some(c) = &self.cluster {
-            c.reload(&new).await;
+            c.reload(&new, cluster_digest).await;
         }
         self.config.aggregation = b.clone();
         tracing::info!(
@@ -200,13 +211,25 @@ pub async fn run(
     use sd_notify::NotifyState;
     let mut server = start(config, listeners).await?;
     service::notify(&[NotifyState::Ready]);
-    while let Some(Signal::Reload) = signals.recv().await {
+    let mut cluster_reloads = server.cluster.as_mut().and_then(|c| c.reloads.take());
+    loop {
+        // A SIGHUP, or (cluster mode) another node announcing new rules.
+        let announced = tokio::select! {
+            s = signals.recv() => match s {
+                Some(Signal::Reload) => None,
+                _ => break,
+            },
+            Some(d) = async { cluster_reloads.as_mut()?.recv().await }, if cluster_reloads.is_some() => {
+                tracing::info!(digest = %d, "the cluster's rules changed; reloading");
+                Some(d)
+            }
+        };
         let mono = NotifyState::monotonic_usec_now().ok();
         let mut states = vec![NotifyState::Reloading];
         states.extend(mono);
         service::notify(&states);
         let reloaded = match load() {
-            Ok(cfg) => server.reload(cfg).await,
+            Ok(cfg) => server.reload_as(cfg, announced.as_deref()).await,
             Err(e) => Err(e),
         };
         if let Err(e) = reloaded {
