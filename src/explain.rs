@@ -35,6 +35,15 @@ pub fn explain(config: &Config, paths: &[String]) -> String {
                 r.frequency,
                 o.worker
             );
+            if let Some(c) = &config.cluster {
+                let k = crate::cluster::shard::shard_of(o.key.hash, c.shards);
+                let _ = writeln!(
+                    s,
+                    "    cluster shard {k} of {}: subject {}",
+                    c.shards,
+                    crate::cluster::subject(&c.name, k)
+                );
+            }
             destinations(config, &o.key.name, &mut s);
         }
         match &route.forward {

@@ -144,7 +144,7 @@ struct ReplayArgs {
     #[arg(long)]
     dry_run: bool,
     /// Read the cluster's stream (`[cluster]`) instead of the local journal: works from
-    /// any node, and after a node's disk is lost.
+    /// any node, and after a node's disk is lost. Implied by a config with `[cluster]`.
     #[arg(long)]
     cluster: bool,
 }
@@ -249,13 +249,14 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     use aggd::time::Window;
     use aggd::time::parse_time;
     let config = args.config.load()?;
-    if args.cluster && args.lost {
-        anyhow::bail!("--lost reads the local loss ledger; with --cluster give --from and --to");
-    }
-    let (dir, ledger) = if args.cluster {
-        (PathBuf::new(), PathBuf::new())
-    } else {
-        journal_paths(&config)?
+    // In cluster mode a node's journal holds only its own input, and an aggregate needs
+    // every node's: replay reads the cluster's stream (the windows of --lost still come
+    // from this node's loss ledger).
+    let from_stream = args.cluster || config.cluster.is_some();
+    let (dir, ledger) = match journal_paths(&config) {
+        Ok(p) => p,
+        Err(e) if !from_stream || args.lost => return Err(e),
+        Err(_) => (PathBuf::new(), PathBuf::new()),
     };
     let now = aggd::time::now();
     let mut windows = Vec::new();
@@ -301,7 +302,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         None
     };
     let mut last_log = std::time::Instant::now();
-    let summary = if args.cluster {
+    let summary = if from_stream {
         aggd::replay::replay_cluster(&config, &opts)?
     } else {
         aggd::replay::replay(&config, &dir, &opts, |done, total| {

@@ -318,6 +318,20 @@ fn check_accepts_the_three_node_cluster_example() {
         );
         assert!(text.contains(&want), "{want:?} missing in:\n{text}");
     }
+    // explain names each output series' shard and subject.
+    let cfg = concat!(env!("CARGO_MANIFEST_DIR"), "/config/cluster/aggd-a.toml");
+    let out = Command::new(BIN)
+        .args(["explain", "-c", cfg, "prod.applications.web.h1.latency"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let k = aggd::hash::fnv1a64(b"prod.applications.web.all.latency") % 256;
+    let want = format!("cluster shard {k} of 256: subject aggd.main.shard.{k}");
+    assert!(
+        text.contains(&want),
+        "{want:?} missing in:
+{text}"
+    );
     // A cluster without a journal is refused at start, not silently standalone.
     let dir = std::env::temp_dir().join(format!("aggd-cli-cluster-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
