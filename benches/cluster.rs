@@ -11,7 +11,7 @@
 //! Per run: datapoints/s (first byte sent until the downstream holds every aggregate),
 //! aggd CPU (all nodes) and NATS CPU (all servers) per datapoint, from /proc; then the
 //! cluster's throughput cost against standalone. `AGGD_BENCH_CLUSTER=1`, `=3` or
-//! `=standalone` runs one of them. Defaults: `AGGD_BENCH_POINTS` 4 000 000, the rest as in
+//! `=standalone` runs one of them; `AGGD_BENCH_LANES` sets `publish_threads` (1). Defaults: `AGGD_BENCH_POINTS` 4 000 000, the rest as in
 //! the ingest benchmark. Run with `cargo bench --bench cluster`.
 
 use std::net::SocketAddr;
@@ -68,9 +68,11 @@ fn run(nodes: usize) -> Measured {
         std::fs::write(dir.join("rules.conf"), w.rules_conf()).unwrap();
         let cluster = match &nats {
             Some(nats) => format!(
-                "[cluster]\nservers = {}\nname = \"bench\"\nnode = \"n{n}\"\nreplicas = {}\n",
+                "[cluster]\nservers = {}\nname = \"bench\"\nnode = \"n{n}\"\nreplicas = {}\n\
+                 publish_threads = {}\n",
                 nats.toml_servers(),
-                nodes
+                nodes,
+                env_or("AGGD_BENCH_LANES", 1)
             ),
             None => String::new(),
         };

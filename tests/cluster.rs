@@ -257,6 +257,14 @@ fn one_node_aggregates_through_the_stream() {
         send_round(node.tcp, r, false, &expected);
     }
     send_round(node.pickle, 3, true, &expected);
+    // A bad line between good ones: counted under its reason, the good ones aggregated.
+    let ts = aggd_testkit::now() as i64;
+    send_lines(
+        node.tcp,
+        &format!("in.g0.h0 1 {ts}\nnot-a-number x {ts}\nin.g0.h1 2 {ts}\n"),
+    );
+    expected.add(0, ts, 1.0);
+    expected.add(0, ts, 2.0);
     wait_exact(&capture, &expected, Duration::from_secs(30));
     let s = status(&node);
     assert!(s.contains("unowned shards: 0"), "{s}");
@@ -264,8 +272,12 @@ fn one_node_aggregates_through_the_stream() {
     let metrics = node.admin.unwrap();
     let metric = |m| aggd_testkit::metric(metrics, m);
     assert_eq!(metric("aggd_cluster_shards_owned"), 8.0);
+    // The connections left these frames to the publisher, which counted them once.
+    let received = (GROUPS * HOSTS * 4 + 2) as f64;
+    assert_eq!(metric("aggd_received_total"), received);
+    assert_eq!(metric("aggd_dropped_total{reason=\"parse_error\"}"), 1.0);
     // Each datapoint feeds a count and a sum series: two published items.
-    let published = (GROUPS * HOSTS * 4 * 2) as f64;
+    let published = received * 2.0;
     let deadline = Instant::now() + Duration::from_secs(10);
     while metric("aggd_cluster_datapoints_published_total") < published {
         assert!(

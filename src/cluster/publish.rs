@@ -171,6 +171,8 @@ pub(crate) struct Source<'a> {
     pub stats: Arc<JournalStats>,
     /// Its next record when it was opened.
     pub opened_at_seq: u64,
+    /// The node has a tenant gate.
+    pub tenants: bool,
 }
 
 /// The publisher: its thread and task, and how to stop them.
@@ -217,6 +219,8 @@ struct Reader {
     opened_at_seq: u64,
     /// Bytes of new records read, by every lane.
     consumed_new: Arc<AtomicU64>,
+    /// The node has a tenant gate (its connections then decode and count every frame).
+    tenants: bool,
     abandon: Arc<AtomicBool>,
 }
 
@@ -293,7 +297,7 @@ impl Reader {
         let mut full: Vec<usize> = Vec::new();
         let mut new_bytes = 0u64;
         let opened_at = self.opened_at_seq;
-        let (lane, lanes) = (self.lane, self.state.lanes);
+        let (lane, lanes, tenants) = (self.lane, self.state.lanes, self.tenants);
         let n = tail.read(4 << 20, |rec| {
             if rec.meta.seq % lanes != lane {
                 return;
@@ -307,7 +311,11 @@ impl Reader {
             let now = rec.meta.received_us as f64 / 1e6;
             let tenant = Some(rec.meta.tenant.as_str()).filter(|t| !t.is_empty());
             let _ = ingest.frame(rec.meta.kind, rec.payload, tenant, now);
-            for (k, items) in ingest.take_pending().iter_mut().enumerate() {
+            // A frame of this run that its connection left undecoded is counted here.
+            let count = (rec.meta.seq >= opened_at
+                && ingest.left_to_publisher(rec.meta.kind, tenants))
+            .then_some(rec.meta.peer.as_str());
+            for (k, items) in ingest.take_pending(count).iter_mut().enumerate() {
                 if items.is_empty() {
                     continue;
                 }
@@ -530,6 +538,7 @@ impl Publisher {
             dir,
             stats: journal,
             opened_at_seq,
+            tenants: journal_tenants,
         } = journal;
         let state = load_state(dir, opened_at_seq, cfg.publish_threads as u64)?;
         tracing::info!(
@@ -575,6 +584,7 @@ impl Publisher {
                 journal: Arc::clone(&journal),
                 opened_at_seq,
                 consumed_new: Arc::clone(&consumed_new),
+                tenants: journal_tenants,
                 abandon: Arc::clone(&abandon),
             };
             let d = Arc::clone(&drain_to);

@@ -191,13 +191,35 @@ impl Ingest {
     }
 
     /// The pending work items per output (per shard for [`Ingest::for_publisher`]), to be
-    /// drained by the caller; the rejections and forwards routing counted are discarded
-    /// (the connection that received the input counted them).
-    pub(crate) fn take_pending(&mut self) -> &mut [Vec<crate::aggregate::worker::WorkItem>] {
-        self.routing.tally = DropTally::default();
-        self.routing.received = 0;
+    /// drained by the caller. With `count`, the datapoints and rejections routing found
+    /// are added to the process counters as if received now from `peer` (the publisher's
+    /// count of a frame its connection did not decode); else they are discarded (the
+    /// connection counted them).
+    pub(crate) fn take_pending(
+        &mut self,
+        count: Option<&str>,
+    ) -> &mut [Vec<crate::aggregate::worker::WorkItem>] {
+        let r = &mut self.routing;
+        if let Some(peer) = count {
+            let s = &self.p.stats;
+            s.received.fetch_add(r.received, Ordering::Relaxed);
+            r.tally.flush(s, &format_args!("from {peer}"));
+        }
+        r.tally = DropTally::default();
+        r.received = 0;
         self.handoff.batches.forwards.clear();
         &mut self.handoff.batches.pending
+    }
+
+    /// Cluster mode's publisher: whether a connection of a node with (`tenants`) or
+    /// without a tenant gate left a frame of `kind` undecoded for the publisher to count
+    /// ([`Ingest::frame`] in a count-only connection), under this router's rules.
+    pub(crate) fn left_to_publisher(&self, kind: Kind, tenants: bool) -> bool {
+        let http = matches!(
+            kind,
+            Kind::HttpPlaintext | Kind::HttpPickle | Kind::HttpJson
+        );
+        !http && !tenants && !self.routing.forwards_or_filters()
     }
 
     /// Start-up rebuild: whether the input that follows was delivered downstream by the
@@ -276,6 +298,14 @@ impl Ingest {
             ..
         } = self;
         routing.start_frame(p, now);
+        let http = matches!(
+            kind,
+            Kind::HttpPlaintext | Kind::HttpPickle | Kind::HttpJson
+        );
+        if !http && p.journal.is_some() && routing.count_only(p) {
+            // Cluster mode: the publisher decodes this journaled frame and counts it.
+            return Ok(());
+        }
         let decoded = crate::codec::decode_frame(
             kind,
             payload,

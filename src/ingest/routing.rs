@@ -153,10 +153,23 @@ impl Routing {
     /// overlaps their cache misses (with 100 000 paths per connection, the probe's first
     /// touch of a table entry was half of `accept`). A path not yet cached ends the probe
     /// and takes the full path.
+    /// Cluster mode with nothing to gate, forward or filter at the connection: its
+    /// datapoints need only be counted, and the publisher, which decodes every journaled
+    /// record anyway, counts them.
+    /// Whether the router in use forwards or filters ([`Router::forwards_or_filters`]).
+    pub(crate) fn forwards_or_filters(&self) -> bool {
+        self.router.forwards_or_filters()
+    }
+
+    /// Cluster mode with nothing to gate, forward or filter at the connection.
+    pub(crate) fn count_only(&self, p: &Pipeline) -> bool {
+        p.cluster.is_some() && p.tenants.is_none() && !self.router.forwards_or_filters()
+    }
+
     pub(crate) fn accept_run(&mut self, p: &Pipeline, out: &mut Batches, dps: &[Datapoint<'_>]) {
-        if p.cluster.is_some() && p.tenants.is_none() && !self.router.forwards_or_filters() {
-            // Cluster mode: the publisher routes the journaled records; with nothing to
-            // gate, forward or filter here, routing would find nothing to do.
+        if self.count_only(p) {
+            // Cluster mode (HTTP, which answers with counts): the publisher routes the
+            // journaled records; routing here would find nothing to do.
             self.received += dps.len() as u64;
             self.received_total += dps.len() as u64;
             return;

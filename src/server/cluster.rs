@@ -132,6 +132,7 @@ pub(super) fn start(
             dir: journal.dir(),
             stats: journal.stats_arc(),
             opened_at_seq: opened_at,
+            tenants: config.tenants.is_some(),
         },
         Arc::clone(&publish_pipeline),
         Arc::clone(&cstats),
