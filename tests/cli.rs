@@ -337,32 +337,24 @@ fn check_accepts_the_three_node_cluster_example() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("r.conf"), "a (10) = sum b\n").unwrap();
     let cfg = dir.join("aggd.toml");
-    std::fs::write(
-        &cfg,
-        "[aggregation]\nrules = \"r.conf\"\n[journal]\ndir = \"j\"\n[cluster]\nservers = [\"nats://127.0.0.1:1\"]\nnode = \"x y\"\n",
-    )
-    .unwrap();
-    let out = Command::new(BIN)
-        .args(["check", "-c", cfg.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let refused = |toml: &str| {
+        std::fs::write(&cfg, format!("[aggregation]\nrules = \"r.conf\"\n{toml}")).unwrap();
+        let out = Command::new(BIN)
+            .args(["check", "-c", cfg.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let servers = "[cluster]\nservers = [\"nats://127.0.0.1:1\"]\n";
+    let err = refused(&format!(
+        "[journal]\ndir = \"j\"\n{servers}node = \"x y\"\n"
+    ));
     assert!(
         err.contains("cluster: node \"x y\" must be 1 to 64 letters"),
         "{err}"
     );
-    std::fs::write(
-        &cfg,
-        "[aggregation]\nrules = \"r.conf\"\n[cluster]\nservers = [\"nats://127.0.0.1:1\"]\n",
-    )
-    .unwrap();
-    let out = Command::new(BIN)
-        .args(["run", "-c", cfg.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused(servers);
     assert!(
         err.contains("cluster mode needs a [journal] section"),
         "{err}"

@@ -468,29 +468,33 @@ fn replay_from_the_stream_repairs_a_downstream_after_a_disk_loss() {
     wait_exact(&fresh, &expected, Duration::from_secs(20));
 }
 
+/// Starts a node `z` with `shards` and `rules` that must be refused; returns its stderr.
+fn refused_join(nats: &Nats, capture: &Capture, shards: u32, rules: &str) -> String {
+    let dir = tempdir("cluster-refused");
+    let cfg = write_config(&dir, rules, "", &capture.addr.to_string(), "pickle");
+    append_config(
+        &cfg,
+        &format!(
+            "[journal]\ndir = \"journal\"\nmin_free_disk = 0\n\
+             [cluster]\nservers = {}\nname = \"t\"\nnode = \"z\"\nshards = {shards}\nreplicas = 1\n",
+            nats.toml_servers()
+        ),
+    );
+    let out = std::process::Command::new(aggd_testkit::aggd_bin())
+        .args(["run", "-c", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a node that must be refused started");
+    let _ = std::fs::remove_dir_all(dir);
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn a_node_with_other_shards_or_rules_is_refused() {
     let nats = Nats::one();
     let capture = Capture::start("pickle");
     let _a = Node::start("a", &nats, &capture, 8, RULES);
-    let refused = |shards: u32, rules: &str| {
-        let dir = tempdir("cluster-refused");
-        let cfg = write_config(&dir, rules, "", &capture.addr.to_string(), "pickle");
-        append_config(
-            &cfg,
-            &format!(
-                "[journal]\ndir = \"journal\"\nmin_free_disk = 0\n\
-                 [cluster]\nservers = {}\nname = \"t\"\nnode = \"z\"\nshards = {shards}\nreplicas = 1\n",
-                nats.toml_servers()
-            ),
-        );
-        let out = std::process::Command::new(aggd_testkit::aggd_bin())
-            .args(["run", "-c", cfg.to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(!out.status.success());
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    };
+    let refused = |shards: u32, rules: &str| refused_join(&nats, &capture, shards, rules);
     let e = refused(16, RULES);
     assert!(
         e.contains("refusing to join: this node has shards = 16, the cluster has 8"),
@@ -562,22 +566,6 @@ fn a_reload_on_one_node_reloads_every_node() {
     }
     // The cluster's digest is the new rules': a node restarted with the old ones is
     // refused.
-    let dir = tempdir("cluster-old-rules");
-    let cfg = write_config(&dir, RULES, "", &capture.addr.to_string(), "pickle");
-    append_config(
-        &cfg,
-        &format!(
-            "[journal]\ndir = \"journal\"\nmin_free_disk = 0\n\
-             [cluster]\nservers = {}\nname = \"t\"\nnode = \"old\"\nshards = 8\nreplicas = 1\n",
-            nats.toml_servers()
-        ),
-    );
-    let out = std::process::Command::new(aggd_testkit::aggd_bin())
-        .args(["run", "-c", cfg.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused_join(&nats, &capture, 8, RULES);
     assert!(err.contains("rules digest"), "{err}");
-    let _ = std::fs::remove_dir_all(dir);
 }
