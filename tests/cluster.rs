@@ -217,6 +217,17 @@ fn wait_spread(node: &Node, ids: &[&str]) -> String {
     }
 }
 
+/// Starts nodes `ids` (16 shards, [`RULES`]) and waits until the shards are spread over
+/// them.
+fn start_nodes(nats: &Nats, capture: &Capture, ids: &[&str]) -> Vec<Node> {
+    let nodes: Vec<Node> = ids
+        .iter()
+        .map(|id| Node::start(id, nats, capture, 16, RULES))
+        .collect();
+    wait_spread(&nodes[0], ids);
+    nodes
+}
+
 /// The shards `id` owns, from a status text.
 fn shards_of(status: &str, id: &str) -> Vec<u32> {
     let line = status
@@ -296,11 +307,8 @@ fn one_node_aggregates_through_the_stream() {
 fn failover_after_sigkill_is_exact() {
     let nats = Nats::start(3);
     let capture = Capture::start("pickle");
-    let mut nodes: Vec<Node> = ["a", "b", "c"]
-        .iter()
-        .map(|id| Node::start(id, &nats, &capture, 16, RULES))
-        .collect();
-    let before = wait_spread(&nodes[0], &["a", "b", "c"]);
+    let mut nodes = start_nodes(&nats, &capture, &["a", "b", "c"]);
+    let before = status(&nodes[0]);
     let b_shards = shards_of(&before, "b");
     assert!(!b_shards.is_empty());
     let expected = Expected::default();
@@ -365,11 +373,7 @@ fn stream(nodes: &[&Node], rounds: usize, expected: &Expected, mut between: impl
 fn losing_a_log_server_loses_nothing() {
     let mut nats = Nats::start(3);
     let capture = Capture::start("pickle");
-    let nodes: Vec<Node> = ["a", "b"]
-        .iter()
-        .map(|id| Node::start(id, &nats, &capture, 16, RULES))
-        .collect();
-    wait_spread(&nodes[0], &["a", "b"]);
+    let nodes = start_nodes(&nats, &capture, &["a", "b"]);
     let expected = Expected::default();
     let refs: Vec<&Node> = nodes.iter().collect();
     stream(&refs, 60, &expected, |round| {
@@ -408,11 +412,7 @@ fn the_whole_log_down_for_20s_then_everything_is_published() {
 fn a_node_joins_and_leaves_without_loss_or_regression() {
     let nats = Nats::one();
     let capture = Capture::start("pickle");
-    let nodes: Vec<Node> = ["a", "b", "c"]
-        .iter()
-        .map(|id| Node::start(id, &nats, &capture, 16, RULES))
-        .collect();
-    wait_spread(&nodes[0], &["a", "b", "c"]);
+    let nodes = start_nodes(&nats, &capture, &["a", "b", "c"]);
     let expected = Expected::default();
     let refs: Vec<&Node> = nodes.iter().collect();
     let mut d: Option<Node> = None;
