@@ -569,3 +569,26 @@ fn a_reload_on_one_node_reloads_every_node() {
     let err = refused_join(&nats, &capture, 8, RULES);
     assert!(err.contains("rules digest"), "{err}");
 }
+
+#[test]
+fn a_node_stopped_while_the_log_is_down_exits_and_publishes_at_its_next_start() {
+    let mut nats = Nats::one();
+    let capture = Capture::start("pickle");
+    let mut a = Node::start("a", &nats, &capture, 8, RULES);
+    let expected = Expected::default();
+    stream(&[&a], 10, &expected, |_| {});
+    wait_exact(&capture, &expected, Duration::from_secs(30));
+    nats.servers[0].kill();
+    // Accepted and journaled while NATS is down, then SIGTERM: the node gives up on the
+    // unpublished records at its drain deadline (10 s) and exits.
+    stream(&[&a], 10, &expected, |_| {});
+    let t0 = Instant::now();
+    a.stop();
+    let took = t0.elapsed();
+    assert!(took < Duration::from_secs(25), "shutdown took {took:?}");
+    nats.servers[0].start();
+    nats.wait_healthy();
+    a.restart();
+    wait_exact(&capture, &expected, Duration::from_secs(60));
+    assert_no_regression(&capture);
+}

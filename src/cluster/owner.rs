@@ -154,9 +154,13 @@ async fn run(sh: Arc<Shared>, stop: CancellationToken) {
             release(&sh, k, h, true).await;
         }
     }
-    let _ = sh.joined.leases.delete(node_key(&me)).await;
+    let _ = tokio::time::timeout(PATIENCE, sh.joined.leases.delete(node_key(&me))).await;
     sh.stats.shards_owned.store(0, Ordering::Relaxed);
 }
+
+/// How long one lease request may take before NATS counts as unreachable for the rest of
+/// the tick (and a release stops waiting to delete its key, which then expires).
+const PATIENCE: Duration = Duration::from_secs(1);
 
 /// One pass of the lease protocol (see the module docs).
 async fn tick(sh: &Arc<Shared>, me: &str, ttl_ms: u64, held: &mut HashMap<u32, Held>) {
@@ -174,10 +178,18 @@ async fn tick(sh: &Arc<Shared>, me: &str, ttl_ms: u64, held: &mut HashMap<u32, H
         at_ms: now_ms(),
     };
     let beat = serde_json::to_vec(&beat).unwrap_or_default();
-    if let Err(e) = leases.put(node_key(me), Bytes::from(beat)).await {
-        tracing::warn!(error = %e, "cluster heartbeat failed");
+    let beat = tokio::time::timeout(PATIENCE, leases.put(node_key(me), Bytes::from(beat))).await;
+    if !matches!(beat, Ok(Ok(_))) {
+        tracing::warn!(
+            "cluster heartbeat failed: NATS unreachable; keeping held shards while their leases last"
+        );
+        expire(sh, held).await;
+        return;
     }
-    let mut nodes = match live_nodes(leases).await {
+    let listed = tokio::time::timeout(PATIENCE, live_nodes(leases))
+        .await
+        .unwrap_or_else(|_| Err("timed out".into()));
+    let mut nodes = match listed {
         Ok(n) => n,
         Err(e) => {
             tracing::warn!(error = %e, "cannot list the cluster's nodes");
@@ -200,10 +212,19 @@ async fn tick(sh: &Arc<Shared>, me: &str, ttl_ms: u64, held: &mut HashMap<u32, H
                 continue;
             }
             let sent = now_ms();
-            match leases
-                .update(lease_key(k), Bytes::from(me.to_string()), h.revision)
-                .await
-            {
+            let renewed = tokio::time::timeout(
+                PATIENCE,
+                leases.update(lease_key(k), Bytes::from(me.to_string()), h.revision),
+            )
+            .await;
+            let Ok(renewed) = renewed else {
+                tracing::warn!(
+                    shard = k,
+                    "shard lease renewal timed out; trying again next tick"
+                );
+                break;
+            };
+            match renewed {
                 Ok(rev) => {
                     h.revision = rev;
                     h.valid_until_ms = sent + allowance;
@@ -218,10 +239,15 @@ async fn tick(sh: &Arc<Shared>, me: &str, ttl_ms: u64, held: &mut HashMap<u32, H
             }
         } else if desired {
             let sent = now_ms();
-            if let Ok(rev) = leases
-                .create(lease_key(k), Bytes::from(me.to_string()))
-                .await
-            {
+            let created = tokio::time::timeout(
+                PATIENCE,
+                leases.create(lease_key(k), Bytes::from(me.to_string())),
+            )
+            .await;
+            let Ok(created) = created else {
+                break;
+            };
+            if let Ok(rev) = created {
                 let until = sent + allowance;
                 sh.gate.allow_until(k, until);
                 sh.stats.shard_lag[k as usize].store(0, Ordering::Relaxed);
@@ -272,11 +298,9 @@ async fn release(sh: &Arc<Shared>, k: u32, h: Held, delete: bool) {
     sh.workers.all(|| WorkerMsg::Forget(k)).await;
     sh.stats.shard_lag[k as usize].store(u64::MAX, Ordering::Relaxed);
     if delete {
-        let _ = sh
-            .joined
-            .leases
-            .delete_expect_revision(lease_key(k), Some(h.revision))
-            .await;
+        let leases = &sh.joined.leases;
+        let delete = leases.delete_expect_revision(lease_key(k), Some(h.revision));
+        let _ = tokio::time::timeout(PATIENCE, delete).await;
     }
     sh.stats.lease_changes.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(shard = k, "shard lease released");
