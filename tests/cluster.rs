@@ -592,3 +592,44 @@ fn a_node_stopped_while_the_log_is_down_exits_and_publishes_at_its_next_start() 
     wait_exact(&capture, &expected, Duration::from_secs(60));
     assert_no_regression(&capture);
 }
+
+#[test]
+fn hostile_messages_on_the_stream_are_counted_and_skipped() {
+    let nats = Nats::one();
+    let capture = Capture::start("pickle");
+    let admin = "[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"cluster-test-token\"\n";
+    let node = Node::start_with("a", &nats, &capture, 8, RULES, admin);
+    // Anyone who can publish to the subjects: junk, a future version, a truncated and an
+    // oversized-count message, on every shard.
+    let url = nats.servers[0].url();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let junk: Vec<Vec<u8>> = vec![
+        b"junk".to_vec(),
+        vec![2; 64],
+        vec![1; 20],
+        [vec![1], vec![0; 40], vec![0, 0], vec![0xff; 8]].concat(),
+    ];
+    rt.block_on(async {
+        let client = async_nats::connect(url).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        for k in 0..8 {
+            for j in &junk {
+                js.publish(format!("aggd.t.shard.{k}"), j.clone().into())
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap();
+            }
+        }
+    });
+    // The owner goes on: good input afterwards is aggregated exactly.
+    let expected = Expected::default();
+    send_round(node.tcp, 0, false, &expected);
+    wait_exact(&capture, &expected, Duration::from_secs(30));
+    let malformed =
+        aggd_testkit::metric(node.admin.unwrap(), "aggd_cluster_malformed_messages_total");
+    assert_eq!(malformed, (8 * junk.len()) as f64);
+}
