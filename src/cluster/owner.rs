@@ -317,7 +317,7 @@ pub(crate) struct Applier {
 
 /// What applying one message found.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub(crate) struct Applied1 {
+pub(crate) struct ApplyOutcome {
     /// Datapoints handed on.
     pub points: usize,
     /// Sections skipped as already applied.
@@ -337,12 +337,12 @@ impl Applier {
         shard: u32,
         digest: u64,
         out: &mut [Vec<WorkItem>],
-    ) -> Result<Applied1, wire::WireError> {
+    ) -> Result<ApplyOutcome, wire::WireError> {
         let m = wire::decode(bytes)?;
         let h = &m.header;
-        let mut r = Applied1 {
+        let mut r = ApplyOutcome {
             mismatch: h.digest != digest,
-            ..Applied1::default()
+            ..ApplyOutcome::default()
         };
         if self.keys.len() > 200_000 {
             self.keys.clear();

@@ -23,7 +23,7 @@ pub struct StreamRead {
 
 /// Calls `f` with every datapoint of every shard's messages stored from `from` (Unix s)
 /// on, up to the stream's last message when the read began or the first message stored
-/// after `to`, each journal record once ([`Applier`]).
+/// after `to`, each journal record once (deduplicated like a shard owner does).
 ///
 /// Errors: the stream cannot be read (NATS down, no such stream).
 pub async fn read_stream(
