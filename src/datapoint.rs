@@ -36,6 +36,14 @@ impl Kind {
         }
     }
 
+    /// Whether it is an HTTP body (whose request is answered with its counts).
+    pub fn is_http(self) -> bool {
+        matches!(
+            self,
+            Kind::HttpPlaintext | Kind::HttpPickle | Kind::HttpJson
+        )
+    }
+
     /// `plaintext/tcp`, `plaintext/udp`, `pickle/tcp` or `http/…`.
     pub fn as_str(self) -> &'static str {
         match self {

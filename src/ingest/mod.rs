@@ -215,11 +215,7 @@ impl Ingest {
     /// without a tenant gate left a frame of `kind` undecoded for the publisher to count
     /// ([`Ingest::frame`] in a count-only connection), under this router's rules.
     pub(crate) fn left_to_publisher(&self, kind: Kind, tenants: bool) -> bool {
-        let http = matches!(
-            kind,
-            Kind::HttpPlaintext | Kind::HttpPickle | Kind::HttpJson
-        );
-        !http && !tenants && !self.routing.forwards_or_filters()
+        !kind.is_http() && self.routing.nothing_to_do(tenants)
     }
 
     /// Start-up rebuild: whether the input that follows was delivered downstream by the
@@ -298,11 +294,7 @@ impl Ingest {
             ..
         } = self;
         routing.start_frame(p, now);
-        let http = matches!(
-            kind,
-            Kind::HttpPlaintext | Kind::HttpPickle | Kind::HttpJson
-        );
-        if !http && p.journal.is_some() && routing.count_only(p) {
+        if !kind.is_http() && p.journal.is_some() && routing.count_only(p) {
             // Cluster mode: the publisher decodes this journaled frame and counts it.
             return Ok(());
         }

@@ -156,14 +156,16 @@ impl Routing {
     /// Cluster mode with nothing to gate, forward or filter at the connection: its
     /// datapoints need only be counted, and the publisher, which decodes every journaled
     /// record anyway, counts them.
-    /// Whether the router in use forwards or filters ([`Router::forwards_or_filters`]).
-    pub(crate) fn forwards_or_filters(&self) -> bool {
-        self.router.forwards_or_filters()
+    /// Whether a connection without (or, with `tenants`, with) a tenant gate has nothing
+    /// to do with a datapoint but count it, its output series being routed by cluster
+    /// mode's publisher: no gate, and the router neither forwards nor filters.
+    pub(crate) fn nothing_to_do(&self, tenants: bool) -> bool {
+        !tenants && !self.router.forwards_or_filters()
     }
 
     /// Cluster mode with nothing to gate, forward or filter at the connection.
     pub(crate) fn count_only(&self, p: &Pipeline) -> bool {
-        p.cluster.is_some() && p.tenants.is_none() && !self.router.forwards_or_filters()
+        p.cluster.is_some() && self.nothing_to_do(p.tenants.is_some())
     }
 
     pub(crate) fn accept_run(&mut self, p: &Pipeline, out: &mut Batches, dps: &[Datapoint<'_>]) {

@@ -21,8 +21,6 @@ pub(super) struct ClusterRuntime {
     joined: Joined,
     publisher: Option<Publisher>,
     owner: Option<Owner>,
-    /// What connections check.
-    pub ingest: Arc<PublishLag>,
     /// The publisher's quiet pipeline (its router is swapped at reload).
     publish_pipeline: Arc<Pipeline>,
     /// Counters.
@@ -150,7 +148,6 @@ pub(super) fn start(
         rebuild_span: Duration::from_secs_f64(span),
     }));
     Ok(ClusterRuntime {
-        ingest: Arc::clone(&cstats.publish),
         joined,
         publisher: Some(publisher),
         owner: Some(owner),
@@ -204,7 +201,7 @@ impl ClusterRuntime {
 
     /// Shutdown has begun: connections stop waiting for the publisher.
     pub(super) fn closing(&self) {
-        self.ingest.closing.store(true, Ordering::Relaxed);
+        self.stats.publish.closing.store(true, Ordering::Relaxed);
         self.watch.cancel();
     }
 

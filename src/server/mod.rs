@@ -194,7 +194,7 @@ pub async fn start_with_io(
         journal: journal.clone(),
         tenants: tenants.as_ref().map(|(t, _)| Arc::clone(t)),
         quarantine: quarantine.clone(),
-        cluster: cluster.as_ref().map(|c| Arc::clone(&c.ingest)),
+        cluster: cluster.as_ref().map(|c| Arc::clone(&c.stats.publish)),
         ..Pipeline::new(&router, &workers, dests.clone(), &stats, &config)
     });
     let shutdown = CancellationToken::new();

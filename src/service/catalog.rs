@@ -12,6 +12,15 @@ fn ld(a: &std::sync::atomic::AtomicU64) -> u64 {
     a.load(Ordering::Relaxed)
 }
 
+/// Reads one counter of every destination, labelled with its name.
+fn per_dest(
+    o: &super::Observed,
+    f: &mut dyn FnMut(&str, u64),
+    pick: fn(&crate::dest::DestCounters) -> &std::sync::atomic::AtomicU64,
+) {
+    o.dests.counters().for_each(|(d, c)| f(d, ld(pick(c))));
+}
+
 /// Reads one cluster-mode counter or gauge (nothing when standalone).
 fn cluster(
     o: &super::Observed,
@@ -128,7 +137,7 @@ pub const CATALOG: &[Metric] = &[
         ty: Type::Counter,
         label: Some("destination"),
         carbon: &[Carbon::Dest { stat: "sent" }],
-        read: |o, f| o.dests.counters().for_each(|(d, c)| f(d, ld(&c.sent))),
+        read: |o, f| per_dest(o, f, |c| &c.sent),
     },
     Metric {
         name: "destination_attempted",
@@ -138,7 +147,7 @@ pub const CATALOG: &[Metric] = &[
         carbon: &[Carbon::Dest {
             stat: "attemptedRelays",
         }],
-        read: |o, f| o.dests.counters().for_each(|(d, c)| f(d, ld(&c.attempted))),
+        read: |o, f| per_dest(o, f, |c| &c.attempted),
     },
     Metric {
         name: "destination_batches",
@@ -148,7 +157,7 @@ pub const CATALOG: &[Metric] = &[
         carbon: &[Carbon::Dest {
             stat: "batchesSent",
         }],
-        read: |o, f| o.dests.counters().for_each(|(d, c)| f(d, ld(&c.batches))),
+        read: |o, f| per_dest(o, f, |c| &c.batches),
     },
     Metric {
         name: "destination_queued_until_connected",
@@ -158,11 +167,7 @@ pub const CATALOG: &[Metric] = &[
         carbon: &[Carbon::Dest {
             stat: "queuedUntilConnected",
         }],
-        read: |o, f| {
-            o.dests
-                .counters()
-                .for_each(|(d, c)| f(d, ld(&c.queued_until_connected)));
-        },
+        read: |o, f| per_dest(o, f, |c| &c.queued_until_connected),
     },
     Metric {
         name: "destination_queue_peak",
@@ -184,11 +189,7 @@ pub const CATALOG: &[Metric] = &[
         ty: Type::Counter,
         label: Some("destination"),
         carbon: &[],
-        read: |o, f| {
-            o.dests
-                .counters()
-                .for_each(|(d, c)| f(d, ld(&c.unconfirmed)));
-        },
+        read: |o, f| per_dest(o, f, |c| &c.unconfirmed),
     },
     Metric {
         name: "destination_connection_failures",
@@ -196,11 +197,7 @@ pub const CATALOG: &[Metric] = &[
         ty: Type::Counter,
         label: Some("destination"),
         carbon: &[],
-        read: |o, f| {
-            o.dests
-                .counters()
-                .for_each(|(d, c)| f(d, ld(&c.connection_failures)));
-        },
+        read: |o, f| per_dest(o, f, |c| &c.connection_failures),
     },
     Metric {
         name: "destination_full_queue_drops",
@@ -210,11 +207,7 @@ pub const CATALOG: &[Metric] = &[
         carbon: &[Carbon::Dest {
             stat: "fullQueueDrops",
         }],
-        read: |o, f| {
-            o.dests
-                .counters()
-                .for_each(|(d, c)| f(d, ld(&c.full_queue_drops)));
-        },
+        read: |o, f| per_dest(o, f, |c| &c.full_queue_drops),
     },
     Metric {
         name: "destination_queued",
