@@ -568,6 +568,20 @@ fn a_reload_on_one_node_reloads_every_node() {
     // refused.
     let err = refused_join(&nats, &capture, 8, RULES);
     assert!(err.contains("rules digest"), "{err}");
+    // A node that joins with the new rules takes shards and finds every message from a
+    // and b under its own digest: their headers carry the reloaded digest.
+    let admin = "[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"cluster-test-token\"\n";
+    let c = Node::start_with("c", &nats, &capture, 8, &more, admin);
+    wait_spread(&c, &["a", "b", "c"]);
+    let expected = Expected::default();
+    stream(&[&a, &b], 10, &expected, |_| {});
+    wait_exact(&capture, &expected, Duration::from_secs(30));
+    let metrics = c.admin.unwrap();
+    assert!(aggd_testkit::metric(metrics, "aggd_cluster_shards_owned") > 0.0);
+    assert_eq!(
+        aggd_testkit::metric(metrics, "aggd_cluster_rules_mismatch_total"),
+        0.0
+    );
 }
 
 #[test]

@@ -69,8 +69,8 @@ pub(crate) struct Shared {
     pub gate: Arc<ShardGate>,
     pub workers: Workers,
     pub stats: Arc<ClusterStats>,
-    /// This node's rules digest.
-    pub digest: u64,
+    /// This node's rules digest (follows reloads).
+    pub digest: Arc<std::sync::atomic::AtomicU64>,
     /// How far back a rebuild starts.
     pub rebuild_span: Duration,
 }
@@ -442,7 +442,7 @@ async fn consume(sh: Arc<Shared>, k: u32, stop: CancellationToken) {
                 None => continue 'outer,
             };
             let info = m.info().ok().map(|i| (i.stream_sequence, i.pending));
-            match applier.apply(&m.payload, k, sh.digest, &mut out) {
+            match applier.apply(&m.payload, k, sh.digest.load(Ordering::Relaxed), &mut out) {
                 Ok(r) => {
                     if r.mismatch {
                         sh.stats.rules_mismatch.fetch_add(1, Ordering::Relaxed);

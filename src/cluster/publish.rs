@@ -199,7 +199,8 @@ struct Open {
 /// What the thread works with.
 struct Reader {
     cfg: ClusterConfig,
-    digest: u64,
+    /// This node's rules digest (follows reloads).
+    digest: Arc<AtomicU64>,
     state: State,
     /// This thread's lane, of `state.lanes`.
     lane: u64,
@@ -239,7 +240,7 @@ impl Reader {
     fn header(&self, first: u64, last: u64) -> Header {
         let persisted = self.persisted.load(Ordering::Relaxed);
         Header {
-            digest: self.digest,
+            digest: self.digest.load(Ordering::Relaxed),
             incarnation: self.state.incarnation,
             lane: self.lane as u16,
             watermark: lane_index(persisted, self.lane, self.state.lanes),
@@ -529,7 +530,7 @@ impl Publisher {
     pub(crate) fn start(
         js: jetstream::Context,
         cfg: &ClusterConfig,
-        digest: u64,
+        digest: &Arc<AtomicU64>,
         journal: Source<'_>,
         pipeline: Arc<Pipeline>,
         stats: Arc<ClusterStats>,
@@ -569,7 +570,7 @@ impl Publisher {
             let start = lane_index(state.watermark, lane, lanes);
             let reader = Reader {
                 cfg: cfg.clone(),
-                digest,
+                digest: Arc::clone(digest),
                 state,
                 lane,
                 persisted: Arc::clone(&persisted),

@@ -95,13 +95,14 @@ pub(super) fn start(
     stats: &Arc<Stats>,
 ) -> std::io::Result<ClusterRuntime> {
     let c = &joined.cfg;
-    let digest = rules_digest(&config.aggregation);
-    let shared_digest = Arc::new(AtomicU64::new(digest));
+    // One digest for the publisher's headers, the owner's checks and the watch: a reload
+    // changes it for all three.
+    let digest = Arc::new(AtomicU64::new(rules_digest(&config.aggregation)));
     let (reload_tx, reloads) = tokio::sync::mpsc::channel(1);
     let watch = tokio_util::sync::CancellationToken::new();
     tokio::spawn(watch_rules(
         joined.config_kv.clone(),
-        Arc::clone(&shared_digest),
+        Arc::clone(&digest),
         reload_tx,
         watch.clone(),
     ));
@@ -125,7 +126,7 @@ pub(super) fn start(
     let publisher = Publisher::start(
         joined.js.clone(),
         c,
-        digest,
+        &digest,
         Source {
             dir: journal.dir(),
             stats: journal.stats_arc(),
@@ -144,7 +145,7 @@ pub(super) fn start(
             rooms: workers.rooms(),
         },
         stats: Arc::clone(&cstats),
-        digest,
+        digest: Arc::clone(&digest),
         rebuild_span: Duration::from_secs_f64(span),
     }));
     Ok(ClusterRuntime {
@@ -153,7 +154,7 @@ pub(super) fn start(
         owner: Some(owner),
         publish_pipeline,
         stats: cstats,
-        digest: shared_digest,
+        digest,
         watch,
         reloads: Some(reloads),
     })
