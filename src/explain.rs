@@ -6,7 +6,8 @@ use crate::config::Config;
 use crate::route::Router;
 
 /// A human-readable account, per path, of the `[pre]` rewrite, every matching rule with
-/// its output series, method, frequency and worker, the forwarded name, and for each
+/// its output series, method, frequency, worker and captured fields (tag captures
+/// included), the forwarded name, and for each
 /// outgoing name the destinations `[routing]` places it on (after tag normalisation).
 pub fn explain(config: &Config, paths: &[String]) -> String {
     let router = Router::new(config.aggregation.clone(), config.workers.count);
@@ -22,6 +23,7 @@ pub fn explain(config: &Config, paths: &[String]) -> String {
         if route.outputs.is_empty() {
             let _ = writeln!(s, "  no aggregation rule matches");
         }
+        let matches = config.aggregation.rules.explain(&rewritten);
         for o in &route.outputs {
             let r = &rules[o.rule];
             let _ = writeln!(
@@ -35,6 +37,14 @@ pub fn explain(config: &Config, paths: &[String]) -> String {
                 r.frequency,
                 o.worker
             );
+            let captures = matches
+                .iter()
+                .find(|m| m.0 == o.rule)
+                .map(|m| &m.1.captures);
+            if let Some(c) = captures.filter(|c| !c.is_empty()) {
+                let list: Vec<String> = c.iter().map(|(k, v)| format!("<{k}> = {v:?}")).collect();
+                let _ = writeln!(s, "    captures {}", list.join(", "));
+            }
             if let Some(c) = &config.cluster {
                 let k = crate::cluster::shard::shard_of(o.key.hash, c.shards);
                 let _ = writeln!(

@@ -187,6 +187,51 @@ fn explain_shows_rewrites_rules_and_outputs() {
 }
 
 #[test]
+fn explain_shows_tag_captures_and_refuses_ambiguous_tag_rules() {
+    let dir = tempdir("explain-tags");
+    let cfg = write_config(
+        &dir,
+        "cpu.total;dc=<dc> (60) = sum cpu.usage;dc=<dc>;host=*\n",
+        "",
+        "stdout",
+        "plaintext",
+    );
+    let out = Command::new(BIN)
+        .args(["explain", "-c"])
+        .arg(&cfg)
+        .args(["cpu.usage;host=a;dc=eu.west", "cpu.usage;dc=eu"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("-> cpu.total;dc=eu.west (sum every 60 s"),
+        "{text}"
+    );
+    assert!(text.contains("captures <dc> = \"eu.west\""), "{text}");
+    // The second path lacks the required host tag.
+    let second = text.split("cpu.usage;dc=eu\n").nth(1).unwrap();
+    assert!(second.contains("no aggregation rule matches"), "{text}");
+
+    let cfg = write_config(
+        &dir,
+        "ok (60) = sum a.*\nbad (60) = sum cpu;dc=a;dc=b\n",
+        "",
+        "stdout",
+        "plaintext",
+    );
+    let out = Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("aggregation-rules.conf:2:"), "{err}");
+    assert!(err.contains("named twice"), "{err}");
+}
+
+#[test]
 fn sigterm_mid_stream_loses_nothing_and_exits_zero() {
     let capture = Capture::start("pickle");
     let dir = tempdir("sigterm");

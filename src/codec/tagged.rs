@@ -34,12 +34,7 @@ pub fn normalize(name: &str) -> Normalized {
     if !name.contains([';', '{']) && !name.starts_with('~') && !name.is_empty() {
         return Normalized::Same;
     }
-    let parsed = if name.ends_with("\"}") && name.contains('{') {
-        parse_openmetrics(name)
-    } else {
-        parse_carbon(name)
-    };
-    match parsed {
+    match parse(name) {
         Ok(t) => {
             let out = t.format();
             if out == name {
@@ -52,13 +47,55 @@ pub fn normalize(name: &str) -> Normalized {
     }
 }
 
-/// A parsed tagged name: the name and its tags (owned, since OpenMetrics values unescape).
-struct Tagged<'a> {
-    name: &'a str,
-    tags: Vec<(&'a str, String)>,
+/// A tagged series name parsed as carbon's `TaggedSeries.parse` does (module docs): the
+/// name without leading `~`s and its tags, each key once (the last value wins), `name`
+/// dropped. Values are owned, since OpenMetrics values unescape.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tagged<'a> {
+    /// The name part, e.g. `cpu.usage`.
+    pub name: &'a str,
+    /// `(key, value)` pairs in input order; [`Tagged::sort`] puts them in normal order.
+    pub tags: Vec<(&'a str, String)>,
+}
+
+/// `name` parsed as a tagged series (both forms, module docs), or why it does not parse.
+/// A name without `;` or `{` parses as itself with no tags.
+///
+/// ```
+/// let mut t = aggd::codec::tagged::parse("~cpu;zone=eu.west;host=a").unwrap();
+/// t.sort();
+/// assert_eq!(t.name, "cpu");
+/// assert_eq!(t.tags, [("host", "a".to_string()), ("zone", "eu.west".to_string())]);
+/// assert_eq!(t.path(), "cpu;host=a;zone=eu.west");
+/// ```
+pub fn parse(name: &str) -> Result<Tagged<'_>, &'static str> {
+    if name.ends_with("\"}") && name.contains('{') {
+        parse_openmetrics(name)
+    } else {
+        parse_carbon(name)
+    }
 }
 
 impl<'a> Tagged<'a> {
+    /// Puts the tags in carbon's normal order (the formatted `;key=value` strings sorted).
+    pub fn sort(&mut self) {
+        let text = |t: &(&str, String)| {
+            let (k, v) = (t.0.bytes(), t.1.bytes());
+            k.chain(std::iter::once(b'=')).chain(v).collect::<Vec<u8>>()
+        };
+        self.tags.sort_by_cached_key(text);
+    }
+
+    /// The value of tag `key`, if the series has it.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.tags.iter().find(|t| t.0 == key).map(|t| t.1.as_str())
+    }
+
+    /// The series in normal form: the name, then `;key=value` per tag in normal order.
+    pub fn path(&self) -> String {
+        self.format()
+    }
+
     fn new(metric: &'a str) -> Result<Self, &'static str> {
         if metric.is_empty() {
             return Err("no metric name");
@@ -191,6 +228,26 @@ mod tests {
         assert_eq!(n("cpu;name=other;x=1"), "cpu;x=1");
         assert_eq!(n("cpu;a=1;a-b=2"), "cpu;a-b=2;a=1");
         assert_eq!(n("cpu;k=v=w"), "cpu;k=v=w");
+    }
+
+    #[test]
+    fn parsed_and_sorted_as_formatted() {
+        for name in [
+            "cpu;zone=eu;host=a",
+            "cpu;a=1;a-b=2",
+            "~x;b=2.5;a=z.y",
+            "x{b=\"1\",a=\"2\"}",
+        ] {
+            let mut t = parse(name).unwrap();
+            t.sort();
+            let sorted = t.path();
+            assert_eq!(n(name), sorted);
+            let order: String = t.tags.iter().map(|(k, v)| format!(";{k}={v}")).collect();
+            assert_eq!(format!("{}{order}", t.name), sorted, "{name}");
+        }
+        assert_eq!(parse("cpu;a=1").unwrap().get("a"), Some("1"));
+        assert_eq!(parse("cpu;a=1").unwrap().get("b"), None);
+        assert!(parse("plain.name").unwrap().tags.is_empty());
     }
 
     #[test]

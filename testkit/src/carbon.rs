@@ -87,24 +87,18 @@ impl CarbonCache {
 
     /// Values stored at `ts` for each metric path, via the whisper module; `None` where
     /// the file or point does not exist yet, or the file is still being created (carbon
-    /// writes its header after creating it: a read in between finds it short).
+    /// writes its header after creating it: a read in between finds it short). A tagged
+    /// name (`name;tag=value`) is looked up where carbon-cache stores it, by carbon's own
+    /// `TaggedSeries.encode` (under `_tagged/`, hashed file names, carbon's default).
     pub fn fetch(&self, paths: &[&str], ts: i64) -> Vec<Option<f64>> {
-        let files: Vec<String> = paths
-            .iter()
-            .map(|p| {
-                format!(
-                    "{:?}",
-                    self.dir
-                        .join("storage/whisper")
-                        .join(p.replace('.', "/") + ".wsp")
-                        .display()
-                        .to_string()
-                )
-            })
-            .collect();
+        let names: Vec<String> = paths.iter().map(|p| format!("{p:?}")).collect();
+        let root = self.dir.join("storage/whisper");
         let script = format!(
             "import os, whisper\n\
-             for f in [{}]:\n\
+             from carbon.util import TaggedSeries\n\
+             for p in [{}]:\n\
+             \x20   rel = TaggedSeries.encode(p, os.sep, hash_only=True) if ';' in p else p.replace('.', os.sep)\n\
+             \x20   f = os.path.join({root:?}, rel + '.wsp')\n\
              \x20   v = None\n\
              \x20   try:\n\
              \x20       (start, end, step), values = whisper.fetch(f, {from}, {until})\n\
@@ -112,7 +106,8 @@ impl CarbonCache {
              \x20   except (FileNotFoundError, whisper.CorruptWhisperFile):\n\
              \x20       pass\n\
              \x20   print(v)\n",
-            files.join(", "),
+            names.join(", "),
+            root = root.display().to_string(),
             from = ts - 60,
             until = ts + 60,
         );

@@ -17,13 +17,25 @@
 //!
 //! Nothing else is escaped: other regex syntax keeps its meaning (`(web|api)`, `\d`, `[…]`).
 //! The output template replaces each `<f>` by the captured text.
+//!
+//! aggd's extension, tagged series ([`tagged`]): an input pattern holding `;` is a name
+//! pattern (as above) and tag terms, matched against the input in carbon's normal tagged
+//! form whatever the order of its tags; an output template holding `;` makes a tagged
+//! series, normalised after filling. Since carbon splits a line at its first `=`, which a
+//! tagged template contains, the line splits at the first `=` whose left side is exactly
+//! `template (frequency)`: for every line carbon accepts, that is the first `=`.
 
 use std::path::Path;
 
 use regex::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
 
 use super::{Problems, REGEX_SIZE_LIMIT, RuleError};
+use crate::codec::tagged::Tagged;
 use crate::method::Method;
+
+pub mod tagged;
+
+use tagged::TagTerms;
 
 /// One piece of an output template.
 #[derive(Clone, Debug, PartialEq)]
@@ -32,10 +44,13 @@ enum Part {
     Field(String),
 }
 
-/// An output template such as `<env>.applications.<app>.all.requests`.
+/// An output template such as `<env>.applications.<app>.all.requests`, or a tagged one
+/// such as `cpu.total;dc=<dc>`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Template {
     parts: Vec<Part>,
+    /// Holds `;`: the filled name is put in carbon's normal tagged form.
+    tagged: bool,
 }
 
 impl Template {
@@ -65,7 +80,11 @@ impl Template {
         if !rest.is_empty() {
             parts.push(Part::Literal(rest.to_string()));
         }
-        Ok(Template { parts })
+        let tagged = text.contains(';');
+        if tagged {
+            tagged::check_template(text)?;
+        }
+        Ok(Template { parts, tagged })
     }
 
     fn fields(&self) -> impl Iterator<Item = &str> {
@@ -75,17 +94,25 @@ impl Template {
         })
     }
 
-    /// Fills the template from a match of the rule's input regex.
-    fn fill(&self, caps: &regex::Captures<'_>) -> String {
+    /// Fills the template, each field from `field`; a tagged template's result is put in
+    /// carbon's normal form (left as filled if it does not parse, e.g. a captured value
+    /// starting with `~`).
+    fn fill<'c>(&self, field: impl Fn(&str) -> Option<&'c str>) -> String {
         let mut out = String::new();
         for p in &self.parts {
             match p {
                 Part::Literal(s) => out.push_str(s),
-                // Load-time validation guarantees every field is a capture group that took
-                // part in the match (all groups are mandatory in translated patterns; a
-                // field inside a user's optional group yields the empty string).
-                Part::Field(f) => out.push_str(caps.name(f).map_or("", |m| m.as_str())),
+                // Load-time validation guarantees every field is a capture that took part
+                // in the match (all groups are mandatory in translated patterns; a field
+                // inside a user's optional group yields the empty string).
+                Part::Field(f) => out.push_str(field(f).unwrap_or("")),
             }
+        }
+        if self.tagged
+            && let crate::codec::tagged::Normalized::Changed(n) =
+                crate::codec::tagged::normalize(&out)
+        {
+            return n;
         }
         out
     }
@@ -106,16 +133,66 @@ pub struct AggregationRule {
     pub method: Method,
     /// The input pattern as written.
     pub pattern: String,
-    /// The anchored regex the pattern translates to.
+    /// The anchored regex the pattern translates to (for a tagged pattern, its name part).
     pub regex: Regex,
+    /// A tagged pattern's tag terms ([`tagged`]); `None` for carbon's patterns.
+    pub tags: Option<TagTerms>,
+}
+
+impl AggregationRule {
+    /// The output series this rule makes of `path` (already `[pre]`-rewritten), or `None`
+    /// if it does not match; `caps` receives every captured field and its text (emptied
+    /// first). A tagged pattern matches `series`, the path parsed as a tagged series
+    /// (`None`: it does not parse).
+    fn apply<'r, 'p>(
+        &'r self,
+        path: &'p str,
+        series: Option<&'p Tagged<'p>>,
+        caps: &mut Vec<(&'r str, &'p str)>,
+    ) -> Option<String> {
+        caps.clear();
+        let name = match (&self.tags, series) {
+            (None, _) => path,
+            (Some(_), Some(s)) => s.name,
+            (Some(_), None) => return None,
+        };
+        let found = self.regex.captures(name)?;
+        for n in self.regex.capture_names().flatten() {
+            if let Some(m) = found.name(n) {
+                caps.push((n, m.as_str()));
+            }
+        }
+        if let (Some(terms), Some(s)) = (&self.tags, series)
+            && !terms.matches(s, caps)
+        {
+            return None;
+        }
+        Some(
+            self.output
+                .fill(|f| caps.iter().find(|c| c.0 == f).map(|c| c.1)),
+        )
+    }
+}
+
+/// One rule's match of a metric path.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Match {
+    /// The output series.
+    pub output: String,
+    /// Every captured field and its text, name part first, then tag terms in rule order.
+    pub captures: Vec<(String, String)>,
 }
 
 /// All rules of one file, in file order, plus a [`RegexSet`] that finds the matching
-/// rules of a metric path in one pass.
+/// carbon (untagged) rules of a metric path in one pass.
 #[derive(Debug)]
 pub struct AggregationRules {
     rules: Vec<AggregationRule>,
+    /// Over the untagged rules' regexes; `untagged[i]` is the rule of set entry `i`.
     set: RegexSet,
+    untagged: Vec<usize>,
+    /// The tagged rules, in file order.
+    tagged: Vec<usize>,
 }
 
 /// Translates a carbon input pattern to an anchored regex (see the module docs).
@@ -180,7 +257,9 @@ impl AggregationRules {
             }
         }
         let rules = problems.done(rules)?;
-        let set = RegexSetBuilder::new(rules.iter().map(|r| r.regex.as_str()))
+        let (tagged, untagged): (Vec<usize>, Vec<usize>) =
+            (0..rules.len()).partition(|&i| rules[i].tags.is_some());
+        let set = RegexSetBuilder::new(untagged.iter().map(|&i| rules[i].regex.as_str()))
             .size_limit(REGEX_SIZE_LIMIT.saturating_mul(rules.len().max(1)))
             .dfa_size_limit(64 << 20)
             .build()
@@ -191,7 +270,12 @@ impl AggregationRules {
                     format!("the rules together are too large to compile: {e}"),
                 )
             })?;
-        Ok(AggregationRules { rules, set })
+        Ok(AggregationRules {
+            rules,
+            set,
+            untagged,
+            tagged,
+        })
     }
 
     /// The rules, in file order.
@@ -214,26 +298,100 @@ impl AggregationRules {
     /// assert_eq!(outputs, ["prod.all.requests", "total.requests"]);
     /// ```
     pub fn matches(&self, path: &str) -> Vec<(usize, String)> {
-        if self.rules.is_empty() {
-            return Vec::new();
+        let mut out = Vec::new();
+        self.each_match(path, |rule, output, _| out.push((rule, output)));
+        out
+    }
+
+    /// Every rule matching `path`, in file order, with its [`Match`] (output series and
+    /// captured fields).
+    ///
+    /// Tagged rules match `path` parsed and normalised as a tagged series, so tag order
+    /// does not matter:
+    ///
+    /// ```
+    /// use aggd::rules::aggregation::AggregationRules;
+    ///
+    /// let rules = AggregationRules::parse(
+    ///     "cpu.total;dc=<dc> (60) = sum cpu.usage;dc=<dc>;host=*\n",
+    ///     std::path::Path::new("aggregation-rules.conf"),
+    /// ).unwrap();
+    /// let m = rules.explain("cpu.usage;host=a;dc=eu.west");
+    /// assert_eq!(m[0].1.output, "cpu.total;dc=eu.west");
+    /// assert_eq!(m[0].1.captures, [("dc".to_string(), "eu.west".to_string())]);
+    /// ```
+    pub fn explain(&self, path: &str) -> Vec<(usize, Match)> {
+        let mut out = Vec::new();
+        self.each_match(path, |rule, output, caps| {
+            let captures = caps
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                .collect();
+            out.push((rule, Match { output, captures }));
+        });
+        out
+    }
+
+    /// Calls `f(rule, output, captures)` for every rule matching `path`, in file order:
+    /// the untagged candidates the [`RegexSet`] finds and, if `path` parses as a tagged
+    /// series with tags, every tagged rule, merged by line.
+    fn each_match(&self, path: &str, mut f: impl FnMut(usize, String, &[(&str, &str)])) {
+        let untagged: Vec<usize> = match self.untagged.is_empty() {
+            true => Vec::new(),
+            false => self
+                .set
+                .matches(path)
+                .iter()
+                .map(|i| self.untagged[i])
+                .collect(),
+        };
+        let series = (!self.tagged.is_empty() && path.contains([';', '{']))
+            .then(|| crate::codec::tagged::parse(path).ok())
+            .flatten()
+            .filter(|s| !s.tags.is_empty());
+        let tagged: &[usize] = if series.is_some() { &self.tagged } else { &[] };
+        let (mut u, mut t) = (untagged.iter().peekable(), tagged.iter().peekable());
+        let mut caps = Vec::new();
+        loop {
+            let rule = match (u.peek(), t.peek()) {
+                (Some(&&a), Some(&&b)) if a < b => u.next(),
+                (Some(_), None) => u.next(),
+                (_, Some(_)) => t.next(),
+                (None, None) => break,
+            };
+            let Some(&rule) = rule else { break };
+            if let Some(o) = self.rules[rule].apply(path, series.as_ref(), &mut caps) {
+                f(rule, o, &caps);
+            }
         }
-        self.set
-            .matches(path)
-            .iter()
-            .filter_map(|i| {
-                let rule = &self.rules[i];
-                rule.regex
-                    .captures(path)
-                    .map(|caps| (i, rule.output.fill(&caps)))
-            })
-            .collect()
     }
 }
 
+/// Splits a rule line into `template (frequency)` and `method pattern`: at the first `=`
+/// whose left side is two tokens, the second a frequency (so a tagged template may hold
+/// `=`); carbon's split at the first `=` when no `=` qualifies (for its error messages).
+fn split_rule(line: &str) -> Option<(&str, &str)> {
+    let qualifies = |left: &str| {
+        let mut t = left.split_whitespace();
+        matches!((t.next(), t.next(), t.next()), (Some(_), Some(f), None) if parse_frequency(f).is_some())
+    };
+    line.match_indices('=')
+        .map(|(i, _)| (&line[..i], &line[i + 1..]))
+        .find(|(left, _)| qualifies(left))
+        .or_else(|| line.split_once('='))
+}
+
+/// A frequency token: `(` and `)` trimmed from both ends, a positive whole number.
+fn parse_frequency(token: &str) -> Option<u32> {
+    token
+        .trim_matches(|c| c == '(' || c == ')')
+        .parse()
+        .ok()
+        .filter(|f| *f > 0)
+}
+
 fn parse_rule(line: &str, line_no: usize) -> Result<AggregationRule, String> {
-    let (left, right) = line
-        .split_once('=')
-        .ok_or("expected 'output (frequency) = method input'")?;
+    let (left, right) = split_rule(line).ok_or("expected 'output (frequency) = method input'")?;
     let left: Vec<&str> = left.split_whitespace().collect();
     let right: Vec<&str> = right.split_whitespace().collect();
     let ([template, freq], [method, pattern]) = (left.as_slice(), right.as_slice()) else {
@@ -241,18 +399,24 @@ fn parse_rule(line: &str, line_no: usize) -> Result<AggregationRule, String> {
             "expected exactly 'output (frequency)' before '=' and 'method input' after it".into(),
         );
     };
-    let freq_text = freq.trim_matches(|c| c == '(' || c == ')');
-    let frequency: u32 =
-        freq_text.parse().ok().filter(|f| *f > 0).ok_or_else(|| {
-            format!("frequency {freq:?} is not a positive whole number of seconds")
-        })?;
+    let frequency = parse_frequency(freq)
+        .ok_or_else(|| format!("frequency {freq:?} is not a positive whole number of seconds"))?;
     let method = Method::parse(method).ok_or_else(|| {
         format!(
             "unknown aggregation method {method:?} (one of {})",
             Method::NAMES.join(", ")
         )
     })?;
-    let regex_text = pattern_to_regex(pattern);
+    let (name_pattern, terms) = match pattern.split_once(';') {
+        Some((name, terms)) => (name, Some(terms)),
+        None => (*pattern, None),
+    };
+    if terms.is_some() && name_pattern.is_empty() {
+        return Err(format!(
+            "tagged input pattern {pattern:?} has an empty name part"
+        ));
+    }
+    let regex_text = pattern_to_regex(name_pattern);
     let regex = RegexBuilder::new(&regex_text)
         .size_limit(REGEX_SIZE_LIMIT)
         .build()
@@ -262,9 +426,17 @@ fn parse_rule(line: &str, line_no: usize) -> Result<AggregationRule, String> {
                 super::regex_error(&e)
             )
         })?;
+    let name_captures: Vec<&str> = regex.capture_names().flatten().collect();
+    let tags = terms
+        .map(|t| TagTerms::parse(t, &name_captures))
+        .transpose()
+        .map_err(|e| format!("input pattern {pattern:?}: {e}"))?;
     let output = Template::parse(template)?;
     for field in output.fields() {
-        if !regex.capture_names().flatten().any(|n| n == field) {
+        let tag_capture = tags
+            .as_ref()
+            .is_some_and(|t| t.captures().any(|c| c == field));
+        if !tag_capture && !name_captures.contains(&field) {
             return Err(format!(
                 "output template {template:?} uses field <{field}>, which input pattern {pattern:?} does not capture"
             ));
@@ -278,6 +450,7 @@ fn parse_rule(line: &str, line_no: usize) -> Result<AggregationRule, String> {
         method,
         pattern: pattern.to_string(),
         regex,
+        tags,
     })
 }
 

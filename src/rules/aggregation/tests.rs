@@ -131,3 +131,141 @@ fn pattern_translation() {
     assert_eq!(pattern_to_regex("<x>.y"), r"^(?:(?P<x>[^.]+?)\.y)$");
     assert_eq!(pattern_to_regex("p<<x>>s"), r"^(?:p(?P<x>.+?)s)$");
 }
+
+fn captures(r: &AggregationRules, path: &str) -> Vec<Vec<(String, String)>> {
+    r.explain(path)
+        .into_iter()
+        .map(|(_, m)| m.captures)
+        .collect()
+}
+
+#[test]
+fn tagged_pattern_ignores_tag_order() {
+    let r = rules("cpu.total;dc=<dc> (60) = sum cpu.usage;dc=<dc>;host=*\n");
+    for path in [
+        "cpu.usage;dc=eu;host=a",
+        "cpu.usage;host=a;dc=eu",
+        "~cpu.usage;host=a;dc=eu",
+        "cpu.usage{host=\"a\",dc=\"eu\"}",
+    ] {
+        assert_eq!(outputs(&r, path), ["cpu.total;dc=eu"], "{path}");
+    }
+    assert_eq!(
+        captures(&r, "cpu.usage;host=a;dc=eu"),
+        [[("dc".into(), "eu".into())]]
+    );
+}
+
+#[test]
+fn tagged_values_hold_dots_and_extra_tags_are_allowed() {
+    let r = rules("cpu.<h>.by_dc;dc=<dc> (60) = sum cpu.<h>;dc=<dc>;env=prod\n");
+    assert_eq!(
+        outputs(&r, "cpu.h3;zone=z.1;env=prod;dc=eu.west.1"),
+        ["cpu.h3.by_dc;dc=eu.west.1"]
+    );
+    assert_eq!(
+        captures(&r, "cpu.h3;env=prod;dc=eu.west"),
+        [[("h".into(), "h3".into()), ("dc".into(), "eu.west".into())]]
+    );
+    // The name part is still carbon's: `<h>` does not cross a dot.
+    assert!(outputs(&r, "cpu.h.3;dc=eu;env=prod").is_empty());
+    // Literal values are literal: the dot is not a regex wildcard.
+    let r = rules("x (60) = sum m;dc=eu.west\n");
+    assert_eq!(outputs(&r, "m;dc=eu.west"), ["x"]);
+    assert!(outputs(&r, "m;dc=euXwest").is_empty());
+}
+
+#[test]
+fn tagged_missing_tag_and_wrong_value_do_not_match() {
+    let r = rules("s;dc=<dc> (60) = sum cpu;dc=<dc>;host=*\n");
+    assert!(outputs(&r, "cpu;dc=eu").is_empty(), "host required");
+    assert!(outputs(&r, "cpu").is_empty());
+    assert!(outputs(&r, "cpu;host=a").is_empty(), "dc required");
+    assert!(outputs(&r, "other;dc=eu;host=a").is_empty());
+    assert!(outputs(&r, "cpu;dc=eu;host=").is_empty(), "does not parse");
+    let r = rules("s (60) = sum cpu;env=prod\n");
+    assert!(outputs(&r, "cpu;env=production").is_empty());
+    assert!(outputs(&r, "cpu;env=pro").is_empty());
+}
+
+#[test]
+fn tagged_value_patterns_and_negation() {
+    let r = rules(
+        "web.<n> (60) = sum req;host=web<n>\n\
+         any (60) = count req;host=*;role=front*\n\
+         notcanary (60) = sum req;host=*;canary!=true\n",
+    );
+    assert_eq!(
+        outputs(&r, "req;host=web1.eu;role=frontend"),
+        ["web.1.eu", "any", "notcanary"]
+    );
+    assert_eq!(outputs(&r, "req;host=db1;role=front"), ["any", "notcanary"]);
+    assert_eq!(outputs(&r, "req;host=web2;canary=true"), ["web.2"]);
+    assert_eq!(
+        outputs(&r, "req;host=web2;canary=false"),
+        ["web.2", "notcanary"]
+    );
+    assert_eq!(outputs(&r, "req;host=web"), ["notcanary"]);
+}
+
+#[test]
+fn tagged_and_untagged_rules_keep_file_order() {
+    let r = rules(
+        "a (60) = sum cpu;dc=*\n\
+         b (60) = sum cpu*\n\
+         c;dc=<dc> (60) = sum cpu;dc=<dc>\n",
+    );
+    // The untagged rule sees the name as carbon does, an opaque string.
+    assert_eq!(outputs(&r, "cpu;dc=eu"), ["a", "b", "c;dc=eu"]);
+    assert_eq!(outputs(&r, "cpu"), ["b"]);
+}
+
+#[test]
+fn tagged_output_templates_are_normalised() {
+    let r = rules(
+        "out;z=<h>;a=<dc> (60) = sum in;dc=<dc>;host=<h>\n\
+         lit;env=prod (10) = sum plain.*\n",
+    );
+    assert_eq!(outputs(&r, "in;host=h1;dc=eu"), ["out;a=eu;z=h1"]);
+    assert_eq!(outputs(&r, "plain.x"), ["lit;env=prod"]);
+    assert_eq!(r.rules()[1].frequency, 10);
+}
+
+#[test]
+fn carbon_rules_with_equals_in_the_pattern_split_as_carbon() {
+    // The first `=` qualifies, so a pattern holding `=` (no `;`) stays carbon's regex.
+    let r = rules("o (60) = sum a=b.*\n");
+    assert_eq!(outputs(&r, "a=b.x"), ["o"]);
+    assert!(r.rules()[0].tags.is_none());
+}
+
+#[test]
+fn ambiguous_tagged_rules_are_refused_with_their_line() {
+    for (rule, why) in [
+        ("o (60) = sum ;dc=eu", "empty name part"),
+        ("o (60) = sum cpu;;dc=eu", "empty tag term"),
+        ("o (60) = sum cpu;dc=eu;", "empty tag term"),
+        ("o (60) = sum cpu;dc", "has no `=`"),
+        ("o (60) = sum cpu;dc=", "empty value"),
+        ("o (60) = sum cpu;<k>=v", "must be literal"),
+        ("o (60) = sum cpu;d*=v", "must be literal"),
+        ("o (60) = sum cpu;name=x", "ambiguous"),
+        ("o (60) = sum cpu;dc=a;dc=b", "named twice"),
+        ("o (60) = sum cpu;dc=<a><b>", "more than one capture"),
+        ("o (60) = sum cpu;dc=<a>*", "capture and `*`"),
+        ("o (60) = sum cpu.<a>;dc=<a>", "captured twice"),
+        ("o (60) = sum cpu;dc=<a>;h=<a>", "captured twice"),
+        ("o (60) = sum cpu;dc!=<a>", "`!=`"),
+        ("o (60) = sum cpu;dc!=eu", "at least one"),
+        ("o;x (60) = sum cpu;dc=eu", "has no `=`"),
+        ("o;<k>=v (60) = sum cpu;dc=<k>", "must be literal"),
+        ("o;a=1;a=2 (60) = sum cpu;dc=eu", "named twice"),
+        ("o;a=<x> (60) = sum cpu;dc=eu", "does not capture"),
+    ] {
+        let e = err(&format!("# c\n{rule}\n"));
+        assert_eq!(e.line(), Some(2), "{rule}");
+        let text = e.to_string();
+        assert!(text.starts_with("test.conf:2: "), "{text}");
+        assert!(text.contains(why), "{rule}: {text}");
+    }
+}
