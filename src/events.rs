@@ -24,6 +24,9 @@ pub enum Event {
     /// A destination connection failed (write error, closed or reset by the peer); the
     /// sender reconnects, and what it may have lost is ledgered as `unconfirmed`.
     DestinationConnectionLost,
+    /// A remote-write request failed in a way worth retrying (network error, timeout, an
+    /// HTTP 5xx or 429 answer); the sender sends it again with backoff.
+    DestinationRequestFailed,
     /// Aggregates could not be encoded for a destination.
     EncodeFailed,
     /// The loss ledger could not be written; its entries are kept in memory and retried.
@@ -43,11 +46,12 @@ pub enum Event {
 
 impl Event {
     /// Every event, in counter order.
-    pub(crate) const ALL: [Event; 11] = [
+    pub(crate) const ALL: [Event; 12] = [
         Event::AcceptFailed,
         Event::ConnectionRefused,
         Event::DestinationConnectFailed,
         Event::DestinationConnectionLost,
+        Event::DestinationRequestFailed,
         Event::EncodeFailed,
         Event::LedgerWriteFailed,
         Event::QuarantineWriteFailed,
@@ -64,6 +68,7 @@ impl Event {
             Event::ConnectionRefused => "connection_refused",
             Event::DestinationConnectFailed => "destination_connect_failed",
             Event::DestinationConnectionLost => "destination_connection_lost",
+            Event::DestinationRequestFailed => "destination_request_failed",
             Event::EncodeFailed => "encode_failed",
             Event::LedgerWriteFailed => "ledger_write_failed",
             Event::QuarantineWriteFailed => "quarantine_write_failed",

@@ -46,6 +46,10 @@ pub enum DropReason {
     /// acknowledged by shutdown's deadline), within the destination's
     /// `unconfirmed_window`: carbon has no acknowledgements, so they may be lost.
     Unconfirmed,
+    /// A destination refused a batch as invalid and will refuse it again: remote write's
+    /// HTTP 4xx answers other than 429 (e.g. Prometheus's 400 for a duplicate or
+    /// out-of-order sample). The batch is dropped, not retried.
+    DestinationRejected,
     /// Processing a batch panicked; the batch was dropped and the worker went on.
     Panic,
     /// A frame was processed without being journaled (the journal's queue was full or it
@@ -72,7 +76,7 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub(crate) const ALL: [DropReason; 25] = [
+    pub(crate) const ALL: [DropReason; 26] = [
         DropReason::ParseError,
         DropReason::BadUtf8,
         DropReason::LineTooLong,
@@ -89,6 +93,7 @@ impl DropReason {
         DropReason::DestinationFull,
         DropReason::DestinationDown,
         DropReason::Unconfirmed,
+        DropReason::DestinationRejected,
         DropReason::Panic,
         DropReason::Unjournaled,
         DropReason::TenantDeleted,
@@ -119,6 +124,7 @@ impl DropReason {
             DropReason::DestinationFull => "destination_full",
             DropReason::DestinationDown => "destination_down",
             DropReason::Unconfirmed => "unconfirmed",
+            DropReason::DestinationRejected => "destination_rejected",
             DropReason::Panic => "panic",
             DropReason::Unjournaled => "unjournaled",
             DropReason::TenantDeleted => "tenant_deleted",

@@ -9,6 +9,7 @@
 pub mod http;
 pub mod pickle;
 pub mod plaintext;
+pub mod remote_write;
 pub mod tagged;
 
 use crate::datapoint::{Datapoint, Kind};

@@ -41,13 +41,15 @@ pub enum Transport {
 
 /// Output protocol of a destination.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum DestProtocol {
     /// carbon pickle, protocol 2, length-prefixed frames.
     #[default]
     Pickle,
     /// carbon plaintext lines.
     Plaintext,
+    /// Prometheus remote write 1.0 over HTTP(S) ([`crate::codec::remote_write`]).
+    PrometheusRemoteWrite,
 }
 
 /// `journal.fsync` as written; `interval` takes its period from `journal.fsync_interval`.
@@ -84,7 +86,11 @@ macro_rules! display_as_written {
 }
 display_as_written!(Protocol { Plaintext => "plaintext", Pickle => "pickle", Http => "http" });
 display_as_written!(Transport { Tcp => "tcp", Udp => "udp" });
-display_as_written!(DestProtocol { Pickle => "pickle", Plaintext => "plaintext" });
+display_as_written!(DestProtocol {
+    Pickle => "pickle",
+    Plaintext => "plaintext",
+    PrometheusRemoteWrite => "prometheus_remote_write",
+});
 
 /// `[[listen]]` as written.
 #[derive(Debug, Deserialize)]
@@ -161,14 +167,43 @@ impl Default for WorkersFile {
 }
 
 /// `[[destination]]` as written.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DestinationFile {
-    /// `host:port`, or `stdout`.
+    /// `host:port`, or `stdout` (carbon protocols).
+    #[serde(default)]
     pub address: String,
-    /// `pickle` (default) or `plaintext`.
+    /// `pickle` (default), `plaintext` or `prometheus_remote_write`.
     #[serde(default)]
     pub protocol: DestProtocol,
+    /// Remote write: the `http://` or `https://` URL requests are POSTed to.
+    pub url: Option<String>,
+    /// Remote write: HTTP basic auth user name (with a password or password file).
+    pub basic_auth_username: Option<String>,
+    /// Remote write: HTTP basic auth password.
+    pub basic_auth_password: Option<String>,
+    /// Remote write: a file holding the basic auth password (trimmed).
+    pub basic_auth_password_file: Option<PathBuf>,
+    /// Remote write: a bearer token (`Authorization: Bearer …`).
+    pub bearer_token: Option<String>,
+    /// Remote write: a file holding the bearer token (trimmed).
+    pub bearer_token_file: Option<PathBuf>,
+    /// Remote write: PEM CA certificates to trust besides the system's.
+    pub tls_ca: Option<PathBuf>,
+    /// Remote write: PEM client certificate (with `tls_key`).
+    pub tls_cert: Option<PathBuf>,
+    /// Remote write: PEM client key (with `tls_cert`).
+    pub tls_key: Option<PathBuf>,
+    /// Remote write: more request headers, e.g. `{ "X-Scope-OrgID" = "team-a" }`.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Remote write: most samples per request.
+    pub batch_datapoints: Option<usize>,
+    /// Remote write: longest wait for one request's answer, e.g. `"30s"`.
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// Remote write: a name mapping file (`docs/remote-write.md`).
+    pub mapping_file: Option<PathBuf>,
     /// Datapoints the queue holds before `destination_full` drops.
     #[serde(default = "defaults::queue_datapoints")]
     pub queue_datapoints: usize,
@@ -450,6 +485,18 @@ impl File {
         }
         if let Some(q) = &mut self.quarantine {
             fix(&mut q.file);
+        }
+        for d in &mut self.destination {
+            for p in [
+                &mut d.basic_auth_password_file,
+                &mut d.bearer_token_file,
+                &mut d.tls_ca,
+                &mut d.tls_cert,
+                &mut d.tls_key,
+                &mut d.mapping_file,
+            ] {
+                p.as_mut().map(fix);
+            }
         }
         if let Some(c) = &mut self.cluster {
             for p in [

@@ -10,6 +10,7 @@
 pub mod carbon;
 pub mod cluster;
 pub mod file;
+pub mod remote_write;
 pub mod section;
 
 use std::path::{Path, PathBuf};
@@ -145,6 +146,8 @@ pub enum DestAddress {
     Stdout,
     /// A TCP `host:port`.
     Tcp(String),
+    /// An HTTP(S) URL (Prometheus remote write).
+    Url(String),
 }
 
 /// A validated destination.
@@ -163,14 +166,16 @@ pub struct DestinationConfig {
     pub unconfirmed_window: Duration,
     /// carbon's instance: part of the ring key and of the self-metric name.
     pub instance: Option<String>,
+    /// The remote-write settings, for `protocol = "prometheus_remote_write"`.
+    pub remote_write: Option<remote_write::RemoteWriteConfig>,
 }
 
 impl DestinationConfig {
-    /// The name used in logs and counters: the address, or `stdout`.
+    /// The name used in logs and counters: the address, the URL, or `stdout`.
     pub fn name(&self) -> &str {
         match &self.address {
             DestAddress::Stdout => "stdout",
-            DestAddress::Tcp(a) => a,
+            DestAddress::Tcp(a) | DestAddress::Url(a) => a,
         }
     }
 
@@ -180,6 +185,9 @@ impl DestinationConfig {
         let (host, port) = match &self.address {
             DestAddress::Stdout => ("stdout".to_string(), 0),
             DestAddress::Tcp(a) => split_host_port(a).unwrap_or_else(|| (a.clone(), 0)),
+            DestAddress::Url(u) => {
+                remote_write::url_host_port(u).unwrap_or_else(|_| (u.clone(), 0))
+            }
         };
         crate::ring::Node {
             host,

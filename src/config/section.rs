@@ -10,9 +10,10 @@ use super::file::{
     AdminFile, AggregationFile, DestinationFile, FsyncMode, JournalFile, ListenFile,
     QuarantineFile, RoutingFile, ServiceFile, TenantMode, TenantsFile, WorkersFile,
 };
+use super::remote_write::RemoteWriteConfig;
 use super::{
-    AdminConfig, Aggregation, DestAddress, DestinationConfig, ListenerConfig, Protocol,
-    QuarantineConfig, Routing, Service, TenantsConfig, Transport, Workers,
+    AdminConfig, Aggregation, DestAddress, DestProtocol, DestinationConfig, ListenerConfig,
+    Protocol, QuarantineConfig, Routing, Service, TenantsConfig, Transport, Workers,
 };
 use crate::codec::Limits;
 use crate::journal::{Fsync, JournalConfig};
@@ -136,19 +137,25 @@ impl TryFrom<DestinationFile> for DestinationConfig {
         if d.queue_datapoints == 0 || d.max_datapoints_per_message == 0 {
             return Err(invalid(format!(
                 "destination {}: queue_datapoints and max_datapoints_per_message must be at least 1",
-                d.address
+                d.url.as_deref().unwrap_or(&d.address)
             )));
         }
-        let address = if d.address == "stdout" {
-            DestAddress::Stdout
+        let (address, remote_write) = if d.protocol == DestProtocol::PrometheusRemoteWrite {
+            let rw = RemoteWriteConfig::from_file(&d)?;
+            (DestAddress::Url(rw.url.clone()), Some(rw))
+        } else if d.address == "stdout" {
+            (DestAddress::Stdout, None)
         } else if super::split_host_port(&d.address).is_some_and(|(_, port)| port > 0) {
-            DestAddress::Tcp(d.address)
+            (DestAddress::Tcp(d.address.clone()), None)
         } else {
             return Err(invalid(format!(
                 "destination address {:?} is not host:port (port not 0; IPv6 as [addr]:port) or stdout",
                 d.address
             )));
         };
+        if remote_write.is_none() {
+            super::remote_write::refuse_on_carbon(&d)?;
+        }
         Ok(DestinationConfig {
             address,
             protocol: d.protocol,
@@ -156,6 +163,7 @@ impl TryFrom<DestinationFile> for DestinationConfig {
             max_datapoints_per_message: d.max_datapoints_per_message,
             unconfirmed_window: d.unconfirmed_window,
             instance: d.instance.filter(|i| !i.is_empty()),
+            remote_write,
         })
     }
 }

@@ -1,4 +1,5 @@
-//! Destinations: carbon-cache, go-carbon, a relay, or stdout.
+//! Destinations: carbon-cache, go-carbon, a relay, stdout, or a Prometheus remote-write
+//! receiver ([`remote_write`]).
 //!
 //! Each outgoing datapoint goes to the destinations `[routing]` places its name on
 //! ([`crate::ring`]: carbon's consistent-hash ring by default, every destination with
@@ -46,6 +47,7 @@ use crate::reason::DropReason;
 use crate::ring::Placement;
 use crate::time::Window;
 
+pub mod remote_write;
 mod sender;
 
 use sender::{Link, Unconfirmed, run_sender};
@@ -81,8 +83,12 @@ pub struct DestCounters {
     /// Datapoints written into connections that then failed, within the unconfirmed
     /// window: ledgered as `unconfirmed` for `aggd replay --lost`.
     pub unconfirmed: AtomicU64,
-    /// Connections that failed (write error, closed or reset by the destination).
+    /// Connections that failed (write error, closed or reset by the destination); for
+    /// remote write, requests that failed and were sent again.
     pub connection_failures: AtomicU64,
+    /// Remote write: datapoints in requests the destination refused (4xx other than
+    /// 429), dropped as `destination_rejected` and ledgered.
+    pub rejected: AtomicU64,
     /// Time window covered by what is queued (a superset: reset only when the queue
     /// empties), ledgered if it is still queued when shutdown's drain ends.
     queued_window: Mutex<Option<Window>>,
@@ -136,7 +142,10 @@ impl Destinations {
                 unconfirmed: Arc::clone(&unconfirmed),
                 stats: Arc::clone(&stats),
             };
-            tasks.push(tokio::spawn(run_sender(link, rx, drain.clone())));
+            tasks.push(match cfg.remote_write {
+                Some(_) => tokio::spawn(remote_write::run(link, rx, drain.clone())),
+                None => tokio::spawn(run_sender(link, rx, drain.clone())),
+            });
             dests.push(Dest {
                 name: cfg.name().to_string(),
                 carbon_name: cfg.carbon_name(),

@@ -30,6 +30,9 @@ impl Conn {
     async fn connect(cfg: &DestinationConfig) -> std::io::Result<Conn> {
         match &cfg.address {
             DestAddress::Stdout => Ok(Conn::Stdout(tokio::io::stdout())),
+            DestAddress::Url(_) => Err(std::io::Error::other(
+                "a remote-write destination has no carbon connection",
+            )),
             DestAddress::Tcp(addr) => {
                 let s = tokio::net::TcpStream::connect(addr.as_str()).await?;
                 s.set_nodelay(true)?;
@@ -165,6 +168,17 @@ impl Link {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// `n` datapoints left the queue (delivered or dropped): an empty queue forgets the
+    /// window it covered.
+    pub(super) fn done(&self, n: usize) {
+        let counters = &self.counters;
+        if counters.queued.fetch_sub(n, Ordering::Relaxed) == n
+            && let Ok(mut q) = counters.queued_window.lock()
+        {
+            *q = None;
+        }
+    }
+
     /// The connection failed: ledger what it may have lost.
     fn failed(&self, e: &std::io::Error) {
         set_connected(&self.counters, false);
@@ -233,7 +247,7 @@ async fn next_batch(
 }
 
 /// Notes whether the sender holds a connection (for carbon's `queuedUntilConnected`).
-fn set_connected(counters: &DestCounters, up: bool) {
+pub(super) fn set_connected(counters: &DestCounters, up: bool) {
     counters
         .state
         .store(if up { super::UP } else { super::DOWN }, Ordering::Relaxed);
@@ -297,12 +311,8 @@ pub(super) async fn run_sender(
             }
         }
         link.log().written(w, n as u64, cfg.unconfirmed_window);
+        link.done(n);
         let counters = &link.counters;
-        if counters.queued.fetch_sub(n, Ordering::Relaxed) == n
-            && let Ok(mut q) = counters.queued_window.lock()
-        {
-            *q = None;
-        }
         counters.sent.fetch_add(n as u64, Ordering::Relaxed);
         counters.batches.fetch_add(frames, Ordering::Relaxed);
         link.stats.sent.fetch_add(n as u64, Ordering::Relaxed);

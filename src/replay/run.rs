@@ -309,34 +309,78 @@ fn journal_error(dir: &Path, source: std::io::Error) -> ReplayError {
     }
 }
 
-/// Writes replayed aggregates to destinations over plain blocking TCP (or stdout).
-/// Names are placed on the destinations as the daemon places them (`[routing]`, with
-/// tag normalisation); `--dest` gets everything.
+/// Writes replayed aggregates to destinations over plain blocking TCP (or stdout), and to
+/// remote-write destinations over HTTP (retried as the daemon does for up to
+/// [`REMOTE_WRITE_GIVE_UP`] per request). Names are placed on the destinations as the
+/// daemon places them (`[routing]`, with tag normalisation); `--dest` gets everything.
 struct Sender {
-    targets: Vec<(DestAddress, DestProtocol, usize)>,
+    targets: Vec<Target>,
     /// Where each name goes, over `targets`; `None` with `--dest`.
     routing: Option<crate::config::Routing>,
     /// Counts names that do not normalise.
     events: crate::events::Events,
+    /// Runs remote-write requests (only with a remote-write destination).
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+/// How long replay retries one remote-write request that keeps failing (network error,
+/// timeout, 5xx, 429) before it gives up with an error.
+const REMOTE_WRITE_GIVE_UP: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// One destination replay writes to.
+enum Target {
+    /// carbon plaintext or pickle (`max_datapoints_per_message` per frame), or stdout.
+    Carbon(DestAddress, DestProtocol, usize),
+    /// Prometheus remote write.
+    RemoteWrite(Box<crate::dest::remote_write::RemoteWriter>),
 }
 
 impl Sender {
     fn new(config: &Config, opts: &ReplayOptions) -> Result<Sender, ReplayError> {
         let targets = match &opts.dest {
-            Some(a) => vec![(DestAddress::Tcp(a.clone()), DestProtocol::Pickle, 500)],
+            Some(a) => vec![Target::Carbon(
+                DestAddress::Tcp(a.clone()),
+                DestProtocol::Pickle,
+                500,
+            )],
             None => config
                 .destinations
                 .iter()
-                .map(|d| (d.address.clone(), d.protocol, d.max_datapoints_per_message))
-                .collect(),
+                .map(|d| match &d.remote_write {
+                    Some(rw) => crate::dest::remote_write::RemoteWriter::new(rw)
+                        .map(|w| Target::RemoteWrite(Box::new(w)))
+                        .map_err(|e| ReplayError::Destination {
+                            destination: rw.url.clone(),
+                            source: std::io::Error::other(e),
+                        }),
+                    None => Ok(Target::Carbon(
+                        d.address.clone(),
+                        d.protocol,
+                        d.max_datapoints_per_message,
+                    )),
+                })
+                .collect::<Result<_, _>>()?,
         };
         if targets.is_empty() && !opts.dry_run {
             return Err(ReplayError::NoDestination);
         }
+        let runtime = match targets.iter().any(|t| matches!(t, Target::RemoteWrite(_))) {
+            true => Some(
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|source| ReplayError::Destination {
+                        destination: "remote write".into(),
+                        source,
+                    })?,
+            ),
+            false => None,
+        };
         Ok(Sender {
             targets,
             routing: opts.dest.is_none().then(|| config.routing.clone()),
             events: crate::events::Events::default(),
+            runtime,
         })
     }
 
@@ -355,31 +399,47 @@ impl Sender {
             }
             _ => None,
         };
-        for (i, (addr, proto, per_frame)) in self.targets.iter().enumerate() {
+        for (i, target) in self.targets.iter_mut().enumerate() {
             let points = shares.as_ref().map_or(points, |s| &s[i]);
             if points.is_empty() {
                 continue;
             }
+            let (addr, proto, per_frame) = match target {
+                Target::Carbon(a, p, n) => (&*a, *p, *n),
+                Target::RemoteWrite(w) => {
+                    let rt = self
+                        .runtime
+                        .as_ref()
+                        .expect("built with a remote-write target");
+                    w.send_blocking(rt, points, REMOTE_WRITE_GIVE_UP)
+                        .map_err(|e| ReplayError::Destination {
+                            destination: w.url().to_string(),
+                            source: std::io::Error::other(e.to_string()),
+                        })?;
+                    continue;
+                }
+            };
             let mut buf = Vec::new();
             match (addr, proto) {
                 (DestAddress::Tcp(_), DestProtocol::Pickle) => {
-                    encode_frames(points, *per_frame, &mut buf)?;
+                    encode_frames(points, per_frame, &mut buf)?;
                 }
                 _ => plaintext::encode_lines(points, &mut buf),
             }
             let written = match addr {
                 DestAddress::Stdout => std::io::stdout().write_all(&buf),
-                DestAddress::Tcp(a) => TcpStream::connect(a.as_str()).and_then(|mut s| {
-                    s.write_all(&buf)?;
-                    s.flush()?;
-                    // FIN after the data: the kernel still delivers what is buffered.
-                    s.shutdown(std::net::Shutdown::Write)
-                }),
+                DestAddress::Tcp(a) | DestAddress::Url(a) => TcpStream::connect(a.as_str())
+                    .and_then(|mut s| {
+                        s.write_all(&buf)?;
+                        s.flush()?;
+                        // FIN after the data: the kernel still delivers what is buffered.
+                        s.shutdown(std::net::Shutdown::Write)
+                    }),
             };
             written.map_err(|source| ReplayError::Destination {
                 destination: match addr {
                     DestAddress::Stdout => "stdout".into(),
-                    DestAddress::Tcp(a) => a.clone(),
+                    DestAddress::Tcp(a) | DestAddress::Url(a) => a.clone(),
                 },
                 source,
             })?;

@@ -15,6 +15,7 @@
 
 pub mod aggregation;
 pub mod lists;
+pub mod mapping;
 pub mod rewrite;
 
 use std::path::{Path, PathBuf};

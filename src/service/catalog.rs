@@ -192,8 +192,16 @@ pub const CATALOG: &[Metric] = &[
         read: |o, f| per_dest(o, f, |c| &c.unconfirmed),
     },
     Metric {
+        name: "destination_rejected",
+        help: "Datapoints in remote-write requests the destination refused (4xx but 429; ledgered).",
+        ty: Type::Counter,
+        label: Some("destination"),
+        carbon: &[],
+        read: |o, f| per_dest(o, f, |c| &c.rejected),
+    },
+    Metric {
         name: "destination_connection_failures",
-        help: "Destination connections that failed.",
+        help: "Destination connections that failed (remote write: requests sent again).",
         ty: Type::Counter,
         label: Some("destination"),
         carbon: &[],

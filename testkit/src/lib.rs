@@ -1,7 +1,8 @@
 //! Test support shared by aggd's integration tests (`tests/`) and benchmarks
 //! (`benches/`), dev-only: temp dirs, configs, a capturing carbon downstream on a real
 //! socket ([`Capture`]), aggd in-process or as its real binary ([`TestAggd`],
-//! [`spawn_run`]), a real carbon-cache ([`carbon`]) and the benchmark workload
+//! [`spawn_run`]), a real carbon-cache ([`carbon`]), real NATS servers ([`nats`]), real
+//! remote-write stores ([`promstore`]) and the benchmark workload
 //! ([`workload`]).
 #![allow(missing_docs, clippy::missing_panics_doc)]
 
@@ -11,6 +12,7 @@ pub mod edge;
 mod http;
 pub mod nats;
 mod process;
+pub mod promstore;
 pub mod workload;
 
 pub use capture::{Capture, Received};

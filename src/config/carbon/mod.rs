@@ -253,6 +253,7 @@ fn destinations(keys: &Section<'_>) -> Result<Vec<DestinationFile>, ConfigError>
             max_datapoints_per_message: per_message,
             unconfirmed_window: defaults::unconfirmed_window(),
             instance,
+            ..DestinationFile::default()
         });
     }
     Ok(destination)

@@ -1,0 +1,383 @@
+//! A Prometheus remote-write destination (`protocol = "prometheus_remote_write"`;
+//! operator's guide in `docs/remote-write.md`).
+//!
+//! Points are mapped to Prometheus series ([`crate::rules::mapping`]: graphite_exporter's
+//! default naming, Graphite tags as labels, the optional mapping file), grouped per series
+//! with samples in timestamp order (of two samples of one series at one timestamp in a
+//! request, the later one), and POSTed as remote write 1.0 ([`crate::codec::remote_write`]:
+//! protobuf `WriteRequest`, snappy block compression, `batch_datapoints` samples at most).
+//!
+//! Delivery, one request at a time:
+//! - 2xx: delivered (`destination_sent`, `destination_batches` counts requests);
+//! - a network error, a timeout (`timeout`), 5xx or 429: sent again, with the same body,
+//!   after a backoff doubling from 100 ms to 5 s (`destination_connection_failures`,
+//!   event `destination_request_failed`). Re-sending is safe: a sample the store already
+//!   holds is a duplicate with the same value;
+//! - another 4xx: the store refuses the request and would refuse it again. The batch is
+//!   dropped as `destination_rejected`: counted, logged with the answer, and ledgered, so
+//!   `aggd replay --lost` recomputes and re-sends the window once the cause is fixed.
+//!
+//! What waits in the queue meanwhile is bounded like every destination's queue (a full
+//! queue drops as `destination_full`), and what is still queued or unanswered when
+//! shutdown's drain ends is `destination_down`; both are ledgered.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::sender::{Link, set_connected};
+use crate::codec::remote_write::{self, Label, Sample, TimeSeries, WriteRequest};
+use crate::config::remote_write::{HttpAuth, RemoteWriteConfig};
+use crate::datapoint::{OutBatch, OutPoint, window};
+use crate::events::Event;
+use crate::reason::DropReason;
+
+/// Mapped names kept per writer before the cache is emptied (and refills on demand).
+const NAME_CACHE_ENTRIES: usize = 100_000;
+
+/// Why a request did not deliver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteError {
+    /// Worth sending again: a network error, a timeout, a 5xx or 429 answer.
+    Retry(String),
+    /// Refused for good (another 4xx): the status and the start of the answer.
+    Rejected(String),
+}
+
+impl std::fmt::Display for WriteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WriteError::Retry(e) | WriteError::Rejected(e) => f.write_str(e),
+        }
+    }
+}
+
+/// A remote-write client: the HTTP client, the settings, and mapped names.
+pub struct RemoteWriter {
+    http: reqwest::Client,
+    cfg: RemoteWriteConfig,
+    names: HashMap<Arc<str>, Arc<[Label]>>,
+}
+
+/// The HTTP client for `cfg`: its timeout, TLS roots and identity, no redirects (a
+/// redirected POST would be re-sent as a GET).
+pub fn client(cfg: &RemoteWriteConfig) -> Result<reqwest::Client, String> {
+    let mut b = reqwest::Client::builder()
+        .use_rustls_tls()
+        .timeout(cfg.timeout)
+        .connect_timeout(cfg.timeout.min(Duration::from_secs(10)))
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("aggd/", env!("CARGO_PKG_VERSION")));
+    if let Some(pem) = &cfg.tls_ca {
+        for c in reqwest::Certificate::from_pem_bundle(pem).map_err(|e| format!("tls_ca: {e}"))? {
+            b = b.add_root_certificate(c);
+        }
+    }
+    if let Some(pem) = &cfg.tls_identity {
+        b = b.identity(
+            reqwest::Identity::from_pem(pem).map_err(|e| format!("tls_cert/tls_key: {e}"))?,
+        );
+    }
+    b.build().map_err(|e| format!("HTTP client: {e}"))
+}
+
+impl RemoteWriter {
+    /// A writer for `cfg`. Errors: TLS material that does not parse.
+    pub fn new(cfg: &RemoteWriteConfig) -> Result<RemoteWriter, String> {
+        Ok(RemoteWriter {
+            http: client(cfg)?,
+            cfg: cfg.clone(),
+            names: HashMap::new(),
+        })
+    }
+
+    /// The URL requests go to.
+    pub fn url(&self) -> &str {
+        &self.cfg.url
+    }
+
+    /// Most samples per request.
+    pub fn batch_datapoints(&self) -> usize {
+        self.cfg.batch_datapoints
+    }
+
+    fn labels(&mut self, path: &Arc<str>) -> Arc<[Label]> {
+        if let Some(l) = self.names.get(path) {
+            return Arc::clone(l);
+        }
+        if self.names.len() >= NAME_CACHE_ENTRIES {
+            self.names.clear();
+        }
+        let labels: Arc<[Label]> = crate::rules::mapping::map(self.cfg.mapping.as_deref(), path)
+            .into_iter()
+            .map(|(name, value)| Label { name, value })
+            .collect();
+        self.names.insert(Arc::clone(path), Arc::clone(&labels));
+        labels
+    }
+
+    /// The `WriteRequest` for `points` (module docs: one series per name, samples in
+    /// timestamp order, one sample per timestamp, the later one).
+    pub fn request(&mut self, points: &[OutPoint]) -> WriteRequest {
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        let mut series: Vec<(Arc<[Label]>, Vec<Sample>)> = Vec::new();
+        for p in points {
+            let i = *index.entry(&p.path).or_insert_with(|| {
+                series.push((self.labels(&p.path), Vec::new()));
+                series.len() - 1
+            });
+            series[i].1.push(Sample {
+                value: p.value.as_f64(),
+                timestamp: remote_write::millis(p.timestamp),
+            });
+        }
+        let timeseries = series
+            .into_iter()
+            .map(|(labels, mut samples)| {
+                samples.sort_by_key(|s| s.timestamp);
+                let mut kept: Vec<Sample> = Vec::with_capacity(samples.len());
+                for s in samples {
+                    match kept.last_mut() {
+                        Some(last) if last.timestamp == s.timestamp => *last = s,
+                        _ => kept.push(s),
+                    }
+                }
+                TimeSeries {
+                    labels: labels.to_vec(),
+                    samples: kept,
+                }
+            })
+            .collect();
+        WriteRequest { timeseries }
+    }
+
+    /// POSTs one encoded request body ([`remote_write::encode`]); classifies the outcome
+    /// (module docs).
+    pub async fn post(&self, body: Bytes) -> Result<(), WriteError> {
+        let mut req = self.http.post(&self.cfg.url).body(body);
+        for (k, v) in remote_write::HEADERS {
+            req = req.header(k, v);
+        }
+        for (k, v) in &self.cfg.headers {
+            req = req.header(k, v);
+        }
+        req = match &self.cfg.auth {
+            HttpAuth::None => req,
+            HttpAuth::Basic { username, password } => req.basic_auth(username, Some(password)),
+            HttpAuth::Bearer(token) => req.bearer_auth(token),
+        };
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| WriteError::Retry(describe(&e)))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let text = resp.text().await.unwrap_or_default();
+        let answer: String = text.trim().chars().take(300).collect();
+        let what = format!("HTTP {status}: {answer}");
+        if status.is_client_error() && status != reqwest::StatusCode::TOO_MANY_REQUESTS {
+            Err(WriteError::Rejected(what))
+        } else {
+            Err(WriteError::Retry(what))
+        }
+    }
+
+    /// Sends `points` in requests of `batch_datapoints` from a thread outside any tokio
+    /// runtime (replay), retrying as the daemon does until `give_up` has passed since a
+    /// request's first attempt. Errors: a rejection, or a request still failing then.
+    pub fn send_blocking(
+        &mut self,
+        rt: &tokio::runtime::Runtime,
+        points: &[OutPoint],
+        give_up: Duration,
+    ) -> Result<(), WriteError> {
+        for chunk in points.chunks(self.cfg.batch_datapoints) {
+            let body = Bytes::from(remote_write::encode(&self.request(chunk)));
+            let started = std::time::Instant::now();
+            let mut backoff = Duration::from_millis(100);
+            loop {
+                match rt.block_on(self.post(body.clone())) {
+                    Ok(()) => break,
+                    Err(WriteError::Retry(e)) if started.elapsed() < give_up => {
+                        tracing::warn!(destination = self.url(), error = %e, "retrying");
+                        std::thread::sleep(backoff);
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A reqwest error with its causes (reqwest's own message omits them).
+fn describe(e: &reqwest::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(c) = source {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        source = c.source();
+    }
+    s
+}
+
+/// Waits for the next queued batch (module docs of [`super`]: drain takes what is left).
+async fn next_batch(
+    rx: &mut mpsc::Receiver<OutBatch>,
+    drain: &CancellationToken,
+) -> Option<OutBatch> {
+    tokio::select! {
+        biased;
+        b = rx.recv() => b,
+        _ = drain.cancelled() => rx.try_recv().ok(),
+    }
+}
+
+/// The sender task of a remote-write destination (module docs).
+pub(super) async fn run(link: Link, mut rx: mpsc::Receiver<OutBatch>, drain: CancellationToken) {
+    let Some(cfg) = link.cfg.remote_write.clone() else {
+        return;
+    };
+    let name = link.cfg.name().to_string();
+    let mut backoff = Duration::from_millis(100);
+    let mut writer = loop {
+        match RemoteWriter::new(&cfg) {
+            Ok(w) => break w,
+            Err(e) => {
+                link.stats.events.emit(
+                    Event::DestinationConnectFailed,
+                    &format_args!("destination {name}: {e}; retrying"),
+                );
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }
+    };
+    let batch = cfg.batch_datapoints;
+    let mut points: Vec<OutPoint> = Vec::new();
+    while let Some(first) = next_batch(&mut rx, &drain).await {
+        points.clear();
+        points.extend_from_slice(&first);
+        while points.len() < batch {
+            match rx.try_recv() {
+                Ok(b) => points.extend_from_slice(&b),
+                Err(_) => break,
+            }
+        }
+        for chunk in points.chunks(batch) {
+            let body = Bytes::from(remote_write::encode(&writer.request(chunk)));
+            let n = chunk.len();
+            loop {
+                match writer.post(body.clone()).await {
+                    Ok(()) => {
+                        backoff = Duration::from_millis(100);
+                        set_connected(&link.counters, true);
+                        link.counters.sent.fetch_add(n as u64, Ordering::Relaxed);
+                        link.counters.batches.fetch_add(1, Ordering::Relaxed);
+                        link.stats.sent.fetch_add(n as u64, Ordering::Relaxed);
+                        break;
+                    }
+                    Err(WriteError::Retry(e)) => {
+                        set_connected(&link.counters, false);
+                        link.counters
+                            .connection_failures
+                            .fetch_add(1, Ordering::Relaxed);
+                        link.stats.events.emit(
+                            Event::DestinationRequestFailed,
+                            &format_args!(
+                                "destination {name}: {e}; {n} datapoints sent again in {backoff:?}"
+                            ),
+                        );
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                    Err(WriteError::Rejected(e)) => {
+                        link.counters
+                            .rejected
+                            .fetch_add(n as u64, Ordering::Relaxed);
+                        link.stats.record_drop(
+                            DropReason::DestinationRejected,
+                            n as u64,
+                            window(chunk),
+                            &format_args!("destination {name} refused a request: {e}"),
+                        );
+                        break;
+                    }
+                }
+            }
+            link.done(n);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datapoint::OutValue;
+
+    fn cfg() -> RemoteWriteConfig {
+        let file = crate::config::file::DestinationFile {
+            protocol: crate::config::DestProtocol::PrometheusRemoteWrite,
+            url: Some("http://127.0.0.1:9/api/v1/write".into()),
+            ..Default::default()
+        };
+        RemoteWriteConfig::from_file(&file).unwrap()
+    }
+
+    fn p(path: &str, ts: f64, v: f64) -> OutPoint {
+        OutPoint {
+            path: path.into(),
+            timestamp: ts,
+            value: OutValue::Float(v),
+        }
+    }
+
+    #[test]
+    fn request_groups_series_sorts_samples_and_keeps_the_later_duplicate() {
+        let mut w = RemoteWriter::new(&cfg()).unwrap();
+        let req = w.request(&[
+            p("a.b", 120.0, 1.0),
+            p("cpu;dc=eu", 60.0, 5.0),
+            p("a.b", 60.0, 2.0),
+            p("a.b", 120.0, 3.0),
+        ]);
+        assert_eq!(req.timeseries.len(), 2);
+        let ab = &req.timeseries[0];
+        assert_eq!(
+            ab.labels,
+            [Label {
+                name: "__name__".into(),
+                value: "a_b".into()
+            }]
+        );
+        let samples: Vec<(i64, f64)> = ab.samples.iter().map(|s| (s.timestamp, s.value)).collect();
+        assert_eq!(samples, [(60_000, 2.0), (120_000, 3.0)]);
+        let names: Vec<&str> = req.timeseries[1]
+            .labels
+            .iter()
+            .map(|l| l.name.as_str())
+            .collect();
+        assert_eq!(names, ["__name__", "dc"], "sorted by name");
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_retried_not_rejected() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let mut c = cfg();
+        c.url = format!("http://127.0.0.1:{port}/api/v1/write");
+        let w = RemoteWriter::new(&c).unwrap();
+        let err = w.post(Bytes::from_static(b"x")).await.unwrap_err();
+        assert!(matches!(err, WriteError::Retry(_)), "{err:?}");
+    }
+}
