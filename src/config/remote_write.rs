@@ -197,8 +197,11 @@ impl RemoteWriteConfig {
         }
         let tls_ca = d.tls_ca.as_ref().map(read).transpose()?;
         if let Some(pem) = &tls_ca {
-            reqwest::Certificate::from_pem_bundle(pem)
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
                 .map_err(|e| invalid(format!("{what}: tls_ca: {e}")))?;
+            if certs.is_empty() {
+                return Err(invalid(format!("{what}: tls_ca holds no PEM certificate")));
+            }
         }
         if let Some(pem) = &tls_identity {
             reqwest::Identity::from_pem(pem)

@@ -162,3 +162,122 @@ fn closed_sets_and_durations_are_typed() {
     let e = load("a.toml", "[admin]\ntoken_file = \"no-token\"\n").unwrap_err();
     assert!(e.to_string().contains("no-token: cannot read"), "{e}");
 }
+
+#[test]
+fn remote_write_destinations_are_validated() {
+    use super::remote_write::HttpAuth;
+    let guard = tmpdir("rw");
+    let d = guard.path();
+    write(d, "rules.conf", "a (60) = sum b\n");
+    write(d, "token", "tok\n");
+    write(d, "mapping.conf", "a.<h> = a\n");
+    let load = |dest: &str| {
+        let cfg = write(
+            d,
+            "aggd.toml",
+            &format!(
+                "[[listen]]\nprotocol = \"plaintext\"\naddress = \"127.0.0.1:0\"\n\
+                 [aggregation]\nrules = \"rules.conf\"\n\
+                 [[destination]]\n{dest}\n"
+            ),
+        );
+        Config::load(&cfg).map_err(|e| e.to_string())
+    };
+    let c = load(
+        "protocol = \"prometheus_remote_write\"\nurl = \"http://vm:8428/api/v1/write\"\n\
+         bearer_token_file = \"token\"\nmapping_file = \"mapping.conf\"\n\
+         headers = { \"X-Scope-OrgID\" = \"a\" }\nbatch_datapoints = 10\ntimeout = \"5s\"\n",
+    )
+    .unwrap();
+    let dest = &c.destinations[0];
+    let rw = dest.remote_write.as_ref().unwrap();
+    assert_eq!(dest.name(), "http://vm:8428/api/v1/write");
+    assert_eq!((dest.node().host.as_str(), dest.node().port), ("vm", 8428));
+    assert_eq!(rw.auth, HttpAuth::Bearer("tok".into()));
+    assert_eq!(
+        format!("{:?}", rw.auth),
+        "bearer token",
+        "no secret in logs"
+    );
+    assert_eq!(
+        (rw.batch_datapoints, rw.timeout),
+        (10, Duration::from_secs(5))
+    );
+    assert!(rw.mapping.is_some());
+    assert!(
+        c.to_string()
+            .contains("destination: http://vm:8428/api/v1/write (prometheus_remote_write)")
+    );
+    // Defaults, and the https port.
+    let c =
+        load("protocol = \"prometheus_remote_write\"\nurl = \"https://m.example/api/v1/push\"\n")
+            .unwrap();
+    let rw = c.destinations[0].remote_write.as_ref().unwrap();
+    assert_eq!(
+        (rw.batch_datapoints, rw.timeout),
+        (2000, Duration::from_secs(30))
+    );
+    assert_eq!(c.destinations[0].node().port, 443);
+    for (dest, why) in [
+        ("protocol = \"prometheus_remote_write\"", "needs url"),
+        (
+            "protocol = \"prometheus_remote_write\"\nurl = \"ftp://x/\"",
+            "not http",
+        ),
+        (
+            "protocol = \"prometheus_remote_write\"\nurl = \"http://x/\"\naddress = \"x:1\"",
+            "not address",
+        ),
+        (
+            "protocol = \"prometheus_remote_write\"\nurl = \"http://x/\"\nbearer_token = \"a\"\nbasic_auth_username = \"u\"\nbasic_auth_password = \"p\"",
+            "not both",
+        ),
+        (
+            "protocol = \"prometheus_remote_write\"\nurl = \"http://x/\"\nbasic_auth_username = \"u\"",
+            "needs basic_auth_username and a password",
+        ),
+        (
+            "protocol = \"prometheus_remote_write\"\nurl = \"http://x/\"\ntls_ca = \"token\"",
+            "need an https",
+        ),
+        (
+            "protocol = \"prometheus_remote_write\"\nurl = \"https://x/\"\ntls_ca = \"token\"",
+            "tls_ca",
+        ),
+        (
+            "protocol = \"prometheus_remote_write\"\nurl = \"https://x/\"\ntls_cert = \"token\"",
+            "go together",
+        ),
+        (
+            "protocol = \"prometheus_remote_write\"\nurl = \"http://x/\"\nheaders = { \"Content-Type\" = \"x\" }",
+            "set by aggd",
+        ),
+        (
+            "protocol = \"prometheus_remote_write\"\nurl = \"http://x/\"\nheaders = { \"a b\" = \"x\" }",
+            "not valid HTTP",
+        ),
+        (
+            "protocol = \"prometheus_remote_write\"\nurl = \"http://x/\"\nbatch_datapoints = 0",
+            "above 0",
+        ),
+        (
+            "protocol = \"prometheus_remote_write\"\nurl = \"http://x/\"\nmapping_file = \"rules.conf\"",
+            "rules.conf:1:",
+        ),
+        (
+            "protocol = \"prometheus_remote_write\"\nurl = \"http://x/\"\nbearer_token_file = \"missing\"",
+            "cannot read",
+        ),
+        (
+            "address = \"x:1\"\nurl = \"http://x/\"",
+            "prometheus_remote_write\" only",
+        ),
+        (
+            "address = \"x:1\"\nheaders = { \"a\" = \"b\" }",
+            "prometheus_remote_write\" only",
+        ),
+    ] {
+        let e = load(dest).unwrap_err();
+        assert!(e.contains(why), "{dest}: {e}");
+    }
+}
