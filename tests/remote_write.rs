@@ -55,8 +55,10 @@ fn stop(mut a: Aggd) {
 
 /// Writes `aggd.toml`: plaintext and pickle listeners, an admin API, a journal, `rules`,
 /// `aggregation` keys, and one remote-write destination to `url` with `dest` keys.
+/// [`MAPPING`] is written next to it as `mapping.conf`, for `dest` to name.
 fn config(dir: &Path, rules: &str, aggregation: &str, url: &str, dest: &str) -> PathBuf {
     std::fs::write(dir.join("aggregation-rules.conf"), rules).unwrap();
+    std::fs::write(dir.join("mapping.conf"), MAPPING).unwrap();
     let cfg = dir.join("aggd.toml");
     std::fs::write(
         &cfg,
@@ -104,6 +106,21 @@ fn wait_metric(admin: std::net::SocketAddr, sample: &str, want: f64) {
         assert!(Instant::now() < deadline, "{sample}: {got}, want {want}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Waits (up to 20 s) until `/metrics` sample `sample` is at least `least`.
+fn wait_at_least(admin: std::net::SocketAddr, sample: &str, least: f64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(admin, sample) < least {
+        assert!(Instant::now() < deadline, "{sample} stayed under {least}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Sends `i`: its lines over plaintext, its pickle points with CPython's pickle.
+fn send(addrs: &[(String, std::net::SocketAddr)], i: &Input) {
+    send_lines(addr_of(addrs, "plaintext/tcp"), &i.lines);
+    python_pickle_send(addr_of(addrs, "pickle/tcp"), 2, &i.pickle);
 }
 
 fn series(labels: &[(&str, &str)], samples: &[(i64, f64)]) -> Series {
@@ -201,7 +218,6 @@ const MAPPING: &str = "# servers.<dc>.all.<metric> → servers_<metric>{dc=…, 
 fn aggregates_and_forwards_reach_victoria_metrics_with_names_and_labels() {
     let vm = Store::victoria_metrics();
     let dir = tempdir("rw-vm");
-    std::fs::write(dir.join("mapping.conf"), MAPPING).unwrap();
     let cfg = config(
         &dir,
         RULES,
@@ -213,8 +229,7 @@ fn aggregates_and_forwards_reach_victoria_metrics_with_names_and_labels() {
     let (aggd, addrs) = start(&cfg);
     let base = open_bucket();
     let i = input(base, 0);
-    send_lines(addr_of(&addrs, "plaintext/tcp"), &i.lines);
-    python_pickle_send(addr_of(&addrs, "pickle/tcp"), 2, &i.pickle);
+    send(&addrs, &i);
 
     // Aggregates: exact values at the bucket start in ms, mapped names and labels.
     wait_series(
@@ -302,7 +317,6 @@ fn aggregates_and_forwards_reach_victoria_metrics_with_names_and_labels() {
 fn victoria_metrics_down_for_10s_is_retried_and_nothing_is_lost() {
     let mut vm = Store::victoria_metrics();
     let dir = tempdir("rw-down");
-    std::fs::write(dir.join("mapping.conf"), MAPPING).unwrap();
     let cfg = config(
         &dir,
         RULES,
@@ -315,18 +329,13 @@ fn victoria_metrics_down_for_10s_is_retried_and_nothing_is_lost() {
     vm.stop();
     let base = open_bucket();
     let i = input(base, 1);
-    send_lines(addr_of(&addrs, "plaintext/tcp"), &i.lines);
-    python_pickle_send(addr_of(&addrs, "pickle/tcp"), 2, &i.pickle);
+    send(&addrs, &i);
     // The aggregates are emitted into a dead store and retried.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while metric(
+    wait_at_least(
         admin,
         "aggd_destination_connection_failures_total{destination=\"http",
-    ) < 2.0
-    {
-        assert!(Instant::now() < deadline, "no failed request was retried");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        2.0,
+    );
     std::thread::sleep(Duration::from_secs(10));
     assert_eq!(
         metric(admin, "aggd_destination_sent_total{destination=\"http"),
@@ -362,8 +371,7 @@ fn prometheus_400_for_a_changed_sample_is_counted_and_ledgered() {
     let admin = addr_of(&addrs, "admin/http");
     let base = open_bucket();
     let i = input(base, 2);
-    send_lines(addr_of(&addrs, "plaintext/tcp"), &i.lines);
-    python_pickle_send(addr_of(&addrs, "pickle/tcp"), 2, &i.pickle);
+    send(&addrs, &i);
     // Prometheus as a second receiver: the same names and labels (no mapping file here).
     let ms = base * 1000;
     let mut want: Vec<Series> = i
@@ -390,11 +398,11 @@ fn prometheus_400_for_a_changed_sample_is_counted_and_ledgered() {
         addr_of(&addrs, "plaintext/tcp"),
         &format!("web.h9.requests 100 {}\n", base + 5),
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while metric(admin, "aggd_destination_rejected_total{destination=\"http") < 1.0 {
-        assert!(Instant::now() < deadline, "no request was rejected");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_at_least(
+        admin,
+        "aggd_destination_rejected_total{destination=\"http",
+        1.0,
+    );
     assert_eq!(
         metric(admin, "aggd_destination_rejected_total{destination=\"http"),
         1.0
@@ -431,7 +439,6 @@ fn prometheus_400_for_a_changed_sample_is_counted_and_ledgered() {
 fn replay_lost_repairs_an_outage_into_victoria_metrics() {
     let mut vm = Store::victoria_metrics();
     let dir = tempdir("rw-replay");
-    std::fs::write(dir.join("mapping.conf"), MAPPING).unwrap();
     let cfg = config(
         &dir,
         RULES,
@@ -443,8 +450,7 @@ fn replay_lost_repairs_an_outage_into_victoria_metrics() {
     let (aggd, addrs) = start(&cfg);
     let before = open_bucket();
     let first = input(before, 3);
-    send_lines(addr_of(&addrs, "plaintext/tcp"), &first.lines);
-    python_pickle_send(addr_of(&addrs, "pickle/tcp"), 2, &first.pickle);
+    send(&addrs, &first);
     let names = "cpu_total|web_all_requests|servers_load";
     wait_series(
         &vm,
@@ -463,18 +469,13 @@ fn replay_lost_repairs_an_outage_into_victoria_metrics() {
         }
     };
     let lost = input(base, 4);
-    send_lines(addr_of(&addrs, "plaintext/tcp"), &lost.lines);
-    python_pickle_send(addr_of(&addrs, "pickle/tcp"), 2, &lost.pickle);
+    send(&addrs, &lost);
     let admin = addr_of(&addrs, "admin/http");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while metric(
+    wait_at_least(
         admin,
         "aggd_destination_connection_failures_total{destination=\"http",
-    ) < 1.0
-    {
-        assert!(Instant::now() < deadline, "nothing was attempted");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        1.0,
+    );
     stop(aggd);
     let (entries, _) = aggd::journal::ledger::read(&dir.join("journal/ledger.jsonl")).unwrap();
     assert!(
@@ -570,7 +571,6 @@ fn https_with_a_private_ca_and_basic_auth_reaches_victoria_metrics() {
     let (ca, cert, key) = certificates(&dir);
     let mut vm = Store::victoria_metrics_secure(&cert, &key, "aggd", "s3cret");
     std::fs::write(dir.join("password"), "s3cret\n").unwrap();
-    std::fs::write(dir.join("mapping.conf"), MAPPING).unwrap();
     let cfg = config(
         &dir,
         RULES,
@@ -586,8 +586,7 @@ fn https_with_a_private_ca_and_basic_auth_reaches_victoria_metrics() {
     let admin = addr_of(&addrs, "admin/http");
     let base = open_bucket();
     let i = input(base, 5);
-    send_lines(addr_of(&addrs, "plaintext/tcp"), &i.lines);
-    python_pickle_send(addr_of(&addrs, "pickle/tcp"), 2, &i.pickle);
+    send(&addrs, &i);
     wait_metric(
         admin,
         "aggd_destination_sent_total{destination=\"https",

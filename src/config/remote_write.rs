@@ -42,8 +42,9 @@ impl std::fmt::Debug for HttpAuth {
     }
 }
 
-/// A remote-write destination.
-#[derive(Clone, Debug, PartialEq)]
+/// A remote-write destination. Its `Debug` form leaves out secrets: the auth is named
+/// only, the client key and header values are not printed.
+#[derive(Clone, PartialEq)]
 pub struct RemoteWriteConfig {
     /// The URL requests are POSTed to, e.g. `http://127.0.0.1:8428/api/v1/write`.
     pub url: String,
@@ -61,6 +62,22 @@ pub struct RemoteWriteConfig {
     pub timeout: Duration,
     /// The name mapping file's rules, if one is given.
     pub mapping: Option<Arc<NameMapping>>,
+}
+
+impl std::fmt::Debug for RemoteWriteConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let headers: Vec<&str> = self.headers.iter().map(|h| h.0.as_str()).collect();
+        f.debug_struct("RemoteWriteConfig")
+            .field("url", &self.url)
+            .field("auth", &self.auth)
+            .field("tls_ca", &self.tls_ca.is_some())
+            .field("tls_identity", &self.tls_identity.is_some())
+            .field("headers", &headers)
+            .field("batch_datapoints", &self.batch_datapoints)
+            .field("timeout", &self.timeout)
+            .field("mapping", &self.mapping.is_some())
+            .finish()
+    }
 }
 
 /// Headers aggd sets itself, which `headers` may not replace.
