@@ -8,7 +8,8 @@ use crate::route::Router;
 /// A human-readable account, per path, of the `[pre]` rewrite, every matching rule with
 /// its output series, method, frequency, worker and captured fields (tag captures
 /// included), the forwarded name, and for each
-/// outgoing name the destinations `[routing]` places it on (after tag normalisation).
+/// outgoing name the destinations `[routing]` places it on (after tag normalisation) and,
+/// for a remote-write destination, the Prometheus series it becomes.
 pub fn explain(config: &Config, paths: &[String]) -> String {
     let router = Router::new(config.aggregation.clone(), config.workers.count);
     let rules = config.aggregation.rules.rules();
@@ -108,4 +109,17 @@ fn destinations(config: &Config, name: &str, s: &mut String) {
         names.join(", "),
         config.routing.placement.method()
     );
+    for &i in &placed {
+        if let Some(rw) = &config.destinations[i].remote_write {
+            let mut labels = crate::rules::mapping::map(rw.mapping.as_deref(), &name);
+            let metric = labels.remove("__name__").unwrap_or_default();
+            let list: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+            let _ = writeln!(
+                s,
+                "    remote write to {} as {metric}{{{}}}",
+                rw.url,
+                list.join(", ")
+            );
+        }
+    }
 }

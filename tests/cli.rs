@@ -232,6 +232,43 @@ fn explain_shows_tag_captures_and_refuses_ambiguous_tag_rules() {
 }
 
 #[test]
+fn explain_shows_the_prometheus_series_of_a_remote_write_destination() {
+    let dir = tempdir("explain-rw");
+    std::fs::write(
+        dir.join("aggregation-rules.conf"),
+        "cpu.total;dc=<dc> (60) = sum cpu.usage;dc=<dc>;host=*\n\
+         servers.<dc>.all.load (60) = avg servers.<dc>.*.load\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("mapping.conf"),
+        "servers.<dc>.all.<m> = servers_<m> job=aggd\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("aggd.toml"),
+        "[[listen]]\nprotocol = \"plaintext\"\naddress = \"127.0.0.1:0\"\n\
+         [aggregation]\nrules = \"aggregation-rules.conf\"\n\
+         [[destination]]\nprotocol = \"prometheus_remote_write\"\n\
+         url = \"http://127.0.0.1:8428/api/v1/write\"\nmapping_file = \"mapping.conf\"\n",
+    )
+    .unwrap();
+    let text = aggd_ok([
+        "explain",
+        "-c",
+        dir.join("aggd.toml").to_str().unwrap(),
+        "cpu.usage;host=a;dc=eu.west",
+        "servers.eu.h1.load",
+    ]);
+    for want in [
+        "remote write to http://127.0.0.1:8428/api/v1/write as cpu_total{dc=\"eu.west\"}",
+        "remote write to http://127.0.0.1:8428/api/v1/write as servers_load{dc=\"eu\", job=\"aggd\"}",
+    ] {
+        assert!(text.contains(want), "{want:?} missing in:\n{text}");
+    }
+}
+
+#[test]
 fn sigterm_mid_stream_loses_nothing_and_exits_zero() {
     let capture = Capture::start("pickle");
     let dir = tempdir("sigterm");

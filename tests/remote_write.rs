@@ -363,6 +363,49 @@ fn victoria_metrics_down_for_10s_is_retried_and_nothing_is_lost() {
 }
 
 #[test]
+fn a_store_that_stops_answering_and_dies_loses_nothing() {
+    let mut vm = Store::victoria_metrics();
+    let dir = tempdir("rw-stall");
+    let cfg = config(
+        &dir,
+        RULES,
+        "",
+        &vm.write_url(),
+        "mapping_file = \"mapping.conf\"\ntimeout = \"1s\"\n",
+    );
+    let (aggd, addrs) = start(&cfg);
+    let admin = addr_of(&addrs, "admin/http");
+    // The store stops answering: connections are accepted by its kernel, and requests
+    // time out.
+    vm.signal("-STOP");
+    let base = open_bucket();
+    let i = input(base, 6);
+    send(&addrs, &i);
+    wait_at_least(
+        admin,
+        "aggd_destination_connection_failures_total{destination=\"http",
+        2.0,
+    );
+    assert_eq!(
+        metric(admin, "aggd_destination_sent_total{destination=\"http"),
+        0.0
+    );
+    // Then it dies, and comes back on the same port and data.
+    vm.kill();
+    vm.start();
+    wait_series(
+        &vm,
+        "cpu_total|web_all_requests|servers_load",
+        &aggregates(&i, base),
+        Duration::from_secs(30),
+    );
+    wait_metric(admin, "aggd_destination_sent_total{destination=\"http", 4.0);
+    stop(aggd);
+    let (entries, _) = aggd::journal::ledger::read(&dir.join("journal/ledger.jsonl")).unwrap();
+    assert!(entries.is_empty(), "{entries:?}");
+}
+
+#[test]
 fn prometheus_400_for_a_changed_sample_is_counted_and_ledgered() {
     let prom = Store::prometheus();
     let dir = tempdir("rw-prom");

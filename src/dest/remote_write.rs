@@ -182,8 +182,7 @@ impl RemoteWriter {
         if status.is_success() {
             return Ok(());
         }
-        let text = resp.text().await.unwrap_or_default();
-        let answer: String = text.trim().chars().take(300).collect();
+        let answer = answer_start(resp).await;
         let what = format!("HTTP {status}: {answer}");
         if status.is_client_error() && status != reqwest::StatusCode::TOO_MANY_REQUESTS {
             Err(WriteError::Rejected(what))
@@ -220,6 +219,22 @@ impl RemoteWriter {
         Ok(())
     }
 }
+
+/// The first [`ANSWER_BYTES`] bytes of an answer's body, as text (a misbehaving store's
+/// endless body is not read further).
+async fn answer_start(mut resp: reqwest::Response) -> String {
+    let mut body = Vec::new();
+    while body.len() < ANSWER_BYTES {
+        match resp.chunk().await {
+            Ok(Some(c)) => body.extend_from_slice(&c[..c.len().min(ANSWER_BYTES - body.len())]),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&body).trim().to_string()
+}
+
+/// How much of an error answer is read and quoted in the log.
+const ANSWER_BYTES: usize = 512;
 
 /// A reqwest error with its causes (reqwest's own message omits them).
 fn describe(e: &reqwest::Error) -> String {
@@ -374,6 +389,14 @@ mod tests {
     /// A one-request HTTP server on loopback answering `status`: its port, and the
     /// request head it read (a stand-in for a store, to see headers and classify answers).
     async fn answer_once(status: &'static str) -> (u16, tokio::task::JoinHandle<String>) {
+        answer_once_with(status, b"nope".to_vec()).await
+    }
+
+    /// [`answer_once`] with the answer body `body`.
+    async fn answer_once_with(
+        status: &'static str,
+        body: Vec<u8>,
+    ) -> (u16, tokio::task::JoinHandle<String>) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = l.local_addr().unwrap().port();
@@ -444,6 +467,24 @@ mod tests {
                 "the answer is kept: {err}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_huge_error_answer_is_quoted_only_in_part() {
+        let (port, _head) = answer_once_with("400 Bad Request", vec![b'x'; 8 << 20]).await;
+        let mut c = cfg();
+        c.url = format!("http://127.0.0.1:{port}/api/v1/write");
+        let err = RemoteWriter::new(&c)
+            .unwrap()
+            .post(Bytes::from_static(b"x"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, WriteError::Rejected(_)));
+        assert!(
+            err.to_string().len() < ANSWER_BYTES + 100,
+            "{} bytes",
+            err.to_string().len()
+        );
     }
 
     #[tokio::test]

@@ -195,6 +195,20 @@ impl Store {
         }
     }
 
+    /// Sends `sig` (e.g. `-STOP`, `-CONT`) to the running store.
+    pub fn signal(&self, sig: &str) {
+        crate::edge::signal(self.pid().expect("the store is running"), sig);
+    }
+
+    /// Kills the store with SIGKILL (what it had not persisted is lost; its data dir
+    /// stays).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// Stops the store cleanly (SIGTERM, so what it acknowledged is on disk; SIGKILL
     /// after 20 s); its data stays.
     pub fn stop(&mut self) {
