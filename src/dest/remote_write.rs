@@ -408,9 +408,13 @@ mod tests {
                 let n = s.read(&mut chunk).await.unwrap();
                 buf.extend_from_slice(&chunk[..n]);
             }
-            let reply =
-                format!("HTTP/1.1 {status}\r\ncontent-length: 4\r\nconnection: close\r\n\r\nnope");
+            let reply = format!(
+                "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                body.len()
+            );
             s.write_all(reply.as_bytes()).await.unwrap();
+            // The client may stop reading a long body.
+            let _ = s.write_all(&body).await;
             String::from_utf8_lossy(&buf).to_lowercase()
         });
         (port, task)
