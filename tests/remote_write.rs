@@ -549,6 +549,49 @@ fn replay_lost_repairs_an_outage_into_victoria_metrics() {
     assert!(again.contains("nothing to replay"), "{again}");
 }
 
+#[test]
+fn a_full_queue_is_ledgered_and_replay_lost_repairs_it() {
+    // Deduplication on, so the aggregates both the live sender and replay deliver (same
+    // values) read back once.
+    let mut vm = Store::victoria_metrics();
+    vm.flags = vec!["-dedup.minScrapeInterval=1ms".into()];
+    vm.stop();
+    let dir = tempdir("rw-full");
+    let cfg = config(
+        &dir,
+        RULES,
+        "",
+        &vm.write_url(),
+        "mapping_file = \"mapping.conf\"\ntimeout = \"1s\"\nqueue_datapoints = 1\n",
+    );
+    let (aggd, addrs) = start(&cfg);
+    let admin = addr_of(&addrs, "admin/http");
+    let base = open_bucket();
+    let i = input(base, 7);
+    send(&addrs, &i);
+    // The store is down: the sender holds what it took, and the queue of one datapoint
+    // refuses the rest.
+    wait_at_least(
+        admin,
+        "aggd_destination_full_queue_drops_total{destination=\"http",
+        1.0,
+    );
+    stop(aggd);
+    let (entries, _) = aggd::journal::ledger::read(&dir.join("journal/ledger.jsonl")).unwrap();
+    assert!(
+        entries.iter().any(|e| e.reason == "destination_full"),
+        "{entries:?}"
+    );
+    vm.start();
+    aggd_ok(["replay", "-c", cfg.to_str().unwrap(), "--lost"]);
+    wait_series(
+        &vm,
+        "cpu_total|web_all_requests|servers_load",
+        &aggregates(&i, base),
+        Duration::from_secs(30),
+    );
+}
+
 /// A CA and a server certificate for 127.0.0.1 signed by it, made by openssl in `dir`:
 /// (ca.pem, server.pem, server.key).
 fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
