@@ -77,6 +77,34 @@ fn config(dir: &Path, rules: &str, aggregation: &str, url: &str, dest: &str) -> 
     cfg
 }
 
+/// [`config`] with [`RULES`], the mapping file, and `dest` keys.
+fn vm_config(dir: &Path, url: &str, dest: &str) -> PathBuf {
+    config(
+        dir,
+        RULES,
+        "",
+        url,
+        &format!("mapping_file = \"mapping.conf\"\n{dest}"),
+    )
+}
+
+/// The loss ledger's entries.
+fn ledger(dir: &Path) -> Vec<aggd::journal::ledger::Entry> {
+    aggd::journal::ledger::read(&dir.join("journal/ledger.jsonl"))
+        .unwrap()
+        .0
+}
+
+/// Waits until `store` holds exactly the aggregates of `i` at `ts` (mapping file on).
+fn wait_aggregates(store: &Store, i: &Input, ts: i64) {
+    wait_series(
+        store,
+        "cpu_total|web_all_requests|servers_load",
+        &aggregates(i, ts),
+        Duration::from_secs(30),
+    );
+}
+
 /// Polls `store` until the series named by regex `names` are exactly `want` (labels and
 /// samples), for up to `within`.
 fn wait_series(store: &Store, names: &str, want: &[Series], within: Duration) {
@@ -232,12 +260,7 @@ fn aggregates_and_forwards_reach_victoria_metrics_with_names_and_labels() {
     send(&addrs, &i);
 
     // Aggregates: exact values at the bucket start in ms, mapped names and labels.
-    wait_series(
-        &vm,
-        "cpu_total|web_all_requests|servers_load",
-        &aggregates(&i, base),
-        Duration::from_secs(30),
-    );
+    wait_aggregates(&vm, &i, base);
     // Forwarded raw points: graphite_exporter's default names, tags as labels (dotted
     // values kept), their own timestamps.
     let mut raw = Vec::new();
@@ -317,13 +340,7 @@ fn aggregates_and_forwards_reach_victoria_metrics_with_names_and_labels() {
 fn victoria_metrics_down_for_10s_is_retried_and_nothing_is_lost() {
     let mut vm = Store::victoria_metrics();
     let dir = tempdir("rw-down");
-    let cfg = config(
-        &dir,
-        RULES,
-        "",
-        &vm.write_url(),
-        "mapping_file = \"mapping.conf\"\ntimeout = \"2s\"\n",
-    );
+    let cfg = vm_config(&dir, &vm.write_url(), "timeout = \"2s\"\n");
     let (aggd, addrs) = start(&cfg);
     let admin = addr_of(&addrs, "admin/http");
     vm.stop();
@@ -342,12 +359,7 @@ fn victoria_metrics_down_for_10s_is_retried_and_nothing_is_lost() {
         0.0
     );
     vm.start();
-    wait_series(
-        &vm,
-        "cpu_total|web_all_requests|servers_load",
-        &aggregates(&i, base),
-        Duration::from_secs(30),
-    );
+    wait_aggregates(&vm, &i, base);
     wait_metric(admin, "aggd_destination_sent_total{destination=\"http", 4.0);
     assert!(
         metric(
@@ -358,7 +370,7 @@ fn victoria_metrics_down_for_10s_is_retried_and_nothing_is_lost() {
     );
     stop(aggd);
     // Nothing was ledgered: nothing was lost.
-    let (entries, _) = aggd::journal::ledger::read(&dir.join("journal/ledger.jsonl")).unwrap();
+    let entries = ledger(&dir);
     assert!(entries.is_empty(), "{entries:?}");
 }
 
@@ -366,13 +378,7 @@ fn victoria_metrics_down_for_10s_is_retried_and_nothing_is_lost() {
 fn a_store_that_stops_answering_and_dies_loses_nothing() {
     let mut vm = Store::victoria_metrics();
     let dir = tempdir("rw-stall");
-    let cfg = config(
-        &dir,
-        RULES,
-        "",
-        &vm.write_url(),
-        "mapping_file = \"mapping.conf\"\ntimeout = \"1s\"\n",
-    );
+    let cfg = vm_config(&dir, &vm.write_url(), "timeout = \"1s\"\n");
     let (aggd, addrs) = start(&cfg);
     let admin = addr_of(&addrs, "admin/http");
     // The store stops answering: connections are accepted by its kernel, and requests
@@ -393,15 +399,10 @@ fn a_store_that_stops_answering_and_dies_loses_nothing() {
     // Then it dies, and comes back on the same port and data.
     vm.kill();
     vm.start();
-    wait_series(
-        &vm,
-        "cpu_total|web_all_requests|servers_load",
-        &aggregates(&i, base),
-        Duration::from_secs(30),
-    );
+    wait_aggregates(&vm, &i, base);
     wait_metric(admin, "aggd_destination_sent_total{destination=\"http", 4.0);
     stop(aggd);
-    let (entries, _) = aggd::journal::ledger::read(&dir.join("journal/ledger.jsonl")).unwrap();
+    let entries = ledger(&dir);
     assert!(entries.is_empty(), "{entries:?}");
 }
 
@@ -469,7 +470,7 @@ fn prometheus_400_for_a_changed_sample_is_counted_and_ledgered() {
         Duration::from_secs(30),
     );
     stop(aggd);
-    let (entries, _) = aggd::journal::ledger::read(&dir.join("journal/ledger.jsonl")).unwrap();
+    let entries = ledger(&dir);
     let rejected: Vec<_> = entries
         .iter()
         .filter(|e| e.reason == "destination_rejected")
@@ -482,13 +483,7 @@ fn prometheus_400_for_a_changed_sample_is_counted_and_ledgered() {
 fn replay_lost_repairs_an_outage_into_victoria_metrics() {
     let mut vm = Store::victoria_metrics();
     let dir = tempdir("rw-replay");
-    let cfg = config(
-        &dir,
-        RULES,
-        "",
-        &vm.write_url(),
-        "mapping_file = \"mapping.conf\"\ntimeout = \"1s\"\n",
-    );
+    let cfg = vm_config(&dir, &vm.write_url(), "timeout = \"1s\"\n");
     // Delivered while the store is up.
     let (aggd, addrs) = start(&cfg);
     let before = open_bucket();
@@ -520,7 +515,7 @@ fn replay_lost_repairs_an_outage_into_victoria_metrics() {
         1.0,
     );
     stop(aggd);
-    let (entries, _) = aggd::journal::ledger::read(&dir.join("journal/ledger.jsonl")).unwrap();
+    let entries = ledger(&dir);
     assert!(
         entries.iter().any(|e| e.reason == "destination_down"),
         "{entries:?}"
@@ -557,12 +552,10 @@ fn a_full_queue_is_ledgered_and_replay_lost_repairs_it() {
     vm.flags = vec!["-dedup.minScrapeInterval=1ms".into()];
     vm.stop();
     let dir = tempdir("rw-full");
-    let cfg = config(
+    let cfg = vm_config(
         &dir,
-        RULES,
-        "",
         &vm.write_url(),
-        "mapping_file = \"mapping.conf\"\ntimeout = \"1s\"\nqueue_datapoints = 1\n",
+        "timeout = \"1s\"\nqueue_datapoints = 1\n",
     );
     let (aggd, addrs) = start(&cfg);
     let admin = addr_of(&addrs, "admin/http");
@@ -577,19 +570,14 @@ fn a_full_queue_is_ledgered_and_replay_lost_repairs_it() {
         1.0,
     );
     stop(aggd);
-    let (entries, _) = aggd::journal::ledger::read(&dir.join("journal/ledger.jsonl")).unwrap();
+    let entries = ledger(&dir);
     assert!(
         entries.iter().any(|e| e.reason == "destination_full"),
         "{entries:?}"
     );
     vm.start();
     aggd_ok(["replay", "-c", cfg.to_str().unwrap(), "--lost"]);
-    wait_series(
-        &vm,
-        "cpu_total|web_all_requests|servers_load",
-        &aggregates(&i, base),
-        Duration::from_secs(30),
-    );
+    wait_aggregates(&vm, &i, base);
 }
 
 /// A CA and a server certificate for 127.0.0.1 signed by it, made by openssl in `dir`:
@@ -687,10 +675,5 @@ fn https_with_a_private_ca_and_basic_auth_reaches_victoria_metrics() {
     vm.flags.clear();
     vm.stop();
     vm.start();
-    wait_series(
-        &vm,
-        "cpu_total|web_all_requests|servers_load",
-        &aggregates(&i, base),
-        Duration::from_secs(30),
-    );
+    wait_aggregates(&vm, &i, base);
 }

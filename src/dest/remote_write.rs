@@ -420,6 +420,18 @@ mod tests {
         (port, task)
     }
 
+    /// What posting to a stand-in store answering `status` with `body` gives.
+    async fn post_to(status: &'static str, body: Vec<u8>) -> WriteError {
+        let (port, _head) = answer_once_with(status, body).await;
+        let mut c = cfg();
+        c.url = format!("http://127.0.0.1:{port}/api/v1/write");
+        RemoteWriter::new(&c)
+            .unwrap()
+            .post(Bytes::from_static(b"x"))
+            .await
+            .unwrap_err()
+    }
+
     #[tokio::test]
     async fn requests_carry_the_protocol_headers_auth_and_extra_headers() {
         let (port, head) = answer_once("204 No Content").await;
@@ -452,14 +464,7 @@ mod tests {
             ("500 Internal Server Error", true),
             ("503 Service Unavailable", true),
         ] {
-            let (port, _head) = answer_once(status).await;
-            let mut c = cfg();
-            c.url = format!("http://127.0.0.1:{port}/api/v1/write");
-            let err = RemoteWriter::new(&c)
-                .unwrap()
-                .post(Bytes::from_static(b"x"))
-                .await
-                .unwrap_err();
+            let err = post_to(status, b"nope".to_vec()).await;
             assert_eq!(
                 matches!(err, WriteError::Retry(_)),
                 retry,
@@ -475,14 +480,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_huge_error_answer_is_quoted_only_in_part() {
-        let (port, _head) = answer_once_with("400 Bad Request", vec![b'x'; 8 << 20]).await;
-        let mut c = cfg();
-        c.url = format!("http://127.0.0.1:{port}/api/v1/write");
-        let err = RemoteWriter::new(&c)
-            .unwrap()
-            .post(Bytes::from_static(b"x"))
-            .await
-            .unwrap_err();
+        let err = post_to("400 Bad Request", vec![b'x'; 8 << 20]).await;
         assert!(matches!(err, WriteError::Rejected(_)));
         assert!(
             err.to_string().len() < ANSWER_BYTES + 100,
