@@ -40,23 +40,24 @@ fn check_accepts_shipped_config_and_refuses_bad_rules_with_line() {
         assert!(text.contains(line), "{line:?} missing in:\n{text}");
     }
 
-    let dir = tempdir("check");
-    let cfg = write_config(
-        &dir,
+    let err = check_refuses(
+        &tempdir("check"),
         "ok (60) = sum a.*\nbad.<h> (60) = sum a.<x>\n",
-        "",
-        "stdout",
-        "plaintext",
     );
+    assert!(err.contains("aggregation-rules.conf:2:"), "{err}");
+    assert!(err.contains("<h>"), "{err}");
+}
+
+/// `aggd check` on a config with `rules`, which must fail: its stderr.
+fn check_refuses(dir: &std::path::Path, rules: &str) -> String {
+    let cfg = write_config(dir, rules, "", "stdout", "plaintext");
     let out = Command::new(BIN)
         .args(["check", "-c"])
         .arg(&cfg)
         .output()
         .unwrap();
     assert!(!out.status.success());
-    let err = String::from_utf8(out.stderr).unwrap();
-    assert!(err.contains("aggregation-rules.conf:2:"), "{err}");
-    assert!(err.contains("<h>"), "{err}");
+    String::from_utf8(out.stderr).unwrap()
 }
 
 #[test]
@@ -213,20 +214,7 @@ fn explain_shows_tag_captures_and_refuses_ambiguous_tag_rules() {
     let second = text.split("cpu.usage;dc=eu\n").nth(1).unwrap();
     assert!(second.contains("no aggregation rule matches"), "{text}");
 
-    let cfg = write_config(
-        &dir,
-        "ok (60) = sum a.*\nbad (60) = sum cpu;dc=a;dc=b\n",
-        "",
-        "stdout",
-        "plaintext",
-    );
-    let out = Command::new(BIN)
-        .args(["check", "-c"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8(out.stderr).unwrap();
+    let err = check_refuses(&dir, "ok (60) = sum a.*\nbad (60) = sum cpu;dc=a;dc=b\n");
     assert!(err.contains("aggregation-rules.conf:2:"), "{err}");
     assert!(err.contains("named twice"), "{err}");
 }

@@ -95,6 +95,12 @@ fn ledger(dir: &Path) -> Vec<aggd::journal::ledger::Entry> {
         .0
 }
 
+/// Asserts the loss ledger has an entry for `reason`.
+fn assert_ledgered(dir: &Path, reason: &str) {
+    let entries = ledger(dir);
+    assert!(entries.iter().any(|e| e.reason == reason), "{entries:?}");
+}
+
 /// Waits until `store` holds exactly the aggregates of `i` at `ts` (mapping file on).
 fn wait_aggregates(store: &Store, i: &Input, ts: i64) {
     wait_series(
@@ -515,11 +521,7 @@ fn replay_lost_repairs_an_outage_into_victoria_metrics() {
         1.0,
     );
     stop(aggd);
-    let entries = ledger(&dir);
-    assert!(
-        entries.iter().any(|e| e.reason == "destination_down"),
-        "{entries:?}"
-    );
+    assert_ledgered(&dir, "destination_down");
 
     vm.start();
     let out = aggd_ok(["replay", "-c", cfg.to_str().unwrap(), "--lost"]);
@@ -570,11 +572,7 @@ fn a_full_queue_is_ledgered_and_replay_lost_repairs_it() {
         1.0,
     );
     stop(aggd);
-    let entries = ledger(&dir);
-    assert!(
-        entries.iter().any(|e| e.reason == "destination_full"),
-        "{entries:?}"
-    );
+    assert_ledgered(&dir, "destination_full");
     vm.start();
     aggd_ok(["replay", "-c", cfg.to_str().unwrap(), "--lost"]);
     wait_aggregates(&vm, &i, base);
