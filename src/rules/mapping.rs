@@ -126,8 +126,8 @@ impl NameMapping {
         })
     }
 
-    /// The labels of Graphite name `path` (`__name__` included), `None` for the default
-    /// mapping: see [`map`].
+    /// The labels of Graphite name `path` under this mapping, `__name__` included (see
+    /// [`map`], which also gives the default mapping).
     pub fn map(&self, path: &str) -> Labels {
         map(Some(self), path)
     }
