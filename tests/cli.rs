@@ -197,14 +197,13 @@ fn explain_shows_tag_captures_and_refuses_ambiguous_tag_rules() {
         "stdout",
         "plaintext",
     );
-    let out = Command::new(BIN)
-        .args(["explain", "-c"])
-        .arg(&cfg)
-        .args(["cpu.usage;host=a;dc=eu.west", "cpu.usage;dc=eu"])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = aggd_ok([
+        "explain",
+        "-c",
+        cfg.to_str().unwrap(),
+        "cpu.usage;host=a;dc=eu.west",
+        "cpu.usage;dc=eu",
+    ]);
     assert!(
         text.contains("-> cpu.total;dc=eu.west (sum every 60 s"),
         "{text}"

@@ -643,14 +643,12 @@ fn https_with_a_private_ca_and_basic_auth_reaches_victoria_metrics() {
     let (ca, cert, key) = certificates(&dir);
     let mut vm = Store::victoria_metrics_secure(&cert, &key, "aggd", "s3cret");
     std::fs::write(dir.join("password"), "s3cret\n").unwrap();
-    let cfg = config(
+    let cfg = vm_config(
         &dir,
-        RULES,
-        "",
         &vm.write_url_tls(),
         &format!(
             "tls_ca = \"{}\"\nbasic_auth_username = \"aggd\"\n\
-             basic_auth_password_file = \"password\"\nmapping_file = \"mapping.conf\"\n",
+             basic_auth_password_file = \"password\"\n",
             ca.display()
         ),
     );
