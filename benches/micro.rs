@@ -264,6 +264,7 @@ fn main() {
                         peer: "127.0.0.1:1".parse().unwrap(),
                         tenant: None,
                         payload: chunk.clone(),
+                        verdict: Default::default(),
                     })
                     .await,
             );

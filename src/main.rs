@@ -143,6 +143,12 @@ struct ReplayArgs {
     /// Compute and report; send nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Also replay the datapoints refused at receive time for these reasons
+    /// (comma-separated: tenant_deleted, tenant_blocked, tenant_unknown, rate_limited,
+    /// series_limit, blacklist, whitelist, queue_full). Without it, replay sends exactly
+    /// what was accepted.
+    #[arg(long, value_delimiter = ',')]
+    include_refused: Vec<String>,
     /// Read the cluster's stream (`[cluster]`) instead of the local journal: works from
     /// any node, and after a node's disk is lost. Implied by a config with `[cluster]`.
     #[arg(long)]
@@ -259,11 +265,17 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         Err(_) => (PathBuf::new(), PathBuf::new()),
     };
     let now = aggd::time::now();
+    let mut refused =
+        aggd::replay::Refusals::always(&args.include_refused).context("--include-refused")?;
     let mut windows = Vec::new();
-    let mut ids = Vec::new();
-    if args.lost {
-        (windows, ids) = lost_windows(&ledger)?;
-    }
+    let lost = if args.lost {
+        let lost = lost_windows(&ledger)?;
+        refused = refused.with_lost(&lost.reasons(), &config)?;
+        windows.clone_from(&lost.windows);
+        lost
+    } else {
+        Default::default()
+    };
     match (&args.from, &args.to) {
         (Some(f), Some(t)) => windows.push(Window {
             from: parse_time(f, now).context("--from")?,
@@ -288,6 +300,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         rate: args.rate,
         dest: args.dest,
         dry_run: args.dry_run,
+        refused,
     };
     let bar = if std::io::stderr().is_terminal() {
         let b = indicatif::ProgressBar::new(0);
@@ -318,20 +331,26 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    if args.lost && !args.dry_run && !ids.is_empty() {
+    let ids = lost.replayed(&summary.held);
+    if !args.dry_run && !ids.is_empty() {
         aggd::journal::ledger::mark_replayed(&ledger, &ids)?;
     }
     println!(
-        "replay{}: {} records, {} datapoints, {} intervals {}, {} corrupt bytes skipped, {:.2} s ({:.0} datapoints/s)",
+        "replay{}: {} records, {} datapoints, {} intervals {}, {} refused datapoints left out, {} refused datapoints replayed, {} corrupt bytes skipped, {:.2} s ({:.0} datapoints/s)",
         if args.dry_run { " (dry run)" } else { "" },
         summary.records,
         summary.datapoints,
         summary.intervals,
         if args.dry_run { "computed" } else { "sent" },
+        summary.refused_skipped,
+        summary.refused_included,
         summary.skipped_bytes,
         summary.seconds,
         summary.datapoints as f64 / summary.seconds.max(1e-9)
     );
+    for reason in &summary.held {
+        println!("{reason} entries kept unreplayed: their tenant is still refused by the registry");
+    }
     Ok(())
 }
 

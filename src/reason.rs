@@ -137,6 +137,11 @@ impl DropReason {
         }
     }
 
+    /// The reason whose label ([`DropReason::as_str`]) is `label`.
+    pub fn from_label(label: &str) -> Option<DropReason> {
+        DropReason::ALL.into_iter().find(|r| r.as_str() == label)
+    }
+
     /// Whether it is a configured filter (the white/blacklists) rather than a loss: such
     /// drops are counted and logged but not ledgered (replay filters them the same way)
     /// nor quarantined.
@@ -169,5 +174,9 @@ mod tests {
         labels.sort();
         labels.dedup();
         assert_eq!(labels.len(), DropReason::ALL.len());
+        for r in DropReason::ALL {
+            assert_eq!(DropReason::from_label(r.as_str()), Some(r));
+        }
+        assert_eq!(DropReason::from_label("nope"), None);
     }
 }

@@ -2,11 +2,12 @@
 //! sending), limits, and the admin API.
 
 use std::io::Write;
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use aggd::reason::DropReason;
+use aggd_testkit::edge::send_lines;
 use aggd_testkit::*;
 
 const TOKEN: &str = "admin-token-for-tests";
@@ -224,4 +225,241 @@ async fn limits_unknown_tenants_admin_auth_and_reload() {
         1000 - limited
     );
     server.shutdown().await;
+}
+
+/// aggd's binary with a journal, a tenant registry and `[admin]`, sending every aggregate
+/// to a real carbon-cache and to a capture that keeps every write (replication 2 over
+/// both), for the tests of what a re-read of the journal aggregates.
+struct Refusing {
+    carbon: aggd_testkit::carbon::CarbonCache,
+    capture: Capture,
+    dir: std::path::PathBuf,
+    cfg: std::path::PathBuf,
+}
+
+impl Refusing {
+    fn new(tag: &str, registry: &str, rules: &str) -> Refusing {
+        let carbon = aggd_testkit::carbon::CarbonCache::start();
+        let capture = Capture::start("pickle");
+        let dir = tempdir(tag);
+        std::fs::write(dir.join("tenants.toml"), registry).unwrap();
+        let cfg = write_config(
+            &dir,
+            rules,
+            "",
+            &format!("127.0.0.1:{}", carbon.port),
+            "pickle",
+        );
+        append_config(
+            &cfg,
+            &format!(
+                "[[destination]]\naddress = \"{}\"\nprotocol = \"pickle\"\n\
+                 [routing]\nmethod = \"all\"\n\
+                 [journal]\ndir = \"journal\"\n\
+                 [tenants]\nregistry = \"tenants.toml\"\nunknown = \"reject\"\n\
+                 [admin]\naddress = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n",
+                capture.addr
+            ),
+        );
+        Refusing {
+            carbon,
+            capture,
+            dir,
+            cfg,
+        }
+    }
+
+    fn spawn(&self) -> (std::process::Child, SocketAddr, SocketAddr) {
+        let (child, addrs) = spawn_run(&["-c", self.cfg.to_str().unwrap()], 4);
+        let at = |k: &str| addrs.iter().find(|(n, _)| n == k).unwrap().1;
+        (child, at("plaintext/tcp"), at("admin/http"))
+    }
+
+    /// Waits until carbon-cache's whisper files hold `want` at `ts` for each path.
+    fn wait_whisper(&self, want: &[(&str, Option<f64>)], ts: i64) {
+        let paths: Vec<&str> = want.iter().map(|(p, _)| *p).collect();
+        let values: Vec<Option<f64>> = want.iter().map(|(_, v)| *v).collect();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let got = self.carbon.fetch(&paths, ts);
+            if got == values {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "whisper holds {got:?}, want {values:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Waits until `/metrics` counts `n` datapoints refused for `reason`.
+fn wait_dropped(admin: SocketAddr, reason: &str, n: f64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let sample = format!("aggd_dropped_total{{reason=\"{reason}\"}}");
+    while metric(admin, &sample) < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{n} {reason} drops never counted"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The incident of issue 21: a deleted tenant's refused datapoints must not come back
+/// when the journal is read again, by the start-up rebuild after `kill -9` or by `aggd
+/// replay`; only an explicit `--include-refused`, or `--lost` once the tenant is restored,
+/// replays them.
+#[test]
+fn a_deleted_tenant_stays_refused_across_kill_9_and_replay() {
+    let t = Refusing::new(
+        "refused-deleted",
+        "[tenant.evil]\nstate = \"deleted\"\n[tenant.good]\nstate = \"active\"\n",
+        "all.<t>.sum (60) = sum <t>.*\n",
+    );
+    let ts = previous_bucket(60) + 7;
+    let bucket = ts - ts.rem_euclid(60);
+    let (mut child, tcp, admin) = t.spawn();
+    send_lines(
+        tcp,
+        &format!("evil.a 100 {ts}\ngood.a 1 {ts}\nevil.b 100 {ts}\ngood.b 2 {ts}\n"),
+    );
+    wait_received(admin, 2.0);
+    wait_dropped(admin, "tenant_deleted", 2.0);
+    // The ledger is flushed every 200 ms: wait for the refusal's entry before the kill.
+    let ledger = t.dir.join("journal/ledger.jsonl");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&ledger).is_ok_and(|l| l.contains("tenant_deleted")) {
+        assert!(std::time::Instant::now() < deadline, "never ledgered");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // The restart rebuilds the open interval from the journal: good's datapoints only.
+    let (child, tcp, admin) = t.spawn();
+    send_lines(tcp, &format!("good.c 3 {ts}\n"));
+    wait_received(admin, 1.0);
+    sigterm(&child);
+    let mut child = child;
+    assert!(child.wait().unwrap().success());
+    // The capture kept every write aggd made (all acknowledged by the clean stop).
+    let want = std::collections::BTreeMap::from([(("all.good.sum".to_string(), bucket), 6.0)]);
+    assert_eq!(t.capture.snapshot(), want);
+    t.wait_whisper(
+        &[("all.good.sum", Some(6.0)), ("all.evil.sum", None)],
+        bucket,
+    );
+
+    // aggd replay over the window: exactly what was accepted, and it says what it left out.
+    let cfg = t.cfg.to_str().unwrap();
+    let window = [
+        "--from",
+        &(bucket - 60).to_string(),
+        "--to",
+        &(bucket + 60).to_string(),
+    ];
+    let replay = |extra: &[&str]| {
+        let c = Capture::start("pickle");
+        let mut args = vec!["replay", "-c", cfg, "--dest"];
+        let dest = c.addr.to_string();
+        args.push(&dest);
+        args.extend_from_slice(extra);
+        let out = aggd_ok(&args);
+        (c, out)
+    };
+    let mut args = window.to_vec();
+    let (c, out) = replay(&args);
+    assert!(out.contains("2 refused datapoints left out"), "{out}");
+    c.wait_for("the replayed window", |got| *got == want);
+    assert_eq!(c.snapshot(), want);
+    // Asked explicitly, the refused datapoints are replayed too.
+    args.extend_from_slice(&["--include-refused", "tenant_deleted"]);
+    let (c, out) = replay(&args);
+    assert!(out.contains("2 refused datapoints replayed"), "{out}");
+    let mut with_evil = want.clone();
+    with_evil.insert(("all.evil.sum".to_string(), bucket), 200.0);
+    c.wait_for("the refused datapoints", |got| *got == with_evil);
+
+    // --lost while the tenant is still deleted: its entries stay unreplayed.
+    let (_, out) = replay(&["--lost"]);
+    assert!(
+        out.contains("tenant_deleted entries kept unreplayed"),
+        "{out}"
+    );
+    // Restored after a mistaken delete, --lost replays its refused datapoints.
+    std::fs::write(
+        t.dir.join("tenants.toml"),
+        "[tenant.evil]\nstate = \"active\"\n[tenant.good]\nstate = \"active\"\n",
+    )
+    .unwrap();
+    let (c, out) = replay(&["--lost"]);
+    assert!(out.contains("2 refused datapoints replayed"), "{out}");
+    c.wait_for("the restored tenant's interval", |got| *got == with_evil);
+    let (_, out) = replay(&["--lost"]);
+    assert_eq!(out.trim(), "nothing to replay");
+}
+
+/// Rate-limit decisions are made once, at receive time: after `kill -9`, the rebuild
+/// aggregates the datapoints the limit let through and no others (the limiter's state is
+/// gone, and a rebuild that applied it again, or not at all, would differ).
+#[test]
+fn a_rate_limited_tenant_rebuilds_exactly_what_was_accepted() {
+    let t = Refusing::new(
+        "refused-rate",
+        "[tenant.slow]\ndatapoints_per_second = 5\n",
+        "all.<t>.count (60) = count <t>.*\nall.<t>.sum (60) = sum <t>.*\n",
+    );
+    let ts = previous_bucket(60) + 3;
+    let bucket = ts - ts.rem_euclid(60);
+    let (mut child, tcp, admin) = t.spawn();
+    let lines: String = (0..40).map(|i| format!("slow.m{i} {i} {ts}\n")).collect();
+    send_lines(tcp, &lines);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let (accepted, limited) = loop {
+        let a = metric(admin, "aggd_received_total");
+        let l = metric(admin, "aggd_dropped_total{reason=\"rate_limited\"}");
+        if a + l >= 40.0 {
+            break (a, l);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "40 datapoints never decided"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(accepted >= 5.0 && limited >= 1.0, "{accepted} {limited}");
+    // Which datapoints got through: the capture sees the live emission.
+    t.capture.wait_for("the live aggregate", |got| {
+        got.get(&("all.slow.count".to_string(), bucket)) == Some(&accepted)
+    });
+    let live = t.capture.snapshot();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let before = t.capture.received.lock().unwrap().history.len();
+
+    let (child, _, _) = t.spawn();
+    sigterm(&child);
+    let mut child = child;
+    assert!(child.wait().unwrap().success());
+    // The rebuild re-sent the interval (no clean mark after kill -9) with the same values.
+    let resent: Vec<(String, f64)> = t.capture.received.lock().unwrap().history[before..]
+        .iter()
+        .map(|(p, _, v, _)| (p.clone(), *v))
+        .collect();
+    let mut want: Vec<(String, f64)> = live.iter().map(|((p, _), v)| (p.clone(), *v)).collect();
+    let mut got = resent.clone();
+    want.sort_by(|a, b| a.0.cmp(&b.0));
+    got.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(got, want, "the rebuild's emission");
+    assert_eq!(t.capture.snapshot(), live);
+    let sum = live[&("all.slow.sum".to_string(), bucket)];
+    t.wait_whisper(
+        &[
+            ("all.slow.count", Some(accepted)),
+            ("all.slow.sum", Some(sum)),
+        ],
+        bucket,
+    );
 }

@@ -37,6 +37,7 @@ use super::{ClusterStats, subject};
 use crate::config::cluster::ClusterConfig;
 use crate::ingest::{Ingest, Pipeline};
 use crate::journal::JournalStats;
+use crate::journal::record;
 use crate::journal::tail::Tail;
 
 /// The file beside the journal that holds the node's journal identity and watermark.
@@ -305,13 +306,9 @@ impl Reader {
             }
             let seq = rec.meta.seq / lanes;
             if rec.meta.seq >= opened_at {
-                new_bytes +=
-                    (8 + 21 + rec.meta.peer.len() + rec.meta.tenant.len() + rec.payload.len())
-                        as u64;
+                new_bytes += record::encoded_len(&rec.meta, rec.payload.len()) as u64;
             }
-            let now = rec.meta.received_us as f64 / 1e6;
-            let tenant = Some(rec.meta.tenant.as_str()).filter(|t| !t.is_empty());
-            let _ = ingest.frame(rec.meta.kind, rec.payload, tenant, now);
+            ingest.reread(rec);
             // A frame of this run that its connection left undecoded is counted here.
             let count = (rec.meta.seq >= opened_at
                 && ingest.left_to_publisher(rec.meta.kind, tenants))

@@ -66,11 +66,6 @@ impl Handoff {
         self.tickets.push((ticket, at));
     }
 
-    /// Waits for a ticket another task submitted, like for its own.
-    pub(crate) fn adopt(&mut self, ticket: Ticket, at: f64) {
-        self.tickets.push((ticket, at));
-    }
-
     /// Hands every pending batch to its worker once the journal has the frames (what it
     /// could not write is counted `unjournaled` in `tally`), in pieces of at most
     /// [`MAX_BATCH_ITEMS`], in order. A full queue is handled by the [`Mode`]; `peer` and

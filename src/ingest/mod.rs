@@ -4,11 +4,12 @@
 //!
 //! An [`Ingest`] belongs to one connection (or UDP socket, HTTP request, or the start-up
 //! rebuild). For each frame (a run of complete lines, a datagram, a pickle frame, an HTTP
-//! body) the listener first submits the raw bytes to the journal ([`Ingest::journal`]),
-//! then hands them to [`Ingest::frame`], the one decode step
-//! ([`crate::codec::decode_frame`]), which routes every datapoint while the journal writer
-//! works. [`Ingest::flush`] hands the batches on after the journal has written their
-//! frames: TCP and HTTP wait while a worker queue is full (this connection only), UDP drops
+//! body) the listener first hands the bytes to [`Ingest::frame`], the one decode step
+//! ([`crate::codec::decode_frame`]), which routes every datapoint through the tenant gate
+//! and notes the ones refused in the frame's [`Verdict`]; then it submits the raw bytes
+//! with that verdict to the journal ([`Ingest::journal`]), so every later read of the
+//! record ([`Ingest::reread`], `aggd replay`) sees the same decisions. [`Ingest::flush`]
+//! hands the batches on after the journal has written their frames: TCP and HTTP wait while a worker queue is full (this connection only), UDP drops
 //! the batch as `queue_full`, and the rebuild waits and marks its batches as rebuilt.
 
 mod handoff;
@@ -28,7 +29,8 @@ use crate::codec::{FrameError, Limits};
 use crate::config::Config;
 use crate::datapoint::{Kind, Sink};
 use crate::drops::{DropTally, Stats};
-use crate::journal::{Journal, NewRecord, Ticket};
+use crate::journal::record::Record;
+use crate::journal::{Journal, NewRecord, Verdict};
 use crate::quarantine::Quarantine;
 use crate::reason::DropReason;
 use crate::route::{RouteBudget, Router};
@@ -237,8 +239,9 @@ impl Ingest {
         &self.p.limits
     }
 
-    /// Submits a frame of this connection's kind received at `now` (Unix s) to the
-    /// journal, when on; [`Ingest::flush`] waits for it before handing its datapoints on.
+    /// Submits the frame of this connection's kind received at `now` (Unix s) that
+    /// [`Ingest::frame`] has just routed to the journal, with its verdict, when the
+    /// journal is on; [`Ingest::flush`] waits for it before handing its datapoints on.
     pub async fn journal(&mut self, payload: &Bytes, now: f64) {
         self.journal_as(payload, now, self.kind, None).await;
     }
@@ -251,6 +254,18 @@ impl Ingest {
         kind: Kind,
         tenant: Option<Arc<str>>,
     ) {
+        self.submit(payload, now, kind, self.peer, tenant).await;
+    }
+
+    /// Submits a record of the frame just routed, with the verdict routing made.
+    async fn submit(
+        &mut self,
+        payload: &Bytes,
+        now: f64,
+        kind: Kind,
+        peer: SocketAddr,
+        tenant: Option<Arc<str>>,
+    ) {
         self.routing.now = now;
         if self.p.journal.is_none() {
             return;
@@ -259,24 +274,18 @@ impl Ingest {
             received_us: (now * 1e6) as i64,
             listener: self.listener,
             kind,
-            peer: self.peer,
+            peer,
             tenant,
             payload: payload.clone(),
+            verdict: std::mem::take(&mut self.routing.verdict),
         };
         self.handoff.journal(&self.p, record).await;
     }
 
-    /// Takes over a journal ticket for a frame received at `now` that another task
-    /// submitted (see [`Journal::submit`]); [`Ingest::flush`] waits for it like for its
-    /// own.
-    pub(crate) fn adopt(&mut self, ticket: Ticket, now: f64) {
-        self.routing.now = now;
-        self.handoff.adopt(ticket, now);
-    }
-
     /// Decodes and routes one frame of input `kind` received at `now` (for `tenant`, on
     /// HTTP), through [`crate::codec::decode_frame`]. A frame unusable as a whole is
-    /// counted under its reason.
+    /// counted under its reason. The datapoints it refuses make the frame's verdict, which
+    /// [`Ingest::journal_as`] writes with its record.
     ///
     /// Errors: the frame is unusable as a whole (an HTTP listener answers 400 with it).
     pub fn frame(
@@ -285,6 +294,35 @@ impl Ingest {
         payload: &[u8],
         tenant: Option<&str>,
         now: f64,
+    ) -> Result<(), FrameError> {
+        self.decode(kind, payload, tenant, now, None)
+    }
+
+    /// Re-reads a journal record (the start-up rebuild, cluster mode's publisher): decoded
+    /// and routed like [`Ingest::frame`] with its receive time as "now", without the
+    /// datapoints its verdict says the connection refused, so exactly what the live path
+    /// accepted is aggregated (invariant 6 of `DESIGN.md`).
+    pub(crate) fn reread(&mut self, rec: &Record<'_>) {
+        let now = rec.meta.received_us as f64 / 1e6;
+        let tenant = Some(rec.meta.tenant.as_str()).filter(|t| !t.is_empty());
+        // A body unusable as a whole was answered 400 (and counted) when received.
+        let _ = self.decode(
+            rec.meta.kind,
+            rec.payload,
+            tenant,
+            now,
+            Some(&rec.meta.verdict),
+        );
+    }
+
+    /// [`Ingest::frame`], skipping the items `except` refused (a re-read).
+    fn decode(
+        &mut self,
+        kind: Kind,
+        payload: &[u8],
+        tenant: Option<&str>,
+        now: f64,
+        except: Option<&Verdict>,
     ) -> Result<(), FrameError> {
         let Ingest {
             p,
@@ -298,30 +336,37 @@ impl Ingest {
             // Cluster mode: the publisher decodes this journaled frame and counts it.
             return Ok(());
         }
-        let decoded = crate::codec::decode_frame(
-            kind,
-            payload,
-            tenant,
-            now,
-            &p.limits,
-            decoder,
-            |r| match r {
-                Ok(run) => routing.accept_run(p, &mut handoff.batches, run),
-                Err(reason) => routing.tally.add(reason, 1, now),
-            },
-        );
+        let except = except.filter(|v| !v.is_empty());
+        let mut cursor = 0;
+        let decoded =
+            crate::codec::decode_frame(kind, payload, tenant, now, &p.limits, decoder, |r| match (
+                r, except,
+            ) {
+                (Ok(run), None) => routing.accept_run(p, &mut handoff.batches, run),
+                (Ok(run), Some(v)) => {
+                    routing.accept_run_except(p, &mut handoff.batches, run, v, &mut cursor);
+                }
+                (Err(reason), _) => routing.reject_item(reason),
+            });
         if let Err(e) = &decoded {
             routing.tally.add(e.reason(), 1, now);
         }
         decoded
     }
 
-    /// A frame of this connection's kind received at `now`: journaled, then decoded and
-    /// routed ([`Ingest::journal`], then [`Ingest::frame`]; a frame unusable as a whole is
-    /// counted there).
+    /// A frame of this connection's kind received at `now`: decoded and routed, then
+    /// journaled with its verdict ([`Ingest::frame`], then [`Ingest::journal`]; a frame
+    /// unusable as a whole is counted there).
     pub async fn receive(&mut self, payload: &Bytes, now: f64) {
-        self.journal(payload, now).await;
         let _ = self.frame(self.kind, payload, None, now);
+        self.journal(payload, now).await;
+    }
+
+    /// A datagram from `peer` received at `now`, like [`Ingest::receive`] (a UDP
+    /// socket's one `Ingest` serves every peer).
+    pub(crate) async fn receive_from(&mut self, payload: &Bytes, now: f64, peer: SocketAddr) {
+        let _ = self.frame(self.kind, payload, None, now);
+        self.submit(payload, now, self.kind, peer, None).await;
     }
 
     /// Counts `n` rejections of `reason` found by a framer.

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use crate::aggregate::worker::WorkItem;
 use crate::datapoint::{Datapoint, OutPoint, OutValue};
 use crate::drops::DropTally;
+use crate::journal::Verdict;
 use crate::reason::DropReason;
 use crate::route::{LocalRoutes, Route, Router};
 use crate::tenant::prefix;
@@ -76,6 +77,10 @@ pub(super) struct Routing {
     pub received: u64,
     /// Datapoints routed over the connection's life (for HTTP responses).
     pub received_total: u64,
+    /// The decode item (see [`Verdict`]) of the frame being routed that comes next.
+    pub item: u32,
+    /// The frame's datapoints refused so far, for its journal record.
+    pub verdict: Verdict,
 }
 
 impl Routing {
@@ -89,6 +94,8 @@ impl Routing {
             tally: DropTally::default(),
             received: 0,
             received_total: 0,
+            item: 0,
+            verdict: Verdict::default(),
         }
     }
 
@@ -101,6 +108,8 @@ impl Routing {
     /// `now`.
     pub(crate) fn start_frame(&mut self, p: &Pipeline, now: f64) {
         self.now = now;
+        self.item = 0;
+        self.verdict.clear();
         let current = p.router.load();
         if !Arc::ptr_eq(&current, &self.router) {
             self.router = Arc::clone(&current);
@@ -108,17 +117,24 @@ impl Routing {
         }
     }
 
-    /// Routes one datapoint through the tenant gate and the route caches; a path the
-    /// white/blacklists filter is counted (not quarantined: a filter is no loss).
+    /// Routes one datapoint, decode item `item` of its frame, through the tenant gate and
+    /// the route caches; a path the white/blacklists filter is counted (not quarantined: a
+    /// filter is no loss). A refusal goes into the frame's verdict.
     #[inline]
-    pub(crate) fn accept(&mut self, p: &Pipeline, out: &mut Batches, dp: &Datapoint<'_>) {
+    pub(crate) fn accept(
+        &mut self,
+        p: &Pipeline,
+        out: &mut Batches,
+        dp: &Datapoint<'_>,
+        item: u32,
+    ) {
         // The tenant gate: state and rate limits, then (for a path new to the route cache)
         // the series limit. Reads a lock-free registry snapshot; never blocks.
         let tenant = p.tenants.as_deref().map(|t| (t, prefix(dp.path)));
         if let Some((t, id)) = tenant
             && let Err(reason) = t.admit(id, dp.path, self.now as u64)
         {
-            return self.reject_point(p, reason, dp);
+            return self.reject_point(p, reason, dp, item);
         }
         let admit_new = || match tenant {
             Some((t, id)) => t.admit_series(id, dp.path),
@@ -127,23 +143,60 @@ impl Routing {
         let resolution = self.router.timestamp_resolution();
         match self.routes.get(&self.router, dp.path, admit_new) {
             Ok(route) => match route.filtered {
-                Some(reason) => self.tally.add(reason, 1, dp.timestamp),
+                Some(reason) => {
+                    self.tally.add(reason, 1, dp.timestamp);
+                    self.verdict.refuse(item, reason);
+                }
                 None => {
                     out.dispatch(route, &floored(dp, resolution));
                     self.received += 1;
                     self.received_total += 1;
                 }
             },
-            Err(reason) => self.reject_point(p, reason, dp),
+            Err(reason) => self.reject_point(p, reason, dp, item),
         }
     }
 
-    /// Counts and quarantines a datapoint refused by the gate or the route.
-    fn reject_point(&mut self, p: &Pipeline, reason: DropReason, dp: &Datapoint<'_>) {
+    /// Counts, quarantines and enters in the verdict a datapoint (decode item `item`)
+    /// refused by the gate or the route.
+    fn reject_point(&mut self, p: &Pipeline, reason: DropReason, dp: &Datapoint<'_>, item: u32) {
         if let Some(q) = &p.quarantine {
             q.record(reason, dp.path, dp.value, dp.timestamp);
         }
         self.tally.add(reason, 1, dp.timestamp);
+        self.verdict.refuse(item, reason);
+    }
+
+    /// A decode item that is a rejection (a bad line or element): counted, and numbered.
+    pub(crate) fn reject_item(&mut self, reason: DropReason) {
+        self.tally.add(reason, 1, self.now);
+        self.item += 1;
+    }
+
+    /// Re-reading a journal record: routes the run `dps` (the next decode items of the
+    /// record) except the items `verdict` refused when the record was received; `cursor`
+    /// keeps the place in the verdict between runs.
+    pub(crate) fn accept_run_except(
+        &mut self,
+        p: &Pipeline,
+        out: &mut Batches,
+        dps: &[Datapoint<'_>],
+        verdict: &Verdict,
+        cursor: &mut usize,
+    ) {
+        let base = self.item;
+        let mut start = 0;
+        for i in 0..=dps.len() {
+            let refused = i < dps.len() && verdict.refused_at(cursor, base + i as u32).is_some();
+            if i == dps.len() || refused {
+                if start < i {
+                    self.item = base + start as u32;
+                    self.accept_run(p, out, &dps[start..i]);
+                }
+                start = i + 1;
+            }
+        }
+        self.item = base + dps.len() as u32;
     }
 
     /// Routes a run of datapoints in order, like [`Routing::accept`] on each.
@@ -169,6 +222,8 @@ impl Routing {
     }
 
     pub(crate) fn accept_run(&mut self, p: &Pipeline, out: &mut Batches, dps: &[Datapoint<'_>]) {
+        let base = self.item;
+        self.item += dps.len() as u32;
         if self.count_only(p) {
             // Cluster mode (HTTP, which answers with counts): the publisher routes the
             // journaled records; routing here would find nothing to do.
@@ -177,8 +232,8 @@ impl Routing {
             return;
         }
         if p.tenants.is_some() || self.router.timestamp_resolution() > 0 {
-            for dp in dps {
-                self.accept(p, out, dp);
+            for (i, dp) in dps.iter().enumerate() {
+                self.accept(p, out, dp, base + i as u32);
             }
             return;
         }
@@ -201,7 +256,7 @@ impl Routing {
             self.received_total += hits as u64;
             next += hits;
             if let Some(dp) = dps.get(next) {
-                self.accept(p, out, dp);
+                self.accept(p, out, dp, base + next as u32);
                 next += 1;
             }
         }

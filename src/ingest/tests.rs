@@ -19,11 +19,19 @@ fn ingest(
     capacity: usize,
     kind: Kind,
 ) -> (Ingest, crossbeam_channel::Receiver<WorkerMsg>, Arc<Stats>) {
+    ingest_with_rules(capacity, kind, "o (60) = sum *\n")
+}
+
+fn ingest_with_rules(
+    capacity: usize,
+    kind: Kind,
+    rules: &str,
+) -> (Ingest, crossbeam_channel::Receiver<WorkerMsg>, Arc<Stats>) {
     let (tx, rx) = crossbeam_channel::bounded(capacity);
     let stats = Arc::new(Stats::default());
     let aggregation = Aggregation {
         rules_file: PathBuf::from("r"),
-        rules: Arc::new(AggregationRules::parse("o (60) = sum *\n", Path::new("r")).unwrap()),
+        rules: Arc::new(AggregationRules::parse(rules, Path::new("r")).unwrap()),
         rewrite_file: None,
         rewrite: Arc::new(RewriteRules::default()),
         forward_all: false,
@@ -125,4 +133,74 @@ async fn udp_flush_drops_and_counts_on_a_full_queue() {
     ing.flush().await;
     assert_eq!(stats.drops(DropReason::QueueFull), 2);
     assert_eq!(rx.len(), 1);
+}
+
+/// The tenant gate's refusals become the frame's verdict, by decode item (bad lines
+/// count as items), and a re-read of the record with that verdict routes exactly the
+/// datapoints the gate let through, even after the tenant's state has changed.
+#[test]
+fn refusals_make_the_verdict_and_a_reread_skips_them() {
+    use crate::journal::record::{Meta, Record};
+    use crate::tenant::{Registry, Tenants, Unknown};
+    let (ing, rx, _) = ingest_with_rules(16, Kind::PlaintextTcp, "o (60) = sum *.*\n");
+    let registry = |text: &str| Registry::parse(text, Path::new("t")).unwrap();
+    let gate = Arc::new(Tenants::new(
+        registry("[tenant.evil]\nstate = \"deleted\"\n[tenant.good]\nstate = \"active\"\n"),
+        Unknown::Reject,
+    ));
+    let p = Arc::new(Pipeline {
+        router: ArcSwap::from(ing.p.router.load_full()),
+        workers: ing.p.workers.clone(),
+        worker_rooms: ing.p.worker_rooms.clone(),
+        forward: Arc::new(Discard),
+        stats: ing.p.stats.clone(),
+        limits: Limits::default(),
+        journal: None,
+        tenants: Some(Arc::clone(&gate)),
+        quarantine: None,
+        route_budget: RouteBudget::new(1 << 20),
+        connections: Arc::new(tokio::sync::Semaphore::new(10)),
+        cluster: None,
+    });
+    let peer = "127.0.0.1:9".parse().unwrap();
+    let mut live = Ingest::new(Arc::clone(&p), peer, 0, Kind::PlaintextTcp);
+    let payload =
+        b"evil.a 100 10\ngood.a 1 10\nnot a line\nevil.b 100 10\ngood.b 2 10\nwho.c 5 10\n";
+    live.frame(Kind::PlaintextTcp, payload, None, 0.0).unwrap();
+    let verdict = std::mem::take(&mut live.routing.verdict);
+    let runs: Vec<_> = verdict
+        .runs()
+        .iter()
+        .map(|r| (r.first, r.count, r.reason))
+        .collect();
+    assert_eq!(
+        runs,
+        [
+            (0, 1, DropReason::TenantDeleted),
+            (3, 1, DropReason::TenantDeleted),
+            (5, 1, DropReason::TenantUnknown)
+        ]
+    );
+    let values = |items: &[WorkItem]| items.iter().map(|i| i.value).collect::<Vec<_>>();
+    assert_eq!(values(&live.handoff.batches.pending[0]), [1.0, 2.0]);
+
+    // The tenant is restored; the re-read (like the rebuild: no gate of its own) still
+    // goes by what was decided at receive time.
+    gate.replace(registry("[tenant.evil]\nstate = \"active\"\n"));
+    let mut again = Ingest::for_rebuild(Arc::clone(&ing.p));
+    let rec = Record {
+        meta: Meta {
+            seq: 0,
+            received_us: 0,
+            listener: 0,
+            kind: Kind::PlaintextTcp,
+            peer: String::new(),
+            tenant: String::new(),
+            verdict,
+        },
+        payload,
+    };
+    again.reread(&rec);
+    assert_eq!(values(&again.handoff.batches.pending[0]), [1.0, 2.0]);
+    drop(rx);
 }

@@ -11,17 +11,22 @@
 //! magic    = "AGGDJNL1"                                  8 bytes
 //! record   = body_len:u32 crc32c:u32 body                crc32c (Castagnoli) of body
 //! body     = seq:u64 received_us:i64 listener:u16 kind:u8
-//!            peer_len:u8 tenant_len:u8 peer tenant payload
-//! kind     = 1 plaintext/tcp (a run of complete lines) | 2 plaintext/udp (a datagram)
+//!            peer_len:u8 tenant_len:u8 peer tenant [verdict] payload
+//! kind     = (0x80 when a verdict follows the tenant) |
+//!            1 plaintext/tcp (a run of complete lines) | 2 plaintext/udp (a datagram)
 //!          | 3 pickle/tcp (one frame body, without its length prefix)
 //!          | 4 http/plaintext | 5 http/pickle | 6 http/json (an HTTP body, gzip decoded;
 //!            `tenant` is the API key's tenant, whose namespace its paths go under)
+//!
+//! verdict  = len:u32 (reason:u8 gap:uvarint count:uvarint)*   the datapoints refused
+//!            at receive time, as runs of decode items (see [`record::Verdict`])
 //! ```
 //!
 //! `body_len` counts the body only (21 fixed bytes + peer + tenant + payload) and is at most
 //! 64 MiB; `received_us` is Unix microseconds; `peer` is `ip:port` text; `tenant` is empty
 //! when tenants are off; `payload` is the bytes exactly as received, so a decoder fixed
-//! later can re-read old input.
+//! later can re-read old input. A record without a verdict had every datapoint accepted
+//! (and records written before verdicts existed read as such).
 //!
 //! The index file is text: a header line `aggd-journal-index 1`, a summary line
 //! `first_seq last_seq records min_us max_us bytes`, one `received_us offset` line about
@@ -54,6 +59,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use handle::{Journal, Ticket};
+pub use record::Verdict;
 pub use recovery::OpenReport;
 pub use writer::{JournalStats, NewRecord};
 

@@ -288,6 +288,7 @@ mod tests {
                 kind: Kind::PlaintextTcp,
                 peer: "p".into(),
                 tenant: String::new(),
+                verdict: Default::default(),
             };
             encode(&meta, format!("rec {seq}\n").as_bytes(), &mut b);
         }

@@ -232,6 +232,7 @@ mod tests {
             kind: Kind::PlaintextTcp,
             peer: "127.0.0.1:1".into(),
             tenant: String::new(),
+            verdict: Default::default(),
         };
         let mut out = Vec::new();
         record::encode(&meta, format!("a {seq} 1\n").as_bytes(), &mut out);

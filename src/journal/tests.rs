@@ -44,6 +44,7 @@ pub(super) fn rec(t: i64, payload: &[u8]) -> NewRecord {
         peer: "127.0.0.1:4000".parse().unwrap(),
         tenant: None,
         payload: Bytes::copy_from_slice(payload),
+        verdict: Default::default(),
     }
 }
 

@@ -62,6 +62,8 @@ pub struct NewRecord {
     pub tenant: Option<Arc<str>>,
     /// The bytes as received.
     pub payload: Bytes,
+    /// The datapoints the connection refused (see [`super::Verdict`]).
+    pub verdict: super::Verdict,
 }
 
 /// Journal counters.
@@ -270,6 +272,7 @@ impl Writer {
                 kind: r.kind,
                 peer: r.peer.to_string(),
                 tenant: r.tenant.as_deref().unwrap_or("").to_string(),
+                verdict: r.verdict.clone(),
             };
             let offset = self.index.bytes;
             let before = self.buf.len();

@@ -115,15 +115,16 @@ async fn ingest(
     } else {
         body
     };
-    let mut ing = Ingest::new(Arc::clone(&s.pipeline), peer, s.index, kind);
-    ing.journal_as(&body, now, kind, tenant.clone()).await;
+    let ing = Ingest::new(Arc::clone(&s.pipeline), peer, s.index, kind);
     let decode = tokio::task::spawn_blocking(move || {
+        let mut ing = ing;
         let decoded = ing.frame(kind, &body, tenant.as_deref(), now);
-        (ing, decoded)
+        (ing, decoded, body, tenant)
     });
-    let Ok((mut ing, decoded)) = decode.await else {
+    let Ok((mut ing, decoded, body, tenant)) = decode.await else {
         return error(StatusCode::INTERNAL_SERVER_ERROR, "decoding failed");
     };
+    ing.journal_as(&body, now, kind, tenant).await;
     if let Err(e) = decoded {
         // Counted as bad_frame by the decode step.
         ing.flush().await;

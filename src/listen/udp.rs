@@ -1,12 +1,13 @@
 //! UDP plaintext: each datagram (up to 64 KiB, read whole) is a run of lines.
 //!
 //! Two tasks per socket. The receiver reads datagrams as fast as the kernel delivers
-//! them, journals each, and queues it in memory for the processor (decode, route, hand to
-//! the workers). A burst the processor cannot keep up with (a cold route cache computes
+//! them and queues each in memory for the processor (decode, route, journal with its
+//! verdict, hand to the workers). A burst the processor cannot keep up with (a cold route cache computes
 //! every route once) waits in that queue, bounded by `limits.udp_queue_bytes`, instead of
 //! overflowing the kernel's receive buffer, where datagrams vanish without a count. A
 //! datagram that does not fit is dropped as `queue_full`, counted and ledgered with the
-//! interval of its datapoints; it is in the journal, so `aggd replay` can recompute it.
+//! interval of its datapoints; it is journaled refused, so `aggd replay --lost` can
+//! recompute it and nothing else reads it back.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::codec::plaintext;
 use crate::datapoint::Kind;
 use crate::ingest::{Ingest, Pipeline};
-use crate::journal::{NewRecord, Ticket};
+use crate::journal::{NewRecord, Verdict};
 use crate::reason::DropReason;
 use crate::time::Window;
 
@@ -32,7 +33,6 @@ struct Datagram {
     bytes: Bytes,
     now: f64,
     peer: SocketAddr,
-    ticket: Option<Ticket>,
 }
 
 pub(super) async fn serve(
@@ -96,8 +96,11 @@ async fn receive(
     }
 }
 
-/// Journals one datagram and queues it for the processor, or drops it as `queue_full`
-/// when the queue holds `udp_queue_bytes` already.
+/// Queues one datagram for the processor (which journals it), or drops it as
+/// `queue_full` when the queue holds `udp_queue_bytes` already: then it is journaled here
+/// with a verdict that refuses it whole, so `aggd replay --lost` can recompute its window
+/// while every other read of the journal skips it. In cluster mode, with the publish lag
+/// over its limit, it is dropped before it is journaled.
 async fn enqueue(
     bytes: &[u8],
     peer: SocketAddr,
@@ -107,40 +110,16 @@ async fn enqueue(
     tx: &mpsc::Sender<Datagram>,
 ) {
     let now = crate::time::now();
-    let bytes = Bytes::copy_from_slice(bytes);
-    if pipeline.cluster.as_ref().is_some_and(|c| c.over_limit()) {
-        // Cluster mode, publish lag over its limit: refused before it is journaled (a
-        // journaled datagram is published whatever happens to it here).
-        let d = Datagram {
-            bytes,
-            now,
-            peer,
-            ticket: None,
-        };
-        return drop_datagram(pipeline, &d);
-    }
-    let ticket = match &pipeline.journal {
-        Some(j) => Some(
-            j.submit(NewRecord {
-                received_us: (now * 1e6) as i64,
-                listener: index,
-                kind: Kind::PlaintextUdp,
-                peer,
-                tenant: None,
-                payload: bytes.clone(),
-            })
-            .await,
-        ),
-        None => None,
-    };
-    let len = bytes.len();
-    let fits = queued.fetch_add(len, Ordering::Relaxed) + len <= pipeline.limits.udp_queue_bytes;
     let d = Datagram {
-        bytes,
+        bytes: Bytes::copy_from_slice(bytes),
         now,
         peer,
-        ticket,
     };
+    if pipeline.cluster.as_ref().is_some_and(|c| c.over_limit()) {
+        return drop_datagram(pipeline, &d);
+    }
+    let len = d.bytes.len();
+    let fits = queued.fetch_add(len, Ordering::Relaxed) + len <= pipeline.limits.udp_queue_bytes;
     let refused = if fits {
         match tx.try_send(d) {
             Ok(()) => return,
@@ -150,10 +129,19 @@ async fn enqueue(
         d
     };
     queued.fetch_sub(len, Ordering::Relaxed);
-    if pipeline.cluster.is_some() && refused.ticket.is_some() {
-        // Journaled, so published and aggregated by its shard owners: only this node's
-        // count of it is skipped.
-        return;
+    if let Some(j) = &pipeline.journal {
+        // Nobody waits for this ticket: nothing of the datagram reaches a worker.
+        let _ticket = j
+            .submit(NewRecord {
+                received_us: (refused.now * 1e6) as i64,
+                listener: index,
+                kind: Kind::PlaintextUdp,
+                peer,
+                tenant: None,
+                payload: refused.bytes.clone(),
+                verdict: Verdict::all(DropReason::QueueFull),
+            })
+            .await;
     }
     drop_datagram(pipeline, &refused);
 }
@@ -182,10 +170,7 @@ async fn process(mut ingest: Ingest, mut rx: mpsc::Receiver<Datagram>, queued: A
     let mut batch = Vec::new();
     while rx.recv_many(&mut batch, 64).await > 0 {
         for d in batch.drain(..) {
-            if let Some(t) = d.ticket {
-                ingest.adopt(t, d.now);
-            }
-            let _ = ingest.frame(Kind::PlaintextUdp, &d.bytes, None, d.now);
+            ingest.receive_from(&d.bytes, d.now, d.peer).await;
             queued.fetch_sub(d.bytes.len(), Ordering::Relaxed);
         }
         ingest.flush().await;

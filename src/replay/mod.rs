@@ -16,12 +16,15 @@
 //!   idempotent. Nothing replayed is journaled again.
 
 mod rebuild;
+mod refused;
 mod run;
 mod stat;
 
 pub use rebuild::rebuild;
+pub use refused::{NotARefusal, Refusals};
 pub use run::{
-    ReplayError, ReplayOptions, ReplaySummary, lost_windows, merge, replay, replay_cluster,
+    LostWindows, ReplayError, ReplayOptions, ReplaySummary, lost_windows, merge, replay,
+    replay_cluster,
 };
 pub use stat::journal_stat;
 
@@ -51,15 +54,18 @@ pub fn acceptance_span(config: &Config) -> f64 {
 }
 
 /// Decodes one journal record with the listeners' decoders ([`crate::codec::decode_frame`]),
-/// calling `f` per datapoint or rejection. Its receive time replaces `-1` timestamps.
+/// calling `f` per datapoint or rejection, with the reason the record's verdict gives if
+/// the datapoint was refused when received. Its receive time replaces `-1` timestamps.
 pub(crate) fn for_each_datapoint(
     record: &Record<'_>,
     limits: &Limits,
     decoder: &mut PickleDecoder,
-    mut f: impl FnMut(Result<Datapoint<'_>, DropReason>),
+    mut f: impl FnMut(Result<Datapoint<'_>, DropReason>, Option<DropReason>),
 ) {
     let now = record.meta.received_us as f64 / 1e6;
     let tenant = Some(record.meta.tenant.as_str()).filter(|t| !t.is_empty());
+    let verdict = &record.meta.verdict;
+    let (mut item, mut cursor) = (0u32, 0usize);
     let decoded = crate::codec::decode_frame(
         record.meta.kind,
         record.payload,
@@ -68,11 +74,17 @@ pub(crate) fn for_each_datapoint(
         limits,
         decoder,
         |r| match r {
-            Ok(run) => run.iter().for_each(|dp| f(Ok(*dp))),
-            Err(reason) => f(Err(reason)),
+            Ok(run) => run.iter().for_each(|dp| {
+                f(Ok(*dp), verdict.refused_at(&mut cursor, item));
+                item += 1;
+            }),
+            Err(reason) => {
+                f(Err(reason), None);
+                item += 1;
+            }
         },
     );
     if let Err(e) = decoded {
-        f(Err(e.reason()));
+        f(Err(e.reason()), None);
     }
 }

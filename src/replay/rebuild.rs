@@ -9,7 +9,8 @@ use crate::ingest::Ingest;
 use crate::journal::reader;
 
 /// Feeds every record received in the last [`acceptance_span`] into the workers through
-/// `ingest` (which must not journal). Records below `delivered_below` (the clean-shutdown
+/// `ingest` (which must not journal), without the datapoints each record's verdict says
+/// were refused when received. Records below `delivered_below` (the clean-shutdown
 /// mark, [`crate::journal::clean`]) go in as already delivered. Blocking; call before
 /// listeners start. Returns the number of records read.
 pub fn rebuild(
@@ -32,10 +33,7 @@ pub fn rebuild(
         |rec| {
             n += 1;
             ingest.set_delivered(delivered_below.is_some_and(|b| rec.meta.seq < b));
-            let t = rec.meta.received_us as f64 / 1e6;
-            let tenant = Some(rec.meta.tenant.as_str()).filter(|t| !t.is_empty());
-            // A body unusable as a whole was answered 400 (and counted) when received.
-            let _ = ingest.frame(rec.meta.kind, rec.payload, tenant, t);
+            ingest.reread(rec);
             if n.is_multiple_of(64) {
                 ingest.flush_blocking();
             }

@@ -32,6 +32,8 @@ pub struct ReplayOptions {
     pub dest: Option<String>,
     /// Compute and report, send nothing.
     pub dry_run: bool,
+    /// Which datapoints refused at receive time are replayed too (none by default).
+    pub refused: super::Refusals,
 }
 
 /// What a replay did.
@@ -39,8 +41,15 @@ pub struct ReplayOptions {
 pub struct ReplaySummary {
     /// Journal records read.
     pub records: u64,
-    /// Input datapoints decoded.
+    /// Input datapoints decoded and aggregated.
     pub datapoints: u64,
+    /// Datapoints refused at receive time and left out, as the live path left them out.
+    pub refused_skipped: u64,
+    /// Datapoints refused at receive time and replayed as asked.
+    pub refused_included: u64,
+    /// Reasons of `--lost`'s entries whose refused datapoints were held back (a tenant
+    /// still not admitted): those entries stay unreplayed.
+    pub held: Vec<crate::reason::DropReason>,
     /// Aggregates (intervals × series) recomputed and sent (or, with dry run, computed).
     pub intervals: u64,
     /// Corrupt journal bytes skipped.
@@ -169,8 +178,22 @@ impl Replayer<'_> {
                     return;
                 }
                 summary.records += 1;
-                for_each_datapoint(rec, &config.limits, &mut decoder, |r| {
+                for_each_datapoint(rec, &config.limits, &mut decoder, |r, refused| {
                     let Ok(dp) = r else { return };
+                    if let Some(reason) = refused {
+                        let tenant = match rec.meta.tenant.as_str() {
+                            "" => crate::tenant::prefix(dp.path),
+                            t => t,
+                        };
+                        if !opts.refused.includes(reason, tenant) {
+                            summary.refused_skipped += 1;
+                            if opts.refused.lost(reason) && !summary.held.contains(&reason) {
+                                summary.held.push(reason);
+                            }
+                            return;
+                        }
+                        summary.refused_included += 1;
+                    }
                     read += 1;
                     self.router.with_route(dp.path, |route| {
                         for o in &route.outputs {
@@ -448,22 +471,47 @@ impl Sender {
     }
 }
 
-/// Unreplayed entries' windows and ids in the ledger file `ledger`.
-pub fn lost_windows(ledger: &Path) -> std::io::Result<(Vec<Window>, Vec<u64>)> {
+/// The unreplayed entries of the ledger file `ledger`: windows, ids and reasons.
+pub fn lost_windows(ledger: &Path) -> std::io::Result<LostWindows> {
     let (entries, replayed) = ledger::read(ledger)?;
-    let mut windows = Vec::new();
-    let mut ids = Vec::new();
+    let mut lost = LostWindows::default();
     for e in entries {
         if replayed.contains(&e.id) || !e.from.is_finite() || !e.to.is_finite() {
             continue;
         }
-        windows.push(Window {
+        lost.windows.push(Window {
             from: e.from,
             to: e.to,
         });
-        ids.push(e.id);
+        lost.entries.push((e.id, e.reason));
     }
-    Ok((windows, ids))
+    Ok(lost)
+}
+
+/// The unreplayed entries of a loss ledger ([`lost_windows`]).
+#[derive(Clone, Debug, Default)]
+pub struct LostWindows {
+    /// Their windows.
+    pub windows: Vec<Window>,
+    /// Their ids (to mark replayed) and reasons' labels.
+    pub entries: Vec<(u64, String)>,
+}
+
+impl LostWindows {
+    /// The reasons' labels.
+    pub fn reasons(&self) -> Vec<&str> {
+        self.entries.iter().map(|(_, r)| r.as_str()).collect()
+    }
+
+    /// The ids to mark replayed after a replay that held back `held`'s refusals.
+    pub fn replayed(&self, held: &[crate::reason::DropReason]) -> Vec<u64> {
+        let held: Vec<&str> = held.iter().map(|r| r.as_str()).collect();
+        self.entries
+            .iter()
+            .filter(|(_, r)| !held.contains(&r.as_str()))
+            .map(|(id, _)| *id)
+            .collect()
+    }
 }
 
 #[cfg(test)]
