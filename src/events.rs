@@ -19,6 +19,14 @@ pub enum Event {
     /// reached (`limits.max_connections`, `[[listen]] max_connections`,
     /// `limits.max_http_requests`).
     ConnectionRefused,
+    /// At `limits.max_connections`, the TCP connection that had gone longest without a
+    /// complete line or frame (at least `limits.evict_idle_after`) was closed to let a new
+    /// one in (`src/ingest/slots.rs`).
+    ConnectionEvictedIdle,
+    /// The connections' memory budget (`limits.connection_memory_bytes`) was spent and a
+    /// reading connection needed more: the connection holding budget that had gone longest
+    /// without a complete line or frame (at least `limits.evict_idle_after`) was closed.
+    ConnectionEvictedMemory,
     /// A destination could not be connected to; the sender retries with backoff.
     DestinationConnectFailed,
     /// A destination connection failed (write error, closed or reset by the peer); the
@@ -46,9 +54,11 @@ pub enum Event {
 
 impl Event {
     /// Every event, in counter order.
-    pub(crate) const ALL: [Event; 12] = [
+    pub(crate) const ALL: [Event; 14] = [
         Event::AcceptFailed,
         Event::ConnectionRefused,
+        Event::ConnectionEvictedIdle,
+        Event::ConnectionEvictedMemory,
         Event::DestinationConnectFailed,
         Event::DestinationConnectionLost,
         Event::DestinationRequestFailed,
@@ -66,6 +76,8 @@ impl Event {
         match self {
             Event::AcceptFailed => "accept_failed",
             Event::ConnectionRefused => "connection_refused",
+            Event::ConnectionEvictedIdle => "connection_evicted_idle",
+            Event::ConnectionEvictedMemory => "connection_evicted_memory",
             Event::DestinationConnectFailed => "destination_connect_failed",
             Event::DestinationConnectionLost => "destination_connection_lost",
             Event::DestinationRequestFailed => "destination_request_failed",

@@ -9,7 +9,6 @@
 use crate::codec::pickle::KEEP_BYTES;
 use crate::config::{Config, Protocol, Transport};
 use crate::ingest::MAX_BATCH_ITEMS;
-use crate::listen::READ_MAX;
 use crate::route::ENTRY_BYTES;
 
 /// Code, the tokio runtime, thread stacks and allocator slack.
@@ -17,12 +16,13 @@ pub(crate) const BASE_BYTES: u64 = 64 << 20;
 /// Per output series: its key, table slot and `max_intervals` buckets (measured, see
 /// `docs/performance.md`: about 1.6 KB).
 pub(crate) const SERIES_BYTES: u64 = 2 << 10;
+/// What an open TCP connection holds outside the memory budget: its task, socket, framer
+/// and `Ingest` (measured as under 8 KiB; counted twice).
+pub(crate) const CONNECTION_BYTES: u64 = 16 << 10;
 /// Arena bytes the pickle decoder uses per object (object, stack slot, container item).
 pub(crate) const PICKLE_BYTES_PER_OBJECT: u64 = 24;
 /// Bytes of one queued work item (series key pointer, timestamp, value).
-pub(crate) const WORK_ITEM_BYTES: u64 = 24;
-/// The shortest carbon plaintext line that is a datapoint (`a 1 1\n`).
-const SHORTEST_LINE: u64 = 6;
+pub(crate) const WORK_ITEM_BYTES: u64 = crate::ingest::slots::WORK_ITEM_BYTES as u64;
 
 /// The terms of the bound, in bytes.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,47 +63,25 @@ impl Config {
         let u = |v: usize| v as u64;
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get() as u64);
         let decode = PICKLE_BYTES_PER_OBJECT * u(l.max_pickle_objects);
-        let outputs = u(self.aggregation.rules.rules().len().max(1));
-        // Work items decoded from `bytes` of input and waiting to be handed on.
-        let items = |bytes: u64| bytes / SHORTEST_LINE * WORK_ITEM_BYTES * outputs;
-        // A connection: its read buffer (room for a read, plus a partial line or frame,
-        // doubled by growth), the previous buffer still held by frames in flight, and the
-        // work items of one read.
-        let per_conn = |p: Protocol| match p {
-            Protocol::Plaintext => {
-                let read = u(READ_MAX) + u(l.max_line_bytes);
-                2 * read + u(READ_MAX) + items(read) + (16 << 10)
-            }
-            Protocol::Pickle => {
-                let read = u(READ_MAX) + u(l.max_pickle_frame_bytes);
-                2 * read + u(READ_MAX) + items(read) + u(KEEP_BYTES) + (16 << 10)
-            }
-            // A request: the body, its gzip-decoded copy, a decode arena, its work items.
-            Protocol::Http => {
-                3 * u(l.max_http_body_bytes) + decode + items(u(l.max_http_body_bytes))
-            }
-        };
-        let mut tcp = 0;
-        let mut largest = 0;
         let mut udp = 0;
-        let mut http = 0;
+        let mut http_bodies = 0;
         for c in &self.listeners {
             match c.transport {
                 Transport::Udp => udp += u(l.udp_queue_bytes) + (64 << 10),
+                // A request's body and its gzip-decoded copy (up to the limit each) are
+                // read before its decoding is charged to the budget.
                 Transport::Tcp if c.protocol == Protocol::Http => {
-                    http += u(l.max_http_requests) * per_conn(c.protocol);
+                    http_bodies += 2 * u(l.max_http_requests) * u(l.max_http_body_bytes);
                 }
-                Transport::Tcp => {
-                    let n = c
-                        .max_connections
-                        .unwrap_or(usize::MAX)
-                        .min(l.max_connections);
-                    tcp += u(n) * per_conn(c.protocol);
-                    largest = largest.max(per_conn(c.protocol));
-                }
+                Transport::Tcp => {}
             }
         }
-        let connections = tcp.min(u(l.max_connections) * largest) + http;
+        // Read buffers, partial lines and frames, the work items of the reads being
+        // decoded and HTTP decoding come out of one budget; each open connection adds its
+        // task, socket, framer and pickle scratch.
+        let connections = u(l.connection_memory_bytes)
+            + u(l.max_connections) * (CONNECTION_BYTES + u(KEEP_BYTES))
+            + http_bodies;
         // A queue slot holds at most MAX_BATCH_ITEMS work items.
         let per_batch = u(MAX_BATCH_ITEMS) * WORK_ITEM_BYTES;
         let worker_queues = u(self.workers.count) * u(self.workers.queue_batches) * per_batch;

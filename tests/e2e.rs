@@ -418,7 +418,7 @@ async fn udp_datagrams_are_read_whole_up_to_64k() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn udp_queue_overflow_is_counted_ledgered_and_journaled() {
+async fn udp_queue_overflow_is_counted_ledgered_and_journaled_refused() {
     let capture = Capture::start("pickle");
     let dir = tempdir("udpqueue");
     let cfg = write_config(
@@ -466,16 +466,23 @@ async fn udp_queue_overflow_is_counted_ledgered_and_journaled() {
         full.iter()
             .any(|e| e.from <= base as f64 && e.to >= (base + 5) as f64)
     );
-    // …and journaled: replay reads both datagrams back.
+    // …and journaled refused: a replay of the window reads both datagrams back and sends
+    // what was accepted; `--lost` brings the refused one back.
+    let cfg = cfg.to_str().unwrap();
+    let (from, to) = ((base - 60).to_string(), (base + 60).to_string());
     let out = aggd_ok([
         "replay",
         "--dry-run",
         "-c",
-        cfg.to_str().unwrap(),
+        cfg,
         "--from",
-        &(base - 60).to_string(),
+        &from,
         "--to",
-        &(base + 60).to_string(),
+        &to,
     ]);
+    assert!(out.contains("2 records, 2 datapoints"), "{out}");
+    assert!(out.contains("6 refused datapoints left out"), "{out}");
+    let out = aggd_ok(["replay", "--dry-run", "-c", cfg, "--lost"]);
     assert!(out.contains("2 records, 8 datapoints"), "{out}");
+    assert!(out.contains("6 refused datapoints replayed"), "{out}");
 }

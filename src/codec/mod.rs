@@ -42,6 +42,16 @@ pub struct Limits {
     /// Most open TCP connections (plaintext and pickle) over all listeners; a connection
     /// past it is closed at once and counted (`connections_refused`).
     pub max_connections: usize,
+    /// Bytes all TCP connections and HTTP requests may hold together: read buffers with
+    /// their partial lines and frames, decoded bodies, and the work items of what they
+    /// are decoding. Past it, TCP reads wait (after evicting the connection idle longest,
+    /// see `evict_idle_after`) and HTTP requests are answered 503.
+    pub connection_memory_bytes: usize,
+    /// How long a TCP connection must go without a complete line or frame before it can
+    /// be evicted, at `max_connections` for a new connection or past
+    /// `connection_memory_bytes` for a reading one (milliseconds). A sender that keeps
+    /// sending is never evicted.
+    pub evict_idle_after_ms: u64,
     /// Most HTTP ingest requests processed at once per HTTP listener; past it, 503 and
     /// counted (`connections_refused`).
     pub max_http_requests: usize,
@@ -62,6 +72,8 @@ impl Default for Limits {
             udp_receive_buffer_bytes: 32 << 20,
             udp_queue_bytes: 64 << 20,
             max_connections: 1024,
+            connection_memory_bytes: 128 << 20,
+            evict_idle_after_ms: 10_000,
             max_http_requests: 32,
             private_route_cache_bytes: 64 << 20,
         }

@@ -14,6 +14,7 @@
 
 mod handoff;
 mod routing;
+pub mod slots;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -64,8 +65,9 @@ pub struct Pipeline {
     pub quarantine: Option<Arc<Quarantine>>,
     /// Bytes left for the connections' private route caches.
     pub route_budget: Arc<RouteBudget>,
-    /// Permits for open TCP connections (`limits.max_connections`).
-    pub connections: Arc<tokio::sync::Semaphore>,
+    /// Open TCP connections (`limits.max_connections`) and the memory budget of every
+    /// connection and HTTP request (`limits.connection_memory_bytes`).
+    pub slots: Arc<slots::Slots>,
     /// Cluster mode: the journal's publisher aggregates on the shard owners, so nothing
     /// is handed to a local worker; connections wait while the publish lag is over its
     /// limit.
@@ -121,11 +123,12 @@ impl Pipeline {
             tenants: None,
             quarantine: None,
             route_budget: RouteBudget::new(limits.private_route_cache_bytes),
-            connections: Arc::new(tokio::sync::Semaphore::new(
-                limits
-                    .max_connections
-                    .min(tokio::sync::Semaphore::MAX_PERMITS),
-            )),
+            slots: slots::Slots::new(
+                limits.max_connections,
+                limits.connection_memory_bytes,
+                std::time::Duration::from_millis(limits.evict_idle_after_ms),
+                Arc::clone(stats),
+            ),
             cluster: None,
         }
     }
@@ -232,6 +235,12 @@ impl Ingest {
     /// The process counters.
     pub fn stats(&self) -> Arc<Stats> {
         Arc::clone(&self.p.stats)
+    }
+
+    /// Bytes of work items one input byte can decode into at most, under the current
+    /// rules: a datapoint of the shortest line (`a 1 1\n`, 6 bytes) feeding every rule.
+    pub fn items_per_byte(&self) -> usize {
+        slots::items_per_byte(self.p.router.load().rule_count())
     }
 
     /// The decoder limits.

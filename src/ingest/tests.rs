@@ -53,7 +53,7 @@ fn ingest_with_rules(
         tenants: None,
         quarantine: None,
         route_budget: RouteBudget::new(1 << 20),
-        connections: Arc::new(tokio::sync::Semaphore::new(10)),
+        slots: slots::Slots::new(10, 1 << 20, Duration::from_secs(1), stats.clone()),
         cluster: None,
     });
     let peer = "127.0.0.1:9".parse().unwrap();
@@ -159,7 +159,7 @@ fn refusals_make_the_verdict_and_a_reread_skips_them() {
         tenants: Some(Arc::clone(&gate)),
         quarantine: None,
         route_budget: RouteBudget::new(1 << 20),
-        connections: Arc::new(tokio::sync::Semaphore::new(10)),
+        slots: slots::Slots::new(10, 1 << 20, Duration::from_secs(1), ing.p.stats.clone()),
         cluster: None,
     });
     let peer = "127.0.0.1:9".parse().unwrap();

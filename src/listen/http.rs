@@ -116,6 +116,21 @@ async fn ingest(
         body
     };
     let ing = Ingest::new(Arc::clone(&s.pipeline), peer, s.index, kind);
+    // The work items of decoding the body come out of the connections' memory budget.
+    let Some(_charge) = s
+        .pipeline
+        .slots
+        .try_charge(body.len().saturating_mul(ing.items_per_byte()))
+    else {
+        s.pipeline.stats.events.emit(
+            Event::ConnectionRefused,
+            &format_args!("connection memory budget spent; HTTP request from {peer} refused"),
+        );
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "connection memory budget spent; retry later",
+        );
+    };
     let decode = tokio::task::spawn_blocking(move || {
         let mut ing = ing;
         let decoded = ing.frame(kind, &body, tenant.as_deref(), now);

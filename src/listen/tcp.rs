@@ -5,8 +5,11 @@
 //! for half a second gives its buffer back (keeping only a partial line or frame) and
 //! starts small again. A partial line or frame makes it grow only with the bytes that
 //! arrive (at most `max_line_bytes` or `max_pickle_frame_bytes`), never with the length a
-//! pickle header declares. Open connections are capped per listener and in total; a
-//! connection past a cap is closed at once and counted as `connections_refused`.
+//! pickle header declares. All of it, and the work items a read decodes into, is charged
+//! to the connections' memory budget before it is allocated, and open connections are
+//! capped per listener and in total; at the total cap the idlest connection gives way
+//! (`crate::ingest::slots`), and a connection past a cap is closed at once and counted as
+//! `connections_refused`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +18,7 @@ use std::net::SocketAddr;
 
 use bytes::{Bytes, BytesMut};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -23,6 +26,7 @@ use crate::codec::pickle::{FrameEvent, PickleFramer};
 use crate::codec::plaintext::LineFramer;
 use crate::datapoint::Kind;
 use crate::events::Event;
+use crate::ingest::slots::Slot;
 use crate::ingest::{Ingest, Pipeline};
 use crate::reason::DropReason;
 
@@ -32,18 +36,6 @@ pub const READ_MIN: usize = 4 << 10;
 pub const READ_MAX: usize = 256 << 10;
 /// How long a connection's socket stays empty before its read buffer is released.
 const IDLE_AFTER: Duration = Duration::from_millis(500);
-
-/// Both connection permits (the listener's, if capped, and the total's), or `None`.
-fn admit(
-    listener_cap: Option<&Arc<Semaphore>>,
-    total: &Arc<Semaphore>,
-) -> Option<(Option<OwnedSemaphorePermit>, OwnedSemaphorePermit)> {
-    let own = match listener_cap {
-        Some(s) => Some(Arc::clone(s).try_acquire_owned().ok()?),
-        None => None,
-    };
-    Some((own, Arc::clone(total).try_acquire_owned().ok()?))
-}
 
 pub(super) async fn accept_loop(
     listener: TcpListener,
@@ -62,7 +54,14 @@ pub(super) async fn accept_loop(
         };
         match accepted {
             Ok((sock, peer)) => {
-                let Some(permits) = admit(cap.as_ref(), &pipeline.connections) else {
+                // The listener's own cap, then a slot among all connections (evicting
+                // the idlest if they are all taken).
+                let own = match &cap {
+                    Some(c) => Arc::clone(c).try_acquire_owned().ok().map(Some),
+                    None => Some(None),
+                };
+                let Some(permits) = own.and_then(|own| Some((own, pipeline.slots.admit(&peer)?)))
+                else {
                     drop(sock);
                     pipeline.stats.events.emit(
                         Event::ConnectionRefused,
@@ -74,17 +73,15 @@ pub(super) async fn accept_loop(
                 let sd = shutdown.clone();
                 let p = Arc::clone(&pipeline);
                 let ingest = Ingest::new(p, peer, index, kind);
-                if kind == Kind::PickleTcp {
-                    tracker.spawn(async move {
-                        pickle_conn(sock, ingest, sd).await;
-                        drop(permits);
-                    });
-                } else {
-                    tracker.spawn(async move {
-                        plaintext_conn(sock, ingest, sd).await;
-                        drop(permits);
-                    });
-                }
+                let (own, slot) = permits;
+                tracker.spawn(async move {
+                    if kind == Kind::PickleTcp {
+                        pickle_conn(sock, ingest, sd, slot).await;
+                    } else {
+                        plaintext_conn(sock, ingest, sd, slot).await;
+                    }
+                    drop(own);
+                });
             }
             Err(e) => {
                 // Typically EMFILE: back off instead of spinning.
@@ -145,13 +142,21 @@ impl ReadBuf {
 }
 
 /// Reads into `rb`, waiting for the socket to be readable; on shutdown only what the
-/// kernel already holds. `Ok(0)` = end.
+/// kernel already holds. Before each read the connection holds, from the memory budget,
+/// what the read may cost: the buffer it fills and the work items of decoding it
+/// (`items_per_byte` for each byte); while it waits for the socket it holds only its
+/// buffer. `Ok(0)` = end (or evicted: then `evicted` is set).
 async fn read_more(
     sock: &mut TcpStream,
     rb: &mut ReadBuf,
-    shutdown: &CancellationToken,
+    conn: &Conn<'_>,
     draining: &mut bool,
 ) -> std::io::Result<usize> {
+    let Conn {
+        shutdown,
+        slot,
+        items_per_byte,
+    } = *conn;
     if shutdown.is_cancelled() {
         *draining = true;
     }
@@ -159,6 +164,10 @@ async fn read_more(
     // its runtime thread (tokio's cooperative budget, as an awaited read would).
     tokio::task::consume_budget().await;
     loop {
+        let need = rb.buf.capacity().max(rb.buf.len() + rb.want) + rb.want * items_per_byte;
+        if !slot.hold(need, slot.evicted()).await {
+            return Ok(0);
+        }
         rb.prepare();
         let spare = rb.buf.capacity() - rb.buf.len();
         match sock.try_read_buf(&mut rb.buf) {
@@ -170,6 +179,8 @@ async fn read_more(
                 if *draining {
                     return Ok(0);
                 }
+                // Waiting, the connection holds only its buffer.
+                slot.hold(rb.buf.capacity(), shutdown).await;
                 // A connection quiet for IDLE_AFTER gives its buffer back; a busy one,
                 // which often finds its socket empty for a moment, keeps it.
                 let quiet = tokio::select! {
@@ -185,19 +196,33 @@ async fn read_more(
                         *draining = true;
                         false
                     }
+                    _ = slot.evicted().cancelled() => return Ok(0),
                 };
                 if quiet {
                     rb.idle();
+                    slot.hold(rb.buf.capacity(), shutdown).await;
                     tokio::select! {
                         biased;
                         r = sock.readable() => r?,
                         _ = shutdown.cancelled() => *draining = true,
+                        _ = slot.evicted().cancelled() => return Ok(0),
                     }
                 }
             }
             Err(e) => return Err(e),
         }
     }
+}
+
+/// What a connection's reads need besides the socket and the buffer.
+#[derive(Clone, Copy)]
+struct Conn<'a> {
+    /// Cancelled at shutdown.
+    shutdown: &'a CancellationToken,
+    /// Its slot and budget.
+    slot: &'a Slot,
+    /// Budget bytes of work items one input byte can decode into.
+    items_per_byte: usize,
 }
 
 /// How one TCP protocol cuts frames out of the stream (decoding them is
@@ -250,14 +275,14 @@ impl StreamFramer for Frames {
     }
 }
 
-async fn plaintext_conn(sock: TcpStream, ingest: Ingest, shutdown: CancellationToken) {
+async fn plaintext_conn(sock: TcpStream, ingest: Ingest, shutdown: CancellationToken, slot: Slot) {
     let framer = LineFramer::new(ingest.limits().max_line_bytes);
-    serve(sock, ingest, shutdown, Lines(framer)).await;
+    serve(sock, ingest, shutdown, Lines(framer), slot).await;
 }
 
-async fn pickle_conn(sock: TcpStream, ingest: Ingest, shutdown: CancellationToken) {
+async fn pickle_conn(sock: TcpStream, ingest: Ingest, shutdown: CancellationToken, slot: Slot) {
     let framer = PickleFramer::new(ingest.limits().max_pickle_frame_bytes);
-    serve(sock, ingest, shutdown, Frames(framer)).await;
+    serve(sock, ingest, shutdown, Frames(framer), slot).await;
 }
 
 /// Journals each frame, then decodes it (the journal writes while the frame decodes).
@@ -275,6 +300,7 @@ async fn serve(
     mut ingest: Ingest,
     shutdown: CancellationToken,
     mut d: impl StreamFramer,
+    slot: Slot,
 ) {
     let _open = OpenConnection::new(ingest.stats());
     let peer = sock
@@ -286,10 +312,15 @@ async fn serve(
     // Only a clean end of stream completes an unfinished last line; after a reset it may
     // be a cut-off line that would parse into a wrong datapoint.
     let mut eof = false;
+    let conn = Conn {
+        shutdown: &shutdown,
+        slot: &slot,
+        items_per_byte: ingest.items_per_byte(),
+    };
     loop {
-        match read_more(&mut sock, &mut rb, &shutdown, &mut draining).await {
+        match read_more(&mut sock, &mut rb, &conn, &mut draining).await {
             Ok(0) => {
-                eof = !draining;
+                eof = !draining && !slot.evicted().is_cancelled();
                 break;
             }
             Ok(_) => {}
@@ -299,8 +330,15 @@ async fn serve(
             }
         }
         d.frames(&mut rb.buf, &mut ingest, &mut frames);
+        if !frames.is_empty() {
+            slot.progress();
+        }
         process(&mut frames, &mut ingest).await;
         ingest.flush().await;
+    }
+    if slot.evicted().is_cancelled() {
+        // Evicted: what it had not completed is dropped with the connection.
+        return;
     }
     frames.extend(d.finish(&mut rb.buf, &mut ingest, eof));
     process(&mut frames, &mut ingest).await;

@@ -141,6 +141,11 @@ impl Router {
         self.aggregation.timestamp_resolution
     }
 
+    /// How many aggregation rules there are (the most output series one path feeds).
+    pub fn rule_count(&self) -> usize {
+        self.aggregation.rules.rules().len()
+    }
+
     /// The shared route cache's capacity (`route_cache_entries`).
     pub fn route_cache_entries(&self) -> usize {
         self.aggregation.route_cache_entries
