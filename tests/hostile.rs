@@ -177,3 +177,92 @@ fn hostile_clients_stay_within_the_memory_bound_and_good_senders_aggregate_exact
         HOSTILE_RSS_EXPECTED >> 20
     );
 }
+
+/// The lock-out of issue 21: 2 000 connections that each send one byte and wait, and 200
+/// pickle connections each holding a 7-byte frame, fill `limits.max_connections` (1 024)
+/// many times over. A well-behaved sender that connects afterwards still gets in (the
+/// connection idle longest gives way), every one of its 200 000 datapoints is aggregated,
+/// and aggd stays under 250 MB and under the bound `aggd check` prints.
+#[test]
+fn a_crowd_of_idle_connections_cannot_lock_a_sender_out() {
+    raise_fd_limit(8192);
+    let down = aggd_testkit::Capture::start("pickle");
+    let dir = tempdir("lockout");
+    let cfg = edge_config(
+        &dir,
+        down.addr,
+        Extra {
+            listen: Some(
+                "[[listen]]\nprotocol = \"plaintext\"\naddress = \"127.0.0.1:0\"\n\
+                 [[listen]]\nprotocol = \"pickle\"\naddress = \"127.0.0.1:0\"\n",
+            ),
+            more: "[limits]\nevict_idle_after_ms = 500\n",
+            ..Extra::default()
+        },
+    );
+    let (mut aggd, addrs) = spawn_run(&["-c", cfg.to_str().unwrap()], 3);
+    let plain = addr_of(&addrs, "plaintext/tcp");
+    let pickle = addr_of(&addrs, "pickle/tcp");
+    let admin = addr_of(&addrs, "admin/http");
+    let mut crowd = Vec::new();
+    for _ in 0..2000 {
+        let mut s = TcpStream::connect(plain).unwrap();
+        let _ = s.write_all(b"x");
+        crowd.push(s);
+    }
+    for _ in 0..200 {
+        let mut s = TcpStream::connect(pickle).unwrap();
+        let _ = s.write_all(&framed(b"]r\xff\xff\x0f\x00."));
+        crowd.push(s);
+    }
+    // Every slot is taken; the crowd is refused or evicted among itself.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(admin, "aggd_active_connections") < 1024.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the crowd never filled the slots"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The crowd's youngest must be idle for evict_idle_after_ms before it can give way.
+    std::thread::sleep(Duration::from_millis(600));
+    let now = aggd_testkit::now() as i64;
+    let base = now - now.rem_euclid(60);
+    let expected = send_minutes(plain, "good", 50_000, 1..3, base);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric(admin, "aggd_received_total") < 200_000.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the good sender's input was not taken: {}",
+            metric(admin, "aggd_received_total")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        metric(
+            admin,
+            "aggd_events_total{event=\"connection_evicted_idle\"}"
+        ) >= 1.0
+    );
+    let peak = peak_rss(aggd.id());
+    eprintln!("idle crowd: aggd peak RSS {} MiB", peak >> 20);
+    sigterm(&aggd);
+    assert!(wait_exit(&mut aggd, Duration::from_secs(30)).success());
+    drop(crowd);
+    let got = down.snapshot();
+    assert_eq!(expected.len(), 100_000);
+    for (k, v) in &expected {
+        assert_eq!(got.get(k), Some(v), "{k:?}");
+    }
+    let bound = aggd::config::Config::load(&cfg)
+        .unwrap()
+        .memory_bound(expected.len() as u64)
+        .total();
+    assert!(peak < 250 << 20, "peak RSS {} MiB", peak >> 20);
+    assert!(
+        peak < bound,
+        "peak RSS {} MiB over the bound {} MiB",
+        peak >> 20,
+        bound >> 20
+    );
+}
