@@ -37,6 +37,7 @@ use super::{ClusterStats, subject};
 use crate::config::cluster::ClusterConfig;
 use crate::ingest::{Ingest, Pipeline};
 use crate::journal::JournalStats;
+use crate::journal::io::{JournalIo, write_durably};
 use crate::journal::record;
 use crate::journal::tail::Tail;
 
@@ -59,10 +60,15 @@ pub(crate) struct State {
 /// not published).
 ///
 /// Errors: the file exists but cannot be read or parsed, or a new one cannot be written.
-pub(crate) fn load_state(dir: &Path, next_seq: u64, lanes: u64) -> std::io::Result<State> {
+pub(crate) fn load_state(
+    io: &dyn JournalIo,
+    dir: &Path,
+    next_seq: u64,
+    lanes: u64,
+) -> std::io::Result<State> {
     let path = dir.join(STATE_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => parse_state(&text).ok_or_else(|| {
+    match io.read(&path) {
+        Ok(text) => parse_state(&String::from_utf8_lossy(&text)).ok_or_else(|| {
             std::io::Error::other(format!(
                 "{}: not an aggd cluster state file",
                 path.display()
@@ -77,7 +83,7 @@ pub(crate) fn load_state(dir: &Path, next_seq: u64, lanes: u64) -> std::io::Resu
                 lanes: lanes.max(1),
                 watermark: next_seq,
             };
-            save_state(dir, s)?;
+            save_state(io, dir, s)?;
             Ok(s)
         }
         Err(e) => Err(std::io::Error::new(
@@ -100,17 +106,32 @@ fn parse_state(text: &str) -> Option<State> {
     })
 }
 
-/// Writes the state file (a temporary file renamed over it, so a crash leaves one whole).
-pub(crate) fn save_state(dir: &Path, s: State) -> std::io::Result<()> {
-    let tmp = dir.join(format!("{STATE_FILE}.tmp"));
-    std::fs::write(
-        &tmp,
+/// Writes the state file durably ([`write_durably`]: a temporary file, fsynced, renamed
+/// over it, the directory fsynced), so a crash or a power loss leaves one whole and a
+/// watermark once saved is never lost.
+///
+/// Errors: a write, fsync or rename failed (the error names the file).
+pub(crate) fn save_state(io: &dyn JournalIo, dir: &Path, s: State) -> std::io::Result<()> {
+    write_durably(
+        io,
+        &dir.join(STATE_FILE),
         format!(
             "aggd-cluster-state 1\nincarnation {:016x}\nlanes {}\nwatermark {}\n",
             s.incarnation, s.lanes, s.watermark
-        ),
-    )?;
-    std::fs::rename(tmp, dir.join(STATE_FILE))
+        )
+        .as_bytes(),
+    )
+}
+
+/// The watermark in `<dir>/cluster.state`, or 0 without a readable one: the journal
+/// numbers its records from at least it, so a power loss that took records below it
+/// never makes sequence numbers that were published be used again (their message ids
+/// would be deduplicated away, and the publisher would skip them).
+pub(crate) fn saved_watermark(io: &dyn JournalIo, dir: &Path) -> u64 {
+    io.read(&dir.join(STATE_FILE))
+        .ok()
+        .and_then(|t| parse_state(&String::from_utf8_lossy(&t)))
+        .map_or(0, |s| s.watermark)
 }
 
 /// How many records of lane `lane` of `lanes` have a sequence number below `bound`: the
@@ -168,6 +189,8 @@ impl Progress {
 pub(crate) struct Source<'a> {
     /// Its directory.
     pub dir: &'a Path,
+    /// How its files (and `cluster.state`) are read and written.
+    pub io: Arc<dyn JournalIo>,
     /// Its counters (the bytes written this run).
     pub stats: Arc<JournalStats>,
     /// Its next record when it was opened.
@@ -187,6 +210,7 @@ pub(crate) struct Publisher {
     /// Per lane.
     progress: Vec<Arc<Mutex<Progress>>>,
     dir: PathBuf,
+    io: Arc<dyn JournalIo>,
     state: State,
 }
 
@@ -208,6 +232,7 @@ struct Reader {
     /// The persisted journal watermark (lane 0 writes it).
     persisted: Arc<AtomicU64>,
     dir: PathBuf,
+    io: Arc<dyn JournalIo>,
     tail: Tail,
     ingest: Ingest,
     open: Vec<Option<Open>>,
@@ -403,7 +428,7 @@ impl Reader {
                 watermark: wm,
                 ..self.state
             };
-            match save_state(&self.dir, s) {
+            match save_state(&*self.io, &self.dir, s) {
                 Ok(()) => {
                     self.state = s;
                     self.persisted.store(wm, Ordering::Relaxed);
@@ -534,11 +559,12 @@ impl Publisher {
     ) -> std::io::Result<Publisher> {
         let Source {
             dir,
+            io,
             stats: journal,
             opened_at_seq,
             tenants: journal_tenants,
         } = journal;
-        let state = load_state(dir, opened_at_seq, cfg.publish_threads as u64)?;
+        let state = load_state(&*io, dir, opened_at_seq, cfg.publish_threads as u64)?;
         tracing::info!(
             incarnation = format_args!("{:016x}", state.incarnation),
             watermark = state.watermark,
@@ -572,7 +598,8 @@ impl Publisher {
                 lane,
                 persisted: Arc::clone(&persisted),
                 dir: dir.to_path_buf(),
-                tail: Tail::new(dir, state.watermark),
+                io: Arc::clone(&io),
+                tail: Tail::with_io(dir, state.watermark, Arc::clone(&io)),
                 ingest: Ingest::for_publisher(Arc::clone(&pipeline), shards, routes),
                 open: (0..shards).map(|_| None).collect(),
                 next_first: vec![start; shards],
@@ -613,6 +640,7 @@ impl Publisher {
             abandon,
             progress,
             dir: dir.to_path_buf(),
+            io,
             state,
         })
     }
@@ -648,11 +676,12 @@ impl Publisher {
             .collect();
         let wm = global_watermark(&wms);
         let acked_all = finished && wm >= next_seq;
-        if let Ok(s) = load_state(&self.dir, wm, self.state.lanes)
+        if let Ok(s) = load_state(&*self.io, &self.dir, wm, self.state.lanes)
             && s.incarnation == self.state.incarnation
             && wm > s.watermark
         {
             let _ = save_state(
+                &*self.io,
                 &self.dir,
                 State {
                     watermark: wm,
@@ -667,23 +696,26 @@ impl Publisher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::journal::io::OsIo;
 
     #[test]
     fn state_round_trips_and_a_new_journal_gets_a_new_incarnation() {
         let d = tempfile::tempdir().unwrap();
-        let a = load_state(d.path(), 42, 2).unwrap();
+        let a = load_state(&OsIo, d.path(), 42, 2).unwrap();
         assert_eq!((a.watermark, a.lanes), (42, 2));
         // The lane count is the incarnation's, whatever the config says now.
-        assert_eq!(load_state(d.path(), 0, 4).unwrap(), a);
-        save_state(d.path(), State { watermark: 99, ..a }).unwrap();
-        assert_eq!(load_state(d.path(), 0, 1).unwrap().watermark, 99);
+        assert_eq!(load_state(&OsIo, d.path(), 0, 4).unwrap(), a);
+        save_state(&OsIo, d.path(), State { watermark: 99, ..a }).unwrap();
+        assert_eq!(load_state(&OsIo, d.path(), 0, 1).unwrap().watermark, 99);
+        assert_eq!(saved_watermark(&OsIo, d.path()), 99);
         let e = tempfile::tempdir().unwrap();
         assert_ne!(
-            load_state(e.path(), 0, 2).unwrap().incarnation,
+            load_state(&OsIo, e.path(), 0, 2).unwrap().incarnation,
             a.incarnation
         );
         std::fs::write(d.path().join(STATE_FILE), "junk").unwrap();
-        assert!(load_state(d.path(), 0, 2).is_err());
+        assert!(load_state(&OsIo, d.path(), 0, 2).is_err());
+        assert_eq!(saved_watermark(&OsIo, d.path()), 0);
     }
 
     #[test]

@@ -10,33 +10,44 @@
 
 use std::path::Path;
 
-use super::io::JournalIo;
+use super::io::{JournalIo, read_if_exists, write_durably};
 use super::recovery::at;
 
 /// File name inside the journal directory.
 pub const FILE: &str = "clean-shutdown";
 
-/// Writes the mark through `io` (a temporary file, fsynced, then a rename).
+/// Writes the mark through `io`, durably ([`write_durably`]: a temporary file, fsynced,
+/// renamed, the directory fsynced).
 ///
 /// Errors: a write, fsync or rename failed (the error names the file).
 pub fn write(io: &dyn JournalIo, dir: &Path, next_seq: u64) -> std::io::Result<()> {
-    let tmp = dir.join(format!("{FILE}.tmp"));
-    let _ = io.remove_file(&tmp);
-    let mut f = io.create_new(&tmp).map_err(|e| at(&tmp, e))?;
-    f.write_all(format!("aggd-clean-shutdown 1 {next_seq}\n").as_bytes())
-        .and_then(|()| f.sync_data())
-        .map_err(|e| at(&tmp, e))?;
-    drop(f);
-    io.rename(&tmp, &dir.join(FILE)).map_err(|e| at(&tmp, e))
+    write_durably(
+        io,
+        &dir.join(FILE),
+        format!("aggd-clean-shutdown 1 {next_seq}\n").as_bytes(),
+    )
 }
 
 /// Reads and removes (through `io`) the mark: the sequence number below which the
 /// previous run delivered everything, if it shut down cleanly.
+///
+/// The removal is made durable (the directory is fsynced) before the mark is used: a mark
+/// that came back after a power loss would claim records of a later run as delivered
+/// once sequence numbers it covered were written again. A mark that cannot be removed
+/// durably is not used (every open interval is re-sent, which is always safe).
 pub fn take(io: &dyn JournalIo, dir: &Path) -> Option<u64> {
     let path = dir.join(FILE);
-    let text = std::fs::read_to_string(&path).ok();
-    let _ = io.remove_file(&path);
-    text?
+    let text = read_if_exists(io, &path).ok().flatten()?;
+    if let Err(e) = io
+        .remove_file(&path)
+        .and_then(|()| io.sync_dir(dir))
+        .map_err(|e| at(&path, e))
+    {
+        tracing::warn!(error = %e, "journal: cannot remove the clean-shutdown mark; not using it");
+        return None;
+    }
+    String::from_utf8(text)
+        .ok()?
         .trim()
         .strip_prefix("aggd-clean-shutdown 1 ")?
         .parse()

@@ -305,3 +305,168 @@ async fn a_second_daemon_on_the_same_directory_is_refused() {
     assert_eq!(report.next_seq, 2);
     j.close();
 }
+
+/// A journal of 3 sealed segments and an active one: (dir guard, records as read with no
+/// fault).
+fn four_segments() -> (tempfile::TempDir, Vec<(u64, i64, Vec<u8>)>) {
+    let guard = tmp("readfaults");
+    let dir = guard.path();
+    let mut w = Writer::for_test(cfg(dir, 600, 1 << 30)).unwrap();
+    for b in 0..12i64 {
+        let batch: Vec<_> = (0..3)
+            .map(|i| {
+                rec(
+                    b * 10 + i,
+                    format!("m.{b}.{i} {i} 1\n").repeat(5).as_bytes(),
+                )
+            })
+            .collect();
+        w.write_batch(&batch).unwrap();
+    }
+    drop(w);
+    assert!(segment::list(dir).unwrap().len() >= 4);
+    let all = read_all(dir);
+    assert_eq!(all.len(), 36);
+    (guard, all)
+}
+
+/// Every file's bytes under `dir`, to show a failed start changed nothing.
+fn snapshot(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().is_some_and(|n| n != "lock"))
+        .map(|p| {
+            let b = std::fs::read(&p).unwrap();
+            (p, b)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// Reads `tail` until it has delivered records up to `upto` (exclusive) into `seen` (a
+/// tail looks for a newer segment at most every 20 ms, so it is polled).
+fn tail_to(tail: &mut super::tail::Tail, seen: &mut Vec<u64>, upto: u64) {
+    for _ in 0..400 {
+        tail.read(usize::MAX, |r| seen.push(r.meta.seq)).unwrap();
+        if tail.next_seq() >= upto {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!("the tail stopped at {} of {upto}", tail.next_seq());
+}
+
+fn read_with(io: &FaultyIo, dir: &std::path::Path) -> std::io::Result<Vec<(u64, i64, Vec<u8>)>> {
+    let mut out = Vec::new();
+    super::reader::read_range_with(
+        io,
+        dir,
+        i64::MIN,
+        i64::MAX,
+        |r| out.push((r.meta.seq, r.meta.received_us, r.payload.to_vec())),
+        |_| {},
+    )?;
+    Ok(out)
+}
+
+#[test]
+fn short_reads_give_the_reader_the_tail_and_recovery_the_same_records() {
+    let (guard, all) = four_segments();
+    let dir = guard.path();
+    for max in [1, 7, 29, 4096] {
+        let (faults, io) = faulty();
+        faults.set(Faults {
+            short_reads: Some(max),
+            ..Faults::default()
+        });
+        assert_eq!(
+            read_with(&faults, dir).unwrap(),
+            all,
+            "reader, {max}-byte reads"
+        );
+        let mut tail = super::tail::Tail::with_io(dir, 5, io.clone());
+        let mut seen = Vec::new();
+        tail_to(&mut tail, &mut seen, 36);
+        assert_eq!(seen, (5..36).collect::<Vec<_>>(), "tail, {max}-byte reads");
+        assert_eq!(tail.stats(), super::tail::TailStats::default());
+        let before = snapshot(dir);
+        let w = Writer::for_test_with(cfg(dir, 600, 1 << 30), io).unwrap();
+        assert_eq!(w.next_seq(), 36, "recovery, {max}-byte reads");
+        drop(w);
+        // Recovery with short reads found nothing torn and cut nothing.
+        for (p, b) in before
+            .iter()
+            .filter(|(p, _)| p.extension().is_some_and(|x| x == "seg"))
+        {
+            assert_eq!(&std::fs::read(p).unwrap(), b, "{}", p.display());
+        }
+    }
+    assert_eq!(read_all(dir), all);
+}
+
+#[test]
+fn eio_on_a_read_is_an_error_naming_the_file_never_a_wrong_value() {
+    let (guard, all) = four_segments();
+    let dir = guard.path();
+    let (faults, io) = faulty();
+    faults.set(Faults {
+        read_eio: true,
+        ..Faults::default()
+    });
+    // The reader: an error naming the directory; nothing delivered.
+    let e = read_with(&faults, dir).unwrap_err();
+    assert_eq!(e.raw_os_error(), None, "wrapped with the path");
+    assert!(e.to_string().contains(&*dir.to_string_lossy()), "{e}");
+    assert!(e.to_string().contains("Input/output error"), "{e}");
+    // Recovery: the start fails naming the path, and touches no file.
+    let before = snapshot(dir);
+    let e = Writer::for_test_with(cfg(dir, 600, 1 << 30), io.clone())
+        .err()
+        .expect("a journal that cannot be read cannot start");
+    assert!(e.to_string().contains(&*dir.to_string_lossy()), "{e}");
+    assert_eq!(snapshot(dir), before, "a failed start changed nothing");
+    // Only the segments unreadable (the directory lists): recovery names the segment.
+    faults.set(Faults {
+        read_eio: true,
+        only_under: Some(segment::segment_path(dir, 0)),
+        ..Faults::default()
+    });
+    std::fs::remove_file(segment::index_path(dir, 0)).unwrap();
+    let before = snapshot(dir);
+    let e = Writer::for_test_with(cfg(dir, 600, 1 << 30), io.clone())
+        .err()
+        .expect("an unreadable sealed segment without an index stops the start");
+    let seg0 = segment::segment_path(dir, 0);
+    assert!(e.to_string().contains(&*seg0.to_string_lossy()), "{e}");
+    assert_eq!(snapshot(dir), before, "nothing cut, removed or renamed");
+
+    // The tail: an error, its place kept; once the disk reads again it goes on with the
+    // next record, skipping none and repeating none.
+    faults.set(Faults::default());
+    let mut tail = super::tail::Tail::with_io(dir, 0, io.clone());
+    let mut seen = Vec::new();
+    tail.read(400, |r| seen.push(r.meta.seq)).unwrap();
+    assert!(!seen.is_empty() && seen.len() < 36);
+    faults.set(Faults {
+        read_eio: true,
+        ..Faults::default()
+    });
+    for _ in 0..3 {
+        let n = seen.len();
+        let e = tail.read(usize::MAX, |r| seen.push(r.meta.seq));
+        // What was buffered before the fault may still be delivered; then the error.
+        assert!(e.is_err() || seen.len() > n, "{e:?}");
+    }
+    faults.set(Faults::default());
+    tail_to(&mut tail, &mut seen, 36);
+    assert_eq!(seen, (0..36).collect::<Vec<_>>());
+    assert_eq!(tail.stats(), super::tail::TailStats::default());
+
+    // After the fault the start succeeds and every record is there.
+    let w = Writer::for_test_with(cfg(dir, 600, 1 << 30), io).unwrap();
+    assert_eq!(w.next_seq(), 36);
+    drop(w);
+    assert_eq!(read_all(dir), all);
+}

@@ -48,27 +48,33 @@ fn spawn_fsyncer(
         .name("aggd-journal-fsync".into())
         .spawn(move || {
             while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(every) {
-                let f = active
-                    .lock()
-                    .ok()
-                    .and_then(|a| a.as_ref().and_then(|f| f.try_clone().ok()));
-                match f.map(|f| f.sync_data()) {
-                    Some(Ok(())) => {
-                        stats.fsyncs.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Some(Err(e))
-                        if stats
-                            .fsync_errors
-                            .fetch_add(1, Ordering::Relaxed)
-                            .is_multiple_of(100) =>
-                    {
-                        tracing::error!(error = %e, "journal fsync failed");
-                    }
-                    _ => {}
-                }
+                sync_active(&active, &stats);
             }
         })?;
     Ok((stop, t))
+}
+
+/// One tick of the interval fsync thread: fsyncs the active segment through a handle of
+/// its own, counting the outcome (a failure is logged once per 100).
+pub(super) fn sync_active(active: &Active, stats: &JournalStats) {
+    let f = active
+        .lock()
+        .ok()
+        .and_then(|a| a.as_ref().and_then(|f| f.try_clone().ok()));
+    match f.map(|f| f.sync_data()) {
+        Some(Ok(())) => {
+            stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+        }
+        Some(Err(e))
+            if stats
+                .fsync_errors
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(100) =>
+        {
+            tracing::error!(error = %e, "journal fsync failed");
+        }
+        _ => {}
+    }
 }
 
 /// The outcome of a submission, to await before handing datapoints on.
@@ -105,9 +111,20 @@ impl Journal {
         cfg: JournalConfig,
         io: Arc<dyn JournalIo>,
     ) -> std::io::Result<(Arc<Journal>, OpenReport)> {
+        Journal::open_at_least(cfg, io, 0)
+    }
+
+    /// Like [`Journal::open_with`], numbering records from at least `floor`: sequence
+    /// numbers that were handed out beyond the journal (cluster mode's published
+    /// watermark) are never used again, even when a power loss took their records.
+    pub(crate) fn open_at_least(
+        cfg: JournalConfig,
+        io: Arc<dyn JournalIo>,
+        floor: u64,
+    ) -> std::io::Result<(Arc<Journal>, OpenReport)> {
         io.create_dir_all(&cfg.dir).map_err(|e| at(&cfg.dir, e))?;
         let lock = lock(&cfg.dir)?;
-        let report = recover(&cfg.dir, &*io)?;
+        let report = recover(&cfg.dir, &*io, floor)?;
         let stats = Arc::new(JournalStats::default());
         stats
             .truncated_bytes
@@ -174,19 +191,20 @@ impl Journal {
 
     /// Bytes of all segment files.
     pub(crate) fn size_on_disk(&self) -> u64 {
-        segment::list(&self.dir)
-            .map(|l| {
-                l.iter()
-                    .filter_map(|(_, p)| std::fs::metadata(p).ok())
-                    .map(|m| m.len())
-                    .sum()
-            })
+        segment::list_with(&*self.io, &self.dir)
+            .map(|l| l.iter().filter_map(|(_, p)| self.io.file_len(p).ok()).sum())
             .unwrap_or(0)
     }
 
     /// Counters.
     pub fn stats(&self) -> &JournalStats {
         &self.stats
+    }
+
+    /// How the journal's files are read and written (cluster mode's publisher reads it
+    /// and keeps `cluster.state` beside it through the same).
+    pub(crate) fn io(&self) -> Arc<dyn JournalIo> {
+        Arc::clone(&self.io)
     }
 
     /// Counters, shared (cluster mode's publisher reads the bytes written).

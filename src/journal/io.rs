@@ -1,19 +1,26 @@
-//! File IO of the journal and the loss ledger, behind a small trait so that tests can inject
-//! the faults a disk produces (ENOSPC at byte N, EIO, a read-only filesystem, a failing
-//! fsync) into the real writer, recovery and ledger code.
+//! File IO of the journal, the loss ledger and the state files beside them, behind a small
+//! trait so that tests can inject the faults a disk produces (ENOSPC at byte N, EIO on a
+//! write or a read, short reads, a read-only filesystem, a failing fsync) and simulate a
+//! power loss, into the real writer, readers, recovery and ledger code.
 //!
-//! Every write and namespace change goes through [`JournalIo`]: segments, indexes, the
-//! loss ledger, the clean-shutdown mark and the directories they live in. Two things do
-//! not: reads (recovery's scan, `aggd replay`), which use `std::fs` directly since a fault
-//! there is reported, never written; and the directory lock, which needs `flock(2)` on a
-//! real file descriptor.
+//! Everything goes through [`JournalIo`]: writes, reads, directory listings and namespace
+//! changes of segments, indexes, the loss ledger, the clean-shutdown mark and
+//! `cluster.state`. Only the directory lock does not: it needs `flock(2)` on a real file
+//! descriptor.
+//!
+//! Durability follows POSIX, not a particular filesystem: `fsync` of a file makes its data
+//! durable, and a new name (create, rename, unlink) is durable only once its directory is
+//! fsynced ([`JournalIo::sync_dir`]). [`write_durably`] is the one way a small state file
+//! is replaced.
 //!
 //! [`OsIo`] is the production implementation. [`FaultyIo`] wraps it and fails operations
-//! according to a shared [`Faults`] value that a test changes while the journal runs.
+//! according to a shared [`Faults`] value that a test changes while the journal runs. The
+//! power-loss simulation (`sim.rs`, tests only) keeps what was written but not synced apart
+//! from what is durable.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
-use std::path::Path;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 /// An open journal file (a segment, or the ledger), appended to.
@@ -28,7 +35,14 @@ pub trait JournalFile: Send + Sync {
     fn try_clone(&self) -> io::Result<Box<dyn JournalFile>>;
 }
 
-/// The filesystem operations the journal and the ledger write through.
+/// A journal file opened for reading (a segment the tail follows).
+pub trait JournalRead: Send {
+    /// `read(2)`: up to `buf.len()` bytes from the current offset; 0 at the end. May return
+    /// fewer bytes than are there (a short read).
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+}
+
+/// The filesystem operations the journal, the ledger and the state files go through.
 pub trait JournalIo: Send + Sync {
     /// Creates `path`, failing if it exists (`O_CREAT|O_EXCL|O_APPEND`).
     fn create_new(&self, path: &Path) -> io::Result<Box<dyn JournalFile>>;
@@ -46,6 +60,50 @@ pub trait JournalIo: Send + Sync {
     fn available_space(&self, dir: &Path) -> io::Result<u64>;
     /// Creates `dir` and its missing parents (`mkdir -p`).
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// `fsync(2)` of the directory `dir`: the names created, renamed or removed in it so
+    /// far are durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// The whole content of `path`.
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// Opens `path` for reading from byte `offset`.
+    fn open_read(&self, path: &Path, offset: u64) -> io::Result<Box<dyn JournalRead>>;
+    /// The size of `path` in bytes.
+    fn file_len(&self, path: &Path) -> io::Result<u64>;
+    /// The paths of the entries of the directory `dir` (any order).
+    fn list(&self, dir: &Path) -> io::Result<Vec<PathBuf>>;
+}
+
+/// Replaces `path` with `bytes` so that a crash at any moment leaves either the old or the
+/// new content, and the new content is durable once this returns: `<path>.tmp` is
+/// written and fsynced, renamed over `path`, and the directory fsynced.
+///
+/// Errors: any step failed (the error names the file); `path` then still holds the old
+/// content.
+pub fn write_durably(io: &dyn JournalIo, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let named = |p: &Path, e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", p.display()));
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let _ = io.remove_file(&tmp);
+    let mut f = io.create_new(&tmp).map_err(|e| named(&tmp, e))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_data())
+        .map_err(|e| named(&tmp, e))?;
+    drop(f);
+    io.rename(&tmp, path).map_err(|e| named(&tmp, e))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    io.sync_dir(dir).map_err(|e| named(dir, e))
+}
+
+/// Reads `path` through `io`, treating a missing file as `None`.
+///
+/// Errors: any other read error.
+pub fn read_if_exists(io: &dyn JournalIo, path: &Path) -> io::Result<Option<Vec<u8>>> {
+    match io.read(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// The real filesystem.
@@ -97,6 +155,31 @@ impl JournalIo for OsIo {
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         std::fs::create_dir_all(dir)
     }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        File::open(dir)?.sync_all()
+    }
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        std::fs::read(path)
+    }
+    fn open_read(&self, path: &Path, offset: u64) -> io::Result<Box<dyn JournalRead>> {
+        let mut f = File::open(path)?;
+        f.seek(SeekFrom::Start(offset))?;
+        Ok(Box::new(f))
+    }
+    fn file_len(&self, path: &Path) -> io::Result<u64> {
+        Ok(std::fs::metadata(path)?.len())
+    }
+    fn list(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
+        std::fs::read_dir(dir)?
+            .map(|e| e.map(|e| e.path()))
+            .collect()
+    }
+}
+
+impl JournalRead for File {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        Read::read(self, buf)
+    }
 }
 
 /// Which faults [`FaultyIo`] injects; change it through [`FaultyIo::set`] at any time.
@@ -112,6 +195,12 @@ pub struct Faults {
     pub read_only: bool,
     /// Every fsync fails with EIO.
     pub fail_fsync: bool,
+    /// Every read (whole-file reads, reads of an open file, opening for reading, sizes and
+    /// directory listings) fails with EIO.
+    pub read_eio: bool,
+    /// Reads of an open file return at most this many bytes at a time (short reads);
+    /// whole-file reads are assembled from such reads. `None` = as the OS returns.
+    pub short_reads: Option<usize>,
     /// Only paths under this directory fail (`None`: every path), e.g. the journal's
     /// directory but not a ledger on another filesystem.
     pub only_under: Option<std::path::PathBuf>,
@@ -154,6 +243,13 @@ impl FaultyIo {
     /// Whether the faults apply to `path`.
     fn covers(&self, path: &Path) -> bool {
         self.get().only_under.is_none_or(|d| path.starts_with(d))
+    }
+
+    fn check_read(&self, path: &Path) -> io::Result<()> {
+        if self.covers(path) && self.get().read_eio {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        Ok(())
     }
 
     fn check_mutation(&self, path: &Path) -> io::Result<()> {
@@ -272,6 +368,57 @@ impl JournalIo for FaultyIo {
         }
         self.check_mutation(dir)?;
         std::fs::create_dir_all(dir)
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        if self.covers(dir) && self.get().fail_fsync {
+            return Err(io::Error::from_raw_os_error(libc::EIO));
+        }
+        OsIo.sync_dir(dir)
+    }
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        let mut f = self.open_read(path, 0)?;
+        let mut out = Vec::new();
+        let mut buf = vec![0; 64 << 10];
+        loop {
+            match f.read(&mut buf)? {
+                0 => return Ok(out),
+                n => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    }
+    fn open_read(&self, path: &Path, offset: u64) -> io::Result<Box<dyn JournalRead>> {
+        self.check_read(path)?;
+        Ok(Box::new(FaultyRead {
+            file: OsIo.open_read(path, offset)?,
+            path: path.to_path_buf(),
+            io: self.clone(),
+        }))
+    }
+    fn file_len(&self, path: &Path) -> io::Result<u64> {
+        self.check_read(path)?;
+        OsIo.file_len(path)
+    }
+    fn list(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
+        self.check_read(dir)?;
+        OsIo.list(dir)
+    }
+}
+
+/// A file opened for reading through [`FaultyIo`].
+struct FaultyRead {
+    file: Box<dyn JournalRead>,
+    path: PathBuf,
+    io: FaultyIo,
+}
+
+impl JournalRead for FaultyRead {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.io.check_read(&self.path)?;
+        let n = match self.io.get().short_reads {
+            Some(max) if self.io.covers(&self.path) => buf.len().min(max.max(1)),
+            _ => buf.len(),
+        };
+        self.file.read(&mut buf[..n])
     }
 }
 

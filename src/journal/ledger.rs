@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::time::Window;
 
-use super::io::{JournalIo, OsIo};
+use super::io::{JournalIo, OsIo, read_if_exists};
 
 /// File name of the ledger inside the journal directory (the default place).
 pub const FILE: &str = "ledger.jsonl";
@@ -80,15 +80,25 @@ struct State {
     unwritten: Vec<Entry>,
     /// A failed append may have left a partial line: start the next one on a new line.
     torn: bool,
+    /// The directory was fsynced after the file was first written, so its name is durable.
+    named: bool,
 }
 
 /// Entries and replay marks read from the ledger file `path` (missing = empty).
+///
+/// Errors: the file exists but cannot be read.
 pub fn read(path: &Path) -> std::io::Result<(Vec<Entry>, HashSet<u64>)> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(e),
-    };
+    read_with(&OsIo, path)
+}
+
+/// Like [`read`], reading through `io`. Bytes that are not UTF-8 (a torn or damaged line)
+/// are read as U+FFFD, so only the lines they are in are lost.
+pub(crate) fn read_with(
+    io: &dyn JournalIo,
+    path: &Path,
+) -> std::io::Result<(Vec<Entry>, HashSet<u64>)> {
+    let bytes = read_if_exists(io, path)?.unwrap_or_default();
+    let text = String::from_utf8_lossy(&bytes);
     let mut entries = Vec::new();
     let mut ids = HashSet::new();
     let mut replayed = HashSet::new();
@@ -135,9 +145,11 @@ impl Ledger {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             io.create_dir_all(dir).map_err(named)?;
         }
-        let (entries, _) = read(path).map_err(named)?;
+        let (entries, _) = read_with(&*io, path).map_err(named)?;
         // A torn last line (no newline) is ended before the next entry is appended.
-        let torn = std::fs::read(path).is_ok_and(|b| b.last().is_some_and(|c| *c != b'\n'));
+        let torn = read_if_exists(&*io, path)
+            .map_err(named)?
+            .is_some_and(|b| b.last().is_some_and(|c| *c != b'\n'));
         Ok(Ledger {
             path: path.to_path_buf(),
             io,
@@ -227,12 +239,24 @@ impl Ledger {
                 buf.push('\n');
             }
             f.write_all(buf.as_bytes())?;
-            f.sync_data()
+            f.sync_data()?;
+            if !s.named {
+                // A new file's name is durable only once its directory is synced.
+                let dir = self.path.parent().unwrap_or(Path::new("."));
+                let dir = if dir.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    dir
+                };
+                self.io.sync_dir(dir)?;
+            }
+            Ok(())
         });
         match written {
             Ok(()) => {
                 s.unwritten.clear();
                 s.torn = false;
+                s.named = true;
                 Ok(())
             }
             Err(e) => {

@@ -138,4 +138,8 @@ mod fault_tests;
 #[cfg(test)]
 mod policy_tests;
 #[cfg(test)]
+mod power_tests;
+#[cfg(test)]
+pub(crate) mod sim;
+#[cfg(test)]
 mod tests;

@@ -2,10 +2,16 @@
 //!
 //! Readers never modify files, so they work while the daemon is appending: an incomplete
 //! record at the end of the newest segment is a write in progress, not corruption.
+//!
+//! A read error (EIO) ends the read with the error, naming the file: a reader never
+//! delivers a value from bytes it could not read, and never mistakes an unreadable segment
+//! for an empty one. Short reads are read on to the end.
 
 use std::path::Path;
 
+use super::io::{JournalIo, OsIo};
 use super::record::Record;
+use super::recovery::at;
 use super::segment::{self, Index, Item};
 
 /// What a read covered.
@@ -23,19 +29,38 @@ pub struct ReadStats {
     pub incomplete_tail_bytes: u64,
 }
 
-/// A segment's index: the index file if it matches the file's size, else a scan.
-fn index_of(dir: &Path, first: u64, path: &Path) -> std::io::Result<Option<Index>> {
-    let len = std::fs::metadata(path)?.len();
-    Ok(Index::read(dir, first).filter(|i| i.bytes == len))
+/// A segment's index: the index file if it matches the file's size, else `None` (scan).
+fn index_of(
+    io: &dyn JournalIo,
+    dir: &Path,
+    first: u64,
+    path: &Path,
+) -> std::io::Result<Option<Index>> {
+    let len = io.file_len(path).map_err(|e| at(path, e))?;
+    Ok(Index::read(io, dir, first).filter(|i| i.bytes == len))
 }
 
 /// Segments that may hold records received in `from_us..=to_us`, and the byte sizes to
 /// read (for progress bars).
 pub(crate) fn plan(dir: &Path, from_us: i64, to_us: i64) -> std::io::Result<Vec<(u64, u64)>> {
+    plan_with(&OsIo, dir, from_us, to_us)
+}
+
+fn plan_with(
+    io: &dyn JournalIo,
+    dir: &Path,
+    from_us: i64,
+    to_us: i64,
+) -> std::io::Result<Vec<(u64, u64)>> {
     let mut out = Vec::new();
-    for (first, path) in segment::list(dir)? {
-        let len = std::fs::metadata(&path)?.len();
-        match index_of(dir, first, &path)? {
+    for (first, path) in segment::list_with(io, dir).map_err(|e| at(dir, e))? {
+        let len = match io.file_len(&path) {
+            Ok(l) => l,
+            // Deleted by retention meanwhile.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(at(&path, e)),
+        };
+        match index_of(io, dir, first, &path)? {
             Some(i) if i.records == 0 || i.max_us < from_us || i.min_us > to_us => {}
             _ => out.push((first, len)),
         }
@@ -45,7 +70,22 @@ pub(crate) fn plan(dir: &Path, from_us: i64, to_us: i64) -> std::io::Result<Vec<
 
 /// Calls `f` with every record received in `from_us..=to_us`, in sequence order, and
 /// `progress` with the bytes of each segment as it is finished.
+///
+/// Errors: the directory or a segment cannot be listed or read (the error names it);
+/// records delivered before the error are exact.
 pub fn read_range(
+    dir: &Path,
+    from_us: i64,
+    to_us: i64,
+    f: impl FnMut(&Record<'_>),
+    progress: impl FnMut(u64),
+) -> std::io::Result<ReadStats> {
+    read_range_with(&OsIo, dir, from_us, to_us, f, progress)
+}
+
+/// Like [`read_range`], reading through `io`.
+pub fn read_range_with(
+    io: &dyn JournalIo,
     dir: &Path,
     from_us: i64,
     to_us: i64,
@@ -53,17 +93,24 @@ pub fn read_range(
     mut progress: impl FnMut(u64),
 ) -> std::io::Result<ReadStats> {
     let mut stats = ReadStats::default();
-    let segs = plan(dir, from_us, to_us)?;
-    let newest = segment::list(dir)?.last().map(|(s, _)| *s);
+    let segs = plan_with(io, dir, from_us, to_us)?;
+    let newest = segment::list_with(io, dir)
+        .map_err(|e| at(dir, e))?
+        .last()
+        .map(|(s, _)| *s);
     for (first, _) in segs {
         let path = segment::segment_path(dir, first);
-        let bytes = match std::fs::read(&path) {
+        let bytes = match io.read(&path) {
             Ok(b) => b,
             // Deleted by retention meanwhile.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(at(&path, e)),
+        };
+        let start = match index_of(io, dir, first, &path) {
+            Ok(i) => i.map_or(0, |i| i.start_for(from_us)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
         };
-        let start = index_of(dir, first, &path)?.map_or(0, |i| i.start_for(from_us));
         stats.segments += 1;
         for item in segment::scan(&bytes, start) {
             match item {
@@ -107,10 +154,13 @@ pub struct SegmentStat {
 }
 
 /// Summaries of every segment.
+///
+/// Errors: the directory or a segment cannot be listed or read (the error names it).
 pub fn stat(dir: &Path) -> std::io::Result<Vec<SegmentStat>> {
+    let io = &OsIo;
     let mut out = Vec::new();
-    for (first, path) in segment::list(dir)? {
-        if let Some(index) = index_of(dir, first, &path)? {
+    for (first, path) in segment::list_with(io, dir).map_err(|e| at(dir, e))? {
+        if let Some(index) = index_of(io, dir, first, &path)? {
             out.push(SegmentStat {
                 first_seq: first,
                 index,
@@ -120,7 +170,7 @@ pub fn stat(dir: &Path) -> std::io::Result<Vec<SegmentStat>> {
             });
             continue;
         }
-        let bytes = std::fs::read(&path)?;
+        let bytes = io.read(&path).map_err(|e| at(&path, e))?;
         let (index, skipped_bytes, torn) = Index::scan(first, &bytes);
         out.push(SegmentStat {
             first_seq: first,

@@ -37,23 +37,28 @@ pub(super) fn at(path: &Path, e: std::io::Error) -> std::io::Error {
 
 /// Seals the previous run's last segment (truncating a torn tail), rebuilds missing
 /// indexes, removes segment files that hold no record, and returns the next sequence
-/// number.
+/// number: above every record present and every segment's first, and at least `floor`
+/// (a sequence number handed out before that a power loss may have taken from the
+/// segments, e.g. cluster mode's published watermark).
 ///
 /// A segment without a single record (a quiet run, or a rotation that failed before its
 /// header was written) is removed: it holds nothing, and keeping it would make its own
 /// first sequence number the next one, whose file then exists. A file that holds bytes but
 /// no decodable record is renamed `<name>.corrupt`, out of the way but kept.
-pub(super) fn recover(dir: &Path, io: &dyn JournalIo) -> std::io::Result<OpenReport> {
-    let mut report = OpenReport::default();
-    let segs = segment::list(dir).map_err(|e| at(dir, e))?;
+pub(super) fn recover(dir: &Path, io: &dyn JournalIo, floor: u64) -> std::io::Result<OpenReport> {
+    let mut report = OpenReport {
+        next_seq: floor,
+        ..OpenReport::default()
+    };
+    let segs = segment::list_with(io, dir).map_err(|e| at(dir, e))?;
     for (i, (first, path)) in segs.iter().enumerate() {
         let last = i + 1 == segs.len();
-        let len = std::fs::metadata(path).map_err(|e| at(path, e))?.len();
-        let trusted = Index::read(dir, *first).filter(|x| x.bytes == len);
+        let len = io.file_len(path).map_err(|e| at(path, e))?;
+        let trusted = Index::read(io, dir, *first).filter(|x| x.bytes == len);
         let idx = match (last, trusted) {
             (false, Some(idx)) => idx,
             _ => {
-                let bytes = std::fs::read(path).map_err(|e| at(path, e))?;
+                let bytes = io.read(path).map_err(|e| at(path, e))?;
                 let (mut idx, skipped, torn) = Index::scan(*first, &bytes);
                 if idx.records == 0 {
                     let _ = io.remove_file(&segment::index_path(dir, *first));

@@ -19,20 +19,16 @@ pub(super) fn apply(
     active_first_seq: u64,
     stats: &JournalStats,
 ) {
-    let Ok(segs) = segment::list(&cfg.dir) else {
+    let Ok(segs) = segment::list_with(io, &cfg.dir) else {
         return;
     };
-    let mut total: u64 = segs
-        .iter()
-        .filter_map(|(_, p)| std::fs::metadata(p).ok())
-        .map(|m| m.len())
-        .sum();
+    let mut total: u64 = segs.iter().filter_map(|(_, p)| io.file_len(p).ok()).sum();
     let oldest_kept = now_us() - cfg.max_age.as_micros() as i64;
     for (first, path) in segs {
         if first == active_first_seq {
             break; // the active segment is never deleted
         }
-        let idx = Index::read(&cfg.dir, first);
+        let idx = Index::read(io, &cfg.dir, first);
         let old = idx.as_ref().is_some_and(|i| i.max_us < oldest_kept);
         let low_disk = cfg.min_free_disk > 0
             && io
@@ -41,7 +37,7 @@ pub(super) fn apply(
         if !(total > cfg.max_bytes || old || low_disk) {
             break;
         }
-        let len = std::fs::metadata(&path).map_or(0, |m| m.len());
+        let len = io.file_len(&path).unwrap_or(0);
         if io.remove_file(&path).is_ok() {
             let _ = io.remove_file(&segment::index_path(&cfg.dir, first));
             total = total.saturating_sub(len);

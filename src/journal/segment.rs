@@ -24,9 +24,13 @@ pub(crate) fn index_path(dir: &Path, first_seq: u64) -> PathBuf {
 
 /// Segment files in `dir`, sorted by first sequence number.
 pub fn list(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
+    list_with(&super::io::OsIo, dir)
+}
+
+/// Like [`list`], listing through `io`.
+pub fn list_with(io: &dyn JournalIo, dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
     let mut out = Vec::new();
-    for e in std::fs::read_dir(dir)? {
-        let p = e?.path();
+    for p in io.list(dir)? {
         if p.extension().is_some_and(|x| x == "seg")
             && let Some(seq) = p
                 .file_stem()
@@ -234,9 +238,10 @@ impl Index {
         io.rename(&tmp, &index_path(dir, self.first_seq))
     }
 
-    /// Reads an index file; `None` if it is missing or does not verify.
-    pub fn read(dir: &Path, first_seq: u64) -> Option<Index> {
-        let text = std::fs::read_to_string(index_path(dir, first_seq)).ok()?;
+    /// Reads an index file through `io`; `None` if it is missing, cannot be read or does
+    /// not verify (it is derived: the caller scans the segment instead).
+    pub fn read(io: &dyn JournalIo, dir: &Path, first_seq: u64) -> Option<Index> {
+        let text = String::from_utf8(io.read(&index_path(dir, first_seq)).ok()?).ok()?;
         let (body, last) = text.trim_end().rsplit_once('\n')?;
         let body = format!("{body}\n");
         let crc = u32::from_str_radix(last.strip_prefix("crc32c ")?, 16).ok()?;
@@ -276,6 +281,7 @@ impl Index {
 mod tests {
     use super::*;
     use crate::datapoint::Kind;
+    use crate::journal::io::OsIo;
     use crate::journal::record::{Meta, encode};
 
     fn segment(n: u64) -> Vec<u8> {
@@ -345,13 +351,13 @@ mod tests {
         assert_eq!((skipped, torn), (0, None));
         let guard = tempfile::tempdir().unwrap();
         let dir = guard.path().to_path_buf();
-        idx.write(&dir, &crate::journal::io::OsIo).unwrap();
-        assert_eq!(Index::read(&dir, 0), Some(idx.clone()));
+        idx.write(&dir, &OsIo).unwrap();
+        assert_eq!(Index::read(&OsIo, &dir, 0), Some(idx.clone()));
         // A damaged index is not trusted.
         let p = index_path(&dir, 0);
         let text = std::fs::read_to_string(&p).unwrap().replace("1049", "1048");
         std::fs::write(&p, text).unwrap();
-        assert_eq!(Index::read(&dir, 0), None);
+        assert_eq!(Index::read(&OsIo, &dir, 0), None);
     }
 
     #[test]

@@ -6,11 +6,15 @@
 //! is a write in progress and is read once it is. Corrupt bytes are skipped to the next
 //! record that decodes (counted); a segment deleted by retention before it was read is
 //! counted as records missed.
+//!
+//! A read error (EIO) is returned and nothing is delivered from the bytes of the failed
+//! read; the tail keeps its place, so a later [`Tail::read`] goes on from the same record
+//! (nothing skipped, nothing delivered twice). Short reads are read on.
 
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use super::io::{JournalIo, JournalRead, OsIo};
 use super::record::{self, DecodeError, Record};
 use super::segment::{self, MAGIC};
 
@@ -29,8 +33,9 @@ pub struct TailStats {
 /// A reader of the journal from a sequence number on.
 pub struct Tail {
     dir: PathBuf,
+    io: Arc<dyn JournalIo>,
     /// The segment being read: its first seq, its file and the bytes read from it.
-    current: Option<(u64, File, u64)>,
+    current: Option<(u64, Box<dyn JournalRead>, u64)>,
     /// Bytes read and not yet decoded.
     buf: Vec<u8>,
     /// What one read lands in (allocated and zeroed once).
@@ -46,8 +51,14 @@ pub struct Tail {
 impl Tail {
     /// A reader of `dir` starting at record `seq`.
     pub fn new(dir: &Path, seq: u64) -> Tail {
+        Tail::with_io(dir, seq, Arc::new(OsIo))
+    }
+
+    /// Like [`Tail::new`], reading through `io`.
+    pub fn with_io(dir: &Path, seq: u64, io: Arc<dyn JournalIo>) -> Tail {
         Tail {
             dir: dir.to_path_buf(),
+            io,
             current: None,
             buf: Vec::new(),
             scratch: Vec::new(),
@@ -70,7 +81,7 @@ impl Tail {
     /// Opens the segment that holds `next_seq` (or the first one after it); false if
     /// there is none.
     fn open(&mut self) -> std::io::Result<bool> {
-        let list = segment::list(&self.dir)?;
+        let list = segment::list_with(&*self.io, &self.dir)?;
         let pick = list
             .iter()
             .rev()
@@ -79,12 +90,11 @@ impl Tail {
         let Some((first, path)) = pick else {
             return Ok(false);
         };
-        let mut f = match File::open(path) {
+        let f = match self.io.open_read(path, MAGIC.len() as u64) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(e),
         };
-        f.seek(SeekFrom::Start(MAGIC.len() as u64))?;
         self.buf.clear();
         self.current = Some((*first, f, MAGIC.len() as u64));
         Ok(true)
@@ -92,7 +102,9 @@ impl Tail {
 
     /// Whether a segment newer than `first` exists.
     fn newer_exists(&self, first: u64) -> std::io::Result<bool> {
-        Ok(segment::list(&self.dir)?.iter().any(|(s, _)| *s > first))
+        Ok(segment::list_with(&*self.io, &self.dir)?
+            .iter()
+            .any(|(s, _)| *s > first))
     }
 
     /// Reads more of the current segment; returns the bytes read.
@@ -197,7 +209,7 @@ impl Tail {
             self.current = None;
             self.buf.clear();
             // The next segment starts at a higher seq; open() picks it.
-            let list = segment::list(&self.dir)?;
+            let list = segment::list_with(&*self.io, &self.dir)?;
             if let Some((next, _)) = list.iter().find(|(s, _)| *s > first)
                 && *next > self.next_seq
             {
@@ -213,6 +225,7 @@ mod tests {
     use super::*;
     use crate::datapoint::Kind;
     use crate::journal::record::Meta;
+    use std::fs::File;
     use std::io::Write;
 
     fn write_segment(dir: &Path, first: u64, seqs: std::ops::Range<u64>) -> File {

@@ -11,8 +11,10 @@
 //! size, age, free disk) to sealed segments only.
 //!
 //! Failures (all file IO goes through [`JournalIo`], so tests inject them):
-//! - A failed batch write is truncated back off the segment, so a retry never writes a
-//!   record twice; if even the truncation fails, the segment is sealed and a new one started.
+//! - A failed batch write is truncated back off the segment and the truncation fsynced, so
+//!   a retry never writes a record twice, not even after a power loss; if even the
+//!   truncation fails, the segment is sealed and a new one started, and the failed batch's
+//!   sequence numbers are not used again.
 //! - A failed rotation (the new segment cannot be created or its header written) removes
 //!   the half-made file and keeps appending to the current segment; the next batch retries.
 //! - `on_full = "ingest"`: the batch's tickets resolve `false` at once (the caller ledgers
@@ -153,7 +155,10 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    /// Creates segment `first_seq` and writes its magic; a half-made file is removed.
+    /// Creates segment `first_seq`, writes its magic and fsyncs the directory, so the
+    /// segment's name is durable before any record in it is acknowledged (and sequence
+    /// numbers never go back below `first_seq`, whatever a power loss takes); a half-made
+    /// file is removed.
     fn open_segment(
         io: &dyn JournalIo,
         dir: &Path,
@@ -161,10 +166,14 @@ impl Writer {
     ) -> std::io::Result<(Box<dyn JournalFile>, Index)> {
         let path = segment::segment_path(dir, first_seq);
         let mut f = io.create_new(&path).map_err(|e| at(&path, e))?;
-        if let Err(e) = f.write_all(MAGIC) {
+        if let Err(e) = f
+            .write_all(MAGIC)
+            .map_err(|e| at(&path, e))
+            .and_then(|()| io.sync_dir(dir).map_err(|e| at(dir, e)))
+        {
             drop(f);
             let _ = io.remove_file(&path);
-            return Err(at(&path, e));
+            return Err(e);
         }
         Ok((f, Index::new(first_seq)))
     }
@@ -286,11 +295,18 @@ impl Writer {
             self.next_seq += 1;
         }
         if let Err(e) = self.file.write_all(&self.buf) {
-            if self.file.set_len(start_index.bytes).is_err() {
+            // Cut the failed batch back off, durably: a record of it that reached the disk
+            // must not come back after a power loss beside the retry that reuses its
+            // sequence number.
+            let cut = self.file.set_len(start_index.bytes);
+            if cut.and_then(|()| self.file.sync_data()).is_ok() {
+                self.next_seq = start_seq;
+            } else {
+                // Sealed as it is. Whatever of the batch reached it keeps its sequence
+                // numbers, which are never used again.
                 self.poisoned = true;
             }
             self.index = start_index;
-            self.next_seq = start_seq;
             return Err(e);
         }
         self.stats
@@ -327,7 +343,7 @@ impl Writer {
 
     /// Writes `records`, retrying under backpressure until it works or `control` says to
     /// give up; returns whether they were written (and, with `fsync = "always"`, synced).
-    fn write_or_give_up(&mut self, records: &[NewRecord], control: &Control) -> bool {
+    pub(super) fn write_or_give_up(&mut self, records: &[NewRecord], control: &Control) -> bool {
         let mut logged = false;
         loop {
             match self.write_batch(records) {
@@ -407,6 +423,12 @@ impl Writer {
                 self.retention();
             }
         }
+        self.finish();
+    }
+
+    /// The end of a run: fsyncs the active segment (unless `fsync = "never"`) and writes
+    /// its index.
+    pub(super) fn finish(&mut self) {
         if self.cfg.fsync != super::Fsync::Never
             && let Err(e) = self.fsync()
         {
@@ -430,8 +452,8 @@ impl Writer {
         cfg: JournalConfig,
         io: Arc<dyn JournalIo>,
     ) -> std::io::Result<Writer> {
-        std::fs::create_dir_all(&cfg.dir)?;
-        let report = super::recovery::recover(&cfg.dir, &*io)?;
+        io.create_dir_all(&cfg.dir)?;
+        let report = super::recovery::recover(&cfg.dir, &*io, 0)?;
         let mut w = Writer::new(cfg, io, report.next_seq, Arc::default())?;
         w.last_space_check = Instant::now();
         w.last_retention = Instant::now();
@@ -454,7 +476,7 @@ impl Writer {
     /// read back from the file.
     pub(super) fn segment_layout(&self) -> (u64, std::collections::HashMap<u64, (u64, u64)>) {
         let path = segment::segment_path(&self.cfg.dir, self.index.first_seq);
-        let bytes = std::fs::read(path).unwrap_or_default();
+        let bytes = self.io.read(&path).unwrap_or_default();
         let mut m = std::collections::HashMap::new();
         for item in segment::scan(&bytes, 0) {
             if let segment::Item::Record {

@@ -129,6 +129,7 @@ pub(super) fn start(
         &digest,
         Source {
             dir: journal.dir(),
+            io: journal.io(),
             stats: journal.stats_arc(),
             opened_at_seq: opened_at,
             tenants: config.tenants.is_some(),

@@ -251,7 +251,13 @@ fn open_journal(
     let Some(j) = &config.journal else {
         return Ok(None);
     };
-    let (journal, report) = Journal::open_with(j.clone(), Arc::clone(&io))?;
+    // In cluster mode sequence numbers up to the published watermark were handed out
+    // beyond the journal: never number records below it again.
+    let floor = match config.cluster {
+        Some(_) => crate::cluster::publish::saved_watermark(&*io, &j.dir),
+        None => 0,
+    };
+    let (journal, report) = Journal::open_at_least(j.clone(), Arc::clone(&io), floor)?;
     tracing::info!(dir = %j.dir.display(), next_seq = report.next_seq,
         truncated_bytes = report.truncated_bytes, skipped_bytes = report.skipped_bytes,
         empty_segments_removed = report.empty_removed,
