@@ -89,7 +89,7 @@ fn carbon_metric_interval_zero_sends_no_self_metric_even_at_shutdown() {
         got.get(&("total".into(), base)) == Some(&5.0)
     });
     stop(child);
-    std::thread::sleep(Duration::from_millis(300));
+    capture.wait_all_closed();
     let got = capture.snapshot();
     let names: Vec<&String> = got.keys().map(|(p, _)| p).collect();
     assert!(
@@ -220,7 +220,14 @@ fn white_and_blacklists_drop_count_and_reload() {
     // SIGHUP re-reads the lists: now in.a is blacklisted and in.secret passes.
     std::fs::write(dir.join("blacklist.conf"), "^in\\.a$\n").unwrap();
     signal(child.id(), "-HUP");
-    std::thread::sleep(Duration::from_millis(500));
+    // The reload has taken effect once in.secret passes: probe an older interval.
+    let probe = base - 120;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while capture.value("total", probe).is_none() {
+        assert!(Instant::now() < deadline, "the lists were not reloaded");
+        send(tcp, &format!("in.secret 1 {probe}\n"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let earlier = base - 60;
     send(tcp, &format!("in.a 2 {earlier}\nin.secret 3 {earlier}\n"));
     capture.wait_for("the reloaded lists", |got| {
@@ -380,7 +387,10 @@ fn a_dead_destinations_share_waits_and_is_never_rerouted() {
     capture.wait_for("the live destination's share", |got| {
         live.iter().all(|s| got.contains_key(&((*s).clone(), base)))
     });
-    std::thread::sleep(Duration::from_millis(500));
+    // Once aggd has exited and the capture has read its connections to the end, what
+    // is not there was never sent.
+    stop(child);
+    capture.wait_all_closed();
     let got = capture.snapshot();
     for (i, s) in series.iter().enumerate() {
         if expected[i] != dests[0] {
@@ -390,5 +400,4 @@ fn a_dead_destinations_share_waits_and_is_never_rerouted() {
             );
         }
     }
-    stop(child);
 }

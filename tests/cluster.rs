@@ -511,18 +511,37 @@ fn a_node_with_other_shards_or_rules_is_refused() {
 fn a_node_killed_and_restarted_with_its_disk_republishes_exactly_once() {
     let nats = Nats::one();
     let capture = Capture::start("pickle");
-    let mut a = Node::start("a", &nats, &capture, 8, RULES);
+    let admin = "[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"cluster-test-token\"\n";
+    let mut a = Node::start_with("a", &nats, &capture, 8, RULES, admin);
     let b = Node::start("b", &nats, &capture, 8, RULES);
     wait_spread(&b, &["a", "b"]);
     let expected = Expected::default();
     stream(&[&a, &b], 30, &expected, |_| {});
-    // SIGKILL right after a send to a: what it journaled and had not yet published (or
-    // published without the acknowledgement reaching it) is published again at restart,
-    // and owners apply each record once.
+    // NATS stops answering, a journals a round it cannot have acknowledged (its
+    // watermark stays below it; the publishes may still reach the stream), and is killed.
+    let journaled = |n: &Node| aggd_testkit::metric(n.admin.unwrap(), "aggd_journal_records_total");
+    let before = journaled(&a);
+    let nats_pid = nats.servers[0].pid().unwrap();
+    aggd_testkit::edge::signal(nats_pid, "-STOP");
     send_round(a.tcp, 99, false, &expected);
-    std::thread::sleep(Duration::from_millis(300));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while journaled(&a) <= before {
+        assert!(Instant::now() < deadline, "the round was not journaled");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     a.sigkill();
+    aggd_testkit::edge::signal(nats_pid, "-CONT");
+    // Restarted with its disk and no new input, a publishes the round again; owners
+    // apply each record once.
     a.restart();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // Each datapoint feeds a count and a sum series: two published items.
+    while aggd_testkit::metric(a.admin.unwrap(), "aggd_cluster_datapoints_published_total")
+        < (2 * GROUPS * HOSTS) as f64
+    {
+        assert!(Instant::now() < deadline, "a did not republish the round");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     stream(&[&a, &b], 20, &expected, |_| {});
     wait_exact(&capture, &expected, Duration::from_secs(60));
     assert_no_regression(&capture);
@@ -572,12 +591,17 @@ fn a_reload_on_one_node_reloads_every_node() {
     // and b under its own digest: their headers carry the reloaded digest.
     let admin = "[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"cluster-test-token\"\n";
     let c = Node::start_with("c", &nats, &capture, 8, &more, admin);
-    wait_spread(&c, &["a", "b", "c"]);
+    let spread = wait_spread(&c, &["a", "b", "c"]);
     let expected = Expected::default();
     stream(&[&a, &b], 10, &expected, |_| {});
     wait_exact(&capture, &expected, Duration::from_secs(30));
     let metrics = c.admin.unwrap();
-    assert!(aggd_testkit::metric(metrics, "aggd_cluster_shards_owned") > 0.0);
+    let owned = shards_of(&spread, "c").len();
+    assert!(owned > 0, "{spread}");
+    assert_eq!(
+        aggd_testkit::metric(metrics, "aggd_cluster_shards_owned"),
+        owned as f64
+    );
     assert_eq!(
         aggd_testkit::metric(metrics, "aggd_cluster_rules_mismatch_total"),
         0.0
@@ -646,4 +670,81 @@ fn hostile_messages_on_the_stream_are_counted_and_skipped() {
     let malformed =
         aggd_testkit::metric(node.admin.unwrap(), "aggd_cluster_malformed_messages_total");
     assert_eq!(malformed, (8 * junk.len()) as f64);
+}
+
+#[test]
+fn a_blocked_tenant_stays_refused_when_a_restarted_node_republishes() {
+    let nats = Nats::one();
+    let capture = Capture::start("pickle");
+    let carbon = aggd_testkit::carbon::CarbonCache::start();
+    let shared = tempdir("cluster-tenants");
+    let registry = shared.join("tenants.toml");
+    std::fs::write(
+        &registry,
+        "[tenant.evil]\nstate = \"blocked\"\n[tenant.good]\nstate = \"active\"\n",
+    )
+    .unwrap();
+    // Every aggregate goes to the capture (which keeps every write) and to carbon-cache.
+    let extra = |admin: bool| {
+        format!(
+            "[[destination]]\naddress = \"127.0.0.1:{}\"\nprotocol = \"pickle\"\n\
+             [routing]\nmethod = \"all\"\n\
+             [tenants]\nregistry = \"{}\"\nunknown = \"reject\"\n{}",
+            carbon.port,
+            registry.display(),
+            if admin {
+                "[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"cluster-test-token\"\n"
+            } else {
+                ""
+            }
+        )
+    };
+    let rules = "all.<t>.sum (5) = sum <t>.*\n";
+    let mut a = Node::start_with("a", &nats, &capture, 8, rules, &extra(true));
+    let mut b = Node::start_with("b", &nats, &capture, 8, rules, &extra(false));
+    wait_spread(&b, &["a", "b"]);
+    let metric = |n: &Node, m: &str| aggd_testkit::metric(n.admin.unwrap(), m);
+
+    // NATS stops answering: a journals its frames (evil's refused by the verdict) and
+    // cannot publish them.
+    let nats_pid = nats.servers[0].pid().unwrap();
+    aggd_testkit::edge::signal(nats_pid, "-STOP");
+    let ts = aggd_testkit::now() as i64 - 6;
+    let b0 = ts - ts.rem_euclid(FREQ);
+    send_lines(a.tcp, &format!("evil.a 100 {ts}\ngood.a 1 {ts}\n"));
+    send_lines(b.tcp, &format!("evil.b 100 {ts}\ngood.b 2 {ts}\n"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metric(&a, "aggd_dropped_total{reason=\"tenant_blocked\"}") < 1.0
+        || metric(&a, "aggd_journal_records_total") < 1.0
+    {
+        assert!(Instant::now() < deadline, "a did not journal the frame");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // a dies before publishing; the tenant is unblocked before it starts again.
+    a.sigkill();
+    std::fs::write(
+        &registry,
+        "[tenant.evil]\nstate = \"active\"\n[tenant.good]\nstate = \"active\"\n",
+    )
+    .unwrap();
+    aggd_testkit::edge::signal(nats_pid, "-CONT");
+    a.restart();
+
+    // a republishes its journal: what the connection refused stays refused.
+    capture.wait_for("good's aggregate", |got| {
+        got.get(&("all.good.sum".into(), b0)) == Some(&3.0)
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while carbon.fetch(&["all.good.sum"], b0) != [Some(3.0)] {
+        assert!(Instant::now() < deadline, "carbon-cache never stored 3");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    a.stop();
+    b.stop();
+    capture.wait_all_closed();
+    let got = capture.snapshot();
+    let evil: Vec<_> = got.keys().filter(|(p, _)| p.contains("evil")).collect();
+    assert!(evil.is_empty(), "a refused tenant's aggregate: {evil:?}");
+    assert_eq!(got.get(&("all.good.sum".into(), b0)), Some(&3.0));
+    assert_eq!(carbon.fetch(&["all.evil.sum"], b0), [None]);
 }

@@ -195,12 +195,20 @@ async fn replay_lost_repairs_a_destination_outage_in_carbon_cache() {
         })
         .collect();
     let fetch = |cc: &CarbonCache| cc.fetch(&path_refs, base);
-    // Before replay, the outage shows: some aggregates are missing downstream.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let before = fetch(&cc);
-    assert!(
-        before.iter().filter(|v| v.is_none()).count() as u64 >= dropped.min(2 * hosts as u64) - 1
-    );
+    // Before replay, the outage shows: once carbon-cache has written what aggd still had
+    // queued, exactly the aggregates the outage dropped are missing downstream.
+    let lost = dropped.min(2 * hosts as u64);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let before = loop {
+        let got = fetch(&cc);
+        let present = got.iter().filter(|v| v.is_some()).count() as u64;
+        if present >= 2 * hosts as u64 - lost || Instant::now() > deadline {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let missing = before.iter().filter(|v| v.is_none()).count() as u64;
+    assert_eq!(missing, lost, "{before:?}");
 
     let out = replay(&cfg, &["--lost"]);
     assert!(

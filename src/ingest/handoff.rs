@@ -46,6 +46,17 @@ pub(super) struct Handoff {
     tickets: Vec<(Ticket, f64)>,
     /// What a full queue does.
     pub mode: Mode,
+    /// The previous read's work, set aside by [`Handoff::stage`]: the journal writes its
+    /// frames while the connection reads and decodes the next one.
+    staged: Option<Staged>,
+}
+
+/// A read's work items, forwards and journal tickets, waiting to be handed on.
+struct Staged {
+    pending: Vec<Vec<WorkItem>>,
+    forwards: Vec<crate::datapoint::OutPoint>,
+    tickets: Vec<(Ticket, f64)>,
+    items: usize,
 }
 
 impl Handoff {
@@ -55,7 +66,56 @@ impl Handoff {
             batches: Batches::new(workers),
             tickets: Vec::new(),
             mode,
+            staged: None,
         }
+    }
+
+    /// Work items set aside by [`Handoff::stage`] and not yet handed on.
+    pub fn staged_items(&self) -> usize {
+        self.staged.as_ref().map_or(0, |s| s.items)
+    }
+
+    /// Pipelined hand-off (TCP): hands on what the previous call set aside (once the
+    /// journal has its frames), then sets this read's work aside until the next call or
+    /// [`Handoff::flush`]. Returns the forwards handed on. Order is kept: a read's work
+    /// items reach the workers after the previous read's.
+    pub async fn stage(
+        &mut self,
+        p: &Pipeline,
+        tally: &mut DropTally,
+        peer: SocketAddr,
+        now: f64,
+    ) -> Vec<crate::datapoint::OutPoint> {
+        let forwards = self.hand_on_staged(p, tally, peer, now).await;
+        let pending = self
+            .batches
+            .pending
+            .iter_mut()
+            .map(std::mem::take)
+            .collect::<Vec<_>>();
+        self.staged = Some(Staged {
+            items: pending.iter().map(Vec::len).sum(),
+            pending,
+            forwards: std::mem::take(&mut self.batches.forwards),
+            tickets: std::mem::take(&mut self.tickets),
+        });
+        forwards
+    }
+
+    /// Hands on what [`Handoff::stage`] set aside; returns its forwards.
+    async fn hand_on_staged(
+        &mut self,
+        p: &Pipeline,
+        tally: &mut DropTally,
+        peer: SocketAddr,
+        now: f64,
+    ) -> Vec<crate::datapoint::OutPoint> {
+        let Some(s) = self.staged.take() else {
+            return Vec::new();
+        };
+        self.hand_on(p, s.pending, s.tickets, tally, peer, now)
+            .await;
+        s.forwards
     }
 
     /// Submits `record` to the journal when it is on; [`Handoff::flush`] waits for it.
@@ -66,12 +126,41 @@ impl Handoff {
         self.tickets.push((ticket, at));
     }
 
-    /// Hands every pending batch to its worker once the journal has the frames (what it
-    /// could not write is counted `unjournaled` in `tally`), in pieces of at most
-    /// [`MAX_BATCH_ITEMS`], in order. A full queue is handled by the [`Mode`]; `peer` and
-    /// `now` describe a `queue_full` drop.
-    pub async fn flush(&mut self, p: &Pipeline, tally: &mut DropTally, peer: SocketAddr, now: f64) {
-        for (ticket, at) in std::mem::take(&mut self.tickets) {
+    /// Hands every pending batch (what [`Handoff::stage`] set aside first) to its worker
+    /// once the journal has the frames (what it could not write is counted
+    /// `unjournaled` in `tally`), in pieces of at most [`MAX_BATCH_ITEMS`], in order. A
+    /// full queue is handled by the [`Mode`]; `peer` and `now` describe a `queue_full`
+    /// drop. Returns the forwards that were staged (the current ones stay in `batches`).
+    pub async fn flush(
+        &mut self,
+        p: &Pipeline,
+        tally: &mut DropTally,
+        peer: SocketAddr,
+        now: f64,
+    ) -> Vec<crate::datapoint::OutPoint> {
+        let forwards = self.hand_on_staged(p, tally, peer, now).await;
+        let pending = self
+            .batches
+            .pending
+            .iter_mut()
+            .map(std::mem::take)
+            .collect();
+        let tickets = std::mem::take(&mut self.tickets);
+        self.hand_on(p, pending, tickets, tally, peer, now).await;
+        forwards
+    }
+
+    /// Hands `pending` (per worker) on once `tickets` resolved.
+    async fn hand_on(
+        &self,
+        p: &Pipeline,
+        pending: Vec<Vec<WorkItem>>,
+        tickets: Vec<(Ticket, f64)>,
+        tally: &mut DropTally,
+        peer: SocketAddr,
+        now: f64,
+    ) {
+        for (ticket, at) in tickets {
             if !ticket.wait().await {
                 tally.add(DropReason::Unjournaled, 1, at);
             }
@@ -79,16 +168,13 @@ impl Handoff {
         if let Some(c) = &p.cluster {
             // The publisher reads these datapoints back from the journal; the shard
             // owners aggregate them. Backpressure while the publish lag is too high.
-            for b in &mut self.batches.pending {
-                b.clear();
-            }
             while self.mode == Mode::Wait && c.over_limit() && !c.closing() {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
             return;
         }
-        for i in 0..self.batches.pending.len() {
-            for piece in pieces(std::mem::take(&mut self.batches.pending[i])) {
+        for (i, batch) in pending.into_iter().enumerate() {
+            for piece in pieces(batch) {
                 let msg = match self.mode {
                     Mode::Rebuild { delivered } => WorkerMsg::Rebuild {
                         items: piece,

@@ -394,10 +394,37 @@ impl Ingest {
     /// process counters (not for the rebuild, whose input was counted when received).
     pub async fn flush(&mut self) {
         let r = &mut self.routing;
-        self.handoff
+        let mut forwards = self
+            .handoff
             .flush(&self.p, &mut r.tally, self.peer, r.now)
             .await;
-        let forwards = std::mem::take(&mut self.handoff.batches.forwards);
+        forwards.append(&mut self.handoff.batches.forwards);
+        self.publish(forwards);
+    }
+
+    /// Pipelined [`Ingest::flush`] for a TCP connection's reads: hands on the previous
+    /// read's work (once the journal has its frames) and sets this read's aside, so the
+    /// journal writes it while the connection reads and decodes the next. A connection
+    /// calls [`Ingest::flush`] before it waits for its socket, so nothing set aside
+    /// waits for more input.
+    pub async fn stage(&mut self) {
+        let r = &mut self.routing;
+        let forwards = self
+            .handoff
+            .stage(&self.p, &mut r.tally, self.peer, r.now)
+            .await;
+        self.publish(forwards);
+    }
+
+    /// Work items set aside by [`Ingest::stage`] and not yet handed on.
+    pub fn staged_items(&self) -> usize {
+        self.handoff.staged_items()
+    }
+
+    /// Forwards `forwards` and adds this connection's counts to the process counters
+    /// (not for the rebuild, whose input was counted when received).
+    fn publish(&mut self, forwards: Vec<crate::datapoint::OutPoint>) {
+        let r = &mut self.routing;
         let received = std::mem::take(&mut r.received);
         if let Mode::Rebuild { .. } = self.handoff.mode {
             r.tally = DropTally::default();

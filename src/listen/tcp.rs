@@ -143,13 +143,16 @@ impl ReadBuf {
 
 /// Reads into `rb`, waiting for the socket to be readable; on shutdown only what the
 /// kernel already holds. Before each read the connection holds, from the memory budget,
-/// what the read may cost: the buffer it fills and the work items of decoding it
-/// (`items_per_byte` for each byte); while it waits for the socket it holds only its
-/// buffer. `Ok(0)` = end (or evicted: then `evicted` is set).
+/// what the read may cost: the buffer it fills, the work items of decoding it
+/// (`items_per_byte` for each byte) and those of the previous read, set aside for the
+/// journal ([`Ingest::stage`]). Before it waits for the socket it hands everything on
+/// ([`Ingest::flush`]), and while it waits it holds only its buffer. `Ok(0)` = end (or
+/// evicted: then `evicted` is set).
 async fn read_more(
     sock: &mut TcpStream,
     rb: &mut ReadBuf,
     conn: &Conn<'_>,
+    ingest: &mut Ingest,
     draining: &mut bool,
 ) -> std::io::Result<usize> {
     let Conn {
@@ -164,7 +167,9 @@ async fn read_more(
     // its runtime thread (tokio's cooperative budget, as an awaited read would).
     tokio::task::consume_budget().await;
     loop {
-        let need = rb.buf.capacity().max(rb.buf.len() + rb.want) + rb.want * items_per_byte;
+        let staged = ingest.staged_items() * crate::ingest::slots::WORK_ITEM_BYTES;
+        let need =
+            rb.buf.capacity().max(rb.buf.len() + rb.want) + rb.want * items_per_byte + staged;
         if !slot.hold(need, slot.evicted()).await {
             return Ok(0);
         }
@@ -179,6 +184,8 @@ async fn read_more(
                 if *draining {
                     return Ok(0);
                 }
+                // Nothing set aside waits for more input.
+                ingest.flush().await;
                 // Waiting, the connection holds only its buffer.
                 slot.hold(rb.buf.capacity(), shutdown).await;
                 // A connection quiet for IDLE_AFTER gives its buffer back; a busy one,
@@ -285,7 +292,8 @@ async fn pickle_conn(sock: TcpStream, ingest: Ingest, shutdown: CancellationToke
     serve(sock, ingest, shutdown, Frames(framer), slot).await;
 }
 
-/// Journals each frame, then decodes it (the journal writes while the frame decodes).
+/// Decodes and routes each frame, then submits it to the journal with its verdict
+/// ([`Ingest::receive`]).
 async fn process(frames: &mut Vec<Bytes>, ingest: &mut Ingest) {
     let now = crate::time::now();
     for f in frames.drain(..) {
@@ -293,8 +301,9 @@ async fn process(frames: &mut Vec<Bytes>, ingest: &mut Ingest) {
     }
 }
 
-/// The connection loop: read, frame, journal, decode, hand batches on (waiting while a
-/// worker queue is full), until end of stream, a read error or shutdown.
+/// The connection loop: read, frame, decode, journal, and hand batches on (waiting while
+/// a worker queue is full) one read later, so the journal writes a read's frames while
+/// the next read is decoded; until end of stream, a read error or shutdown.
 async fn serve(
     mut sock: TcpStream,
     mut ingest: Ingest,
@@ -318,7 +327,7 @@ async fn serve(
         items_per_byte: ingest.items_per_byte(),
     };
     loop {
-        match read_more(&mut sock, &mut rb, &conn, &mut draining).await {
+        match read_more(&mut sock, &mut rb, &conn, &mut ingest, &mut draining).await {
             Ok(0) => {
                 eof = !draining && !slot.evicted().is_cancelled();
                 break;
@@ -334,10 +343,12 @@ async fn serve(
             slot.progress();
         }
         process(&mut frames, &mut ingest).await;
-        ingest.flush().await;
+        // The journal writes this read's frames while the next one is read and decoded.
+        ingest.stage().await;
     }
     if slot.evicted().is_cancelled() {
-        // Evicted: what it had not completed is dropped with the connection.
+        // Evicted: what it had completed is handed on; the rest is dropped with it.
+        ingest.flush().await;
         return;
     }
     frames.extend(d.finish(&mut rb.buf, &mut ingest, eof));

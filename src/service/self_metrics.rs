@@ -15,7 +15,9 @@
 //! rate of two readings and so not in the catalog) and `memUsage` (RSS bytes). Per
 //! destination (`<dest>` = `host:port:instance`, `.` → `_`, e.g. `127_0_0_1:2004:None`):
 //! `destinations.<dest>.attemptedRelays`, `.sent`, `.batchesSent`,
-//! `.relayMaxQueueLength` (largest queue length in the interval), `.fullQueueDrops`,
+//! `.relayMaxQueueLength` (largest queue length in the interval; sent, like carbon's,
+//! in every interval in which the destination was offered a datapoint, 0 included),
+//! `.fullQueueDrops`,
 //! `.queuedUntilConnected`. aggd's own, under the same prefix: `drops.<reason>`,
 //! `events.<event>` and `journal.*`. The catalog ([`super::metrics::CATALOG`]) says which
 //! metric feeds which stat ([`super::metrics::Carbon`]).
@@ -66,6 +68,18 @@ impl Report {
     pub fn stats(&mut self, metrics: &Metrics) -> Vec<(String, u64)> {
         let o = metrics.observed();
         let dest_names: Vec<&str> = o.dests.carbon_counters().map(|(n, _)| n).collect();
+        // Destinations offered datapoints since the last report: like carbon (whose
+        // `sendDatapoint` sets `relayMaxQueueLength` with `instrumentation.max` on every
+        // relay), they report their queue peak even when it is 0.
+        let relayed: Vec<&str> = o
+            .dests
+            .carbon_counters()
+            .filter(|(n, c)| {
+                let last = self.last.get(&format!("destinations.{n}.attemptedRelays"));
+                c.attempted.load(std::sync::atomic::Ordering::Relaxed) > *last.unwrap_or(&0)
+            })
+            .map(|(n, _)| n)
+            .collect();
         let mut out = Vec::new();
         for m in CATALOG {
             if m.carbon.is_empty() {
@@ -95,7 +109,8 @@ impl Report {
                     Carbon::Dest { stat } => {
                         for ((_, v), dest) in samples.iter().zip(&dest_names) {
                             let name = format!("destinations.{dest}.{stat}");
-                            self.add(&mut out, m.ty, name, *v, false);
+                            let always = stat == "relayMaxQueueLength" && relayed.contains(dest);
+                            self.add(&mut out, m.ty, name, *v, always);
                         }
                     }
                 }

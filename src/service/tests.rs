@@ -16,18 +16,13 @@ use crate::reason::DropReason;
 use crate::service::self_metrics::Report;
 use crate::time::Window;
 
-#[tokio::test]
-async fn both_views_read_the_same_counters_and_only_what_applies() {
-    let guard = tempfile::tempdir().unwrap();
-    let stats = Arc::new(Stats::default());
-    let (dests, _senders) =
-        Destinations::start(&[], &crate::config::Routing::all(&[]), Arc::clone(&stats));
-    let events = Arc::clone(&stats.events);
-    let q = Arc::new(Quarantine::open(guard.path().join("q.log"), 1 << 20, events).unwrap());
-    q.close();
-    q.record(DropReason::TenantDeleted, "gone.cpu", 1.0, 1.0); // after close: overflow
-    stats.record_drop(DropReason::TooOld, 3, Window::at(1.0), &"test");
-    stats.events.emit(Event::AcceptFailed, &"test");
+/// The metrics of a process with one worker, `dests` and `quarantine`; the worker pool
+/// to shut down.
+fn observe(
+    stats: &Arc<Stats>,
+    dests: Arc<Destinations>,
+    quarantine: Option<Arc<Quarantine>>,
+) -> (Metrics, WorkerPool) {
     let settings = Settings {
         max_intervals: 5,
         write_back_frequency: 0,
@@ -47,22 +42,37 @@ async fn both_views_read_the_same_counters_and_only_what_applies() {
         Duration::from_millis(50),
         settings,
         dests.clone(),
-        Arc::clone(&stats),
+        Arc::clone(stats),
         hooks,
     )
     .unwrap();
     let observed = Arc::new(Observed {
-        stats: Arc::clone(&stats),
+        stats: Arc::clone(stats),
         dests,
         gauges: workers.gauges(),
         queues: workers.senders(),
         heartbeats: workers.heartbeats(),
         journal: None,
-        quarantine: Some(q),
+        quarantine,
         cluster: None,
         ready: AtomicBool::new(true),
     });
-    let m = Metrics::new(observed);
+    (Metrics::new(observed), workers)
+}
+
+#[tokio::test]
+async fn both_views_read_the_same_counters_and_only_what_applies() {
+    let guard = tempfile::tempdir().unwrap();
+    let stats = Arc::new(Stats::default());
+    let (dests, _senders) =
+        Destinations::start(&[], &crate::config::Routing::all(&[]), Arc::clone(&stats));
+    let events = Arc::clone(&stats.events);
+    let q = Arc::new(Quarantine::open(guard.path().join("q.log"), 1 << 20, events).unwrap());
+    q.close();
+    q.record(DropReason::TenantDeleted, "gone.cpu", 1.0, 1.0); // after close: overflow
+    stats.record_drop(DropReason::TooOld, 3, Window::at(1.0), &"test");
+    stats.events.emit(Event::AcceptFailed, &"test");
+    let (m, workers) = observe(&stats, dests, Some(q));
     let text = m.prometheus();
     for sample in [
         "aggd_quarantine_overflowed_total 1",
@@ -107,6 +117,49 @@ async fn both_views_read_the_same_counters_and_only_what_applies() {
         !second.iter().any(|(s, _)| s == "events.accept_failed"),
         "{second:?}"
     );
+    tokio::task::spawn_blocking(move || workers.shutdown())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn relay_max_queue_length_is_sent_in_every_interval_the_destination_relayed() {
+    use crate::config::{DestAddress, DestinationConfig, file::DestProtocol};
+    use std::sync::atomic::Ordering;
+    let stats = Arc::new(Stats::default());
+    // Nothing listens on port 1: the sender keeps reconnecting, which does not matter.
+    let configs = [DestinationConfig {
+        address: DestAddress::Tcp("127.0.0.1:1".into()),
+        protocol: DestProtocol::Pickle,
+        queue_datapoints: 1000,
+        max_datapoints_per_message: 500,
+        unconfirmed_window: Duration::from_secs(1),
+        instance: None,
+        remote_write: None,
+    }];
+    let (dests, senders) = Destinations::start(
+        &configs,
+        &crate::config::Routing::all(&configs),
+        Arc::clone(&stats),
+    );
+    let (m, workers) = observe(&stats, Arc::clone(&dests), None);
+    let mut report = Report::default();
+    let stat = "destinations.127_0_0_1:1:None.relayMaxQueueLength".to_string();
+    let peak = |r: &[(String, u64)]| r.iter().find(|(s, _)| *s == stat).map(|(_, v)| *v);
+    assert_eq!(peak(&report.stats(&m)), None, "nothing relayed yet");
+    let (_, c) = dests.counters().next().unwrap();
+    // Relayed with an empty queue: carbon still sends the peak, 0.
+    c.attempted.fetch_add(3, Ordering::Relaxed);
+    assert_eq!(peak(&report.stats(&m)), Some(0));
+    // An interval with no relay: left out.
+    assert_eq!(peak(&report.stats(&m)), None);
+    // A peak is sent as it is, and reset after the report.
+    c.attempted.fetch_add(5, Ordering::Relaxed);
+    c.peak_queued.store(7, Ordering::Relaxed);
+    assert_eq!(peak(&report.stats(&m)), Some(7));
+    c.attempted.fetch_add(1, Ordering::Relaxed);
+    assert_eq!(peak(&report.stats(&m)), Some(0));
+    drop(senders);
     tokio::task::spawn_blocking(move || workers.shutdown())
         .await
         .unwrap();

@@ -37,6 +37,17 @@ pub struct Capture {
     pub received: Arc<Mutex<Received>>,
     /// Connections accepted so far.
     pub connections: Arc<std::sync::atomic::AtomicUsize>,
+    /// Connections read to their end (or dropped), everything they carried recorded.
+    closed: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Counts its connection closed when dropped (also when the connection's thread panics).
+struct Closed(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Closed {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 fn record(rx: &Mutex<Received>, path: String, ts: f64, value: f64) {
@@ -146,8 +157,10 @@ impl Capture {
         let addr = l.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Received::default()));
         let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let closed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let rx = received.clone();
         let conns = connections.clone();
+        let done = closed.clone();
         std::thread::spawn(move || {
             for s in l.incoming() {
                 let Ok(mut s) = s else { return };
@@ -155,6 +168,7 @@ impl Capture {
                 match first {
                     First::Close if n == 0 => {
                         let _ = s.shutdown(std::net::Shutdown::Both);
+                        done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                         continue;
                     }
                     First::Reset if n == 0 => {
@@ -162,12 +176,15 @@ impl Capture {
                         std::thread::sleep(Duration::from_millis(300));
                         let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
                         drop(s);
+                        done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                         continue;
                     }
                     _ => {}
                 }
                 let rx = rx.clone();
+                let done = done.clone();
                 std::thread::spawn(move || {
+                    let _closed = Closed(done);
                     let r =
                         std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match protocol {
                             "pickle" => serve_pickle(s, rx.clone()),
@@ -194,6 +211,24 @@ impl Capture {
             addr,
             received,
             connections,
+            closed,
+        }
+    }
+
+    /// Waits (up to 20 s) until every connection accepted so far was read to its end:
+    /// once the sender has exited, everything it sent is then recorded, so what is absent
+    /// was never sent.
+    pub fn wait_all_closed(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let ord = std::sync::atomic::Ordering::SeqCst;
+        while self.closed.load(ord) < self.connections.load(ord) {
+            assert!(
+                Instant::now() < deadline,
+                "{} of {} downstream connections still open",
+                self.connections.load(ord) - self.closed.load(ord),
+                self.connections.load(ord)
+            );
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 

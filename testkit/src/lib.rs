@@ -18,8 +18,8 @@ pub mod workload;
 pub use capture::{Capture, Received};
 pub use http::{http, metric, wait_acknowledged, wait_received};
 pub use process::{
-    aggd_bin, aggd_ok, python_pickle_send, run_with_input, sigterm, spawn_command, spawn_run,
-    spawn_run_with,
+    aggd_bin, aggd_ok, python_pickle_send, replay_counts, run_with_input, sigterm, spawn_command,
+    spawn_run, spawn_run_with,
 };
 
 use std::net::SocketAddr;

@@ -107,6 +107,31 @@ where
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// The counts in `aggd replay`'s summary line (`replay: N records, N datapoints, N
+/// intervals sent, …`): (records, datapoints, intervals). Fails the test if `out` has no
+/// such line (e.g. it printed `nothing to replay`).
+pub fn replay_counts(out: &str) -> (u64, u64, u64) {
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("replay: ") || l.starts_with("replay (dry run): "))
+        .unwrap_or_else(|| panic!("no replay summary in {out:?}"));
+    let count = |unit: &str| -> u64 {
+        let at = line
+            .find(unit)
+            .unwrap_or_else(|| panic!("no {unit:?} in {line:?}"));
+        let digits = line[..at].trim_end();
+        let start = digits
+            .rfind(|c: char| !c.is_ascii_digit())
+            .map_or(0, |i| i + 1);
+        digits[start..].parse().unwrap()
+    };
+    (
+        count(" records"),
+        count(" datapoints,"),
+        count(" intervals"),
+    )
+}
+
 /// Runs CPython's own `pickle` module to send `points` as one frame with `protocol` to
 /// `addr`; fails the test with a clear message if python3 is missing.
 pub fn python_pickle_send(addr: SocketAddr, protocol: u8, points: &[(String, f64, f64)]) {
