@@ -128,12 +128,11 @@ fn backpressure_on_a_full_disk_holds_input_and_sigterm_still_finishes() {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
-    // The writer failed and its queue filled: input now waits on the journal.
+    // The writer has retried its failing batch five times (every 100 ms): input has been
+    // waiting on the journal all along.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while metric(admin, "aggd_journal_write_errors_total") == 0.0
-        || metric(admin, "aggd_journal_queue") < 8.0
-    {
-        assert!(Instant::now() < deadline, "the journal queue never filled");
+    while metric(admin, "aggd_journal_write_errors_total") < 5.0 {
+        assert!(Instant::now() < deadline, "the journal write never failed");
         std::thread::sleep(Duration::from_millis(20));
     }
     // Nothing was aggregated unjournaled: input waits.
@@ -142,7 +141,6 @@ fn backpressure_on_a_full_disk_holds_input_and_sigterm_still_finishes() {
         0.0
     );
     assert_eq!(metric(admin, "aggd_received_total"), 0.0);
-    assert!(metric(admin, "aggd_journal_write_errors_total") > 0.0);
     let t = Instant::now();
     sigterm(&aggd);
     assert!(wait_exit(&mut aggd, Duration::from_secs(15)).success());

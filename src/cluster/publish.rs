@@ -599,7 +599,10 @@ impl Publisher {
                 persisted: Arc::clone(&persisted),
                 dir: dir.to_path_buf(),
                 io: Arc::clone(&io),
-                tail: Tail::with_io(dir, state.watermark, Arc::clone(&io)),
+                // Only what the writer reported written: a batch whose write failed is
+                // cut back off and its sequence numbers used again.
+                tail: Tail::with_io(dir, state.watermark, Arc::clone(&io))
+                    .committed_below(Arc::clone(&journal)),
                 ingest: Ingest::for_publisher(Arc::clone(&pipeline), shards, routes),
                 open: (0..shards).map(|_| None).collect(),
                 next_first: vec![start; shards],

@@ -57,7 +57,13 @@ struct Staged {
     forwards: Vec<crate::datapoint::OutPoint>,
     tickets: Vec<(Ticket, f64)>,
     items: usize,
+    /// Datapoints routed (counted as received once handed on).
+    received: u64,
 }
+
+/// What a hand-off handed on besides work items: forwards, and datapoints to count as
+/// received.
+pub(super) type HandedOn = (Vec<crate::datapoint::OutPoint>, u64);
 
 impl Handoff {
     /// Empty batches for `workers` workers.
@@ -76,17 +82,18 @@ impl Handoff {
     }
 
     /// Pipelined hand-off (TCP): hands on what the previous call set aside (once the
-    /// journal has its frames), then sets this read's work aside until the next call or
-    /// [`Handoff::flush`]. Returns the forwards handed on. Order is kept: a read's work
-    /// items reach the workers after the previous read's.
+    /// journal has its frames), then sets this read's work (with its `received` count)
+    /// aside until the next call or [`Handoff::flush`]. Returns what was handed on.
+    /// Order is kept: a read's work items reach the workers after the previous read's.
     pub async fn stage(
         &mut self,
         p: &Pipeline,
         tally: &mut DropTally,
         peer: SocketAddr,
         now: f64,
-    ) -> Vec<crate::datapoint::OutPoint> {
-        let forwards = self.hand_on_staged(p, tally, peer, now).await;
+        received: u64,
+    ) -> HandedOn {
+        let handed = self.hand_on_staged(p, tally, peer, now).await;
         let pending = self
             .batches
             .pending
@@ -98,24 +105,25 @@ impl Handoff {
             pending,
             forwards: std::mem::take(&mut self.batches.forwards),
             tickets: std::mem::take(&mut self.tickets),
+            received,
         });
-        forwards
+        handed
     }
 
-    /// Hands on what [`Handoff::stage`] set aside; returns its forwards.
+    /// Hands on what [`Handoff::stage`] set aside.
     async fn hand_on_staged(
         &mut self,
         p: &Pipeline,
         tally: &mut DropTally,
         peer: SocketAddr,
         now: f64,
-    ) -> Vec<crate::datapoint::OutPoint> {
+    ) -> HandedOn {
         let Some(s) = self.staged.take() else {
-            return Vec::new();
+            return (Vec::new(), 0);
         };
         self.hand_on(p, s.pending, s.tickets, tally, peer, now)
             .await;
-        s.forwards
+        (s.forwards, s.received)
     }
 
     /// Submits `record` to the journal when it is on; [`Handoff::flush`] waits for it.
@@ -130,15 +138,15 @@ impl Handoff {
     /// once the journal has the frames (what it could not write is counted
     /// `unjournaled` in `tally`), in pieces of at most [`MAX_BATCH_ITEMS`], in order. A
     /// full queue is handled by the [`Mode`]; `peer` and `now` describe a `queue_full`
-    /// drop. Returns the forwards that were staged (the current ones stay in `batches`).
+    /// drop. Returns what was staged (the current forwards stay in `batches`).
     pub async fn flush(
         &mut self,
         p: &Pipeline,
         tally: &mut DropTally,
         peer: SocketAddr,
         now: f64,
-    ) -> Vec<crate::datapoint::OutPoint> {
-        let forwards = self.hand_on_staged(p, tally, peer, now).await;
+    ) -> HandedOn {
+        let handed = self.hand_on_staged(p, tally, peer, now).await;
         let pending = self
             .batches
             .pending
@@ -147,7 +155,7 @@ impl Handoff {
             .collect();
         let tickets = std::mem::take(&mut self.tickets);
         self.hand_on(p, pending, tickets, tally, peer, now).await;
-        forwards
+        handed
     }
 
     /// Hands `pending` (per worker) on once `tickets` resolved.

@@ -394,12 +394,13 @@ impl Ingest {
     /// process counters (not for the rebuild, whose input was counted when received).
     pub async fn flush(&mut self) {
         let r = &mut self.routing;
-        let mut forwards = self
+        let (mut forwards, staged) = self
             .handoff
             .flush(&self.p, &mut r.tally, self.peer, r.now)
             .await;
         forwards.append(&mut self.handoff.batches.forwards);
-        self.publish(forwards);
+        let received = staged + std::mem::take(&mut self.routing.received);
+        self.publish(forwards, received);
     }
 
     /// Pipelined [`Ingest::flush`] for a TCP connection's reads: hands on the previous
@@ -409,11 +410,12 @@ impl Ingest {
     /// waits for more input.
     pub async fn stage(&mut self) {
         let r = &mut self.routing;
-        let forwards = self
+        let routed = std::mem::take(&mut r.received);
+        let (forwards, received) = self
             .handoff
-            .stage(&self.p, &mut r.tally, self.peer, r.now)
+            .stage(&self.p, &mut r.tally, self.peer, r.now, routed)
             .await;
-        self.publish(forwards);
+        self.publish(forwards, received);
     }
 
     /// Work items set aside by [`Ingest::stage`] and not yet handed on.
@@ -421,11 +423,11 @@ impl Ingest {
         self.handoff.staged_items()
     }
 
-    /// Forwards `forwards` and adds this connection's counts to the process counters
-    /// (not for the rebuild, whose input was counted when received).
-    fn publish(&mut self, forwards: Vec<crate::datapoint::OutPoint>) {
+    /// Forwards `forwards` and adds this connection's counts (`received` datapoints
+    /// handed on, and its drops) to the process counters (not for the rebuild, whose
+    /// input was counted when received).
+    fn publish(&mut self, forwards: Vec<crate::datapoint::OutPoint>, received: u64) {
         let r = &mut self.routing;
-        let received = std::mem::take(&mut r.received);
         if let Mode::Rebuild { .. } = self.handoff.mode {
             r.tally = DropTally::default();
             return;

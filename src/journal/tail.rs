@@ -10,13 +10,20 @@
 //! A read error (EIO) is returned and nothing is delivered from the bytes of the failed
 //! read; the tail keeps its place, so a later [`Tail::read`] goes on from the same record
 //! (nothing skipped, nothing delivered twice). Short reads are read on.
+//!
+//! Following a live journal ([`Tail::committed_below`]), a record is delivered only once
+//! the writer has reported it written: a batch whose write fails is cut back off the
+//! segment and its sequence numbers are used again by the next batch, so bytes read
+//! before that report are read again from the file, never delivered as they were.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use super::io::{JournalIo, JournalRead, OsIo};
 use super::record::{self, DecodeError, Record};
 use super::segment::{self, MAGIC};
+use super::writer::JournalStats;
 
 /// Bytes read from a segment file at once, at most.
 const READ_CHUNK: usize = 4 << 20;
@@ -46,6 +53,12 @@ pub struct Tail {
     /// The next record wanted.
     next_seq: u64,
     stats: TailStats,
+    /// The writer's counters, whose next sequence number says which records are written
+    /// for good, when following a live journal.
+    committed: Option<Arc<JournalStats>>,
+    /// `committed` as it was before the oldest bytes in `buf` were read: only records
+    /// below it are delivered from them.
+    buf_limit: u64,
 }
 
 impl Tail {
@@ -65,7 +78,16 @@ impl Tail {
             listed: None,
             next_seq: seq,
             stats: TailStats::default(),
+            committed: None,
+            buf_limit: u64::MAX,
         }
+    }
+
+    /// Delivers only records below the writer's next sequence number
+    /// ([`JournalStats::next_seq`]) as it was when their bytes were read.
+    pub fn committed_below(mut self, writer: Arc<JournalStats>) -> Tail {
+        self.committed = Some(writer);
+        self
     }
 
     /// The sequence number of the next record to be delivered.
@@ -100,6 +122,21 @@ impl Tail {
         Ok(true)
     }
 
+    /// Drops the buffer from `buf[at]` on and reopens the current segment at that byte,
+    /// so it is read again.
+    fn reread_from(&mut self, at: usize) -> std::io::Result<()> {
+        let Some((first, _, read_to)) = &self.current else {
+            return Ok(());
+        };
+        let first = *first;
+        let offset = *read_to - (self.buf.len() - at) as u64;
+        let path = segment::segment_path(&self.dir, first);
+        let f = self.io.open_read(&path, offset)?;
+        self.current = Some((first, f, offset));
+        self.buf.clear();
+        Ok(())
+    }
+
     /// Whether a segment newer than `first` exists.
     fn newer_exists(&self, first: u64) -> std::io::Result<bool> {
         Ok(segment::list_with(&*self.io, &self.dir)?
@@ -114,6 +151,12 @@ impl Tail {
         };
         if self.scratch.is_empty() {
             self.scratch = vec![0; READ_CHUNK];
+        }
+        if self.buf.is_empty() {
+            self.buf_limit = self
+                .committed
+                .as_ref()
+                .map_or(u64::MAX, |c| c.next_seq.load(Ordering::Acquire));
         }
         let n = f.read(&mut self.scratch)?;
         self.buf.extend_from_slice(&self.scratch[..n]);
@@ -140,11 +183,17 @@ impl Tail {
             let mut pos = 0;
             let mut stuck = false;
             let mut corrupt = false;
+            let mut uncommitted = None;
             while pos < self.buf.len() && bytes < max_bytes {
                 match record::decode(&self.buf[pos..]) {
                     Ok((rec, n)) => {
-                        pos += n;
                         let seq = rec.meta.seq;
+                        if seq >= self.next_seq && seq >= self.buf_limit {
+                            // Not reported written when these bytes were read.
+                            uncommitted = Some(pos);
+                            break;
+                        }
+                        pos += n;
                         if seq < self.next_seq {
                             continue;
                         }
@@ -179,6 +228,11 @@ impl Tail {
                         self.stats.skipped_bytes += 1;
                     }
                 }
+            }
+            if let Some(at) = uncommitted {
+                // Read it again, from the file, once the writer has reported it.
+                self.reread_from(at)?;
+                return Ok(delivered);
             }
             self.buf.drain(..pos);
             if bytes >= max_bytes {
@@ -291,6 +345,46 @@ mod tests {
         assert_eq!(collect(&mut t), vec![20, 21]);
         assert_eq!(t.stats().missed_records, 10);
         assert_eq!(t.stats().skipped_bytes, 8);
+    }
+
+    #[test]
+    fn only_records_the_writer_reported_are_delivered_and_a_cut_batch_is_read_again() {
+        let d = tempfile::tempdir().unwrap();
+        let f = write_segment(d.path(), 0, 0..3);
+        let writer = Arc::new(JournalStats::default());
+        writer.next_seq.store(2, Ordering::Release);
+        let mut t = Tail::new(d.path(), 0).committed_below(Arc::clone(&writer));
+        assert_eq!(collect(&mut t), vec![0, 1], "record 2 is not reported yet");
+        // Record 2's write failed and was cut back off; the next batch reuses its number.
+        let good = MAGIC.len() + rec(0).len() + rec(1).len();
+        f.set_len(good as u64).unwrap();
+        // A different record 2, as the retry writes it.
+        let meta = Meta {
+            seq: 2,
+            received_us: 2,
+            listener: 0,
+            kind: Kind::PlaintextTcp,
+            peer: "127.0.0.1:2".into(),
+            tenant: String::new(),
+            verdict: Default::default(),
+        };
+        let mut retry = Vec::new();
+        record::encode(&meta, b"retried 1 1\n", &mut retry);
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(segment::segment_path(d.path(), 0))
+            .unwrap();
+        file.write_all(&retry).unwrap();
+        file.write_all(&rec(3)).unwrap();
+        writer.next_seq.store(4, Ordering::Release);
+        let mut seen = Vec::new();
+        t.read(usize::MAX, |r| seen.push((r.meta.seq, r.payload.to_vec())))
+            .unwrap();
+        assert_eq!(
+            seen,
+            vec![(2, b"retried 1 1\n".to_vec()), (3, b"a 3 1\n".to_vec())]
+        );
+        assert_eq!(t.stats(), TailStats::default());
     }
 
     #[test]

@@ -318,7 +318,8 @@ impl Writer {
         self.stats
             .last_seq
             .store(self.next_seq.wrapping_sub(1), Ordering::Relaxed);
-        self.stats.next_seq.store(self.next_seq, Ordering::Relaxed);
+        // Release: a tail that reads this value finds these records in the file.
+        self.stats.next_seq.store(self.next_seq, Ordering::Release);
         self.dirty = true;
         Ok(())
     }
