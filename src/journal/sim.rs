@@ -478,6 +478,23 @@ mod tests {
     }
 
     #[test]
+    fn a_file_replaced_durably_holds_the_new_content_after_any_power_loss() {
+        for seed in 0..200 {
+            let fs = SimFs::new();
+            let path = Path::new("/d/cluster.state");
+            crate::journal::io::write_durably(&fs, path, b"old").unwrap();
+            crate::journal::io::write_durably(&fs, path, b"new").unwrap();
+            fs.crash(seed);
+            assert_eq!(
+                read(&fs, "/d/cluster.state").unwrap(),
+                b"new",
+                "seed {seed}"
+            );
+            assert!(read(&fs, "/d/cluster.state.tmp").is_none(), "seed {seed}");
+        }
+    }
+
+    #[test]
     fn a_rename_whose_directory_was_synced_is_durable() {
         let mut back = 0;
         for seed in 0..64 {
