@@ -674,7 +674,7 @@ fn hostile_messages_on_the_stream_are_counted_and_skipped() {
 
 #[test]
 fn a_blocked_tenant_stays_refused_when_a_restarted_node_republishes() {
-    let nats = Nats::one();
+    let mut nats = Nats::one();
     let capture = Capture::start("pickle");
     let carbon = aggd_testkit::carbon::CarbonCache::start();
     let shared = tempdir("cluster-tenants");
@@ -705,10 +705,9 @@ fn a_blocked_tenant_stays_refused_when_a_restarted_node_republishes() {
     wait_spread(&b, &["a", "b"]);
     let metric = |n: &Node, m: &str| aggd_testkit::metric(n.admin.unwrap(), m);
 
-    // NATS stops answering: a journals its frames (evil's refused by the verdict) and
-    // cannot publish them.
-    let nats_pid = nats.servers[0].pid().unwrap();
-    aggd_testkit::edge::signal(nats_pid, "-STOP");
+    // NATS is down: a journals its frames (evil's refused by the verdict) and cannot
+    // publish them.
+    nats.servers[0].kill();
     let ts = aggd_testkit::now() as i64 - 6;
     let b0 = ts - ts.rem_euclid(FREQ);
     send_lines(a.tcp, &format!("evil.a 100 {ts}\ngood.a 1 {ts}\n"));
@@ -720,14 +719,15 @@ fn a_blocked_tenant_stays_refused_when_a_restarted_node_republishes() {
         assert!(Instant::now() < deadline, "a did not journal the frame");
         std::thread::sleep(Duration::from_millis(20));
     }
-    // a dies before publishing; the tenant is unblocked before it starts again.
+    // a dies with its publishes unsent; the tenant is unblocked before it starts again.
     a.sigkill();
     std::fs::write(
         &registry,
         "[tenant.evil]\nstate = \"active\"\n[tenant.good]\nstate = \"active\"\n",
     )
     .unwrap();
-    aggd_testkit::edge::signal(nats_pid, "-CONT");
+    nats.servers[0].start();
+    nats.wait_healthy();
     a.restart();
 
     // a republishes its journal: what the connection refused stays refused.
