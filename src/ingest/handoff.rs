@@ -118,11 +118,10 @@ impl Handoff {
         peer: SocketAddr,
         now: f64,
     ) -> HandedOn {
-        let Some(s) = self.staged.take() else {
+        let Some(mut s) = self.staged.take() else {
             return (Vec::new(), 0);
         };
-        self.hand_on(p, s.pending, s.tickets, tally, peer, now)
-            .await;
+        hand_on(self.mode, p, &mut s.pending, s.tickets, tally, peer, now).await;
         (s.forwards, s.received)
     }
 
@@ -147,54 +146,52 @@ impl Handoff {
         now: f64,
     ) -> HandedOn {
         let handed = self.hand_on_staged(p, tally, peer, now).await;
-        let pending = self
-            .batches
-            .pending
-            .iter_mut()
-            .map(std::mem::take)
-            .collect();
         let tickets = std::mem::take(&mut self.tickets);
-        self.hand_on(p, pending, tickets, tally, peer, now).await;
+        let pending = &mut self.batches.pending;
+        hand_on(self.mode, p, pending, tickets, tally, peer, now).await;
         handed
     }
+}
 
-    /// Hands `pending` (per worker) on once `tickets` resolved.
-    async fn hand_on(
-        &self,
-        p: &Pipeline,
-        pending: Vec<Vec<WorkItem>>,
-        tickets: Vec<(Ticket, f64)>,
-        tally: &mut DropTally,
-        peer: SocketAddr,
-        now: f64,
-    ) {
-        for (ticket, at) in tickets {
-            if !ticket.wait().await {
-                tally.add(DropReason::Unjournaled, 1, at);
-            }
+/// Hands `pending` (per worker, emptied) on once `tickets` resolved, as `mode` says.
+async fn hand_on(
+    mode: Mode,
+    p: &Pipeline,
+    pending: &mut [Vec<WorkItem>],
+    tickets: Vec<(Ticket, f64)>,
+    tally: &mut DropTally,
+    peer: SocketAddr,
+    now: f64,
+) {
+    for (ticket, at) in tickets {
+        if !ticket.wait().await {
+            tally.add(DropReason::Unjournaled, 1, at);
         }
-        if let Some(c) = &p.cluster {
-            // The publisher reads these datapoints back from the journal; the shard
-            // owners aggregate them. Backpressure while the publish lag is too high.
-            while self.mode == Mode::Wait && c.over_limit() && !c.closing() {
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-            return;
+    }
+    if let Some(c) = &p.cluster {
+        // The publisher reads these datapoints back from the journal; the shard owners
+        // aggregate them. Backpressure while the publish lag is too high.
+        for b in pending.iter_mut() {
+            b.clear();
         }
-        for (i, batch) in pending.into_iter().enumerate() {
-            for piece in pieces(batch) {
-                let msg = match self.mode {
-                    Mode::Rebuild { delivered } => WorkerMsg::Rebuild {
-                        items: piece,
-                        delivered,
-                    },
-                    Mode::Wait | Mode::Drop => WorkerMsg::Batch(piece),
-                };
-                if self.mode == Mode::Drop {
-                    send_or_drop(p, i, msg, peer, now);
-                } else {
-                    send_waiting(p, i, msg).await;
-                }
+        while mode == Mode::Wait && c.over_limit() && !c.closing() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        return;
+    }
+    for (i, batch) in pending.iter_mut().enumerate() {
+        for piece in pieces(std::mem::take(batch)) {
+            let msg = match mode {
+                Mode::Rebuild { delivered } => WorkerMsg::Rebuild {
+                    items: piece,
+                    delivered,
+                },
+                Mode::Wait | Mode::Drop => WorkerMsg::Batch(piece),
+            };
+            if mode == Mode::Drop {
+                send_or_drop(p, i, msg, peer, now);
+            } else {
+                send_waiting(p, i, msg).await;
             }
         }
     }

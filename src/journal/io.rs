@@ -91,8 +91,17 @@ pub fn write_durably(io: &dyn JournalIo, path: &Path, bytes: &[u8]) -> io::Resul
         .map_err(|e| named(&tmp, e))?;
     drop(f);
     io.rename(&tmp, path).map_err(|e| named(&tmp, e))?;
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = parent_dir(path);
     io.sync_dir(dir).map_err(|e| named(dir, e))
+}
+
+/// The directory holding `path` (`.` for a bare file name), to fsync after changing its
+/// names.
+pub fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
 }
 
 /// Reads `path` through `io`, treating a missing file as `None`.

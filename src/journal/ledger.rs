@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::time::Window;
 
-use super::io::{JournalIo, OsIo, read_if_exists};
+use super::io::{JournalIo, OsIo, parent_dir, read_if_exists};
 
 /// File name of the ledger inside the journal directory (the default place).
 pub const FILE: &str = "ledger.jsonl";
@@ -242,13 +242,7 @@ impl Ledger {
             f.sync_data()?;
             if !s.named {
                 // A new file's name is durable only once its directory is synced.
-                let dir = self.path.parent().unwrap_or(Path::new("."));
-                let dir = if dir.as_os_str().is_empty() {
-                    Path::new(".")
-                } else {
-                    dir
-                };
-                self.io.sync_dir(dir)?;
+                self.io.sync_dir(parent_dir(&self.path))?;
             }
             Ok(())
         });
