@@ -27,6 +27,9 @@ struct Node {
     admin: Option<SocketAddr>,
 }
 
+/// The `[admin]` section that gives a node its fourth listener.
+const ADMIN: &str = "[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"cluster-test-token\"\n";
+
 const RULES: &str = "cl.<grp>.count (5) = count in.<grp>.*\ncl.<grp>.sum (5) = sum in.<grp>.*\n";
 
 impl Node {
@@ -261,8 +264,7 @@ fn assert_no_regression(capture: &Capture) {
 fn one_node_aggregates_through_the_stream() {
     let nats = Nats::one();
     let capture = Capture::start("pickle");
-    let admin = "[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"cluster-test-token\"\n";
-    let node = Node::start_with("a", &nats, &capture, 8, RULES, admin);
+    let node = Node::start_with("a", &nats, &capture, 8, RULES, ADMIN);
     let expected = Expected::default();
     for r in 0..3 {
         send_round(node.tcp, r, false, &expected);
@@ -511,8 +513,7 @@ fn a_node_with_other_shards_or_rules_is_refused() {
 fn a_node_killed_and_restarted_with_its_disk_republishes_exactly_once() {
     let nats = Nats::one();
     let capture = Capture::start("pickle");
-    let admin = "[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"cluster-test-token\"\n";
-    let mut a = Node::start_with("a", &nats, &capture, 8, RULES, admin);
+    let mut a = Node::start_with("a", &nats, &capture, 8, RULES, ADMIN);
     let b = Node::start("b", &nats, &capture, 8, RULES);
     wait_spread(&b, &["a", "b"]);
     let expected = Expected::default();
@@ -589,8 +590,7 @@ fn a_reload_on_one_node_reloads_every_node() {
     assert!(err.contains("rules digest"), "{err}");
     // A node that joins with the new rules takes shards and finds every message from a
     // and b under its own digest: their headers carry the reloaded digest.
-    let admin = "[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"cluster-test-token\"\n";
-    let c = Node::start_with("c", &nats, &capture, 8, &more, admin);
+    let c = Node::start_with("c", &nats, &capture, 8, &more, ADMIN);
     let spread = wait_spread(&c, &["a", "b", "c"]);
     let expected = Expected::default();
     stream(&[&a, &b], 10, &expected, |_| {});
@@ -635,8 +635,7 @@ fn a_node_stopped_while_the_log_is_down_exits_and_publishes_at_its_next_start() 
 fn hostile_messages_on_the_stream_are_counted_and_skipped() {
     let nats = Nats::one();
     let capture = Capture::start("pickle");
-    let admin = "[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"cluster-test-token\"\n";
-    let node = Node::start_with("a", &nats, &capture, 8, RULES, admin);
+    let node = Node::start_with("a", &nats, &capture, 8, RULES, ADMIN);
     // Anyone who can publish to the subjects: junk, a future version, a truncated and an
     // oversized-count message, on every shard.
     let url = nats.servers[0].url();
@@ -692,11 +691,7 @@ fn a_blocked_tenant_stays_refused_when_a_restarted_node_republishes() {
              [tenants]\nregistry = \"{}\"\nunknown = \"reject\"\n{}",
             carbon.port,
             registry.display(),
-            if admin {
-                "[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"cluster-test-token\"\n"
-            } else {
-                ""
-            }
+            if admin { ADMIN } else { "" }
         )
     };
     let rules = "all.<t>.sum (5) = sum <t>.*\n";
