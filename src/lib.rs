@@ -24,6 +24,7 @@ pub mod journal;
 pub mod listen;
 pub mod memory;
 pub mod method;
+pub mod preflight;
 pub mod quarantine;
 pub mod reason;
 pub mod replay;

@@ -79,8 +79,10 @@ impl ConfigArg {
 enum Command {
     /// Run the daemon until SIGTERM or SIGINT.
     Run(ConfigArg),
-    /// Validate the config and rules files, print a summary.
-    Check(ConfigArg),
+    /// Validate the config and rules files, print a summary, and do what `run` does
+    /// short of serving: bind each listener, lock the journal directory, resolve the
+    /// destinations, check the memory bound against the machine.
+    Check(CheckArgs),
     /// Show, per metric path, the rewrites, matching rules and output series.
     Explain {
         #[command(flatten)]
@@ -101,6 +103,15 @@ enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+}
+
+#[derive(Args)]
+struct CheckArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// Do not bind the listeners (e.g. while aggd runs on the same addresses).
+    #[arg(long)]
+    no_bind: bool,
 }
 
 #[derive(Subcommand)]
@@ -143,6 +154,10 @@ struct ReplayArgs {
     /// Compute and report; send nothing.
     #[arg(long)]
     dry_run: bool,
+    /// With --dry-run: print each computed aggregate to stdout as a carbon plaintext line
+    /// (`path value timestamp`), before the summary.
+    #[arg(long, requires = "dry_run")]
+    print: bool,
     /// Also replay the datapoints refused at receive time for these reasons
     /// (comma-separated: tenant_deleted, tenant_blocked, tenant_unknown, rate_limited,
     /// series_limit, blacklist, whitelist, queue_full). Without it, replay sends exactly
@@ -277,10 +292,18 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         Default::default()
     };
     match (&args.from, &args.to) {
-        (Some(f), Some(t)) => windows.push(Window {
-            from: parse_time(f, now).context("--from")?,
-            to: parse_time(t, now).context("--to")?,
-        }),
+        (Some(f), Some(t)) => {
+            let (from, to) = (
+                parse_time(f, now).context("--from")?,
+                parse_time(t, now).context("--to")?,
+            );
+            // A reversed window would read nothing and look like an empty journal.
+            anyhow::ensure!(
+                from < to,
+                "--from ({f}, {from}) must be before --to ({t}, {to}): the window is empty or reversed"
+            );
+            windows.push(Window { from, to });
+        }
         (None, None) if args.lost => {}
         _ => anyhow::bail!("give --from and --to, or --lost"),
     }
@@ -300,6 +323,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         rate: args.rate,
         dest: args.dest,
         dry_run: args.dry_run,
+        print: args.print,
         refused,
     };
     let bar = if std::io::stderr().is_terminal() {
@@ -369,14 +393,37 @@ fn with_test_faults(mut config: Config) -> Config {
     config
 }
 
+/// `aggd check`: the summary and the memory bound, then the preflight's findings
+/// ([`aggd::preflight`]); fails if any is an error.
+fn check(cfg: &aggd::config::Config, bind: bool) -> anyhow::Result<()> {
+    print!("{cfg}{}", cfg.memory_bound(CHECK_LIVE_SERIES));
+    let findings = aggd::preflight::preflight(
+        cfg,
+        aggd::preflight::Options {
+            bind,
+            live_series: CHECK_LIVE_SERIES,
+        },
+    );
+    for f in &findings {
+        println!("{f}");
+    }
+    let errors = findings
+        .iter()
+        .filter(|f| f.severity == aggd::preflight::Severity::Error)
+        .count();
+    anyhow::ensure!(
+        errors == 0,
+        "{errors} error(s) above: aggd run would not start (or not as configured)"
+    );
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_json);
     let result = match cli.command {
         Command::Run(c) => c.load().and_then(|cfg| run(cfg, c.clone())),
-        Command::Check(c) => c
-            .load()
-            .map(|cfg| print!("{cfg}{}", cfg.memory_bound(CHECK_LIVE_SERIES))),
+        Command::Check(c) => c.config.load().and_then(|cfg| check(&cfg, !c.no_bind)),
         Command::Explain { config, paths } => config
             .load()
             .map(|cfg| print!("{}", aggd::explain::explain(&cfg, &paths))),

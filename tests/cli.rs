@@ -127,6 +127,90 @@ fn check_names_every_bad_line_bad_addresses_and_missing_files() {
     }
 }
 
+/// `aggd check -c CFG`: (exit success, stdout, stderr).
+fn check_output(cfg: &std::path::Path) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(cfg)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_refuses_what_run_refuses() {
+    let dir = tempdir("check-run");
+    let cfg = write_config(&dir, "ok (60) = sum a.*\n", "", "stdout", "plaintext");
+    let good = std::fs::read_to_string(&cfg).unwrap();
+    let (ok, out, err) = check_output(&cfg);
+    assert!(ok, "{out}{err}");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let in_use = format!("address = \"{}\"", taken.local_addr().unwrap());
+    std::fs::write(dir.join("notadir"), "").unwrap();
+    for (change, needle) in [
+        (
+            (
+                "address = \"127.0.0.1:0\"",
+                "address = \"10.99.99.99:2003\"",
+            ),
+            "no such address",
+        ),
+        (
+            (
+                "address = \"127.0.0.1:0\"",
+                "address = \"no-such-host.invalid:2003\"",
+            ),
+            "cannot resolve",
+        ),
+        (("address = \"127.0.0.1:0\"", in_use.as_str()), "in use"),
+        (
+            (
+                "[workers]",
+                "[journal]\ndir = \"/proc/aggd-journal\"\n[workers]",
+            ),
+            "cannot create the directory",
+        ),
+        (
+            ("[workers]", "[journal]\ndir = \"notadir\"\n[workers]"),
+            "is not a directory",
+        ),
+        (
+            ("count = 2\n", "count = 100000\n"),
+            "more than this machine",
+        ),
+    ] {
+        assert!(good.contains(change.0), "{good}");
+        let bad = dir.join("bad.toml");
+        std::fs::write(&bad, good.replacen(change.0, change.1, 1)).unwrap();
+        let (ok, out, err) = check_output(&bad);
+        assert!(!ok, "check passed {:?}:\n{out}", change.1);
+        let line = out
+            .lines()
+            .find(|l| l.starts_with("error: "))
+            .unwrap_or_else(|| panic!("no error line for {:?}:\n{out}{err}", change.1));
+        assert!(line.contains(needle), "{line}");
+        assert!(err.contains("aggd run would not start"), "{err}");
+    }
+    // --no-bind leaves a taken port alone.
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, good.replacen("address = \"127.0.0.1:0\"", &in_use, 1)).unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--no-bind", "-c"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    drop(taken);
+}
+
 #[test]
 fn explain_shows_each_outputs_destinations() {
     let dir = tempdir("explain-ring");

@@ -174,6 +174,57 @@ async fn old_future_and_bad_pickle_are_counted_not_fatal() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversize_pickle_header_closes_the_connection_after_the_frames_before_it() {
+    let capture = Capture::start("plaintext");
+    let dir = tempdir("oversize");
+    let cfg = write_config(
+        &dir,
+        "total (60) = sum in.*\n",
+        "",
+        &capture.addr.to_string(),
+        "plaintext",
+    );
+    let server = start_aggd(&cfg).await;
+    let base = previous_bucket(60);
+    let pickle_addr = server.addr("pickle/tcp").unwrap();
+    let closed = tokio::task::spawn_blocking(move || {
+        let frame = |v: u32| {
+            let body = format!("(lp0\n(Vin.c\n(I{base}\nI{v}\ntta.");
+            let mut f = (body.len() as u32).to_be_bytes().to_vec();
+            f.extend_from_slice(body.as_bytes());
+            f
+        };
+        // A good frame, a header declaring 4 GiB with 20 bytes of it, a good frame.
+        let mut p = TcpStream::connect(pickle_addr).unwrap();
+        let mut bytes = frame(1);
+        bytes.extend_from_slice(&u32::MAX.to_be_bytes());
+        bytes.extend_from_slice(&[7u8; 20]);
+        bytes.extend_from_slice(&frame(2));
+        p.write_all(&bytes).unwrap();
+        // aggd closes the connection (an end of stream, or a reset for the unread bytes).
+        p.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        match std::io::Read::read(&mut p, &mut [0u8; 16]) {
+            Ok(0) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+            Ok(_) => false,
+        }
+    })
+    .await
+    .unwrap();
+    assert!(closed, "the connection stayed open after a 4 GiB header");
+    capture.wait_for("the frame before the header", |got| {
+        got.get(&("total".into(), base)) == Some(&1.0)
+    });
+    let stats = server.stats();
+    assert_eq!(stats.drops(DropReason::FrameTooLarge), 1);
+    assert_eq!(stats.drops(DropReason::BadFrame), 0);
+    server.shutdown().await;
+    capture.wait_all_closed();
+    // The frame after the header was never read as one.
+    assert_eq!(capture.value("total", base), Some(1.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forward_all_with_rewrites() {
     let capture = Capture::start("pickle");
     let dir = tempdir("fwd");

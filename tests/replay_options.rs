@@ -98,6 +98,50 @@ async fn replay_selects_by_match_tenant_and_rate_and_journal_stat_reports() {
         "{out}"
     );
 
+    // --print shows what a dry run computed, as carbon plaintext lines.
+    let printed = aggd_ok([
+        "replay",
+        "-c",
+        &cfg,
+        "--from",
+        &window[0],
+        "--to",
+        &window[1],
+        "--dry-run",
+        "--print",
+    ]);
+    let mut computed: Vec<(String, f64, i64)> = printed
+        .lines()
+        .filter(|l| !l.starts_with("replay"))
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            assert_eq!(f.len(), 3, "{l:?}");
+            (
+                f[0].to_string(),
+                f[1].parse().unwrap(),
+                f[2].parse().unwrap(),
+            )
+        })
+        .collect();
+    computed.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        computed,
+        [
+            ("acme.sum".to_string(), 2.0, base),
+            ("beta.sum".to_string(), 20.0, base),
+            ("other.sum".to_string(), 100.0, base),
+        ],
+        "{printed}"
+    );
+    // A reversed window is refused, not read as an empty journal.
+    let out = std::process::Command::new(aggd_bin())
+        .args(["replay", "-c", &cfg, "--from", "now", "--to", "-10m"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("must be before --to"), "{err}");
+
     // --rate bounds the datapoints read per second: 61 datapoints at 20/s take 3 s.
     let slow = Capture::start("pickle");
     let started = Instant::now();

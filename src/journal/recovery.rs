@@ -96,8 +96,11 @@ pub(super) fn recover(dir: &Path, io: &dyn JournalIo, floor: u64) -> std::io::Re
     Ok(report)
 }
 
-/// Takes the directory's lock, or says who holds it.
-pub(super) fn lock(dir: &Path) -> std::io::Result<File> {
+/// Takes the directory's lock, or says who holds it (`WouldBlock`, naming the PID).
+///
+/// Errors: the lock file cannot be created or opened (naming it), or another process
+/// holds the lock.
+pub(crate) fn lock(dir: &Path) -> std::io::Result<File> {
     use std::io::{Read, Seek, Write};
     let path = dir.join(LOCK_FILE);
     let mut f = std::fs::OpenOptions::new()

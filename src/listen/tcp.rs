@@ -236,8 +236,9 @@ struct Conn<'a> {
 /// [`Ingest::receive`]'s, by the connection's input kind).
 trait StreamFramer {
     /// Moves every complete frame (a run of lines, a pickle body) out of `buf` into
-    /// `out`; counts framing rejections on `ingest`.
-    fn frames(&mut self, buf: &mut BytesMut, ingest: &mut Ingest, out: &mut Vec<Bytes>);
+    /// `out`; counts framing rejections on `ingest`. Returns false when the stream cannot
+    /// be framed any further (the connection closes once `out` is processed).
+    fn frames(&mut self, buf: &mut BytesMut, ingest: &mut Ingest, out: &mut Vec<Bytes>) -> bool;
     /// At end of stream (`eof`) or shutdown: the unfinished tail as a last frame, if it
     /// is one.
     fn finish(&mut self, buf: &mut BytesMut, ingest: &mut Ingest, eof: bool) -> Option<Bytes>;
@@ -247,10 +248,11 @@ trait StreamFramer {
 struct Lines(LineFramer);
 
 impl StreamFramer for Lines {
-    fn frames(&mut self, buf: &mut BytesMut, ingest: &mut Ingest, out: &mut Vec<Bytes>) {
+    fn frames(&mut self, buf: &mut BytesMut, ingest: &mut Ingest, out: &mut Vec<Bytes>) -> bool {
         let framed = self.0.next_chunk(buf);
         ingest.reject(DropReason::LineTooLong, framed.too_long);
         out.extend(framed.chunk);
+        true
     }
 
     /// At end of stream a last line without a newline is accepted; not when cut by
@@ -264,13 +266,17 @@ impl StreamFramer for Lines {
 struct Frames(PickleFramer);
 
 impl StreamFramer for Frames {
-    fn frames(&mut self, buf: &mut BytesMut, ingest: &mut Ingest, out: &mut Vec<Bytes>) {
+    /// A header over `max_pickle_frame_bytes` is counted (`frame_too_large`) and ends
+    /// the stream: its body cannot be skipped safely, so the frames after it cannot be
+    /// found (carbon closes the connection there too).
+    fn frames(&mut self, buf: &mut BytesMut, ingest: &mut Ingest, out: &mut Vec<Bytes>) -> bool {
         while let Some(ev) = self.0.next_frame(buf) {
             match ev {
                 FrameEvent::TooLarge(_) => ingest.reject(DropReason::FrameTooLarge, 1),
                 FrameEvent::Frame(body) => out.push(body),
             }
         }
+        !self.0.refused()
     }
 
     /// Bytes of an unfinished frame at end of stream are a bad frame.
@@ -338,11 +344,17 @@ async fn serve(
                 break;
             }
         }
-        d.frames(&mut rb.buf, &mut ingest, &mut frames);
+        let framing = d.frames(&mut rb.buf, &mut ingest, &mut frames);
         if !frames.is_empty() {
             slot.progress();
         }
         process(&mut frames, &mut ingest).await;
+        if !framing {
+            // The frames before it are processed; nothing after it can be.
+            tracing::debug!(%peer, "closing a connection whose stream cannot be framed");
+            ingest.flush().await;
+            return;
+        }
         // The journal writes this read's frames while the next one is read and decoded.
         ingest.stage().await;
     }

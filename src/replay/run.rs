@@ -32,6 +32,9 @@ pub struct ReplayOptions {
     pub dest: Option<String>,
     /// Compute and report, send nothing.
     pub dry_run: bool,
+    /// With `dry_run`: print each computed aggregate to stdout as a carbon plaintext line
+    /// (`path value timestamp`).
+    pub print: bool,
     /// Which datapoints refused at receive time are replayed too (none by default).
     pub refused: super::Refusals,
 }
@@ -111,12 +114,30 @@ pub fn replay(
     for ((_, group), (from_us, to_us, _)) in groups.iter().zip(plans) {
         let out = replayer.group(from_us, to_us, group, &mut summary, &mut progress)?;
         summary.intervals += out.len() as u64;
-        if !opts.dry_run {
-            sender.send(&out)?;
-        }
+        deliver(&mut sender, &out, opts)?;
     }
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// Sends `out`, or with a dry run prints it when asked (carbon plaintext lines on stdout).
+///
+/// Errors: a destination refused it, or stdout could not be written.
+fn deliver(sender: &mut Sender, out: &[OutPoint], opts: &ReplayOptions) -> Result<(), ReplayError> {
+    if !opts.dry_run {
+        return sender.send(out);
+    }
+    if opts.print {
+        let mut lines = Vec::new();
+        plaintext::encode_lines(out, &mut lines);
+        std::io::stdout()
+            .write_all(&lines)
+            .map_err(|source| ReplayError::Destination {
+                destination: "stdout".into(),
+                source,
+            })?;
+    }
+    Ok(())
 }
 
 /// The journal ranges to read, each with the windows it serves: every window widened by
@@ -287,9 +308,7 @@ pub fn replay_cluster(config: &Config, opts: &ReplayOptions) -> Result<ReplaySum
         summary.datapoints += read.datapoints;
         let out = overlapping(&mut table, &windows, opts);
         summary.intervals += out.len() as u64;
-        if !opts.dry_run {
-            sender.send(&out)?;
-        }
+        deliver(&mut sender, &out, opts)?;
     }
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)

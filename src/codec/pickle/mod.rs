@@ -1,8 +1,9 @@
 //! carbon pickle protocol: each frame is a 4-byte big-endian unsigned body length, then a
 //! body that is a pickle of a list of `(path, (timestamp, value))`.
 //!
-//! - [`PickleFramer`] cuts frames out of a TCP read buffer and skips frames whose declared
-//!   length exceeds the limit without buffering them (carbon closes the connection there).
+//! - [`PickleFramer`] cuts frames out of a TCP read buffer; a header that declares more
+//!   than the limit ends the stream (the connection is closed, as carbon's
+//!   `Int32StringReceiver` does past its `MAX_LENGTH`: what follows cannot be framed).
 //! - [`PickleDecoder`] decodes a body with hard limits (see its module docs).
 //! - [`encode_frames`] writes carbon's output framing with serde-pickle, protocol 2.
 
@@ -24,7 +25,8 @@ pub(crate) const HEADER_BYTES: usize = 4;
 pub enum FrameEvent {
     /// A complete frame body.
     Frame(Bytes),
-    /// A frame header declared `len` bytes, over the limit; its body is being skipped.
+    /// A frame header declared `len` bytes, over the limit: the stream cannot be framed
+    /// past it, and the framer yields nothing more.
     TooLarge(u64),
 }
 
@@ -34,8 +36,8 @@ pub enum FrameEvent {
 #[derive(Debug)]
 pub struct PickleFramer {
     max_frame_bytes: usize,
-    /// Bytes of an oversize frame body still to throw away.
-    skipping: u64,
+    /// An oversize header was seen: the stream is over.
+    refused: bool,
 }
 
 impl PickleFramer {
@@ -43,30 +45,19 @@ impl PickleFramer {
     pub fn new(max_frame_bytes: usize) -> Self {
         PickleFramer {
             max_frame_bytes,
-            skipping: 0,
+            refused: false,
         }
     }
 
-    /// The next frame or oversize event, or `None` when more bytes are needed.
+    /// The next frame or oversize event, or `None` when more bytes are needed (and
+    /// always after [`FrameEvent::TooLarge`], whose bytes it leaves in `buf`).
     pub fn next_frame(&mut self, buf: &mut BytesMut) -> Option<FrameEvent> {
-        if self.skipping > 0 {
-            let n = self.skipping.min(buf.len() as u64);
-            buf.advance(n as usize);
-            self.skipping -= n;
-            if self.skipping > 0 {
-                return None;
-            }
-        }
-        if buf.len() < HEADER_BYTES {
+        if self.refused || buf.len() < HEADER_BYTES {
             return None;
         }
         let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
         if len > self.max_frame_bytes {
-            buf.advance(HEADER_BYTES);
-            self.skipping = len as u64;
-            let n = self.skipping.min(buf.len() as u64);
-            buf.advance(n as usize);
-            self.skipping -= n;
+            self.refused = true;
             return Some(FrameEvent::TooLarge(len as u64));
         }
         if buf.len() < HEADER_BYTES + len {
@@ -78,9 +69,15 @@ impl PickleFramer {
         Some(FrameEvent::Frame(buf.split_to(len).freeze()))
     }
 
-    /// Bytes of an incomplete frame left at end of stream (counted as a bad frame).
+    /// Bytes of an incomplete frame left at end of stream (counted as a bad frame; not
+    /// after an oversize header, which was counted as such).
     pub(crate) fn truncated(&self, buf: &BytesMut) -> bool {
-        self.skipping == 0 && !buf.is_empty()
+        !self.refused && !buf.is_empty()
+    }
+
+    /// Whether an oversize header ended the stream: the connection must close.
+    pub fn refused(&self) -> bool {
+        self.refused
     }
 }
 

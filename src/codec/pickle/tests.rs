@@ -205,23 +205,31 @@ fn object_budget_is_enforced() {
 }
 
 #[test]
-fn framer_skips_oversize_and_splits_anywhere() {
+fn framer_stops_at_an_oversize_header_and_splits_anywhere() {
     let mut stream = Vec::new();
     for body in [&b"first"[..], b"", b"third!"] {
         stream.extend_from_slice(&(body.len() as u32).to_be_bytes());
         stream.extend_from_slice(body);
     }
-    // An oversize frame: 4 GiB declared, 20 bytes present, then a good frame.
-    let mut hostile = u32::MAX.to_be_bytes().to_vec();
+    // A good frame, an oversize one (4 GiB declared, 20 bytes present), then a good
+    // frame that can no longer be found: the framer yields nothing after the header.
+    let mut hostile = stream[..9].to_vec();
+    hostile.extend_from_slice(&u32::MAX.to_be_bytes());
     hostile.extend_from_slice(&[7u8; 20]);
+    hostile.extend_from_slice(&stream[9..]);
     let mut framer = PickleFramer::new(16);
     let mut buf = BytesMut::from(&hostile[..]);
     assert_eq!(
         framer.next_frame(&mut buf),
+        Some(FrameEvent::Frame(Bytes::from_static(b"first")))
+    );
+    assert_eq!(
+        framer.next_frame(&mut buf),
         Some(FrameEvent::TooLarge(u32::MAX as u64))
     );
-    assert!(buf.is_empty());
-    assert!(!framer.truncated(&buf));
+    assert!(framer.refused());
+    assert_eq!(framer.next_frame(&mut buf), None);
+    assert!(!framer.truncated(&buf), "counted once, as frame_too_large");
 
     for cut in 0..=stream.len() {
         let mut framer = PickleFramer::new(16);
