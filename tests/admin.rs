@@ -205,3 +205,53 @@ async fn http_ingest_authentication_edge_cases() {
     assert_eq!(stats.received.load(std::sync::atomic::Ordering::Relaxed), 3);
     running.aggd.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_need_no_token_unless_protected_and_the_tenant_api_needs_one() {
+    // No token: /metrics, /health and /ready answer; the tenant API says it is off.
+    let running = TestAggd::new("admin-open", "a (60) = sum b.*\n")
+        .toml("[admin]\naddress = \"127.0.0.1:0\"\n")
+        .start()
+        .await;
+    let admin = running.aggd.addr("admin/http").unwrap();
+    for path in ["/metrics", "/health", "/ready"] {
+        let (status, _) = call(admin, "GET", path.into(), vec![], vec![]).await;
+        assert_eq!(status, 200, "{path}");
+    }
+    running.aggd.shutdown().await;
+
+    // protect_metrics: every path needs the token.
+    let running = TestAggd::new("admin-protected", "<t>.count (60) = count <t>.*\n")
+        .toml(&format!(
+            "[tenants]\nregistry = \"tenants.toml\"\n\
+             [admin]\naddress = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\nprotect_metrics = true\n"
+        ))
+        .registry("[tenant.acme]\n")
+        .start()
+        .await;
+    let admin = running.aggd.addr("admin/http").unwrap();
+    for path in ["/metrics", "/health", "/ready"] {
+        let (status, _) = call(admin, "GET", path.into(), vec![], vec![]).await;
+        assert_eq!(status, 401, "{path} without the token");
+        let (status, _) = call(admin, "GET", path.into(), bearer("wrong-token"), vec![]).await;
+        assert_eq!(status, 401, "{path} with a wrong token");
+        let (status, _) = call(admin, "GET", path.into(), bearer(TOKEN), vec![]).await;
+        assert_eq!(status, 200, "{path} with the token");
+    }
+    running.aggd.shutdown().await;
+
+    // Tenants without a token: the API answers that it is off.
+    let running = TestAggd::new("admin-no-token", "<t>.count (60) = count <t>.*\n")
+        .toml("[tenants]\nregistry = \"tenants.toml\"\n[admin]\naddress = \"127.0.0.1:0\"\n")
+        .registry("[tenant.acme]\n")
+        .start()
+        .await;
+    let admin = running.aggd.addr("admin/http").unwrap();
+    let (status, v) = call(admin, "GET", "/api/tenants".into(), bearer(TOKEN), vec![]).await;
+    assert_eq!(status, 401);
+    assert!(
+        v["error"].as_str().unwrap().contains("tenant API is off"),
+        "{v}"
+    );
+    running.aggd.shutdown().await;
+}

@@ -307,10 +307,13 @@ pub struct AdminFile {
     /// `host:port`; loopback by default.
     #[serde(default = "defaults::admin_address")]
     pub address: String,
-    /// The bearer token (prefer `token_file`).
+    /// The bearer token (prefer `token_file`); without one the tenant API is off.
     pub token: Option<String>,
     /// A file holding the bearer token.
     pub token_file: Option<PathBuf>,
+    /// `/metrics`, `/health` and `/ready` need the token too (default: they need none).
+    #[serde(default)]
+    pub protect_metrics: bool,
 }
 
 /// `[quarantine]` as written: the optional file of rejected datapoints.

@@ -113,8 +113,10 @@ pub struct TenantsConfig {
 pub struct AdminConfig {
     /// Address to bind.
     pub address: String,
-    /// Bearer token.
+    /// Bearer token; empty when none is configured (the tenant API is then off).
     pub token: String,
+    /// `/metrics`, `/health` and `/ready` need the token too.
+    pub protect_metrics: bool,
 }
 
 /// Validated `[quarantine]`.

@@ -253,14 +253,20 @@ impl TryFrom<AdminFile> for AdminConfig {
             (Some(t), None) => t,
             (None, None) => String::new(),
         };
-        if token.len() < 8 {
+        if !token.is_empty() && token.len() < 8 {
             return Err(invalid(
-                "admin: a token (or token_file) of at least 8 characters is required",
+                "admin: the token (or token_file) must have at least 8 characters",
+            ));
+        }
+        if token.is_empty() && a.protect_metrics {
+            return Err(invalid(
+                "admin: protect_metrics needs a token (or token_file) of at least 8 characters",
             ));
         }
         Ok(AdminConfig {
             address: a.address,
             token,
+            protect_metrics: a.protect_metrics,
         })
     }
 }

@@ -337,7 +337,8 @@ async fn serve_admin(
         .map_err(|e| std::io::Error::new(e.kind(), format!("admin address {}: {e}", a.address)))?;
     let addr = l.local_addr()?;
     tracing::info!(listener = "admin/http", address = %addr, "listening");
-    let mut app = service::routes(Arc::clone(metrics));
+    let guard = a.protect_metrics.then(|| Arc::from(a.token.as_str()));
+    let mut app = service::routes(Arc::clone(metrics), guard);
     if let Some((t, file)) = tenants {
         app = app.merge(admin::router(Arc::new(admin::Admin {
             tenants: Arc::clone(t),

@@ -106,11 +106,12 @@ async fn metrics(axum::extract::State(m): axum::extract::State<Arc<Metrics>>) ->
         .into_response()
 }
 
-/// `GET /health`, `GET /ready`, `GET /metrics` (no authentication; keep the admin
-/// listener on loopback or behind a firewall).
-pub(crate) fn routes(m: Arc<Metrics>) -> axum::Router {
+/// `GET /health`, `GET /ready`, `GET /metrics`: without authentication, or with `token`
+/// (`[admin] protect_metrics`) only for `Authorization: Bearer <token>` (401 otherwise).
+/// Keep the admin listener on loopback or behind a firewall.
+pub(crate) fn routes(m: Arc<Metrics>, token: Option<Arc<str>>) -> axum::Router {
     let o = Arc::clone(m.observed());
-    axum::Router::new()
+    let app = axum::Router::new()
         .route("/metrics", get(metrics))
         .with_state(m)
         .merge(
@@ -118,7 +119,28 @@ pub(crate) fn routes(m: Arc<Metrics>) -> axum::Router {
                 .route("/health", get(health))
                 .route("/ready", get(ready))
                 .with_state(o),
+        );
+    match token {
+        Some(t) => app.layer(axum::middleware::from_fn_with_state(t, require_token)),
+        None => app,
+    }
+}
+
+/// Answers 401 unless the request carries the token.
+async fn require_token(
+    axum::extract::State(token): axum::extract::State<Arc<str>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if crate::tenant::admin::bearer_matches(req.headers(), &token) {
+        next.run(req).await
+    } else {
+        (
+            StatusCode::UNAUTHORIZED,
+            "admin token required ([admin] protect_metrics)\n",
         )
+            .into_response()
+    }
 }
 
 /// Pings the systemd watchdog at half its interval while the workers make progress; a

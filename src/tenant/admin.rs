@@ -7,7 +7,8 @@
 //! | `PUT /api/tenants/{id}` | create or replace the entry (JSON body, as in the registry file) |
 //! | `DELETE /api/tenants/{id}` | mark the tenant `deleted` (its datapoints become `tenant_deleted`) |
 //!
-//! Every request needs `Authorization: Bearer <admin token>` (401 otherwise). Changes take
+//! Every request needs `Authorization: Bearer <admin token>` (401 otherwise; without a
+//! configured token the API is off and answers 401 saying so). Changes take
 //! effect at once (a new registry snapshot) and are written to the registry file, so they
 //! survive reloads and restarts.
 
@@ -37,17 +38,32 @@ pub struct Admin {
     pub write: tokio::sync::Mutex<()>,
 }
 
-/// Whether the request carries the admin token. The comparison takes the same time
-/// wherever the first difference is (`subtle`), so timing does not reveal a prefix.
+/// Whether the request carries the admin token.
 fn authorized(admin: &Admin, headers: &HeaderMap) -> bool {
+    bearer_matches(headers, &admin.token)
+}
+
+/// Whether `headers` carry `Authorization: Bearer <token>` (never for an empty `token`).
+/// The comparison takes the same time wherever the first difference is (`subtle`), so
+/// timing does not reveal a prefix.
+pub(crate) fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
     use subtle::ConstantTimeEq;
     headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|t| {
-            !admin.token.is_empty() && bool::from(t.as_bytes().ct_eq(admin.token.as_bytes()))
-        })
+        .is_some_and(|t| !token.is_empty() && bool::from(t.as_bytes().ct_eq(token.as_bytes())))
+}
+
+/// The 401 answer: the token is missing or wrong, or none is configured.
+fn unauthorized(admin: &Admin) -> Response {
+    if admin.token.is_empty() {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "the tenant API is off: configure [admin] token or token_file",
+        );
+    }
+    error(StatusCode::UNAUTHORIZED, "admin token required")
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -56,14 +72,14 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 
 async fn list(State(a): State<Arc<Admin>>, headers: HeaderMap) -> Response {
     if !authorized(&a, &headers) {
-        return error(StatusCode::UNAUTHORIZED, "admin token required");
+        return unauthorized(&a);
     }
     Json(a.tenants.registry().tenants().clone()).into_response()
 }
 
 async fn show(State(a): State<Arc<Admin>>, Path(id): Path<String>, headers: HeaderMap) -> Response {
     if !authorized(&a, &headers) {
-        return error(StatusCode::UNAUTHORIZED, "admin token required");
+        return unauthorized(&a);
     }
     let reg = a.tenants.registry();
     let Some(entry) = reg.get(&id) else {
@@ -114,7 +130,7 @@ async fn put(
     body: axum::body::Bytes,
 ) -> Response {
     if !authorized(&a, &headers) {
-        return error(StatusCode::UNAUTHORIZED, "admin token required");
+        return unauthorized(&a);
     }
     match serde_json::from_slice::<TenantEntry>(&body) {
         Ok(entry) => change(&a, &id, Some(entry)).await,
@@ -128,7 +144,7 @@ async fn delete(
     headers: HeaderMap,
 ) -> Response {
     if !authorized(&a, &headers) {
-        return error(StatusCode::UNAUTHORIZED, "admin token required");
+        return unauthorized(&a);
     }
     let mut entry = a.tenants.registry().get(&id).cloned().unwrap_or_default();
     entry.state = TenantState::Deleted;
