@@ -16,7 +16,7 @@ const CHECK_LIVE_SERIES: u64 = 100_000;
 
 /// A Graphite-compatible aggregation daemon.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(name = "aggd", version, about = "A Graphite-compatible aggregation daemon", long_about = None)]
 struct Cli {
     /// Log as JSON lines instead of plain text.
     #[arg(long, global = true)]
@@ -103,6 +103,14 @@ enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+    /// Print a shell completion script (e.g. `aggd completions bash >
+    /// /usr/share/bash-completion/completions/aggd`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff, `aggd(1)`), e.g. `aggd man | man -l -`.
+    Man,
 }
 
 #[derive(Args)]
@@ -431,6 +439,17 @@ fn main() -> ExitCode {
         Command::Cluster {
             command: ClusterCommand::Status(c),
         } => c.load().and_then(|cfg| cluster_status(&cfg)),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "aggd", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .map_err(anyhow::Error::from)
+        }
         Command::Journal {
             command: JournalCommand::Stat(c),
         } => c.load().and_then(|cfg| {

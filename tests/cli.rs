@@ -514,3 +514,33 @@ fn check_accepts_the_three_node_cluster_example() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn completions_and_the_man_page_cover_every_subcommand() {
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let subcommands = ["run", "check", "explain", "replay", "journal", "cluster"];
+    for (shell, marker) in [
+        ("bash", "complete -F _aggd"),
+        ("zsh", "#compdef aggd"),
+        ("fish", "complete -c aggd"),
+    ] {
+        let script = run(&["completions", shell]);
+        assert!(script.contains(marker), "{shell}: {script}");
+        for sub in subcommands {
+            assert!(script.contains(sub), "{shell} completes {sub}");
+        }
+    }
+    let man = run(&["man"]);
+    assert!(
+        man.starts_with(".ie") || man.contains(".TH aggd 1"),
+        "{man}"
+    );
+    assert!(man.contains(".TH aggd 1"), "{man}");
+    for sub in subcommands {
+        assert!(man.contains(sub), "the man page lists {sub}");
+    }
+}
