@@ -12,7 +12,7 @@ use aggd::listen::BoundListener;
 use aggd::server::Signal;
 
 /// Live output series `aggd check` counts in the memory bound it prints.
-const CHECK_LIVE_SERIES: u64 = 100_000;
+use aggd::memory::CHECK_LIVE_SERIES;
 
 /// A Graphite-compatible aggregation daemon.
 #[derive(Parser)]

@@ -24,7 +24,11 @@ pub(crate) const PICKLE_BYTES_PER_OBJECT: u64 = 24;
 /// Bytes of one queued work item (series key pointer, timestamp, value).
 pub(crate) const WORK_ITEM_BYTES: u64 = crate::ingest::slots::WORK_ITEM_BYTES as u64;
 
-/// The terms of the bound, in bytes.
+/// The live output series `aggd check` and `aggd_memory_bound_bytes` compute the bound
+/// for.
+pub const CHECK_LIVE_SERIES: u64 = 100_000;
+
+/// The terms of the bound, in bytes (`docs/operations.md`, "Memory").
 #[derive(Debug, Clone, PartialEq)]
 pub struct MemoryBound {
     /// The live output series counted.

@@ -171,6 +171,15 @@ impl Destinations {
         self.dests.iter().map(|d| (d.name.as_str(), &*d.counters))
     }
 
+    /// Each destination's name, whether its sender holds a connection (1) or not (0),
+    /// and its queue capacity in datapoints.
+    pub fn states(&self) -> impl Iterator<Item = (&str, u64, usize)> {
+        self.dests.iter().map(|d| {
+            let up = d.counters.state.load(Ordering::Relaxed) == UP;
+            (d.name.as_str(), u64::from(up), d.max_queued)
+        })
+    }
+
     /// Each destination's carbon self-metric name (`127_0_0_1:2004:None`) and counters.
     pub fn carbon_counters(&self) -> impl Iterator<Item = (&str, &DestCounters)> {
         self.dests

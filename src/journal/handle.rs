@@ -33,6 +33,8 @@ pub struct Journal {
     dir: PathBuf,
     /// How the journal writes (the clean-shutdown mark too).
     io: Arc<dyn JournalIo>,
+    /// `max_bytes`: retention keeps the segments under it.
+    max_bytes: u64,
 }
 
 /// The `fsync = "interval"` thread: every interval, fsyncs the active segment through its
@@ -136,6 +138,7 @@ impl Journal {
         let dir = cfg.dir.clone();
         let on_full = cfg.on_full;
         let fsync = cfg.fsync;
+        let max_bytes = cfg.max_bytes;
         let writer = Writer::new(cfg, Arc::clone(&io), report.next_seq, Arc::clone(&stats))?;
         let fsyncer = match fsync {
             super::Fsync::Interval(every) => Some(spawn_fsyncer(
@@ -161,6 +164,7 @@ impl Journal {
                 lock: Mutex::new(Some(lock)),
                 dir,
                 io,
+                max_bytes,
             }),
             report,
         ))
@@ -187,6 +191,16 @@ impl Journal {
     /// Records waiting for the writer (the journal's lag).
     pub fn queued(&self) -> usize {
         self.tx.len()
+    }
+
+    /// The size retention keeps the segments under (`max_bytes`).
+    pub(crate) fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    /// Bytes free for an unprivileged user on the journal's filesystem (0 if unknown).
+    pub(crate) fn free_disk(&self) -> u64 {
+        self.io.available_space(&self.dir).unwrap_or(0)
     }
 
     /// Bytes of all segment files.

@@ -209,6 +209,9 @@ pub async fn start_with_io(
         quarantine,
         cluster: cluster.as_ref().map(|c| Arc::clone(&c.stats)),
         ready: AtomicBool::new(false),
+        memory_bound: config
+            .memory_bound(crate::memory::CHECK_LIVE_SERIES)
+            .total(),
     });
     let metrics = Arc::new(Metrics::new(Arc::clone(&observed)));
     let svc = &config.service;

@@ -58,6 +58,8 @@ pub struct Observed {
     pub cluster: Option<Arc<crate::cluster::ClusterStats>>,
     /// Readiness: listeners bound and open intervals rebuilt, not shutting down.
     pub ready: AtomicBool,
+    /// The config's memory bound (`aggd check`'s, for 100 000 live output series), bytes.
+    pub memory_bound: u64,
 }
 
 /// How long a worker may go without progress and still count as healthy.

@@ -56,6 +56,7 @@ fn observe(
         quarantine,
         cluster: None,
         ready: AtomicBool::new(true),
+        memory_bound: 1 << 30,
     });
     (Metrics::new(observed), workers)
 }
