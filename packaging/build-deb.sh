@@ -13,7 +13,7 @@ rm -rf "$a"
 mkdir -p "$a"
 sed -e 's|/usr/local/bin/aggd|/usr/bin/aggd|g' \
     -e 's|/usr/local/share/doc/aggd|/usr/share/doc/aggd|g' \
-    -e 's|`systemd/install.sh` puts the binary in /usr/local/bin, this|the aggd package puts the binary in /usr/bin, this|' \
+    -e 's|`systemd/install.sh` puts the binary in /usr/local/bin, this|The aggd package puts the binary in /usr/bin, this|' \
     -e 's|unit and aggd.socket in /etc/systemd/system,|unit and aggd.socket in /lib/systemd/system,|' \
     systemd/aggd.service > "$a/aggd.service"
 cp systemd/aggd.socket "$a/aggd.socket"
