@@ -84,12 +84,22 @@ impl Stats {
             l.record(reason.as_str(), n, window);
         }
         if let Some(earlier) = self.drops[reason.index()].count(n) {
-            tracing::warn!(
-                reason = reason.as_str(),
-                count = n,
-                suppressed_since_last_log = earlier,
-                "dropped: {detail}"
-            );
+            if reason.is_drop() {
+                tracing::warn!(
+                    reason = reason.as_str(),
+                    count = n,
+                    suppressed_since_last_log = earlier,
+                    "dropped: {detail}"
+                );
+            } else {
+                tracing::warn!(
+                    count = n,
+                    suppressed_since_last_log = earlier,
+                    "not journaled (the journal's queue was full or its write failed): \
+                     aggregated and sent, but replay cannot cover this window \
+                     (ledgered); {detail}"
+                );
+            }
         }
     }
 
@@ -98,9 +108,18 @@ impl Stats {
         self.drops[reason.index()].get()
     }
 
-    /// Sum of all drop counters.
+    /// Sum of all drop counters (not [`DropReason::Unjournaled`]: not a drop).
     pub fn total_drops(&self) -> u64 {
-        DropReason::ALL.iter().map(|r| self.drops(*r)).sum()
+        DropReason::ALL
+            .iter()
+            .filter(|r| r.is_drop())
+            .map(|r| self.drops(*r))
+            .sum()
+    }
+
+    /// Frames whose datapoints were aggregated and sent without being journaled.
+    pub fn unjournaled(&self) -> u64 {
+        self.drops(DropReason::Unjournaled)
     }
 }
 

@@ -239,6 +239,7 @@ fn run(config: Config, source: ConfigArg) -> anyhow::Result<()> {
             .load(std::sync::atomic::Ordering::Relaxed),
         sent = stats.sent.load(std::sync::atomic::Ordering::Relaxed),
         dropped = stats.total_drops(),
+        unjournaled = stats.unjournaled(),
         "stopped"
     );
     Ok(())

@@ -142,6 +142,13 @@ impl DropReason {
         DropReason::ALL.into_iter().find(|r| r.as_str() == label)
     }
 
+    /// Whether it is a drop: every reason but [`DropReason::Unjournaled`], a frame whose
+    /// datapoints were aggregated and sent, only not journaled (counted on its own,
+    /// `aggd_unjournaled_total`, and ledgered: replay cannot cover that window).
+    pub fn is_drop(self) -> bool {
+        self != DropReason::Unjournaled
+    }
+
     /// Whether it is a configured filter (the white/blacklists) rather than a loss: such
     /// drops are counted and logged but not ledgered (replay filters them the same way)
     /// nor quarantined.

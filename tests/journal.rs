@@ -258,3 +258,50 @@ async fn replay_lost_repairs_a_destination_outage_in_carbon_cache() {
     );
     assert_eq!(fetch(&cc), want);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_not_journaled_is_aggregated_and_counted_on_its_own_not_as_a_drop() {
+    // Free space can never reach min_free_disk: every journal write fails, and with
+    // on_full = "ingest" the datapoints are processed anyway.
+    let running = TestAggd::new("unjournaled", "total (60) = sum in.*\n")
+        .toml(
+            "[journal]\ndir = \"journal\"\non_full = \"ingest\"\n\
+             min_free_disk = 1152921504606846976\n\
+             [admin]\naddress = \"127.0.0.1:0\"\n",
+        )
+        .start()
+        .await;
+    let (tcp, admin) = (
+        running.aggd.addr("plaintext/tcp").unwrap(),
+        running.aggd.addr("admin/http").unwrap(),
+    );
+    let base = previous_bucket(60);
+    tokio::task::spawn_blocking(move || {
+        writeln!(TcpStream::connect(tcp).unwrap(), "in.a 5 {base}").unwrap();
+    })
+    .await
+    .unwrap();
+    let stats = running.aggd.stats();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stats.unjournaled() == 0 {
+        assert!(Instant::now() < deadline, "the frame was never counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(stats.unjournaled(), 1);
+    assert_eq!(stats.total_drops(), 0, "not journaled is not a drop");
+    let text = tokio::task::spawn_blocking(move || {
+        String::from_utf8(http(admin, "GET", "/metrics", &[], b"").2).unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        text.lines().any(|l| l == "aggd_unjournaled_total 1"),
+        "{text}"
+    );
+    assert!(!text.contains("reason=\"unjournaled\""), "{text}");
+    // The datapoint was aggregated and is delivered.
+    running.aggd.shutdown().await;
+    running.capture.wait_for("the aggregate", |got| {
+        got.get(&("total".into(), base)) == Some(&5.0)
+    });
+}

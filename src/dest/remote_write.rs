@@ -236,13 +236,18 @@ async fn answer_start(mut resp: reqwest::Response) -> String {
 /// How much of an error answer is read and quoted in the log.
 const ANSWER_BYTES: usize = 512;
 
-/// A reqwest error with its causes (reqwest's own message omits them).
-fn describe(e: &reqwest::Error) -> String {
+/// An error with its causes (reqwest's own message omits them), each said once: a cause
+/// whose text its parent already quotes (hyper's DNS error quotes the OS error it wraps)
+/// is not repeated.
+fn describe(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
-    let mut source = std::error::Error::source(e);
+    let mut source = e.source();
     while let Some(c) = source {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
+        let text = c.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
         source = c.source();
     }
     s
@@ -338,6 +343,35 @@ pub(super) async fn run(link: Link, mut rx: mpsc::Receiver<OutBatch>, drain: Can
 
 #[cfg(test)]
 mod tests {
+
+    /// An error quoting its cause's text, as hyper's DNS error does.
+    #[derive(Debug)]
+    struct Quoting(std::io::Error);
+
+    impl std::fmt::Display for Quoting {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "dns error: {}", self.0)
+        }
+    }
+
+    impl std::error::Error for Quoting {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_cause_already_quoted_is_not_repeated() {
+        let e = Quoting(std::io::Error::other(
+            "failed to lookup address information",
+        ));
+        assert_eq!(
+            describe(&e),
+            "dns error: failed to lookup address information"
+        );
+        let plain = std::io::Error::other(Quoting(std::io::Error::other("refused")));
+        assert_eq!(describe(&plain), "dns error: refused");
+    }
     use super::*;
     use crate::datapoint::OutValue;
 

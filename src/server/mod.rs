@@ -260,7 +260,13 @@ fn open_journal(
         Some(_) => crate::cluster::publish::saved_watermark(&*io, &j.dir),
         None => 0,
     };
-    let (journal, report) = Journal::open_at_least(j.clone(), Arc::clone(&io), floor)?;
+    let (journal, report) =
+        Journal::open_at_least(j.clone(), Arc::clone(&io), floor).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("journal: {e} (check [journal] dir; `aggd check` tests it)"),
+            )
+        })?;
     tracing::info!(dir = %j.dir.display(), next_seq = report.next_seq,
         truncated_bytes = report.truncated_bytes, skipped_bytes = report.skipped_bytes,
         empty_segments_removed = report.empty_removed,

@@ -111,10 +111,23 @@ pub const CATALOG: &[Metric] = &[
             },
         ],
         read: |o, f| {
-            for r in DropReason::ALL {
+            for r in DropReason::ALL.into_iter().filter(|r| r.is_drop()) {
                 f(r.as_str(), o.stats.drops(r));
             }
         },
+    },
+    Metric {
+        name: "unjournaled",
+        help: "Frames whose datapoints were aggregated and sent without being journaled \
+               (the journal's queue was full or its write failed, on_full = ingest): not a \
+               drop, but replay cannot cover their window (ledgered).",
+        ty: Type::Counter,
+        label: None,
+        carbon: &[Carbon::Stat {
+            name: "unjournaled",
+            always: false,
+        }],
+        read: |o, f| f("", o.stats.unjournaled()),
     },
     Metric {
         name: "events",
