@@ -544,3 +544,40 @@ fn completions_and_the_man_page_cover_every_subcommand() {
         assert!(man.contains(sub), "the man page lists {sub}");
     }
 }
+
+#[test]
+fn check_reports_every_config_error_at_its_line_and_column() {
+    let dir = tempdir("check-lines");
+    std::fs::write(dir.join("rules.conf"), "ok (60) = sum a.*\n").unwrap();
+    let cfg = dir.join("aggd.toml");
+    std::fs::write(
+        &cfg,
+        "[[listen]]\n\
+         protocol = \"plaintext\"\n\
+         address = \"127.0.0.1:99999\"\n\
+         [aggregation]\n\
+         rules = \"rules.conf\"\n\
+         [[destination]]\n\
+         address = \"cache:notaport\"\n\
+         [admin]\n\
+         token = \"short\"\n",
+    )
+    .unwrap();
+    let (ok, _, err) = check_output(&cfg);
+    assert!(!ok);
+    let file = cfg.to_str().unwrap();
+    let lines: Vec<&str> = err.trim_start_matches("aggd: ").lines().collect();
+    assert_eq!(lines.len(), 3, "one line per error: {err}");
+    assert!(lines[0].starts_with(&format!("{file}:3:11: ")), "{err}");
+    assert!(lines[0].contains("127.0.0.1:99999"), "{err}");
+    assert!(lines[1].starts_with(&format!("{file}:7:11: ")), "{err}");
+    assert!(lines[1].contains("cache:notaport"), "{err}");
+    assert!(lines[2].starts_with(&format!("{file}:8:1: ")), "{err}");
+    assert!(lines[2].contains("at least 8 characters"), "{err}");
+    // A syntax error (an unknown key) has its place too.
+    std::fs::write(&cfg, "[aggregation]\nrules = \"rules.conf\"\nrulez = 1\n").unwrap();
+    let (ok, _, err) = check_output(&cfg);
+    assert!(!ok);
+    assert!(err.contains(&format!("{file}:3:1: ")), "{err}");
+    assert!(err.contains("rulez"), "{err}");
+}

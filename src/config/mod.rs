@@ -45,6 +45,21 @@ pub enum ConfigError {
         /// The parser's message, with line and column.
         message: String,
     },
+    /// A syntax error or a bad value at a known place in the file.
+    #[error("{}:{line}:{column}: {message}", file.display())]
+    At {
+        /// The file.
+        file: PathBuf,
+        /// Line, from 1.
+        line: usize,
+        /// Column, from 1.
+        column: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// Several errors, one per line, in the order of the file's sections.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Many(Vec<ConfigError>),
     /// A value is out of range or inconsistent.
     #[error("{}: {message}", file.display())]
     Invalid {
@@ -354,9 +369,56 @@ impl ConfigError {
     }
 }
 
-/// Every item of `items` validated into `T`, in order.
-fn each<F, T: TryFrom<F, Error = SectionError>>(items: Vec<F>) -> Result<Vec<T>, SectionError> {
-    items.into_iter().map(T::try_from).collect()
+/// The errors found so far while validating a config: validation goes on past an error,
+/// so every one is reported.
+#[derive(Default)]
+struct Errors(Vec<SectionError>);
+
+impl Errors {
+    /// The value, or `None` with the error kept.
+    fn ok<T>(&mut self, r: Result<T, SectionError>) -> Option<T> {
+        r.map_err(|e| self.0.push(e)).ok()
+    }
+
+    /// Every item of `items` validated into `T`, in order; the errors of all of them kept.
+    fn each<F, T: TryFrom<F, Error = SectionError>>(&mut self, items: Vec<F>) -> Option<Vec<T>> {
+        let before = self.0.len();
+        let out: Vec<T> = items
+            .into_iter()
+            .filter_map(|i| self.ok(T::try_from(i)))
+            .collect();
+        (self.0.len() == before).then_some(out)
+    }
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |n| before.len() - n - 1)
+        + 1;
+    (line, column)
+}
+
+/// Where in the config `text` a validation `message` points: the first value it quotes,
+/// found quoted in the file, else the header of the section it names (`admin: …` →
+/// `[admin]`).
+fn locate(text: &str, message: &str) -> Option<(usize, usize)> {
+    let quoted = message
+        .split('"')
+        .nth(1)
+        .filter(|q| !q.is_empty())
+        .and_then(|q| text.find(&format!("\"{q}\"")));
+    let section = || {
+        let name = message.split(':').next()?.trim();
+        (!name.is_empty() && name.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+            .then_some(())?;
+        text.find(&format!("[{name}]"))
+            .or_else(|| text.find(&format!("[[{name}]]")))
+    };
+    quoted.or_else(section).map(|o| line_col(text, o))
 }
 
 impl Config {
@@ -366,45 +428,123 @@ impl Config {
             file: path.to_path_buf(),
             error,
         })?;
-        let file: File = toml::from_str(&text).map_err(|e| ConfigError::Syntax {
-            file: path.to_path_buf(),
-            message: e.to_string(),
+        let file: File = toml::from_str(&text).map_err(|e| match e.span() {
+            Some(span) => {
+                let (line, column) = line_col(&text, span.start);
+                // The message, then the line it is about (which names the key).
+                let source = text.lines().nth(line - 1).unwrap_or("").trim();
+                ConfigError::At {
+                    file: path.to_path_buf(),
+                    line,
+                    column,
+                    message: format!("{} (in `{source}`)", e.message().trim()),
+                }
+            }
+            None => ConfigError::Syntax {
+                file: path.to_path_buf(),
+                message: e.to_string(),
+            },
         })?;
-        Config::from_file(file, path)
+        Config::validate(file, path, Some(&text))
     }
 
     /// Validates a parsed [`File`]: its relative paths are resolved against `path`'s
     /// directory, then each section becomes its validated type; `path` names errors.
-    pub fn from_file(mut file: File, path: &Path) -> Result<Config, ConfigError> {
-        file.resolve_paths(path.parent().unwrap_or(Path::new(".")));
-        Config::from_sections(file, path).map_err(|e| ConfigError::in_file(path, e))
+    ///
+    /// Errors: every section's, in order ([`ConfigError::Many`] when there are several).
+    pub fn from_file(file: File, path: &Path) -> Result<Config, ConfigError> {
+        Config::validate(file, path, None)
     }
 
-    fn from_sections(file: File, path: &Path) -> Result<Config, SectionError> {
-        section::check_limits(&file.limits)?;
+    /// [`Config::from_file`], placing each error at its line and column when the file's
+    /// `text` is known.
+    fn validate(mut file: File, path: &Path, text: Option<&str>) -> Result<Config, ConfigError> {
+        file.resolve_paths(path.parent().unwrap_or(Path::new(".")));
+        Config::from_sections(file, path).map_err(|errors| {
+            let mut all: Vec<ConfigError> = errors
+                .into_iter()
+                .map(|e| match (ConfigError::in_file(path, e), text) {
+                    (ConfigError::Invalid { file, message }, Some(t)) => {
+                        match locate(t, &message) {
+                            Some((line, column)) => ConfigError::At {
+                                file,
+                                line,
+                                column,
+                                message,
+                            },
+                            None => ConfigError::Invalid { file, message },
+                        }
+                    }
+                    (e, _) => e,
+                })
+                .collect();
+            match all.len() {
+                1 => all.remove(0),
+                _ => ConfigError::Many(all),
+            }
+        })
+    }
+
+    /// Validates every section, going on past errors; all of them on failure.
+    fn from_sections(file: File, path: &Path) -> Result<Config, Vec<SectionError>> {
+        let mut errs = Errors::default();
+        errs.ok(section::check_limits(&file.limits));
         if file.cluster.is_some() && file.journal.is_none() {
-            return Err(section::invalid(
-                "cluster mode needs a [journal] section: the node republishes from it",
+            errs.0.push(section::invalid(
+                "cluster: cluster mode needs a [journal] section: the node republishes from it",
             ));
         }
-        let destinations: Vec<DestinationConfig> = each(file.destination)?;
-        Ok(Config {
-            source: path.to_path_buf(),
-            listeners: each(file.listen)?,
-            aggregation: file.aggregation.try_into()?,
-            workers: file.workers.try_into()?,
-            routing: section::routing(file.routing, &destinations)?,
+        let listeners = errs.each(file.listen);
+        let destinations: Option<Vec<DestinationConfig>> = errs.each(file.destination);
+        let aggregation = errs.ok(file.aggregation.try_into());
+        let workers = errs.ok(file.workers.try_into());
+        let routing = destinations
+            .as_ref()
+            .and_then(|d| errs.ok(section::routing(file.routing, d)));
+        let journal = errs.ok(file.journal.map(TryInto::try_into).transpose());
+        let tenants = errs.ok(file.tenants.map(TryInto::try_into).transpose());
+        let admin = errs.ok(file.admin.map(TryInto::try_into).transpose());
+        let cluster = errs.ok(file.cluster.map(TryInto::try_into).transpose());
+        match (
+            listeners,
             destinations,
-            limits: file.limits,
-            journal: file.journal.map(TryInto::try_into).transpose()?,
-            tenants: file.tenants.map(TryInto::try_into).transpose()?,
-            admin: file.admin.map(TryInto::try_into).transpose()?,
-            quarantine: file.quarantine.map(Into::into),
-            service: file.service.into(),
-            cluster: file.cluster.map(TryInto::try_into).transpose()?,
-            #[cfg(feature = "fault-injection")]
-            faults: Faults::default(),
-        })
+            aggregation,
+            workers,
+            routing,
+            journal,
+            tenants,
+            admin,
+            cluster,
+        ) {
+            (
+                Some(listeners),
+                Some(destinations),
+                Some(aggregation),
+                Some(workers),
+                Some(routing),
+                Some(journal),
+                Some(tenants),
+                Some(admin),
+                Some(cluster),
+            ) if errs.0.is_empty() => Ok(Config {
+                source: path.to_path_buf(),
+                listeners,
+                aggregation,
+                workers,
+                routing,
+                destinations,
+                limits: file.limits,
+                journal,
+                tenants,
+                admin,
+                quarantine: file.quarantine.map(Into::into),
+                service: file.service.into(),
+                cluster,
+                #[cfg(feature = "fault-injection")]
+                faults: Faults::default(),
+            }),
+            _ => Err(errs.0),
+        }
     }
 }
 

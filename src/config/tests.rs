@@ -151,7 +151,7 @@ fn closed_sets_and_durations_are_typed() {
         ),
     ] {
         let e = load(name, extra).unwrap_err();
-        assert!(matches!(e, ConfigError::Syntax { .. }), "{e}");
+        assert!(matches!(e, ConfigError::At { .. }), "{e}");
         let e = e.to_string();
         assert!(e.contains(name) && e.contains(says), "{e}");
     }
