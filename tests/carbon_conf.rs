@@ -21,9 +21,10 @@ fn carbon_conf(dir: &Path, destinations: &str, keys: &str) -> std::path::PathBuf
     std::fs::write(
         &path,
         format!(
-            "[cache]\nLINE_RECEIVER_PORT = 2003\n\n\
+            "[cache]\nLINE_RECEIVER_PORT = 2003\nSTORAGE_DIR = {}\n\n\
              [aggregator]\nLINE_RECEIVER_INTERFACE = 127.0.0.1\nLINE_RECEIVER_PORT = {}\n\
              PICKLE_RECEIVER_PORT = 0\nDESTINATIONS = {destinations}\n{keys}",
+            dir.join("storage").display(),
             free_port()
         ),
     )

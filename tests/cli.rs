@@ -391,10 +391,12 @@ fn carbon_conf_drop_in() {
             "[aggregator]\nLINE_RECEIVER_INTERFACE = 127.0.0.1\nLINE_RECEIVER_PORT = {}\n\
              PICKLE_RECEIVER_INTERFACE = 127.0.0.1\nPICKLE_RECEIVER_PORT = {}\n\
              DESTINATIONS = {}:a\nDESTINATION_PROTOCOL = line\nFORWARD_ALL = False\n\
-             LOG_LISTENER_CONN_SUCCESS = True\nCACHE_METRIC_NAMES_MAX = 0\n",
+             LOG_LISTENER_CONN_SUCCESS = True\nCACHE_METRIC_NAMES_MAX = 0\n\
+             STORAGE_DIR = {}\n",
             free_port(),
             free_port(),
-            capture.addr
+            capture.addr,
+            dir.join("storage").display()
         ),
     )
     .unwrap();
@@ -412,6 +414,49 @@ fn carbon_conf_drop_in() {
     });
     sigterm(&child);
     assert!(child.wait().unwrap().success());
+    // The carbon.conf user got the journal, under STORAGE_DIR/aggd/<instance>/journal,
+    // and the journal commands take --carbon-conf.
+    let conf = dir.join("carbon.conf");
+    let conf = conf.to_str().unwrap();
+    let journal = dir.join("storage/aggd/a/journal");
+    assert!(journal.join("ledger.jsonl").exists() || journal.is_dir());
+    let check = aggd_ok(["check", "--no-bind", "--carbon-conf", conf]);
+    assert!(
+        check.contains(&format!("journal: {}", journal.display())),
+        "{check}"
+    );
+    let stat = aggd_ok(["journal", "stat", "--carbon-conf", conf]);
+    let segments = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("segments: "))
+        .unwrap_or_else(|| panic!("{stat}"));
+    assert!(!segments.starts_with('0'), "{stat}");
+    let replayed = aggd_ok([
+        "replay",
+        "--carbon-conf",
+        conf,
+        "--from",
+        &base.to_string(),
+        "--to",
+        &(base + 59).to_string(),
+        "--dry-run",
+        "--print",
+    ]);
+    assert!(
+        replayed.lines().any(|l| l == format!("total 5 {base}")),
+        "{replayed}"
+    );
+    let lost = aggd_ok(["replay", "--carbon-conf", conf, "--lost"]);
+    assert!(lost.contains("nothing to replay"), "{lost}");
+    // AGGD_JOURNAL = False turns it off.
+    let text = std::fs::read_to_string(dir.join("carbon.conf")).unwrap();
+    std::fs::write(
+        dir.join("carbon.conf"),
+        format!("{text}AGGD_JOURNAL = False\n"),
+    )
+    .unwrap();
+    let check = aggd_ok(["check", "--no-bind", "--carbon-conf", conf]);
+    assert!(check.contains("journal: off"), "{check}");
 }
 
 /// Also the regression test for a closed stderr: the reader is dropped after the first

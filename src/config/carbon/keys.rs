@@ -217,6 +217,18 @@ pub const KEYS: &[(&str, Use)] = &[
     ),
     ("PID_DIR", Use::Ignored("systemd tracks aggd's process")),
     (
+        "STORAGE_DIR",
+        Use::Mapped("base of aggd's journal: <STORAGE_DIR>/aggd/<instance>/journal"),
+    ),
+    (
+        "AGGD_JOURNAL",
+        Use::Mapped("aggd's own: False turns the journal off (default True)"),
+    ),
+    (
+        "AGGD_JOURNAL_DIR",
+        Use::Mapped("aggd's own: the journal directory"),
+    ),
+    (
         "LOG_DIR",
         Use::Ignored("aggd logs to stderr (the journal, under systemd)"),
     ),

@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::file::{
-    AggregationFile, DestinationFile, ListenFile, RoutingFile, ServiceFile, WorkersFile, defaults,
-    resolve,
+    AggregationFile, DestinationFile, JournalFile, ListenFile, RoutingFile, ServiceFile,
+    WorkersFile, defaults, resolve,
 };
 use super::{Config, ConfigError, DestProtocol, File, Protocol, Transport, invalid};
 use crate::ring::Method;
@@ -85,13 +85,62 @@ pub fn load_instance(path: &Path, instance: &str) -> Result<Config, ConfigError>
         destination: destinations(&keys)?,
         routing: routing(&keys)?,
         limits: limits(&keys)?,
-        journal: None,
+        journal: journal(&keys, &ini, instance)?,
         tenants: None,
         admin: None,
         quarantine: None,
         service: service(&keys, instance)?,
     };
     Config::from_file(file, path)
+}
+
+/// carbon's default `STORAGE_DIR` (`GRAPHITE_ROOT/storage`, `GRAPHITE_ROOT` being
+/// `/opt/graphite`).
+pub const DEFAULT_STORAGE_DIR: &str = "/opt/graphite/storage";
+
+/// aggd's journal, on by default: `AGGD_JOURNAL_DIR`, else
+/// `<STORAGE_DIR>/aggd/<instance>/journal` (`STORAGE_DIR` from the aggregator's sections,
+/// else `[cache]`, else carbon's default; one directory per instance, as each instance is
+/// its own daemon). `AGGD_JOURNAL = False` turns it off.
+fn journal(
+    keys: &Section<'_>,
+    ini: &ini::Ini,
+    instance: &str,
+) -> Result<Option<JournalFile>, ConfigError> {
+    if !keys.flag("AGGD_JOURNAL", true)? {
+        return Ok(None);
+    }
+    let storage = keys
+        .get("STORAGE_DIR")
+        .map(str::to_string)
+        .or_else(|| {
+            ini.section(Some("cache"))?
+                .iter()
+                .find(|(k, _)| k.trim().eq_ignore_ascii_case("STORAGE_DIR"))
+                .map(|(_, v)| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        })
+        .unwrap_or_else(|| DEFAULT_STORAGE_DIR.to_string());
+    let dir = match keys.get("AGGD_JOURNAL_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => Path::new(&storage)
+            .join("aggd")
+            .join(instance)
+            .join("journal"),
+    };
+    Ok(Some(JournalFile {
+        dir,
+        fsync: Default::default(),
+        fsync_interval: defaults::fsync_interval(),
+        segment_bytes: defaults::segment_bytes(),
+        segment_max_age: defaults::segment_max_age(),
+        max_bytes: defaults::journal_max_bytes(),
+        max_age: defaults::journal_max_age(),
+        min_free_disk: defaults::min_free_disk(),
+        on_full: Default::default(),
+        queue_records: defaults::queue_records(),
+        ledger: None,
+    }))
 }
 
 /// The rules files, bucket settings, lists and timestamp resolution.
