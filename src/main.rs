@@ -103,6 +103,10 @@ enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+    /// Print the aggd.toml equivalent to a carbon.conf (`--carbon-conf F [--instance X]`),
+    /// with a comment for every key it maps or ignores: `aggd migrate --carbon-conf
+    /// /etc/carbon/carbon.conf > /etc/aggd/aggd.toml`.
+    Migrate(ConfigArg),
     /// Print a shell completion script (e.g. `aggd completions bash >
     /// /usr/share/bash-completion/completions/aggd`).
     Completions {
@@ -440,6 +444,19 @@ fn main() -> ExitCode {
         Command::Cluster {
             command: ClusterCommand::Status(c),
         } => c.load().and_then(|cfg| cluster_status(&cfg)),
+        Command::Migrate(c) => match &c.source.carbon_conf {
+            Some(path) => aggd::config::carbon::migrate(
+                path,
+                c.instance
+                    .as_deref()
+                    .unwrap_or(aggd::config::carbon::DEFAULT_INSTANCE),
+            )
+            .map(|toml| print!("{toml}"))
+            .map_err(anyhow::Error::from),
+            None => Err(anyhow::anyhow!(
+                "migrate reads a carbon.conf: give --carbon-conf FILE"
+            )),
+        },
         Command::Completions { shell } => {
             use clap::CommandFactory;
             clap_complete::generate(shell, &mut Cli::command(), "aggd", &mut std::io::stdout());

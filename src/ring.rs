@@ -42,7 +42,7 @@
 use std::collections::HashSet;
 
 /// How names are placed on destinations; see the module docs for each.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Method {
     /// Every destination gets every name.

@@ -402,3 +402,75 @@ fn a_dead_destinations_share_waits_and_is_never_rerouted() {
         }
     }
 }
+
+#[test]
+fn migrate_writes_an_aggd_toml_that_sends_the_same_lines() {
+    let capture = Capture::start("plaintext");
+    let dir = tempdir("cc-migrate");
+    std::fs::write(
+        dir.join("aggregation-rules.conf"),
+        "total (60) = sum in.*\nn (60) = count in.*\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("rewrite-rules.conf"), "[pre]\n^old\\. = in.\n").unwrap();
+    let conf = carbon_conf(
+        &dir,
+        &capture.addr.to_string(),
+        "DESTINATION_PROTOCOL = line\nFORWARD_ALL = True\nCARBON_METRIC_INTERVAL = 0\n\
+         MAX_AGGREGATION_INTERVALS = 10\nLOG_LISTENER_CONN_SUCCESS = True\n",
+    );
+    let base = previous_bucket(60);
+    let input = format!("in.a 2 {base}\nin.b 3 {base}\nold.c 4 {base}\nother.x 9 {base}\n");
+    let lines_of = |from: usize| -> Vec<(String, i64, String)> {
+        let r = capture.received.lock().unwrap();
+        let mut v: Vec<_> = r.history[from..]
+            .iter()
+            .map(|(p, t, v, _)| (p.clone(), *t, v.to_string()))
+            .collect();
+        v.sort();
+        v
+    };
+
+    // carbon.conf as it is.
+    let (child, tcp) = run(&conf, &[]);
+    send(tcp, &input);
+    capture.wait_for("the carbon.conf run's aggregates", |got| {
+        got.get(&("total".into(), base)) == Some(&9.0)
+    });
+    stop(child);
+    capture.wait_all_closed();
+    let first = lines_of(0);
+    let seen = capture.received.lock().unwrap().history.len();
+    // A fresh journal for the second run: the first one's would be rebuilt into it.
+    std::fs::remove_dir_all(dir.join("storage")).unwrap();
+
+    // The migrated aggd.toml: every key commented, and the same behaviour.
+    let toml = aggd_testkit::aggd_ok(["migrate", "--carbon-conf", conf.to_str().unwrap()]);
+    for key in ["DESTINATIONS", "FORWARD_ALL", "MAX_AGGREGATION_INTERVALS"] {
+        assert!(
+            toml.contains(&format!("#   {key} = ")),
+            "{key} not commented:\n{toml}"
+        );
+    }
+    assert!(
+        toml.contains("#   LOG_LISTENER_CONN_SUCCESS = True  ignored: "),
+        "{toml}"
+    );
+    let migrated = dir.join("aggd.toml");
+    std::fs::write(&migrated, &toml).unwrap();
+    let (child, addrs) = spawn_run(&["-c", migrated.to_str().unwrap()], 1);
+    let tcp = addrs.iter().find(|(k, _)| k == "plaintext/tcp").unwrap().1;
+    send(tcp, &input);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while capture.received.lock().unwrap().history.len() < seen + first.len() {
+        assert!(Instant::now() < deadline, "the migrated run sent less");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop(child);
+    capture.wait_all_closed();
+    assert_eq!(lines_of(seen), first, "the same lines downstream");
+    assert!(
+        first.len() >= 6,
+        "aggregates and forwarded datapoints: {first:?}"
+    );
+}

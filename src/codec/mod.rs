@@ -17,7 +17,7 @@ use crate::reason::DropReason;
 
 /// Hard limits applied by the decoders to untrusted input. All sizes in bytes. Also the
 /// `[limits]` config section as written (every key optional, unknown keys refused).
-#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Longest plaintext line, newline excluded (carbon: 16384, where it closes the

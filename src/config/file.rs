@@ -10,14 +10,14 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::codec::Limits;
 use crate::journal::OnFull;
 use crate::tenant::Unknown;
 
 /// Input protocol of a listener.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     /// carbon plaintext, `path value timestamp\n`.
@@ -29,7 +29,7 @@ pub enum Protocol {
 }
 
 /// Transport of a listener.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Transport {
     /// TCP stream.
@@ -40,7 +40,7 @@ pub enum Transport {
 }
 
 /// Output protocol of a destination.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum DestProtocol {
     /// carbon pickle, protocol 2, length-prefixed frames.
@@ -53,7 +53,7 @@ pub enum DestProtocol {
 }
 
 /// `journal.fsync` as written; `interval` takes its period from `journal.fsync_interval`.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum FsyncMode {
     /// Never call fsync.
@@ -66,7 +66,7 @@ pub enum FsyncMode {
 }
 
 /// `tenants.mode`: how a datapoint's tenant is found.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum TenantMode {
     /// The first node of the metric path.
@@ -93,7 +93,7 @@ display_as_written!(DestProtocol {
 });
 
 /// `[[listen]]` as written.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenFile {
     /// `plaintext`, `pickle` or `http`.
@@ -109,7 +109,7 @@ pub struct ListenFile {
 }
 
 /// `[aggregation]` as written.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AggregationFile {
     /// Path of `aggregation-rules.conf`.
@@ -142,7 +142,7 @@ pub struct AggregationFile {
 }
 
 /// `[workers]` as written.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkersFile {
     /// Worker threads; 0 = one per core.
@@ -167,7 +167,7 @@ impl Default for WorkersFile {
 }
 
 /// `[[destination]]` as written.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DestinationFile {
     /// `host:port`, or `stdout` (carbon protocols).
@@ -195,7 +195,7 @@ pub struct DestinationFile {
     /// Remote write: PEM client key (with `tls_cert`).
     pub tls_key: Option<PathBuf>,
     /// Remote write: more request headers, e.g. `{ "X-Scope-OrgID" = "team-a" }`.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub headers: std::collections::BTreeMap<String, String>,
     /// Remote write: most samples per request.
     pub batch_datapoints: Option<usize>,
@@ -220,7 +220,7 @@ pub struct DestinationFile {
 }
 
 /// `[routing]` as written: which destinations each outgoing name goes to.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoutingFile {
     /// `carbon_ch` (default), `carbon_fnv1a_ch`, `mmh3_ch`, `fnv1a_ch`, `jump_fnv1a_ch`
@@ -250,7 +250,7 @@ impl Default for RoutingFile {
 }
 
 /// `[journal]` as written; the section's presence turns the journal on.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct JournalFile {
     /// Directory for segments, indexes and the loss ledger.
@@ -287,7 +287,7 @@ pub struct JournalFile {
 }
 
 /// `[tenants]` as written; the section's presence turns the tenant gate on.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantsFile {
     /// How a datapoint's tenant is found: `prefix` (the first path node).
@@ -301,7 +301,7 @@ pub struct TenantsFile {
 }
 
 /// `[admin]` as written: the admin HTTP API.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminFile {
     /// `host:port`; loopback by default.
@@ -317,7 +317,7 @@ pub struct AdminFile {
 }
 
 /// `[quarantine]` as written: the optional file of rejected datapoints.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct QuarantineFile {
     /// The file; `<file>.1` holds the previous one after rotation.
@@ -328,7 +328,7 @@ pub struct QuarantineFile {
 }
 
 /// `[service]` as written.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceFile {
     /// Longest wait at shutdown for destinations to take what is queued.
@@ -361,7 +361,7 @@ impl Default for ServiceFile {
 }
 
 /// The whole TOML file as written.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct File {
     /// Listeners.
@@ -397,7 +397,7 @@ pub struct File {
 }
 
 /// `[cluster]` as written: cluster mode on NATS JetStream (`docs/cluster.md`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClusterFile {
     /// NATS server URLs (`nats://host:port`); the client fails over between them.

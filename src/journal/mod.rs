@@ -87,7 +87,7 @@ impl std::fmt::Display for Fsync {
 
 /// What happens when the journal cannot take a record (its queue is full, the disk is full
 /// or below `min_free_disk`, or a write fails).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OnFull {
     /// Keep ingesting without journaling; the window is ledgered as `unjournaled`.

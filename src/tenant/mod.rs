@@ -34,7 +34,7 @@ use crate::reason::DropReason;
 
 /// What to do with datapoints of a tenant the registry does not know (`tenants.unknown`:
 /// `accept` or `reject`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Unknown {
     /// Let them pass, without limits.

@@ -60,6 +60,47 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 /// `DESTINATION_PROTOCOL = protobuf`, an unknown `ROUTER_HASH_TYPE`), or invalid rules
 /// files.
 pub fn load_instance(path: &Path, instance: &str) -> Result<Config, ConfigError> {
+    let (file, _) = read_file(path, instance)?;
+    Config::from_file(file, path)
+}
+
+/// `aggd migrate`: the aggd.toml equivalent to `path`'s `[aggregator]` (with
+/// `[aggregator:<instance>]` over it), as TOML text. It opens with a comment per key the
+/// carbon.conf sets, saying what aggd maps it to or why it ignores it; paths in it are
+/// absolute (resolved against `path`'s directory), so the file works wherever it is
+/// written. `aggd run -c` on it behaves as `aggd run --carbon-conf` on `path`.
+///
+/// Errors: as [`load_instance`] (the result is validated the same way).
+pub fn migrate(path: &Path, instance: &str) -> Result<String, ConfigError> {
+    load_instance(path, instance)?;
+    let (mut file, keys) = read_file(path, instance)?;
+    let absolute = std::path::absolute(path).map_err(|error| ConfigError::Io {
+        file: path.to_path_buf(),
+        error,
+    })?;
+    file.resolve_paths(absolute.parent().unwrap_or(Path::new("/")));
+    let toml =
+        toml::to_string(&file).map_err(|e| invalid(path, format!("cannot write TOML: {e}")))?;
+    let mut out = format!(
+        "# aggd.toml migrated from {} (carbon-aggregator instance {instance}) by `aggd migrate`.\n\
+         # What each key of the carbon.conf became:\n",
+        path.display()
+    );
+    for (k, v) in &keys {
+        let said = match keys::lookup(k) {
+            Some(keys::Use::Mapped(onto)) => format!("-> {onto}"),
+            Some(keys::Use::Ignored(why)) => format!("ignored: {why}"),
+            None => "unknown to carbon-aggregator 1.1: ignored".to_string(),
+        };
+        out.push_str(&format!("#   {k} = {v}  {said}\n"));
+    }
+    out.push_str("# Keys not set take carbon 1.1.7's defaults, written out below.\n\n");
+    out.push_str(&toml);
+    Ok(out)
+}
+
+/// The carbon.conf as aggd's [`File`], and the keys it sets (upper-case, sorted).
+fn read_file(path: &Path, instance: &str) -> Result<(File, Vec<(String, String)>), ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Io {
         file: path.to_path_buf(),
         error,
@@ -91,7 +132,7 @@ pub fn load_instance(path: &Path, instance: &str) -> Result<Config, ConfigError>
         quarantine: None,
         service: service(&keys, instance)?,
     };
-    Config::from_file(file, path)
+    Ok((file, keys.entries()))
 }
 
 /// carbon's default `STORAGE_DIR` (`GRAPHITE_ROOT/storage`, `GRAPHITE_ROOT` being

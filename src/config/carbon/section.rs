@@ -55,6 +55,17 @@ impl<'a> Section<'a> {
         Ok(Section { keys, path })
     }
 
+    /// Every key set, upper-case, with its value, sorted by key.
+    pub fn entries(&self) -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = self
+            .keys
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        out.sort();
+        out
+    }
+
     /// The file the keys came from.
     pub fn path(&self) -> &Path {
         self.path
