@@ -495,6 +495,60 @@ mod tests {
     }
 
     #[test]
+    fn migrate_gives_the_same_config_for_every_kind_of_carbon_conf() {
+        let guard = tempfile::tempdir().unwrap();
+        let d = guard.path();
+        std::fs::write(d.join("aggregation-rules.conf"), "a.sum (60) = sum a.*\n").unwrap();
+        std::fs::write(d.join("rewrite-rules.conf"), "[pre]\n^x\\. = a.\n").unwrap();
+        std::fs::write(d.join("whitelist.conf"), "^a\\.\n").unwrap();
+        std::fs::write(d.join("blacklist.conf"), "secret\n").unwrap();
+        let variants = [
+            // Instances: [aggregator:b] over [aggregator], with a [relay] section beside.
+            (
+                "b",
+                "[relay]\nLINE_RECEIVER_PORT = 2013\n[aggregator]\nLINE_RECEIVER_PORT = 2023\n\
+                   DESTINATIONS = 127.0.0.1:2004\n[aggregator:b]\nLINE_RECEIVER_PORT = 2123\n\
+                   DESTINATIONS = 127.0.0.1:2104:b\n",
+            ),
+            // Lists.
+            (
+                "a",
+                "[aggregator]\nDESTINATIONS = 127.0.0.1:2004\nUSE_WHITELIST = True\n",
+            ),
+            // Hashing: fnv1a, replication, several destinations with instances.
+            (
+                "a",
+                "[aggregator]\nDESTINATIONS = 10.0.0.1:2004:a, 10.0.0.2:2004:b, 10.0.0.3:2004:c\n\
+                   ROUTER_HASH_TYPE = fnv1a_ch\nREPLICATION_FACTOR = 2\nDIVERSE_REPLICAS = False\n",
+            ),
+            // Receivers, limits, self-metrics, plaintext out, no journal.
+            (
+                "a",
+                "[aggregator]\nDESTINATIONS = 127.0.0.1:2003\nDESTINATION_PROTOCOL = line\n\
+                   ENABLE_UDP_LISTENER = True\nUDP_RECEIVER_PORT = 2025\nPICKLE_RECEIVER_PORT = 0\n\
+                   PICKLE_RECEIVER_MAX_LENGTH = 2097152\nMAX_RECEIVER_CONNECTIONS = 500\n\
+                   CARBON_METRIC_PREFIX = agg\nCARBON_METRIC_INTERVAL = 10\nFORWARD_ALL = False\n\
+                   MAX_AGGREGATION_INTERVALS = 12\nWRITE_BACK_FREQUENCY = 30\nAGGD_JOURNAL = False\n",
+            ),
+        ];
+        for (i, (instance, text)) in variants.into_iter().enumerate() {
+            let conf = d.join(format!("carbon-{i}.conf"));
+            std::fs::write(&conf, text).unwrap();
+            let direct = load_instance(&conf, instance).unwrap();
+            let toml = migrate(&conf, instance).unwrap();
+            let migrated = d.join(format!("aggd-{i}.toml"));
+            std::fs::write(&migrated, &toml).unwrap();
+            let mut back = Config::load(&migrated).unwrap_or_else(|e| panic!("{e}\n{toml}"));
+            back.source = direct.source.clone();
+            assert_eq!(
+                format!("{back:?}"),
+                format!("{direct:?}"),
+                "variant {i}:\n{toml}"
+            );
+        }
+    }
+
+    #[test]
     fn every_key_of_the_table_is_documented() {
         let doc = include_str!("../../../docs/operations.md");
         for (key, _) in keys::KEYS {
