@@ -24,9 +24,9 @@ const LAYERS: &[&[&str]] = &[
     &["aggregate"],
     &["ingest", "dest"],
     &["cluster"],
-    &["listen", "replay", "service", "explain"],
+    &["listen", "replay", "service", "explain", "memory", "preflight"],
     // Assembly.
-    &["server", "memory"],
+    &["server"],
 ];
 
 fn layer_of(module: &str) -> Option<usize> {
