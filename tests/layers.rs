@@ -24,7 +24,14 @@ const LAYERS: &[&[&str]] = &[
     &["aggregate"],
     &["ingest", "dest"],
     &["cluster"],
-    &["listen", "replay", "service", "explain", "memory", "preflight"],
+    &[
+        "listen",
+        "replay",
+        "service",
+        "explain",
+        "memory",
+        "preflight",
+    ],
     // Assembly.
     &["server"],
 ];
