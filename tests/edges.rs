@@ -14,6 +14,16 @@ use aggd_testkit::{aggd_ok, metric, sigterm, spawn_run, tempdir, wait_received};
 
 /// Waits until carbon-cache's whisper files hold every expected value.
 fn wait_whisper(cc: &CarbonCache, expected: &BTreeMap<(String, i64), f64>, within: Duration) {
+    wait_whisper_or(cc, expected, within, &String::new);
+}
+
+/// [`wait_whisper`], adding `context()` to the failure's message.
+fn wait_whisper_or(
+    cc: &CarbonCache,
+    expected: &BTreeMap<(String, i64), f64>,
+    within: Duration,
+    context: &dyn Fn() -> String,
+) {
     let mut by_ts: BTreeMap<i64, Vec<(&str, f64)>> = BTreeMap::new();
     for ((p, ts), v) in expected {
         by_ts.entry(*ts).or_default().push((p, *v));
@@ -33,10 +43,11 @@ fn wait_whisper(cc: &CarbonCache, expected: &BTreeMap<(String, i64), f64>, withi
             }
             assert!(
                 Instant::now() < deadline,
-                "at {ts}, {} of {} aggregates missing or wrong, e.g. {:?}",
+                "at {ts}, {} of {} aggregates missing or wrong, e.g. {:?}{}",
                 missing.len(),
                 want.len(),
-                &missing[..missing.len().min(3)]
+                &missing[..missing.len().min(3)],
+                context()
             );
             std::thread::sleep(Duration::from_millis(500));
         }
@@ -98,7 +109,15 @@ fn destination_stopped_then_killed_loses_nothing_after_replay_lost() {
     assert!(records > 0 && datapoints > 0 && intervals >= 480, "{out}");
     let mut all = before;
     all.extend(during);
-    wait_whisper(&cc, &all, Duration::from_secs(60));
+    // On failure, say what the ledger held and what replay did (a flake seen once).
+    let ledger = dir.join("journal/ledger.jsonl");
+    let context = || {
+        format!(
+            "\nreplay: {out}\nledger:\n{}",
+            std::fs::read_to_string(&ledger).unwrap_or_default()
+        )
+    };
+    wait_whisper_or(&cc, &all, Duration::from_secs(60), &context);
     // Replayed windows are marked: a second --lost has nothing left to do.
     let again = aggd_ok(["replay", "-c", cfg.to_str().unwrap(), "--lost"]);
     assert!(again.contains("nothing to replay"), "{again}");
