@@ -103,6 +103,19 @@ enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+    /// Show what a running aggd holds for the output series matching PATTERN (a regex):
+    /// each one's method and interval, the intervals it holds with their aggregate so far,
+    /// its last emission, and in cluster mode its shard and owner. Asks the admin API
+    /// (`GET /api/series`, `[admin]` with a token) of the aggd the config describes.
+    Inspect {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// A regex over output series names.
+        pattern: String,
+        /// Most series shown.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
     /// Print the aggd.toml equivalent to a carbon.conf (`--carbon-conf F [--instance X]`),
     /// with a comment for every key it maps or ignores: `aggd migrate --carbon-conf
     /// /etc/carbon/carbon.conf > /etc/aggd/aggd.toml`.
@@ -406,6 +419,95 @@ fn with_test_faults(mut config: Config) -> Config {
     config
 }
 
+/// `aggd inspect`: asks the admin API of the aggd `cfg` describes for the series matching
+/// `pattern` and prints one block per series.
+///
+/// Errors: no `[admin]` (or no token) in the config, the API cannot be reached, or it
+/// answers an error (its message is shown).
+fn inspect(cfg: &aggd::config::Config, pattern: &str, limit: usize) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    let admin = cfg
+        .admin
+        .as_ref()
+        .filter(|a| !a.token.is_empty())
+        .ok_or_else(|| {
+            anyhow::anyhow!("inspect asks the admin API: configure [admin] with a token")
+        })?;
+    let encoded: String = pattern
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    let mut conn = std::net::TcpStream::connect(admin.address.as_str())
+        .with_context(|| format!("admin API at {}", admin.address))?;
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    write!(
+        conn,
+        "GET /api/series?match={encoded}&limit={limit} HTTP/1.1\r\nHost: {}\r\n\
+         Authorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        admin.address, admin.token
+    )?;
+    let mut response = String::new();
+    conn.read_to_string(&mut response)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("admin API at {}: no HTTP answer", admin.address))?;
+    let v: serde_json::Value = serde_json::from_str(body)
+        .with_context(|| format!("admin API at {}: {head}", admin.address))?;
+    if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
+        anyhow::bail!("admin API at {}: {e}", admin.address);
+    }
+    let series = v["series"].as_array().cloned().unwrap_or_default();
+    for s in &series {
+        let mut line = format!(
+            "{} ({} over {} s)",
+            s["name"].as_str().unwrap_or(""),
+            s["method"].as_str().unwrap_or(""),
+            s["frequency"]
+        );
+        if let (Some(shard), Some(owner)) =
+            (s.get("shard"), s.get("owner").and_then(|o| o.as_str()))
+        {
+            line.push_str(&format!(", shard {shard} owned by {owner}"));
+        }
+        println!("{line}");
+        for i in s["intervals"].as_array().into_iter().flatten() {
+            println!(
+                "  interval {}: {} from {} datapoints{}",
+                i["start"],
+                i["value"],
+                i["datapoints"],
+                if i["emitted"].as_bool() == Some(true) {
+                    ", emitted"
+                } else {
+                    ""
+                }
+            );
+        }
+        match s["last_emission"].as_object() {
+            Some(e) => println!("  last emission: interval {} at {}", e["interval"], e["at"]),
+            None => println!("  last emission: none yet"),
+        }
+    }
+    println!(
+        "{} series{}",
+        series.len(),
+        if v["truncated"].as_bool() == Some(true) {
+            format!(
+                " (more match: raise --limit, at most {})",
+                aggd::service::SERIES_LIMIT_MAX
+            )
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
+}
+
 /// `aggd check`: the summary and the memory bound, then the preflight's findings
 /// ([`aggd::preflight`]); fails if any is an error.
 fn check(cfg: &aggd::config::Config, bind: bool) -> anyhow::Result<()> {
@@ -444,6 +546,11 @@ fn main() -> ExitCode {
         Command::Cluster {
             command: ClusterCommand::Status(c),
         } => c.load().and_then(|cfg| cluster_status(&cfg)),
+        Command::Inspect {
+            config,
+            pattern,
+            limit,
+        } => config.load().and_then(|cfg| inspect(&cfg, &pattern, limit)),
         Command::Migrate(c) => match &c.source.carbon_conf {
             Some(path) => aggd::config::carbon::migrate(
                 path,

@@ -212,6 +212,7 @@ pub async fn start_with_io(
         memory_bound: config
             .memory_bound(crate::memory::CHECK_LIVE_SERIES)
             .total(),
+        cluster_node: config.cluster.as_ref().map(|c| (c.node.clone(), c.shards)),
     });
     let metrics = Arc::new(Metrics::new(Arc::clone(&observed)));
     let svc = &config.service;
@@ -347,7 +348,10 @@ async fn serve_admin(
     let addr = l.local_addr()?;
     tracing::info!(listener = "admin/http", address = %addr, "listening");
     let guard = a.protect_metrics.then(|| Arc::from(a.token.as_str()));
-    let mut app = service::routes(Arc::clone(metrics), guard);
+    let mut app = service::routes(Arc::clone(metrics), guard).merge(service::series_routes(
+        Arc::clone(metrics.observed()),
+        Arc::from(a.token.as_str()),
+    ));
     if let Some((t, file)) = tenants {
         app = app.merge(admin::router(Arc::new(admin::Admin {
             tenants: Arc::clone(t),

@@ -60,6 +60,8 @@ pub struct Observed {
     pub ready: AtomicBool,
     /// The config's memory bound (`aggd check`'s, for 100 000 live output series), bytes.
     pub memory_bound: u64,
+    /// Cluster mode: this node's name and the cluster's shard count.
+    pub cluster_node: Option<(String, u32)>,
 }
 
 /// How long a worker may go without progress and still count as healthy.
@@ -126,6 +128,113 @@ pub(crate) fn routes(m: Arc<Metrics>, token: Option<Arc<str>>) -> axum::Router {
         Some(t) => app.layer(axum::middleware::from_fn_with_state(t, require_token)),
         None => app,
     }
+}
+
+/// `GET /api/series` parameters.
+#[derive(serde::Deserialize)]
+struct SeriesQuery {
+    /// A regex over output series names.
+    #[serde(rename = "match")]
+    matching: String,
+    /// Most series (default 100, at most 10 000).
+    limit: Option<usize>,
+}
+
+/// Most series one `GET /api/series` returns.
+pub const SERIES_LIMIT_MAX: usize = 10_000;
+
+/// `GET /api/series?match=REGEX&limit=N` (admin token): the live state of the output
+/// series whose name matches, sorted by name, at most `limit`: method and interval, the
+/// intervals held with their aggregate so far, datapoint count and whether it was
+/// emitted, the last emission, and in cluster mode the shard and this node (its owner:
+/// only an owner holds a shard's series). JSON `{"series": [...], "truncated": bool}`;
+/// 400 for a bad regex, 401 without the token.
+async fn series(
+    axum::extract::State((o, token)): axum::extract::State<(Arc<Observed>, Arc<str>)>,
+    axum::extract::Query(q): axum::extract::Query<SeriesQuery>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    use axum::Json;
+    use serde_json::json;
+    if !crate::tenant::admin::bearer_matches(&headers, &token) {
+        let why = if token.is_empty() {
+            "the admin API is off: configure [admin] token or token_file"
+        } else {
+            "admin token required"
+        };
+        return (StatusCode::UNAUTHORIZED, Json(json!({ "error": why }))).into_response();
+    }
+    let matching = match regex::Regex::new(&q.matching) {
+        Ok(r) => Arc::new(r),
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({ "error": format!("match: {e}") })),
+            )
+                .into_response();
+        }
+    };
+    let limit = q.limit.unwrap_or(100).clamp(1, SERIES_LIMIT_MAX);
+    let obs = Arc::clone(&o);
+    let found = tokio::task::spawn_blocking(move || inspect(&obs, &matching, limit + 1))
+        .await
+        .unwrap_or_default();
+    let truncated = found.len() > limit;
+    let series: Vec<serde_json::Value> = found
+        .into_iter()
+        .take(limit)
+        .map(|s| {
+            let mut v = serde_json::to_value(&s).unwrap_or_default();
+            if let Some((node, shards)) = &o.cluster_node {
+                let shard = crate::aggregate::gate::shard_of(
+                    crate::hash::fnv1a64(s.name.as_bytes()),
+                    *shards,
+                );
+                v["shard"] = json!(shard);
+                v["owner"] = json!(node);
+            }
+            v
+        })
+        .collect();
+    Json(json!({ "series": series, "truncated": truncated })).into_response()
+}
+
+/// Asks every worker for its matching series (each answers between two batches), merged
+/// and sorted by name; at most `limit`.
+fn inspect(
+    o: &Observed,
+    matching: &Arc<regex::Regex>,
+    limit: usize,
+) -> Vec<crate::aggregate::series::SeriesState> {
+    let wait = std::time::Duration::from_secs(5);
+    let replies: Vec<_> = o
+        .queues
+        .iter()
+        .filter_map(|q| {
+            let (reply, answer) = crossbeam_channel::bounded(1);
+            let msg = crate::aggregate::worker::WorkerMsg::Inspect {
+                matching: Arc::clone(matching),
+                limit,
+                reply,
+            };
+            q.send_timeout(msg, wait).ok().map(|()| answer)
+        })
+        .collect();
+    let mut all: Vec<_> = replies
+        .into_iter()
+        .filter_map(|a| a.recv_timeout(wait).ok())
+        .flatten()
+        .collect();
+    all.sort_by(|a, b| a.name.cmp(&b.name));
+    all.truncate(limit);
+    all
+}
+
+/// The live-state route (`GET /api/series`), guarded by the admin `token` (off without one).
+pub(crate) fn series_routes(o: Arc<Observed>, token: Arc<str>) -> axum::Router {
+    axum::Router::new()
+        .route("/api/series", get(series))
+        .with_state((o, token))
 }
 
 /// Answers 401 unless the request carries the token.

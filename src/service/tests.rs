@@ -57,6 +57,7 @@ fn observe(
         cluster: None,
         ready: AtomicBool::new(true),
         memory_bound: 1 << 30,
+        cluster_node: None,
     });
     (Metrics::new(observed), workers)
 }

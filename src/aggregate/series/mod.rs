@@ -55,6 +55,45 @@ pub(crate) struct Series {
     buckets: Vec<Bucket>,
     /// When the next partial emission is due (only with `write_back_frequency`).
     next_partial: f64,
+    /// The last emission: the interval's start and when (Unix s).
+    last_emission: Option<(i64, f64)>,
+}
+
+/// One output series as [`SeriesTable::inspect`] reports it (the live-state API).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct SeriesState {
+    /// The output series' name.
+    pub name: String,
+    /// Its aggregation method (`sum`, `avg`, `p90`, …).
+    pub method: String,
+    /// Its interval length, seconds.
+    pub frequency: u32,
+    /// The intervals it holds, oldest first.
+    pub intervals: Vec<IntervalState>,
+    /// The last emission: the interval's start and when (Unix s).
+    pub last_emission: Option<Emission>,
+}
+
+/// One interval a series holds.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct IntervalState {
+    /// Its start, Unix s.
+    pub start: i64,
+    /// The aggregate of the datapoints so far.
+    pub value: f64,
+    /// Datapoints added.
+    pub datapoints: u64,
+    /// Whether that value was emitted (no datapoint arrived since).
+    pub emitted: bool,
+}
+
+/// When a series was last emitted.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct Emission {
+    /// The interval's start, Unix s.
+    pub interval: i64,
+    /// When it was emitted, Unix s.
+    pub at: f64,
 }
 
 /// `t − (t mod f)` with Python's floored modulo, for `f > 0`: the start of `t`'s interval.
@@ -75,6 +114,7 @@ impl Series {
             frequency,
             buckets: Vec::new(),
             next_partial: now + f64::from(s.write_back_frequency.min(frequency)),
+            last_emission: None,
         }
     }
 
@@ -130,11 +170,13 @@ impl Series {
         }
         let threshold = floor_to(now, f) - f64::from(s.max_intervals) * f;
         let method = self.method;
+        let last = &mut self.last_emission;
         self.buckets.retain_mut(|b| {
             let closed = b.start as f64 + f <= now;
             if b.dirty && (force || partial || closed) {
                 emit(b.start, b.acc.value(method));
                 b.dirty = false;
+                *last = Some((b.start, now));
             }
             b.start as f64 >= threshold
         });
@@ -155,6 +197,45 @@ impl SeriesTable {
             settings,
             series: HashMap::default(),
         }
+    }
+
+    /// The live state of at most `limit` series whose name `matching` matches, in no
+    /// particular order: their intervals with the aggregate so far, and their last
+    /// emission.
+    pub fn inspect(&mut self, matching: &regex::Regex, limit: usize) -> Vec<SeriesState> {
+        let mut out = Vec::new();
+        for (key, series) in &mut self.series {
+            if out.len() >= limit {
+                break;
+            }
+            if !matching.is_match(&key.name) {
+                continue;
+            }
+            let method = series.method;
+            out.push(SeriesState {
+                name: key.name.to_string(),
+                method: method.to_string(),
+                frequency: series.frequency,
+                intervals: series
+                    .buckets
+                    .iter_mut()
+                    .filter(|b| b.acc.count() > 0)
+                    .map(|b| IntervalState {
+                        start: b.start,
+                        value: match b.acc.value(method) {
+                            OutValue::Float(v) => v,
+                            OutValue::Int(v) => v as f64,
+                        },
+                        datapoints: b.acc.count(),
+                        emitted: !b.dirty,
+                    })
+                    .collect(),
+                last_emission: series
+                    .last_emission
+                    .map(|(interval, at)| Emission { interval, at }),
+            });
+        }
+        out
     }
 
     /// Number of live series (carbon's allocatedBuffers).

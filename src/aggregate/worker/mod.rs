@@ -60,6 +60,16 @@ pub enum WorkerMsg {
     Forget(u32),
     /// Emit every dirty bucket, open or not, then exit.
     Shutdown,
+    /// The live-state API: reply with at most `limit` series whose name `matching`
+    /// matches ([`crate::aggregate::series::SeriesTable::inspect`]).
+    Inspect {
+        /// Which output series.
+        matching: Arc<regex::Regex>,
+        /// Most series.
+        limit: usize,
+        /// Where the answer goes.
+        reply: crossbeam_channel::Sender<Vec<crate::aggregate::series::SeriesState>>,
+    },
 }
 
 /// Most datapoints per batch handed to the [`Sink`].
@@ -248,6 +258,13 @@ impl Worker {
                         self.table
                             .retain(|key| super::gate::shard_of(key.hash, s) != k);
                     }
+                }
+                Ok(WorkerMsg::Inspect {
+                    matching,
+                    limit,
+                    reply,
+                }) => {
+                    let _ = reply.send(self.table.inspect(&matching, limit));
                 }
                 Ok(WorkerMsg::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
                     self.sweep(true);
