@@ -425,7 +425,6 @@ fn with_test_faults(mut config: Config) -> Config {
 /// Errors: no `[admin]` (or no token) in the config, the API cannot be reached, or it
 /// answers an error (its message is shown).
 fn inspect(cfg: &aggd::config::Config, pattern: &str, limit: usize) -> anyhow::Result<()> {
-    use std::io::{Read, Write};
     let admin = cfg
         .admin
         .as_ref()
@@ -433,33 +432,25 @@ fn inspect(cfg: &aggd::config::Config, pattern: &str, limit: usize) -> anyhow::R
         .ok_or_else(|| {
             anyhow::anyhow!("inspect asks the admin API: configure [admin] with a token")
         })?;
-    let encoded: String = pattern
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
+    let at = || format!("admin API at {}", admin.address);
+    let body = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(async {
+            reqwest::Client::new()
+                .get(format!("http://{}/api/series", admin.address))
+                .query(&[("match", pattern), ("limit", &limit.to_string())])
+                .bearer_auth(&admin.token)
+                .timeout(std::time::Duration::from_secs(30))
+                .send()
+                .await?
+                .text()
+                .await
         })
-        .collect();
-    let mut conn = std::net::TcpStream::connect(admin.address.as_str())
-        .with_context(|| format!("admin API at {}", admin.address))?;
-    conn.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
-    write!(
-        conn,
-        "GET /api/series?match={encoded}&limit={limit} HTTP/1.1\r\nHost: {}\r\n\
-         Authorization: Bearer {}\r\nConnection: close\r\n\r\n",
-        admin.address, admin.token
-    )?;
-    let mut response = String::new();
-    conn.read_to_string(&mut response)?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow::anyhow!("admin API at {}: no HTTP answer", admin.address))?;
-    let v: serde_json::Value = serde_json::from_str(body)
-        .with_context(|| format!("admin API at {}: {head}", admin.address))?;
+        .with_context(at)?;
+    let v: serde_json::Value = serde_json::from_str(&body).with_context(at)?;
     if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
-        anyhow::bail!("admin API at {}: {e}", admin.address);
+        anyhow::bail!("{}: {e}", at());
     }
     let series = v["series"].as_array().cloned().unwrap_or_default();
     for s in &series {
