@@ -310,6 +310,7 @@ fn to_pickle(text: &[u8]) -> Vec<u8> {
             path: d.path.into(),
             timestamp: d.timestamp,
             value: aggd::datapoint::OutValue::Float(d.value),
+            interval: None,
         })
         .collect();
     let mut out = Vec::new();

@@ -108,6 +108,22 @@ pub struct OutPoint {
     pub timestamp: f64,
     /// The value.
     pub value: OutValue,
+    /// For an aggregate a live worker emitted: its interval; `None` for a forwarded raw
+    /// datapoint, a self-metric, or a replayed aggregate. Destinations with `emit_delay`
+    /// or `late_changes` ([`crate::dest`]) read it; the carbon and remote-write encoders
+    /// do not.
+    pub interval: Option<Emitted>,
+}
+
+/// The interval an emitted aggregate is the value of, as its destinations see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Emitted {
+    /// The interval's length, seconds (the rule's frequency): it closes at the point's
+    /// timestamp plus this.
+    pub frequency: u32,
+    /// Whether a value of this interval was emitted before (more data arrived after it,
+    /// or it was delivered before a clean restart): this emission is a correction.
+    pub again: bool,
 }
 
 /// A batch of outgoing datapoints, shared (not copied) between destinations.

@@ -50,11 +50,14 @@ pub enum Event {
     /// An outgoing name could not be parsed as a tagged series for `normalize_tags`
     /// (carbon's TAG_RELAY_NORMALIZED); it was sent unchanged, as carbon does.
     TagNormalizeFailed,
+    /// A destination's `emit_delay` hold was full (`queue_datapoints` aggregates): the
+    /// aggregate was sent at once, so a later correction of it may be refused.
+    HoldFull,
 }
 
 impl Event {
     /// Every event, in counter order.
-    pub(crate) const ALL: [Event; 14] = [
+    pub(crate) const ALL: [Event; 15] = [
         Event::AcceptFailed,
         Event::ConnectionRefused,
         Event::ConnectionEvictedIdle,
@@ -69,6 +72,7 @@ impl Event {
         Event::ListenerStopped,
         Event::WatchdogWithheld,
         Event::TagNormalizeFailed,
+        Event::HoldFull,
     ];
 
     /// The snake_case label used for counters and logs, e.g. `accept_failed`.
@@ -88,6 +92,7 @@ impl Event {
             Event::ListenerStopped => "listener_stopped",
             Event::WatchdogWithheld => "watchdog_withheld",
             Event::TagNormalizeFailed => "tag_normalize_failed",
+            Event::HoldFull => "hold_full",
         }
     }
 

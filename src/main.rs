@@ -466,6 +466,13 @@ fn inspect(cfg: &aggd::config::Config, pattern: &str, limit: usize) -> anyhow::R
             line.push_str(&format!(", shard {shard} owned by {owner}"));
         }
         println!("{line}");
+        if let Some(r) = s.get("rule") {
+            println!(
+                "  rule: line {}: {}",
+                r["line"],
+                r["text"].as_str().unwrap_or("")
+            );
+        }
         for i in s["intervals"].as_array().into_iter().flatten() {
             println!(
                 "  interval {}: {} from {} datapoints{}",

@@ -92,7 +92,8 @@ impl Config {
         let destinations: u64 = self
             .destinations
             .iter()
-            .map(|d| u(d.queue_datapoints) * 48)
+            // A queued datapoint; with emit_delay, as many held ones in a map.
+            .map(|d| u(d.queue_datapoints) * if d.emit_delay.is_zero() { 48 } else { 48 + 128 })
             .sum();
         let journal = if self.journal.is_some() { 8 << 20 } else { 0 };
         MemoryBound {

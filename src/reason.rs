@@ -50,6 +50,10 @@ pub enum DropReason {
     /// HTTP 4xx answers other than 429 (e.g. Prometheus's 400 for a duplicate or
     /// out-of-order sample). The batch is dropped, not retried.
     DestinationRejected,
+    /// A changed value of an interval a destination with `late_changes = "ledger"` was
+    /// already sent: not sent, so the store (one that refuses changed samples) keeps the
+    /// earlier value.
+    LateChange,
     /// Processing a batch panicked; the batch was dropped and the worker went on.
     Panic,
     /// A frame was processed without being journaled (the journal's queue was full or it
@@ -76,7 +80,7 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub(crate) const ALL: [DropReason; 26] = [
+    pub(crate) const ALL: [DropReason; 27] = [
         DropReason::ParseError,
         DropReason::BadUtf8,
         DropReason::LineTooLong,
@@ -94,6 +98,7 @@ impl DropReason {
         DropReason::DestinationDown,
         DropReason::Unconfirmed,
         DropReason::DestinationRejected,
+        DropReason::LateChange,
         DropReason::Panic,
         DropReason::Unjournaled,
         DropReason::TenantDeleted,
@@ -125,6 +130,7 @@ impl DropReason {
             DropReason::DestinationDown => "destination_down",
             DropReason::Unconfirmed => "unconfirmed",
             DropReason::DestinationRejected => "destination_rejected",
+            DropReason::LateChange => "late_change",
             DropReason::Panic => "panic",
             DropReason::Unjournaled => "unjournaled",
             DropReason::TenantDeleted => "tenant_deleted",

@@ -4,6 +4,7 @@
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use aggd::events::Event;
@@ -140,4 +141,59 @@ async fn a_connection_reset_mid_emission_loses_nothing_uncounted() {
     let stats = server.shutdown().await;
     let other: u64 = stats.total_drops() - stats.drops(DropReason::Unconfirmed);
     assert_eq!(other, 0, "nothing else dropped");
+}
+
+/// `emit_delay` holds aggregates for its own destination only, and a shutdown sends what
+/// it holds: one destination with a delay of an hour and one without, routed to both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_aggregate_waits_for_its_destination_alone_and_goes_out_at_shutdown() {
+    let prompt = Capture::start("pickle");
+    let held = Capture::start("plaintext");
+    let dir = tempdir("hold");
+    let cfg = write_config(
+        &dir,
+        "out (60) = sum in.*\n",
+        "",
+        &prompt.addr.to_string(),
+        "pickle",
+    );
+    append_config(
+        &cfg,
+        &format!(
+            "[[destination]]\naddress = \"{}\"\nprotocol = \"plaintext\"\nemit_delay = \"1h\"\n\
+             [routing]\nmethod = \"all\"\n",
+            held.addr
+        ),
+    );
+    let server = start_aggd(&cfg).await;
+    let addr = server.addr("plaintext/tcp").unwrap();
+    // An interval that is over: emitted at the next sweep.
+    let ts = previous_bucket(60);
+    tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        writeln!(s, "in.a 2 {ts}\nin.b 3 {}", ts + 1).unwrap();
+    })
+    .await
+    .unwrap();
+    let key = ("out".to_string(), ts);
+    prompt.wait_for("the prompt destination's aggregate", |got| {
+        got.get(&key) == Some(&5.0)
+    });
+    // The other destination holds it: a few sweeps later it still has nothing.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(held.snapshot().is_empty(), "{:?}", held.snapshot());
+    let observed = server.observed();
+    let holding: Vec<(String, usize)> = observed
+        .dests
+        .counters()
+        .map(|(d, c)| (d.to_string(), c.held.load(Ordering::Relaxed)))
+        .collect();
+    assert_eq!(
+        holding,
+        [(prompt.addr.to_string(), 0), (held.addr.to_string(), 1)]
+    );
+    server.shutdown().await;
+    held.wait_for("the held aggregate, sent at shutdown", |got| {
+        got.get(&key) == Some(&5.0)
+    });
 }

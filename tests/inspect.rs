@@ -71,6 +71,8 @@ async fn the_live_state_of_matching_series_bounded_and_behind_the_token() {
     assert_eq!(s["name"], "total");
     assert_eq!(s["method"], "sum");
     assert_eq!(s["frequency"], 60);
+    assert_eq!(s["rule"]["line"], 1);
+    assert_eq!(s["rule"]["text"], "total (60) = sum in.*");
     let interval = s["intervals"]
         .as_array()
         .unwrap()
@@ -101,6 +103,10 @@ async fn the_live_state_of_matching_series_bounded_and_behind_the_token() {
         .await
         .unwrap();
     assert!(out.contains("total (sum over 60 s)"), "{out}");
+    assert!(
+        out.contains("  rule: line 1: total (60) = sum in.*"),
+        "{out}"
+    );
     assert!(
         out.contains(&format!(
             "interval {closed}: 5.0 from 2 datapoints, emitted"
@@ -162,6 +168,7 @@ async fn in_cluster_mode_each_series_shows_its_shard_and_owner() {
     let s = &v["series"][0];
     assert_eq!(s["name"], "cl.g1.sum");
     assert_eq!(s["owner"], "solo");
+    assert_eq!(s["rule"]["text"], "cl.<g>.sum (5) = sum in.<g>.*");
     let shard = s["shard"].as_u64().unwrap();
     assert!(shard < 8, "{v}");
     running.aggd.shutdown().await;

@@ -490,6 +490,103 @@ fn prometheus_400_for_a_changed_sample_is_counted_and_ledgered() {
     assert_eq!((rejected[0].from, rejected[0].count), (base as f64, 1));
 }
 
+/// Sleeps until the wall clock reads `t` (Unix s).
+fn sleep_until(t: f64) {
+    let left = t - now();
+    if left > 0.0 {
+        std::thread::sleep(Duration::from_secs_f64(left));
+    }
+}
+
+#[test]
+fn prometheus_gets_one_final_sample_with_emit_delay_and_late_changes_are_ledgered() {
+    let prom = Store::prometheus();
+    let dir = tempdir("rw-prom-delay");
+    let cfg = config(
+        &dir,
+        RULES,
+        "",
+        &prom.write_url(),
+        "emit_delay = \"4s\"\nlate_changes = \"ledger\"",
+    );
+    let (aggd, addrs) = start(&cfg);
+    let admin = addr_of(&addrs, "admin/http");
+    let rejected = "aggd_destination_rejected_total{destination=\"http";
+    let held = "aggd_destination_held{destination=\"http";
+    let base = open_bucket();
+    let ms = base * 1000;
+    let i = input(base, 3);
+    send(&addrs, &i);
+    // The interval closed a second ago and was emitted: held, not sent.
+    sleep_until((base + F) as f64 + 1.0);
+    wait_at_least(admin, held, 1.0);
+    assert!(
+        prom.series("web_all_requests", Duration::from_secs(7200))
+            .is_empty()
+    );
+    // A late datapoint within the delay replaces the held value.
+    send_lines(
+        addr_of(&addrs, "plaintext/tcp"),
+        &format!("web.h9.requests 100 {}\n", base + 5),
+    );
+    wait_series(
+        &prom,
+        "web_all_requests",
+        &[series(
+            &[("__name__", "web_all_requests")],
+            &[(ms, i.web + 100.0)],
+        )],
+        Duration::from_secs(30),
+    );
+    wait_metric(admin, held, 0.0);
+    // A datapoint after the value went out: kept back, counted and ledgered, not sent
+    // into a 400.
+    send_lines(
+        addr_of(&addrs, "plaintext/tcp"),
+        &format!("web.h9.requests 7 {}\n", base + 6),
+    );
+    wait_metric(
+        admin,
+        "aggd_destination_late_changes_total{destination=\"http",
+        1.0,
+    );
+    assert_eq!(
+        metric(admin, "aggd_dropped_total{reason=\"late_change\"}"),
+        1.0
+    );
+    // A new interval goes through the same hold, after which nothing was ever refused.
+    let next = open_bucket();
+    send_lines(
+        addr_of(&addrs, "plaintext/tcp"),
+        &format!("web.h1.requests 5 {}\n", next + 1),
+    );
+    wait_series(
+        &prom,
+        "web_all_requests",
+        &[series(
+            &[("__name__", "web_all_requests")],
+            &[(ms, i.web + 100.0), (next * 1000, 5.0)],
+        )],
+        Duration::from_secs(30),
+    );
+    assert_eq!(metric(admin, rejected), 0.0);
+    stop(aggd);
+    let entries = ledger(&dir);
+    let late: Vec<_> = entries
+        .iter()
+        .filter(|e| e.reason == "late_change")
+        .collect();
+    assert_eq!(late.len(), 1, "{entries:?}");
+    assert_eq!(
+        (late[0].from, late[0].to, late[0].count),
+        (base as f64, base as f64, 1)
+    );
+    assert!(
+        !entries.iter().any(|e| e.reason == "destination_rejected"),
+        "{entries:?}"
+    );
+}
+
 #[test]
 fn replay_lost_repairs_an_outage_into_victoria_metrics() {
     let mut vm = Store::victoria_metrics();

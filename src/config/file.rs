@@ -52,6 +52,21 @@ pub enum DestProtocol {
     PrometheusRemoteWrite,
 }
 
+/// What a destination does with a changed value of an interval it already sent
+/// (`late_changes`; [`crate::dest`]).
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LateChanges {
+    /// Send it: the store keeps the last write (whisper, go-carbon) or every write
+    /// (VictoriaMetrics).
+    #[default]
+    Send,
+    /// Do not send it; count it (`aggd_destination_late_changes_total`) and ledger its
+    /// window as `late_change`: for stores that refuse a changed sample (Prometheus,
+    /// Mimir, Cortex, Thanos Receive answer `400 duplicate sample`).
+    Ledger,
+}
+
 /// `journal.fsync` as written; `interval` takes its period from `journal.fsync_interval`.
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
@@ -91,6 +106,7 @@ display_as_written!(DestProtocol {
     Plaintext => "plaintext",
     PrometheusRemoteWrite => "prometheus_remote_write",
 });
+display_as_written!(LateChanges { Send => "send", Ledger => "ledger" });
 
 /// `[[listen]]` as written.
 #[derive(Debug, Deserialize, Serialize)]
@@ -217,6 +233,18 @@ pub struct DestinationFile {
     /// carbon's instance (the third field of carbon.conf's `host:port:instance`): part of
     /// the destination's key on the hash ring and of its self-metric name.
     pub instance: Option<String>,
+    /// How long after an interval closes its first aggregate is held for this
+    /// destination, replaced by any newer value meanwhile, e.g. `"2m"`; none by default.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub emit_delay: Option<Duration>,
+    /// `send` (default) or `ledger`: what to do with a changed value of an interval this
+    /// destination was already sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub late_changes: Option<LateChanges>,
 }
 
 /// `[routing]` as written: which destinations each outgoing name goes to.

@@ -23,7 +23,7 @@ use crate::rules::RuleError;
 use crate::rules::aggregation::AggregationRules;
 use crate::rules::rewrite::RewriteRules;
 
-pub use file::{DestProtocol, File, Protocol, Transport};
+pub use file::{DestProtocol, File, LateChanges, Protocol, Transport};
 pub use section::SectionError;
 
 /// Why a configuration cannot be used.
@@ -185,6 +185,11 @@ pub struct DestinationConfig {
     pub instance: Option<String>,
     /// The remote-write settings, for `protocol = "prometheus_remote_write"`.
     pub remote_write: Option<remote_write::RemoteWriteConfig>,
+    /// How long after an interval closes its first aggregate is held for this
+    /// destination (zero: not held).
+    pub emit_delay: Duration,
+    /// What to do with a changed value of an interval already sent.
+    pub late_changes: LateChanges,
 }
 
 impl DestinationConfig {
@@ -596,12 +601,18 @@ impl std::fmt::Display for Config {
         }
         for d in &self.destinations {
             let instance = d.instance.as_deref().map(|i| format!(", instance {i}"));
+            let delay = (!d.emit_delay.is_zero())
+                .then(|| format!(", emit_delay {}", humantime::format_duration(d.emit_delay)));
+            let late = (d.late_changes != LateChanges::Send)
+                .then(|| format!(", late_changes {}", d.late_changes));
             writeln!(
                 s,
-                "destination: {} ({}{})",
+                "destination: {} ({}{}{}{})",
                 d.name(),
                 d.protocol,
-                instance.unwrap_or_default()
+                instance.unwrap_or_default(),
+                delay.unwrap_or_default(),
+                late.unwrap_or_default()
             )?;
         }
         if self.destinations.len() > 1 {

@@ -130,6 +130,10 @@ impl TryFrom<WorkersFile> for Workers {
     }
 }
 
+/// The longest `emit_delay`: held aggregates stay in memory, and a store that refuses
+/// corrections should get a value within its own out-of-order window.
+const MAX_EMIT_DELAY: std::time::Duration = std::time::Duration::from_secs(3600);
+
 impl TryFrom<DestinationFile> for DestinationConfig {
     type Error = SectionError;
 
@@ -156,6 +160,14 @@ impl TryFrom<DestinationFile> for DestinationConfig {
         if remote_write.is_none() {
             super::remote_write::refuse_on_carbon(&d)?;
         }
+        let emit_delay = d.emit_delay.unwrap_or_default();
+        if emit_delay > MAX_EMIT_DELAY {
+            return Err(invalid(format!(
+                "destination {}: emit_delay {} is longer than the most, 1h",
+                d.url.as_deref().unwrap_or(&d.address),
+                humantime::format_duration(emit_delay)
+            )));
+        }
         Ok(DestinationConfig {
             address,
             protocol: d.protocol,
@@ -164,6 +176,8 @@ impl TryFrom<DestinationFile> for DestinationConfig {
             unconfirmed_window: d.unconfirmed_window,
             instance: d.instance.filter(|i| !i.is_empty()),
             remote_write,
+            emit_delay,
+            late_changes: d.late_changes.unwrap_or_default(),
         })
     }
 }

@@ -281,3 +281,49 @@ fn remote_write_destinations_are_validated() {
         assert!(e.contains(why), "{dest}: {e}");
     }
 }
+
+#[test]
+fn emit_delay_and_late_changes_are_per_destination_and_bounded() {
+    let guard = tmpdir("hold");
+    let d = guard.path();
+    write(d, "rules.conf", "a (60) = sum b\n");
+    let base = "[[listen]]\nprotocol = \"plaintext\"\naddress = \"127.0.0.1:0\"\n\
+                [aggregation]\nrules = \"rules.conf\"\n";
+    let cfg = write(
+        d,
+        "ok.toml",
+        &format!(
+            "{base}[[destination]]\naddress = \"stdout\"\n\
+             [[destination]]\naddress = \"127.0.0.1:2004\"\nemit_delay = \"90s\"\nlate_changes = \"ledger\"\n"
+        ),
+    );
+    let c = Config::load(&cfg).unwrap();
+    assert_eq!(c.destinations[0].emit_delay, Duration::ZERO);
+    assert_eq!(c.destinations[0].late_changes, LateChanges::Send);
+    assert_eq!(c.destinations[1].emit_delay, Duration::from_secs(90));
+    assert_eq!(c.destinations[1].late_changes, LateChanges::Ledger);
+    assert!(
+        c.to_string().contains(
+            "destination: 127.0.0.1:2004 (pickle, emit_delay 1m 30s, late_changes ledger)"
+        ),
+        "{c}"
+    );
+    let long = write(
+        d,
+        "long.toml",
+        &format!("{base}[[destination]]\naddress = \"stdout\"\nemit_delay = \"2h\"\n"),
+    );
+    let e = Config::load(&long).unwrap_err().to_string();
+    assert!(
+        e.contains("emit_delay 2h is longer than the most, 1h"),
+        "{e}"
+    );
+    assert!(e.contains("long.toml:"), "{e}");
+    let bad = write(
+        d,
+        "bad.toml",
+        &format!("{base}[[destination]]\naddress = \"stdout\"\nlate_changes = \"drop\"\n"),
+    );
+    let e = Config::load(&bad).unwrap_err().to_string();
+    assert!(e.contains("unknown variant `drop`"), "{e}");
+}

@@ -12,6 +12,11 @@
 //! blocks: when a queue is full the batch is dropped for that destination alone and counted
 //! as `destination_full`. A dead or slow destination therefore fills only its own queue.
 //!
+//! A destination with `emit_delay` or `late_changes = "ledger"` sorts its share through a
+//! [`hold`] first: aggregates wait there until their interval closed `emit_delay` ago (a
+//! newer value replaces a held one), and corrections of intervals already sent are kept
+//! back and ledgered as `late_change`.
+//!
 //! The sender connects (and reconnects after any error) with exponential backoff from
 //! 100 ms to 5 s, coalesces queued batches into writes of up to ~10 000 datapoints, and
 //! writes carbon pickle frames (protocol 2, `max_datapoints_per_message` per frame) or
@@ -47,9 +52,11 @@ use crate::reason::DropReason;
 use crate::ring::Placement;
 use crate::time::Window;
 
+mod hold;
 pub mod remote_write;
 mod sender;
 
+use hold::Hold;
 use sender::{Link, Unconfirmed, run_sender};
 
 /// [`DestCounters::state`]: the sender holds a connection.
@@ -89,6 +96,11 @@ pub struct DestCounters {
     /// Remote write: datapoints in requests the destination refused (4xx other than
     /// 429), dropped as `destination_rejected` and ledgered.
     pub rejected: AtomicU64,
+    /// Corrections of intervals already sent, kept back under `late_changes = "ledger"`
+    /// and ledgered as `late_change` ([`hold`]).
+    pub late_changes: AtomicU64,
+    /// Aggregates held for `emit_delay` now ([`hold`]).
+    pub held: AtomicUsize,
     /// Time window covered by what is queued (a superset: reset only when the queue
     /// empties), ledgered if it is still queued when shutdown's drain ends.
     queued_window: Mutex<Option<Window>>,
@@ -104,6 +116,8 @@ struct Dest {
     /// What the sender wrote and cannot yet count as delivered; ledgered if the sender
     /// is still holding it when shutdown's drain ends.
     unconfirmed: Arc<Mutex<Unconfirmed>>,
+    /// Its `emit_delay` / `late_changes` stage, if it has either.
+    hold: Option<Hold>,
 }
 
 /// The destinations' queues; a [`Sink`] that offers each datapoint to the destinations
@@ -119,7 +133,12 @@ pub struct Destinations {
 pub struct Senders {
     tasks: Vec<JoinHandle<()>>,
     drain: CancellationToken,
+    /// The task that sends held aggregates when they are due, if a destination holds.
+    releaser: Option<JoinHandle<()>>,
 }
+
+/// How often held aggregates are checked for being due.
+const RELEASE_TICK: Duration = Duration::from_millis(250);
 
 impl Destinations {
     /// Starts one sender task per destination on the current tokio runtime; `routing`
@@ -153,17 +172,88 @@ impl Destinations {
                 max_queued: cfg.queue_datapoints,
                 counters,
                 unconfirmed,
+                hold: Hold::new(cfg.emit_delay, cfg.late_changes, cfg.queue_datapoints),
             });
         }
         let placement = Arc::clone(&routing.placement);
         debug_assert_eq!(placement.nodes().len(), dests.len());
-        let dests = Destinations {
+        let dests = Arc::new(Destinations {
             dests,
             placement,
             normalize_tags: routing.normalize_tags,
             stats,
+        });
+        let releaser = dests.dests.iter().any(|d| d.hold.is_some()).then(|| {
+            let weak = Arc::downgrade(&dests);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(RELEASE_TICK);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    match weak.upgrade() {
+                        Some(d) => d.release(crate::time::now()),
+                        None => return,
+                    }
+                }
+            })
+        });
+        let senders = Senders {
+            tasks,
+            drain,
+            releaser,
         };
-        (Arc::new(dests), Senders { tasks, drain })
+        (dests, senders)
+    }
+
+    /// Offers every held aggregate due at `now` (Unix s; ∞ for all) to its destination's
+    /// queue.
+    fn release(&self, now: f64) {
+        for d in &self.dests {
+            if let Some(hold) = &d.hold {
+                let due = hold.release(now);
+                d.counters.held.store(hold.len(), Ordering::Relaxed);
+                if !due.is_empty() {
+                    let w = window(&due);
+                    self.offer(d, due.into(), w);
+                }
+            }
+        }
+    }
+
+    /// Offers one destination's share, through its hold if it has one.
+    fn offer_share(&self, d: &Dest, share: OutBatch) {
+        let Some(hold) = &d.hold else {
+            let w = window(&share);
+            return self.offer(d, share, w);
+        };
+        let sorted = hold.sort(share.to_vec(), crate::time::now());
+        d.counters.held.store(hold.len(), Ordering::Relaxed);
+        if sorted.overflow > 0 {
+            self.stats.events.emit(
+                crate::events::Event::HoldFull,
+                &format_args!(
+                    "destination {}: {} aggregates sent before emit_delay (the hold is full: queue_datapoints)",
+                    d.name, sorted.overflow
+                ),
+            );
+        }
+        if !sorted.late.is_empty() {
+            let n = sorted.late.len() as u64;
+            d.counters.late_changes.fetch_add(n, Ordering::Relaxed);
+            self.stats.record_drop(
+                DropReason::LateChange,
+                n,
+                window(&sorted.late),
+                &format_args!(
+                    "destination {}: a changed value of an interval already sent, kept back (late_changes = \"ledger\")",
+                    d.name
+                ),
+            );
+        }
+        if !sorted.send.is_empty() {
+            let w = window(&sorted.send);
+            self.offer(d, sorted.send.into(), w);
+        }
     }
 
     /// Each destination's name and counters.
@@ -233,16 +323,14 @@ impl Sink for Destinations {
             false => batch,
         };
         if self.placement.is_broadcast() {
-            let w = window(&batch);
             for d in &self.dests {
-                self.offer(d, Arc::clone(&batch), w);
+                self.offer_share(d, Arc::clone(&batch));
             }
             return;
         }
         for (d, share) in self.dests.iter().zip(split(&self.placement, &batch)) {
             if !share.is_empty() {
-                let w = window(&share);
-                self.offer(d, share.into(), w);
+                self.offer_share(d, share.into());
             }
         }
     }
@@ -288,6 +376,12 @@ impl Senders {
     /// What is still queued after that is counted as `destination_down` and the tasks are
     /// stopped. Returns whether every destination took everything and acknowledged it.
     pub async fn drain(self, dests: &Destinations, deadline: tokio::time::Instant) -> bool {
+        if let Some(r) = self.releaser {
+            r.abort();
+            let _ = r.await;
+        }
+        // The workers have emitted their last aggregates: nothing is held any longer.
+        dests.release(f64::INFINITY);
         self.drain.cancel();
         let mut complete = true;
         for t in self.tasks {

@@ -389,6 +389,7 @@ mod tests {
             path: path.into(),
             timestamp: ts,
             value: OutValue::Float(v),
+            interval: None,
         }
     }
 

@@ -421,6 +421,7 @@ mod tests {
                 path: format!("{path}.{i}").into(),
                 timestamp: ts,
                 value: OutValue::Float(i as f64),
+                interval: None,
             })
             .collect::<Vec<_>>()
             .into()
@@ -444,6 +445,8 @@ mod tests {
             unconfirmed_window: Duration::from_secs(60),
             instance: None,
             remote_write: None,
+            emit_delay: Duration::ZERO,
+            late_changes: Default::default(),
         };
         let stats = Arc::new(Stats::default());
         let counters = Arc::new(DestCounters::default());

@@ -55,6 +55,7 @@ impl Batches {
                 path: Arc::clone(name),
                 timestamp: dp.timestamp,
                 value: OutValue::Float(dp.value),
+                interval: None,
             });
         }
     }

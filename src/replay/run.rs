@@ -256,6 +256,7 @@ fn overlapping(table: &mut SeriesTable, windows: &[Window], opts: &ReplayOptions
                 path: Arc::clone(&key.name),
                 timestamp: s,
                 value,
+                interval: None,
             });
         }
     });

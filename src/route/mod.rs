@@ -131,6 +131,11 @@ impl Router {
         }
     }
 
+    /// The aggregation rules it routes by.
+    pub fn rules(&self) -> Arc<crate::rules::aggregation::AggregationRules> {
+        Arc::clone(&self.aggregation.rules)
+    }
+
     /// Number of cached routes.
     pub fn cached(&self) -> usize {
         self.cache.len()

@@ -213,6 +213,7 @@ pub async fn start_with_io(
             .memory_bound(crate::memory::CHECK_LIVE_SERIES)
             .total(),
         cluster_node: config.cluster.as_ref().map(|c| (c.node.clone(), c.shards)),
+        pipeline: Some(Arc::clone(&pipeline)),
     });
     let metrics = Arc::new(Metrics::new(Arc::clone(&observed)));
     let svc = &config.service;

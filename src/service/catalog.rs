@@ -213,6 +213,26 @@ pub const CATALOG: &[Metric] = &[
         read: |o, f| per_dest(o, f, |c| &c.rejected),
     },
     Metric {
+        name: "destination_late_changes",
+        help: "Corrections of intervals already sent, kept back by late_changes = \"ledger\" (ledgered as late_change).",
+        ty: Type::Counter,
+        label: Some("destination"),
+        carbon: &[],
+        read: |o, f| per_dest(o, f, |c| &c.late_changes),
+    },
+    Metric {
+        name: "destination_held",
+        help: "Aggregates held for the destination's emit_delay now.",
+        ty: Type::Gauge,
+        label: Some("destination"),
+        carbon: &[],
+        read: |o, f| {
+            o.dests
+                .counters()
+                .for_each(|(d, c)| f(d, c.held.load(Ordering::Relaxed) as u64));
+        },
+    },
+    Metric {
         name: "destination_connection_failures",
         help: "Destination connections that failed (remote write: requests sent again).",
         ty: Type::Counter,

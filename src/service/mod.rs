@@ -62,6 +62,9 @@ pub struct Observed {
     pub memory_bound: u64,
     /// Cluster mode: this node's name and the cluster's shard count.
     pub cluster_node: Option<(String, u32)>,
+    /// The ingest pipeline, for the rules in force (the live-state API names each
+    /// series' rule); `None` in unit tests.
+    pub pipeline: Option<Arc<crate::ingest::Pipeline>>,
 }
 
 /// How long a worker may go without progress and still count as healthy.
@@ -180,11 +183,18 @@ async fn series(
         .await
         .unwrap_or_default();
     let truncated = found.len() > limit;
+    let rules = o.pipeline.as_ref().map(|p| p.router.load().rules());
     let series: Vec<serde_json::Value> = found
         .into_iter()
         .take(limit)
         .map(|s| {
             let mut v = serde_json::to_value(&s).unwrap_or_default();
+            if let Some(r) = rules
+                .as_ref()
+                .and_then(|r| r.producing(&s.name, &s.method, s.frequency))
+            {
+                v["rule"] = json!({ "line": r.line, "text": r.text });
+            }
             if let Some((node, shards)) = &o.cluster_node {
                 let shard = crate::aggregate::gate::shard_of(
                     crate::hash::fnv1a64(s.name.as_bytes()),

@@ -163,6 +163,7 @@ pub fn spawn_self_metrics(
                 path: format!("{base}.{stat}").into(),
                 timestamp,
                 value,
+                interval: None,
             };
             let mut out: Vec<OutPoint> = report
                 .stats(&metrics)

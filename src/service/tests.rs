@@ -58,6 +58,7 @@ fn observe(
         ready: AtomicBool::new(true),
         memory_bound: 1 << 30,
         cluster_node: None,
+        pipeline: None,
     });
     (Metrics::new(observed), workers)
 }
@@ -138,6 +139,8 @@ async fn relay_max_queue_length_is_sent_in_every_interval_the_destination_relaye
         unconfirmed_window: Duration::from_secs(1),
         instance: None,
         remote_write: None,
+        emit_delay: Duration::ZERO,
+        late_changes: Default::default(),
     }];
     let (dests, senders) = Destinations::start(
         &configs,

@@ -22,7 +22,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::datapoint::{OutPoint, OutValue};
+use crate::datapoint::{Emitted, OutPoint, OutValue};
 use crate::method::{Acc, Method};
 use crate::reason::DropReason;
 use crate::route::{Prehashed, SeriesKey};
@@ -44,6 +44,9 @@ struct Bucket {
     acc: Acc,
     /// Received data since it was last emitted.
     dirty: bool,
+    /// A value of it was emitted (or delivered before a clean restart): the next
+    /// emission is a correction ([`Emitted::again`]).
+    emitted: bool,
 }
 
 /// The buckets of one output series.
@@ -148,6 +151,7 @@ impl Series {
                         start,
                         acc: Acc::default(),
                         dirty: false,
+                        emitted: false,
                     },
                 );
                 i
@@ -159,10 +163,19 @@ impl Series {
         }
         b.acc.add(value, self.method);
         b.dirty |= dirty;
+        b.emitted |= !dirty;
         Ok(())
     }
 
-    fn sweep(&mut self, now: f64, s: &Settings, force: bool, mut emit: impl FnMut(i64, OutValue)) {
+    /// Emits what is due: `emit(start, value, again)`, `again` = a value of that interval
+    /// was emitted before.
+    fn sweep(
+        &mut self,
+        now: f64,
+        s: &Settings,
+        force: bool,
+        mut emit: impl FnMut(i64, OutValue, bool),
+    ) {
         let f = f64::from(self.frequency);
         let partial = s.write_back_frequency > 0 && now >= self.next_partial;
         if partial {
@@ -174,8 +187,9 @@ impl Series {
         self.buckets.retain_mut(|b| {
             let closed = b.start as f64 + f <= now;
             if b.dirty && (force || partial || closed) {
-                emit(b.start, b.acc.value(method));
+                emit(b.start, b.acc.value(method), b.emitted);
                 b.dirty = false;
+                b.emitted = true;
                 *last = Some((b.start, now));
             }
             b.start as f64 >= threshold
@@ -333,11 +347,13 @@ impl SeriesTable {
             if !emit(key) {
                 return true;
             }
-            series.sweep(now, &s, force, |start, value| {
+            let frequency = series.frequency;
+            series.sweep(now, &s, force, |start, value, again| {
                 out.push(OutPoint {
                     path: Arc::clone(&key.name),
                     timestamp: start as f64,
                     value,
+                    interval: Some(Emitted { frequency, again }),
                 });
             });
             !series.buckets.is_empty()

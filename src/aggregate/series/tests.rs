@@ -86,6 +86,40 @@ fn re_emission_is_over_all_values() {
 }
 
 #[test]
+fn an_emission_says_its_interval_and_whether_it_corrects_one() {
+    let mut t = SeriesTable::new(settings(0));
+    let k = key("s", "sum", 10);
+    let emitted = |t: &mut SeriesTable, now| {
+        let mut out = Vec::new();
+        t.sweep(now, false, &mut out);
+        out.into_iter()
+            .map(|p| (p.timestamp, p.value.as_f64(), p.interval))
+            .collect::<Vec<_>>()
+    };
+    let first = Some(Emitted {
+        frequency: 10,
+        again: false,
+    });
+    let again = Some(Emitted {
+        frequency: 10,
+        again: true,
+    });
+    t.add(&k, 980.0, 3.0, 1000.0).unwrap();
+    assert_eq!(emitted(&mut t, 1000.0), [(980.0, 3.0, first)]);
+    t.add(&k, 981.0, 5.0, 1001.0).unwrap();
+    assert_eq!(emitted(&mut t, 1001.0), [(980.0, 8.0, again)]);
+    // A value delivered before a clean restart (rebuilt not dirty) makes the next
+    // emission of its interval a correction too.
+    t.add_as(&k, 990.0, 1.0, 1001.0, false).unwrap();
+    t.add(&k, 991.0, 1.0, 1001.0).unwrap();
+    t.add(&k, 970.0, 4.0, 1001.0).unwrap();
+    assert_eq!(
+        emitted(&mut t, 1001.0),
+        [(970.0, 4.0, first), (990.0, 2.0, again)]
+    );
+}
+
+#[test]
 fn too_old_too_new_and_expiry() {
     let mut t = SeriesTable::new(settings(0));
     let k = key("s", "sum", 10);

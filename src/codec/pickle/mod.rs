@@ -118,7 +118,7 @@ impl Serialize for WireList<'_> {
 /// use aggd::codec::pickle::encode_frames;
 /// use aggd::datapoint::{OutPoint, OutValue};
 ///
-/// let p = OutPoint { path: "a.count".into(), timestamp: 60.0, value: OutValue::Int(3) };
+/// let p = OutPoint { path: "a.count".into(), timestamp: 60.0, value: OutValue::Int(3), interval: None };
 /// let mut out = Vec::new();
 /// encode_frames(&[p], 500, &mut out).unwrap();
 /// let len = u32::from_be_bytes(out[..4].try_into().unwrap()) as usize;

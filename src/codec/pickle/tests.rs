@@ -259,6 +259,7 @@ fn out_point(path: &str, ts: f64, v: OutValue) -> OutPoint {
         path: path.into(),
         timestamp: ts,
         value: v,
+        interval: None,
     }
 }
 

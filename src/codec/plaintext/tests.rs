@@ -63,16 +63,19 @@ fn encoded_lines_parse_back() {
             path: "a.sum".into(),
             timestamp: 1700000040.0,
             value: OutValue::Float(0.1),
+            interval: None,
         },
         OutPoint {
             path: "a.count".into(),
             timestamp: 1700000040.9,
             value: OutValue::Int(7),
+            interval: None,
         },
         OutPoint {
             path: "a.max".into(),
             timestamp: 60.0,
             value: OutValue::Float(f64::NEG_INFINITY),
+            interval: None,
         },
     ];
     let mut out = Vec::new();

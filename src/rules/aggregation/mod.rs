@@ -87,6 +87,38 @@ impl Template {
         Ok(Template { parts, tagged })
     }
 
+    /// Whether filling the template can give `name`: its literals in order, each field
+    /// any text (captures of `<<field>>` hold dots). A tagged template is compared by its
+    /// name part only, since filling it puts the tags in carbon's order.
+    fn could_make(&self, name: &str) -> bool {
+        fn fits(parts: &[Part], s: &str) -> bool {
+            match parts.split_first() {
+                None => s.is_empty(),
+                Some((Part::Literal(l), rest)) => {
+                    s.strip_prefix(l.as_str()).is_some_and(|s| fits(rest, s))
+                }
+                Some((Part::Field(_), rest)) => (0..=s.len())
+                    .filter(|&i| s.is_char_boundary(i))
+                    .any(|i| fits(rest, &s[i..])),
+            }
+        }
+        if !self.tagged {
+            return fits(&self.parts, name);
+        }
+        let mut parts = Vec::new();
+        for p in &self.parts {
+            match p {
+                Part::Literal(l) if l.contains(';') => {
+                    let head = &l[..l.find(';').unwrap_or(l.len())];
+                    parts.push(Part::Literal(head.to_string()));
+                    break;
+                }
+                p => parts.push(p.clone()),
+            }
+        }
+        fits(&parts, name.split(';').next().unwrap_or(name))
+    }
+
     fn fields(&self) -> impl Iterator<Item = &str> {
         self.parts.iter().filter_map(|p| match p {
             Part::Field(f) => Some(f.as_str()),
@@ -281,6 +313,16 @@ impl AggregationRules {
     /// The rules, in file order.
     pub fn rules(&self) -> &[AggregationRule] {
         &self.rules
+    }
+
+    /// The first rule, in file order, with `method` and `frequency` whose output template
+    /// can make the output series `name`: the rule that made it, unless two rules make
+    /// the same names (then the first decides the method, as in carbon). `None` when none
+    /// fits (the rules were reloaded since).
+    pub fn producing(&self, name: &str, method: &str, frequency: u32) -> Option<&AggregationRule> {
+        self.rules.iter().find(|r| {
+            r.frequency == frequency && r.method.to_string() == method && r.output.could_make(name)
+        })
     }
 
     /// Every rule matching `path`, in file order, with the output series it produces.

@@ -269,3 +269,21 @@ fn ambiguous_tagged_rules_are_refused_with_their_line() {
         assert!(text.contains(why), "{rule}: {text}");
     }
 }
+
+#[test]
+fn the_rule_producing_an_output_series_is_found_by_template_method_and_frequency() {
+    let r = rules(
+        "<env>.all.requests (60) = sum <env>.*.requests\n\
+         <env>.all.requests (60) = count <env>.*.requests\n\
+         total.<rest> (10) = avg x.<<rest>>\n\
+         cpu.total;dc=<dc> (60) = sum cpu.usage;dc=<dc>;host=*\n",
+    );
+    let line = |name, method, f| r.producing(name, method, f).map(|r| r.line);
+    assert_eq!(line("prod.all.requests", "sum", 60), Some(1));
+    assert_eq!(line("prod.all.requests", "count", 60), Some(2));
+    assert_eq!(line("prod.all.requests", "sum", 10), None);
+    assert_eq!(line("total.a.b.c", "avg", 10), Some(3));
+    assert_eq!(line("totals.a", "avg", 10), None);
+    assert_eq!(line("cpu.total;dc=eu.west", "sum", 60), Some(4));
+    assert_eq!(line("mem.total;dc=eu", "sum", 60), None);
+}
