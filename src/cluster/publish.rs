@@ -221,6 +221,10 @@ struct Open {
     opened: Instant,
 }
 
+/// Longest wait of an idle publisher lane for new journal records (it still persists its
+/// watermark and updates its gauges at least this often).
+const IDLE_WAIT: Duration = Duration::from_millis(100);
+
 /// What the thread works with.
 struct Reader {
     cfg: ClusterConfig,
@@ -441,6 +445,9 @@ impl Reader {
     fn run(mut self, drain_to: Arc<AtomicU64>) {
         let mut last_persist = Instant::now();
         loop {
+            // What the journal had before this read: a record written since wakes the
+            // wait below at once.
+            let seen = self.journal.next_seq.load(Ordering::Acquire);
             let n = match self.read() {
                 Ok(n) => n,
                 Err(e) => {
@@ -462,9 +469,29 @@ impl Reader {
                 return;
             }
             if n == 0 {
-                std::thread::sleep(Duration::from_millis(2));
+                let wait = self.idle_wait(draining);
+                self.journal
+                    .appended
+                    .wait(&self.journal.next_seq, seen, wait);
             }
         }
+    }
+
+    /// How long an idle lane may wait for the journal: until its first open message is
+    /// due to be sealed (`batch_delay`), 2 ms while draining (to see `abandon`), else
+    /// [`IDLE_WAIT`]. The journal's writer wakes it earlier when records are written.
+    fn idle_wait(&self, draining: bool) -> Duration {
+        if draining {
+            return Duration::from_millis(2);
+        }
+        self.open
+            .iter()
+            .flatten()
+            .map(|o| self.cfg.batch_delay.saturating_sub(o.opened.elapsed()))
+            .min()
+            .map_or(IDLE_WAIT, |d| {
+                d.clamp(Duration::from_micros(100), IDLE_WAIT)
+            })
     }
 }
 

@@ -397,4 +397,32 @@ mod tests {
         assert_eq!(n, 1);
         assert_eq!(collect(&mut t).len(), 99);
     }
+
+    #[test]
+    fn a_reader_waiting_for_records_wakes_when_they_are_written() {
+        use std::time::{Duration, Instant};
+        let stats = Arc::new(crate::journal::JournalStats::default());
+        let long = Duration::from_secs(30);
+        // Records were written since the reader looked: no wait at all.
+        stats.next_seq.store(5, Ordering::Release);
+        let t0 = Instant::now();
+        stats.appended.wait(&stats.next_seq, 4, long);
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        // Nothing new: waits until the writer publishes and notifies, not the timeout.
+        let reader = Arc::clone(&stats);
+        let waiting = std::thread::spawn(move || {
+            reader.appended.wait(&reader.next_seq, 5, long);
+            reader.next_seq.load(Ordering::Acquire)
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        stats.next_seq.store(6, Ordering::Release);
+        stats.appended.notify();
+        let t0 = Instant::now();
+        assert_eq!(waiting.join().unwrap(), 6);
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        // Nothing new and nobody writes: the timeout ends the wait.
+        stats
+            .appended
+            .wait(&stats.next_seq, 6, Duration::from_millis(20));
+    }
 }

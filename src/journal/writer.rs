@@ -94,6 +94,44 @@ pub struct JournalStats {
     pub last_seq: AtomicU64,
     /// The sequence number the next record will get.
     pub next_seq: AtomicU64,
+    /// Wakes readers of the journal's tail (cluster mode's publisher) when records are
+    /// written.
+    pub appended: Appended,
+}
+
+/// A wake-up for readers that follow the journal's tail: [`Appended::wait`] returns once
+/// [`JournalStats::next_seq`] moved past what the reader saw, or at its timeout, instead
+/// of the reader polling on a sleep. A mutex and a condition variable: the writer takes
+/// the mutex once per written batch, after publishing `next_seq`, so a reader that saw
+/// the old value under the mutex is already waiting when the writer notifies.
+#[derive(Debug, Default)]
+pub struct Appended {
+    lock: std::sync::Mutex<()>,
+    written: std::sync::Condvar,
+}
+
+impl Appended {
+    /// Wakes every waiting reader; called after `next_seq` was stored.
+    pub(crate) fn notify(&self) {
+        drop(
+            self.lock
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        self.written.notify_all();
+    }
+
+    /// Waits until `next_seq` is no longer `seen`, for at most `timeout`.
+    pub(crate) fn wait(&self, next_seq: &AtomicU64, seen: u64, timeout: std::time::Duration) {
+        let g = self
+            .lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if next_seq.load(Ordering::Acquire) != seen {
+            return;
+        }
+        let _ = self.written.wait_timeout(g, timeout);
+    }
 }
 
 pub(super) enum Msg {
@@ -320,6 +358,7 @@ impl Writer {
             .store(self.next_seq.wrapping_sub(1), Ordering::Relaxed);
         // Release: a tail that reads this value finds these records in the file.
         self.stats.next_seq.store(self.next_seq, Ordering::Release);
+        self.stats.appended.notify();
         self.dirty = true;
         Ok(())
     }
