@@ -469,7 +469,10 @@ impl Reader {
                 return;
             }
             if n == 0 {
-                let wait = self.idle_wait(draining);
+                // Records the tail could not read yet (a new segment it has not listed):
+                // look again soon, as no write may come to wake it.
+                let behind = self.tail.next_seq() < seen;
+                let wait = self.idle_wait(draining || behind);
                 self.journal
                     .appended
                     .wait(&self.journal.next_seq, seen, wait);
@@ -477,11 +480,12 @@ impl Reader {
         }
     }
 
-    /// How long an idle lane may wait for the journal: until its first open message is
-    /// due to be sealed (`batch_delay`), 2 ms while draining (to see `abandon`), else
-    /// [`IDLE_WAIT`]. The journal's writer wakes it earlier when records are written.
-    fn idle_wait(&self, draining: bool) -> Duration {
-        if draining {
+    /// How long an idle lane may wait for the journal: 2 ms when `soon` (draining, to see
+    /// `abandon`, or behind the writer), else until its first open message is due to be
+    /// sealed (`batch_delay`), at most [`IDLE_WAIT`]. The journal's writer wakes it
+    /// earlier when records are written.
+    fn idle_wait(&self, soon: bool) -> Duration {
+        if soon {
             return Duration::from_millis(2);
         }
         self.open
