@@ -4,7 +4,6 @@
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use aggd::events::Event;
@@ -185,8 +184,8 @@ async fn a_held_aggregate_waits_for_its_destination_alone_and_goes_out_at_shutdo
     let observed = server.observed();
     let holding: Vec<(String, usize)> = observed
         .dests
-        .counters()
-        .map(|(d, c)| (d.to_string(), c.held.load(Ordering::Relaxed)))
+        .held()
+        .map(|(d, n)| (d.to_string(), n))
         .collect();
     assert_eq!(
         holding,

@@ -99,8 +99,6 @@ pub struct DestCounters {
     /// Corrections of intervals already sent, kept back under `late_changes = "ledger"`
     /// and ledgered as `late_change` ([`hold`]).
     pub late_changes: AtomicU64,
-    /// Aggregates held for `emit_delay` now ([`hold`]).
-    pub held: AtomicUsize,
     /// Time window covered by what is queued (a superset: reset only when the queue
     /// empties), ledgered if it is still queued when shutdown's drain ends.
     queued_window: Mutex<Option<Window>>,
@@ -211,7 +209,6 @@ impl Destinations {
         for d in &self.dests {
             if let Some(hold) = &d.hold {
                 let due = hold.release(now);
-                d.counters.held.store(hold.len(), Ordering::Relaxed);
                 if !due.is_empty() {
                     let w = window(&due);
                     self.offer(d, due.into(), w);
@@ -220,14 +217,12 @@ impl Destinations {
         }
     }
 
-    /// Offers one destination's share, through its hold if it has one.
-    fn offer_share(&self, d: &Dest, share: OutBatch) {
+    /// Offers one destination's share (covering `w`), through its hold if it has one.
+    fn offer_share(&self, d: &Dest, share: OutBatch, w: Window) {
         let Some(hold) = &d.hold else {
-            let w = window(&share);
             return self.offer(d, share, w);
         };
         let sorted = hold.sort(share.to_vec(), crate::time::now());
-        d.counters.held.store(hold.len(), Ordering::Relaxed);
         if sorted.overflow > 0 {
             self.stats.events.emit(
                 crate::events::Event::HoldFull,
@@ -254,6 +249,13 @@ impl Destinations {
             let w = window(&sorted.send);
             self.offer(d, sorted.send.into(), w);
         }
+    }
+
+    /// Each destination's name and the aggregates it holds for `emit_delay` now.
+    pub fn held(&self) -> impl Iterator<Item = (&str, usize)> {
+        self.dests
+            .iter()
+            .map(|d| (d.name.as_str(), d.hold.as_ref().map_or(0, Hold::len)))
     }
 
     /// Each destination's name and counters.
@@ -323,14 +325,16 @@ impl Sink for Destinations {
             false => batch,
         };
         if self.placement.is_broadcast() {
+            let w = window(&batch);
             for d in &self.dests {
-                self.offer_share(d, Arc::clone(&batch));
+                self.offer_share(d, Arc::clone(&batch), w);
             }
             return;
         }
         for (d, share) in self.dests.iter().zip(split(&self.placement, &batch)) {
             if !share.is_empty() {
-                self.offer_share(d, share.into());
+                let w = window(&share);
+                self.offer_share(d, share.into(), w);
             }
         }
     }

@@ -21,6 +21,17 @@ fn per_dest(
     o.dests.counters().for_each(|(d, c)| f(d, ld(pick(c))));
 }
 
+/// Reads one per-destination gauge kept as an `AtomicUsize`.
+fn per_dest_usize(
+    o: &super::Observed,
+    f: &mut dyn FnMut(&str, u64),
+    pick: fn(&crate::dest::DestCounters) -> &std::sync::atomic::AtomicUsize,
+) {
+    o.dests
+        .counters()
+        .for_each(|(d, c)| f(d, pick(c).load(Ordering::Relaxed) as u64));
+}
+
 /// Reads one cluster-mode counter or gauge (nothing when standalone).
 fn cluster(
     o: &super::Observed,
@@ -190,11 +201,7 @@ pub const CATALOG: &[Metric] = &[
         carbon: &[Carbon::Dest {
             stat: "relayMaxQueueLength",
         }],
-        read: |o, f| {
-            o.dests
-                .counters()
-                .for_each(|(d, c)| f(d, c.peak_queued.load(Ordering::Relaxed) as u64));
-        },
+        read: |o, f| per_dest_usize(o, f, |c| &c.peak_queued),
     },
     Metric {
         name: "destination_unconfirmed",
@@ -226,11 +233,7 @@ pub const CATALOG: &[Metric] = &[
         ty: Type::Gauge,
         label: Some("destination"),
         carbon: &[],
-        read: |o, f| {
-            o.dests
-                .counters()
-                .for_each(|(d, c)| f(d, c.held.load(Ordering::Relaxed) as u64));
-        },
+        read: |o, f| o.dests.held().for_each(|(d, n)| f(d, n as u64)),
     },
     Metric {
         name: "destination_connection_failures",
@@ -256,11 +259,7 @@ pub const CATALOG: &[Metric] = &[
         ty: Type::Gauge,
         label: Some("destination"),
         carbon: &[],
-        read: |o, f| {
-            o.dests
-                .counters()
-                .for_each(|(d, c)| f(d, c.queued.load(Ordering::Relaxed) as u64));
-        },
+        read: |o, f| per_dest_usize(o, f, |c| &c.queued),
     },
     Metric {
         name: "destination_up",
