@@ -133,7 +133,7 @@ fn main() {
     let t = Instant::now();
     let mut outputs = 0usize;
     for i in 0..n {
-        let r = local
+        let (r, _) = local
             .get(&router, &paths[i % paths.len()], || Ok(()))
             .unwrap();
         outputs += r.outputs.len();
@@ -141,7 +141,7 @@ fn main() {
     }
     let elapsed = t.elapsed();
     assert_eq!(outputs, n, "every lookup found its one output series");
-    let r = local.get(&router, &paths[7], || Ok(())).unwrap();
+    let (r, _) = local.get(&router, &paths[7], || Ok(())).unwrap();
     assert_eq!(&*r.outputs[0].key.name, "agg.r7.h7.sum");
     report("route lookup, connection cache hit", n as u64, elapsed);
 

@@ -37,7 +37,8 @@ use super::nats::Joined;
 use super::shard::{Applied, desired_owner, shard_of};
 use super::wire;
 use super::{ClusterStats, ShardGate, subject};
-use crate::aggregate::worker::{WorkItem, WorkerMsg, send_waiting};
+use crate::aggregate::batch::Batch;
+use crate::aggregate::worker::{WorkerMsg, send_waiting};
 use crate::hash::fnv1a64;
 use crate::route::SeriesKey;
 use crate::time::now_ms;
@@ -336,7 +337,7 @@ impl Applier {
         bytes: &[u8],
         shard: u32,
         digest: u64,
-        out: &mut [Vec<WorkItem>],
+        out: &mut [Batch],
     ) -> Result<ApplyOutcome, wire::WireError> {
         let m = wire::decode(bytes)?;
         let h = &m.header;
@@ -347,7 +348,7 @@ impl Applier {
         if self.keys.len() > 200_000 {
             self.keys.clear();
         }
-        let keys: Vec<Arc<SeriesKey>> = m
+        let keys: Arc<Vec<Arc<SeriesKey>>> = m
             .series
             .iter()
             .map(|s| match self.keys.get(s.name) {
@@ -363,7 +364,8 @@ impl Applier {
                     k
                 }
             })
-            .collect();
+            .collect::<Vec<_>>()
+            .into();
         let applied = self
             .applied
             .entry((h.node.clone(), h.incarnation, h.lane, shard))
@@ -376,11 +378,14 @@ impl Applier {
             }
             for p in points {
                 let key = &keys[p.series as usize];
-                out[(key.hash % workers) as usize].push(WorkItem {
-                    key: Arc::clone(key),
-                    timestamp: p.timestamp,
-                    value: p.value,
-                });
+                let batch = &mut out[(key.hash % workers) as usize];
+                batch.hold_once(&keys);
+                // SAFETY: `keys`, which the batch holds from the line above, owns `key`
+                // and is never changed again.
+                #[allow(unsafe_code)]
+                unsafe {
+                    batch.push_held(key, p.timestamp, p.value);
+                }
                 r.points += 1;
             }
         }
@@ -399,7 +404,7 @@ async fn consume(sh: Arc<Shared>, k: u32, stop: CancellationToken) {
     let mut live = false;
     let mut applier = Applier::default();
     let workers = sh.workers.queues.len();
-    let mut out: Vec<Vec<WorkItem>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut out: Vec<Batch> = (0..workers).map(|_| Batch::new()).collect();
     let cfg = &sh.joined.cfg;
     'outer: while !stop.is_cancelled() {
         let created = sh
@@ -631,7 +636,7 @@ mod tests {
     #[test]
     fn a_republished_record_is_applied_once_even_when_rebatched() {
         let mut a = Applier::default();
-        let mut out = vec![Vec::new(), Vec::new()];
+        let mut out = vec![Batch::new(), Batch::new()];
         let r = a
             .apply(
                 &message("n1", 7, 0, (0, 9), &[(2, 1.0), (5, 1.0)]),
@@ -661,7 +666,7 @@ mod tests {
             .apply(&message("n1", 7, 0, (0, 9), &[(5, 1.0)]), 1, 1, &mut out)
             .unwrap();
         assert_eq!(r.points, 1);
-        let total: usize = out.iter().map(Vec::len).sum();
+        let total: usize = out.iter().map(Batch::len).sum();
         assert_eq!(total, 5);
         assert!(a.apply(b"\x09junk", 0, 1, &mut out).is_err());
     }
@@ -670,7 +675,7 @@ mod tests {
     fn messages_stored_out_of_order_lose_nothing() {
         // A retried publish lands after the next message of its shard.
         let mut a = Applier::default();
-        let mut out = vec![Vec::new()];
+        let mut out = vec![Batch::new()];
         let later = message("n1", 1, 0, (10, 19), &[(12, 1.0), (19, 1.0)]);
         let earlier = message("n1", 1, 0, (0, 9), &[(3, 1.0), (9, 1.0)]);
         assert_eq!(a.apply(&later, 0, 1, &mut out).unwrap().points, 2);

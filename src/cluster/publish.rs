@@ -352,9 +352,10 @@ impl Reader {
                     opened: Instant::now(),
                 });
                 o.builder.section(seq);
-                for it in items.drain(..) {
-                    o.builder.push(&it.key, it.timestamp, it.value);
+                for it in items.items() {
+                    o.builder.push(it, it.timestamp, it.value);
                 }
+                items.clear();
                 if o.builder.points() >= cfg.batch_datapoints
                     || o.builder.bytes() >= cfg.batch_bytes
                 {

@@ -50,7 +50,7 @@ pub async fn read_stream(
         .await?;
     let mut messages = consumer.messages().await?;
     let mut applier = Applier::default();
-    let mut out = vec![Vec::new()];
+    let mut out = vec![crate::aggregate::batch::Batch::new()];
     loop {
         let next = tokio::time::timeout(Duration::from_secs(5), messages.next()).await;
         let m = match next {
@@ -71,10 +71,11 @@ pub async fn read_stream(
         };
         match applier.apply(&m.payload, shard, 0, &mut out) {
             Ok(_) => {
-                for it in out[0].drain(..) {
+                for it in out[0].items() {
                     read.datapoints += 1;
-                    f(&it);
+                    f(it);
                 }
+                out[0].clear();
             }
             Err(_) => read.malformed += 1,
         }

@@ -43,6 +43,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::aggregate::series::SeriesHandle;
 use crate::method::Method;
 use crate::route::SeriesKey;
 
@@ -116,15 +117,19 @@ impl Builder {
 
     /// Adds a point of `key` to the open section (one is opened with [`NO_SEQ`] if none
     /// is).
-    pub fn push(&mut self, key: &Arc<SeriesKey>, timestamp: f64, value: f64) {
+    pub fn push(&mut self, key: &impl SeriesHandle, timestamp: f64, value: f64) {
         if self.open.is_none() {
             self.section(NO_SEQ);
         }
         let next = self.series.len() as u32;
-        let i = *self.index.entry(Arc::as_ptr(key) as usize).or_insert(next);
+        let k = key.series_key();
+        let i = *self
+            .index
+            .entry(std::ptr::from_ref(k) as usize)
+            .or_insert(next);
         if i == next {
-            self.names_bytes += key.name.len() + 12;
-            self.series.push(Arc::clone(key));
+            self.names_bytes += k.name.len() + 12;
+            self.series.push(key.to_arc());
         }
         let ts = exact_int(timestamp);
         let v = exact_int(value);

@@ -11,7 +11,8 @@ use std::net::SocketAddr;
 
 use crossbeam_channel::TrySendError;
 
-use crate::aggregate::worker::{WorkItem, WorkerMsg};
+use crate::aggregate::batch::Batch;
+use crate::aggregate::worker::WorkerMsg;
 use crate::drops::DropTally;
 use crate::journal::{NewRecord, Ticket};
 use crate::reason::DropReason;
@@ -53,7 +54,7 @@ pub(super) struct Handoff {
 
 /// A read's work items, forwards and journal tickets, waiting to be handed on.
 struct Staged {
-    pending: Vec<Vec<WorkItem>>,
+    pending: Vec<Batch>,
     forwards: Vec<crate::datapoint::OutPoint>,
     tickets: Vec<(Ticket, f64)>,
     items: usize,
@@ -101,7 +102,7 @@ impl Handoff {
             .map(std::mem::take)
             .collect::<Vec<_>>();
         self.staged = Some(Staged {
-            items: pending.iter().map(Vec::len).sum(),
+            items: pending.iter().map(Batch::len).sum(),
             pending,
             forwards: std::mem::take(&mut self.batches.forwards),
             tickets: std::mem::take(&mut self.tickets),
@@ -157,7 +158,7 @@ impl Handoff {
 async fn hand_on(
     mode: Mode,
     p: &Pipeline,
-    pending: &mut [Vec<WorkItem>],
+    pending: &mut [Batch],
     tickets: Vec<(Ticket, f64)>,
     tally: &mut DropTally,
     peer: SocketAddr,
@@ -180,7 +181,7 @@ async fn hand_on(
         return;
     }
     for (i, batch) in pending.iter_mut().enumerate() {
-        for piece in pieces(std::mem::take(batch)) {
+        for piece in std::mem::take(batch).pieces(MAX_BATCH_ITEMS) {
             let msg = match mode {
                 Mode::Rebuild { delivered } => WorkerMsg::Rebuild {
                     items: piece,
@@ -212,6 +213,7 @@ fn send_or_drop(p: &Pipeline, i: usize, msg: WorkerMsg, peer: SocketAddr, now: f
         return;
     };
     let window = batch
+        .items()
         .iter()
         .fold(Window::at(now), |w, it| w.union(Window::at(it.timestamp)));
     p.stats.record_drop(
@@ -220,21 +222,4 @@ fn send_or_drop(p: &Pipeline, i: usize, msg: WorkerMsg, peer: SocketAddr, now: f
         window,
         &format_args!("worker {i} queue full, datagram from {peer}"),
     );
-}
-
-/// `batch` in order, in pieces of at most [`MAX_BATCH_ITEMS`] (no piece if it is empty; no
-/// copy if it fits in one).
-pub(super) fn pieces(batch: Vec<WorkItem>) -> impl Iterator<Item = Vec<WorkItem>> {
-    let (mut whole, mut rest) = if batch.len() <= MAX_BATCH_ITEMS {
-        (Some(batch).filter(|b| !b.is_empty()), None)
-    } else {
-        (None, Some(batch.into_iter()))
-    };
-    std::iter::from_fn(move || {
-        if let Some(b) = whole.take() {
-            return Some(b);
-        }
-        let piece: Vec<WorkItem> = rest.as_mut()?.by_ref().take(MAX_BATCH_ITEMS).collect();
-        (!piece.is_empty()).then_some(piece)
-    })
 }

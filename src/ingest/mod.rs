@@ -203,7 +203,7 @@ impl Ingest {
     pub(crate) fn take_pending(
         &mut self,
         count: Option<&str>,
-    ) -> &mut [Vec<crate::aggregate::worker::WorkItem>] {
+    ) -> &mut [crate::aggregate::batch::Batch] {
         let r = &mut self.routing;
         if let Some(peer) = count {
             let s = &self.p.stats;

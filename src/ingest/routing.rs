@@ -7,12 +7,12 @@
 
 use std::sync::Arc;
 
-use crate::aggregate::worker::WorkItem;
+use crate::aggregate::batch::Batch;
 use crate::datapoint::{Datapoint, OutPoint, OutValue};
 use crate::drops::DropTally;
 use crate::journal::Verdict;
 use crate::reason::DropReason;
-use crate::route::{LocalRoutes, Route, Router};
+use crate::route::{LocalRoutes, Route, RouteOwner, Router};
 use crate::tenant::prefix;
 
 use super::Pipeline;
@@ -20,7 +20,7 @@ use super::Pipeline;
 /// What routing produced and hand-off has not yet sent on.
 pub(super) struct Batches {
     /// Per worker (indexed like [`Pipeline::workers`]), the work items for its series.
-    pub pending: Vec<Vec<WorkItem>>,
+    pub pending: Vec<Batch>,
     /// Raw datapoints to forward to the destinations (`forward_all`).
     pub forwards: Vec<OutPoint>,
     /// Whether work items are kept (false for cluster mode's connections: the shard
@@ -32,23 +32,31 @@ impl Batches {
     /// Empty batches for `workers` workers.
     pub fn new(workers: usize) -> Self {
         Batches {
-            pending: (0..workers).map(|_| Vec::new()).collect(),
+            pending: (0..workers).map(|_| Batch::new()).collect(),
             forwards: Vec::new(),
             aggregate: true,
         }
     }
 
     /// Queues `dp` for each of `route`'s output series (per owning worker) and, if the
-    /// route forwards, for the destinations.
+    /// route forwards, for the destinations. `owner` owns `route` (and so its output
+    /// series' keys): each batch holds it, so no reference count is touched per item.
     #[inline]
-    fn dispatch(&mut self, route: &Route, dp: &Datapoint<'_>) {
+    fn dispatch(&mut self, route: &Route, owner: RouteOwner<'_>, dp: &Datapoint<'_>) {
         let outputs: &[_] = if self.aggregate { &route.outputs } else { &[] };
         for o in outputs {
-            self.pending[o.worker].push(WorkItem {
-                key: Arc::clone(&o.key),
-                timestamp: dp.timestamp,
-                value: dp.value,
-            });
+            let batch = &mut self.pending[o.worker];
+            match owner {
+                RouteOwner::Generation(g) => batch.hold_once(g),
+                RouteOwner::Alone(r) => batch.hold_once(r),
+            }
+            // SAFETY: `o.key` is owned by `route`, which `owner` owns and never lets go
+            // of (a generation only grows; a route owns its outputs), and the batch holds
+            // `owner` from the line above until it is emptied.
+            #[allow(unsafe_code)]
+            unsafe {
+                batch.push_held(&o.key, dp.timestamp, dp.value);
+            }
         }
         if let Some(name) = &route.forward {
             self.forwards.push(OutPoint {
@@ -143,13 +151,13 @@ impl Routing {
         };
         let resolution = self.router.timestamp_resolution();
         match self.routes.get(&self.router, dp.path, admit_new) {
-            Ok(route) => match route.filtered {
+            Ok((route, owner)) => match route.filtered {
                 Some(reason) => {
                     self.tally.add(reason, 1, dp.timestamp);
                     self.verdict.refuse(item, reason);
                 }
                 None => {
-                    out.dispatch(route, &floored(dp, resolution));
+                    out.dispatch(route, owner, &floored(dp, resolution));
                     self.received += 1;
                     self.received_total += 1;
                 }
@@ -250,8 +258,9 @@ impl Routing {
                 }
                 hits += 1;
             }
+            let owner = RouteOwner::Generation(self.routes.generation());
             for (dp, route) in run.iter().zip(&found[..hits]) {
-                out.dispatch(route.expect("found for every hit"), dp);
+                out.dispatch(route.expect("found for every hit"), owner, dp);
             }
             self.received += hits as u64;
             self.received_total += hits as u64;

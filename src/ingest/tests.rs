@@ -1,7 +1,6 @@
 //! Unit tests of routing and hand-off.
-use super::handoff::pieces;
 use super::*;
-use crate::aggregate::worker::WorkItem;
+use crate::aggregate::batch::Batch;
 use crate::config::Aggregation;
 use crate::datapoint::OutBatch;
 use crate::route::Router;
@@ -29,21 +28,8 @@ fn ingest_with_rules(
 ) -> (Ingest, crossbeam_channel::Receiver<WorkerMsg>, Arc<Stats>) {
     let (tx, rx) = crossbeam_channel::bounded(capacity);
     let stats = Arc::new(Stats::default());
-    let aggregation = Aggregation {
-        rules_file: PathBuf::from("r"),
-        rules: Arc::new(AggregationRules::parse(rules, Path::new("r")).unwrap()),
-        rewrite_file: None,
-        rewrite: Arc::new(RewriteRules::default()),
-        forward_all: false,
-        max_intervals: 5,
-        write_back_frequency: 0,
-        route_cache_entries: 10,
-        max_values_per_bucket: 10,
-        lists: Arc::default(),
-        timestamp_resolution: 0,
-    };
     let p = Arc::new(Pipeline {
-        router: ArcSwap::from_pointee(Router::new(aggregation, 1)),
+        router: ArcSwap::from_pointee(Router::new(aggregation(rules), 1)),
         workers: vec![tx].into(),
         worker_rooms: vec![Arc::new(tokio::sync::Notify::new())].into(),
         forward: Arc::new(Discard),
@@ -58,6 +44,49 @@ fn ingest_with_rules(
     });
     let peer = "127.0.0.1:9".parse().unwrap();
     (Ingest::new(p, peer, 0, kind), rx, stats)
+}
+
+fn aggregation(rules: &str) -> Aggregation {
+    Aggregation {
+        rules_file: PathBuf::from("r"),
+        rules: Arc::new(AggregationRules::parse(rules, Path::new("r")).unwrap()),
+        rewrite_file: None,
+        rewrite: Arc::new(RewriteRules::default()),
+        forward_all: false,
+        max_intervals: 5,
+        write_back_frequency: 0,
+        route_cache_entries: 10,
+        max_values_per_bucket: 10,
+        lists: Arc::default(),
+        timestamp_resolution: 0,
+    }
+}
+
+#[tokio::test]
+async fn a_batch_keeps_its_series_keys_after_a_reload_lets_go_of_them() {
+    let (mut ing, rx, _) = ingest(4, Kind::PlaintextTcp);
+    ing.frame(Kind::PlaintextTcp, b"a 1 10\n", None, 0.0)
+        .unwrap();
+    // A reload swaps the router: the connection empties its route cache at the next
+    // frame, and the old router (its shared cache and its series keys) is dropped.
+    ing.p
+        .router
+        .store(Arc::new(Router::new(aggregation("o (60) = sum *\n"), 1)));
+    ing.frame(Kind::PlaintextTcp, b"b 2 10\n", None, 0.0)
+        .unwrap();
+    ing.flush().await;
+    let WorkerMsg::Batch(batch) = rx.recv().unwrap() else {
+        panic!()
+    };
+    let [old, new] = batch.items() else {
+        panic!("two items")
+    };
+    assert_eq!((&*old.key().name, &*new.key().name), ("o", "o"));
+    assert!(!std::ptr::eq(old.key(), new.key()), "one key per router");
+    let old_key = Arc::downgrade(&old.key_arc());
+    assert!(old_key.strong_count() >= 1, "the batch keeps the old key");
+    drop(batch);
+    assert_eq!(old_key.strong_count(), 0, "and nothing else does");
 }
 
 #[tokio::test]
@@ -91,35 +120,6 @@ async fn tcp_flush_waits_for_a_full_queue() {
     assert_eq!(second.len(), 2);
     assert_eq!(stats.total_drops(), 0);
     assert_eq!(stats.received.load(Ordering::Relaxed), 3);
-}
-
-#[test]
-fn large_batches_go_in_ordered_pieces() {
-    let key = Arc::new(crate::route::SeriesKey {
-        name: "k".into(),
-        hash: 0,
-        method: crate::method::Method::Sum,
-        frequency: 60,
-    });
-    let batch: Vec<WorkItem> = (0..2 * MAX_BATCH_ITEMS + 5)
-        .map(|i| WorkItem {
-            key: Arc::clone(&key),
-            timestamp: i as f64,
-            value: 1.0,
-        })
-        .collect();
-    let sizes: Vec<usize> = pieces(batch).map(|p| p.len()).collect();
-    assert_eq!(sizes, [MAX_BATCH_ITEMS, MAX_BATCH_ITEMS, 5]);
-    let small: Vec<WorkItem> = (0..3)
-        .map(|i| WorkItem {
-            key: Arc::clone(&key),
-            timestamp: i as f64,
-            value: 1.0,
-        })
-        .collect();
-    let order: Vec<f64> = pieces(small).flatten().map(|w| w.timestamp).collect();
-    assert_eq!(order, [0.0, 1.0, 2.0]);
-    assert_eq!(pieces(Vec::new()).count(), 0);
 }
 
 #[tokio::test]
@@ -181,7 +181,7 @@ fn refusals_make_the_verdict_and_a_reread_skips_them() {
             (5, 1, DropReason::TenantUnknown)
         ]
     );
-    let values = |items: &[WorkItem]| items.iter().map(|i| i.value).collect::<Vec<_>>();
+    let values = |b: &Batch| b.items().iter().map(|i| i.value).collect::<Vec<_>>();
     assert_eq!(values(&live.handoff.batches.pending[0]), [1.0, 2.0]);
 
     // The tenant is restored; the re-read (like the rebuild: no gate of its own) still

@@ -301,7 +301,7 @@ pub fn replay_cluster(config: &Config, opts: &ReplayOptions) -> Result<ReplaySum
                 range.from,
                 range.to,
                 |it| {
-                    let _ = table.add(&it.key, it.timestamp, it.value, it.timestamp);
+                    let _ = table.add(it, it.timestamp, it.value, it.timestamp);
                 },
             ))
             .map_err(|e| ReplayError::Cluster(e.to_string()))?;

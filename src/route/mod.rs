@@ -326,6 +326,8 @@ pub(crate) const ENTRY_BYTES: usize = 64;
 /// emptied or dropped.
 pub struct LocalRoutes {
     map: hashbrown::HashMap<String, Arc<Route>, ahash::RandomState>,
+    /// Owns every route in `map` (and outlives it in the batches that hold it).
+    generation: Arc<RouteGeneration>,
     /// Lookups that missed while the cache was full, since it was last emptied.
     full_misses: usize,
     /// The route of the last such miss (held so a reference can be returned).
@@ -351,6 +353,22 @@ impl Drop for LocalRoutes {
     }
 }
 
+/// Owns every route a [`LocalRoutes`] cached since it was last emptied, so that work items
+/// pointing at their output series' keys stay valid after the cache lets go of them: a
+/// batch of work items holds the generation its routes came from
+/// ([`crate::aggregate::batch`]). Locked only when a route is added.
+#[derive(Debug, Default)]
+pub struct RouteGeneration(std::sync::Mutex<Vec<Arc<Route>>>);
+
+/// What owns a route [`LocalRoutes::get`] returned, for as long as it lives.
+#[derive(Clone, Copy, Debug)]
+pub enum RouteOwner<'a> {
+    /// The cache's current generation.
+    Generation(&'a Arc<RouteGeneration>),
+    /// The route itself (the cache had no room for it).
+    Alone(&'a Arc<Route>),
+}
+
 /// Most routes one connection caches privately.
 pub const LOCAL_ROUTES: usize = 1 << 16;
 
@@ -359,6 +377,7 @@ impl LocalRoutes {
     pub fn new(budget: Arc<RouteBudget>) -> Self {
         LocalRoutes {
             map: hashbrown::HashMap::default(),
+            generation: Arc::default(),
             full_misses: 0,
             overflow: None,
             budget,
@@ -375,20 +394,23 @@ impl LocalRoutes {
         routes
     }
 
-    /// The route of `path`: from this cache, else from `router` (see [`Router::lookup`]).
+    /// The route of `path`: from this cache, else from `router` (see [`Router::lookup`]),
+    /// with what owns it: this cache's generation, or (a route the cache had no room for)
+    /// the route alone.
     #[inline]
     pub fn get(
         &mut self,
         router: &Router,
         path: &str,
         admit_new: impl FnOnce() -> Result<(), crate::reason::DropReason>,
-    ) -> Result<&Route, crate::reason::DropReason> {
+    ) -> Result<(&Route, RouteOwner<'_>), crate::reason::DropReason> {
         if self.full_misses > 8 * self.map.len().max(1024) {
             self.clear();
         }
         let room = self.map.len() < self.max_entries;
         let LocalRoutes {
             map,
+            generation,
             full_misses,
             overflow,
             budget,
@@ -397,30 +419,47 @@ impl LocalRoutes {
         } = self;
         // One hash lookup on a hit; the key is allocated only on insert.
         match map.entry_ref(path) {
-            hashbrown::hash_map::EntryRef::Occupied(o) => Ok(&**o.into_mut()),
+            hashbrown::hash_map::EntryRef::Occupied(o) => {
+                Ok((&**o.into_mut(), RouteOwner::Generation(generation)))
+            }
             hashbrown::hash_map::EntryRef::Vacant(v) => {
                 let r = router.lookup(path, admit_new)?;
                 let cost = path.len() + ENTRY_BYTES;
                 if room && budget.take(cost) {
                     *bytes += cost;
-                    Ok(&**v.insert(r))
+                    generation
+                        .0
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .push(Arc::clone(&r));
+                    Ok((&**v.insert(r), RouteOwner::Generation(generation)))
                 } else {
                     *full_misses += 1;
-                    Ok(&**overflow.insert(r))
+                    let r = overflow.insert(r);
+                    Ok((&**r, RouteOwner::Alone(r)))
                 }
             }
         }
     }
 
-    /// The cached route of `path`, without asking the router.
+    /// The cached route of `path`, without asking the router (owned by
+    /// [`LocalRoutes::generation`]).
     #[inline]
     pub(crate) fn peek(&self, path: &str) -> Option<&Route> {
         self.map.get(path).map(|r| &**r)
     }
 
-    /// Forgets every route (the router was swapped) and frees the table.
+    /// What owns every route this cache holds now.
+    #[inline]
+    pub(crate) fn generation(&self) -> &Arc<RouteGeneration> {
+        &self.generation
+    }
+
+    /// Forgets every route (the router was swapped) and frees the table; the routes stay
+    /// alive in their generation while a batch holds it.
     pub fn clear(&mut self) {
         self.map = hashbrown::HashMap::default();
+        self.generation = Arc::default();
         self.full_misses = 0;
         self.budget.give(std::mem::take(&mut self.bytes));
     }

@@ -52,7 +52,7 @@ fn local_routes_are_bounded_and_agree_with_the_router() {
     let mut local = LocalRoutes::default();
     for i in 0..LOCAL_ROUTES + 10 {
         let p = format!("p{i}");
-        let route = local.get(&r, &p, || Ok(())).unwrap();
+        let (route, _) = local.get(&r, &p, || Ok(())).unwrap();
         assert_eq!(&*route.outputs[0].key.name, format!("p{i}.t"));
         assert!(local.map.len() <= LOCAL_ROUTES);
     }
@@ -71,7 +71,7 @@ fn private_caches_share_one_byte_budget() {
     for i in 0..1000 {
         for (c, tag) in [(&mut a, "a"), (&mut b, "b")] {
             let p = format!("{tag}{i:05}");
-            let route = c.get(&r, &p, || Ok(())).unwrap();
+            let (route, _) = c.get(&r, &p, || Ok(())).unwrap();
             assert_eq!(&*route.outputs[0].key.name, format!("{p}.t"));
         }
         assert!(budget.left() >= 0);

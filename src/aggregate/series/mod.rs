@@ -204,6 +204,35 @@ pub struct SeriesTable {
     series: HashMap<Arc<SeriesKey>, Series, Prehashed>,
 }
 
+/// An output series' key as the table is given it: a counted reference, or a work item
+/// (whose key its batch keeps alive, see [`crate::aggregate::batch`]).
+pub trait SeriesHandle {
+    /// The key.
+    fn series_key(&self) -> &SeriesKey;
+    /// A counted reference to it, for a new series.
+    fn to_arc(&self) -> Arc<SeriesKey>;
+}
+
+impl SeriesHandle for Arc<SeriesKey> {
+    #[inline]
+    fn series_key(&self) -> &SeriesKey {
+        self
+    }
+    fn to_arc(&self) -> Arc<SeriesKey> {
+        Arc::clone(self)
+    }
+}
+
+impl SeriesHandle for crate::aggregate::batch::WorkItem {
+    #[inline]
+    fn series_key(&self) -> &SeriesKey {
+        self.key()
+    }
+    fn to_arc(&self) -> Arc<SeriesKey> {
+        self.key_arc()
+    }
+}
+
 impl SeriesTable {
     /// An empty table.
     pub fn new(settings: Settings) -> Self {
@@ -276,7 +305,7 @@ impl SeriesTable {
     #[inline]
     pub fn add(
         &mut self,
-        key: &Arc<SeriesKey>,
+        key: &impl SeriesHandle,
         ts: f64,
         value: f64,
         now: f64,
@@ -291,20 +320,21 @@ impl SeriesTable {
     #[inline]
     pub(crate) fn add_as(
         &mut self,
-        key: &Arc<SeriesKey>,
+        key: &impl SeriesHandle,
         ts: f64,
         value: f64,
         now: f64,
         dirty: bool,
     ) -> Result<(), DropReason> {
         let s = &self.settings;
-        if let Some(series) = self.series.get_mut(key) {
+        let k = key.series_key();
+        if let Some(series) = self.series.get_mut(k) {
             return series.add(ts, value, now, s, dirty);
         }
-        let mut series = Series::new(key.method, key.frequency, now, s);
+        let mut series = Series::new(k.method, k.frequency, now, s);
         let r = series.add(ts, value, now, s, dirty);
         if r.is_ok() {
-            self.series.insert(Arc::clone(key), series);
+            self.series.insert(key.to_arc(), series);
         }
         r
     }

@@ -22,33 +22,23 @@ use crate::datapoint::Sink;
 use crate::drops::{DropTally, Stats};
 use crate::quarantine::Quarantine;
 use crate::reason::DropReason;
-use crate::route::SeriesKey;
 use crate::time::Window;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// One datapoint for one output series.
-#[derive(Debug)]
-pub struct WorkItem {
-    /// The output series.
-    pub key: Arc<SeriesKey>,
-    /// Unix seconds.
-    pub timestamp: f64,
-    /// The value.
-    pub value: f64,
-}
+pub use super::batch::{Batch, WorkItem};
 
 /// A message to a worker.
 #[derive(Debug)]
 pub enum WorkerMsg {
     /// Datapoints to add.
-    Batch(Vec<WorkItem>),
+    Batch(Batch),
     /// Datapoints re-read from the journal at start-up: added like a batch, but those
     /// outside the window now are skipped without being counted (they were accounted for
     /// when first received). With `delivered`, the previous run emitted and delivered
     /// them before a clean shutdown: their buckets are not emitted again for them alone.
     Rebuild {
         /// The datapoints.
-        items: Vec<WorkItem>,
+        items: Batch,
         /// Already delivered downstream.
         delivered: bool,
     },
@@ -161,22 +151,20 @@ impl Worker {
             let it = &items[*next];
             *next += 1;
             #[cfg(feature = "fault-injection")]
-            if self.hooks.panic_on_series.as_deref() == Some(&*it.key.name) {
-                panic!("fault injection: panic on series {}", it.key.name);
+            if self.hooks.panic_on_series.as_deref() == Some(&*it.key().name) {
+                panic!("fault injection: panic on series {}", it.key().name);
             }
             #[cfg(feature = "fault-injection")]
             if let Some((series, how_long)) = &self.hooks.stall_on_series
-                && **series == *it.key.name
+                && **series == *it.key().name
             {
                 std::thread::sleep(*how_long);
             }
-            if let Err(reason) = self
-                .table
-                .add_as(&it.key, it.timestamp, it.value, now, dirty)
+            if let Err(reason) = self.table.add_as(it, it.timestamp, it.value, now, dirty)
                 && count_drops
             {
                 self.tally.add(reason, 1, it.timestamp);
-                rejected = Some(&it.key.name);
+                rejected = Some(&it.key().name);
             }
         }
         if let Some(path) = rejected {
@@ -202,10 +190,10 @@ impl Worker {
                 DropReason::Panic,
                 1,
                 Window::at(it.timestamp),
-                &format_args!("worker {}: series {}", self.index, it.key.name),
+                &format_args!("worker {}: series {}", self.index, it.key().name),
             );
             if let Some(q) = &self.hooks.quarantine {
-                q.record(DropReason::Panic, &it.key.name, it.value, it.timestamp);
+                q.record(DropReason::Panic, &it.key().name, it.value, it.timestamp);
             }
         }
         self.beat.store(now_ms(), Ordering::Relaxed);
@@ -241,9 +229,9 @@ impl Worker {
                 self.room.notify_waiters();
             }
             match msg {
-                Ok(WorkerMsg::Batch(items)) => self.apply_guarded(&items, true, true),
+                Ok(WorkerMsg::Batch(items)) => self.apply_guarded(items.items(), true, true),
                 Ok(WorkerMsg::Rebuild { items, delivered }) => {
-                    self.apply_guarded(&items, false, !delivered);
+                    self.apply_guarded(items.items(), false, !delivered);
                 }
                 Ok(WorkerMsg::Live(k)) => {
                     if let Some(l) = self.live.get_mut(k as usize) {

@@ -3,6 +3,7 @@ use super::*;
 use crate::datapoint::{OutBatch, OutPoint};
 use crate::hash::fnv1a64;
 use crate::method::Method;
+use crate::route::SeriesKey;
 use std::sync::Mutex;
 
 #[derive(Default)]
@@ -63,23 +64,10 @@ fn shutdown_flushes_open_buckets_and_counts_too_old() {
         frequency: 3600,
     });
     let now = time::now();
-    let items = vec![
-        WorkItem {
-            key: key.clone(),
-            timestamp: now,
-            value: 2.0,
-        },
-        WorkItem {
-            key: key.clone(),
-            timestamp: now,
-            value: 3.0,
-        },
-        WorkItem {
-            key: key.clone(),
-            timestamp: now - 86400.0,
-            value: 9.0,
-        },
-    ];
+    let mut items = Batch::new();
+    items.push(&key, now, 2.0);
+    items.push(&key, now, 3.0);
+    items.push(&key, now - 86400.0, 9.0);
     pool.senders()[0].send(WorkerMsg::Batch(items)).unwrap();
     pool.shutdown();
     let got = sink.0.lock().unwrap();
