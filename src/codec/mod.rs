@@ -205,7 +205,8 @@ pub fn finish_point<'a>(
     if !timestamp.is_finite() {
         return Err(DropReason::BadTimestamp);
     }
-    let timestamp = if timestamp.trunc() == -1.0 {
+    // `trunc(timestamp) == -1` (carbon's `-1` = now, any fraction), without a libm call.
+    let timestamp = if timestamp <= -1.0 && timestamp > -2.0 {
         now
     } else {
         timestamp

@@ -88,8 +88,9 @@ pub struct Output {
 /// Everything aggd does with datapoints of one metric path.
 #[derive(Clone, Debug, Default)]
 pub struct Route {
-    /// Output series, in rule order.
-    pub outputs: Box<[Output]>,
+    /// Output series, in rule order; up to two inline (the common sum-and-count case
+    /// costs no pointer chase after the route's own cache line).
+    pub outputs: smallvec::SmallVec<[Output; 2]>,
     /// Name to forward the raw datapoint under, if `forward_all` applies.
     pub forward: Option<Arc<str>>,
     /// Set when the white/blacklists drop the path (then there are no outputs and no
@@ -177,7 +178,7 @@ impl Router {
         let a = &self.aggregation;
         let rewritten = a.rewrite.apply_pre(path);
         let rules = a.rules.rules();
-        let outputs: Box<[Output]> = a
+        let outputs: smallvec::SmallVec<[Output; 2]> = a
             .rules
             .matches(&rewritten)
             .into_iter()
@@ -325,7 +326,9 @@ pub(crate) const ENTRY_BYTES: usize = 64;
 /// it. Emptied when a reload swaps the router; its bytes go back to the budget when it is
 /// emptied or dropped.
 pub struct LocalRoutes {
-    map: hashbrown::HashMap<String, Arc<Route>, ahash::RandomState>,
+    /// Keyed by the received path, held inline up to 24 bytes (no pointer chase to
+    /// compare a short path).
+    map: hashbrown::HashMap<compact_str::CompactString, Arc<Route>, ahash::RandomState>,
     /// Owns every route in `map` (and outlives it in the batches that hold it).
     generation: Arc<RouteGeneration>,
     /// Lookups that missed while the cache was full, since it was last emptied.
@@ -432,7 +435,11 @@ impl LocalRoutes {
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .push(Arc::clone(&r));
-                    Ok((&**v.insert(r), RouteOwner::Generation(generation)))
+                    let key = compact_str::CompactString::from(path);
+                    Ok((
+                        &**v.insert_with_key(key, r),
+                        RouteOwner::Generation(generation),
+                    ))
                 } else {
                     *full_misses += 1;
                     let r = overflow.insert(r);

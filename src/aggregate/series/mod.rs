@@ -99,6 +99,19 @@ pub struct Emission {
     pub at: f64,
 }
 
+/// `x.floor()` without a call into libm: baseline x86-64 has no rounding instruction
+/// (SSE4.1's `roundsd`), and the call was 4 % of the ingest profile. Exact for every
+/// `|x| < 2^52` (where an `i64` holds the integer part exactly); libm's beyond.
+#[inline]
+fn floor(x: f64) -> f64 {
+    if x.abs() < 4_503_599_627_370_496.0 {
+        let t = x as i64 as f64;
+        if t > x { t - 1.0 } else { t }
+    } else {
+        x.floor()
+    }
+}
+
 /// `t − (t mod f)` with Python's floored modulo, for `f > 0`: the start of `t`'s interval.
 ///
 /// Computed as `⌊t/f⌋·f` (libm's `fmod` was a tenth of the worker's time); the division
@@ -106,7 +119,7 @@ pub struct Emission {
 /// correction step undoes, so the result equals the modulo form.
 #[inline]
 fn floor_to(t: f64, f: f64) -> f64 {
-    let start = (t / f).floor() * f;
+    let start = floor(t / f) * f;
     if start > t { start - f } else { start }
 }
 

@@ -198,3 +198,38 @@ fn first_rule_decides_method() {
     t.add(&key("s", "max", 60), 900.0, 5.0, 970.0).unwrap();
     assert_eq!(sweep(&mut t, 970.0), [("s".into(), 900.0, 7.0)]);
 }
+
+#[test]
+fn floor_without_libm_agrees_with_libm() {
+    let mut xs = vec![
+        0.0,
+        0.5,
+        0.999_999_9,
+        1.0,
+        -0.5,
+        -1.0,
+        -1.5,
+        -2.0,
+        59.999,
+        1.7e9,
+        -1.7e9 - 0.25,
+        4_503_599_627_370_495.5,
+        -4_503_599_627_370_495.5,
+        4.6e15,
+        -9.3e18,
+        1e300,
+        f64::MAX,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+    ];
+    let mut x = 0.37_f64;
+    for _ in 0..10_000 {
+        x = (x * 7919.0 + 0.123) % 3.3e9 - 1.6e9;
+        xs.push(x);
+        xs.push(x / 60.0);
+    }
+    for x in xs {
+        assert_eq!(floor(x), x.floor(), "floor({x})");
+    }
+    assert!(floor(f64::NAN).is_nan());
+}

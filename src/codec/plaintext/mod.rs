@@ -139,8 +139,11 @@ fn fast_decimal(b: &[u8]) -> Option<f64> {
     if n > 15 {
         return None;
     }
-    let k = frac.map_or(0, |f| digits.len() - f - 1);
-    let v = m as f64 / POW10[k];
+    // An integer (the common timestamp and counter) needs no division.
+    let v = match frac {
+        None => m as f64,
+        Some(f) => m as f64 / POW10[digits.len() - f - 1],
+    };
     Some(if neg { -v } else { v })
 }
 
