@@ -60,6 +60,12 @@ pub(crate) struct Series {
     next_partial: f64,
     /// The last emission: the interval's start and when (Unix s).
     last_emission: Option<(i64, f64)>,
+    /// The bucket the last datapoint went to (a hint: checked before use).
+    hot: usize,
+    /// The accepted bucket starts for the last `now` and `max_intervals` seen: `(now,
+    /// max_intervals, lowest, highest)`. A worker adds a batch with one `now`, so the
+    /// division and floor of `now_bucket` are done once per batch, not per datapoint.
+    window: (f64, u32, f64, f64),
 }
 
 /// One output series as [`SeriesTable::inspect`] reports it (the live-state API).
@@ -131,6 +137,8 @@ impl Series {
             buckets: Vec::new(),
             next_partial: now + f64::from(s.write_back_frequency.min(frequency)),
             last_emission: None,
+            hot: 0,
+            window: (f64::NAN, 0, 0.0, 0.0),
         }
     }
 
@@ -145,17 +153,36 @@ impl Series {
         dirty: bool,
     ) -> Result<(), DropReason> {
         let f = f64::from(self.frequency);
-        let start = floor_to(ts, f);
-        let now_bucket = floor_to(now, f);
-        let window = f64::from(s.max_intervals) * f;
-        if start < now_bucket - window {
+        if self.window.0 != now || self.window.1 != s.max_intervals {
+            let now_bucket = floor_to(now, f);
+            let window = f64::from(s.max_intervals) * f;
+            self.window = (
+                now,
+                s.max_intervals,
+                now_bucket - window,
+                now_bucket + window,
+            );
+        }
+        // Most datapoints go where the previous one went: its range needs no division
+        // (a multiple of `f` in [start, start + f) floors to `start` exactly).
+        let start = match self.buckets.get(self.hot) {
+            Some(b) if ts >= b.start as f64 && ts < b.start as f64 + f => b.start as f64,
+            _ => floor_to(ts, f),
+        };
+        if start < self.window.2 {
             return Err(DropReason::TooOld);
         }
-        if start > now_bucket + window {
+        if start > self.window.3 {
             return Err(DropReason::TooNew);
         }
         let start = start as i64;
-        let i = match self.buckets.binary_search_by_key(&start, |b| b.start) {
+        let hot = self.buckets.get(self.hot).is_some_and(|b| b.start == start);
+        let found = if hot {
+            Ok(self.hot)
+        } else {
+            self.buckets.binary_search_by_key(&start, |b| b.start)
+        };
+        let i = match found {
             Ok(i) => i,
             Err(i) => {
                 self.buckets.insert(
@@ -170,6 +197,7 @@ impl Series {
                 i
             }
         };
+        self.hot = i;
         let b = &mut self.buckets[i];
         if self.method.keeps_values() && b.acc.held_values() >= s.max_values_per_bucket {
             return Err(DropReason::BucketFull);

@@ -233,3 +233,44 @@ fn floor_without_libm_agrees_with_libm() {
     }
     assert!(floor(f64::NAN).is_nan());
 }
+
+#[test]
+fn the_last_bucket_shortcut_files_every_datapoint_where_the_formula_does() {
+    // Datapoints in and out of order, on and around interval boundaries, with `now`
+    // moving on every few: the table must hold exactly what the modulo formula and the
+    // window say, datapoint by datapoint.
+    let k = key("s", "sum", 60);
+    let mut t = SeriesTable::new(settings(0));
+    let mut model: std::collections::BTreeMap<i64, f64> = Default::default();
+    let mut x: u64 = 7;
+    let mut now = 1_000_000.0;
+    for i in 0..20_000 {
+        x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        let r = (x >> 33) as f64 / f64::from(1u32 << 31);
+        if i % 7 == 0 {
+            now += 0.5;
+        }
+        let ts = match i % 4 {
+            0 => now - 700.0 + r * 1400.0,
+            1 => floor_to(now, 60.0) - 60.0 * (r * 8.0).floor(),
+            2 => floor_to(now, 60.0) - 60.0 * (r * 8.0).floor() - 1e-7,
+            _ => now - r * 30.0,
+        };
+        let start = floor_to(ts, 60.0);
+        let now_bucket = floor_to(now, 60.0);
+        let want = if start < now_bucket - 300.0 {
+            Err(DropReason::TooOld)
+        } else if start > now_bucket + 300.0 {
+            Err(DropReason::TooNew)
+        } else {
+            *model.entry(start as i64).or_default() += 1.0;
+            Ok(())
+        };
+        assert_eq!(t.add(&k, ts, 1.0, now), want, "ts {ts} now {now}");
+    }
+    let mut got = std::collections::BTreeMap::new();
+    t.drain_all(|_, start, v| {
+        got.insert(start, v.as_f64());
+    });
+    assert_eq!(got, model);
+}
