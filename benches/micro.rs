@@ -177,6 +177,22 @@ fn main() {
             names.len() as u64,
             elapsed,
         );
+        // The senders' path: names seen before (an output series emitted again, a path
+        // forwarded again) come from the per-thread cache.
+        let shared: Vec<std::sync::Arc<str>> = names.iter().map(|n| n.as_str().into()).collect();
+        for name in &shared {
+            placement.place_cached(name, &mut placed);
+        }
+        let t = Instant::now();
+        for name in &shared {
+            placement.place_cached(name, &mut placed);
+            share[placed[0]] += 1;
+        }
+        report(
+            &format!("place a name again (cached), {method}"),
+            names.len() as u64,
+            t.elapsed(),
+        );
     }
     let tagged: Vec<String> = (0..100_000)
         .map(|i| format!("cpu.load;zone=eu{};host=h{i};dc=x", i % 3))

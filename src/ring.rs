@@ -146,6 +146,28 @@ pub struct Placement {
     ring: Vec<(i64, usize)>,
     /// Node indices in bucket order (`jump_fnv1a_ch`).
     buckets: Vec<usize>,
+    /// Tells placements apart in the per-thread cache of [`Placement::place_cached`].
+    id: u64,
+}
+
+/// Names whose placement one thread remembers before it forgets them all.
+const PLACED_CACHE_ENTRIES: usize = 100_000;
+
+/// Numbers placements for [`Placement::place_cached`].
+static NEXT_PLACEMENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Per thread: the placement whose names are cached, and each name's destinations.
+type PlacedCache = (
+    u64,
+    std::collections::HashMap<
+        std::sync::Arc<str>,
+        smallvec::SmallVec<[usize; 2]>,
+        ahash::RandomState,
+    >,
+);
+
+thread_local! {
+    static PLACED: std::cell::RefCell<PlacedCache> = std::cell::RefCell::new((u64::MAX, Default::default()));
 }
 
 impl Placement {
@@ -168,6 +190,7 @@ impl Placement {
             ring: Vec::new(),
             buckets: Vec::new(),
             nodes,
+            id: NEXT_PLACEMENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         };
         match method {
             Method::All => {}
@@ -202,6 +225,25 @@ impl Placement {
     /// destination): then [`Placement::place`] need not be asked.
     pub fn is_broadcast(&self) -> bool {
         self.method == Method::All || self.nodes.len() <= 1
+    }
+
+    /// [`Placement::place`], remembered per thread and name: an output series or a
+    /// forwarded path is placed once, not per datapoint (carbon_ch's MD5 costs about
+    /// 140 ns). A thread remembers up to 100 000 names of one placement, then starts again.
+    pub fn place_cached(&self, name: &std::sync::Arc<str>, out: &mut Vec<usize>) {
+        PLACED.with_borrow_mut(|(id, names)| {
+            if *id != self.id || names.len() >= PLACED_CACHE_ENTRIES {
+                *id = self.id;
+                names.clear();
+            }
+            if let Some(p) = names.get(name) {
+                out.clear();
+                out.extend_from_slice(p);
+                return;
+            }
+            self.place(name, out);
+            names.insert(std::sync::Arc::clone(name), out.iter().copied().collect());
+        });
     }
 
     /// Sets `out` to the indices (configuration order) of the destinations `name` goes to:

@@ -215,6 +215,9 @@ pub struct DestinationFile {
     pub headers: std::collections::BTreeMap<String, String>,
     /// Remote write: most samples per request.
     pub batch_datapoints: Option<usize>,
+    /// Remote write: most requests awaiting an answer at once (series are spread over
+    /// that many lanes, one request in flight each).
+    pub max_in_flight: Option<usize>,
     /// Remote write: longest wait for one request's answer, e.g. `"30s"`.
     #[serde(default, with = "humantime_serde")]
     pub timeout: Option<Duration>,

@@ -12,6 +12,11 @@ use crate::rules::mapping::NameMapping;
 
 /// Default most samples per request (Prometheus's `max_samples_per_send` is 2000).
 pub const DEFAULT_BATCH_DATAPOINTS: usize = 2000;
+/// Default most requests in flight per destination (Prometheus's queue manager shards
+/// the same way, each series always in one shard).
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 4;
+/// Most requests in flight `max_in_flight` may ask for.
+pub const MAX_MAX_IN_FLIGHT: usize = 64;
 /// Default longest wait for one request (Prometheus's `remote_timeout`).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -58,6 +63,10 @@ pub struct RemoteWriteConfig {
     pub headers: Vec<(String, String)>,
     /// Most samples per request (≥ 1).
     pub batch_datapoints: usize,
+    /// Most requests awaiting an answer at once, 1 to [`MAX_MAX_IN_FLIGHT`]: series are
+    /// spread over that many lanes by name, each lane with one request in flight, so a
+    /// series' samples arrive in order.
+    pub max_in_flight: usize,
     /// Longest wait for one request's answer; a timeout is retried like a network error.
     pub timeout: Duration,
     /// The name mapping file's rules, if one is given.
@@ -74,6 +83,7 @@ impl std::fmt::Debug for RemoteWriteConfig {
             .field("tls_identity", &self.tls_identity.is_some())
             .field("headers", &headers)
             .field("batch_datapoints", &self.batch_datapoints)
+            .field("max_in_flight", &self.max_in_flight)
             .field("timeout", &self.timeout)
             .field("mapping", &self.mapping.is_some())
             .finish()
@@ -212,6 +222,12 @@ impl RemoteWriteConfig {
                 "{what}: batch_datapoints and timeout must be above 0"
             )));
         }
+        let max_in_flight = d.max_in_flight.unwrap_or(DEFAULT_MAX_IN_FLIGHT);
+        if !(1..=MAX_MAX_IN_FLIGHT).contains(&max_in_flight) {
+            return Err(invalid(format!(
+                "{what}: max_in_flight must be 1 to {MAX_MAX_IN_FLIGHT}"
+            )));
+        }
         let tls_ca = d.tls_ca.as_ref().map(read).transpose()?;
         if let Some(pem) = &tls_ca {
             let certs = reqwest::Certificate::from_pem_bundle(pem)
@@ -236,6 +252,7 @@ impl RemoteWriteConfig {
             tls_identity,
             headers,
             batch_datapoints,
+            max_in_flight,
             timeout,
             mapping,
         })
@@ -259,6 +276,7 @@ pub fn refuse_on_carbon(d: &DestinationFile) -> Result<(), SectionError> {
         ("tls_key", d.tls_key.is_some()),
         ("headers", !d.headers.is_empty()),
         ("batch_datapoints", d.batch_datapoints.is_some()),
+        ("max_in_flight", d.max_in_flight.is_some()),
         ("timeout", d.timeout.is_some()),
         ("mapping_file", d.mapping_file.is_some()),
     ];

@@ -346,7 +346,7 @@ pub fn split(placement: &Placement, points: &[OutPoint]) -> Vec<Vec<OutPoint>> {
     let mut shares: Vec<Vec<OutPoint>> = vec![Vec::new(); placement.nodes().len()];
     let mut placed = Vec::with_capacity(placement.replication());
     for p in points {
-        placement.place(&p.path, &mut placed);
+        placement.place_cached(&p.path, &mut placed);
         for &i in &placed {
             shares[i].push(p.clone());
         }

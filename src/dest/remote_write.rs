@@ -7,7 +7,15 @@
 //! request, the later one), and POSTed as remote write 1.0 ([`crate::codec::remote_write`]:
 //! protobuf `WriteRequest`, snappy block compression, `batch_datapoints` samples at most).
 //!
-//! Delivery, one request at a time:
+//! Each series' labels are encoded once (protobuf bytes kept per output name) and copied
+//! into every request that carries it, not rebuilt per sample.
+//!
+//! Series are spread over `max_in_flight` lanes by a hash of their output name; each lane
+//! has one request in flight, so up to `max_in_flight` requests await their answers at
+//! once while every series' samples still arrive in order (as Prometheus's queue manager
+//! shards).
+//!
+//! Delivery, per lane one request at a time:
 //! - 2xx: delivered (`destination_sent`, `destination_batches` counts requests);
 //! - a network error, a timeout (`timeout`), 5xx or 429: sent again, with the same body,
 //!   after a backoff doubling from 100 ms to 5 s (`destination_connection_failures`,
@@ -61,9 +69,10 @@ impl std::fmt::Display for WriteError {
 pub struct RemoteWriter {
     http: reqwest::Client,
     cfg: RemoteWriteConfig,
-    /// Keyed by output name; aHash, as the route cache (SipHash was a tenth of the
-    /// forwarding profile).
-    names: HashMap<Arc<str>, Arc<[Label]>, ahash::RandomState>,
+    /// Keyed by output name: its labels, encoded as the `labels` fields of a protobuf
+    /// `TimeSeries`. aHash, as the route cache (SipHash was a tenth of the forwarding
+    /// profile).
+    names: HashMap<Arc<str>, Arc<[u8]>, ahash::RandomState>,
 }
 
 /// The HTTP client for `cfg`: its timeout, TLS roots and identity, no redirects (a
@@ -108,30 +117,51 @@ impl RemoteWriter {
         self.cfg.batch_datapoints
     }
 
-    fn labels(&mut self, path: &Arc<str>) -> Arc<[Label]> {
+    /// Another writer sharing this one's HTTP client (its connection pool), with a name
+    /// cache of its own: one per lane.
+    pub fn lane(&self) -> RemoteWriter {
+        RemoteWriter {
+            http: self.http.clone(),
+            cfg: self.cfg.clone(),
+            names: HashMap::default(),
+        }
+    }
+
+    /// The labels of output name `path` ([`crate::rules::mapping`]).
+    fn label_list(&self, path: &str) -> Vec<Label> {
+        crate::rules::mapping::map(self.cfg.mapping.as_deref(), path)
+            .into_iter()
+            .map(|(name, value)| Label { name, value })
+            .collect()
+    }
+
+    /// The labels of `path` encoded as `TimeSeries.labels` fields (field 1, one per label),
+    /// from the cache.
+    fn encoded_labels(&mut self, path: &Arc<str>) -> Arc<[u8]> {
         if let Some(l) = self.names.get(path) {
             return Arc::clone(l);
         }
         if self.names.len() >= NAME_CACHE_ENTRIES {
             self.names.clear();
         }
-        let labels: Arc<[Label]> = crate::rules::mapping::map(self.cfg.mapping.as_deref(), path)
-            .into_iter()
-            .map(|(name, value)| Label { name, value })
-            .collect();
-        self.names.insert(Arc::clone(path), Arc::clone(&labels));
-        labels
+        let mut bytes = Vec::new();
+        for l in self.label_list(path) {
+            prost::encoding::message::encode(1, &l, &mut bytes);
+        }
+        let bytes: Arc<[u8]> = bytes.into();
+        self.names.insert(Arc::clone(path), Arc::clone(&bytes));
+        bytes
     }
 
-    /// The `WriteRequest` for `points` (module docs: one series per name, samples in
-    /// timestamp order, one sample per timestamp, the later one).
-    pub fn request(&mut self, points: &[OutPoint]) -> WriteRequest {
+    /// `points` grouped per output name, in order of first appearance, each with its
+    /// samples in timestamp order, one per timestamp (the later point's).
+    fn grouped(points: &[OutPoint]) -> Vec<(&Arc<str>, Vec<Sample>)> {
         let mut index: HashMap<&str, usize, ahash::RandomState> =
             HashMap::with_capacity_and_hasher(points.len(), ahash::RandomState::new());
-        let mut series: Vec<(Arc<[Label]>, Vec<Sample>)> = Vec::with_capacity(points.len());
+        let mut series: Vec<(&Arc<str>, Vec<Sample>)> = Vec::with_capacity(points.len());
         for p in points {
             let i = *index.entry(&p.path).or_insert_with(|| {
-                series.push((self.labels(&p.path), Vec::new()));
+                series.push((&p.path, Vec::new()));
                 series.len() - 1
             });
             series[i].1.push(Sample {
@@ -139,24 +169,66 @@ impl RemoteWriter {
                 timestamp: remote_write::millis(p.timestamp),
             });
         }
-        let timeseries = series
+        for (_, samples) in &mut series {
+            // A stable sort: of two samples at one timestamp the later stays later.
+            samples.sort_by_key(|s| s.timestamp);
+            let mut kept = 0;
+            for i in 0..samples.len() {
+                if kept > 0 && samples[kept - 1].timestamp == samples[i].timestamp {
+                    samples[kept - 1] = samples[i].clone();
+                } else {
+                    samples[kept] = samples[i].clone();
+                    kept += 1;
+                }
+            }
+            samples.truncate(kept);
+        }
+        series
+    }
+
+    /// The `WriteRequest` for `points` (module docs: one series per name, samples in
+    /// timestamp order, one sample per timestamp, the later one). What [`RemoteWriter::body`]
+    /// encodes; tests compare the two.
+    pub fn request(&mut self, points: &[OutPoint]) -> WriteRequest {
+        let timeseries = Self::grouped(points)
             .into_iter()
-            .map(|(labels, mut samples)| {
-                samples.sort_by_key(|s| s.timestamp);
-                let mut kept: Vec<Sample> = Vec::with_capacity(samples.len());
-                for s in samples {
-                    match kept.last_mut() {
-                        Some(last) if last.timestamp == s.timestamp => *last = s,
-                        _ => kept.push(s),
-                    }
-                }
-                TimeSeries {
-                    labels: labels.to_vec(),
-                    samples: kept,
-                }
+            .map(|(path, samples)| TimeSeries {
+                labels: self.label_list(path),
+                samples,
             })
             .collect();
         WriteRequest { timeseries }
+    }
+
+    /// The request body for `points`: [`RemoteWriter::request`] encoded as protobuf (each
+    /// series' labels copied from their cached encoding, field numbers as
+    /// [`crate::codec::remote_write`] declares them) and snappy-compressed.
+    pub fn body(&mut self, points: &[OutPoint]) -> Bytes {
+        use prost::Message;
+        use prost::encoding::{WireType, encode_key, encode_varint, message};
+        let mut raw = Vec::with_capacity(points.len() * 64);
+        for (path, samples) in Self::grouped(points) {
+            let labels = self.encoded_labels(path);
+            let samples_len: usize = samples
+                .iter()
+                .map(|s| {
+                    let n = s.encoded_len();
+                    1 + prost::encoding::encoded_len_varint(n as u64) + n
+                })
+                .sum();
+            // WriteRequest.timeseries = 1: the TimeSeries' labels, then samples = 2.
+            encode_key(1, WireType::LengthDelimited, &mut raw);
+            encode_varint((labels.len() + samples_len) as u64, &mut raw);
+            raw.extend_from_slice(&labels);
+            for s in &samples {
+                message::encode(2, s, &mut raw);
+            }
+        }
+        Bytes::from(
+            snap::raw::Encoder::new()
+                .compress_vec(&raw)
+                .expect("snappy compresses any input under 4 GiB"),
+        )
     }
 
     /// POSTs one encoded request body ([`remote_write::encode`]); classifies the outcome
@@ -201,7 +273,7 @@ impl RemoteWriter {
         give_up: Duration,
     ) -> Result<(), WriteError> {
         for chunk in points.chunks(self.cfg.batch_datapoints) {
-            let body = Bytes::from(remote_write::encode(&self.request(chunk)));
+            let body = self.body(chunk);
             let started = std::time::Instant::now();
             let mut backoff = Duration::from_millis(100);
             loop {
@@ -265,14 +337,19 @@ async fn next_batch(
     }
 }
 
-/// The sender task of a remote-write destination (module docs).
+/// Requests a lane may have waiting besides the one in flight.
+const LANE_QUEUE: usize = 1;
+
+/// The sender task of a remote-write destination (module docs): takes queued batches,
+/// splits their points over the lanes by output name, and hands each lane its requests.
+/// The lanes are tasks of a set it owns: when this task ends or is aborted (shutdown's
+/// deadline), so are they.
 pub(super) async fn run(link: Link, mut rx: mpsc::Receiver<OutBatch>, drain: CancellationToken) {
     let Some(cfg) = link.cfg.remote_write.clone() else {
         return;
     };
     let name = link.cfg.name().to_string();
-    let mut backoff = Duration::from_millis(100);
-    let mut writer = loop {
+    let writer = loop {
         match RemoteWriter::new(&cfg) {
             Ok(w) => break w,
             Err(e) => {
@@ -284,60 +361,92 @@ pub(super) async fn run(link: Link, mut rx: mpsc::Receiver<OutBatch>, drain: Can
             }
         }
     };
+    let link = Arc::new(link);
     let batch = cfg.batch_datapoints;
+    let lanes = cfg.max_in_flight.max(1);
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut queues = Vec::with_capacity(lanes);
+    for _ in 0..lanes {
+        let (tx, lane_rx) = mpsc::channel::<Vec<OutPoint>>(LANE_QUEUE);
+        tasks.spawn(lane(Arc::clone(&link), writer.lane(), lane_rx));
+        queues.push(tx);
+    }
     let mut points: Vec<OutPoint> = Vec::new();
+    let mut parts: Vec<Vec<OutPoint>> = vec![Vec::new(); lanes];
     while let Some(first) = next_batch(&mut rx, &drain).await {
         points.clear();
         points.extend_from_slice(&first);
-        while points.len() < batch {
+        while points.len() < batch * lanes {
             match rx.try_recv() {
                 Ok(b) => points.extend_from_slice(&b),
                 Err(_) => break,
             }
         }
-        for chunk in points.chunks(batch) {
-            let body = Bytes::from(remote_write::encode(&writer.request(chunk)));
-            let n = chunk.len();
-            loop {
-                match writer.post(body.clone()).await {
-                    Ok(()) => {
-                        backoff = Duration::from_millis(100);
-                        set_connected(&link.counters, true);
-                        link.counters.sent.fetch_add(n as u64, Ordering::Relaxed);
-                        link.counters.batches.fetch_add(1, Ordering::Relaxed);
-                        link.stats.sent.fetch_add(n as u64, Ordering::Relaxed);
-                        break;
-                    }
-                    Err(WriteError::Retry(e)) => {
-                        set_connected(&link.counters, false);
-                        link.counters
-                            .connection_failures
-                            .fetch_add(1, Ordering::Relaxed);
-                        link.stats.events.emit(
-                            Event::DestinationRequestFailed,
-                            &format_args!(
-                                "destination {name}: {e}; {n} datapoints sent again in {backoff:?}"
-                            ),
-                        );
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
-                    }
-                    Err(WriteError::Rejected(e)) => {
-                        link.counters
-                            .rejected
-                            .fetch_add(n as u64, Ordering::Relaxed);
-                        link.stats.record_drop(
-                            DropReason::DestinationRejected,
-                            n as u64,
-                            window(chunk),
-                            &format_args!("destination {name} refused a request: {e}"),
-                        );
-                        break;
-                    }
+        for p in points.drain(..) {
+            let l = (crate::hash::fnv1a64(p.path.as_bytes()) % lanes as u64) as usize;
+            parts[l].push(p);
+        }
+        for (l, part) in parts.iter_mut().enumerate() {
+            for chunk in part.chunks(batch) {
+                if queues[l].send(chunk.to_vec()).await.is_err() {
+                    // The lane ended (it cannot while this task lives); nothing to send to.
+                    link.done(chunk.len());
                 }
             }
-            link.done(n);
+            part.clear();
         }
+    }
+    drop(queues);
+    while tasks.join_next().await.is_some() {}
+}
+
+/// One lane: sends each request it is handed until it is delivered or refused (module
+/// docs), one at a time.
+async fn lane(link: Arc<Link>, mut writer: RemoteWriter, mut rx: mpsc::Receiver<Vec<OutPoint>>) {
+    let name = link.cfg.name().to_string();
+    let mut backoff = Duration::from_millis(100);
+    while let Some(chunk) = rx.recv().await {
+        let body = writer.body(&chunk);
+        let n = chunk.len();
+        loop {
+            match writer.post(body.clone()).await {
+                Ok(()) => {
+                    backoff = Duration::from_millis(100);
+                    set_connected(&link.counters, true);
+                    link.counters.sent.fetch_add(n as u64, Ordering::Relaxed);
+                    link.counters.batches.fetch_add(1, Ordering::Relaxed);
+                    link.stats.sent.fetch_add(n as u64, Ordering::Relaxed);
+                    break;
+                }
+                Err(WriteError::Retry(e)) => {
+                    set_connected(&link.counters, false);
+                    link.counters
+                        .connection_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    link.stats.events.emit(
+                        Event::DestinationRequestFailed,
+                        &format_args!(
+                            "destination {name}: {e}; {n} datapoints sent again in {backoff:?}"
+                        ),
+                    );
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(WriteError::Rejected(e)) => {
+                    link.counters
+                        .rejected
+                        .fetch_add(n as u64, Ordering::Relaxed);
+                    link.stats.record_drop(
+                        DropReason::DestinationRejected,
+                        n as u64,
+                        window(&chunk),
+                        &format_args!("destination {name} refused a request: {e}"),
+                    );
+                    break;
+                }
+            }
+        }
+        link.done(n);
     }
 }
 
@@ -419,6 +528,27 @@ mod tests {
             .map(|l| l.name.as_str())
             .collect();
         assert_eq!(names, ["__name__", "dc"], "sorted by name");
+    }
+
+    #[test]
+    fn the_body_is_the_request_encoded_with_labels_from_the_cache() {
+        let mut w = RemoteWriter::new(&cfg()).unwrap();
+        let points = [
+            p("a.b", 120.0, 1.0),
+            p("cpu;dc=eu;host=h1", 60.0, 5.5),
+            p("a.b", 60.0, 2.0),
+            p("a.b", 120.0, 3.0),
+            p("x", 1.25, -1.0),
+        ];
+        // Twice: the second body takes every series' labels from the cache.
+        for _ in 0..2 {
+            let body = w.body(&points);
+            let decoded = remote_write::decode(&body).unwrap();
+            assert_eq!(decoded, w.request(&points));
+            assert_eq!(decoded.timeseries.len(), 3);
+        }
+        assert_eq!(w.names.len(), 3, "one cached encoding per series");
+        assert_eq!(remote_write::decode(&w.body(&[])).unwrap().timeseries, []);
     }
 
     /// A one-request HTTP server on loopback answering `status`: its port, and the

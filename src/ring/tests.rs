@@ -152,3 +152,32 @@ fn hash_known_answers() {
     assert_eq!(strtol_whole("12a"), None);
     assert_eq!(strtol_whole(""), Some(0));
 }
+
+#[test]
+fn a_cached_placement_is_the_computed_one_for_every_placement() {
+    let nodes = |n: u16| -> Vec<Node> {
+        (1..=n)
+            .map(|i| Node {
+                host: format!("10.0.0.{i}"),
+                port: 2004,
+                instance: None,
+            })
+            .collect()
+    };
+    // Two placements used in turn on one thread: the cache must not mix them up.
+    let a = Placement::new(Method::CarbonCh, nodes(3), 2, false).unwrap();
+    let b = Placement::new(Method::JumpFnv1aCh, nodes(5), 1, false).unwrap();
+    let (mut want, mut got) = (Vec::new(), Vec::new());
+    for round in 0..3 {
+        for i in 0..2000 {
+            let name: std::sync::Arc<str> = format!("svc.h{i}.m{round}").into();
+            for p in [&a, &b] {
+                p.place(&name, &mut want);
+                p.place_cached(&name, &mut got);
+                assert_eq!(got, want, "{name}");
+                p.place_cached(&name, &mut got);
+                assert_eq!(got, want, "{name}, cached");
+            }
+        }
+    }
+}
