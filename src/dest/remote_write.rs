@@ -153,48 +153,58 @@ impl RemoteWriter {
         bytes
     }
 
-    /// `points` grouped per output name, in order of first appearance, each with its
-    /// samples in timestamp order, one per timestamp (the later point's).
-    fn grouped(points: &[OutPoint]) -> Vec<(&Arc<str>, Vec<Sample>)> {
-        let mut index: HashMap<&str, usize, ahash::RandomState> =
+    /// `points` grouped per output name: the names in order of first appearance, and
+    /// every sample tagged with its name's index, sorted by (index, timestamp), one per
+    /// timestamp (the later point's). One flat vector, not one per series: a forwarded
+    /// series usually has a single sample per request.
+    fn grouped(points: &[OutPoint]) -> (Vec<&Arc<str>>, Vec<(u32, Sample)>) {
+        let mut index: HashMap<&str, u32, ahash::RandomState> =
             HashMap::with_capacity_and_hasher(points.len(), ahash::RandomState::new());
-        let mut series: Vec<(&Arc<str>, Vec<Sample>)> = Vec::with_capacity(points.len());
-        for p in points {
-            let i = *index.entry(&p.path).or_insert_with(|| {
-                series.push((&p.path, Vec::new()));
-                series.len() - 1
-            });
-            series[i].1.push(Sample {
-                value: p.value.as_f64(),
-                timestamp: remote_write::millis(p.timestamp),
-            });
-        }
-        for (_, samples) in &mut series {
-            // A stable sort: of two samples at one timestamp the later stays later.
-            samples.sort_by_key(|s| s.timestamp);
-            let mut kept = 0;
-            for i in 0..samples.len() {
-                if kept > 0 && samples[kept - 1].timestamp == samples[i].timestamp {
-                    samples[kept - 1] = samples[i].clone();
-                } else {
-                    samples[kept] = samples[i].clone();
-                    kept += 1;
-                }
+        let mut names: Vec<&Arc<str>> = Vec::with_capacity(points.len());
+        let mut samples: Vec<(u32, Sample)> = points
+            .iter()
+            .map(|p| {
+                let i = *index.entry(&p.path).or_insert_with(|| {
+                    names.push(&p.path);
+                    names.len() as u32 - 1
+                });
+                let s = Sample {
+                    value: p.value.as_f64(),
+                    timestamp: remote_write::millis(p.timestamp),
+                };
+                (i, s)
+            })
+            .collect();
+        // A stable sort: of two samples at one timestamp the later stays later, and wins.
+        samples.sort_by_key(|(i, s)| (*i, s.timestamp));
+        let mut kept = 0;
+        for i in 0..samples.len() {
+            let (series, ts) = (samples[i].0, samples[i].1.timestamp);
+            if kept > 0 && samples[kept - 1].0 == series && samples[kept - 1].1.timestamp == ts {
+                samples[kept - 1] = samples[i].clone();
+            } else {
+                samples[kept] = samples[i].clone();
+                kept += 1;
             }
-            samples.truncate(kept);
         }
-        series
+        samples.truncate(kept);
+        (names, samples)
+    }
+
+    /// The runs of `samples` (as [`RemoteWriter::grouped`] sorts them) of one series each.
+    fn runs(samples: &[(u32, Sample)]) -> impl Iterator<Item = &[(u32, Sample)]> {
+        samples.chunk_by(|a, b| a.0 == b.0)
     }
 
     /// The `WriteRequest` for `points` (module docs: one series per name, samples in
     /// timestamp order, one sample per timestamp, the later one). What [`RemoteWriter::body`]
     /// encodes; tests compare the two.
     pub fn request(&mut self, points: &[OutPoint]) -> WriteRequest {
-        let timeseries = Self::grouped(points)
-            .into_iter()
-            .map(|(path, samples)| TimeSeries {
-                labels: self.label_list(path),
-                samples,
+        let (names, samples) = Self::grouped(points);
+        let timeseries = Self::runs(&samples)
+            .map(|run| TimeSeries {
+                labels: self.label_list(names[run[0].0 as usize]),
+                samples: run.iter().map(|(_, s)| s.clone()).collect(),
             })
             .collect();
         WriteRequest { timeseries }
@@ -205,22 +215,23 @@ impl RemoteWriter {
     /// [`crate::codec::remote_write`] declares them) and snappy-compressed.
     pub fn body(&mut self, points: &[OutPoint]) -> Bytes {
         use prost::Message;
-        use prost::encoding::{WireType, encode_key, encode_varint, message};
+        use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, message};
+        let (names, samples) = Self::grouped(points);
         let mut raw = Vec::with_capacity(points.len() * 64);
-        for (path, samples) in Self::grouped(points) {
-            let labels = self.encoded_labels(path);
-            let samples_len: usize = samples
+        for run in Self::runs(&samples) {
+            let labels = self.encoded_labels(names[run[0].0 as usize]);
+            let samples_len: usize = run
                 .iter()
-                .map(|s| {
+                .map(|(_, s)| {
                     let n = s.encoded_len();
-                    1 + prost::encoding::encoded_len_varint(n as u64) + n
+                    1 + encoded_len_varint(n as u64) + n
                 })
                 .sum();
             // WriteRequest.timeseries = 1: the TimeSeries' labels, then samples = 2.
             encode_key(1, WireType::LengthDelimited, &mut raw);
             encode_varint((labels.len() + samples_len) as u64, &mut raw);
             raw.extend_from_slice(&labels);
-            for s in &samples {
+            for (_, s) in run {
                 message::encode(2, s, &mut raw);
             }
         }
@@ -387,13 +398,16 @@ pub(super) async fn run(link: Link, mut rx: mpsc::Receiver<OutBatch>, drain: Can
             parts[l].push(p);
         }
         for (l, part) in parts.iter_mut().enumerate() {
-            for chunk in part.chunks(batch) {
-                if queues[l].send(chunk.to_vec()).await.is_err() {
+            while !part.is_empty() {
+                // The points move to the lane (no copy): the last piece is the vector.
+                let rest = part.split_off(part.len().min(batch));
+                let chunk = std::mem::replace(part, rest);
+                let n = chunk.len();
+                if queues[l].send(chunk).await.is_err() {
                     // The lane ended (it cannot while this task lives); nothing to send to.
-                    link.done(chunk.len());
+                    link.done(n);
                 }
             }
-            part.clear();
         }
     }
     drop(queues);
