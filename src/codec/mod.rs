@@ -144,8 +144,15 @@ pub fn decode_frame(
             };
             let mut run = [empty; RUN];
             let mut n = 0;
+            // One UTF-8 check for the frame (most are text); a frame with a bad byte is
+            // checked line by line, so only that line is refused.
+            let text = std::str::from_utf8(payload).ok();
             for line in plaintext::lines(payload) {
-                match plaintext::parse_line(line, now, limits) {
+                let parsed = match text {
+                    Some(t) => plaintext::parse_line_of(t, line, now, limits),
+                    None => plaintext::parse_line(line, now, limits),
+                };
+                match parsed {
                     Ok(Some(dp)) => {
                         run[n] = dp;
                         n += 1;

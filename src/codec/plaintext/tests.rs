@@ -205,3 +205,44 @@ fn framer_drops_long_line_across_reads() {
     assert_eq!(out.too_long, 0);
     assert!(f.finish(&mut buf).is_none());
 }
+
+#[test]
+fn a_frame_checked_once_parses_every_line_as_line_by_line_parsing_does() {
+    let frame = "a.é.b 1 10\n\tx  2.5\t11\r\nbad\nµ.\u{1c}c 3 12\n\n ctl\u{1}name 4 -1\nlast 5 13";
+    let l = Limits::default();
+    for line in lines(frame.as_bytes()) {
+        assert_eq!(
+            parse_line_of(frame, line, 5.0, &l),
+            parse_line(line, 5.0, &l),
+            "{:?}",
+            String::from_utf8_lossy(line)
+        );
+    }
+}
+
+#[test]
+fn a_bad_byte_refuses_its_line_alone() {
+    let frame = b"a 1 10\nb\xff 2 10\nc 3 10\n";
+    let mut got = Vec::new();
+    crate::codec::decode_frame(
+        crate::datapoint::Kind::PlaintextTcp,
+        frame,
+        None,
+        0.0,
+        &Limits::default(),
+        &mut crate::codec::pickle::PickleDecoder::new(),
+        |r| match r {
+            Ok(run) => got.extend(run.iter().map(|d| Ok(d.path.to_string()))),
+            Err(reason) => got.push(Err(reason)),
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        got,
+        [
+            Ok("a".to_string()),
+            Err(DropReason::BadUtf8),
+            Ok("c".to_string())
+        ]
+    );
+}
