@@ -11,7 +11,8 @@
 //! Per run: datapoints/s (first byte sent until the downstream holds every aggregate),
 //! aggd CPU (all nodes) and NATS CPU (all servers) per datapoint, from /proc; then the
 //! cluster's throughput cost against standalone. `AGGD_BENCH_CLUSTER=1`, `=3` or
-//! `=standalone` runs one of them; `AGGD_BENCH_LANES` sets `publish_threads` (1). Defaults: `AGGD_BENCH_POINTS` 4 000 000, the rest as in
+//! `=standalone` runs one of them; `AGGD_BENCH_LANES` sets `publish_threads` (1), `AGGD_BENCH_BATCH` the
+//! messages' `batch_datapoints` (with `batch_bytes` 64 times that; default the config's). Defaults: `AGGD_BENCH_POINTS` 4 000 000, the rest as in
 //! the ingest benchmark. Run with `cargo bench --bench cluster`.
 
 use std::net::SocketAddr;
@@ -69,10 +70,14 @@ fn run(nodes: usize) -> Measured {
         let cluster = match &nats {
             Some(nats) => format!(
                 "[cluster]\nservers = {}\nname = \"bench\"\nnode = \"n{n}\"\nreplicas = {}\n\
-                 publish_threads = {}\n",
+                 publish_threads = {}\n{}",
                 nats.toml_servers(),
                 nodes,
-                env_or("AGGD_BENCH_LANES", 1)
+                env_or("AGGD_BENCH_LANES", 1),
+                match env_or("AGGD_BENCH_BATCH", 0) {
+                    0 => String::new(),
+                    b => format!("batch_datapoints = {b}\nbatch_bytes = {}\n", b * 64),
+                }
             ),
             None => String::new(),
         };

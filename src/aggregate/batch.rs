@@ -142,25 +142,20 @@ impl Batch {
     }
 
     /// The batch in order, in pieces of at most `max` items, each holding every owner
-    /// (no piece if it is empty; no copy if it fits in one).
+    /// (no piece if it is empty; no copy if it fits in one). Each piece keeps the front of
+    /// what is left and only the rest is moved, so the first piece is never copied.
     pub fn pieces(self, max: usize) -> impl Iterator<Item = Batch> {
         let max = max.max(1);
-        let (mut whole, mut rest) = if self.items.len() <= max {
-            (Some(self).filter(|b| !b.is_empty()), None)
-        } else {
-            let Batch { items, holds } = self;
-            (None, Some((items.into_iter(), holds)))
-        };
+        let mut left = Some(self).filter(|b| !b.is_empty());
         std::iter::from_fn(move || {
-            if let Some(b) = whole.take() {
-                return Some(b);
+            let mut b = left.take()?;
+            if b.items.len() > max {
+                left = Some(Batch {
+                    items: b.items.split_off(max),
+                    holds: b.holds.clone(),
+                });
             }
-            let (items, holds) = rest.as_mut()?;
-            let piece: Vec<WorkItem> = items.by_ref().take(max).collect();
-            (!piece.is_empty()).then(|| Batch {
-                items: piece,
-                holds: holds.clone(),
-            })
+            Some(b)
         })
     }
 }
