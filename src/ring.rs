@@ -136,7 +136,7 @@ pub enum PlacementError {
 pub const REPLICAS: usize = 100;
 
 /// A destination list prepared for placing names.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Placement {
     method: Method,
     replication: usize,
@@ -148,6 +148,21 @@ pub struct Placement {
     buckets: Vec<usize>,
     /// Tells placements apart in the per-thread cache of [`Placement::place_cached`].
     id: u64,
+}
+
+impl std::fmt::Debug for Placement {
+    /// Every field but the cache identity (two placements of one configuration print
+    /// alike).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Placement")
+            .field("method", &self.method)
+            .field("replication", &self.replication)
+            .field("diverse", &self.diverse)
+            .field("nodes", &self.nodes)
+            .field("ring", &self.ring)
+            .field("buckets", &self.buckets)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Names whose placement one thread remembers before it forgets them all.
