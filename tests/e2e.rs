@@ -537,3 +537,36 @@ async fn udp_queue_overflow_is_counted_ledgered_and_journaled_refused() {
     assert!(out.contains("2 records, 8 datapoints"), "{out}");
     assert!(out.contains("6 refused datapoints replayed"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_rules_never_starve_a_connection_of_its_memory_budget() {
+    // With 1 000 rules a shortest line could feed 1 000 work items: a connection's reads
+    // must shrink to what the budget covers, not wait for ever for room that cannot come
+    // (a 256 KiB read would need 1 GB of budget against the default 128 MiB).
+    let capture = Capture::start("pickle");
+    let dir = tempdir("many-rules");
+    let mut rules = String::from("big.sum (60) = sum in.*\n");
+    for i in 1..1000 {
+        rules.push_str(&format!("none{i}.sum (60) = sum none{i}.*\n"));
+    }
+    let cfg = write_config(&dir, &rules, "", &capture.addr.to_string(), "pickle");
+    let server = start_aggd(&cfg).await;
+    let ts = now() as i64 - 60;
+    let bucket = ts - ts.rem_euclid(60);
+    let addr = server.addr("plaintext/tcp").unwrap();
+    let lines = 60_000;
+    tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        let mut payload = String::new();
+        for i in 0..lines {
+            payload.push_str(&format!("in.h{i} 1 {ts}\n"));
+        }
+        s.write_all(payload.as_bytes()).unwrap();
+    })
+    .await
+    .unwrap();
+    capture.wait_for("every datapoint aggregated", |got| {
+        got.get(&("big.sum".into(), bucket)) == Some(&f64::from(lines))
+    });
+    server.shutdown().await;
+}

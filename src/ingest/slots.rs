@@ -201,6 +201,11 @@ pub struct Slot {
 }
 
 impl Slot {
+    /// The memory budget every connection shares (`limits.connection_memory_bytes`).
+    pub fn budget(&self) -> usize {
+        self.slots.budget
+    }
+
     /// The connection completed a line or frame: it is not idle.
     pub fn progress(&self) {
         let now = self.slots.now_ms();

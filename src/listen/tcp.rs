@@ -34,6 +34,8 @@ use crate::reason::DropReason;
 pub const READ_MIN: usize = 4 << 10;
 /// Largest read buffer (a busy connection's reads).
 pub const READ_MAX: usize = 256 << 10;
+/// Smallest read when the rules make a read's work items large (see `read_more`).
+const MIN_READ: usize = 512;
 /// How long a connection's socket stays empty before its read buffer is released.
 const IDLE_AFTER: Duration = Duration::from_millis(500);
 
@@ -98,7 +100,8 @@ pub(super) async fn accept_loop(
 /// A connection's read buffer, sized by its traffic (see the module docs).
 struct ReadBuf {
     buf: BytesMut,
-    /// Spare capacity wanted for the next read: [`READ_MIN`]..=[`READ_MAX`].
+    /// Spare capacity wanted for the next read: [`READ_MIN`]..=[`READ_MAX`], less with
+    /// many rules (see `read_more`).
     want: usize,
 }
 
@@ -166,6 +169,12 @@ async fn read_more(
     // Reads below go straight to the socket; this keeps a busy connection from holding
     // its runtime thread (tokio's cooperative budget, as an awaited read would).
     tokio::task::consume_budget().await;
+    // A read may decode into `items_per_byte` bytes of work items per byte (a shortest
+    // line feeding every rule). With many rules a full-size read would need more than the
+    // whole budget and wait for room that never comes, so a read is cut to what a quarter
+    // of the budget covers (800 bytes with 10 000 rules and the default budget).
+    let cap = (slot.budget() / 4 / (1 + items_per_byte)).clamp(MIN_READ, READ_MAX);
+    rb.want = rb.want.min(cap);
     loop {
         let staged = ingest.staged_items() * crate::ingest::slots::WORK_ITEM_BYTES;
         let need =
@@ -174,8 +183,9 @@ async fn read_more(
             return Ok(0);
         }
         rb.prepare();
-        let spare = rb.buf.capacity() - rb.buf.len();
-        match sock.try_read_buf(&mut rb.buf) {
+        // At most `want` bytes: what the budget was charged for.
+        let spare = (rb.buf.capacity() - rb.buf.len()).min(rb.want);
+        match sock.try_read_buf(&mut bytes::BufMut::limit(&mut rb.buf, spare)) {
             Ok(n) => {
                 rb.read(n, spare);
                 return Ok(n);
