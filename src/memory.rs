@@ -96,6 +96,14 @@ impl Config {
             .map(|d| u(d.queue_datapoints) * if d.emit_delay.is_zero() { 48 } else { 48 + 128 })
             .sum();
         let journal = if self.journal.is_some() { 8 << 20 } else { 0 };
+        // Remembered placements, per thread that sends to the destinations (the workers
+        // and the runtime's threads), with a ring that hashes with MD5 or mmh3.
+        let placements = if self.destinations.len() > 1 {
+            (u(self.workers.count) + threads)
+                * u(crate::ring::PLACED_CACHE_ENTRIES * crate::ring::PLACED_ENTRY_BYTES)
+        } else {
+            0
+        };
         MemoryBound {
             live_series,
             terms: vec![
@@ -112,6 +120,7 @@ impl Config {
                 ("worker queues", worker_queues),
                 ("destination queues", destinations),
                 ("journal writer", journal),
+                ("remembered placements", placements),
                 ("live output series", live_series * SERIES_BYTES),
             ],
         }

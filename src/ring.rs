@@ -166,20 +166,25 @@ impl std::fmt::Debug for Placement {
 }
 
 /// Names whose placement one thread remembers before it forgets them all.
-const PLACED_CACHE_ENTRIES: usize = 1 << 18;
+pub const PLACED_CACHE_ENTRIES: usize = 1 << 17;
+/// Heap bytes one remembered placement takes at most (key, value, table overhead).
+pub const PLACED_ENTRY_BYTES: usize = 64;
 
 /// Numbers placements for [`Placement::place_cached`].
 static NEXT_PLACEMENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// Per thread: the placement whose names are cached, and each name's destinations.
+/// Per thread: the placement whose names are cached, and each name's destinations, keyed by
+/// two independently seeded 64-bit hashes of the name (not the name itself, which may be
+/// `max_path_bytes` long): a wrong placement would take two colliding 64-bit hashes of a
+/// per-process random key.
 type PlacedCache = (
     u64,
-    std::collections::HashMap<
-        std::sync::Arc<str>,
-        smallvec::SmallVec<[usize; 2]>,
-        ahash::RandomState,
-    >,
+    std::collections::HashMap<(u64, u64), smallvec::SmallVec<[usize; 2]>, ahash::RandomState>,
 );
+
+/// The two seeded hashers of [`PlacedCache`] keys, per process.
+static PLACED_KEYS: std::sync::LazyLock<(ahash::RandomState, ahash::RandomState)> =
+    std::sync::LazyLock::new(|| (ahash::RandomState::new(), ahash::RandomState::new()));
 
 thread_local! {
     static PLACED: std::cell::RefCell<PlacedCache> = std::cell::RefCell::new((u64::MAX, Default::default()));
@@ -244,8 +249,9 @@ impl Placement {
 
     /// [`Placement::place`], remembered per thread and name: an output series or a
     /// forwarded path is placed once, not per datapoint (carbon_ch's MD5 costs about
-    /// 140 ns). A thread remembers up to 262 144 names of one placement, then starts again.
-    pub fn place_cached(&self, name: &std::sync::Arc<str>, out: &mut Vec<usize>) {
+    /// 140 ns). A thread remembers up to [`PLACED_CACHE_ENTRIES`] names of one placement,
+    /// then starts again.
+    pub fn place_cached(&self, name: &str, out: &mut Vec<usize>) {
         // Only carbon's MD5 and mmh3 rings cost more than a lookup in a large table (the
         // FNV-1a ring and jump hash take 30–35 ns, `cargo bench --bench micro`).
         if self.is_broadcast() || !matches!(self.method, Method::CarbonCh | Method::Mmh3Ch) {
@@ -256,7 +262,9 @@ impl Placement {
                 *id = self.id;
                 names.clear();
             }
-            if let Some(p) = names.get(name) {
+            let (a, b) = &*PLACED_KEYS;
+            let key = (a.hash_one(name), b.hash_one(name));
+            if let Some(p) = names.get(&key) {
                 out.clear();
                 out.extend_from_slice(p);
                 return;
@@ -265,7 +273,7 @@ impl Placement {
             if names.len() >= PLACED_CACHE_ENTRIES {
                 names.clear();
             }
-            names.insert(std::sync::Arc::clone(name), out.iter().copied().collect());
+            names.insert(key, out.iter().copied().collect());
         });
     }
 
