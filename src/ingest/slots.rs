@@ -23,8 +23,11 @@ use tokio_util::sync::CancellationToken;
 use crate::drops::Stats;
 use crate::events::Event;
 
-/// Bytes of one work item (series key pointer, timestamp, value) on its way to a worker.
-pub const WORK_ITEM_BYTES: usize = std::mem::size_of::<crate::aggregate::worker::WorkItem>();
+/// Bytes of one work item (series key pointer, timestamp, value) on its way to a worker,
+/// with at most one owner its batch holds for it (a route outside the connection's
+/// private cache is held per item, see [`crate::aggregate::batch`]).
+pub const WORK_ITEM_BYTES: usize = std::mem::size_of::<crate::aggregate::worker::WorkItem>()
+    + std::mem::size_of::<crate::aggregate::batch::Owner>();
 /// The shortest carbon plaintext line that is a datapoint (`a 1 1\n`).
 pub const SHORTEST_LINE: usize = 6;
 
