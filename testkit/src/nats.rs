@@ -132,7 +132,26 @@ impl Nats {
 
     /// A cluster of `n` JetStream servers routed to each other on loopback (n = 1: a
     /// single server without routes).
+    ///
+    /// Ports are picked free and released before the servers bind them, so another
+    /// process (often a client's outgoing connection) can take one first: then the whole
+    /// set is started again on new ports, up to three times.
     pub fn start(n: usize) -> Nats {
+        for _ in 0..2 {
+            let nats = Nats::start_once(n);
+            match nats.healthy_within(Duration::from_secs(30)) {
+                Ok(()) => return nats,
+                Err(log) if log.contains("address already in use") => continue,
+                Err(log) => panic!("{log}"),
+            }
+        }
+        let nats = Nats::start_once(n);
+        nats.wait_healthy();
+        nats
+    }
+
+    /// Starts `n` servers on freshly picked ports, without waiting for them.
+    fn start_once(n: usize) -> Nats {
         let cluster_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let mut servers: Vec<NatsServer> = (0..n)
             .map(|i| NatsServer {
@@ -157,25 +176,35 @@ impl Nats {
         for s in &mut servers {
             s.start();
         }
-        let nats = Nats { servers };
-        nats.wait_healthy();
-        nats
+        Nats { servers }
     }
 
     /// Waits (up to 30 s) until every running server reports JetStream healthy.
     pub fn wait_healthy(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        if let Err(e) = self.healthy_within(Duration::from_secs(30)) {
+            panic!("{e}");
+        }
+    }
+
+    /// Waits up to `within` until every running server reports JetStream healthy; the
+    /// error names the first that did not, with its log (a server that exited is not
+    /// waited for: a port taken by another process ends it at once).
+    fn healthy_within(&self, within: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + within;
         for s in self.servers.iter().filter(|s| s.child.is_some()) {
             while !s.healthy() {
-                assert!(
-                    Instant::now() < deadline,
-                    "nats-server {} did not become healthy; its log: {}",
-                    s.name,
-                    std::fs::read_to_string(s.dir.join("nats.log")).unwrap_or_default()
-                );
+                let log = || std::fs::read_to_string(s.dir.join("nats.log")).unwrap_or_default();
+                if Instant::now() >= deadline || log().contains("[FTL]") {
+                    return Err(format!(
+                        "nats-server {} did not become healthy; its log: {}",
+                        s.name,
+                        log()
+                    ));
+                }
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
+        Ok(())
     }
 
     /// The servers' URLs as a TOML array.
