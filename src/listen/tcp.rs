@@ -34,8 +34,9 @@ use crate::reason::DropReason;
 pub const READ_MIN: usize = 4 << 10;
 /// Largest read buffer (a busy connection's reads).
 pub const READ_MAX: usize = 256 << 10;
-/// Smallest read when the rules make a read's work items large (see `read_more`).
-const MIN_READ: usize = 512;
+/// Smallest read when the rules make a read's work items large (see `read_more`): small
+/// enough that even 100 000 rules leave a read within the default budget.
+const MIN_READ: usize = 64;
 /// How long a connection's socket stays empty before its read buffer is released.
 const IDLE_AFTER: Duration = Duration::from_millis(500);
 
@@ -172,7 +173,7 @@ async fn read_more(
     // A read may decode into `items_per_byte` bytes of work items per byte (a shortest
     // line feeding every rule). With many rules a full-size read would need more than the
     // whole budget and wait for room that never comes, so a read is cut to what a quarter
-    // of the budget covers (800 bytes with 10 000 rules and the default budget).
+    // of the budget covers (about 500 bytes with 10 000 rules and the default budget).
     let cap = (slot.budget() / 4 / (1 + items_per_byte)).clamp(MIN_READ, READ_MAX);
     rb.want = rb.want.min(cap);
     loop {
