@@ -68,9 +68,15 @@ pub const HEADERS: [(&str, &str); 3] = [
 
 /// The request body for `request`: protobuf, then snappy block compression.
 pub fn encode(request: &WriteRequest) -> Vec<u8> {
-    let raw = request.encode_to_vec();
+    compress(&request.encode_to_vec())
+}
+
+/// An encoded protobuf `WriteRequest` in snappy's block format: the body remote write 1.0
+/// sends (a sender that encodes the protobuf itself, with labels it encoded before, uses
+/// this for the rest).
+pub fn compress(raw: &[u8]) -> Vec<u8> {
     snap::raw::Encoder::new()
-        .compress_vec(&raw)
+        .compress_vec(raw)
         .expect("snappy compresses any input under 4 GiB")
 }
 

@@ -235,14 +235,10 @@ impl RemoteWriter {
                 message::encode(2, s, &mut raw);
             }
         }
-        Bytes::from(
-            snap::raw::Encoder::new()
-                .compress_vec(&raw)
-                .expect("snappy compresses any input under 4 GiB"),
-        )
+        Bytes::from(remote_write::compress(&raw))
     }
 
-    /// POSTs one encoded request body ([`remote_write::encode`]); classifies the outcome
+    /// POSTs one encoded request body ([`RemoteWriter::body`]); classifies the outcome
     /// (module docs).
     pub async fn post(&self, body: Bytes) -> Result<(), WriteError> {
         let mut req = self.http.post(&self.cfg.url).body(body);
