@@ -281,6 +281,7 @@ fn main() {
                         tenant: None,
                         payload: chunk.clone(),
                         verdict: Default::default(),
+                        attachment: None,
                     })
                     .await,
             );

@@ -6,12 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::time::now_ms;
 
-/// The shard of a series whose name hashes (FNV-1a 64, [`crate::route::SeriesKey::hash`])
-/// to `hash`, of `shards`: `hash mod shards`.
-#[inline]
-pub fn shard_of(hash: u64, shards: u32) -> u32 {
-    (hash % u64::from(shards)) as u32
-}
+pub use crate::hash::shard_of;
 
 /// Per shard, until when (Unix ms) this node may emit it: its lease's validity, set by the
 /// owner task at each renewal and cleared at release. Workers check it before emitting a

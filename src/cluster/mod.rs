@@ -25,7 +25,7 @@ pub mod shard;
 pub mod wire;
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::config::Aggregation;
 use crate::hash::fnv1a64;
@@ -61,7 +61,7 @@ pub struct ClusterStats {
     /// Leases taken or given up by this node.
     pub lease_changes: AtomicU64,
     /// Journal bytes not yet published and acknowledged, with their limit.
-    pub publish: Arc<crate::ingest::PublishLag>,
+    pub publish: Arc<PublishLag>,
     /// Messages published and acknowledged.
     pub messages_published: AtomicU64,
     /// Datapoints in those messages.
@@ -82,6 +82,30 @@ pub struct ClusterStats {
     pub records_missed: AtomicU64,
     /// Per shard, its consumer's undelivered messages; `u64::MAX` for a shard not owned.
     pub shard_lag: Vec<AtomicU64>,
+}
+
+/// The publisher's backlog: journal bytes not yet published and acknowledged (kept by
+/// the publisher), and the limit beyond which TCP readers wait and UDP datagrams are
+/// refused as `queue_full` (what connections see of it is
+/// [`crate::ingest::PublishBacklog`]).
+#[derive(Debug, Default)]
+pub struct PublishLag {
+    /// Bytes journaled and not yet acknowledged by the stream.
+    pub bytes: AtomicU64,
+    /// The limit (`cluster.max_publish_lag_bytes`).
+    pub max_bytes: u64,
+    /// Shutdown has begun: connections stop waiting.
+    pub closing: std::sync::atomic::AtomicBool,
+}
+
+impl crate::ingest::PublishBacklog for PublishLag {
+    fn over_limit(&self) -> bool {
+        self.bytes.load(Ordering::Relaxed) > self.max_bytes
+    }
+
+    fn closing(&self) -> bool {
+        self.closing.load(Ordering::Relaxed)
+    }
 }
 
 /// The subject of shard `k` of cluster `name`.

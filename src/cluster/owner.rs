@@ -370,7 +370,7 @@ impl Applier {
             .applied
             .entry((h.node.clone(), h.incarnation, h.lane, shard))
             .or_default();
-        let workers = out.len() as u64;
+        let workers = out.len();
         for (seq, points) in &m.sections {
             if *seq != wire::NO_SEQ && applied.contains(*seq) {
                 r.duplicates += 1;
@@ -378,7 +378,7 @@ impl Applier {
             }
             for p in points {
                 let key = &keys[p.series as usize];
-                let batch = &mut out[(key.hash % workers) as usize];
+                let batch = &mut out[crate::hash::worker_of(key.hash, workers)];
                 batch.hold_once(&keys);
                 // SAFETY: `keys`, which the batch holds from the line above, owns `key`
                 // and is never changed again.

@@ -1,11 +1,19 @@
 //! The ingest side of cluster mode: the journal, read back in order, published per shard.
 //!
-//! `publish_threads` lane threads (`aggd-publish-<l>`) follow the local journal
-//! ([`Tail`]) from the node's republish watermark. Lane `l` of `L` takes the records whose
-//! sequence number is `l mod L` (numbered `seq / L` in the lane: every range, section and
-//! watermark in its messages is such a lane number), decodes and routes each exactly as a
-//! connection does (nothing is counted twice), and appends each output series'
-//! datapoints to its shard's open message ([`wire::Builder`]), one section per record. A message is sealed
+//! `publish_threads` lane threads (`aggd-publish-<l>`) follow the local journal from the
+//! node's republish watermark. Lane `l` of `L` takes the records whose sequence number is
+//! `l mod L` (numbered `seq / L` in the lane: every range, section and watermark in its
+//! messages is such a lane number) and appends each output series' datapoints to its
+//! shard's open message ([`wire::Builder`]), one section per record.
+//!
+//! In the steady state a lane decodes nothing: each connection routed its frame's
+//! datapoints by shard and attached them to the frame's journal record ([`Routed`]), and
+//! the journal's writer hands each record it wrote, in order, to the lanes
+//! ([`crate::journal::follow`]), waking them. What was not handed over (records of an
+//! earlier run, below the watermark; records the lanes had no room for, beyond
+//! [`FOLLOWED_BYTES`]) is read back from the journal file ([`Tail`]) and decoded and
+//! routed exactly as its connection did, without the datapoints its verdict refused.
+//! Either way the connection counted the record's datapoints, once. A message is sealed
 //! when it holds `batch_datapoints` datapoints or `batch_bytes` bytes, or its oldest
 //! datapoint waited `batch_delay`; it covers the records from the end of its shard's
 //! previous message to the last record read.
@@ -35,8 +43,9 @@ use futures_util::stream::FuturesUnordered;
 use super::wire::{self, Builder, Header};
 use super::{ClusterStats, subject};
 use crate::config::cluster::ClusterConfig;
-use crate::ingest::{Ingest, Pipeline};
+use crate::ingest::{Ingest, Pipeline, Routed};
 use crate::journal::JournalStats;
+use crate::journal::follow::{Attachment, FollowSlot, Follower};
 use crate::journal::io::{JournalIo, write_durably};
 use crate::journal::record;
 use crate::journal::tail::Tail;
@@ -195,12 +204,65 @@ pub(crate) struct Source<'a> {
     pub stats: Arc<JournalStats>,
     /// Its next record when it was opened.
     pub opened_at_seq: u64,
-    /// The node has a tenant gate.
-    pub tenants: bool,
+    /// How far its writer has offered records to a follower.
+    pub follow: Arc<FollowSlot>,
+}
+
+/// Most bytes of handed-over records (work items at
+/// [`crate::ingest::slots::WORK_ITEM_BYTES`] each, plus [`FOLLOWED_RECORD_BYTES`] a
+/// record) waiting for the publisher lanes; beyond it the writer's hand-over is refused
+/// and the lanes read those records from the journal file. Counted in the memory bound.
+pub const FOLLOWED_BYTES: u64 = 64 << 20;
+
+/// What a handed-over record costs besides its work items.
+const FOLLOWED_RECORD_BYTES: u64 = 128;
+
+/// A record the journal's writer handed over with its routed datapoints.
+struct Followed {
+    seq: u64,
+    /// Its bytes in the segment (for the publish lag).
+    bytes: u64,
+    routed: Routed,
+    /// What it is charged against [`FOLLOWED_BYTES`].
+    charge: u64,
+}
+
+/// The journal's follower: hands each written record to its lane, within
+/// [`FOLLOWED_BYTES`].
+pub(crate) struct Lanes {
+    tx: Vec<crossbeam_channel::Sender<Followed>>,
+    queued: Arc<AtomicU64>,
+}
+
+impl Follower for Lanes {
+    fn written(&self, seq: u64, bytes: u64, attachment: Attachment) {
+        let Ok(routed) = attachment.downcast::<Routed>() else {
+            return;
+        };
+        let items: usize = routed.shards.iter().map(|(_, b)| b.len()).sum();
+        let charge = FOLLOWED_RECORD_BYTES + (items * crate::ingest::slots::WORK_ITEM_BYTES) as u64;
+        if self.queued.fetch_add(charge, Ordering::Relaxed) + charge > FOLLOWED_BYTES {
+            // The lanes are behind: they read this record from the file.
+            self.queued.fetch_sub(charge, Ordering::Relaxed);
+            return;
+        }
+        let f = Followed {
+            seq,
+            bytes,
+            routed: *routed,
+            charge,
+        };
+        let lane = (seq % self.tx.len() as u64) as usize;
+        if self.tx[lane].send(f).is_err() {
+            self.queued.fetch_sub(charge, Ordering::Relaxed);
+        }
+    }
 }
 
 /// The publisher: its thread and task, and how to stop them.
 pub(crate) struct Publisher {
+    /// What the journal's writer hands written records to ([`Publisher::follower`]).
+    follower: Arc<Lanes>,
     threads: Vec<std::thread::JoinHandle<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
     /// Set to the journal's next record at shutdown: read up to it, seal all, stop.
@@ -237,8 +299,20 @@ struct Reader {
     persisted: Arc<AtomicU64>,
     dir: PathBuf,
     io: Arc<dyn JournalIo>,
+    /// Reads what was not handed over from the journal file.
     tail: Tail,
+    /// Decodes and routes what the tail reads.
     ingest: Ingest,
+    /// Every record of this lane below it is in a message (or had nothing for a shard).
+    next: u64,
+    /// Records the writer handed over, in order.
+    followed: crossbeam_channel::Receiver<Followed>,
+    /// One taken off `followed` with records before it not handed over.
+    ahead: Option<Followed>,
+    /// How far the writer offered records.
+    follow: Arc<FollowSlot>,
+    /// Bytes of handed-over records not yet taken by a lane.
+    queued: Arc<AtomicU64>,
     open: Vec<Option<Open>>,
     next_first: Vec<u64>,
     tx: tokio::sync::mpsc::Sender<Out>,
@@ -250,8 +324,6 @@ struct Reader {
     opened_at_seq: u64,
     /// Bytes of new records read, by every lane.
     consumed_new: Arc<AtomicU64>,
-    /// The node has a tenant gate (its connections then decode and count every frame).
-    tenants: bool,
     abandon: Arc<AtomicBool>,
 }
 
@@ -264,7 +336,7 @@ impl Reader {
 
     /// The lane number after the last record of this lane read.
     fn next_in_lane(&self) -> u64 {
-        lane_index(self.tail.next_seq(), self.lane, self.state.lanes)
+        lane_index(self.next, self.lane, self.state.lanes)
     }
 
     fn header(&self, first: u64, last: u64) -> Header {
@@ -315,8 +387,102 @@ impl Reader {
         }
     }
 
-    /// Reads what the journal has (up to 4 MiB), routing it into the open messages.
+    /// Appends what the journal has for this lane to the open messages, in order: the
+    /// records the writer handed over, and from the file those it did not (up to 4 MiB at
+    /// a time); seals the messages that filled up. Returns the records taken.
+    ///
+    /// Errors: the journal file cannot be read (what was taken so far stays taken).
     fn read(&mut self) -> std::io::Result<usize> {
+        let offered = self.follow.offered_below();
+        let (lane, lanes) = (self.lane, self.state.lanes);
+        let mut full = Vec::new();
+        let mut taken = 0;
+        let result = loop {
+            if taken >= 4096 {
+                break Ok(());
+            }
+            let f = self.ahead.take().or_else(|| self.followed.try_recv().ok());
+            let bound = match f {
+                Some(f) if f.seq < self.next => {
+                    // Read from the file already.
+                    self.queued.fetch_sub(f.charge, Ordering::Relaxed);
+                    continue;
+                }
+                Some(f) if lane_index(f.seq, lane, lanes) == self.next_in_lane() => {
+                    self.add_followed(f, &mut full);
+                    taken += 1;
+                    continue;
+                }
+                Some(f) => {
+                    let seq = f.seq;
+                    self.ahead = Some(f);
+                    seq
+                }
+                None => offered,
+            };
+            if lane_index(bound, lane, lanes) <= self.next_in_lane() {
+                // Nothing of this lane before `bound` is missing.
+                self.next = self.next.max(bound);
+                break Ok(());
+            }
+            // Records of this lane before `bound` were not handed over.
+            match self.read_file(&mut full) {
+                Ok(0) => break Ok(()),
+                Ok(n) => taken += n,
+                Err(e) => break Err(e),
+            }
+        };
+        // A full message holds sections up to the last record read: it covers up to
+        // there, so every record of a shard is in exactly the message whose range holds
+        // it, whatever order the stream stores the messages in (a retried publish lands
+        // after later ones; an owner then skips nothing it has not applied).
+        let last = self.next_in_lane().saturating_sub(1);
+        full.sort_unstable();
+        full.dedup();
+        for k in full {
+            self.seal(k, last);
+        }
+        result.map(|()| taken)
+    }
+
+    /// The open message of shard `k`, opened if none is.
+    fn open(&mut self, k: usize) -> &mut Open {
+        let first = self.next_first[k];
+        self.open[k].get_or_insert_with(|| Open {
+            builder: Builder::default(),
+            first,
+            opened: Instant::now(),
+        })
+    }
+
+    /// Appends a handed-over record's datapoints; notes the shards whose message is full
+    /// in `full`.
+    fn add_followed(&mut self, f: Followed, full: &mut Vec<usize>) {
+        let seq = f.seq / self.state.lanes;
+        let (points, bytes) = (self.cfg.batch_datapoints, self.cfg.batch_bytes);
+        for (k, items) in &f.routed.shards {
+            let k = *k as usize;
+            let o = self.open(k);
+            o.builder.section(seq);
+            for it in items.items() {
+                o.builder.push(it, it.timestamp, it.value);
+            }
+            if o.builder.points() >= points || o.builder.bytes() >= bytes {
+                full.push(k);
+            }
+        }
+        self.next = f.seq + 1;
+        self.consumed_new.fetch_add(f.bytes, Ordering::Relaxed);
+        self.queued.fetch_sub(f.charge, Ordering::Relaxed);
+    }
+
+    /// Reads this lane's records from the file, from `next` on (up to 4 MiB), decoding
+    /// and routing each as its connection did; notes full shards in `full`. Returns the
+    /// records read (0: none is readable yet).
+    ///
+    /// Errors: the journal cannot be read.
+    fn read_file(&mut self, full: &mut Vec<usize>) -> std::io::Result<usize> {
+        self.tail.skip_to(self.next)?;
         let Reader {
             tail,
             ingest,
@@ -325,10 +491,9 @@ impl Reader {
             cfg,
             ..
         } = self;
-        let mut full: Vec<usize> = Vec::new();
         let mut new_bytes = 0u64;
         let opened_at = self.opened_at_seq;
-        let (lane, lanes, tenants) = (self.lane, self.state.lanes, self.tenants);
+        let (lane, lanes) = (self.lane, self.state.lanes);
         let n = tail.read(4 << 20, |rec| {
             if rec.meta.seq % lanes != lane {
                 return;
@@ -338,11 +503,7 @@ impl Reader {
                 new_bytes += record::encoded_len(&rec.meta, rec.payload.len()) as u64;
             }
             ingest.reread(rec);
-            // A frame of this run that its connection left undecoded is counted here.
-            let count = (rec.meta.seq >= opened_at
-                && ingest.left_to_publisher(rec.meta.kind, tenants))
-            .then_some(rec.meta.peer.as_str());
-            for (k, items) in ingest.take_pending(count).iter_mut().enumerate() {
+            for (k, items) in ingest.take_pending().iter_mut().enumerate() {
                 if items.is_empty() {
                     continue;
                 }
@@ -363,16 +524,8 @@ impl Reader {
                 }
             }
         })?;
+        self.next = self.next.max(self.tail.next_seq());
         self.consumed_new.fetch_add(new_bytes, Ordering::Relaxed);
-        // A full message holds sections up to the last record read: it covers up to
-        // there, so every record of a shard is in exactly the message whose range holds
-        // it, whatever order the stream stores the messages in (a retried publish lands
-        // after later ones; an owner then skips nothing it has not applied).
-        let last = self.next_in_lane().saturating_sub(1);
-        full.dedup();
-        for k in full {
-            self.seal(k, last);
-        }
         Ok(n)
     }
 
@@ -446,9 +599,9 @@ impl Reader {
     fn run(mut self, drain_to: Arc<AtomicU64>) {
         let mut last_persist = Instant::now();
         loop {
-            // What the journal had before this read: a record written since wakes the
-            // wait below at once.
-            let seen = self.journal.next_seq.load(Ordering::Acquire);
+            // What the writer had offered before this read: a record written since wakes
+            // the wait below at once.
+            let seen = self.follow.offered_below();
             let n = match self.read() {
                 Ok(n) => n,
                 Err(e) => {
@@ -459,7 +612,7 @@ impl Reader {
             };
             let target = drain_to.load(Ordering::Relaxed);
             let draining = target != u64::MAX;
-            let done = draining && self.tail.next_seq() >= target;
+            let done = draining && self.next >= target;
             self.seal_due(done);
             self.update();
             if last_persist.elapsed() >= Duration::from_secs(1) {
@@ -472,11 +625,11 @@ impl Reader {
             if n == 0 {
                 // Records the tail could not read yet (a new segment it has not listed):
                 // look again soon, as no write may come to wake it.
-                let behind = self.tail.next_seq() < seen;
+                let behind = self.next_in_lane() < lane_index(seen, self.lane, self.state.lanes);
                 let wait = self.idle_wait(draining || behind);
                 self.journal
                     .appended
-                    .wait(&self.journal.next_seq, seen, wait);
+                    .wait(self.follow.offered(), seen, wait);
             }
         }
     }
@@ -594,7 +747,7 @@ impl Publisher {
             io,
             stats: journal,
             opened_at_seq,
-            tenants: journal_tenants,
+            follow,
         } = journal;
         let state = load_state(&*io, dir, opened_at_seq, cfg.publish_threads as u64)?;
         tracing::info!(
@@ -607,6 +760,13 @@ impl Publisher {
         let routes = pipeline.router.load().route_cache_entries();
         let lanes = state.lanes;
         let (tx, rx) = tokio::sync::mpsc::channel(cfg.max_in_flight);
+        let queued = Arc::new(AtomicU64::new(0));
+        let (follow_tx, follow_rx): (Vec<_>, Vec<_>) =
+            (0..lanes).map(|_| crossbeam_channel::unbounded()).unzip();
+        let lanes_follower = Arc::new(Lanes {
+            tx: follow_tx,
+            queued: Arc::clone(&queued),
+        });
         let progress: Vec<Arc<Mutex<Progress>>> = (0..lanes)
             .map(|l| {
                 Arc::new(Mutex::new(Progress {
@@ -621,7 +781,7 @@ impl Publisher {
         let consumed_new = Arc::new(AtomicU64::new(0));
         let handle = tokio::runtime::Handle::current();
         let mut threads = Vec::new();
-        for lane in 0..lanes {
+        for (lane, followed) in (0..lanes).zip(follow_rx) {
             let start = lane_index(state.watermark, lane, lanes);
             let reader = Reader {
                 cfg: cfg.clone(),
@@ -636,6 +796,11 @@ impl Publisher {
                 tail: Tail::with_io(dir, state.watermark, Arc::clone(&io))
                     .committed_below(Arc::clone(&journal)),
                 ingest: Ingest::for_publisher(Arc::clone(&pipeline), shards, routes),
+                next: state.watermark,
+                followed,
+                ahead: None,
+                follow: Arc::clone(&follow),
+                queued: Arc::clone(&queued),
                 open: (0..shards).map(|_| None).collect(),
                 next_first: vec![start; shards],
                 tx: tx.clone(),
@@ -644,7 +809,6 @@ impl Publisher {
                 journal: Arc::clone(&journal),
                 opened_at_seq,
                 consumed_new: Arc::clone(&consumed_new),
-                tenants: journal_tenants,
                 abandon: Arc::clone(&abandon),
             };
             let d = Arc::clone(&drain_to);
@@ -669,6 +833,7 @@ impl Publisher {
             Arc::clone(&abandon),
         ));
         Ok(Publisher {
+            follower: lanes_follower,
             threads,
             task: Some(task),
             drain_to,
@@ -678,6 +843,11 @@ impl Publisher {
             io,
             state,
         })
+    }
+
+    /// The lanes' side of the journal's hand-over, for [`crate::journal::Journal::follow`].
+    pub(crate) fn follower(&self) -> Arc<dyn Follower> {
+        Arc::clone(&self.follower) as Arc<dyn Follower>
     }
 
     /// Publishes everything up to journal record `next_seq` (exclusive) and waits for its

@@ -43,8 +43,9 @@ pub(super) enum Mode {
 pub(super) struct Handoff {
     /// What routing produced.
     pub batches: Batches,
-    /// Journal tickets of the frames in `batches`, with their receive times.
-    tickets: Vec<(Ticket, f64)>,
+    /// Journal tickets of the frames in `batches`, with their receive times and the
+    /// work items attached to their records (cluster mode).
+    tickets: Vec<(Ticket, f64, usize)>,
     /// What a full queue does.
     pub mode: Mode,
     /// The previous read's work, set aside by [`Handoff::stage`]: the journal writes its
@@ -56,7 +57,8 @@ pub(super) struct Handoff {
 struct Staged {
     pending: Vec<Batch>,
     forwards: Vec<crate::datapoint::OutPoint>,
-    tickets: Vec<(Ticket, f64)>,
+    tickets: Vec<(Ticket, f64, usize)>,
+    /// Work items pending and attached to the tickets' records.
     items: usize,
     /// Datapoints routed (counted as received once handed on).
     received: u64,
@@ -101,8 +103,10 @@ impl Handoff {
             .iter_mut()
             .map(std::mem::take)
             .collect::<Vec<_>>();
+        self.batches.emptied();
+        let attached: usize = self.tickets.iter().map(|t| t.2).sum();
         self.staged = Some(Staged {
-            items: pending.iter().map(Batch::len).sum(),
+            items: pending.iter().map(Batch::len).sum::<usize>() + attached,
             pending,
             forwards: std::mem::take(&mut self.batches.forwards),
             tickets: std::mem::take(&mut self.tickets),
@@ -127,11 +131,13 @@ impl Handoff {
     }
 
     /// Submits `record` to the journal when it is on; [`Handoff::flush`] waits for it.
-    pub async fn journal(&mut self, p: &Pipeline, record: NewRecord) {
+    /// `attached`: the work items of its attachment, charged to the connection until
+    /// the record is written.
+    pub async fn journal(&mut self, p: &Pipeline, record: NewRecord, attached: usize) {
         let Some(j) = &p.journal else { return };
         let at = record.received_us as f64 / 1e6;
         let ticket = j.submit(record).await;
-        self.tickets.push((ticket, at));
+        self.tickets.push((ticket, at, attached));
     }
 
     /// Hands every pending batch (what [`Handoff::stage`] set aside first) to its worker
@@ -150,6 +156,7 @@ impl Handoff {
         let tickets = std::mem::take(&mut self.tickets);
         let pending = &mut self.batches.pending;
         hand_on(self.mode, p, pending, tickets, tally, peer, now).await;
+        self.batches.emptied();
         handed
     }
 }
@@ -159,19 +166,20 @@ async fn hand_on(
     mode: Mode,
     p: &Pipeline,
     pending: &mut [Batch],
-    tickets: Vec<(Ticket, f64)>,
+    tickets: Vec<(Ticket, f64, usize)>,
     tally: &mut DropTally,
     peer: SocketAddr,
     now: f64,
 ) {
-    for (ticket, at) in tickets {
+    for (ticket, at, _) in tickets {
         if !ticket.wait().await {
             tally.add(DropReason::Unjournaled, 1, at);
         }
     }
     if let Some(c) = &p.cluster {
-        // The publisher reads these datapoints back from the journal; the shard owners
-        // aggregate them. Backpressure while the publish lag is too high.
+        // The datapoints went to the publisher with their records (or, for a frame
+        // unusable as a whole, nowhere); the shard owners aggregate them. Backpressure
+        // while the publish lag is too high.
         for b in pending.iter_mut() {
             b.clear();
         }

@@ -39,6 +39,7 @@ use crate::tenant::Tenants;
 
 pub use handoff::MAX_BATCH_ITEMS;
 use handoff::{Handoff, Mode};
+pub use routing::Routed;
 use routing::Routing;
 
 /// Everything a connection needs, shared by all connections.
@@ -68,35 +69,20 @@ pub struct Pipeline {
     /// Open TCP connections (`limits.max_connections`) and the memory budget of every
     /// connection and HTTP request (`limits.connection_memory_bytes`).
     pub slots: Arc<slots::Slots>,
-    /// Cluster mode: the journal's publisher aggregates on the shard owners, so nothing
-    /// is handed to a local worker; connections wait while the publish lag is over its
-    /// limit.
-    pub cluster: Option<Arc<PublishLag>>,
+    /// Cluster mode: the router's outputs are shards, each frame's routed datapoints go
+    /// to the publisher with its journal record ([`Routed`]), nothing is handed to a local
+    /// worker, and connections wait while the publisher is too far behind.
+    pub cluster: Option<Arc<dyn PublishBacklog>>,
 }
 
-/// Cluster mode's publish lag as connections see it: journal bytes not yet published and
-/// acknowledged (kept by the publisher), and the limit beyond which TCP readers wait and
-/// UDP datagrams are refused as `queue_full`.
-#[derive(Debug, Default)]
-pub struct PublishLag {
-    /// Bytes journaled and not yet acknowledged by the stream.
-    pub bytes: std::sync::atomic::AtomicU64,
-    /// The limit (`cluster.max_publish_lag_bytes`).
-    pub max_bytes: u64,
-    /// Shutdown has begun: connections stop waiting.
-    pub closing: std::sync::atomic::AtomicBool,
-}
-
-impl PublishLag {
-    /// Whether the lag is over its limit.
-    pub fn over_limit(&self) -> bool {
-        self.bytes.load(Ordering::Relaxed) > self.max_bytes
-    }
-
-    /// Whether shutdown has begun.
-    pub fn closing(&self) -> bool {
-        self.closing.load(Ordering::Relaxed)
-    }
+/// Cluster mode's publisher as connections see it (cluster mode implements it): whether
+/// it is so far behind that TCP readers must wait and UDP datagrams be refused as
+/// `queue_full`, and whether shutdown has begun (then nobody waits).
+pub trait PublishBacklog: Send + Sync {
+    /// Whether the publisher's backlog is over its limit.
+    fn over_limit(&self) -> bool;
+    /// Whether shutdown has begun: connections stop waiting.
+    fn closing(&self) -> bool;
 }
 
 impl Pipeline {
@@ -161,11 +147,10 @@ impl Ingest {
         } else {
             Mode::Wait
         };
-        let mut handoff = Handoff::new(p.workers.len(), mode);
-        handoff.batches.aggregate = p.cluster.is_none();
+        let outputs = p.router.load().outputs();
         Ingest {
             routing: Routing::new(&p),
-            handoff,
+            handoff: Handoff::new(outputs, mode),
             decoder: PickleDecoder::new(),
             p,
             peer,
@@ -196,31 +181,15 @@ impl Ingest {
     }
 
     /// The pending work items per output (per shard for [`Ingest::for_publisher`]), to be
-    /// drained by the caller. With `count`, the datapoints and rejections routing found
-    /// are added to the process counters as if received now from `peer` (the publisher's
-    /// count of a frame its connection did not decode); else they are discarded (the
+    /// drained by the caller; the counts routing found are discarded (the record's
     /// connection counted them).
-    pub(crate) fn take_pending(
-        &mut self,
-        count: Option<&str>,
-    ) -> &mut [crate::aggregate::batch::Batch] {
+    pub(crate) fn take_pending(&mut self) -> &mut [crate::aggregate::batch::Batch] {
         let r = &mut self.routing;
-        if let Some(peer) = count {
-            let s = &self.p.stats;
-            s.received.fetch_add(r.received, Ordering::Relaxed);
-            r.tally.flush(s, &format_args!("from {peer}"));
-        }
         r.tally = DropTally::default();
         r.received = 0;
         self.handoff.batches.forwards.clear();
+        self.handoff.batches.emptied();
         &mut self.handoff.batches.pending
-    }
-
-    /// Cluster mode's publisher: whether a connection of a node with (`tenants`) or
-    /// without a tenant gate left a frame of `kind` undecoded for the publisher to count
-    /// ([`Ingest::frame`] in a count-only connection), under this router's rules.
-    pub(crate) fn left_to_publisher(&self, kind: Kind, tenants: bool) -> bool {
-        !kind.is_http() && self.routing.nothing_to_do(tenants)
     }
 
     /// Start-up rebuild: whether the input that follows was delivered downstream by the
@@ -279,6 +248,14 @@ impl Ingest {
         if self.p.journal.is_none() {
             return;
         }
+        let (attachment, attached) = match self.p.cluster {
+            Some(_) => {
+                let (routed, items) = self.handoff.batches.take_routed();
+                let a: crate::journal::follow::Attachment = Box::new(routed);
+                (Some(a), items)
+            }
+            None => (None, 0),
+        };
         let record = NewRecord {
             received_us: (now * 1e6) as i64,
             listener: self.listener,
@@ -287,8 +264,9 @@ impl Ingest {
             tenant,
             payload: payload.clone(),
             verdict: std::mem::take(&mut self.routing.verdict),
+            attachment,
         };
-        self.handoff.journal(&self.p, record).await;
+        self.handoff.journal(&self.p, record, attached).await;
     }
 
     /// Decodes and routes one frame of input `kind` received at `now` (for `tenant`, on
@@ -341,10 +319,6 @@ impl Ingest {
             ..
         } = self;
         routing.start_frame(p, now);
-        if !kind.is_http() && p.journal.is_some() && routing.count_only(p) {
-            // Cluster mode: the publisher decodes this journaled frame and counts it.
-            return Ok(());
-        }
         let except = except.filter(|v| !v.is_empty());
         let mut cursor = 0;
         let decoded =

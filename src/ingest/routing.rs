@@ -19,23 +19,49 @@ use super::Pipeline;
 
 /// What routing produced and hand-off has not yet sent on.
 pub(super) struct Batches {
-    /// Per worker (indexed like [`Pipeline::workers`]), the work items for its series.
+    /// Per output index of the router's routes (per worker, or per shard in cluster
+    /// mode), the work items for its series.
     pub pending: Vec<Batch>,
+    /// The indexes of `pending` that became non-empty since it was last emptied.
+    touched: Vec<u32>,
     /// Raw datapoints to forward to the destinations (`forward_all`).
     pub forwards: Vec<OutPoint>,
-    /// Whether work items are kept (false for cluster mode's connections: the shard
-    /// owners aggregate, from what the publisher reads back from the journal).
-    pub aggregate: bool,
+}
+
+/// A journal record's routed datapoints, per shard (cluster mode): what its connection
+/// attaches to the record ([`crate::journal::NewRecord::attachment`]), so the publisher
+/// need not decode and route the record again.
+pub struct Routed {
+    /// `(shard, work items)`, each batch non-empty, in the order the shards were first fed.
+    pub shards: Vec<(u32, Batch)>,
 }
 
 impl Batches {
-    /// Empty batches for `workers` workers.
-    pub fn new(workers: usize) -> Self {
+    /// Empty batches for `outputs` output indexes.
+    pub fn new(outputs: usize) -> Self {
         Batches {
-            pending: (0..workers).map(|_| Batch::new()).collect(),
+            pending: (0..outputs).map(|_| Batch::new()).collect(),
+            touched: Vec::new(),
             forwards: Vec::new(),
-            aggregate: true,
         }
+    }
+
+    /// Takes every pending batch: a [`Routed`] and its work items.
+    pub fn take_routed(&mut self) -> (Routed, usize) {
+        let mut items = 0;
+        let shards = (self.touched.drain(..))
+            .filter_map(|k| {
+                let b = std::mem::take(&mut self.pending[k as usize]);
+                items += b.len();
+                (!b.is_empty()).then_some((k, b))
+            })
+            .collect();
+        (Routed { shards }, items)
+    }
+
+    /// Forgets which batches were fed: every one of `pending` was emptied.
+    pub fn emptied(&mut self) {
+        self.touched.clear();
     }
 
     /// Queues `dp` for each of `route`'s output series (per owning worker) and, if the
@@ -43,9 +69,11 @@ impl Batches {
     /// series' keys): each batch holds it, so no reference count is touched per item.
     #[inline]
     fn dispatch(&mut self, route: &Route, owner: RouteOwner<'_>, dp: &Datapoint<'_>) {
-        let outputs: &[_] = if self.aggregate { &route.outputs } else { &[] };
-        for o in outputs {
+        for o in &route.outputs {
             let batch = &mut self.pending[o.worker];
+            if batch.is_empty() {
+                self.touched.push(o.worker as u32);
+            }
             match owner {
                 RouteOwner::Generation(g) => batch.hold_once(g),
                 RouteOwner::Alone(r) => batch.hold_once(r),
@@ -210,36 +238,14 @@ impl Routing {
 
     /// Routes a run of datapoints in order, like [`Routing::accept`] on each.
     ///
-    /// Without tenants or a timestamp resolution, the private route cache is first probed for the whole run and only
-    /// then are its work items written: the probes do not depend on each other, so the CPU
-    /// overlaps their cache misses (with 100 000 paths per connection, the probe's first
-    /// touch of a table entry was half of `accept`). A path not yet cached ends the probe
-    /// and takes the full path.
-    /// Cluster mode with nothing to gate, forward or filter at the connection: its
-    /// datapoints need only be counted, and the publisher, which decodes every journaled
-    /// record anyway, counts them.
-    /// Whether a connection without (or, with `tenants`, with) a tenant gate has nothing
-    /// to do with a datapoint but count it, its output series being routed by cluster
-    /// mode's publisher: no gate, and the router neither forwards nor filters.
-    pub(crate) fn nothing_to_do(&self, tenants: bool) -> bool {
-        !tenants && !self.router.forwards_or_filters()
-    }
-
-    /// Cluster mode with nothing to gate, forward or filter at the connection.
-    pub(crate) fn count_only(&self, p: &Pipeline) -> bool {
-        p.cluster.is_some() && self.nothing_to_do(p.tenants.is_some())
-    }
-
+    /// Without tenants or a timestamp resolution, the private route cache is first probed
+    /// for the whole run and only then are its work items written: the probes do not
+    /// depend on each other, so the CPU overlaps their cache misses (with 100 000 paths
+    /// per connection, the probe's first touch of a table entry was half of `accept`). A
+    /// path not yet cached ends the probe and takes the full path.
     pub(crate) fn accept_run(&mut self, p: &Pipeline, out: &mut Batches, dps: &[Datapoint<'_>]) {
         let base = self.item;
         self.item += dps.len() as u32;
-        if self.count_only(p) {
-            // Cluster mode (HTTP, which answers with counts): the publisher routes the
-            // journaled records; routing here would find nothing to do.
-            self.received += dps.len() as u64;
-            self.received_total += dps.len() as u64;
-            return;
-        }
         if p.tenants.is_some() || self.router.timestamp_resolution() > 0 {
             for (i, dp) in dps.iter().enumerate() {
                 self.accept(p, out, dp, base + i as u32);

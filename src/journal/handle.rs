@@ -35,6 +35,8 @@ pub struct Journal {
     io: Arc<dyn JournalIo>,
     /// `max_bytes`: retention keeps the segments under it.
     max_bytes: u64,
+    /// Who follows the records written ([`super::follow`]).
+    follow: Arc<super::follow::FollowSlot>,
 }
 
 /// The `fsync = "interval"` thread: every interval, fsyncs the active segment through its
@@ -148,6 +150,7 @@ impl Journal {
             )?),
             _ => None,
         };
+        let follow = Arc::clone(&writer.follow);
         let control = Arc::new(Control::default());
         let c = Arc::clone(&control);
         let thread = std::thread::Builder::new()
@@ -165,6 +168,7 @@ impl Journal {
                 dir,
                 io,
                 max_bytes,
+                follow,
             }),
             report,
         ))
@@ -219,6 +223,17 @@ impl Journal {
     /// and keeps `cluster.state` beside it through the same).
     pub(crate) fn io(&self) -> Arc<dyn JournalIo> {
         Arc::clone(&self.io)
+    }
+
+    /// From now on, hands every record written with an attachment to `follower`
+    /// ([`super::follow`]).
+    pub(crate) fn follow(&self, follower: Arc<dyn super::follow::Follower>) {
+        self.follow.set(follower);
+    }
+
+    /// How far records were offered to the follower ([`super::follow::FollowSlot`]).
+    pub(crate) fn follow_slot(&self) -> Arc<super::follow::FollowSlot> {
+        Arc::clone(&self.follow)
     }
 
     /// Counters, shared (cluster mode's publisher reads the bytes written).

@@ -44,6 +44,7 @@
 //! - A segment exceeds `segment_bytes` by at most one writer batch (4 MiB).
 
 pub mod clean;
+pub mod follow;
 pub mod handle;
 pub mod io;
 pub mod ledger;

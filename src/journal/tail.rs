@@ -95,6 +95,30 @@ impl Tail {
         self.next_seq
     }
 
+    /// Moves on to record `seq` when it is ahead: the records before it are not
+    /// delivered (nor counted as missed). The segment that holds it is opened when it is
+    /// a later one than the segment being read, so the skip does not read the records
+    /// between.
+    ///
+    /// Errors: the segments cannot be listed.
+    pub fn skip_to(&mut self, seq: u64) -> std::io::Result<()> {
+        if seq <= self.next_seq {
+            return Ok(());
+        }
+        self.next_seq = seq;
+        if let Some((first, ..)) = &self.current {
+            let first = *first;
+            let later = segment::list_with(&*self.io, &self.dir)?
+                .iter()
+                .any(|(s, _)| *s > first && *s <= seq);
+            if later {
+                self.current = None;
+                self.buf.clear();
+            }
+        }
+        Ok(())
+    }
+
     /// What was skipped so far.
     pub fn stats(&self) -> TailStats {
         self.stats

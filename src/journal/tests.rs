@@ -45,6 +45,7 @@ pub(super) fn rec(t: i64, payload: &[u8]) -> NewRecord {
         tenant: None,
         payload: Bytes::copy_from_slice(payload),
         verdict: Default::default(),
+        attachment: None,
     }
 }
 

@@ -66,6 +66,9 @@ pub struct NewRecord {
     pub payload: Bytes,
     /// The datapoints the connection refused (see [`super::Verdict`]).
     pub verdict: super::Verdict,
+    /// Handed with the record to the journal's follower once written, if one follows
+    /// ([`super::follow`]); not written.
+    pub attachment: Option<super::follow::Attachment>,
 }
 
 /// Journal counters.
@@ -190,6 +193,10 @@ pub(super) struct Writer {
     space_low: bool,
     last_retention: Instant,
     buf: Vec<u8>,
+    /// Bytes of each record of the last batch written.
+    lens: Vec<u64>,
+    /// Who follows the records written.
+    pub(super) follow: Arc<super::follow::FollowSlot>,
 }
 
 impl Writer {
@@ -240,6 +247,8 @@ impl Writer {
             space_low: false,
             last_retention: Instant::now() - Duration::from_secs(60),
             buf: Vec::new(),
+            lens: Vec::new(),
+            follow: Arc::new(super::follow::FollowSlot::new(next_seq)),
         })
     }
 
@@ -311,6 +320,7 @@ impl Writer {
         let start_index = self.index.clone();
         let start_seq = self.next_seq;
         self.buf.clear();
+        self.lens.clear();
         for r in batch {
             let meta = Meta {
                 seq: self.next_seq,
@@ -324,6 +334,7 @@ impl Writer {
             let offset = self.index.bytes;
             let before = self.buf.len();
             record::encode(&meta, &r.payload, &mut self.buf);
+            self.lens.push((self.buf.len() - before) as u64);
             self.index.add(
                 meta.seq,
                 meta.received_us,
@@ -453,6 +464,13 @@ impl Writer {
                 }
                 for w in waiters.drain(..) {
                     let _ = w.send(ok);
+                }
+                if ok {
+                    let first = self.next_seq - records.len() as u64;
+                    let lens = self.lens.iter().copied();
+                    let taken = records.iter_mut().map(|r| r.attachment.take());
+                    self.follow.written(first, lens.zip(taken));
+                    self.stats.appended.notify();
                 }
                 records.clear();
             }

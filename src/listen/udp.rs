@@ -140,6 +140,7 @@ async fn enqueue(
                 tenant: None,
                 payload: refused.bytes.clone(),
                 verdict: Verdict::all(DropReason::QueueFull),
+                attachment: None,
             })
             .await;
     }

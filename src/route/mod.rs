@@ -152,16 +152,15 @@ impl Router {
         self.aggregation.rules.rules().len()
     }
 
+    /// How many output indexes its routes use ([`Output::worker`]: workers, or shards
+    /// for cluster mode's connections).
+    pub fn outputs(&self) -> usize {
+        self.workers
+    }
+
     /// The shared route cache's capacity (`route_cache_entries`).
     pub fn route_cache_entries(&self) -> usize {
         self.aggregation.route_cache_entries
-    }
-
-    /// Whether a route can do more than feed output series: forward the raw datapoint
-    /// (`forward_all`) or filter the path (white/blacklists). Cluster mode's connections,
-    /// whose output series the publisher routes again, route only then.
-    pub fn forwards_or_filters(&self) -> bool {
-        self.aggregation.forward_all || !self.aggregation.lists.is_empty()
     }
 
     /// Computes the route of `path` without the cache: the white/blacklists on the path
@@ -185,7 +184,7 @@ impl Router {
             .map(|(i, name)| {
                 let key = self.intern(&name, || (rules[i].method, rules[i].frequency));
                 Output {
-                    worker: (key.hash % self.workers as u64) as usize,
+                    worker: crate::hash::worker_of(key.hash, self.workers),
                     rule: i,
                     key,
                 }

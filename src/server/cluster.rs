@@ -9,10 +9,10 @@ use super::NoForward;
 use crate::aggregate::worker::WorkerPool;
 use crate::cluster::owner::{Owner, Shared, Workers};
 use crate::cluster::publish::{Publisher, Source};
-use crate::cluster::{ClusterError, ClusterStats, Joined, ShardGate, rules_digest};
+use crate::cluster::{ClusterError, ClusterStats, Joined, PublishLag, ShardGate, rules_digest};
 use crate::config::Config;
 use crate::drops::Stats;
-use crate::ingest::{Pipeline, PublishLag};
+use crate::ingest::Pipeline;
 use crate::journal::Journal;
 use crate::route::Router;
 
@@ -132,11 +132,12 @@ pub(super) fn start(
             io: journal.io(),
             stats: journal.stats_arc(),
             opened_at_seq: opened_at,
-            tenants: config.tenants.is_some(),
+            follow: journal.follow_slot(),
         },
         Arc::clone(&publish_pipeline),
         Arc::clone(&cstats),
     )?;
+    journal.follow(publisher.follower());
     let span = crate::replay::acceptance_span(config) + c.lease_ttl.as_secs_f64();
     let owner = Owner::start(Arc::new(Shared {
         joined: joined.clone(),

@@ -86,9 +86,11 @@ impl Server {
                 restart.push(format!("{what} changed: restart to apply"));
             }
         }
+        // The same outputs as before: workers, or shards in cluster mode.
+        let outputs = self.pipeline.router.load().outputs();
         self.pipeline
             .router
-            .store(Arc::new(Router::new(b.clone(), self.config.workers.count)));
+            .store(Arc::new(Router::new(b.clone(), outputs)));
         if let (Some((t, _)), Some(r)) = (&self.tenants, registry) {
             t.replace(r);
         }

@@ -174,10 +174,13 @@ pub async fn start_with_io(
     let joined = cluster::join(&config).await?;
     let gate = joined.as_ref().map(|(_, g)| Arc::clone(g));
     let workers = spawn_workers(&config, &dests, &stats, quarantine.clone(), gate)?;
-    let router = Arc::new(Router::new(
-        config.aggregation.clone(),
-        config.workers.count,
-    ));
+    // Cluster mode's connections route by shard (the publisher sends each shard's
+    // datapoints to its owner); standalone, by worker.
+    let outputs = match &config.cluster {
+        Some(c) => c.shards as usize,
+        None => config.workers.count,
+    };
+    let router = Arc::new(Router::new(config.aggregation.clone(), outputs));
     // In cluster mode the shard owners rebuild from the stream instead.
     if let (Some(j), None) = (&journal, &joined) {
         let quiet = Pipeline::new(&router, &workers, Arc::new(NoForward), &stats, &config);
@@ -194,7 +197,10 @@ pub async fn start_with_io(
         journal: journal.clone(),
         tenants: tenants.as_ref().map(|(t, _)| Arc::clone(t)),
         quarantine: quarantine.clone(),
-        cluster: cluster.as_ref().map(|c| Arc::clone(&c.stats.publish)),
+        cluster: cluster.as_ref().map(|c| {
+            let lag: Arc<dyn crate::ingest::PublishBacklog> = c.stats.publish.clone();
+            lag
+        }),
         ..Pipeline::new(&router, &workers, dests.clone(), &stats, &config)
     });
     let shutdown = CancellationToken::new();
