@@ -12,6 +12,7 @@ use super::segment;
 use super::tests::{cfg, read_all, rec, tmp};
 use super::writer::Writer;
 use super::{Fsync, Journal, OnFull};
+use crate::datapoint::Kind;
 
 fn faulty() -> (FaultyIo, Arc<FaultyIo>) {
     let io = FaultyIo::new();
@@ -469,4 +470,75 @@ fn eio_on_a_read_is_an_error_naming_the_file_never_a_wrong_value() {
     assert_eq!(w.next_seq(), 36);
     drop(w);
     assert_eq!(read_all(dir), all);
+}
+
+/// A follower that keeps what it was handed: (seq, bytes, attachment as u32).
+#[derive(Default)]
+struct Keep(std::sync::Mutex<Vec<(u64, u64, u32)>>);
+
+impl super::follow::Follower for Keep {
+    fn written(&self, seq: u64, bytes: u64, a: super::follow::Attachment) {
+        let v = *a.downcast::<u32>().expect("a u32 was attached");
+        self.0.lock().unwrap().push((seq, bytes, v));
+    }
+}
+
+#[tokio::test]
+async fn the_follower_gets_exactly_the_records_written_with_attachments_in_order() {
+    let guard = tmp("follow");
+    let dir = guard.path();
+    let (faults, io) = faulty();
+    let (j, _) = Journal::open_with(cfg(dir, 1 << 20, 1 << 30), io).unwrap();
+    // Written before a follower came: never offered, but counted as offered past.
+    assert!(j.submit(rec(1, b"a 1 1\n")).await.wait().await);
+    let slot = j.follow_slot();
+    assert_eq!(slot.offered_below(), 1);
+    let keep = Arc::new(Keep::default());
+    j.follow(keep.clone());
+    let with = |t: i64, v: u32| {
+        let mut r = rec(t, b"b 1 1\n");
+        r.attachment = Some(Box::new(v));
+        r
+    };
+    assert!(j.submit(with(2, 10)).await.wait().await);
+    // A record without an attachment is written and passed over.
+    assert!(j.submit(rec(3, b"c 1 1\n")).await.wait().await);
+    // A record the disk refuses is never handed over, and the offer does not move past
+    // what was written.
+    faults.set(Faults {
+        eio: true,
+        ..Faults::default()
+    });
+    assert!(!j.submit(with(4, 11)).await.wait().await);
+    assert_eq!(slot.offered_below(), 3);
+    faults.set(Faults::default());
+    assert!(j.submit(with(5, 12)).await.wait().await);
+    assert_eq!(slot.offered_below(), 4);
+    j.close();
+    let got = keep.0.lock().unwrap().clone();
+    // The refused record's sequence number was used again (its write was cut back off).
+    let seqs: Vec<(u64, u32)> = got.iter().map(|(s, _, v)| (*s, *v)).collect();
+    assert_eq!(seqs, vec![(1, 10), (3, 12)]);
+    // Each hand-over names the record's bytes in the segment, as a reader finds them.
+    let on_disk = read_all(dir);
+    assert_eq!(
+        on_disk.iter().map(|r| r.0).collect::<Vec<_>>(),
+        vec![0, 1, 2, 3]
+    );
+    for (seq, bytes, _) in got {
+        let (_, t, payload) = &on_disk[seq as usize];
+        let meta = super::record::Meta {
+            seq,
+            received_us: *t,
+            listener: 1,
+            kind: Kind::PlaintextTcp,
+            peer: "127.0.0.1:4000".into(),
+            tenant: String::new(),
+            verdict: Default::default(),
+        };
+        assert_eq!(
+            bytes,
+            super::record::encoded_len(&meta, payload.len()) as u64
+        );
+    }
 }

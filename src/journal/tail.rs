@@ -337,6 +337,33 @@ mod tests {
     }
 
     #[test]
+    fn a_skip_delivers_from_its_record_on_and_misses_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        write_segment(d.path(), 0, 0..5);
+        let mut active = write_segment(d.path(), 5, 5..8);
+        let mut t = Tail::new(d.path(), 0);
+        assert_eq!(collect(&mut t), vec![0, 1, 2, 3, 4, 5, 6, 7]);
+        active.write_all(&rec(8)).unwrap();
+        active.write_all(&rec(9)).unwrap();
+        // Within the segment being read: the records between are passed over.
+        t.skip_to(9).unwrap();
+        assert_eq!(collect(&mut t), vec![9]);
+        // Back is no skip.
+        t.skip_to(3).unwrap();
+        assert!(collect(&mut t).is_empty());
+        // Into a later segment: opened at once.
+        write_segment(d.path(), 10, 10..14);
+        t.skip_to(12).unwrap();
+        assert_eq!(collect(&mut t), vec![12, 13]);
+        // From a tail that has not read yet.
+        let mut fresh = Tail::new(d.path(), 0);
+        fresh.skip_to(6).unwrap();
+        assert_eq!(collect(&mut fresh), (6..14).collect::<Vec<_>>());
+        assert_eq!(t.stats(), TailStats::default());
+        assert_eq!(fresh.stats(), TailStats::default());
+    }
+
+    #[test]
     fn follows_appends_and_rotations_from_a_seq() {
         let d = tempfile::tempdir().unwrap();
         write_segment(d.path(), 0, 0..5);
