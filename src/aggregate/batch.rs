@@ -135,6 +135,21 @@ impl Batch {
         self.items.is_empty()
     }
 
+    /// An empty batch with room for `items` items.
+    pub fn with_capacity(items: usize) -> Self {
+        Batch {
+            items: Vec::with_capacity(items),
+            holds: Vec::new(),
+        }
+    }
+
+    /// Moves `other`'s items to the end of this batch, with what keeps their keys alive;
+    /// `other` is left empty, keeping its room for the next items.
+    pub fn append(&mut self, other: &mut Batch) {
+        self.items.append(&mut other.items);
+        self.holds.append(&mut other.holds);
+    }
+
     /// Empties the batch (its items first, then what kept their keys alive).
     pub fn clear(&mut self) {
         self.items.clear();
@@ -193,6 +208,29 @@ mod tests {
         drop(again);
         b.clear();
         assert_eq!(weak.strong_count(), 0, "emptied: the key is gone");
+    }
+
+    #[test]
+    fn an_appended_batch_moves_its_items_and_their_keys() {
+        let (a, b) = (key("a"), key("b"));
+        let mut x = Batch::new();
+        x.push(&a, 1.0, 1.0);
+        let mut y = Batch::with_capacity(8);
+        y.push(&b, 2.0, 2.0);
+        y.push(&b, 3.0, 3.0);
+        let weak = Arc::downgrade(&b);
+        drop(b);
+        x.append(&mut y);
+        assert!(
+            y.is_empty() && y.items.capacity() >= 2,
+            "emptied, room kept"
+        );
+        let names: Vec<&str> = x.items().iter().map(|i| i.key().name.as_ref()).collect();
+        assert_eq!(names, ["a", "b", "b"]);
+        assert_eq!(weak.strong_count(), 1, "the key moved with its items");
+        x.clear();
+        assert_eq!(weak.strong_count(), 0);
+        drop(a);
     }
 
     #[test]

@@ -19,7 +19,7 @@
 
 pub mod nats;
 pub mod owner;
-pub(crate) mod publish;
+pub mod publish;
 pub mod read;
 pub mod shard;
 pub mod wire;
@@ -96,11 +96,18 @@ pub struct PublishLag {
     pub max_bytes: u64,
     /// Shutdown has begun: connections stop waiting.
     pub closing: std::sync::atomic::AtomicBool,
+    /// Bytes of records the journal handed to the publisher lanes and they have not yet
+    /// taken ([`publish::FOLLOWED_BYTES`] at most).
+    pub followed_bytes: AtomicU64,
 }
 
 impl crate::ingest::PublishBacklog for PublishLag {
     fn over_limit(&self) -> bool {
         self.bytes.load(Ordering::Relaxed) > self.max_bytes
+    }
+
+    fn busy(&self) -> bool {
+        self.followed_bytes.load(Ordering::Relaxed) > publish::FOLLOWED_BYTES / 4 * 3
     }
 
     fn closing(&self) -> bool {

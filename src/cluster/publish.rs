@@ -214,6 +214,10 @@ pub(crate) struct Source<'a> {
 /// and the lanes read those records from the journal file. Counted in the memory bound.
 pub const FOLLOWED_BYTES: u64 = 64 << 20;
 
+/// How long a lane waits for room in the in-flight window before it lets go of the
+/// records handed over to it ([`Reader::shed`]).
+const SHED_AFTER: Duration = Duration::from_secs(1);
+
 /// What a handed-over record costs besides its work items.
 const FOLLOWED_RECORD_BYTES: u64 = 128;
 
@@ -231,7 +235,8 @@ struct Followed {
 /// [`FOLLOWED_BYTES`].
 pub(crate) struct Lanes {
     tx: Vec<crossbeam_channel::Sender<Followed>>,
-    queued: Arc<AtomicU64>,
+    /// Its `followed_bytes`.
+    lag: Arc<super::PublishLag>,
 }
 
 impl Follower for Lanes {
@@ -239,11 +244,12 @@ impl Follower for Lanes {
         let Ok(routed) = attachment.downcast::<Routed>() else {
             return;
         };
-        let items: usize = routed.shards.iter().map(|(_, b)| b.len()).sum();
+        let items = routed.items.len();
         let charge = FOLLOWED_RECORD_BYTES + (items * crate::ingest::slots::WORK_ITEM_BYTES) as u64;
-        if self.queued.fetch_add(charge, Ordering::Relaxed) + charge > FOLLOWED_BYTES {
+        let queued = &self.lag.followed_bytes;
+        if queued.fetch_add(charge, Ordering::Relaxed) + charge > FOLLOWED_BYTES {
             // The lanes are behind: they read this record from the file.
-            self.queued.fetch_sub(charge, Ordering::Relaxed);
+            queued.fetch_sub(charge, Ordering::Relaxed);
             return;
         }
         let f = Followed {
@@ -253,8 +259,8 @@ impl Follower for Lanes {
             charge,
         };
         let lane = (seq % self.tx.len() as u64) as usize;
-        if self.tx[lane].send(f).is_err() {
-            self.queued.fetch_sub(charge, Ordering::Relaxed);
+        if let Err(e) = self.tx[lane].send(f) {
+            queued.fetch_sub(e.0.charge, Ordering::Relaxed);
         }
     }
 }
@@ -311,8 +317,6 @@ struct Reader {
     ahead: Option<Followed>,
     /// How far the writer offered records.
     follow: Arc<FollowSlot>,
-    /// Bytes of handed-over records not yet taken by a lane.
-    queued: Arc<AtomicU64>,
     open: Vec<Option<Open>>,
     next_first: Vec<u64>,
     tx: tokio::sync::mpsc::Sender<Out>,
@@ -375,6 +379,7 @@ impl Reader {
             first_seq: o.first,
             points,
         };
+        let waiting = Instant::now();
         loop {
             match self.tx.try_send(out) {
                 Ok(()) | Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => return,
@@ -383,7 +388,25 @@ impl Reader {
             if self.abandon.load(Ordering::Relaxed) {
                 return;
             }
+            if waiting.elapsed() >= SHED_AFTER {
+                self.shed();
+            }
             std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Lets go of the records handed over and not yet taken: the stream has not taken a
+    /// message for [`SHED_AFTER`], and connections must not wait for this lane (only
+    /// for the publish lag's limit). The lane reads them from the file later.
+    fn shed(&mut self) {
+        let lag = &self.stats.publish.followed_bytes;
+        for f in self
+            .ahead
+            .take()
+            .into_iter()
+            .chain(self.followed.try_iter())
+        {
+            lag.fetch_sub(f.charge, Ordering::Relaxed);
         }
     }
 
@@ -405,7 +428,10 @@ impl Reader {
             let bound = match f {
                 Some(f) if f.seq < self.next => {
                     // Read from the file already.
-                    self.queued.fetch_sub(f.charge, Ordering::Relaxed);
+                    self.stats
+                        .publish
+                        .followed_bytes
+                        .fetch_sub(f.charge, Ordering::Relaxed);
                     continue;
                 }
                 Some(f) if lane_index(f.seq, lane, lanes) == self.next_in_lane() => {
@@ -460,11 +486,11 @@ impl Reader {
     fn add_followed(&mut self, f: Followed, full: &mut Vec<usize>) {
         let seq = f.seq / self.state.lanes;
         let (points, bytes) = (self.cfg.batch_datapoints, self.cfg.batch_bytes);
-        for (k, items) in &f.routed.shards {
-            let k = *k as usize;
+        for (k, items) in f.routed.by_shard() {
+            let k = k as usize;
             let o = self.open(k);
             o.builder.section(seq);
-            for it in items.items() {
+            for it in items {
                 o.builder.push(it, it.timestamp, it.value);
             }
             if o.builder.points() >= points || o.builder.bytes() >= bytes {
@@ -473,7 +499,10 @@ impl Reader {
         }
         self.next = f.seq + 1;
         self.consumed_new.fetch_add(f.bytes, Ordering::Relaxed);
-        self.queued.fetch_sub(f.charge, Ordering::Relaxed);
+        self.stats
+            .publish
+            .followed_bytes
+            .fetch_sub(f.charge, Ordering::Relaxed);
     }
 
     /// Reads this lane's records from the file, from `next` on (up to 4 MiB), decoding
@@ -760,12 +789,11 @@ impl Publisher {
         let routes = pipeline.router.load().route_cache_entries();
         let lanes = state.lanes;
         let (tx, rx) = tokio::sync::mpsc::channel(cfg.max_in_flight);
-        let queued = Arc::new(AtomicU64::new(0));
         let (follow_tx, follow_rx): (Vec<_>, Vec<_>) =
             (0..lanes).map(|_| crossbeam_channel::unbounded()).unzip();
         let lanes_follower = Arc::new(Lanes {
             tx: follow_tx,
-            queued: Arc::clone(&queued),
+            lag: Arc::clone(&stats.publish),
         });
         let progress: Vec<Arc<Mutex<Progress>>> = (0..lanes)
             .map(|l| {
@@ -800,7 +828,6 @@ impl Publisher {
                 followed,
                 ahead: None,
                 follow: Arc::clone(&follow),
-                queued: Arc::clone(&queued),
                 open: (0..shards).map(|_| None).collect(),
                 next_first: vec![start; shards],
                 tx: tx.clone(),

@@ -101,7 +101,14 @@ impl Handoff {
             .batches
             .pending
             .iter_mut()
-            .map(std::mem::take)
+            // An empty batch stays, with its room (cluster mode's are emptied per frame).
+            .map(|b| {
+                if b.is_empty() {
+                    Batch::new()
+                } else {
+                    std::mem::take(b)
+                }
+            })
             .collect::<Vec<_>>();
         self.batches.emptied();
         let attached: usize = self.tickets.iter().map(|t| t.2).sum();
@@ -183,8 +190,15 @@ async fn hand_on(
         for b in pending.iter_mut() {
             b.clear();
         }
-        while mode == Mode::Wait && c.over_limit() && !c.closing() {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        while mode == Mode::Wait && !c.closing() {
+            let wait = if c.over_limit() {
+                20
+            } else if c.busy() {
+                2
+            } else {
+                break;
+            };
+            tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
         }
         return;
     }

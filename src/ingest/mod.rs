@@ -77,10 +77,14 @@ pub struct Pipeline {
 
 /// Cluster mode's publisher as connections see it (cluster mode implements it): whether
 /// it is so far behind that TCP readers must wait and UDP datagrams be refused as
-/// `queue_full`, and whether shutdown has begun (then nobody waits).
+/// `queue_full`, whether it is too busy to take more routed records (TCP readers wait a
+/// moment; the others' records it reads back from the journal), and whether shutdown
+/// has begun (then nobody waits).
 pub trait PublishBacklog: Send + Sync {
     /// Whether the publisher's backlog is over its limit.
     fn over_limit(&self) -> bool;
+    /// Whether the routed records waiting for the publisher are near their limit.
+    fn busy(&self) -> bool;
     /// Whether shutdown has begun: connections stop waiting.
     fn closing(&self) -> bool;
 }

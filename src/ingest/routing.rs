@@ -32,8 +32,24 @@ pub(super) struct Batches {
 /// attaches to the record ([`crate::journal::NewRecord::attachment`]), so the publisher
 /// need not decode and route the record again.
 pub struct Routed {
-    /// `(shard, work items)`, each batch non-empty, in the order the shards were first fed.
-    pub shards: Vec<(u32, Batch)>,
+    /// The work items, shard by shard.
+    pub items: Batch,
+    /// `(shard, end)`: shard `shard`'s items end at `items[end]` (and begin where the
+    /// previous shard's end), in the order the shards were first fed.
+    pub shards: Vec<(u32, usize)>,
+}
+
+impl Routed {
+    /// Each shard with its work items.
+    pub fn by_shard(&self) -> impl Iterator<Item = (u32, &[crate::aggregate::batch::WorkItem])> {
+        let items = self.items.items();
+        let mut start = 0;
+        self.shards.iter().map(move |&(k, end)| {
+            let run = &items[start..end];
+            start = end;
+            (k, run)
+        })
+    }
 }
 
 impl Batches {
@@ -46,17 +62,19 @@ impl Batches {
         }
     }
 
-    /// Takes every pending batch: a [`Routed`] and its work items.
+    /// Takes every pending batch's work items, as one [`Routed`] (one allocation; the
+    /// batches keep their room), and their number.
     pub fn take_routed(&mut self) -> (Routed, usize) {
-        let mut items = 0;
-        let shards = (self.touched.drain(..))
-            .filter_map(|k| {
-                let b = std::mem::take(&mut self.pending[k as usize]);
-                items += b.len();
-                (!b.is_empty()).then_some((k, b))
-            })
-            .collect();
-        (Routed { shards }, items)
+        let total = (self.touched.iter())
+            .map(|&k| self.pending[k as usize].len())
+            .sum();
+        let mut items = Batch::with_capacity(total);
+        let mut shards = Vec::with_capacity(self.touched.len());
+        for k in self.touched.drain(..) {
+            items.append(&mut self.pending[k as usize]);
+            shards.push((k, items.len()));
+        }
+        (Routed { items, shards }, total)
     }
 
     /// Forgets which batches were fed: every one of `pending` was emptied.
