@@ -43,7 +43,7 @@ use futures_util::stream::FuturesUnordered;
 use super::wire::{self, Builder, Header};
 use super::{ClusterStats, subject};
 use crate::config::cluster::ClusterConfig;
-use crate::ingest::{Ingest, Pipeline, Routed};
+use crate::ingest::{FrameRouter, Routed, Routes};
 use crate::journal::JournalStats;
 use crate::journal::follow::{Attachment, FollowSlot, Follower};
 use crate::journal::io::{JournalIo, write_durably};
@@ -308,7 +308,7 @@ struct Reader {
     /// Reads what was not handed over from the journal file.
     tail: Tail,
     /// Decodes and routes what the tail reads.
-    ingest: Ingest,
+    frames: FrameRouter,
     /// Every record of this lane below it is in a message (or had nothing for a shard).
     next: u64,
     /// Records the writer handed over, in order.
@@ -514,7 +514,7 @@ impl Reader {
         self.tail.skip_to(self.next)?;
         let Reader {
             tail,
-            ingest,
+            frames,
             open,
             next_first,
             cfg,
@@ -531,8 +531,8 @@ impl Reader {
             if rec.meta.seq >= opened_at {
                 new_bytes += record::encoded_len(&rec.meta, rec.payload.len()) as u64;
             }
-            ingest.reread(rec);
-            for (k, items) in ingest.take_pending().iter_mut().enumerate() {
+            frames.reread(rec);
+            for (k, items) in frames.pending_uncounted().iter_mut().enumerate() {
                 if items.is_empty() {
                     continue;
                 }
@@ -759,8 +759,8 @@ async fn publish_loop(
 
 impl Publisher {
     /// Starts publishing `dir`'s journal from the persisted watermark (see the module
-    /// docs), routing through `pipeline` (a quiet pipeline whose router has one output per
-    /// shard). Must be called inside a tokio runtime.
+    /// docs), routing the records it reads back from the journal by `routes` (whose
+    /// router has one output per shard). Must be called inside a tokio runtime.
     ///
     /// Errors: the state file cannot be read or written, or the thread cannot be spawned.
     pub(crate) fn start(
@@ -768,7 +768,7 @@ impl Publisher {
         cfg: &ClusterConfig,
         digest: &Arc<AtomicU64>,
         journal: Source<'_>,
-        pipeline: Arc<Pipeline>,
+        routes: Arc<Routes>,
         stats: Arc<ClusterStats>,
     ) -> std::io::Result<Publisher> {
         let Source {
@@ -786,7 +786,7 @@ impl Publisher {
             "cluster publisher starts at the watermark"
         );
         let shards = cfg.shards as usize;
-        let routes = pipeline.router.load().route_cache_entries();
+        let cache = routes.router.load().route_cache_entries();
         let lanes = state.lanes;
         let (tx, rx) = tokio::sync::mpsc::channel(cfg.max_in_flight);
         let (follow_tx, follow_rx): (Vec<_>, Vec<_>) =
@@ -807,7 +807,6 @@ impl Publisher {
         let drain_to = Arc::new(AtomicU64::new(u64::MAX));
         let persisted = Arc::new(AtomicU64::new(state.watermark));
         let consumed_new = Arc::new(AtomicU64::new(0));
-        let handle = tokio::runtime::Handle::current();
         let mut threads = Vec::new();
         for (lane, followed) in (0..lanes).zip(follow_rx) {
             let start = lane_index(state.watermark, lane, lanes);
@@ -823,7 +822,7 @@ impl Publisher {
                 // cut back off and its sequence numbers used again.
                 tail: Tail::with_io(dir, state.watermark, Arc::clone(&io))
                     .committed_below(Arc::clone(&journal)),
-                ingest: Ingest::for_publisher(Arc::clone(&pipeline), shards, routes),
+                frames: FrameRouter::with_private_cache(Arc::clone(&routes), cache),
                 next: state.watermark,
                 followed,
                 ahead: None,
@@ -839,15 +838,10 @@ impl Publisher {
                 abandon: Arc::clone(&abandon),
             };
             let d = Arc::clone(&drain_to);
-            let handle = handle.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("aggd-publish-{lane}"))
-                    .spawn(move || {
-                        // The reader routes through the pipeline, which may wait on tokio.
-                        let _guard = handle.enter();
-                        reader.run(d);
-                    })?,
+                    .spawn(move || reader.run(d))?,
             );
         }
         drop(tx);

@@ -39,10 +39,8 @@ pub(super) enum Mode {
     },
 }
 
-/// One connection's batches and the journal tickets they wait for.
+/// The journal tickets a connection's batches wait for, and what is staged.
 pub(super) struct Handoff {
-    /// What routing produced.
-    pub batches: Batches,
     /// Journal tickets of the frames in `batches`, with their receive times and the
     /// work items attached to their records (cluster mode).
     tickets: Vec<(Ticket, f64, usize)>,
@@ -69,10 +67,9 @@ struct Staged {
 pub(super) type HandedOn = (Vec<crate::datapoint::OutPoint>, u64);
 
 impl Handoff {
-    /// Empty batches for `workers` workers.
-    pub fn new(workers: usize, mode: Mode) -> Self {
+    /// Nothing waiting yet; a full queue does what `mode` says.
+    pub fn new(mode: Mode) -> Self {
         Handoff {
-            batches: Batches::new(workers),
             tickets: Vec::new(),
             mode,
             staged: None,
@@ -91,14 +88,14 @@ impl Handoff {
     pub async fn stage(
         &mut self,
         p: &Pipeline,
+        batches: &mut Batches,
         tally: &mut DropTally,
         peer: SocketAddr,
         now: f64,
         received: u64,
     ) -> HandedOn {
         let handed = self.hand_on_staged(p, tally, peer, now).await;
-        let pending = self
-            .batches
+        let pending = batches
             .pending
             .iter_mut()
             // An empty batch stays, with its room (cluster mode's are emptied per frame).
@@ -110,12 +107,12 @@ impl Handoff {
                 }
             })
             .collect::<Vec<_>>();
-        self.batches.emptied();
+        batches.emptied();
         let attached: usize = self.tickets.iter().map(|t| t.2).sum();
         self.staged = Some(Staged {
             items: pending.iter().map(Batch::len).sum::<usize>() + attached,
             pending,
-            forwards: std::mem::take(&mut self.batches.forwards),
+            forwards: std::mem::take(&mut batches.forwards),
             tickets: std::mem::take(&mut self.tickets),
             received,
         });
@@ -155,15 +152,24 @@ impl Handoff {
     pub async fn flush(
         &mut self,
         p: &Pipeline,
+        batches: &mut Batches,
         tally: &mut DropTally,
         peer: SocketAddr,
         now: f64,
     ) -> HandedOn {
         let handed = self.hand_on_staged(p, tally, peer, now).await;
         let tickets = std::mem::take(&mut self.tickets);
-        let pending = &mut self.batches.pending;
-        hand_on(self.mode, p, pending, tickets, tally, peer, now).await;
-        self.batches.emptied();
+        hand_on(
+            self.mode,
+            p,
+            &mut batches.pending,
+            tickets,
+            tally,
+            peer,
+            now,
+        )
+        .await;
+        batches.emptied();
         handed
     }
 }

@@ -1,17 +1,26 @@
-//! The per-connection path from received bytes to worker queues, in two parts:
-//! `routing` (decoded datapoints → tenant gate → route cache → per-worker batches) and
-//! `handoff` (batches → worker queues, once the journal has their frames).
+//! From received bytes to worker queues (or, in cluster mode, to the publisher), in
+//! three parts:
+//! - `frame`: the [`FrameRouter`], the one routing step (decode → tenant gate → route
+//!   cache → per-worker or per-shard batches), pure, used by every reader of input;
+//! - `routing`: its per-datapoint state (gate, route caches, tallies, the verdict);
+//! - `handoff`: batches → worker queues, once the journal has their frames.
 //!
-//! An [`Ingest`] belongs to one connection (or UDP socket, HTTP request, or the start-up
-//! rebuild). For each frame (a run of complete lines, a datagram, a pickle frame, an HTTP
-//! body) the listener first hands the bytes to [`Ingest::frame`], the one decode step
-//! ([`crate::codec::decode_frame`]), which routes every datapoint through the tenant gate
-//! and notes the ones refused in the frame's [`Verdict`]; then it submits the raw bytes
-//! with that verdict to the journal ([`Ingest::journal`]), so every later read of the
-//! record ([`Ingest::reread`], `aggd replay`) sees the same decisions. [`Ingest::flush`]
-//! hands the batches on after the journal has written their frames: TCP and HTTP wait while a worker queue is full (this connection only), UDP drops
-//! the batch as `queue_full`, and the rebuild waits and marks its batches as rebuilt.
+//! An [`Ingest`] is a connection around a frame router (or a UDP socket, an HTTP request,
+//! or the start-up rebuild). For each frame the listener first hands the bytes to
+//! [`Ingest::frame`], which routes every datapoint and notes the ones refused in the
+//! frame's [`crate::journal::Verdict`]; then it submits the raw bytes with that verdict
+//! to the journal ([`Ingest::journal`]), so every later read of the record (the rebuild,
+//! the publisher, `aggd replay`) sees the same decisions. [`Ingest::flush`] hands the
+//! batches on after the journal has written their frames: TCP and HTTP wait while a
+//! worker queue is full (this connection only), UDP drops the batch as `queue_full`, and
+//! the rebuild waits and marks its batches as rebuilt. In cluster mode the batches are
+//! per shard and go with the frame's journal record to the publisher ([`Routed`]).
+//!
+//! What is counted is fixed when an `Ingest` is made: a connection adds what it routed
+//! and refused to the process counters; the rebuild, and the publisher's frame router,
+//! count nothing (their input was counted when first received).
 
+mod frame;
 mod handoff;
 mod routing;
 pub mod slots;
@@ -25,27 +34,55 @@ use bytes::Bytes;
 use crossbeam_channel::Sender;
 
 use crate::aggregate::worker::{WorkerMsg, WorkerPool};
-use crate::codec::pickle::PickleDecoder;
 use crate::codec::{FrameError, Limits};
 use crate::config::Config;
 use crate::datapoint::{Kind, Sink};
 use crate::drops::{DropTally, Stats};
 use crate::journal::record::Record;
-use crate::journal::{Journal, NewRecord, Verdict};
+use crate::journal::{Journal, NewRecord};
 use crate::quarantine::Quarantine;
 use crate::reason::DropReason;
 use crate::route::{RouteBudget, Router};
 use crate::tenant::Tenants;
 
+pub use frame::FrameRouter;
 pub use handoff::MAX_BATCH_ITEMS;
 use handoff::{Handoff, Mode};
 pub use routing::Routed;
-use routing::Routing;
+
+/// What routing a frame needs, shared by every frame router of a pipeline.
+pub struct Routes {
+    /// Route cache and rules; swapped whole by a reload.
+    pub router: ArcSwap<Router>,
+    /// Decoder limits.
+    pub limits: Limits,
+    /// The tenant gate, when on.
+    pub tenants: Option<Arc<Tenants>>,
+    /// Where rejected datapoints are written, when on.
+    pub quarantine: Option<Arc<Quarantine>>,
+    /// Bytes left for the private route caches.
+    pub route_budget: Arc<RouteBudget>,
+}
+
+impl Routes {
+    /// Routes over `router` with `config`'s decoder limits and private route cache
+    /// budget (`[limits]`), and neither tenant gate nor quarantine (a caller adds those
+    /// it has with struct update syntax).
+    pub fn new(router: &Arc<Router>, config: &Config) -> Routes {
+        Routes {
+            router: ArcSwap::from(Arc::clone(router)),
+            limits: config.limits.clone(),
+            tenants: None,
+            quarantine: None,
+            route_budget: RouteBudget::new(config.limits.private_route_cache_bytes),
+        }
+    }
+}
 
 /// Everything a connection needs, shared by all connections.
 pub struct Pipeline {
-    /// Route cache and rules; swapped whole by a reload.
-    pub router: ArcSwap<Router>,
+    /// What routing needs.
+    pub routes: Arc<Routes>,
     /// Worker queues.
     pub workers: Arc<[Sender<WorkerMsg>]>,
     /// Per worker, woken when it takes a batch off its queue ([`WorkerPool::rooms`]).
@@ -56,16 +93,8 @@ pub struct Pipeline {
     pub forward: Arc<dyn Sink>,
     /// Counters.
     pub stats: Arc<Stats>,
-    /// Decoder limits.
-    pub limits: Limits,
     /// The raw-input journal, when on.
     pub journal: Option<Arc<Journal>>,
-    /// The tenant gate, when on.
-    pub tenants: Option<Arc<Tenants>>,
-    /// Where rejected datapoints are written, when on.
-    pub quarantine: Option<Arc<Quarantine>>,
-    /// Bytes left for the connections' private route caches.
-    pub route_budget: Arc<RouteBudget>,
     /// Open TCP connections (`limits.max_connections`) and the memory budget of every
     /// connection and HTTP request (`limits.connection_memory_bytes`).
     pub slots: Arc<slots::Slots>,
@@ -90,12 +119,11 @@ pub trait PublishBacklog: Send + Sync {
 }
 
 impl Pipeline {
-    /// A pipeline into `workers` over `router`, forwarding raw datapoints to `forward`,
-    /// with the connection and private route cache budgets of `config`'s `[limits]`, and
-    /// neither journal, tenant gate nor quarantine (a caller adds those it has with
-    /// struct update syntax; the start-up rebuild uses it as it is).
+    /// A pipeline routing by `routes` into `workers`, forwarding raw datapoints to
+    /// `forward`, with the connection budgets of `config`'s `[limits]`, and no journal (a
+    /// caller adds it with struct update syntax; the start-up rebuild uses it as it is).
     pub fn new(
-        router: &Arc<Router>,
+        routes: Arc<Routes>,
         workers: &WorkerPool,
         forward: Arc<dyn Sink>,
         stats: &Arc<Stats>,
@@ -103,16 +131,12 @@ impl Pipeline {
     ) -> Pipeline {
         let limits = &config.limits;
         Pipeline {
-            router: ArcSwap::from(Arc::clone(router)),
+            routes,
             workers: workers.senders(),
             worker_rooms: workers.rooms(),
             forward,
             stats: Arc::clone(stats),
-            limits: limits.clone(),
             journal: None,
-            tenants: None,
-            quarantine: None,
-            route_budget: RouteBudget::new(limits.private_route_cache_bytes),
             slots: slots::Slots::new(
                 limits.max_connections,
                 limits.connection_memory_bytes,
@@ -134,12 +158,13 @@ pub struct Ingest {
     listener: u16,
     /// The listener's input kind (the journal record's kind unless given).
     kind: Kind,
-    /// Pickle decoding scratch, kept between frames.
-    decoder: PickleDecoder,
-    /// Tenant gate, route caches and counts.
-    routing: Routing,
-    /// Batches, journal tickets and what a full queue does.
+    /// Decoding and routing.
+    frames: FrameRouter,
+    /// Journal tickets, staged work and what a full queue does.
     handoff: Handoff,
+    /// Whether what it routes and refuses is added to the process counters (not for the
+    /// rebuild, whose input was counted when first received).
+    counted: bool,
 }
 
 impl Ingest {
@@ -151,15 +176,14 @@ impl Ingest {
         } else {
             Mode::Wait
         };
-        let outputs = p.router.load().outputs();
         Ingest {
-            routing: Routing::new(&p),
-            handoff: Handoff::new(outputs, mode),
-            decoder: PickleDecoder::new(),
+            frames: FrameRouter::new(Arc::clone(&p.routes)),
+            handoff: Handoff::new(mode),
             p,
             peer,
             listener,
             kind,
+            counted: true,
         }
     }
 
@@ -170,30 +194,8 @@ impl Ingest {
         let peer = SocketAddr::from(([127, 0, 0, 1], 0));
         let mut ingest = Ingest::new(p, peer, u16::MAX, Kind::PlaintextTcp);
         ingest.handoff.mode = Mode::Rebuild { delivered: false };
+        ingest.counted = false;
         ingest
-    }
-
-    /// State for cluster mode's publisher: like [`Ingest::for_rebuild`] (nothing counted
-    /// again), routing into `outputs` pending batches (one per shard, with a router built
-    /// for that many outputs) that [`Ingest::take_pending`] hands over; nothing is sent to
-    /// a worker or forwarded.
-    pub(crate) fn for_publisher(p: Arc<Pipeline>, outputs: usize, routes: usize) -> Self {
-        let mut ingest = Ingest::for_rebuild(p);
-        ingest.handoff = Handoff::new(outputs, Mode::Rebuild { delivered: false });
-        ingest.routing.private_cache(routes);
-        ingest
-    }
-
-    /// The pending work items per output (per shard for [`Ingest::for_publisher`]), to be
-    /// drained by the caller; the counts routing found are discarded (the record's
-    /// connection counted them).
-    pub(crate) fn take_pending(&mut self) -> &mut [crate::aggregate::batch::Batch] {
-        let r = &mut self.routing;
-        r.tally = DropTally::default();
-        r.received = 0;
-        self.handoff.batches.forwards.clear();
-        self.handoff.batches.emptied();
-        &mut self.handoff.batches.pending
     }
 
     /// Start-up rebuild: whether the input that follows was delivered downstream by the
@@ -213,12 +215,12 @@ impl Ingest {
     /// Bytes of work items one input byte can decode into at most, under the current
     /// rules: a datapoint of the shortest line (`a 1 1\n`, 6 bytes) feeding every rule.
     pub fn items_per_byte(&self) -> usize {
-        slots::items_per_byte(self.p.router.load().rule_count())
+        slots::items_per_byte(self.p.routes.router.load().rule_count())
     }
 
     /// The decoder limits.
     pub fn limits(&self) -> &Limits {
-        &self.p.limits
+        &self.p.routes.limits
     }
 
     /// Submits the frame of this connection's kind received at `now` (Unix s) that
@@ -248,13 +250,13 @@ impl Ingest {
         peer: SocketAddr,
         tenant: Option<Arc<str>>,
     ) {
-        self.routing.now = now;
+        self.frames.routing.now = now;
         if self.p.journal.is_none() {
             return;
         }
         let (attachment, attached) = match self.p.cluster {
             Some(_) => {
-                let (routed, items) = self.handoff.batches.take_routed();
+                let (routed, items) = self.frames.take_routed();
                 let a: crate::journal::follow::Attachment = Box::new(routed);
                 (Some(a), items)
             }
@@ -267,16 +269,16 @@ impl Ingest {
             peer,
             tenant,
             payload: payload.clone(),
-            verdict: std::mem::take(&mut self.routing.verdict),
+            verdict: self.frames.take_verdict(),
             attachment,
         };
         self.handoff.journal(&self.p, record, attached).await;
     }
 
     /// Decodes and routes one frame of input `kind` received at `now` (for `tenant`, on
-    /// HTTP), through [`crate::codec::decode_frame`]. A frame unusable as a whole is
-    /// counted under its reason. The datapoints it refuses make the frame's verdict, which
-    /// [`Ingest::journal_as`] writes with its record.
+    /// HTTP), through the frame router ([`FrameRouter::frame`]). A frame unusable as a
+    /// whole is counted under its reason. The datapoints it refuses make the frame's
+    /// verdict, which [`Ingest::journal_as`] writes with its record.
     ///
     /// Errors: the frame is unusable as a whole (an HTTP listener answers 400 with it).
     pub fn frame(
@@ -286,59 +288,12 @@ impl Ingest {
         tenant: Option<&str>,
         now: f64,
     ) -> Result<(), FrameError> {
-        self.decode(kind, payload, tenant, now, None)
+        self.frames.frame(kind, payload, tenant, now)
     }
 
-    /// Re-reads a journal record (the start-up rebuild, cluster mode's publisher): decoded
-    /// and routed like [`Ingest::frame`] with its receive time as "now", without the
-    /// datapoints its verdict says the connection refused, so exactly what the live path
-    /// accepted is aggregated (invariant 6 of `DESIGN.md`).
+    /// Re-reads a journal record (the start-up rebuild): [`FrameRouter::reread`].
     pub(crate) fn reread(&mut self, rec: &Record<'_>) {
-        let now = rec.meta.received_us as f64 / 1e6;
-        let tenant = Some(rec.meta.tenant.as_str()).filter(|t| !t.is_empty());
-        // A body unusable as a whole was answered 400 (and counted) when received.
-        let _ = self.decode(
-            rec.meta.kind,
-            rec.payload,
-            tenant,
-            now,
-            Some(&rec.meta.verdict),
-        );
-    }
-
-    /// [`Ingest::frame`], skipping the items `except` refused (a re-read).
-    fn decode(
-        &mut self,
-        kind: Kind,
-        payload: &[u8],
-        tenant: Option<&str>,
-        now: f64,
-        except: Option<&Verdict>,
-    ) -> Result<(), FrameError> {
-        let Ingest {
-            p,
-            decoder,
-            routing,
-            handoff,
-            ..
-        } = self;
-        routing.start_frame(p, now);
-        let except = except.filter(|v| !v.is_empty());
-        let mut cursor = 0;
-        let decoded =
-            crate::codec::decode_frame(kind, payload, tenant, now, &p.limits, decoder, |r| match (
-                r, except,
-            ) {
-                (Ok(run), None) => routing.accept_run(p, &mut handoff.batches, run),
-                (Ok(run), Some(v)) => {
-                    routing.accept_run_except(p, &mut handoff.batches, run, v, &mut cursor);
-                }
-                (Err(reason), _) => routing.reject_item(reason),
-            });
-        if let Err(e) = &decoded {
-            routing.tally.add(e.reason(), 1, now);
-        }
-        decoded
+        self.frames.reread(rec);
     }
 
     /// A frame of this connection's kind received at `now`: decoded and routed, then
@@ -358,26 +313,34 @@ impl Ingest {
 
     /// Counts `n` rejections of `reason` found by a framer.
     pub fn reject(&mut self, reason: DropReason, n: u64) {
-        self.routing.tally.add(reason, n, self.routing.now);
+        self.frames
+            .routing
+            .tally
+            .add(reason, n, self.frames.routing.now);
     }
 
     /// Datapoints accepted so far, and rejections per reason (with a count), over this
     /// Ingest's life.
     pub(crate) fn outcome(&self) -> (u64, Vec<(DropReason, u64)>) {
-        (self.routing.received_total, self.routing.tally.totals())
+        let r = &self.frames.routing;
+        (r.received_total, r.tally.totals())
     }
 
     /// Hands every pending batch on once the journal has its frames (see the module
     /// docs for what a full worker queue does), then adds this connection's counts to the
     /// process counters (not for the rebuild, whose input was counted when received).
     pub async fn flush(&mut self) {
-        let r = &mut self.routing;
+        let FrameRouter {
+            routing: r,
+            batches,
+            ..
+        } = &mut self.frames;
         let (mut forwards, staged) = self
             .handoff
-            .flush(&self.p, &mut r.tally, self.peer, r.now)
+            .flush(&self.p, batches, &mut r.tally, self.peer, r.now)
             .await;
-        forwards.append(&mut self.handoff.batches.forwards);
-        let received = staged + std::mem::take(&mut self.routing.received);
+        forwards.append(&mut batches.forwards);
+        let received = staged + std::mem::take(&mut r.received);
         self.publish(forwards, received);
     }
 
@@ -387,11 +350,15 @@ impl Ingest {
     /// calls [`Ingest::flush`] before it waits for its socket, so nothing set aside
     /// waits for more input.
     pub async fn stage(&mut self) {
-        let r = &mut self.routing;
+        let FrameRouter {
+            routing: r,
+            batches,
+            ..
+        } = &mut self.frames;
         let routed = std::mem::take(&mut r.received);
         let (forwards, received) = self
             .handoff
-            .stage(&self.p, &mut r.tally, self.peer, r.now, routed)
+            .stage(&self.p, batches, &mut r.tally, self.peer, r.now, routed)
             .await;
         self.publish(forwards, received);
     }
@@ -405,8 +372,8 @@ impl Ingest {
     /// handed on, and its drops) to the process counters (not for the rebuild, whose
     /// input was counted when received).
     fn publish(&mut self, forwards: Vec<crate::datapoint::OutPoint>, received: u64) {
-        let r = &mut self.routing;
-        if let Mode::Rebuild { .. } = self.handoff.mode {
+        let r = &mut self.frames.routing;
+        if !self.counted {
             r.tally = DropTally::default();
             return;
         }

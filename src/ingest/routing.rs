@@ -15,7 +15,7 @@ use crate::reason::DropReason;
 use crate::route::{LocalRoutes, Route, RouteOwner, Router};
 use crate::tenant::prefix;
 
-use super::Pipeline;
+use super::Routes;
 
 /// What routing produced and hand-off has not yet sent on.
 pub(super) struct Batches {
@@ -140,7 +140,7 @@ pub(super) struct Routing {
 
 impl Routing {
     /// Routing with `p`'s current router.
-    pub fn new(p: &Pipeline) -> Self {
+    pub fn new(p: &Routes) -> Self {
         Routing {
             router: p.router.load_full(),
             routes: LocalRoutes::new(Arc::clone(&p.route_budget)),
@@ -161,7 +161,7 @@ impl Routing {
 
     /// Takes the current router (a reload may have swapped it) for a frame received at
     /// `now`.
-    pub(crate) fn start_frame(&mut self, p: &Pipeline, now: f64) {
+    pub(crate) fn start_frame(&mut self, p: &Routes, now: f64) {
         self.now = now;
         self.item = 0;
         self.verdict.clear();
@@ -176,13 +176,7 @@ impl Routing {
     /// the route caches; a path the white/blacklists filter is counted (not quarantined: a
     /// filter is no loss). A refusal goes into the frame's verdict.
     #[inline]
-    pub(crate) fn accept(
-        &mut self,
-        p: &Pipeline,
-        out: &mut Batches,
-        dp: &Datapoint<'_>,
-        item: u32,
-    ) {
+    pub(crate) fn accept(&mut self, p: &Routes, out: &mut Batches, dp: &Datapoint<'_>, item: u32) {
         // The tenant gate: state and rate limits, then (for a path new to the route cache)
         // the series limit. Reads a lock-free registry snapshot; never blocks.
         let tenant = p.tenants.as_deref().map(|t| (t, prefix(dp.path)));
@@ -214,7 +208,7 @@ impl Routing {
 
     /// Counts, quarantines and enters in the verdict a datapoint (decode item `item`)
     /// refused by the gate or the route.
-    fn reject_point(&mut self, p: &Pipeline, reason: DropReason, dp: &Datapoint<'_>, item: u32) {
+    fn reject_point(&mut self, p: &Routes, reason: DropReason, dp: &Datapoint<'_>, item: u32) {
         if let Some(q) = &p.quarantine {
             q.record(reason, dp.path, dp.value, dp.timestamp);
         }
@@ -233,7 +227,7 @@ impl Routing {
     /// keeps the place in the verdict between runs.
     pub(crate) fn accept_run_except(
         &mut self,
-        p: &Pipeline,
+        p: &Routes,
         out: &mut Batches,
         dps: &[Datapoint<'_>],
         verdict: &Verdict,
@@ -261,7 +255,7 @@ impl Routing {
     /// depend on each other, so the CPU overlaps their cache misses (with 100 000 paths
     /// per connection, the probe's first touch of a table entry was half of `accept`). A
     /// path not yet cached ends the probe and takes the full path.
-    pub(crate) fn accept_run(&mut self, p: &Pipeline, out: &mut Batches, dps: &[Datapoint<'_>]) {
+    pub(crate) fn accept_run(&mut self, p: &Routes, out: &mut Batches, dps: &[Datapoint<'_>]) {
         let base = self.item;
         self.item += dps.len() as u32;
         if p.tenants.is_some() || self.router.timestamp_resolution() > 0 {

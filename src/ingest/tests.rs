@@ -28,17 +28,20 @@ fn ingest_with_rules(
 ) -> (Ingest, crossbeam_channel::Receiver<WorkerMsg>, Arc<Stats>) {
     let (tx, rx) = crossbeam_channel::bounded(capacity);
     let stats = Arc::new(Stats::default());
-    let p = Arc::new(Pipeline {
+    let routes = Arc::new(Routes {
         router: ArcSwap::from_pointee(Router::new(aggregation(rules), 1)),
+        limits: Limits::default(),
+        tenants: None,
+        quarantine: None,
+        route_budget: RouteBudget::new(1 << 20),
+    });
+    let p = Arc::new(Pipeline {
+        routes,
         workers: vec![tx].into(),
         worker_rooms: vec![Arc::new(tokio::sync::Notify::new())].into(),
         forward: Arc::new(Discard),
         stats: stats.clone(),
-        limits: Limits::default(),
         journal: None,
-        tenants: None,
-        quarantine: None,
-        route_budget: RouteBudget::new(1 << 20),
         slots: slots::Slots::new(10, 1 << 20, Duration::from_secs(1), stats.clone()),
         cluster: None,
     });
@@ -70,6 +73,7 @@ async fn a_batch_keeps_its_series_keys_after_a_reload_lets_go_of_them() {
     // A reload swaps the router: the connection empties its route cache at the next
     // frame, and the old router (its shared cache and its series keys) is dropped.
     ing.p
+        .routes
         .router
         .store(Arc::new(Router::new(aggregation("o (60) = sum *\n"), 1)));
     ing.frame(Kind::PlaintextTcp, b"b 2 10\n", None, 0.0)
@@ -148,17 +152,20 @@ fn refusals_make_the_verdict_and_a_reread_skips_them() {
         registry("[tenant.evil]\nstate = \"deleted\"\n[tenant.good]\nstate = \"active\"\n"),
         Unknown::Reject,
     ));
+    let routes = Arc::new(Routes {
+        router: ArcSwap::from(ing.p.routes.router.load_full()),
+        limits: Limits::default(),
+        tenants: Some(Arc::clone(&gate)),
+        quarantine: None,
+        route_budget: RouteBudget::new(1 << 20),
+    });
     let p = Arc::new(Pipeline {
-        router: ArcSwap::from(ing.p.router.load_full()),
+        routes,
         workers: ing.p.workers.clone(),
         worker_rooms: ing.p.worker_rooms.clone(),
         forward: Arc::new(Discard),
         stats: ing.p.stats.clone(),
-        limits: Limits::default(),
         journal: None,
-        tenants: Some(Arc::clone(&gate)),
-        quarantine: None,
-        route_budget: RouteBudget::new(1 << 20),
         slots: slots::Slots::new(10, 1 << 20, Duration::from_secs(1), ing.p.stats.clone()),
         cluster: None,
     });
@@ -167,7 +174,7 @@ fn refusals_make_the_verdict_and_a_reread_skips_them() {
     let payload =
         b"evil.a 100 10\ngood.a 1 10\nnot a line\nevil.b 100 10\ngood.b 2 10\nwho.c 5 10\n";
     live.frame(Kind::PlaintextTcp, payload, None, 0.0).unwrap();
-    let verdict = std::mem::take(&mut live.routing.verdict);
+    let verdict = live.frames.take_verdict();
     let runs: Vec<_> = verdict
         .runs()
         .iter()
@@ -182,7 +189,7 @@ fn refusals_make_the_verdict_and_a_reread_skips_them() {
         ]
     );
     let values = |b: &Batch| b.items().iter().map(|i| i.value).collect::<Vec<_>>();
-    assert_eq!(values(&live.handoff.batches.pending[0]), [1.0, 2.0]);
+    assert_eq!(values(&live.frames.batches.pending[0]), [1.0, 2.0]);
 
     // The tenant is restored; the re-read (like the rebuild: no gate of its own) still
     // goes by what was decided at receive time.
@@ -201,6 +208,6 @@ fn refusals_make_the_verdict_and_a_reread_skips_them() {
         payload,
     };
     again.reread(&rec);
-    assert_eq!(values(&again.handoff.batches.pending[0]), [1.0, 2.0]);
+    assert_eq!(values(&again.frames.batches.pending[0]), [1.0, 2.0]);
     drop(rx);
 }

@@ -3,6 +3,8 @@
 //! submitter attached to it ([`super::NewRecord::attachment`]: the connection's routed
 //! datapoints), so the follower need not decode the record again.
 //!
+//! A record is offered before its submitter's ticket resolves.
+//!
 //! The file stays the source of truth. A follower may refuse a record (it is full); the
 //! writer hands over nothing it could not write; and records written before a follower
 //! came, or without an attachment, are never handed over. [`FollowSlot::offered_below`]

@@ -462,15 +462,17 @@ impl Writer {
                         .unjournaled
                         .fetch_add(records.len() as u64, Ordering::Relaxed);
                 }
-                for w in waiters.drain(..) {
-                    let _ = w.send(ok);
-                }
                 if ok {
+                    // Offered before the tickets resolve: a submitter that sees its record
+                    // written knows the follower was offered it.
                     let first = self.next_seq - records.len() as u64;
                     let lens = self.lens.iter().copied();
                     let taken = records.iter_mut().map(|r| r.attachment.take());
                     self.follow.written(first, lens.zip(taken));
                     self.stats.appended.notify();
+                }
+                for w in waiters.drain(..) {
+                    let _ = w.send(ok);
                 }
                 records.clear();
             }

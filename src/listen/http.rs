@@ -82,7 +82,7 @@ async fn ingest(
     body: Bytes,
 ) -> Response {
     let now = crate::time::now();
-    let tenant = match &s.pipeline.tenants {
+    let tenant = match &s.pipeline.routes.tenants {
         None => None,
         Some(t) => match api_key(&headers).and_then(|k| t.tenant_for_key(&k)) {
             Some(id) => Some(id),
@@ -192,8 +192,9 @@ pub(super) async fn serve(
     pipeline: Arc<Pipeline>,
     shutdown: CancellationToken,
 ) {
-    let max_body = pipeline.limits.max_http_body_bytes;
+    let max_body = pipeline.routes.limits.max_http_body_bytes;
     let requests = pipeline
+        .routes
         .limits
         .max_http_requests
         .min(tokio::sync::Semaphore::MAX_PERMITS);

@@ -42,7 +42,7 @@ pub(super) async fn serve(
     shutdown: CancellationToken,
 ) {
     // A large kernel buffer absorbs bursts between two reads.
-    let want = pipeline.limits.udp_receive_buffer_bytes;
+    let want = pipeline.routes.limits.udp_receive_buffer_bytes;
     let sock_ref = socket2::SockRef::from(&sock);
     if let Err(e) = sock_ref.set_recv_buffer_size(want) {
         tracing::warn!(error = %e, "cannot set the UDP receive buffer");
@@ -119,7 +119,8 @@ async fn enqueue(
         return drop_datagram(pipeline, &d);
     }
     let len = d.bytes.len();
-    let fits = queued.fetch_add(len, Ordering::Relaxed) + len <= pipeline.limits.udp_queue_bytes;
+    let fits =
+        queued.fetch_add(len, Ordering::Relaxed) + len <= pipeline.routes.limits.udp_queue_bytes;
     let refused = if fits {
         match tx.try_send(d) {
             Ok(()) => return,
@@ -152,7 +153,7 @@ async fn enqueue(
 fn drop_datagram(pipeline: &Pipeline, d: &Datagram) {
     let (mut n, mut window) = (0u64, Window::at(d.now));
     for line in plaintext::lines(&d.bytes) {
-        if let Ok(Some(dp)) = plaintext::parse_line(line, d.now, &pipeline.limits) {
+        if let Ok(Some(dp)) = plaintext::parse_line(line, d.now, &pipeline.routes.limits) {
             n += 1;
             window = window.union(Window::at(dp.timestamp));
         }

@@ -5,14 +5,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use super::NoForward;
 use crate::aggregate::worker::WorkerPool;
 use crate::cluster::owner::{Owner, Shared, Workers};
 use crate::cluster::publish::{Publisher, Source};
 use crate::cluster::{ClusterError, ClusterStats, Joined, PublishLag, ShardGate, rules_digest};
 use crate::config::Config;
-use crate::drops::Stats;
-use crate::ingest::Pipeline;
+use crate::ingest::Routes;
 use crate::journal::Journal;
 use crate::route::Router;
 
@@ -21,8 +19,9 @@ pub(super) struct ClusterRuntime {
     joined: Joined,
     publisher: Option<Publisher>,
     owner: Option<Owner>,
-    /// The publisher's quiet pipeline (its router is swapped at reload).
-    publish_pipeline: Arc<Pipeline>,
+    /// The publisher's routes, for records it reads back from the journal (its router,
+    /// one output per shard, is swapped at reload).
+    publish_routes: Arc<Routes>,
     /// Counters.
     pub stats: Arc<ClusterStats>,
     /// This node's rules digest (follows reloads).
@@ -92,7 +91,6 @@ pub(super) fn start(
     config: &Config,
     journal: &Arc<Journal>,
     workers: &WorkerPool,
-    stats: &Arc<Stats>,
 ) -> std::io::Result<ClusterRuntime> {
     let c = &joined.cfg;
     // One digest for the publisher's headers, the owner's checks and the watch: a reload
@@ -115,13 +113,7 @@ pub(super) fn start(
         ..ClusterStats::default()
     });
     let router = Arc::new(Router::new(config.aggregation.clone(), c.shards as usize));
-    let publish_pipeline = Arc::new(Pipeline::new(
-        &router,
-        workers,
-        Arc::new(NoForward),
-        stats,
-        config,
-    ));
+    let publish_routes = Arc::new(Routes::new(&router, config));
     let opened_at = journal.stats().next_seq.load(Ordering::Relaxed);
     let publisher = Publisher::start(
         joined.js.clone(),
@@ -134,7 +126,7 @@ pub(super) fn start(
             opened_at_seq: opened_at,
             follow: journal.follow_slot(),
         },
-        Arc::clone(&publish_pipeline),
+        Arc::clone(&publish_routes),
         Arc::clone(&cstats),
     )?;
     journal.follow(publisher.follower());
@@ -154,7 +146,7 @@ pub(super) fn start(
         joined,
         publisher: Some(publisher),
         owner: Some(owner),
-        publish_pipeline,
+        publish_routes,
         stats: cstats,
         digest,
         watch,
@@ -171,7 +163,7 @@ impl ClusterRuntime {
     /// as `rules_mismatch` by their owners).
     pub(super) async fn reload(&self, config: &Config, announce: Option<&str>) {
         let c = &self.joined.cfg;
-        self.publish_pipeline.router.store(Arc::new(Router::new(
+        self.publish_routes.router.store(Arc::new(Router::new(
             config.aggregation.clone(),
             c.shards as usize,
         )));

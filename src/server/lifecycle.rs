@@ -87,8 +87,9 @@ impl Server {
             }
         }
         // The same outputs as before: workers, or shards in cluster mode.
-        let outputs = self.pipeline.router.load().outputs();
+        let outputs = self.pipeline.routes.router.load().outputs();
         self.pipeline
+            .routes
             .router
             .store(Arc::new(Router::new(b.clone(), outputs)));
         if let (Some((t, _)), Some(r)) = (&self.tenants, registry) {
@@ -166,7 +167,7 @@ impl Server {
         }
         let workers = self.workers;
         let _ = tokio::task::spawn_blocking(move || workers.shutdown()).await;
-        if let Some(q) = self.pipeline.quarantine.clone() {
+        if let Some(q) = self.pipeline.routes.quarantine.clone() {
             let _ = tokio::task::spawn_blocking(move || q.close()).await;
         }
         let delivered = self.senders.drain(&self.dests, deadline).await;

@@ -39,7 +39,7 @@ use crate::datapoint::{OutBatch, Sink};
 use crate::dest::{Destinations, Senders};
 use crate::drops::Stats;
 use crate::events::Event;
-use crate::ingest::{Ingest, Pipeline};
+use crate::ingest::{Ingest, Pipeline, Routes};
 use crate::journal::Journal;
 use crate::journal::io::{JournalIo, OsIo};
 use crate::journal::ledger::Ledger;
@@ -183,25 +183,29 @@ pub async fn start_with_io(
     let router = Arc::new(Router::new(config.aggregation.clone(), outputs));
     // In cluster mode the shard owners rebuild from the stream instead.
     if let (Some(j), None) = (&journal, &joined) {
-        let quiet = Pipeline::new(&router, &workers, Arc::new(NoForward), &stats, &config);
+        let routes = Arc::new(Routes::new(&router, &config));
+        let quiet = Pipeline::new(routes, &workers, Arc::new(NoForward), &stats, &config);
         rebuild(&config, j, quiet).await?;
     }
     let cluster = match (joined, &journal) {
         (Some((joined, gate)), Some(j)) => {
-            Some(cluster::start(joined, gate, &config, j, &workers, &stats)?)
+            Some(cluster::start(joined, gate, &config, j, &workers)?)
         }
         _ => None,
     };
     let tenants = load_tenants(&config)?;
-    let pipeline = Arc::new(Pipeline {
-        journal: journal.clone(),
+    let routes = Arc::new(Routes {
         tenants: tenants.as_ref().map(|(t, _)| Arc::clone(t)),
         quarantine: quarantine.clone(),
+        ..Routes::new(&router, &config)
+    });
+    let pipeline = Arc::new(Pipeline {
+        journal: journal.clone(),
         cluster: cluster.as_ref().map(|c| {
             let lag: Arc<dyn crate::ingest::PublishBacklog> = c.stats.publish.clone();
             lag
         }),
-        ..Pipeline::new(&router, &workers, dests.clone(), &stats, &config)
+        ..Pipeline::new(routes, &workers, dests.clone(), &stats, &config)
     });
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();

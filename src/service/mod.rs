@@ -183,7 +183,7 @@ async fn series(
         .await
         .unwrap_or_default();
     let truncated = found.len() > limit;
-    let rules = o.pipeline.as_ref().map(|p| p.router.load().rules());
+    let rules = o.pipeline.as_ref().map(|p| p.routes.router.load().rules());
     let series: Vec<serde_json::Value> = found
         .into_iter()
         .take(limit)

@@ -1,0 +1,149 @@
+//! The frame router: the one routing step every reader of input uses. A frame (a run of
+//! complete lines, a datagram, a pickle frame, an HTTP body, or a journal record read
+//! back) is decoded ([`crate::codec::decode_frame`]) and each datapoint goes through the
+//! tenant gate and the route caches into a batch per output index (per worker, or per
+//! shard in cluster mode). Pure: no IO, no waiting, no process counters; it tallies what
+//! it routed and refused, and the caller decides what to do with that.
+//!
+//! Users: a connection ([`super::Ingest`], which journals, hands on and counts), the
+//! start-up rebuild (an `Ingest` that counts nothing), and cluster mode's publisher (for
+//! records it reads back from the journal).
+
+use std::sync::Arc;
+
+use crate::aggregate::batch::Batch;
+use crate::codec::FrameError;
+use crate::codec::pickle::PickleDecoder;
+use crate::datapoint::Kind;
+use crate::drops::DropTally;
+use crate::journal::Verdict;
+use crate::journal::record::Record;
+
+use super::Routes;
+use super::routing::{Batches, Routed, Routing};
+
+/// Decodes and routes frames into per-output batches (see the module docs).
+pub struct FrameRouter {
+    routes: Arc<Routes>,
+    /// Pickle decoding scratch, kept between frames.
+    decoder: PickleDecoder,
+    /// Tenant gate, route caches, tallies and the frame's verdict.
+    pub(super) routing: Routing,
+    /// What was routed and not yet taken.
+    pub(super) batches: Batches,
+}
+
+impl FrameRouter {
+    /// A router over `routes`, with one batch per output index of its router.
+    pub fn new(routes: Arc<Routes>) -> Self {
+        let outputs = routes.router.load().outputs();
+        FrameRouter {
+            routing: Routing::new(&routes),
+            batches: Batches::new(outputs),
+            decoder: PickleDecoder::new(),
+            routes,
+        }
+    }
+
+    /// Like [`FrameRouter::new`], with a private route cache of up to `max_paths` paths
+    /// (within the routes' budget): a reader of every path, such as cluster mode's
+    /// publisher.
+    pub fn with_private_cache(routes: Arc<Routes>, max_paths: usize) -> Self {
+        let mut r = FrameRouter::new(routes);
+        r.routing.private_cache(max_paths);
+        r
+    }
+
+    /// What it routes with.
+    pub fn routes(&self) -> &Arc<Routes> {
+        &self.routes
+    }
+
+    /// Decodes and routes one frame of input `kind` received at `now` (for `tenant`, on
+    /// HTTP). A frame unusable as a whole is tallied under its reason. The datapoints it
+    /// refuses make the frame's verdict ([`FrameRouter::take_verdict`]).
+    ///
+    /// Errors: the frame is unusable as a whole (an HTTP listener answers 400 with it).
+    pub fn frame(
+        &mut self,
+        kind: Kind,
+        payload: &[u8],
+        tenant: Option<&str>,
+        now: f64,
+    ) -> Result<(), FrameError> {
+        self.decode(kind, payload, tenant, now, None)
+    }
+
+    /// Re-reads a journal record: decoded and routed like [`FrameRouter::frame`] with its
+    /// receive time as "now", without the datapoints its verdict says the connection
+    /// refused, so exactly what the live path accepted is aggregated (invariant 6 of
+    /// `DESIGN.md`).
+    pub fn reread(&mut self, rec: &Record<'_>) {
+        let now = rec.meta.received_us as f64 / 1e6;
+        let tenant = Some(rec.meta.tenant.as_str()).filter(|t| !t.is_empty());
+        // A body unusable as a whole was answered 400 (and counted) when received.
+        let _ = self.decode(
+            rec.meta.kind,
+            rec.payload,
+            tenant,
+            now,
+            Some(&rec.meta.verdict),
+        );
+    }
+
+    /// [`FrameRouter::frame`], skipping the items `except` refused (a re-read).
+    fn decode(
+        &mut self,
+        kind: Kind,
+        payload: &[u8],
+        tenant: Option<&str>,
+        now: f64,
+        except: Option<&Verdict>,
+    ) -> Result<(), FrameError> {
+        let FrameRouter {
+            routes,
+            decoder,
+            routing,
+            batches,
+        } = self;
+        routing.start_frame(routes, now);
+        let except = except.filter(|v| !v.is_empty());
+        let mut cursor = 0;
+        let decoded =
+            crate::codec::decode_frame(kind, payload, tenant, now, &routes.limits, decoder, |r| {
+                match (r, except) {
+                    (Ok(run), None) => routing.accept_run(routes, batches, run),
+                    (Ok(run), Some(v)) => {
+                        routing.accept_run_except(routes, batches, run, v, &mut cursor);
+                    }
+                    (Err(reason), _) => routing.reject_item(reason),
+                }
+            });
+        if let Err(e) = &decoded {
+            routing.tally.add(e.reason(), 1, now);
+        }
+        decoded
+    }
+
+    /// The datapoints the frame routed last refused, for its journal record.
+    pub fn take_verdict(&mut self) -> Verdict {
+        std::mem::take(&mut self.routing.verdict)
+    }
+
+    /// Every routed work item, as one [`Routed`] per shard, and their number (cluster
+    /// mode's connections attach it to the frame's journal record).
+    pub fn take_routed(&mut self) -> (Routed, usize) {
+        self.batches.take_routed()
+    }
+
+    /// The pending work items per output index, to be drained by the caller, with the
+    /// tallies forgotten (for a reader whose input was counted when first received).
+    pub fn pending_uncounted(&mut self) -> &mut [Batch] {
+        let r = &mut self.routing;
+        r.tally = DropTally::default();
+        r.received = 0;
+        self.batches.forwards.clear();
+        self.batches.emptied();
+        &mut self.batches.pending
+    }
+}
