@@ -104,6 +104,12 @@ impl Config {
         } else {
             0
         };
+        // Cluster mode: routed records the journal handed to the publisher lanes.
+        let handed_over = if self.cluster.is_some() {
+            crate::cluster::publish::FOLLOWED_BYTES
+        } else {
+            0
+        };
         MemoryBound {
             live_series,
             terms: vec![
@@ -121,6 +127,7 @@ impl Config {
                 ("destination queues", destinations),
                 ("journal writer", journal),
                 ("remembered placements", placements),
+                ("cluster publisher hand-over", handed_over),
                 ("live output series", live_series * SERIES_BYTES),
             ],
         }
