@@ -539,6 +539,73 @@ async fn udp_queue_overflow_is_counted_ledgered_and_journaled_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lines_feeding_every_rule_are_routed_in_pieces_within_the_budget_and_journaled_once() {
+    // 500 rules that every path matches: a line makes 500 work items (20 kB), and a read
+    // is charged for two items a line. The connection routes and journals its reads in
+    // pieces that keep to that, and each datapoint is aggregated and journaled once.
+    let capture = Capture::start("pickle");
+    let dir = tempdir("fan-out");
+    let rules: String = (0..500)
+        .map(|i| format!("o{i}.sum (60) = sum in.*\n"))
+        .collect();
+    let cfg = write_config(
+        &dir,
+        &rules,
+        "max_intervals = 24\n",
+        &capture.addr.to_string(),
+        "pickle",
+    );
+    append_config(
+        &cfg,
+        "[limits]\nconnection_memory_bytes = 16777216\n\
+         [journal]\ndir = \"journal\"\nmin_free_disk = 0\n",
+    );
+    let server = start_aggd(&cfg).await;
+    let ts = now() as i64 - 60;
+    let bucket = ts - ts.rem_euclid(60);
+    let addr = server.addr("plaintext/tcp").unwrap();
+    let lines: u32 = 4_000;
+    tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        let payload: String = (0..lines).map(|i| format!("in.h{i} 1 {ts}\n")).collect();
+        s.write_all(payload.as_bytes()).unwrap();
+    })
+    .await
+    .unwrap();
+    let exact = |got: &std::collections::BTreeMap<(String, i64), f64>| {
+        (0..500).all(|i| got.get(&(format!("o{i}.sum"), bucket)) == Some(&f64::from(lines)))
+    };
+    capture.wait_for("every output exact", exact);
+    let received = server
+        .stats()
+        .received
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(received, u64::from(lines));
+    server.shutdown().await;
+    // Each piece is a journal record of whole lines: 4 000 lines of 500 items each make
+    // far more records than the reads of 84 kB would.
+    let (mut records, mut journaled) = (0, 0);
+    aggd::journal::reader::read_range(
+        &dir.join("journal"),
+        i64::MIN,
+        i64::MAX,
+        |r| {
+            records += 1;
+            assert!(r.payload.ends_with(b"\n"), "a piece ends at a line's end");
+            journaled += r
+                .payload
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .count();
+        },
+        |_| {},
+    )
+    .unwrap();
+    assert_eq!(journaled, lines as usize, "every line journaled once");
+    assert!(records > 20, "{records} records");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_rules_never_starve_a_connection_of_its_memory_budget() {
     // With 1 000 rules a shortest line could feed 1 000 work items: a connection's reads
     // must shrink to what the budget covers, not wait for ever for room that cannot come

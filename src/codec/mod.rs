@@ -113,6 +113,69 @@ impl FrameError {
     }
 }
 
+/// Decodes a run of carbon plaintext lines like [`decode_frame`], in runs of at most
+/// [`RUN`] datapoints, until `f` returns false for a run of datapoints: decoding stops
+/// after that run's last line. Returns the bytes decoded: `payload.len()`, or the end
+/// of the line (its `\n` included) where it stopped, so the rest can be decoded as a
+/// frame of its own.
+pub fn decode_lines_until(
+    payload: &[u8],
+    now: f64,
+    limits: &Limits,
+    mut f: impl FnMut(Result<&[Datapoint<'_>], DropReason>) -> bool,
+) -> usize {
+    let empty = Datapoint {
+        path: "",
+        timestamp: 0.0,
+        value: 0.0,
+    };
+    let mut run = [empty; RUN];
+    let mut n = 0;
+    // Where the line after the last one decoded begins.
+    let end_of = |line: &[u8]| {
+        let start = line.as_ptr() as usize - payload.as_ptr() as usize;
+        (start + line.len() + 1).min(payload.len())
+    };
+    // One UTF-8 check for the frame (most are text); a frame with a bad byte is checked
+    // line by line, so only that line is refused.
+    let text = std::str::from_utf8(payload).ok();
+    for line in plaintext::lines(payload) {
+        let parsed = match text {
+            Some(t) => plaintext::parse_line_of(t, line, now, limits),
+            None => plaintext::parse_line(line, now, limits),
+        };
+        match parsed {
+            Ok(Some(dp)) => {
+                run[n] = dp;
+                n += 1;
+                if n == RUN {
+                    n = 0;
+                    if !f(Ok(&run)) {
+                        return end_of(line);
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(r) => {
+                if n > 0 {
+                    let go_on = f(Ok(&run[..n]));
+                    n = 0;
+                    if !go_on {
+                        // This line is the next piece's first.
+                        let start = line.as_ptr() as usize - payload.as_ptr() as usize;
+                        return start;
+                    }
+                }
+                f(Err(r));
+            }
+        }
+    }
+    if n > 0 {
+        f(Ok(&run[..n]));
+    }
+    payload.len()
+}
+
 /// Decodes one frame of input `kind` received at `now` (Unix s; it replaces `-1`
 /// timestamps): the one decode step per input kind, used by the listeners, the start-up
 /// rebuild and `aggd replay` alike. Calls `f` in frame order with runs of at most [`RUN`]
@@ -137,43 +200,10 @@ pub fn decode_frame(
 ) -> Result<(), FrameError> {
     match kind {
         Kind::PlaintextTcp | Kind::PlaintextUdp => {
-            let empty = Datapoint {
-                path: "",
-                timestamp: 0.0,
-                value: 0.0,
-            };
-            let mut run = [empty; RUN];
-            let mut n = 0;
-            // One UTF-8 check for the frame (most are text); a frame with a bad byte is
-            // checked line by line, so only that line is refused.
-            let text = std::str::from_utf8(payload).ok();
-            for line in plaintext::lines(payload) {
-                let parsed = match text {
-                    Some(t) => plaintext::parse_line_of(t, line, now, limits),
-                    None => plaintext::parse_line(line, now, limits),
-                };
-                match parsed {
-                    Ok(Some(dp)) => {
-                        run[n] = dp;
-                        n += 1;
-                        if n == RUN {
-                            f(Ok(&run));
-                            n = 0;
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(r) => {
-                        if n > 0 {
-                            f(Ok(&run[..n]));
-                            n = 0;
-                        }
-                        f(Err(r));
-                    }
-                }
-            }
-            if n > 0 {
-                f(Ok(&run[..n]));
-            }
+            decode_lines_until(payload, now, limits, |r| {
+                f(r);
+                true
+            });
             Ok(())
         }
         Kind::PickleTcp => decoder
@@ -228,6 +258,50 @@ pub fn finish_point<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The paths `decode_lines_until` hands over, and where it stopped, when `f` asks to
+    /// stop after `runs` runs.
+    fn until(payload: &str, runs: usize) -> (Vec<String>, usize) {
+        let mut seen = Vec::new();
+        let mut n = 0;
+        let used = decode_lines_until(payload.as_bytes(), 0.0, &Limits::default(), |r| match r {
+            Ok(run) => {
+                seen.extend(run.iter().map(|d| d.path.to_string()));
+                n += 1;
+                n < runs
+            }
+            Err(_) => {
+                seen.push("!".into());
+                true
+            }
+        });
+        (seen, used)
+    }
+
+    #[test]
+    fn lines_stop_after_a_run_and_the_rest_is_whole_lines() {
+        let text: String = (0..20).map(|i| format!("p{i} 1 1\n")).collect();
+        // Not stopped: everything.
+        let (all, used) = until(&text, usize::MAX);
+        assert_eq!((all.len(), used), (20, text.len()));
+        // Stopped after the first run: RUN lines, cut at a line's end.
+        let (first, used) = until(&text, 1);
+        assert_eq!(first.len(), RUN);
+        assert_eq!(
+            &text[..used],
+            &text[..text.find(&format!("p{RUN} ")).unwrap()]
+        );
+        // The rest decodes as a frame of its own, to the same datapoints.
+        let (rest, _) = until(&text[used..], usize::MAX);
+        assert_eq!([first, rest].concat(), all);
+        // A bad line after a stopping run starts the rest; a final line without `\n`
+        // is whole.
+        let (seen, used) = until("a 1 1\nbad\nb 1 1", 1);
+        assert_eq!((seen, used), (vec!["a".to_string()], 6));
+        let (seen, used) = until("a 1 1\nbad\nb 1 1", usize::MAX);
+        assert_eq!(seen, ["a", "!", "b"]);
+        assert_eq!(used, 15);
+    }
 
     #[test]
     fn minus_one_means_now() {

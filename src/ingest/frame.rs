@@ -74,6 +74,31 @@ impl FrameRouter {
         self.decode(kind, payload, tenant, now, None)
     }
 
+    /// Decodes and routes a run of carbon plaintext lines received at `now`, like
+    /// [`FrameRouter::frame`], until the pending work items reach `max_items`: then it
+    /// stops after the run of datapoints that reached it (at most [`crate::codec::RUN`]
+    /// lines, so at most that many lines' outputs past it). Returns the bytes routed; the
+    /// rest is a frame of its own, to be routed once these items are handed on.
+    pub fn lines_within(&mut self, payload: &[u8], now: f64, max_items: usize) -> usize {
+        let FrameRouter {
+            routes,
+            routing,
+            batches,
+            ..
+        } = self;
+        routing.start_frame(routes, now);
+        crate::codec::decode_lines_until(payload, now, &routes.limits, |r| match r {
+            Ok(run) => {
+                routing.accept_run(routes, batches, run);
+                batches.items < max_items
+            }
+            Err(reason) => {
+                routing.reject_item(reason);
+                true
+            }
+        })
+    }
+
     /// Re-reads a journal record: decoded and routed like [`FrameRouter::frame`] with its
     /// receive time as "now", without the datapoints its verdict says the connection
     /// refused, so exactly what the live path accepted is aggregated (invariant 6 of

@@ -76,6 +76,12 @@ impl Handoff {
         }
     }
 
+    /// Work items attached to records whose tickets have not been waited for (cluster
+    /// mode).
+    pub fn attached_items(&self) -> usize {
+        self.tickets.iter().map(|t| t.2).sum()
+    }
+
     /// Work items set aside by [`Handoff::stage`] and not yet handed on.
     pub fn staged_items(&self) -> usize {
         self.staged.as_ref().map_or(0, |s| s.items)

@@ -218,6 +218,21 @@ impl Ingest {
         slots::items_per_byte(self.p.routes.router.load().rule_count())
     }
 
+    /// Bytes of work items a connection is charged per byte of carbon plaintext it reads:
+    /// what a shortest line feeding two rules makes (or every rule, if fewer). Lines
+    /// that make more are routed in pieces ([`Ingest::receive_lines`]), each over its
+    /// charge by at most [`Ingest::piece_overshoot_bytes`].
+    pub fn line_items_per_byte(&self) -> usize {
+        self.items_per_byte().min(slots::items_per_byte(2))
+    }
+
+    /// Bytes of work items a piece of [`Ingest::receive_lines`] may make beyond its
+    /// charge: [`crate::codec::RUN`] lines each feeding every rule.
+    pub fn piece_overshoot_bytes(&self) -> usize {
+        let rules = self.p.routes.router.load().rule_count().max(1);
+        crate::codec::RUN * rules * slots::WORK_ITEM_BYTES
+    }
+
     /// The decoder limits.
     pub fn limits(&self) -> &Limits {
         &self.p.routes.limits
@@ -302,6 +317,31 @@ impl Ingest {
     pub async fn receive(&mut self, payload: &Bytes, now: f64) {
         let _ = self.frame(self.kind, payload, None, now);
         self.journal(payload, now).await;
+    }
+
+    /// A run of complete carbon plaintext lines received at `now`, like
+    /// [`Ingest::receive`], in pieces whose work items stay within `max_items` (with the
+    /// work attached to records not yet written): a piece is routed
+    /// ([`FrameRouter::lines_within`]) and journaled as a record of its own, and
+    /// everything pending is handed on ([`Ingest::flush`]) before the next piece is
+    /// routed. So a connection is charged for the work items its lines actually make, not
+    /// for a shortest line feeding every rule; a piece exceeds `max_items` by at most
+    /// [`crate::codec::RUN`] lines' outputs.
+    pub async fn receive_lines(&mut self, payload: &Bytes, now: f64, max_items: usize) {
+        let mut rest = payload.clone();
+        loop {
+            let room = max_items.saturating_sub(self.handoff.attached_items());
+            let used = match self.frames.lines_within(&rest, now, room.max(1)) {
+                0 => rest.len(),
+                n => n,
+            };
+            let piece = rest.split_to(used);
+            self.journal(&piece, now).await;
+            if rest.is_empty() {
+                return;
+            }
+            self.flush().await;
+        }
     }
 
     /// A datagram from `peer` received at `now`, like [`Ingest::receive`] (a UDP

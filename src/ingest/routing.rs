@@ -24,6 +24,8 @@ pub(super) struct Batches {
     pub pending: Vec<Batch>,
     /// The indexes of `pending` that became non-empty since it was last emptied.
     touched: Vec<u32>,
+    /// Work items in `pending`.
+    pub items: usize,
     /// Raw datapoints to forward to the destinations (`forward_all`).
     pub forwards: Vec<OutPoint>,
 }
@@ -58,6 +60,7 @@ impl Batches {
         Batches {
             pending: (0..outputs).map(|_| Batch::new()).collect(),
             touched: Vec::new(),
+            items: 0,
             forwards: Vec::new(),
         }
     }
@@ -74,12 +77,14 @@ impl Batches {
             items.append(&mut self.pending[k as usize]);
             shards.push((k, items.len()));
         }
+        self.items = 0;
         (Routed { items, shards }, total)
     }
 
     /// Forgets which batches were fed: every one of `pending` was emptied.
     pub fn emptied(&mut self) {
         self.touched.clear();
+        self.items = 0;
     }
 
     /// Queues `dp` for each of `route`'s output series (per owning worker) and, if the
@@ -87,6 +92,7 @@ impl Batches {
     /// series' keys): each batch holds it, so no reference count is touched per item.
     #[inline]
     fn dispatch(&mut self, route: &Route, owner: RouteOwner<'_>, dp: &Datapoint<'_>) {
+        self.items += route.outputs.len();
         for o in &route.outputs {
             let batch = &mut self.pending[o.worker];
             if batch.is_empty() {

@@ -104,6 +104,9 @@ struct ReadBuf {
     /// Spare capacity wanted for the next read: [`READ_MIN`]..=[`READ_MAX`], less with
     /// many rules (see `read_more`).
     want: usize,
+    /// Work items the last read was charged for (carbon plaintext is routed in pieces
+    /// that keep to it, [`Ingest::receive_lines`]).
+    charged_items: usize,
 }
 
 impl ReadBuf {
@@ -111,6 +114,7 @@ impl ReadBuf {
         ReadBuf {
             buf: BytesMut::new(),
             want: READ_MIN,
+            charged_items: 0,
         }
     }
 
@@ -163,6 +167,7 @@ async fn read_more(
         shutdown,
         slot,
         items_per_byte,
+        overshoot,
     } = *conn;
     if shutdown.is_cancelled() {
         *draining = true;
@@ -178,8 +183,12 @@ async fn read_more(
     rb.want = rb.want.min(cap);
     loop {
         let staged = ingest.staged_items() * crate::ingest::slots::WORK_ITEM_BYTES;
-        let need =
-            rb.buf.capacity().max(rb.buf.len() + rb.want) + rb.want * items_per_byte + staged;
+        let need = rb.buf.capacity().max(rb.buf.len() + rb.want)
+            + rb.want * items_per_byte
+            + overshoot
+            + staged;
+        rb.charged_items =
+            (rb.want * items_per_byte / crate::ingest::slots::WORK_ITEM_BYTES).max(1);
         if !slot.hold(need, slot.evicted()).await {
             return Ok(0);
         }
@@ -239,13 +248,21 @@ struct Conn<'a> {
     shutdown: &'a CancellationToken,
     /// Its slot and budget.
     slot: &'a Slot,
-    /// Budget bytes of work items one input byte can decode into.
+    /// Budget bytes of work items one input byte is charged for: for a pickle frame,
+    /// the most it can decode into; for carbon plaintext, a typical line's
+    /// ([`Ingest::line_items_per_byte`]), routed in pieces that keep to it.
     items_per_byte: usize,
+    /// Budget bytes charged besides, for what a piece may make beyond its charge
+    /// ([`Ingest::piece_overshoot_bytes`]; 0 for pickle).
+    overshoot: usize,
 }
 
 /// How one TCP protocol cuts frames out of the stream (decoding them is
 /// [`Ingest::receive`]'s, by the connection's input kind).
 trait StreamFramer {
+    /// Whether its frames are runs of carbon plaintext lines, which may be routed in
+    /// pieces ([`Ingest::receive_lines`]); a pickle frame is routed whole.
+    const LINES: bool;
     /// Moves every complete frame (a run of lines, a pickle body) out of `buf` into
     /// `out`; counts framing rejections on `ingest`. Returns false when the stream cannot
     /// be framed any further (the connection closes once `out` is processed).
@@ -259,6 +276,7 @@ trait StreamFramer {
 struct Lines(LineFramer);
 
 impl StreamFramer for Lines {
+    const LINES: bool = true;
     fn frames(&mut self, buf: &mut BytesMut, ingest: &mut Ingest, out: &mut Vec<Bytes>) -> bool {
         let framed = self.0.next_chunk(buf);
         ingest.reject(DropReason::LineTooLong, framed.too_long);
@@ -277,6 +295,7 @@ impl StreamFramer for Lines {
 struct Frames(PickleFramer);
 
 impl StreamFramer for Frames {
+    const LINES: bool = false;
     /// A header over `max_pickle_frame_bytes` is counted (`frame_too_large`) and ends
     /// the stream: its body cannot be skipped safely, so the frames after it cannot be
     /// found (carbon closes the connection there too).
@@ -310,22 +329,26 @@ async fn pickle_conn(sock: TcpStream, ingest: Ingest, shutdown: CancellationToke
 }
 
 /// Decodes and routes each frame, then submits it to the journal with its verdict
-/// ([`Ingest::receive`]).
-async fn process(frames: &mut Vec<Bytes>, ingest: &mut Ingest) {
+/// ([`Ingest::receive`]); runs of lines in pieces of at most `line_items` work items
+/// ([`Ingest::receive_lines`]).
+async fn process(frames: &mut Vec<Bytes>, ingest: &mut Ingest, line_items: Option<usize>) {
     let now = crate::time::now();
     for f in frames.drain(..) {
-        ingest.receive(&f, now).await;
+        match line_items {
+            Some(max) => ingest.receive_lines(&f, now, max).await,
+            None => ingest.receive(&f, now).await,
+        }
     }
 }
 
 /// The connection loop: read, frame, decode, journal, and hand batches on (waiting while
 /// a worker queue is full) one read later, so the journal writes a read's frames while
 /// the next read is decoded; until end of stream, a read error or shutdown.
-async fn serve(
+async fn serve<D: StreamFramer>(
     mut sock: TcpStream,
     mut ingest: Ingest,
     shutdown: CancellationToken,
-    mut d: impl StreamFramer,
+    mut d: D,
     slot: Slot,
 ) {
     let _open = OpenConnection::new(ingest.stats());
@@ -341,7 +364,16 @@ async fn serve(
     let conn = Conn {
         shutdown: &shutdown,
         slot: &slot,
-        items_per_byte: ingest.items_per_byte(),
+        items_per_byte: if D::LINES {
+            ingest.line_items_per_byte()
+        } else {
+            ingest.items_per_byte()
+        },
+        overshoot: if D::LINES {
+            ingest.piece_overshoot_bytes()
+        } else {
+            0
+        },
     };
     loop {
         match read_more(&mut sock, &mut rb, &conn, &mut ingest, &mut draining).await {
@@ -359,7 +391,12 @@ async fn serve(
         if !frames.is_empty() {
             slot.progress();
         }
-        process(&mut frames, &mut ingest).await;
+        process(
+            &mut frames,
+            &mut ingest,
+            D::LINES.then_some(rb.charged_items),
+        )
+        .await;
         if !framing {
             // The frames before it are processed; nothing after it can be.
             tracing::debug!(%peer, "closing a connection whose stream cannot be framed");
@@ -375,7 +412,12 @@ async fn serve(
         return;
     }
     frames.extend(d.finish(&mut rb.buf, &mut ingest, eof));
-    process(&mut frames, &mut ingest).await;
+    process(
+        &mut frames,
+        &mut ingest,
+        D::LINES.then_some(rb.charged_items),
+    )
+    .await;
     ingest.flush().await;
 }
 
