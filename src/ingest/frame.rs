@@ -6,21 +6,26 @@
 //! it routed and refused, and the caller decides what to do with that.
 //!
 //! Users: a connection ([`super::Ingest`], which journals, hands on and counts), the
-//! start-up rebuild (an `Ingest` that counts nothing), and cluster mode's publisher (for
-//! records it reads back from the journal).
+//! start-up rebuild (an `Ingest` that counts nothing), cluster mode's publisher (for
+//! records it reads back from the journal) and `aggd replay`.
 
 use std::sync::Arc;
 
 use crate::aggregate::batch::Batch;
 use crate::codec::FrameError;
 use crate::codec::pickle::PickleDecoder;
-use crate::datapoint::Kind;
+use crate::datapoint::{Datapoint, Kind};
 use crate::drops::DropTally;
 use crate::journal::Verdict;
 use crate::journal::record::Record;
+use crate::reason::DropReason;
 
 use super::Routes;
 use super::routing::{Batches, Routed, Routing};
+
+/// Which refused datapoints a re-read routes after all, given the reason each was
+/// refused for ([`FrameRouter::reread_including`]).
+pub type Include<'a> = &'a mut dyn FnMut(DropReason, &Datapoint<'_>) -> bool;
 
 /// Decodes and routes frames into per-output batches (see the module docs).
 pub struct FrameRouter {
@@ -104,6 +109,13 @@ impl FrameRouter {
     /// refused, so exactly what the live path accepted is aggregated (invariant 6 of
     /// `DESIGN.md`).
     pub fn reread(&mut self, rec: &Record<'_>) {
+        self.reread_including(rec, &mut |_, _| false);
+    }
+
+    /// [`FrameRouter::reread`], routing also each refused datapoint for which `include`
+    /// (given the reason it was refused for) says yes: `aggd replay --include-refused`
+    /// and `--lost`.
+    pub fn reread_including(&mut self, rec: &Record<'_>, include: Include<'_>) {
         let now = rec.meta.received_us as f64 / 1e6;
         let tenant = Some(rec.meta.tenant.as_str()).filter(|t| !t.is_empty());
         // A body unusable as a whole was answered 400 (and counted) when received.
@@ -112,7 +124,7 @@ impl FrameRouter {
             rec.payload,
             tenant,
             now,
-            Some(&rec.meta.verdict),
+            Some((&rec.meta.verdict, include)),
         );
     }
 
@@ -123,7 +135,7 @@ impl FrameRouter {
         payload: &[u8],
         tenant: Option<&str>,
         now: f64,
-        except: Option<&Verdict>,
+        except: Option<(&Verdict, Include<'_>)>,
     ) -> Result<(), FrameError> {
         let FrameRouter {
             routes,
@@ -132,14 +144,14 @@ impl FrameRouter {
             batches,
         } = self;
         routing.start_frame(routes, now);
-        let except = except.filter(|v| !v.is_empty());
+        let mut except = except.filter(|(v, _)| !v.is_empty());
         let mut cursor = 0;
         let decoded =
             crate::codec::decode_frame(kind, payload, tenant, now, &routes.limits, decoder, |r| {
-                match (r, except) {
+                match (r, &mut except) {
                     (Ok(run), None) => routing.accept_run(routes, batches, run),
-                    (Ok(run), Some(v)) => {
-                        routing.accept_run_except(routes, batches, run, v, &mut cursor);
+                    (Ok(run), Some((v, include))) => {
+                        routing.accept_run_except(routes, batches, run, v, &mut cursor, *include);
                     }
                     (Err(reason), _) => routing.reject_item(reason),
                 }
@@ -148,6 +160,13 @@ impl FrameRouter {
             routing.tally.add(e.reason(), 1, now);
         }
         decoded
+    }
+
+    /// Datapoints routed (to their outputs, or to none) and filtered by the
+    /// white/blacklists since the last call; the count is started again.
+    pub fn take_routed_count(&mut self) -> u64 {
+        let r = &mut self.routing;
+        std::mem::take(&mut r.received) + std::mem::take(&mut r.filtered)
     }
 
     /// The datapoints the frame routed last refused, for its journal record.
@@ -167,6 +186,7 @@ impl FrameRouter {
         let r = &mut self.routing;
         r.tally = DropTally::default();
         r.received = 0;
+        r.filtered = 0;
         self.batches.forwards.clear();
         self.batches.emptied();
         &mut self.batches.pending

@@ -138,6 +138,8 @@ pub(super) struct Routing {
     pub received: u64,
     /// Datapoints routed over the connection's life (for HTTP responses).
     pub received_total: u64,
+    /// Datapoints the white/blacklists filtered, not yet taken.
+    pub filtered: u64,
     /// The decode item (see [`Verdict`]) of the frame being routed that comes next.
     pub item: u32,
     /// The frame's datapoints refused so far, for its journal record.
@@ -155,6 +157,7 @@ impl Routing {
             tally: DropTally::default(),
             received: 0,
             received_total: 0,
+            filtered: 0,
             item: 0,
             verdict: Verdict::default(),
         }
@@ -201,6 +204,7 @@ impl Routing {
                 Some(reason) => {
                     self.tally.add(reason, 1, dp.timestamp);
                     self.verdict.refuse(item, reason);
+                    self.filtered += 1;
                 }
                 None => {
                     out.dispatch(route, owner, &floored(dp, resolution));
@@ -229,7 +233,8 @@ impl Routing {
     }
 
     /// Re-reading a journal record: routes the run `dps` (the next decode items of the
-    /// record) except the items `verdict` refused when the record was received; `cursor`
+    /// record) except the items `verdict` refused when the record was received, unless
+    /// `include` takes one back (`aggd replay --include-refused`, `--lost`); `cursor`
     /// keeps the place in the verdict between runs.
     pub(crate) fn accept_run_except(
         &mut self,
@@ -238,11 +243,15 @@ impl Routing {
         dps: &[Datapoint<'_>],
         verdict: &Verdict,
         cursor: &mut usize,
+        include: &mut dyn FnMut(DropReason, &Datapoint<'_>) -> bool,
     ) {
         let base = self.item;
         let mut start = 0;
         for i in 0..=dps.len() {
-            let refused = i < dps.len() && verdict.refused_at(cursor, base + i as u32).is_some();
+            let refused = i < dps.len()
+                && verdict
+                    .refused_at(cursor, base + i as u32)
+                    .is_some_and(|reason| !include(reason, &dps[i]));
             if i == dps.len() || refused {
                 if start < i {
                     self.item = base + start as u32;

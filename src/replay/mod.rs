@@ -28,12 +28,7 @@ pub use run::{
 };
 pub use stat::journal_stat;
 
-use crate::codec::Limits;
-use crate::codec::pickle::PickleDecoder;
 use crate::config::Config;
-use crate::datapoint::Datapoint;
-use crate::journal::record::Record;
-use crate::reason::DropReason;
 
 /// The largest rule frequency, in seconds (0 without rules).
 pub(crate) fn max_frequency(config: &Config) -> u32 {
@@ -51,40 +46,4 @@ pub(crate) fn max_frequency(config: &Config) -> u32 {
 /// accepted live: `(max_intervals + 1) · max frequency`.
 pub fn acceptance_span(config: &Config) -> f64 {
     f64::from(config.aggregation.max_intervals + 1) * f64::from(max_frequency(config))
-}
-
-/// Decodes one journal record with the listeners' decoders ([`crate::codec::decode_frame`]),
-/// calling `f` per datapoint or rejection, with the reason the record's verdict gives if
-/// the datapoint was refused when received. Its receive time replaces `-1` timestamps.
-pub(crate) fn for_each_datapoint(
-    record: &Record<'_>,
-    limits: &Limits,
-    decoder: &mut PickleDecoder,
-    mut f: impl FnMut(Result<Datapoint<'_>, DropReason>, Option<DropReason>),
-) {
-    let now = record.meta.received_us as f64 / 1e6;
-    let tenant = Some(record.meta.tenant.as_str()).filter(|t| !t.is_empty());
-    let verdict = &record.meta.verdict;
-    let (mut item, mut cursor) = (0u32, 0usize);
-    let decoded = crate::codec::decode_frame(
-        record.meta.kind,
-        record.payload,
-        tenant,
-        now,
-        limits,
-        decoder,
-        |r| match r {
-            Ok(run) => run.iter().for_each(|dp| {
-                f(Ok(*dp), verdict.refused_at(&mut cursor, item));
-                item += 1;
-            }),
-            Err(reason) => {
-                f(Err(reason), None);
-                item += 1;
-            }
-        },
-    );
-    if let Err(e) = decoded {
-        f(Err(e.reason()), None);
-    }
 }

@@ -7,12 +7,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{acceptance_span, for_each_datapoint};
+use super::acceptance_span;
 use crate::aggregate::series::{SeriesTable, Settings};
-use crate::codec::pickle::{PickleDecoder, encode_frames};
+use crate::codec::pickle::encode_frames;
 use crate::codec::plaintext;
 use crate::config::{Config, DestAddress, DestProtocol};
 use crate::datapoint::OutPoint;
+use crate::ingest::{FrameRouter, Routes};
 use crate::journal::{ledger, reader};
 use crate::route::Router;
 use crate::time::Window;
@@ -104,11 +105,12 @@ pub fn replay(
         progress(done, total);
     };
     let mut sender = Sender::new(config, opts)?;
-    let replayer = Replayer {
+    let router = Arc::new(Router::new(config.aggregation.clone(), 1));
+    let mut replayer = Replayer {
         config,
         dir,
         opts,
-        router: Router::new(config.aggregation.clone(), 1),
+        frames: FrameRouter::new(Arc::new(Routes::new(&router, config))),
     };
     let mut summary = ReplaySummary::default();
     for ((_, group), (from_us, to_us, _)) in groups.iter().zip(plans) {
@@ -166,7 +168,8 @@ struct Replayer<'a> {
     config: &'a Config,
     dir: &'a Path,
     opts: &'a ReplayOptions,
-    router: Router,
+    /// The live path's routing step, without a gate of its own (one output index).
+    frames: FrameRouter,
 }
 
 impl Replayer<'_> {
@@ -174,7 +177,7 @@ impl Replayer<'_> {
     /// the too_old/too_new window, and returns the aggregates of the intervals that
     /// overlap one of `windows` (and match `--match`).
     fn group(
-        &self,
+        &mut self,
         from_us: i64,
         to_us: i64,
         windows: &[Window],
@@ -187,7 +190,7 @@ impl Replayer<'_> {
             write_back_frequency: 0,
             max_values_per_bucket: config.aggregation.max_values_per_bucket,
         });
-        let mut decoder = PickleDecoder::new();
+        let frames = &mut self.frames;
         let rate_start = Instant::now();
         let mut read = 0u64;
         let stats = reader::read_range(
@@ -199,31 +202,30 @@ impl Replayer<'_> {
                     return;
                 }
                 summary.records += 1;
-                for_each_datapoint(rec, &config.limits, &mut decoder, |r, refused| {
-                    let Ok(dp) = r else { return };
-                    if let Some(reason) = refused {
-                        let tenant = match rec.meta.tenant.as_str() {
-                            "" => crate::tenant::prefix(dp.path),
-                            t => t,
-                        };
-                        if !opts.refused.includes(reason, tenant) {
-                            summary.refused_skipped += 1;
-                            if opts.refused.lost(reason) && !summary.held.contains(&reason) {
-                                summary.held.push(reason);
-                            }
-                            return;
+                frames.reread_including(rec, &mut |reason, dp| {
+                    let tenant = match rec.meta.tenant.as_str() {
+                        "" => crate::tenant::prefix(dp.path),
+                        t => t,
+                    };
+                    if !opts.refused.includes(reason, tenant) {
+                        summary.refused_skipped += 1;
+                        if opts.refused.lost(reason) && !summary.held.contains(&reason) {
+                            summary.held.push(reason);
                         }
-                        summary.refused_included += 1;
+                        return false;
                     }
-                    read += 1;
-                    self.router.with_route(dp.path, |route| {
-                        for o in &route.outputs {
-                            // Replay has no too_old/too_new window: "now" is the
-                            // datapoint's own time.
-                            let _ = table.add(&o.key, dp.timestamp, dp.value, dp.timestamp);
-                        }
-                    });
+                    summary.refused_included += 1;
+                    true
                 });
+                read += frames.take_routed_count();
+                for batch in frames.pending_uncounted() {
+                    for it in batch.items() {
+                        // Replay has no too_old/too_new window: "now" is the datapoint's
+                        // own time.
+                        let _ = table.add(it, it.timestamp, it.value, it.timestamp);
+                    }
+                    batch.clear();
+                }
                 if opts.rate > 0 {
                     let due = Duration::from_secs_f64(read as f64 / opts.rate as f64);
                     if let Some(wait) = due.checked_sub(rate_start.elapsed()) {

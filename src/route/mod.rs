@@ -223,27 +223,6 @@ impl Router {
         self.keys.len()
     }
 
-    /// Calls `f` with the route of `path`, computing and caching it on a miss.
-    #[inline]
-    pub(crate) fn with_route<T>(&self, path: &str, f: impl FnOnce(&Route) -> T) -> T {
-        match self.with_route_checked(path, || Ok(()), f) {
-            Ok(t) => t,
-            Err(_) => unreachable!("the admission check always passes"),
-        }
-    }
-
-    /// Like [`Router::with_route`], but a path not in the cache must first pass
-    /// `admit_new` (the tenant's series limit); its rejection is returned.
-    #[inline]
-    pub(crate) fn with_route_checked<T>(
-        &self,
-        path: &str,
-        admit_new: impl FnOnce() -> Result<(), crate::reason::DropReason>,
-        f: impl FnOnce(&Route) -> T,
-    ) -> Result<T, crate::reason::DropReason> {
-        self.lookup(path, admit_new).map(|r| f(&r))
-    }
-
     /// The route of `path`, shared; computed and cached on a miss after `admit_new`
     /// passes. Connections keep the result in a private cache ([`LocalRoutes`]).
     pub fn lookup(
