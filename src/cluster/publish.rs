@@ -471,31 +471,16 @@ impl Reader {
         result.map(|()| taken)
     }
 
-    /// The open message of shard `k`, opened if none is.
-    fn open(&mut self, k: usize) -> &mut Open {
-        let first = self.next_first[k];
-        self.open[k].get_or_insert_with(|| Open {
-            builder: Builder::default(),
-            first,
-            opened: Instant::now(),
-        })
-    }
-
     /// Appends a handed-over record's datapoints; notes the shards whose message is full
     /// in `full`.
     fn add_followed(&mut self, f: Followed, full: &mut Vec<usize>) {
         let seq = f.seq / self.state.lanes;
-        let (points, bytes) = (self.cfg.batch_datapoints, self.cfg.batch_bytes);
         for (k, items) in f.routed.by_shard() {
             let k = k as usize;
-            let o = self.open(k);
-            o.builder.section(seq);
-            for it in items {
-                o.builder.push(it, it.timestamp, it.value);
-            }
-            if o.builder.points() >= points || o.builder.bytes() >= bytes {
+            let first = self.next_first[k];
+            append(&mut self.open[k], first, &self.cfg, seq, items, || {
                 full.push(k);
-            }
+            });
         }
         self.next = f.seq + 1;
         self.consumed_new.fetch_add(f.bytes, Ordering::Relaxed);
@@ -533,23 +518,11 @@ impl Reader {
             }
             frames.reread(rec);
             for (k, items) in frames.pending_uncounted().iter_mut().enumerate() {
-                if items.is_empty() {
-                    continue;
-                }
-                let o = open[k].get_or_insert_with(|| Open {
-                    builder: Builder::default(),
-                    first: next_first[k],
-                    opened: Instant::now(),
-                });
-                o.builder.section(seq);
-                for it in items.items() {
-                    o.builder.push(it, it.timestamp, it.value);
-                }
-                items.clear();
-                if o.builder.points() >= cfg.batch_datapoints
-                    || o.builder.bytes() >= cfg.batch_bytes
-                {
-                    full.push(k);
+                if !items.is_empty() {
+                    append(&mut open[k], next_first[k], cfg, seq, items.items(), || {
+                        full.push(k);
+                    });
+                    items.clear();
                 }
             }
         })?;
@@ -679,6 +652,31 @@ impl Reader {
             .map_or(IDLE_WAIT, |d| {
                 d.clamp(Duration::from_micros(100), IDLE_WAIT)
             })
+    }
+}
+
+/// Appends `items` as lane record `seq`'s section to a shard's open message `open`
+/// (opened, covering records from `first`, if there is none); calls `full` once the
+/// message holds `batch_datapoints` datapoints or `batch_bytes` bytes.
+fn append(
+    open: &mut Option<Open>,
+    first: u64,
+    cfg: &ClusterConfig,
+    seq: u64,
+    items: &[crate::aggregate::batch::WorkItem],
+    full: impl FnOnce(),
+) {
+    let o = open.get_or_insert_with(|| Open {
+        builder: Builder::default(),
+        first,
+        opened: Instant::now(),
+    });
+    o.builder.section(seq);
+    for it in items {
+        o.builder.push(it, it.timestamp, it.value);
+    }
+    if o.builder.points() >= cfg.batch_datapoints || o.builder.bytes() >= cfg.batch_bytes {
+        full();
     }
 }
 
