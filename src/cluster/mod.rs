@@ -80,6 +80,9 @@ pub struct ClusterStats {
     pub last_rebuild_ms: AtomicU64,
     /// Journal records the publisher missed (deleted before it read them).
     pub records_missed: AtomicU64,
+    /// Records of this run handed to the publisher that it let go of (its hand-over was
+    /// full, or the stream took nothing for a second) and reads back from the journal.
+    pub records_read_back: AtomicU64,
     /// Per shard, its consumer's undelivered messages; `u64::MAX` for a shard not owned.
     pub shard_lag: Vec<AtomicU64>,
 }

@@ -237,6 +237,8 @@ pub(crate) struct Lanes {
     tx: Vec<crossbeam_channel::Sender<Followed>>,
     /// Its `followed_bytes`.
     lag: Arc<super::PublishLag>,
+    /// Counts the records refused.
+    stats: Arc<ClusterStats>,
 }
 
 impl Follower for Lanes {
@@ -250,6 +252,7 @@ impl Follower for Lanes {
         if queued.fetch_add(charge, Ordering::Relaxed) + charge > FOLLOWED_BYTES {
             // The lanes are behind: they read this record from the file.
             queued.fetch_sub(charge, Ordering::Relaxed);
+            self.stats.records_read_back.fetch_add(1, Ordering::Relaxed);
             return;
         }
         let f = Followed {
@@ -407,6 +410,7 @@ impl Reader {
             .chain(self.followed.try_iter())
         {
             lag.fetch_sub(f.charge, Ordering::Relaxed);
+            self.stats.records_read_back.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -792,6 +796,7 @@ impl Publisher {
         let lanes_follower = Arc::new(Lanes {
             tx: follow_tx,
             lag: Arc::clone(&stats.publish),
+            stats: Arc::clone(&stats),
         });
         let progress: Vec<Arc<Mutex<Progress>>> = (0..lanes)
             .map(|l| {
@@ -958,6 +963,7 @@ mod tests {
         journal.follow(Arc::new(Lanes {
             tx: vec![ftx],
             lag: Arc::clone(&stats.publish),
+            stats: Arc::clone(&stats),
         }));
         let reader = Reader {
             cfg,
@@ -1001,6 +1007,52 @@ mod tests {
         }
         out.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
         out
+    }
+
+    #[tokio::test]
+    async fn a_full_hand_over_or_a_shed_lane_reads_back_and_counts_it() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut reader, journal, mut conn, mut rx) = lane(d.path());
+        let lag = Arc::clone(&reader.stats.publish);
+        let mut submit = async |seq: u64| {
+            let payload = format!("in.g0.x {seq} 100\n");
+            conn.frame(Kind::PlaintextTcp, payload.as_bytes(), None, 100.0)
+                .unwrap();
+            let (routed, _) = conn.take_routed();
+            let rec = crate::journal::NewRecord {
+                received_us: 100_000_000,
+                listener: 0,
+                kind: Kind::PlaintextTcp,
+                peer: "127.0.0.1:9".parse().unwrap(),
+                tenant: None,
+                payload: Bytes::from(payload),
+                verdict: conn.take_verdict(),
+                attachment: Some(Box::new(routed)),
+            };
+            assert!(journal.submit(rec).await.wait().await);
+        };
+        // The hand-over is full: the writer's offer is refused.
+        lag.followed_bytes.store(FOLLOWED_BYTES, Ordering::Relaxed);
+        submit(0).await;
+        lag.followed_bytes.store(0, Ordering::Relaxed);
+        assert_eq!(reader.stats.records_read_back.load(Ordering::Relaxed), 1);
+        // Taken, then let go of (the stream took nothing for a second).
+        submit(1).await;
+        assert!(lag.followed_bytes.load(Ordering::Relaxed) > 0);
+        reader.shed();
+        assert_eq!(lag.followed_bytes.load(Ordering::Relaxed), 0);
+        assert_eq!(reader.stats.records_read_back.load(Ordering::Relaxed), 2);
+        // Both are published from the file, once.
+        for _ in 0..100 {
+            if reader.next >= 2 {
+                break;
+            }
+            reader.read().unwrap();
+        }
+        reader.seal_due(true);
+        let got: Vec<(u64, f64)> = published(&mut rx).iter().map(|p| (p.0, p.2)).collect();
+        assert_eq!(got, [(0, 0.0), (1, 1.0)]);
+        journal.close();
     }
 
     #[tokio::test]

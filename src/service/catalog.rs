@@ -618,6 +618,17 @@ pub const CATALOG: &[Metric] = &[
         read: |o, f| cluster(o, f, |c| &c.records_missed),
     },
     Metric {
+        name: "cluster_records_read_back",
+        help: "Cluster mode: records the publisher let go of from its hand-over (full, or the stream down) and reads back from the journal.",
+        ty: Type::Counter,
+        label: None,
+        carbon: &[Carbon::Stat {
+            name: "cluster.recordsReadBack",
+            always: false,
+        }],
+        read: |o, f| cluster(o, f, |c| &c.records_read_back),
+    },
+    Metric {
         name: "cluster_shard_consumer_lag",
         help: "Cluster mode: per owned shard, stream messages not yet delivered to its consumer.",
         ty: Type::Gauge,
