@@ -12,7 +12,8 @@
 //! aggd CPU (all nodes) and NATS CPU (all servers) per datapoint, from /proc; then the
 //! cluster's throughput cost against standalone. `AGGD_BENCH_CLUSTER=1`, `=3` or
 //! `=standalone` runs one of them; `AGGD_BENCH_LANES` sets `publish_threads` (1), `AGGD_BENCH_BATCH` the
-//! messages' `batch_datapoints` (with `batch_bytes` 64 times that; default the config's). Defaults: `AGGD_BENCH_POINTS` 4 000 000, the rest as in
+//! messages' `batch_datapoints` (with `batch_bytes` 64 times that; default the config's),
+//! `AGGD_BENCH_DELAY_MS` their `batch_delay`. Defaults: `AGGD_BENCH_POINTS` 4 000 000, the rest as in
 //! the ingest benchmark. Run with `cargo bench --bench cluster`.
 
 use std::net::SocketAddr;
@@ -77,6 +78,9 @@ fn run(nodes: usize) -> Measured {
                 match env_or("AGGD_BENCH_BATCH", 0) {
                     0 => String::new(),
                     b => format!("batch_datapoints = {b}\nbatch_bytes = {}\n", b * 64),
+                } + &match env_or("AGGD_BENCH_DELAY_MS", 0) {
+                    0 => String::new(),
+                    ms => format!("batch_delay = \"{ms}ms\"\n"),
                 }
             ),
             None => String::new(),
