@@ -114,12 +114,12 @@ fn destinations(config: &Config, name: &str, s: &mut String) {
             let mut labels = crate::rules::mapping::map(rw.mapping.as_deref(), &name);
             let metric = labels.remove("__name__").unwrap_or_default();
             let list: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
-            let _ = writeln!(
-                s,
-                "    remote write to {} as {metric}{{{}}}",
-                rw.url,
-                list.join(", ")
-            );
+            // An untagged series is its name alone, as PromQL writes it.
+            let labels = match list.is_empty() {
+                true => String::new(),
+                false => format!("{{{}}}", list.join(", ")),
+            };
+            let _ = writeln!(s, "    remote write to {} as {metric}{labels}", rw.url);
         }
     }
 }

@@ -1,9 +1,15 @@
 //! aggd: a Graphite-compatible aggregation daemon.
 //!
-//! Data flow: [`listen`] (carbon plaintext over TCP/UDP, carbon pickle over TCP) →
-//! [`codec`] (pure, bounded decoders) → [`ingest`] (route lookup in the [`route`] cache,
-//! per-worker batches) → [`aggregate`] workers (buckets per output series, emission
-//! sweeps) → [`dest`] (bounded queue and sender per destination). [`server`] assembles it;
+//! Data flow: [`listen`] (carbon plaintext over TCP/UDP, carbon pickle over TCP, HTTP) →
+//! [`ingest`]'s frame router ([`codec`]'s pure, bounded decoders; the [`tenant`] gate;
+//! route lookup in the [`route`] cache; per-worker batches) → [`journal`] (every
+//! accepted frame, with its verdict, before its datapoints go on) → [`aggregate`]
+//! workers (buckets per output series, emission sweeps) → [`dest`] (a bounded queue and
+//! sender per destination: carbon plaintext or pickle, or Prometheus remote write).
+//! In cluster mode ([`cluster`]) the batches are per shard and go with their journal
+//! records to the publisher, which publishes them to NATS JetStream; each shard's owner
+//! node aggregates them in its workers. [`replay`] rebuilds open intervals at start-up
+//! and recomputes windows from the journal (`aggd replay`). [`server`] assembles it;
 //! [`config`] reads `aggd.toml` or a carbon.conf; [`rules`] reads carbon-aggregator's rule
 //! files; every drop is a [`reason::DropReason`].
 // One audited exception: the SIOCOUTQ ioctl in `dest` (no safe wrapper exists).

@@ -340,6 +340,35 @@ fn explain_shows_the_prometheus_series_of_a_remote_write_destination() {
 }
 
 #[test]
+fn explain_shows_an_untagged_remote_write_series_as_its_name_alone() {
+    let dir = tempdir("explain-rw-plain");
+    std::fs::write(
+        dir.join("aggregation-rules.conf"),
+        "plain.total (60) = sum plain.*\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("aggd.toml"),
+        "[[listen]]\nprotocol = \"plaintext\"\naddress = \"127.0.0.1:0\"\n\
+         [aggregation]\nrules = \"aggregation-rules.conf\"\n\
+         [[destination]]\nprotocol = \"prometheus_remote_write\"\n\
+         url = \"http://127.0.0.1:8428/api/v1/write\"\n",
+    )
+    .unwrap();
+    let text = aggd_ok([
+        "explain",
+        "-c",
+        dir.join("aggd.toml").to_str().unwrap(),
+        "plain.a",
+    ]);
+    let line = text
+        .lines()
+        .find(|l| l.contains("remote write to"))
+        .unwrap_or_else(|| panic!("no remote write line in:\n{text}"));
+    assert!(line.ends_with(" as plain_total"), "{line:?} in:\n{text}");
+}
+
+#[test]
 fn sigterm_mid_stream_loses_nothing_and_exits_zero() {
     let capture = Capture::start("pickle");
     let dir = tempdir("sigterm");

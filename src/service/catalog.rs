@@ -175,7 +175,7 @@ pub const CATALOG: &[Metric] = &[
     },
     Metric {
         name: "destination_batches",
-        help: "carbon batches (pickle frames, or plaintext chunks of max_datapoints_per_message) written, per destination.",
+        help: "Batches written, per destination: pickle frames or plaintext chunks of max_datapoints_per_message for carbon, requests acknowledged for remote write.",
         ty: Type::Counter,
         label: Some("destination"),
         carbon: &[Carbon::Dest {
