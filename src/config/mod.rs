@@ -9,6 +9,7 @@
 
 pub mod carbon;
 pub mod cluster;
+pub mod error;
 pub mod file;
 pub mod remote_write;
 pub mod section;

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::error::{SectionError, invalid};
 use super::file::DestinationFile;
-use super::section::{SectionError, invalid};
 use crate::rules::mapping::NameMapping;
 
 /// Default most samples per request (Prometheus's `max_samples_per_send` is 2000).

@@ -3,7 +3,6 @@
 //! ([`super::File::resolve_paths`]). Errors are [`SectionError`]s; the caller adds the
 //! config file's name ([`super::ConfigError`]).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::file::{
@@ -18,37 +17,13 @@ use super::{
 use crate::codec::Limits;
 use crate::journal::{Fsync, JournalConfig};
 use crate::ring::Placement;
-use crate::rules::RuleError;
 use crate::rules::aggregation::AggregationRules;
 use crate::rules::lists::Lists;
 use crate::rules::rewrite::RewriteRules;
-use crate::tenant::{Registry, RegistryError};
+use crate::tenant::Registry;
 
-/// Why one section cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum SectionError {
-    /// A value is out of range or inconsistent; the message names the key.
-    #[error("{0}")]
-    Invalid(String),
-    /// A file the section names could not be read.
-    #[error("{}: cannot read: {error}", file.display())]
-    Io {
-        /// The file.
-        file: PathBuf,
-        /// The IO error.
-        error: std::io::Error,
-    },
-    /// A rules file the section names is invalid.
-    #[error(transparent)]
-    Rules(#[from] RuleError),
-    /// The tenant registry the section names is invalid.
-    #[error(transparent)]
-    Registry(#[from] RegistryError),
-}
-
-pub(crate) fn invalid(message: impl Into<String>) -> SectionError {
-    SectionError::Invalid(message.into())
-}
+pub use super::error::SectionError;
+pub(crate) use super::error::invalid;
 
 impl TryFrom<ListenFile> for ListenerConfig {
     type Error = SectionError;

@@ -3,21 +3,21 @@
 //! disk has less than `min_free_disk` free. The active segment is never deleted. Runs after
 //! each rotation, at least once a minute, and when the disk runs low.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::JournalConfig;
 use super::io::JournalIo;
 use super::segment::{self, Index};
-use super::writer::JournalStats;
 use crate::time::now_us;
 
 /// Deletes sealed segments of the journal `cfg` describes (the active one starts at
-/// `active_first_seq`) through `io`, counting them in `stats`.
+/// `active_first_seq`) through `io`, counting them in `deleted` (the journal's
+/// `segments_deleted`).
 pub(super) fn apply(
     cfg: &JournalConfig,
     io: &dyn JournalIo,
     active_first_seq: u64,
-    stats: &JournalStats,
+    deleted: &AtomicU64,
 ) {
     let Ok(segs) = segment::list_with(io, &cfg.dir) else {
         return;
@@ -41,7 +41,7 @@ pub(super) fn apply(
         if io.remove_file(&path).is_ok() {
             let _ = io.remove_file(&segment::index_path(&cfg.dir, first));
             total = total.saturating_sub(len);
-            stats.segments_deleted.fetch_add(1, Ordering::Relaxed);
+            deleted.fetch_add(1, Ordering::Relaxed);
             tracing::info!(segment = %path.display(), "journal: retention deleted segment");
         }
     }

@@ -283,7 +283,8 @@ impl Writer {
     /// Applies retention now (see [`super::retention`]).
     pub(super) fn retention(&mut self) {
         self.last_retention = Instant::now();
-        super::retention::apply(&self.cfg, &*self.io, self.index.first_seq, &self.stats);
+        let deleted = &self.stats.segments_deleted;
+        super::retention::apply(&self.cfg, &*self.io, self.index.first_seq, deleted);
     }
 
     /// Whether the disk is below `min_free_disk` even after retention (checked ≤ 1/s).

@@ -18,74 +18,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use super::Observed;
-pub use super::catalog::CATALOG;
-
-/// Counter (monotonic; carbon self-metrics send its change per interval) or gauge (a level;
-/// sent as it is).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Type {
-    /// Monotonic count.
-    Counter,
-    /// Current level.
-    Gauge,
-}
-
-/// One way a metric appears among carbon self-metrics
-/// (`<prefix>.aggregator.<host>-<instance>.<stat>`); a metric has any number of them.
-///
-/// A counter's stat is its change over the interval, a gauge's its level. Omitted when
-/// zero for the interval, except `always` stats (carbon's common stats).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Carbon {
-    /// One stat: the value, or the sum over its labels.
-    Stat {
-        /// The stat's name, e.g. `metricsReceived`.
-        name: &'static str,
-        /// Sent even when zero (a counter's change; a gauge is then sent as it is).
-        always: bool,
-    },
-    /// One stat per label value, `<before><label value, . → _><after>`.
-    Each {
-        /// Text before the label value, e.g. `drops.`.
-        before: &'static str,
-        /// Text after the label value.
-        after: &'static str,
-    },
-    /// One always-sent stat from the sample of one label value (e.g. the `blacklist`
-    /// drops as `blacklistMatches`).
-    Label {
-        /// The label value.
-        label: &'static str,
-        /// The stat's name.
-        name: &'static str,
-    },
-    /// A per-destination family (samples in destination order) as carbon's
-    /// `destinations.<dest>.<stat>`, `<dest>` being `host:port:instance` with `.` → `_`.
-    Dest {
-        /// carbon's stat name, e.g. `attemptedRelays`.
-        stat: &'static str,
-    },
-}
-
-/// Calls its argument with each `(label value, value)` sample (label value `""` when the
-/// metric has no label); calls it never when the metric does not apply (no journal, …).
-pub type Read = fn(&Observed, &mut dyn FnMut(&str, u64));
-
-/// One catalog entry.
-pub struct Metric {
-    /// Prometheus name without the `aggd_` prefix (and the counter `_total` suffix).
-    pub name: &'static str,
-    /// Prometheus help text.
-    pub help: &'static str,
-    /// Counter or gauge.
-    pub ty: Type,
-    /// The label of a family (`reason`, `destination`, `worker`, `event`).
-    pub label: Option<&'static str>,
-    /// Its carbon self-metrics (none: not sent).
-    pub carbon: &'static [Carbon],
-    /// Reads its samples.
-    pub read: Read,
-}
+pub use super::catalog::{CATALOG, Carbon, Metric, Read, Type};
 
 /// Encodes the [`CATALOG`] over one [`Observed`] at each scrape.
 struct Collector(Arc<Observed>);

@@ -29,31 +29,9 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::catalog::process_usage;
 use super::metrics::{CATALOG, Carbon, Metrics, Type};
 use crate::datapoint::{OutPoint, OutValue, Sink};
-
-/// (process CPU seconds, RSS bytes) from /proc/self.
-pub(crate) fn process_usage() -> (f64, u64) {
-    let cpu = std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| {
-            let after = s.get(s.rfind(')')? + 2..)?.to_string();
-            let f: Vec<&str> = after.split_whitespace().collect();
-            Some((f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?) / 100.0)
-        })
-        .unwrap_or(0.0);
-    let rss = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<u64>().ok())
-        })
-        .unwrap_or(0)
-        * 1024;
-    (cpu, rss)
-}
 
 /// The counters' totals at the last report, by stat name.
 #[derive(Default)]
