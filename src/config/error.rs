@@ -28,6 +28,7 @@ pub enum SectionError {
     Registry(#[from] RegistryError),
 }
 
+/// A [`SectionError::Invalid`] saying `message` (which names the key).
 pub(crate) fn invalid(message: impl Into<String>) -> SectionError {
     SectionError::Invalid(message.into())
 }
