@@ -215,7 +215,7 @@ pub(crate) struct Source<'a> {
 pub const FOLLOWED_BYTES: u64 = 64 << 20;
 
 /// How long a lane waits for room in the in-flight window before it lets go of the
-/// records handed over to it ([`Reader::shed`]).
+/// records handed over to it ([`Lane::shed`]).
 const SHED_AFTER: Duration = Duration::from_secs(1);
 
 /// What a handed-over record costs besides its work items.
@@ -233,7 +233,7 @@ struct Followed {
 
 /// The journal's follower: hands each written record to its lane, within
 /// [`FOLLOWED_BYTES`].
-pub(crate) struct Lanes {
+pub(crate) struct HandOver {
     tx: Vec<crossbeam_channel::Sender<Followed>>,
     /// Its `followed_bytes`.
     lag: Arc<super::PublishLag>,
@@ -241,7 +241,7 @@ pub(crate) struct Lanes {
     stats: Arc<ClusterStats>,
 }
 
-impl Follower for Lanes {
+impl Follower for HandOver {
     fn written(&self, seq: u64, bytes: u64, attachment: Attachment) {
         let Ok(routed) = attachment.downcast::<Routed>() else {
             return;
@@ -271,7 +271,7 @@ impl Follower for Lanes {
 /// The publisher: its thread and task, and how to stop them.
 pub(crate) struct Publisher {
     /// What the journal's writer hands written records to ([`Publisher::follower`]).
-    follower: Arc<Lanes>,
+    follower: Arc<HandOver>,
     threads: Vec<std::thread::JoinHandle<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
     /// Set to the journal's next record at shutdown: read up to it, seal all, stop.
@@ -296,8 +296,8 @@ struct Open {
 /// watermark and updates its gauges at least this often).
 const IDLE_WAIT: Duration = Duration::from_millis(100);
 
-/// What the thread works with.
-struct Reader {
+/// One publisher lane: what its thread (`aggd-publish-<l>`) works with.
+struct Lane {
     cfg: ClusterConfig,
     /// This node's rules digest (follows reloads).
     digest: Arc<AtomicU64>,
@@ -334,7 +334,7 @@ struct Reader {
     abandon: Arc<AtomicBool>,
 }
 
-impl Reader {
+impl Lane {
     fn lock(&self, lane: usize) -> std::sync::MutexGuard<'_, Progress> {
         self.progress[lane]
             .lock()
@@ -501,7 +501,7 @@ impl Reader {
     /// Errors: the journal cannot be read.
     fn read_file(&mut self, full: &mut Vec<usize>) -> std::io::Result<usize> {
         self.tail.skip_to(self.next)?;
-        let Reader {
+        let Lane {
             tail,
             frames,
             open,
@@ -793,7 +793,7 @@ impl Publisher {
         let (tx, rx) = tokio::sync::mpsc::channel(cfg.max_in_flight);
         let (follow_tx, follow_rx): (Vec<_>, Vec<_>) =
             (0..lanes).map(|_| crossbeam_channel::unbounded()).unzip();
-        let lanes_follower = Arc::new(Lanes {
+        let lanes_follower = Arc::new(HandOver {
             tx: follow_tx,
             lag: Arc::clone(&stats.publish),
             stats: Arc::clone(&stats),
@@ -813,7 +813,7 @@ impl Publisher {
         let mut threads = Vec::new();
         for (lane, followed) in (0..lanes).zip(follow_rx) {
             let start = lane_index(state.watermark, lane, lanes);
-            let reader = Reader {
+            let reader = Lane {
                 cfg: cfg.clone(),
                 digest: Arc::clone(digest),
                 state,
@@ -933,7 +933,7 @@ mod tests {
     fn lane(
         dir: &Path,
     ) -> (
-        Reader,
+        Lane,
         Arc<crate::journal::Journal>,
         FrameRouter,
         tokio::sync::mpsc::Receiver<Out>,
@@ -960,12 +960,12 @@ mod tests {
             shard_lag: (0..8).map(|_| AtomicU64::new(u64::MAX)).collect(),
             ..ClusterStats::default()
         });
-        journal.follow(Arc::new(Lanes {
+        journal.follow(Arc::new(HandOver {
             tx: vec![ftx],
             lag: Arc::clone(&stats.publish),
             stats: Arc::clone(&stats),
         }));
-        let reader = Reader {
+        let reader = Lane {
             cfg,
             digest: Arc::new(AtomicU64::new(1)),
             state,
