@@ -42,27 +42,11 @@ fn layer_of(module: &str) -> Option<usize> {
 
 /// `crate::x` names in `text`, with comments and test sections removed.
 fn imports(text: &str) -> BTreeSet<String> {
-    let code = text.split("#[cfg(test)]").next().unwrap_or("");
-    let code: String = code
-        .lines()
-        .filter(|l| !l.trim_start().starts_with("//"))
-        .collect::<Vec<_>>()
-        .join("\n");
+    let code = code_of(text);
     let mut out = BTreeSet::new();
     let group = regex::Regex::new(r"crate::\{([^;]*?)\};").unwrap();
     for g in group.captures_iter(&code) {
-        for part in g[1].split(',') {
-            let name = part
-                .trim()
-                .trim_start_matches('{')
-                .split("::")
-                .next()
-                .unwrap();
-            let name = name.trim().trim_matches(|c| c == '{' || c == '}');
-            if !name.is_empty() && name != "self" {
-                out.insert(name.to_string());
-            }
-        }
+        names_in(&g[1], &mut out);
     }
     let single = regex::Regex::new(r"crate::([a-z_]+)").unwrap();
     for m in single.captures_iter(&code) {

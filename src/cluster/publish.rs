@@ -993,6 +993,34 @@ mod tests {
         (reader, journal, FrameRouter::new(routes()), rx)
     }
 
+    /// Routes the line `in.g<group>.x <seq> 100` as a connection does and journals it,
+    /// with its routed datapoints attached when `hand_over`.
+    async fn journal_line(
+        conn: &mut FrameRouter,
+        journal: &crate::journal::Journal,
+        seq: u64,
+        group: u64,
+        hand_over: bool,
+    ) {
+        let payload = format!("in.g{group}.x {seq} 100\n");
+        conn.frame(Kind::PlaintextTcp, payload.as_bytes(), None, 100.0)
+            .unwrap();
+        let (routed, _) = conn.take_routed();
+        let attachment: Option<crate::journal::follow::Attachment> =
+            hand_over.then(|| Box::new(routed) as _);
+        let rec = crate::journal::NewRecord {
+            received_us: 100_000_000,
+            listener: 0,
+            kind: Kind::PlaintextTcp,
+            peer: "127.0.0.1:9".parse().unwrap(),
+            tenant: None,
+            payload: Bytes::from(payload),
+            verdict: conn.take_verdict(),
+            attachment,
+        };
+        assert!(journal.submit(rec).await.wait().await);
+    }
+
     /// Every (record, output series, value) in the sealed messages, in order.
     fn published(rx: &mut tokio::sync::mpsc::Receiver<Out>) -> Vec<(u64, String, f64)> {
         let mut out = Vec::new();
@@ -1014,30 +1042,13 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let (mut reader, journal, mut conn, mut rx) = lane(d.path());
         let lag = Arc::clone(&reader.stats.publish);
-        let mut submit = async |seq: u64| {
-            let payload = format!("in.g0.x {seq} 100\n");
-            conn.frame(Kind::PlaintextTcp, payload.as_bytes(), None, 100.0)
-                .unwrap();
-            let (routed, _) = conn.take_routed();
-            let rec = crate::journal::NewRecord {
-                received_us: 100_000_000,
-                listener: 0,
-                kind: Kind::PlaintextTcp,
-                peer: "127.0.0.1:9".parse().unwrap(),
-                tenant: None,
-                payload: Bytes::from(payload),
-                verdict: conn.take_verdict(),
-                attachment: Some(Box::new(routed)),
-            };
-            assert!(journal.submit(rec).await.wait().await);
-        };
         // The hand-over is full: the writer's offer is refused.
         lag.followed_bytes.store(FOLLOWED_BYTES, Ordering::Relaxed);
-        submit(0).await;
+        journal_line(&mut conn, &journal, 0, 0, true).await;
         lag.followed_bytes.store(0, Ordering::Relaxed);
         assert_eq!(reader.stats.records_read_back.load(Ordering::Relaxed), 1);
         // Taken, then let go of (the stream took nothing for a second).
-        submit(1).await;
+        journal_line(&mut conn, &journal, 1, 0, true).await;
         assert!(lag.followed_bytes.load(Ordering::Relaxed) > 0);
         reader.shed();
         assert_eq!(lag.followed_bytes.load(Ordering::Relaxed), 0);
@@ -1061,27 +1072,10 @@ mod tests {
         let (mut reader, journal, mut conn, mut rx) = lane(d.path());
         let mut expected = Vec::new();
         for seq in 0..12u64 {
-            let payload = format!("in.g{}.x {seq} 100\n", seq % 3);
-            conn.frame(Kind::PlaintextTcp, payload.as_bytes(), None, 100.0)
-                .unwrap();
-            let (routed, _) = conn.take_routed();
-            let attachment: Option<crate::journal::follow::Attachment> = match seq {
-                // Not handed over (as from a connection of an earlier run, or beyond
-                // the hand-over's room): the lane reads them from the file.
-                0 | 4 | 5 | 9 => None,
-                _ => Some(Box::new(routed)),
-            };
-            let rec = crate::journal::NewRecord {
-                received_us: 100_000_000,
-                listener: 0,
-                kind: Kind::PlaintextTcp,
-                peer: "127.0.0.1:9".parse().unwrap(),
-                tenant: None,
-                payload: Bytes::from(payload),
-                verdict: conn.take_verdict(),
-                attachment,
-            };
-            assert!(journal.submit(rec).await.wait().await);
+            // Not handed over (as from a connection of an earlier run, or beyond the
+            // hand-over's room): the lane reads them from the file.
+            let hand_over = !matches!(seq, 0 | 4 | 5 | 9);
+            journal_line(&mut conn, &journal, seq, seq % 3, hand_over).await;
             expected.push((seq, format!("out.g{}", seq % 3), seq as f64));
             if seq == 6 {
                 // Part way: what is there so far, in one read.

@@ -131,11 +131,9 @@ pub fn decode_lines_until(
     };
     let mut run = [empty; RUN];
     let mut n = 0;
-    // Where the line after the last one decoded begins.
-    let end_of = |line: &[u8]| {
-        let start = line.as_ptr() as usize - payload.as_ptr() as usize;
-        (start + line.len() + 1).min(payload.len())
-    };
+    // Where a line begins in `payload`, and where the line after it begins.
+    let start_of = |line: &[u8]| line.as_ptr() as usize - payload.as_ptr() as usize;
+    let end_of = |line: &[u8]| (start_of(line) + line.len() + 1).min(payload.len());
     // One UTF-8 check for the frame (most are text); a frame with a bad byte is checked
     // line by line, so only that line is refused.
     let text = std::str::from_utf8(payload).ok();
@@ -162,8 +160,7 @@ pub fn decode_lines_until(
                     n = 0;
                     if !go_on {
                         // This line is the next piece's first.
-                        let start = line.as_ptr() as usize - payload.as_ptr() as usize;
-                        return start;
+                        return start_of(line);
                     }
                 }
                 f(Err(r));

@@ -114,7 +114,7 @@ impl Handoff {
             })
             .collect::<Vec<_>>();
         batches.emptied();
-        let attached: usize = self.tickets.iter().map(|t| t.2).sum();
+        let attached = self.attached_items();
         self.staged = Some(Staged {
             items: pending.iter().map(Batch::len).sum::<usize>() + attached,
             pending,
