@@ -110,7 +110,7 @@ fn destinations(config: &Config, name: &str, s: &mut String) {
         config.routing.placement.method()
     );
     for &i in &placed {
-        if let Some(rw) = &config.destinations[i].remote_write {
+        if let Some(rw) = config.destinations[i].remote_write() {
             let mut labels = crate::rules::mapping::map(rw.mapping.as_deref(), &name);
             let metric = labels.remove("__name__").unwrap_or_default();
             let list: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v:?}")).collect();

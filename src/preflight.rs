@@ -18,7 +18,7 @@ use std::fmt;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs, UdpSocket};
 use std::path::Path;
 
-use crate::config::{Config, DestAddress, Transport};
+use crate::config::{CarbonTarget, Config, DestinationKind, Transport};
 
 /// How serious a [`Finding`] is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,7 +82,8 @@ pub fn preflight(config: &Config, opts: Options) -> Vec<Finding> {
         journal(&mut out, &j.dir, &j.ledger);
     }
     for d in &config.destinations {
-        if let DestAddress::Tcp(a) = &d.address
+        if let DestinationKind::Carbon(c) = &d.kind
+            && let CarbonTarget::Tcp(a) = &c.target
             && let Err(e) = a.to_socket_addrs()
         {
             out.push(Finding {

@@ -56,6 +56,50 @@ impl Window {
     }
 }
 
+/// Exponential backoff without jitter: the delay before each retry doubles from `first`
+/// up to `most`, and starts again at `first` after a success. The one retry delay of the
+/// carbon sender, remote write, replay and the cluster publisher.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Backoff {
+    first: std::time::Duration,
+    most: std::time::Duration,
+    next: std::time::Duration,
+}
+
+impl Backoff {
+    /// Destinations' (and replay's): 100 ms doubling to 5 s.
+    pub const DESTINATION: Backoff = Backoff::new(
+        std::time::Duration::from_millis(100),
+        std::time::Duration::from_secs(5),
+    );
+
+    /// A backoff from `first` doubling to `most`.
+    pub const fn new(first: std::time::Duration, most: std::time::Duration) -> Backoff {
+        Backoff {
+            first,
+            most,
+            next: first,
+        }
+    }
+
+    /// The delay the next [`Backoff::delay`] returns.
+    pub fn peek(&self) -> std::time::Duration {
+        self.next
+    }
+
+    /// The delay to wait before this retry; the one after is twice as long, at most `most`.
+    pub fn delay(&mut self) -> std::time::Duration {
+        let d = self.next;
+        self.next = (d * 2).min(self.most);
+        d
+    }
+
+    /// A success: the next failure waits `first` again.
+    pub fn reset(&mut self) {
+        self.next = self.first;
+    }
+}
+
 /// A `--from`/`--to` time that does not parse.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{input:?}: {reason}")]
@@ -109,6 +153,17 @@ mod tests {
         assert_eq!(now_secs() as f64, now_secs() as f64);
         let w = Window::at(5.0).union(Window { from: 1.0, to: 3.0 });
         assert_eq!(w, Window { from: 1.0, to: 5.0 });
+    }
+
+    #[test]
+    fn backoff_doubles_to_its_most_and_a_success_starts_it_again() {
+        let ms = std::time::Duration::from_millis;
+        let mut b = Backoff::new(ms(100), ms(350));
+        let delays: Vec<_> = (0..4).map(|_| b.delay()).collect();
+        assert_eq!(delays, [ms(100), ms(200), ms(350), ms(350)]);
+        b.reset();
+        assert_eq!((b.peek(), b.delay(), b.peek()), (ms(100), ms(100), ms(200)));
+        assert_eq!(Backoff::DESTINATION.peek(), ms(100));
     }
 
     #[test]

@@ -25,9 +25,10 @@
 //!
 //! The **watermark** is the lowest journal record not yet in an acknowledged message, over
 //! the lanes: per lane, the first record of its oldest unacknowledged or open message, or
-//! its next record to read. It is written to `<journal dir>/cluster.state` every second and at shutdown;
-//! after a restart the node republishes from it. Records republished that an owner already
-//! applied are recognised by their sections and skipped ([`super::shard::Applied`]).
+//! its next record to read. It is saved with the journal ([`crate::journal::published`]:
+//! `<journal dir>/cluster.state`) every second and at shutdown; after a restart the node
+//! republishes from it. Records republished that an owner already applied are recognised
+//! by their sections and skipped ([`super::shard::Applied`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -46,102 +47,10 @@ use crate::config::cluster::ClusterConfig;
 use crate::ingest::{FrameRouter, Routed, Routes};
 use crate::journal::JournalStats;
 use crate::journal::follow::{Attachment, FollowSlot, Follower};
-use crate::journal::io::{JournalIo, write_durably};
+use crate::journal::io::JournalIo;
+use crate::journal::published::{State, load_state, save_state};
 use crate::journal::record;
 use crate::journal::tail::Tail;
-
-/// The file beside the journal that holds the node's journal identity and watermark.
-pub(crate) const STATE_FILE: &str = "cluster.state";
-
-/// The journal identity and persisted watermark of a node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct State {
-    /// Random, made with the journal directory's state file.
-    pub incarnation: u64,
-    /// Publisher lanes of this incarnation (fixed: lane numbers depend on it).
-    pub lanes: u64,
-    /// Records below it were published and acknowledged.
-    pub watermark: u64,
-}
-
-/// Reads `<dir>/cluster.state`; without one (a new or lost journal) starts a new
-/// incarnation of `lanes` lanes at `next_seq` (what an earlier standalone run journaled is
-/// not published).
-///
-/// Errors: the file exists but cannot be read or parsed, or a new one cannot be written.
-pub(crate) fn load_state(
-    io: &dyn JournalIo,
-    dir: &Path,
-    next_seq: u64,
-    lanes: u64,
-) -> std::io::Result<State> {
-    let path = dir.join(STATE_FILE);
-    match io.read(&path) {
-        Ok(text) => parse_state(&String::from_utf8_lossy(&text)).ok_or_else(|| {
-            std::io::Error::other(format!(
-                "{}: not an aggd cluster state file",
-                path.display()
-            ))
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let mut b = [0u8; 8];
-            std::fs::File::open("/dev/urandom")
-                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b))?;
-            let s = State {
-                incarnation: u64::from_le_bytes(b),
-                lanes: lanes.max(1),
-                watermark: next_seq,
-            };
-            save_state(io, dir, s)?;
-            Ok(s)
-        }
-        Err(e) => Err(std::io::Error::new(
-            e.kind(),
-            format!("{}: {e}", path.display()),
-        )),
-    }
-}
-
-fn parse_state(text: &str) -> Option<State> {
-    let mut lines = text.lines();
-    (lines.next()? == "aggd-cluster-state 1").then_some(())?;
-    let inc = lines.next()?.strip_prefix("incarnation ")?;
-    let lanes = lines.next()?.strip_prefix("lanes ")?;
-    let wm = lines.next()?.strip_prefix("watermark ")?;
-    Some(State {
-        incarnation: u64::from_str_radix(inc, 16).ok()?,
-        lanes: lanes.parse().ok().filter(|l| *l >= 1)?,
-        watermark: wm.parse().ok()?,
-    })
-}
-
-/// Writes the state file durably ([`write_durably`]: a temporary file, fsynced, renamed
-/// over it, the directory fsynced), so a crash or a power loss leaves one whole and a
-/// watermark once saved is never lost.
-///
-/// Errors: a write, fsync or rename failed (the error names the file).
-pub(crate) fn save_state(io: &dyn JournalIo, dir: &Path, s: State) -> std::io::Result<()> {
-    write_durably(
-        io,
-        &dir.join(STATE_FILE),
-        format!(
-            "aggd-cluster-state 1\nincarnation {:016x}\nlanes {}\nwatermark {}\n",
-            s.incarnation, s.lanes, s.watermark
-        )
-        .as_bytes(),
-    )
-}
-
-/// The watermark in `<dir>/cluster.state`, or 0 without a readable one: the journal
-/// numbers its records from at least it, so a power loss that took records below it
-/// never makes sequence numbers that were published be used again (their message ids
-/// would be deduplicated away, and the publisher would skip them).
-pub(crate) fn saved_watermark(io: &dyn JournalIo, dir: &Path) -> u64 {
-    io.read(&dir.join(STATE_FILE))
-        .ok()
-        .and_then(|t| parse_state(&String::from_utf8_lossy(&t)))
-        .map_or(0, |s| s.watermark)
-}
 
 /// How many records of lane `lane` of `lanes` have a sequence number below `bound`: the
 /// lane number of the first such record at or after `bound`.
@@ -1099,26 +1008,6 @@ mod tests {
             "every hand-over was let go of"
         );
         journal.close();
-    }
-
-    #[test]
-    fn state_round_trips_and_a_new_journal_gets_a_new_incarnation() {
-        let d = tempfile::tempdir().unwrap();
-        let a = load_state(&OsIo, d.path(), 42, 2).unwrap();
-        assert_eq!((a.watermark, a.lanes), (42, 2));
-        // The lane count is the incarnation's, whatever the config says now.
-        assert_eq!(load_state(&OsIo, d.path(), 0, 4).unwrap(), a);
-        save_state(&OsIo, d.path(), State { watermark: 99, ..a }).unwrap();
-        assert_eq!(load_state(&OsIo, d.path(), 0, 1).unwrap().watermark, 99);
-        assert_eq!(saved_watermark(&OsIo, d.path()), 99);
-        let e = tempfile::tempdir().unwrap();
-        assert_ne!(
-            load_state(&OsIo, e.path(), 0, 2).unwrap().incarnation,
-            a.incarnation
-        );
-        std::fs::write(d.path().join(STATE_FILE), "junk").unwrap();
-        assert!(load_state(&OsIo, d.path(), 0, 2).is_err());
-        assert_eq!(saved_watermark(&OsIo, d.path()), 0);
     }
 
     #[test]

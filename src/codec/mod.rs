@@ -9,8 +9,8 @@
 pub mod http;
 pub mod pickle;
 pub mod plaintext;
-pub mod remote_write;
 pub mod tagged;
+pub mod write_request;
 
 use crate::datapoint::{Datapoint, Kind};
 use crate::reason::DropReason;

@@ -9,9 +9,10 @@
 
 pub mod carbon;
 pub mod cluster;
+pub mod destination;
 pub mod error;
 pub mod file;
-pub mod remote_write;
+pub mod prometheus;
 pub mod section;
 
 use std::path::{Path, PathBuf};
@@ -24,6 +25,10 @@ use crate::rules::RuleError;
 use crate::rules::aggregation::AggregationRules;
 use crate::rules::rewrite::RewriteRules;
 
+pub use destination::{
+    CarbonDestination, CarbonProtocol, CarbonTarget, DestinationConfig, DestinationKind,
+    OutputPlacement, split_host_port,
+};
 pub use file::{DestProtocol, File, LateChanges, Protocol, Transport};
 pub use section::SectionError;
 
@@ -157,130 +162,6 @@ pub struct ListenerConfig {
     pub max_connections: Option<usize>,
 }
 
-/// Where a destination sends.
-#[derive(Clone, Debug, PartialEq)]
-pub enum DestAddress {
-    /// Plaintext lines on standard output.
-    Stdout,
-    /// A TCP `host:port`.
-    Tcp(String),
-    /// An HTTP(S) URL (Prometheus remote write).
-    Url(String),
-}
-
-/// A validated destination.
-#[derive(Clone, Debug, PartialEq)]
-pub struct DestinationConfig {
-    /// Where to send.
-    pub address: DestAddress,
-    /// Wire protocol (stdout is always plaintext).
-    pub protocol: DestProtocol,
-    /// Queue capacity in datapoints.
-    pub queue_datapoints: usize,
-    /// Datapoints per pickle frame.
-    pub max_datapoints_per_message: usize,
-    /// When a connection fails, what was written into it within this long before (and
-    /// since it connected) is ledgered as `unconfirmed`.
-    pub unconfirmed_window: Duration,
-    /// carbon's instance: part of the ring key and of the self-metric name.
-    pub instance: Option<String>,
-    /// The remote-write settings, for `protocol = "prometheus_remote_write"`.
-    pub remote_write: Option<remote_write::RemoteWriteConfig>,
-    /// How long after an interval closes its first aggregate is held for this
-    /// destination (zero: not held).
-    pub emit_delay: Duration,
-    /// What to do with a changed value of an interval already sent.
-    pub late_changes: LateChanges,
-}
-
-impl DestinationConfig {
-    /// The name used in logs and counters: the address, the URL, or `stdout`.
-    pub fn name(&self) -> &str {
-        match &self.address {
-            DestAddress::Stdout => "stdout",
-            DestAddress::Tcp(a) | DestAddress::Url(a) => a,
-        }
-    }
-
-    /// The destination as the hash ring sees it: host (IPv6 without brackets), port,
-    /// instance; `stdout` is host `stdout`, port 0.
-    pub fn node(&self) -> crate::ring::Node {
-        let (host, port) = match &self.address {
-            DestAddress::Stdout => ("stdout".to_string(), 0),
-            DestAddress::Tcp(a) => split_host_port(a).unwrap_or_else(|| (a.clone(), 0)),
-            DestAddress::Url(u) => {
-                remote_write::url_host_port(u).unwrap_or_else(|_| (u.clone(), 0))
-            }
-        };
-        crate::ring::Node {
-            host,
-            port,
-            instance: self.instance.clone(),
-        }
-    }
-
-    /// carbon's name of the destination in self-metrics: `host:port:instance` (instance
-    /// `None` when not set) with `.` replaced by `_`, e.g. `127_0_0_1:2004:None`.
-    pub fn carbon_name(&self) -> String {
-        let n = self.node();
-        let instance = n.instance.as_deref().unwrap_or("None");
-        format!("{}:{}:{instance}", n.host, n.port).replace('.', "_")
-    }
-}
-
-/// Splits `host:port` (IPv6 as `[addr]:port`) into the host without brackets and the
-/// port; `None` unless the host is non-empty and the port a number.
-pub fn split_host_port(addr: &str) -> Option<(String, u16)> {
-    let (host, port) = addr.rsplit_once(':')?;
-    let port = port.parse::<u16>().ok()?;
-    let host = match host.strip_prefix('[') {
-        Some(h) => h.strip_suffix(']')?,
-        None if host.contains(':') => return None,
-        None => host,
-    };
-    (!host.is_empty()).then(|| (host.to_string(), port))
-}
-
-/// Validated `[routing]`: the destinations placed on the ring.
-#[derive(Clone, Debug)]
-pub struct Routing {
-    /// The destinations prepared for placing names ([`crate::ring`]).
-    pub placement: Arc<crate::ring::Placement>,
-    /// Normalise tagged names on the way out (carbon's TAG_RELAY_NORMALIZED).
-    pub normalize_tags: bool,
-}
-
-impl PartialEq for Routing {
-    /// The same settings (the destinations themselves are compared as `[[destination]]`).
-    fn eq(&self, other: &Self) -> bool {
-        let (a, b) = (&self.placement, &other.placement);
-        (
-            a.method(),
-            a.replication(),
-            a.diverse(),
-            self.normalize_tags,
-        ) == (
-            b.method(),
-            b.replication(),
-            b.diverse(),
-            other.normalize_tags,
-        )
-    }
-}
-
-impl Routing {
-    /// Every name to each of `destinations` (method `all`), names as they are.
-    pub fn all(destinations: &[DestinationConfig]) -> Routing {
-        let nodes = destinations.iter().map(DestinationConfig::node).collect();
-        let placement = crate::ring::Placement::new(crate::ring::Method::All, nodes, 1, false)
-            .expect("method all refuses nothing");
-        Routing {
-            placement: Arc::new(placement),
-            normalize_tags: false,
-        }
-    }
-}
-
 /// Validated `[aggregation]`.
 #[derive(Clone, Debug)]
 pub struct Aggregation {
@@ -333,7 +214,7 @@ pub struct Config {
     /// Destinations.
     pub destinations: Vec<DestinationConfig>,
     /// Which destinations each name goes to.
-    pub routing: Routing,
+    pub routing: OutputPlacement,
     /// Decoder limits.
     pub limits: Limits,
     /// The journal, when on.
@@ -506,7 +387,7 @@ impl Config {
         let workers = errs.ok(file.workers.try_into());
         let routing = destinations
             .as_ref()
-            .and_then(|d| errs.ok(section::routing(file.routing, d)));
+            .and_then(|d| errs.ok(OutputPlacement::from_file(file.routing, d)));
         let journal = errs.ok(file.journal.map(TryInto::try_into).transpose());
         let tenants = errs.ok(file.tenants.map(TryInto::try_into).transpose());
         let admin = errs.ok(file.admin.map(TryInto::try_into).transpose());
@@ -610,7 +491,7 @@ impl std::fmt::Display for Config {
                 s,
                 "destination: {} ({}{}{}{})",
                 d.name(),
-                d.protocol,
+                d.protocol(),
                 instance.unwrap_or_default(),
                 delay.unwrap_or_default(),
                 late.unwrap_or_default()

@@ -6,17 +6,15 @@
 use std::sync::Arc;
 
 use super::file::{
-    AdminFile, AggregationFile, DestinationFile, FsyncMode, JournalFile, ListenFile,
-    QuarantineFile, RoutingFile, ServiceFile, TenantMode, TenantsFile, WorkersFile,
+    AdminFile, AggregationFile, FsyncMode, JournalFile, ListenFile, QuarantineFile, ServiceFile,
+    TenantMode, TenantsFile, WorkersFile,
 };
-use super::remote_write::RemoteWriteConfig;
 use super::{
-    AdminConfig, Aggregation, DestAddress, DestProtocol, DestinationConfig, ListenerConfig,
-    Protocol, QuarantineConfig, Routing, Service, TenantsConfig, Transport, Workers,
+    AdminConfig, Aggregation, ListenerConfig, Protocol, QuarantineConfig, Service, TenantsConfig,
+    Transport, Workers,
 };
 use crate::codec::Limits;
 use crate::journal::{Fsync, JournalConfig};
-use crate::ring::Placement;
 use crate::rules::aggregation::AggregationRules;
 use crate::rules::lists::Lists;
 use crate::rules::rewrite::RewriteRules;
@@ -103,76 +101,6 @@ impl TryFrom<WorkersFile> for Workers {
             flush_tick: std::time::Duration::from_millis(w.flush_tick_ms),
         })
     }
-}
-
-/// The longest `emit_delay`: held aggregates stay in memory, and a store that refuses
-/// corrections should get a value within its own out-of-order window.
-const MAX_EMIT_DELAY: std::time::Duration = std::time::Duration::from_secs(3600);
-
-impl TryFrom<DestinationFile> for DestinationConfig {
-    type Error = SectionError;
-
-    fn try_from(d: DestinationFile) -> Result<Self, SectionError> {
-        if d.queue_datapoints == 0 || d.max_datapoints_per_message == 0 {
-            return Err(invalid(format!(
-                "destination {}: queue_datapoints and max_datapoints_per_message must be at least 1",
-                d.url.as_deref().unwrap_or(&d.address)
-            )));
-        }
-        let (address, remote_write) = if d.protocol == DestProtocol::PrometheusRemoteWrite {
-            let rw = RemoteWriteConfig::from_file(&d)?;
-            (DestAddress::Url(rw.url.clone()), Some(rw))
-        } else if d.address == "stdout" {
-            (DestAddress::Stdout, None)
-        } else if super::split_host_port(&d.address).is_some_and(|(_, port)| port > 0) {
-            (DestAddress::Tcp(d.address.clone()), None)
-        } else {
-            return Err(invalid(format!(
-                "destination address {:?} is not host:port (port not 0; IPv6 as [addr]:port) or stdout",
-                d.address
-            )));
-        };
-        if remote_write.is_none() {
-            super::remote_write::refuse_on_carbon(&d)?;
-        }
-        let emit_delay = d.emit_delay.unwrap_or_default();
-        if emit_delay > MAX_EMIT_DELAY {
-            return Err(invalid(format!(
-                "destination {}: emit_delay {} is longer than the most, 1h",
-                d.url.as_deref().unwrap_or(&d.address),
-                humantime::format_duration(emit_delay)
-            )));
-        }
-        Ok(DestinationConfig {
-            address,
-            protocol: d.protocol,
-            queue_datapoints: d.queue_datapoints,
-            max_datapoints_per_message: d.max_datapoints_per_message,
-            unconfirmed_window: d.unconfirmed_window,
-            instance: d.instance.filter(|i| !i.is_empty()),
-            remote_write,
-            emit_delay,
-            late_changes: d.late_changes.unwrap_or_default(),
-        })
-    }
-}
-
-/// `[routing]` over the validated destinations: builds the ring, which refuses two
-/// destinations with the same ring key.
-pub(super) fn routing(
-    r: RoutingFile,
-    destinations: &[DestinationConfig],
-) -> Result<Routing, SectionError> {
-    if r.replication == 0 {
-        return Err(invalid("routing.replication must be at least 1"));
-    }
-    let nodes = destinations.iter().map(DestinationConfig::node).collect();
-    let placement = Placement::new(r.method, nodes, r.replication, r.diverse_replicas)
-        .map_err(|e| invalid(format!("routing: {e}")))?;
-    Ok(Routing {
-        placement: Arc::new(placement),
-        normalize_tags: r.normalize_tags,
-    })
 }
 
 /// Checks `[limits]` (it is used as written).

@@ -32,7 +32,9 @@ fn minimal_config_and_relative_paths() {
     assert_eq!(c.aggregation.rules.rules().len(), 1);
     assert_eq!(c.aggregation.max_intervals, 5);
     assert_eq!(c.listeners[0].transport, Transport::Tcp);
-    assert_eq!(c.destinations[0].address, DestAddress::Stdout);
+    assert!(
+        matches!(&c.destinations[0].kind, DestinationKind::Carbon(d) if d.target == CarbonTarget::Stdout)
+    );
     assert!(c.workers.count >= 1);
 }
 
@@ -165,7 +167,7 @@ fn closed_sets_and_durations_are_typed() {
 
 #[test]
 fn remote_write_destinations_are_validated() {
-    use super::remote_write::HttpAuth;
+    use super::prometheus::HttpAuth;
     let guard = tmpdir("rw");
     let d = guard.path();
     write(d, "rules.conf", "a (60) = sum b\n");
@@ -190,7 +192,7 @@ fn remote_write_destinations_are_validated() {
     )
     .unwrap();
     let dest = &c.destinations[0];
-    let rw = dest.remote_write.as_ref().unwrap();
+    let rw = dest.remote_write().unwrap();
     assert_eq!(dest.name(), "http://vm:8428/api/v1/write");
     assert_eq!((dest.node().host.as_str(), dest.node().port), ("vm", 8428));
     assert_eq!(rw.auth, HttpAuth::Bearer("tok".into()));
@@ -212,7 +214,7 @@ fn remote_write_destinations_are_validated() {
     let c =
         load("protocol = \"prometheus_remote_write\"\nurl = \"https://m.example/api/v1/push\"\n")
             .unwrap();
-    let rw = c.destinations[0].remote_write.as_ref().unwrap();
+    let rw = c.destinations[0].remote_write().unwrap();
     assert_eq!(
         (rw.batch_datapoints, rw.timeout),
         (2000, Duration::from_secs(30))

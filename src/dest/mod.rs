@@ -45,19 +45,21 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{DestinationConfig, Routing};
+use crate::config::{DestinationConfig, DestinationKind, OutputPlacement};
 use crate::datapoint::{OutBatch, OutPoint, Sink, window};
 use crate::drops::Stats;
 use crate::reason::DropReason;
 use crate::ring::Placement;
 use crate::time::Window;
 
+pub mod blocking;
+pub mod carbon;
 mod hold;
+mod link;
 pub mod remote_write;
-mod sender;
 
 use hold::Hold;
-use sender::{Link, Unconfirmed, run_sender};
+use link::{Link, Unconfirmed};
 
 /// [`DestCounters::state`]: the sender holds a connection.
 const UP: u8 = 1;
@@ -143,7 +145,7 @@ impl Destinations {
     /// places names on them (its placement must be built over `configs`, in order).
     pub fn start(
         configs: &[DestinationConfig],
-        routing: &Routing,
+        routing: &OutputPlacement,
         stats: Arc<Stats>,
     ) -> (Arc<Destinations>, Senders) {
         let drain = CancellationToken::new();
@@ -154,14 +156,18 @@ impl Destinations {
             let counters = Arc::new(DestCounters::default());
             let unconfirmed = Arc::new(Mutex::new(Unconfirmed::default()));
             let link = Link {
-                cfg: cfg.clone(),
+                name: cfg.name().to_string(),
                 counters: Arc::clone(&counters),
                 unconfirmed: Arc::clone(&unconfirmed),
                 stats: Arc::clone(&stats),
             };
-            tasks.push(match cfg.remote_write {
-                Some(_) => tokio::spawn(remote_write::run(link, rx, drain.clone())),
-                None => tokio::spawn(run_sender(link, rx, drain.clone())),
+            tasks.push(match &cfg.kind {
+                DestinationKind::Carbon(c) => {
+                    tokio::spawn(carbon::run(link, c.clone(), rx, drain.clone()))
+                }
+                DestinationKind::RemoteWrite(rw) => {
+                    tokio::spawn(remote_write::run(link, rw.clone(), rx, drain.clone()))
+                }
             });
             dests.push(Dest {
                 name: cfg.name().to_string(),

@@ -48,6 +48,7 @@ pub mod follow;
 pub mod handle;
 pub mod io;
 pub mod ledger;
+pub mod published;
 pub mod reader;
 pub mod record;
 pub mod recovery;

@@ -2,17 +2,19 @@
 //! journaled for them and sent, complete, to the destinations.
 
 use std::io::Write;
-use std::net::TcpStream;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::acceptance_span;
 use crate::aggregate::series::{SeriesTable, Settings};
-use crate::codec::pickle::encode_frames;
 use crate::codec::plaintext;
-use crate::config::{Config, DestAddress, DestProtocol};
+use crate::config::{
+    CarbonDestination, CarbonProtocol, CarbonTarget, Config, DestinationConfig, DestinationKind,
+    OutputPlacement,
+};
 use crate::datapoint::OutPoint;
+use crate::dest::blocking::BlockingDestinations;
 use crate::ingest::{FrameRouter, Routes};
 use crate::journal::{ledger, reader};
 use crate::route::Router;
@@ -118,6 +120,7 @@ pub fn replay(
         summary.intervals += out.len() as u64;
         deliver(&mut sender, &out, opts)?;
     }
+    sender.map(Sender::finish).transpose()?;
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
 }
@@ -125,8 +128,12 @@ pub fn replay(
 /// Sends `out`, or with a dry run prints it when asked (carbon plaintext lines on stdout).
 ///
 /// Errors: a destination refused it, or stdout could not be written.
-fn deliver(sender: &mut Sender, out: &[OutPoint], opts: &ReplayOptions) -> Result<(), ReplayError> {
-    if !opts.dry_run {
+fn deliver(
+    sender: &mut Option<Sender>,
+    out: &[OutPoint],
+    opts: &ReplayOptions,
+) -> Result<(), ReplayError> {
+    if let Some(sender) = sender {
         return sender.send(out);
     }
     if opts.print {
@@ -313,6 +320,7 @@ pub fn replay_cluster(config: &Config, opts: &ReplayOptions) -> Result<ReplaySum
         summary.intervals += out.len() as u64;
         deliver(&mut sender, &out, opts)?;
     }
+    sender.map(Sender::finish).transpose()?;
     summary.seconds = started.elapsed().as_secs_f64();
     Ok(summary)
 }
@@ -342,9 +350,6 @@ pub enum ReplayError {
     /// `--cluster`: no `[cluster]` section, or the cluster's stream could not be read.
     #[error("cluster: {0}")]
     Cluster(String),
-    /// Aggregates could not be pickled (a bug: every OutPoint is picklable).
-    #[error("pickle encoding: {0}")]
-    Encode(#[from] serde_pickle::Error),
 }
 
 fn journal_error(dir: &Path, source: std::io::Error) -> ReplayError {
@@ -354,142 +359,70 @@ fn journal_error(dir: &Path, source: std::io::Error) -> ReplayError {
     }
 }
 
-/// Writes replayed aggregates to destinations over plain blocking TCP (or stdout), and to
-/// remote-write destinations over HTTP (retried as the daemon does for up to
-/// [`REMOTE_WRITE_GIVE_UP`] per request). Names are placed on the destinations as the
-/// daemon places them (`[routing]`, with tag normalisation); `--dest` gets everything.
-struct Sender {
-    targets: Vec<Target>,
-    /// Where each name goes, over `targets`; `None` with `--dest`.
-    routing: Option<crate::config::Routing>,
-    /// Counts names that do not normalise.
-    events: crate::events::Events,
-    /// Runs remote-write requests (only with a remote-write destination).
-    runtime: Option<tokio::runtime::Runtime>,
-}
+/// Sends replayed aggregates through the daemon's own senders ([`BlockingDestinations`]):
+/// names placed on the destinations as the daemon places them (`[routing]`, with tag
+/// normalisation), `--dest` (carbon pickle, 500 datapoints a frame) getting everything.
+/// A destination that takes nothing for [`GIVE_UP`] fails the replay.
+struct Sender(BlockingDestinations);
 
-/// How long replay retries one remote-write request that keeps failing (network error,
-/// timeout, 5xx, 429) before it gives up with an error.
-const REMOTE_WRITE_GIVE_UP: std::time::Duration = std::time::Duration::from_secs(60);
-
-/// One destination replay writes to.
-enum Target {
-    /// carbon plaintext or pickle (`max_datapoints_per_message` per frame), or stdout.
-    Carbon(DestAddress, DestProtocol, usize),
-    /// Prometheus remote write.
-    RemoteWrite(Box<crate::dest::remote_write::RemoteWriter>),
-}
+/// How long replay waits on a destination that takes nothing (not reachable, or every
+/// request failing) before it gives up with an error.
+const GIVE_UP: Duration = Duration::from_secs(60);
 
 impl Sender {
-    fn new(config: &Config, opts: &ReplayOptions) -> Result<Sender, ReplayError> {
-        let targets = match &opts.dest {
-            Some(a) => vec![Target::Carbon(
-                DestAddress::Tcp(a.clone()),
-                DestProtocol::Pickle,
-                500,
-            )],
-            None => config
-                .destinations
-                .iter()
-                .map(|d| match &d.remote_write {
-                    Some(rw) => crate::dest::remote_write::RemoteWriter::new(rw)
-                        .map(|w| Target::RemoteWrite(Box::new(w)))
-                        .map_err(|e| ReplayError::Destination {
-                            destination: rw.url.clone(),
-                            source: std::io::Error::other(e),
-                        }),
-                    None => Ok(Target::Carbon(
-                        d.address.clone(),
-                        d.protocol,
-                        d.max_datapoints_per_message,
-                    )),
-                })
-                .collect::<Result<_, _>>()?,
+    /// `None` for a dry run. Errors: nowhere to send, a `--dest` that is not
+    /// `host:port`, a destination that cannot be set up.
+    fn new(config: &Config, opts: &ReplayOptions) -> Result<Option<Sender>, ReplayError> {
+        if opts.dry_run {
+            return Ok(None);
+        }
+        let (destinations, placement) = match &opts.dest {
+            Some(a) => {
+                if crate::config::split_host_port(a).is_none() {
+                    return Err(ReplayError::Destination {
+                        destination: a.clone(),
+                        source: std::io::Error::other("not host:port"),
+                    });
+                }
+                let d = vec![DestinationConfig {
+                    kind: DestinationKind::Carbon(CarbonDestination {
+                        target: CarbonTarget::Tcp(a.clone()),
+                        protocol: CarbonProtocol::Pickle,
+                        max_datapoints_per_message: 500,
+                        unconfirmed_window: Duration::from_secs(60),
+                    }),
+                    queue_datapoints: 1,
+                    instance: None,
+                    emit_delay: Duration::ZERO,
+                    late_changes: Default::default(),
+                }];
+                let placement = OutputPlacement::all(&d);
+                (d, placement)
+            }
+            None => (config.destinations.clone(), config.routing.clone()),
         };
-        if targets.is_empty() && !opts.dry_run {
+        if destinations.is_empty() {
             return Err(ReplayError::NoDestination);
         }
-        let runtime = match targets.iter().any(|t| matches!(t, Target::RemoteWrite(_))) {
-            true => Some(
-                tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|source| ReplayError::Destination {
-                        destination: "remote write".into(),
-                        source,
-                    })?,
-            ),
-            false => None,
-        };
-        Ok(Sender {
-            targets,
-            routing: opts.dest.is_none().then(|| config.routing.clone()),
-            events: crate::events::Events::default(),
-            runtime,
-        })
+        BlockingDestinations::start(&destinations, &placement, GIVE_UP)
+            .map(|d| Some(Sender(d)))
+            .map_err(undelivered)
     }
 
     fn send(&mut self, points: &[OutPoint]) -> Result<(), ReplayError> {
-        if points.is_empty() {
-            return Ok(());
-        }
-        let normalized = match &self.routing {
-            Some(r) if r.normalize_tags => crate::dest::normalize(points, &self.events),
-            _ => None,
-        };
-        let points = normalized.as_deref().unwrap_or(points);
-        let shares = match &self.routing {
-            Some(r) if !r.placement.is_broadcast() => {
-                Some(crate::dest::split(&r.placement, points))
-            }
-            _ => None,
-        };
-        for (i, target) in self.targets.iter_mut().enumerate() {
-            let points = shares.as_ref().map_or(points, |s| &s[i]);
-            if points.is_empty() {
-                continue;
-            }
-            let (addr, proto, per_frame) = match target {
-                Target::Carbon(a, p, n) => (&*a, *p, *n),
-                Target::RemoteWrite(w) => {
-                    let rt = self
-                        .runtime
-                        .as_ref()
-                        .expect("built with a remote-write target");
-                    w.send_blocking(rt, points, REMOTE_WRITE_GIVE_UP)
-                        .map_err(|e| ReplayError::Destination {
-                            destination: w.url().to_string(),
-                            source: std::io::Error::other(e.to_string()),
-                        })?;
-                    continue;
-                }
-            };
-            let mut buf = Vec::new();
-            match (addr, proto) {
-                (DestAddress::Tcp(_), DestProtocol::Pickle) => {
-                    encode_frames(points, per_frame, &mut buf)?;
-                }
-                _ => plaintext::encode_lines(points, &mut buf),
-            }
-            let written = match addr {
-                DestAddress::Stdout => std::io::stdout().write_all(&buf),
-                DestAddress::Tcp(a) | DestAddress::Url(a) => TcpStream::connect(a.as_str())
-                    .and_then(|mut s| {
-                        s.write_all(&buf)?;
-                        s.flush()?;
-                        // FIN after the data: the kernel still delivers what is buffered.
-                        s.shutdown(std::net::Shutdown::Write)
-                    }),
-            };
-            written.map_err(|source| ReplayError::Destination {
-                destination: match addr {
-                    DestAddress::Stdout => "stdout".into(),
-                    DestAddress::Tcp(a) | DestAddress::Url(a) => a.clone(),
-                },
-                source,
-            })?;
-        }
-        Ok(())
+        self.0.send(points).map_err(undelivered)
+    }
+
+    /// Waits until everything sent is delivered and acknowledged.
+    fn finish(self) -> Result<(), ReplayError> {
+        self.0.finish().map_err(undelivered)
+    }
+}
+
+fn undelivered(e: crate::dest::blocking::Undelivered) -> ReplayError {
+    ReplayError::Destination {
+        destination: e.destination,
+        source: std::io::Error::other(e.reason),
     }
 }
 

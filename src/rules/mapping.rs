@@ -4,7 +4,7 @@
 //!
 //! Default: the name part of the path (for a tagged series, the part before the first
 //! `;`) becomes `__name__` with every character Prometheus does not allow replaced by `_`
-//! ([`crate::codec::remote_write::metric_name`]); each Graphite tag becomes a label (its
+//! ([`crate::codec::write_request::metric_name`]); each Graphite tag becomes a label (its
 //! key sanitised as a label name, its value as it is).
 //!
 //! A mapping file has one rule per line, `PATTERN = NAME [LABEL=VALUE …]`; `#` comments
@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use regex::{Regex, RegexBuilder};
 
 use super::{Problems, REGEX_SIZE_LIMIT, RuleError};
-use crate::codec::remote_write::{label_name, metric_name};
+use crate::codec::write_request::{label_name, metric_name};
 
 /// A template: literal text and `<field>`s.
 #[derive(Debug, Clone)]

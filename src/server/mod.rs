@@ -269,7 +269,7 @@ fn open_journal(
     // In cluster mode sequence numbers up to the published watermark were handed out
     // beyond the journal: never number records below it again.
     let floor = match config.cluster {
-        Some(_) => crate::cluster::publish::saved_watermark(&*io, &j.dir),
+        Some(_) => crate::journal::published::saved_watermark(&*io, &j.dir),
         None => 0,
     };
     let (journal, report) =

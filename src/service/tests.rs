@@ -67,8 +67,11 @@ fn observe(
 async fn both_views_read_the_same_counters_and_only_what_applies() {
     let guard = tempfile::tempdir().unwrap();
     let stats = Arc::new(Stats::default());
-    let (dests, _senders) =
-        Destinations::start(&[], &crate::config::Routing::all(&[]), Arc::clone(&stats));
+    let (dests, _senders) = Destinations::start(
+        &[],
+        &crate::config::OutputPlacement::all(&[]),
+        Arc::clone(&stats),
+    );
     let events = Arc::clone(&stats.events);
     let q = Arc::new(Quarantine::open(guard.path().join("q.log"), 1 << 20, events).unwrap());
     q.close();
@@ -127,24 +130,27 @@ async fn both_views_read_the_same_counters_and_only_what_applies() {
 
 #[tokio::test]
 async fn relay_max_queue_length_is_sent_in_every_interval_the_destination_relayed() {
-    use crate::config::{DestAddress, DestinationConfig, file::DestProtocol};
+    use crate::config::{
+        CarbonDestination, CarbonProtocol, CarbonTarget, DestinationConfig, DestinationKind,
+    };
     use std::sync::atomic::Ordering;
     let stats = Arc::new(Stats::default());
     // Nothing listens on port 1: the sender keeps reconnecting, which does not matter.
     let configs = [DestinationConfig {
-        address: DestAddress::Tcp("127.0.0.1:1".into()),
-        protocol: DestProtocol::Pickle,
+        kind: DestinationKind::Carbon(CarbonDestination {
+            target: CarbonTarget::Tcp("127.0.0.1:1".into()),
+            protocol: CarbonProtocol::Pickle,
+            max_datapoints_per_message: 500,
+            unconfirmed_window: Duration::from_secs(1),
+        }),
         queue_datapoints: 1000,
-        max_datapoints_per_message: 500,
-        unconfirmed_window: Duration::from_secs(1),
         instance: None,
-        remote_write: None,
         emit_delay: Duration::ZERO,
         late_changes: Default::default(),
     }];
     let (dests, senders) = Destinations::start(
         &configs,
-        &crate::config::Routing::all(&configs),
+        &crate::config::OutputPlacement::all(&configs),
         Arc::clone(&stats),
     );
     let (m, workers) = observe(&stats, Arc::clone(&dests), None);

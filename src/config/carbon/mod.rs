@@ -352,7 +352,15 @@ fn destinations(keys: &Section<'_>) -> Result<Vec<DestinationFile>, ConfigError>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::DestAddress;
+    use crate::config::{CarbonTarget, DestinationConfig, DestinationKind};
+
+    /// A carbon destination's target.
+    fn tcp_target(d: &DestinationConfig) -> Option<&CarbonTarget> {
+        match &d.kind {
+            DestinationKind::Carbon(c) => Some(&c.target),
+            DestinationKind::RemoteWrite(_) => None,
+        }
+    }
     use std::time::Duration;
 
     #[test]
@@ -394,10 +402,10 @@ mod tests {
         assert_eq!(c.listeners[2].transport, Transport::Udp);
         assert_eq!(c.destinations.len(), 2);
         assert_eq!(
-            c.destinations[1].address,
-            DestAddress::Tcp("127.0.0.1:2104".into())
+            tcp_target(&c.destinations[1]),
+            Some(&CarbonTarget::Tcp("127.0.0.1:2104".into()))
         );
-        assert_eq!(c.destinations[0].protocol, DestProtocol::Pickle);
+        assert_eq!(c.destinations[0].protocol(), DestProtocol::Pickle);
         assert_eq!(c.destinations[0].queue_datapoints, 100_000);
         assert!(!c.aggregation.forward_all);
         assert_eq!(c.aggregation.max_intervals, 3);

@@ -1,24 +1,22 @@
-//! One destination's sender task: connect with backoff, coalesce queued batches, write
-//! pickle or plaintext, watch an idle connection for the peer closing it, keep the
+//! A carbon destination's sender task: connect with backoff, coalesce queued batches,
+//! write pickle or plaintext, watch an idle connection for the peer closing it, keep the
 //! unconfirmed window, and close only once the peer acknowledged everything (see the
-//! parent module's docs).
+//! parent module's docs). [`encode`] is the carbon kind's one encode step, which replay
+//! uses too.
 
-use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{DestCounters, ledger_unconfirmed};
+use super::link::{Link, set_connected};
 use crate::codec::{pickle, plaintext};
-use crate::config::{DestAddress, DestProtocol, DestinationConfig};
-use crate::datapoint::{OutBatch, window};
-use crate::drops::Stats;
+use crate::config::{CarbonDestination, CarbonProtocol, CarbonTarget};
+use crate::datapoint::{OutBatch, OutPoint, window};
 use crate::events::Event;
-use crate::time::Window;
+use crate::time::Backoff;
 
 /// A connection to a destination.
 pub(super) enum Conn {
@@ -30,13 +28,10 @@ pub(super) enum Conn {
 }
 
 impl Conn {
-    async fn connect(cfg: &DestinationConfig) -> std::io::Result<Conn> {
-        match &cfg.address {
-            DestAddress::Stdout => Ok(Conn::Stdout(tokio::io::stdout())),
-            DestAddress::Url(_) => Err(std::io::Error::other(
-                "a remote-write destination has no carbon connection",
-            )),
-            DestAddress::Tcp(addr) => {
+    async fn connect(target: &CarbonTarget) -> std::io::Result<Conn> {
+        match target {
+            CarbonTarget::Stdout => Ok(Conn::Stdout(tokio::io::stdout())),
+            CarbonTarget::Tcp(addr) => {
                 let s = tokio::net::TcpStream::connect(addr.as_str()).await?;
                 s.set_nodelay(true)?;
                 Ok(Conn::Tcp(s))
@@ -121,113 +116,30 @@ fn unacked_bytes(s: &tokio::net::TcpStream) -> std::io::Result<usize> {
     Ok(usize::try_from(n).unwrap_or(0))
 }
 
-/// What was written into the current connection within the unconfirmed window: written
-/// time, bucket window and datapoints, merged per second so it stays small.
-#[derive(Debug, Default)]
-pub(super) struct Unconfirmed {
-    writes: VecDeque<(Instant, Window, u64)>,
-}
-
-impl Unconfirmed {
-    fn prune(&mut self, keep: Duration) {
-        while self.writes.front().is_some_and(|w| w.0.elapsed() > keep) {
-            self.writes.pop_front();
-        }
-    }
-
-    /// Notes `n` datapoints over `window` written now.
-    fn written(&mut self, window: Window, n: u64, keep: Duration) {
-        self.prune(keep);
-        match self.writes.back_mut() {
-            Some(last) if last.0.elapsed() < Duration::from_secs(1) => {
-                last.1 = last.1.union(window);
-                last.2 += n;
-            }
-            _ => self.writes.push_back((Instant::now(), window, n)),
-        }
-    }
-
-    /// Everything noted within `keep`, as one window and a count; empties the log.
-    pub(super) fn take(&mut self, keep: Duration) -> Option<(Window, u64)> {
-        self.prune(keep);
-        let all = self
-            .writes
-            .drain(..)
-            .reduce(|a, b| (a.0, a.1.union(b.1), a.2 + b.2));
-        all.map(|(_, w, n)| (w, n))
-    }
-}
-
-/// The sender's view of one destination: config, counters and the unconfirmed log.
-pub(super) struct Link {
-    /// The destination's settings.
-    pub(super) cfg: DestinationConfig,
-    /// Its counters, shared with [`super::Destinations`].
-    pub(super) counters: Arc<DestCounters>,
-    /// What was written into the current connection and is not yet confirmed.
-    pub(super) unconfirmed: Arc<Mutex<Unconfirmed>>,
-    /// Process counters and the ledger.
-    pub(super) stats: Arc<Stats>,
-}
-
-impl Link {
-    fn log(&self) -> std::sync::MutexGuard<'_, Unconfirmed> {
-        self.unconfirmed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// `n` datapoints left the queue (delivered or dropped): an empty queue forgets the
-    /// window it covered.
-    pub(super) fn done(&self, n: usize) {
-        let counters = &self.counters;
-        if counters.queued.fetch_sub(n, Ordering::Relaxed) == n
-            && let Ok(mut q) = counters.queued_window.lock()
-        {
-            *q = None;
-        }
-    }
-
-    /// The connection failed: ledger what it may have lost.
-    fn failed(&self, e: &std::io::Error) {
-        set_connected(&self.counters, false);
-        self.counters
-            .connection_failures
-            .fetch_add(1, Ordering::Relaxed);
-        let lost = self.log().take(self.cfg.unconfirmed_window);
-        let (name, n) = (self.cfg.name(), lost.map_or(0, |l| l.1));
-        self.stats.events.emit(
-            Event::DestinationConnectionLost,
-            &format_args!("destination {name}: connection failed ({e}); reconnecting; {n} datapoints unconfirmed"),
-        );
-        if let Some((w, n)) = lost {
-            ledger_unconfirmed(&self.stats, &self.counters, self.cfg.name(), w, n);
-        }
-    }
-}
-
-/// Encodes `batches` into `buf`; returns the number of carbon batches (pickle frames, or
-/// for plaintext the same count of `max_datapoints_per_message` chunks): carbon's
-/// `batchesSent`.
-fn encode(cfg: &DestinationConfig, batches: &[OutBatch], buf: &mut Vec<u8>, stats: &Stats) -> u64 {
+/// carbon's encoding of `batches` for `cfg` into `buf` (emptied first): pickle frames of
+/// `max_datapoints_per_message` datapoints ([`pickle::encode_frames`]: 4-byte big-endian
+/// length, then a protocol 2 pickle of `[(path, (timestamp, value)), …]`), or plaintext
+/// lines (`path value timestamp\n`). Returns the number of carbon batches (pickle frames,
+/// or for plaintext the same count of chunks): carbon's `batchesSent`.
+///
+/// Errors: a pickle encoding error (a bug: every [`OutPoint`] is picklable); `buf` then
+/// holds the frames before it.
+pub fn encode<'a>(
+    cfg: &CarbonDestination,
+    batches: impl IntoIterator<Item = &'a [OutPoint]>,
+    buf: &mut Vec<u8>,
+) -> Result<u64, serde_pickle::Error> {
     buf.clear();
     let per = cfg.max_datapoints_per_message.max(1);
-    let frames = batches.iter().map(|b| b.len().div_ceil(per) as u64).sum();
-    let pickle_out = cfg.protocol == DestProtocol::Pickle && cfg.address != DestAddress::Stdout;
+    let mut frames = 0;
     for b in batches {
-        if pickle_out {
-            if let Err(e) = pickle::encode_frames(b, cfg.max_datapoints_per_message, buf) {
-                let name = cfg.name();
-                stats.events.emit(
-                    Event::EncodeFailed,
-                    &format_args!("destination {name}: pickle encoding failed: {e}"),
-                );
-            }
-        } else {
-            plaintext::encode_lines(b, buf);
+        frames += b.len().div_ceil(per) as u64;
+        match cfg.protocol {
+            CarbonProtocol::Pickle => pickle::encode_frames(b, per, buf)?,
+            CarbonProtocol::Plaintext => plaintext::encode_lines(b, buf),
         }
     }
-    frames
+    Ok(frames)
 }
 
 /// Waits for the next queued batch; meanwhile notices a connection the peer closed.
@@ -235,6 +147,7 @@ async fn next_batch(
     rx: &mut mpsc::Receiver<OutBatch>,
     conn: &mut Option<Conn>,
     link: &Link,
+    window: Duration,
     drain: &CancellationToken,
 ) -> Option<OutBatch> {
     loop {
@@ -251,52 +164,58 @@ async fn next_batch(
             e = closed => e,
         };
         *conn = None;
-        link.failed(&e);
+        link.failed(&e, window);
     }
 }
 
-/// Notes whether the sender holds a connection (for carbon's `queuedUntilConnected`).
-pub(super) fn set_connected(counters: &DestCounters, up: bool) {
-    counters
-        .state
-        .store(if up { super::UP } else { super::DOWN }, Ordering::Relaxed);
-}
-
-/// A destination's sender task: takes batches off `rx` until it closes (or `drain` is
-/// cancelled and the queue is empty), writes them over a connection made (and remade
-/// with backoff) to the destination, and re-sends over the next connection a write that
-/// failed.
-pub(super) async fn run_sender(link: Link, rx: mpsc::Receiver<OutBatch>, drain: CancellationToken) {
-    let cfg = link.cfg.clone();
+/// A carbon destination's sender task: takes batches off `rx` until it closes (or
+/// `drain` is cancelled and the queue is empty), writes them over a connection made (and
+/// remade with backoff) to the destination, and re-sends over the next connection a write
+/// that failed.
+pub(super) async fn run(
+    link: Link,
+    cfg: CarbonDestination,
+    rx: mpsc::Receiver<OutBatch>,
+    drain: CancellationToken,
+) {
+    let target = cfg.target.clone();
     let connect = move || {
-        let cfg = cfg.clone();
-        Box::pin(async move { Conn::connect(&cfg).await }) as Connecting
+        let target = target.clone();
+        Box::pin(async move { Conn::connect(&target).await }) as Connecting
     };
-    run_sender_with(link, rx, drain, connect).await;
+    run_with(link, cfg, rx, drain, connect).await;
 }
 
 /// A connection being made.
 type Connecting =
     std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<Conn>> + Send>>;
 
-/// [`run_sender`], making connections with `connect`.
-async fn run_sender_with(
+/// Batches are coalesced into writes of about this many datapoints.
+const WRITE_DATAPOINTS: usize = 10_000;
+
+/// [`run`], making connections with `connect`.
+async fn run_with(
     link: Link,
+    cfg: CarbonDestination,
     mut rx: mpsc::Receiver<OutBatch>,
     drain: CancellationToken,
-    mut connect: impl FnMut() -> Connecting,
+    connect: impl FnMut() -> Connecting,
 ) {
-    let cfg = &link.cfg;
-    let mut conn: Option<Conn> = None;
-    let mut backoff = Duration::from_millis(100);
+    let mut out = Connection {
+        link: &link,
+        window: cfg.unconfirmed_window,
+        conn: None,
+        backoff: Backoff::DESTINATION,
+        connect,
+    };
     let mut buf = Vec::new();
     let mut batches = Vec::new();
-    while let Some(first) = next_batch(&mut rx, &mut conn, &link, &drain).await {
+    while let Some(first) = next_batch(&mut rx, &mut out.conn, &link, out.window, &drain).await {
         let mut n = first.len();
         let mut w = window(&first);
         batches.clear();
         batches.push(first);
-        while n < 10_000 {
+        while n < WRITE_DATAPOINTS {
             match rx.try_recv() {
                 Ok(b) => {
                     n += b.len();
@@ -306,38 +225,15 @@ async fn run_sender_with(
                 Err(_) => break,
             }
         }
-        let frames = encode(cfg, &batches, &mut buf, &link.stats);
-        loop {
-            let c = match conn.as_mut() {
-                Some(c) => c,
-                None => match connect().await {
-                    Ok(c) => {
-                        tracing::info!(destination = cfg.name(), "connected");
-                        backoff = Duration::from_millis(100);
-                        set_connected(&link.counters, true);
-                        conn.insert(c)
-                    }
-                    Err(e) => {
-                        set_connected(&link.counters, false);
-                        let name = cfg.name();
-                        link.stats.events.emit(
-                            Event::DestinationConnectFailed,
-                            &format_args!("destination {name}: cannot connect ({e}); retrying"),
-                        );
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
-                        continue;
-                    }
-                },
-            };
-            match c.write(&buf).await {
-                Ok(()) => break,
-                Err(e) => {
-                    conn = None;
-                    link.failed(&e);
-                }
-            }
-        }
+        let frames = encode(&cfg, batches.iter().map(|b| &b[..]), &mut buf).unwrap_or_else(|e| {
+            let name = &link.name;
+            link.stats.events.emit(
+                Event::EncodeFailed,
+                &format_args!("destination {name}: pickle encoding failed: {e}"),
+            );
+            0
+        });
+        out.write(&buf).await;
         link.log().written(w, n as u64, cfg.unconfirmed_window);
         link.done(n);
         let counters = &link.counters;
@@ -345,26 +241,74 @@ async fn run_sender_with(
         counters.batches.fetch_add(frames, Ordering::Relaxed);
         link.stats.sent.fetch_add(n as u64, Ordering::Relaxed);
     }
-    if let Some(c) = conn {
-        close_confirmed(c, &link).await;
+    if let Some(c) = out.conn {
+        close_confirmed(c, &link, cfg.unconfirmed_window).await;
+    }
+}
+
+/// The sender's connection, made (and remade with backoff) on demand.
+struct Connection<'a, C> {
+    link: &'a Link,
+    /// The destination's `unconfirmed_window`.
+    window: Duration,
+    conn: Option<Conn>,
+    backoff: Backoff,
+    connect: C,
+}
+
+impl<C: FnMut() -> Connecting> Connection<'_, C> {
+    /// Writes `buf` whole into one connection: connects first if there is none (retrying
+    /// with backoff), and writes it again over a new connection if a write fails.
+    async fn write(&mut self, buf: &[u8]) {
+        let link = self.link;
+        loop {
+            let c = match self.conn.as_mut() {
+                Some(c) => c,
+                None => match (self.connect)().await {
+                    Ok(c) => {
+                        tracing::info!(destination = link.name, "connected");
+                        self.backoff.reset();
+                        set_connected(&link.counters, true);
+                        self.conn.insert(c)
+                    }
+                    Err(e) => {
+                        set_connected(&link.counters, false);
+                        let name = &link.name;
+                        link.stats.events.emit(
+                            Event::DestinationConnectFailed,
+                            &format_args!("destination {name}: cannot connect ({e}); retrying"),
+                        );
+                        tokio::time::sleep(self.backoff.delay()).await;
+                        continue;
+                    }
+                },
+            };
+            match c.write(buf).await {
+                Ok(()) => return,
+                Err(e) => {
+                    self.conn = None;
+                    link.failed(&e, self.window);
+                }
+            }
+        }
     }
 }
 
 /// Closes a connection once the peer's TCP has acknowledged every byte written (until
 /// the drain deadline aborts the task); then nothing written is unconfirmed any more.
-async fn close_confirmed(mut c: Conn, link: &Link) {
+async fn close_confirmed(mut c: Conn, link: &Link, window: Duration) {
     loop {
         match c.unacked() {
             Ok(0) => break,
             Ok(_) => {}
             Err(e) => {
-                link.failed(&e);
+                link.failed(&e, window);
                 return;
             }
         }
         tokio::select! {
             e = c.closed() => {
-                link.failed(&e);
+                link.failed(&e, window);
                 return;
             }
             _ = tokio::time::sleep(Duration::from_millis(10)) => {}
@@ -378,8 +322,11 @@ async fn close_confirmed(mut c: Conn, link: &Link) {
 mod tests {
     use super::*;
 
-    use crate::config::DestinationConfig;
+    use std::sync::{Arc, Mutex};
+
     use crate::datapoint::{OutPoint, OutValue};
+    use crate::dest::DestCounters;
+    use crate::drops::Stats;
 
     /// What a scripted connection received, and when its writes fail.
     #[derive(Default)]
@@ -437,21 +384,16 @@ mod tests {
 
     #[tokio::test]
     async fn a_write_that_fails_is_sent_again_over_the_next_connection() {
-        let cfg = DestinationConfig {
-            address: DestAddress::Tcp("127.0.0.1:2003".into()),
-            protocol: DestProtocol::Plaintext,
-            queue_datapoints: 100,
+        let cfg = CarbonDestination {
+            target: CarbonTarget::Tcp("127.0.0.1:2003".into()),
+            protocol: CarbonProtocol::Plaintext,
             max_datapoints_per_message: 500,
             unconfirmed_window: Duration::from_secs(60),
-            instance: None,
-            remote_write: None,
-            emit_delay: Duration::ZERO,
-            late_changes: Default::default(),
         };
         let stats = Arc::new(Stats::default());
         let counters = Arc::new(DestCounters::default());
         let link = Link {
-            cfg,
+            name: "127.0.0.1:2003".into(),
             counters: Arc::clone(&counters),
             unconfirmed: Arc::default(),
             stats: Arc::clone(&stats),
@@ -474,7 +416,7 @@ mod tests {
         };
         let (tx, rx) = mpsc::channel(8);
         let drain = CancellationToken::new();
-        let task = tokio::spawn(run_sender_with(link, rx, drain, connect));
+        let task = tokio::spawn(run_with(link, cfg, rx, drain, connect));
         let a = batch("a", 60.0, 3);
         let b = batch("b", 120.0, 4);
         let (mut a_bytes, mut b_bytes) = (Vec::new(), Vec::new());
