@@ -11,7 +11,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock};
 
 use crate::events::{Events, LogLimit};
-use crate::journal::ledger::Ledger;
+use crate::ledger::Ledger;
 use crate::reason::DropReason;
 use crate::time::Window;
 

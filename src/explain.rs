@@ -36,7 +36,7 @@ pub fn explain(config: &Config, paths: &[String]) -> String {
                 o.key.name,
                 r.method,
                 r.frequency,
-                o.worker
+                o.index
             );
             let captures = matches
                 .iter()

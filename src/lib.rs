@@ -11,7 +11,8 @@
 //! node aggregates them in its workers. [`replay`] rebuilds open intervals at start-up
 //! and recomputes windows from the journal (`aggd replay`). [`server`] assembles it;
 //! [`config`] reads `aggd.toml` or a carbon.conf; [`rules`] reads carbon-aggregator's rule
-//! files; every drop is a [`reason::DropReason`].
+//! files; every drop is a [`reason::DropReason`], counted by [`drops`] and written to the
+//! loss [`ledger`] for `aggd replay --lost`.
 // One audited exception: the SIOCOUTQ ioctl in `dest` (no safe wrapper exists).
 #![deny(unsafe_code)]
 
@@ -27,6 +28,7 @@ pub mod explain;
 pub mod hash;
 pub mod ingest;
 pub mod journal;
+pub mod ledger;
 pub mod listen;
 pub mod memory;
 pub mod method;

@@ -383,7 +383,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     }
     let ids = lost.replayed(&summary.held);
     if !args.dry_run && !ids.is_empty() {
-        aggd::journal::ledger::mark_replayed(&ledger, &ids)?;
+        aggd::ledger::mark_replayed(&ledger, &ids)?;
     }
     println!(
         "replay{}: {} records, {} datapoints, {} intervals {}, {} refused datapoints left out, {} refused datapoints replayed, {} corrupt bytes skipped, {:.2} s ({:.0} datapoints/s)",

@@ -507,7 +507,7 @@ async fn udp_queue_overflow_is_counted_ledgered_and_journaled_refused() {
     assert_eq!(stats.drops(DropReason::QueueFull), 6);
     server.shutdown().await;
     // Ledgered with the interval its datapoints span…
-    let (entries, _) = aggd::journal::ledger::read(&dir.join("journal/ledger.jsonl")).unwrap();
+    let (entries, _) = aggd::ledger::read(&dir.join("journal/ledger.jsonl")).unwrap();
     let full: Vec<_> = entries
         .iter()
         .filter(|e| e.reason == "queue_full")

@@ -166,7 +166,7 @@ fn backpressure_on_a_full_disk_holds_input_and_sigterm_still_finishes() {
         t.elapsed()
     );
     // What could not be journaled by the deadline is ledgered.
-    let (entries, _) = aggd::journal::ledger::read(&dir.join("journal/ledger.jsonl")).unwrap();
+    let (entries, _) = aggd::ledger::read(&dir.join("journal/ledger.jsonl")).unwrap();
     assert!(
         entries.iter().any(|e| e.reason == "unjournaled"),
         "{entries:?}"
@@ -447,7 +447,7 @@ async fn a_read_only_journal_is_ledgered_on_another_path_and_nothing_is_thrown_a
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     server.shutdown().await;
-    let (entries, _) = aggd::journal::ledger::read(&dir.join("elsewhere/ledger.jsonl")).unwrap();
+    let (entries, _) = aggd::ledger::read(&dir.join("elsewhere/ledger.jsonl")).unwrap();
     let unjournaled: u64 = entries
         .iter()
         .filter(|e| e.reason == "unjournaled")

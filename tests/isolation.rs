@@ -171,7 +171,7 @@ async fn a_slow_destination_costs_the_other_nothing() {
         "every aggregate for the slow destination was sent or counted"
     );
     // Its losses are ledgered: what overflowed, and what was still queued at shutdown.
-    let (entries, _) = aggd::journal::ledger::read(&dir.join("journal/ledger.jsonl")).unwrap();
+    let (entries, _) = aggd::ledger::read(&dir.join("journal/ledger.jsonl")).unwrap();
     let count = |r: &str| {
         entries
             .iter()

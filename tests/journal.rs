@@ -110,7 +110,7 @@ fn kill_9_and_restart_loses_no_aggregate() {
         Some((in_hour(before) + in_hour(after)) as f64)
     );
     // The rebuild re-read the malformed line but did not count or ledger it again.
-    let (entries, _) = aggd::journal::ledger::read(&dir.join("journal/ledger.jsonl")).unwrap();
+    let (entries, _) = aggd::ledger::read(&dir.join("journal/ledger.jsonl")).unwrap();
     let parse_errors: u64 = entries
         .iter()
         .filter(|e| e.reason == "parse_error")

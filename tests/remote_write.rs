@@ -89,8 +89,8 @@ fn vm_config(dir: &Path, url: &str, dest: &str) -> PathBuf {
 }
 
 /// The loss ledger's entries.
-fn ledger(dir: &Path) -> Vec<aggd::journal::ledger::Entry> {
-    aggd::journal::ledger::read(&dir.join("journal/ledger.jsonl"))
+fn ledger(dir: &Path) -> Vec<aggd::ledger::Entry> {
+    aggd::ledger::read(&dir.join("journal/ledger.jsonl"))
         .unwrap()
         .0
 }

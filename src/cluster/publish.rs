@@ -601,7 +601,7 @@ async fn publish_one(
     stats: Arc<ClusterStats>,
     abandon: Arc<AtomicBool>,
 ) -> (Out, bool) {
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = crate::time::Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
     loop {
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", out.id.as_str());
@@ -627,8 +627,7 @@ async fn publish_one(
         if abandon.load(Ordering::Relaxed) {
             return (out, false);
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+        tokio::time::sleep(backoff.delay()).await;
     }
 }
 

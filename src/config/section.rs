@@ -123,9 +123,7 @@ impl TryFrom<JournalFile> for JournalConfig {
             ));
         }
         Ok(JournalConfig {
-            ledger: j
-                .ledger
-                .unwrap_or_else(|| j.dir.join(crate::journal::ledger::FILE)),
+            ledger: j.ledger.unwrap_or_else(|| j.dir.join(crate::ledger::FILE)),
             dir: j.dir,
             fsync: match j.fsync {
                 FsyncMode::Never => Fsync::Never,

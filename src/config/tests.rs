@@ -100,7 +100,7 @@ fn closed_sets_and_durations_are_typed() {
     assert_eq!(j.max_age, Duration::ZERO);
     assert_eq!(j.segment_max_age, Duration::from_secs(90));
     assert_eq!(j.dir, d.join("j"), "relative to the config file");
-    assert_eq!(j.ledger, d.join("j").join(crate::journal::ledger::FILE));
+    assert_eq!(j.ledger, d.join("j").join(crate::ledger::FILE));
     let t = c.tenants.as_ref().unwrap();
     assert_eq!(t.unknown, crate::tenant::Unknown::Reject);
     assert_eq!(c.service.self_metrics_interval, Duration::ZERO);

@@ -197,3 +197,109 @@ impl BlockingDestinations {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+
+    use super::*;
+    use crate::config::file::DestinationFile;
+    use crate::config::{DestProtocol, OutputPlacement};
+    use crate::datapoint::OutValue;
+
+    fn points(n: usize) -> Vec<OutPoint> {
+        (0..n)
+            .map(|i| OutPoint {
+                path: format!("replayed.{i}").into(),
+                timestamp: 60.0,
+                value: OutValue::Float(i as f64),
+                interval: None,
+            })
+            .collect()
+    }
+
+    fn destination(protocol: DestProtocol, address: &str) -> DestinationConfig {
+        let mut file = DestinationFile {
+            protocol,
+            address: address.into(),
+            queue_datapoints: 1,
+            max_datapoints_per_message: 500,
+            ..Default::default()
+        };
+        if protocol == DestProtocol::PrometheusRemoteWrite {
+            file.url = Some(format!("http://{address}/api/v1/write"));
+            file.address.clear();
+        }
+        DestinationConfig::try_from(file).unwrap()
+    }
+
+    fn start(d: DestinationConfig, give_up: Duration) -> Result<BlockingDestinations, Undelivered> {
+        let d = [d];
+        BlockingDestinations::start(&d, &OutputPlacement::all(&d), give_up)
+    }
+
+    #[test]
+    fn everything_sent_is_delivered_before_finish_returns() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let reader = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut text = String::new();
+            s.read_to_string(&mut text).unwrap();
+            text
+        });
+        let d = destination(DestProtocol::Plaintext, &addr);
+        let out = start(d, Duration::from_secs(10)).unwrap();
+        // More than one chunk, and more than a queue holds at once.
+        let sent = points(CHUNK_DATAPOINTS * 2 + 7);
+        out.send(&sent).unwrap();
+        out.send(&sent).unwrap();
+        out.finish().unwrap();
+        let text = reader.join().unwrap();
+        assert_eq!(text.lines().count(), sent.len() * 2);
+        assert!(text.starts_with("replayed.0 0 60\n"), "{}", &text[..40]);
+    }
+
+    #[test]
+    fn a_destination_that_takes_nothing_fails_the_replay_naming_it() {
+        let addr = {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().to_string()
+        };
+        let d = destination(DestProtocol::Pickle, &addr);
+        let out = start(d, Duration::from_millis(300)).unwrap();
+        out.send(&points(10)).unwrap();
+        let started = Instant::now();
+        let e = out.finish().unwrap_err();
+        assert_eq!(e.destination, addr);
+        assert!(e.reason.contains("10 datapoints not delivered"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_request_the_store_refuses_fails_the_replay() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let mut s = s.unwrap();
+                let mut head = Vec::new();
+                let mut b = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = s.read(&mut b).unwrap();
+                    head.extend_from_slice(&b[..n]);
+                }
+                let _ = s.write_all(
+                    b"HTTP/1.1 400 Bad Request\r\ncontent-length: 4\r\nconnection: close\r\n\r\nnope",
+                );
+            }
+        });
+        let d = destination(DestProtocol::PrometheusRemoteWrite, &addr);
+        let out = start(d, Duration::from_secs(10)).unwrap();
+        out.send(&points(3)).unwrap();
+        let e = out.finish().unwrap_err();
+        assert!(e.destination.contains(&addr), "{e}");
+        assert!(e.reason.contains("refused 3 datapoints"), "{e}");
+    }
+}

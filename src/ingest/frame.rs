@@ -21,7 +21,7 @@ use crate::journal::record::Record;
 use crate::reason::DropReason;
 
 use super::Routes;
-use super::routing::{Batches, Routed, Routing};
+use super::routing::{Batches, RouteLookup, Routed};
 
 /// Which refused datapoints a re-read routes after all, given the reason each was
 /// refused for ([`FrameRouter::reread_including`]).
@@ -33,7 +33,7 @@ pub struct FrameRouter {
     /// Pickle decoding scratch, kept between frames.
     decoder: PickleDecoder,
     /// Tenant gate, route caches, tallies and the frame's verdict.
-    pub(super) routing: Routing,
+    pub(super) lookup: RouteLookup,
     /// What was routed and not yet taken.
     pub(super) batches: Batches,
 }
@@ -43,7 +43,7 @@ impl FrameRouter {
     pub fn new(routes: Arc<Routes>) -> Self {
         let outputs = routes.router.load().outputs();
         FrameRouter {
-            routing: Routing::new(&routes),
+            lookup: RouteLookup::new(&routes),
             batches: Batches::new(outputs),
             decoder: PickleDecoder::new(),
             routes,
@@ -55,7 +55,7 @@ impl FrameRouter {
     /// publisher.
     pub fn with_private_cache(routes: Arc<Routes>, max_paths: usize) -> Self {
         let mut r = FrameRouter::new(routes);
-        r.routing.private_cache(max_paths);
+        r.lookup.private_cache(max_paths);
         r
     }
 
@@ -87,18 +87,18 @@ impl FrameRouter {
     pub fn lines_within(&mut self, payload: &[u8], now: f64, max_items: usize) -> usize {
         let FrameRouter {
             routes,
-            routing,
+            lookup,
             batches,
             ..
         } = self;
-        routing.start_frame(routes, now);
+        lookup.start_frame(routes, now);
         crate::codec::decode_lines_until(payload, now, &routes.limits, |r| match r {
             Ok(run) => {
-                routing.accept_run(routes, batches, run);
+                lookup.accept_run(routes, batches, run);
                 batches.items < max_items
             }
             Err(reason) => {
-                routing.reject_item(reason);
+                lookup.reject_item(reason);
                 true
             }
         })
@@ -140,24 +140,24 @@ impl FrameRouter {
         let FrameRouter {
             routes,
             decoder,
-            routing,
+            lookup,
             batches,
         } = self;
-        routing.start_frame(routes, now);
+        lookup.start_frame(routes, now);
         let mut except = except.filter(|(v, _)| !v.is_empty());
         let mut cursor = 0;
         let decoded =
             crate::codec::decode_frame(kind, payload, tenant, now, &routes.limits, decoder, |r| {
                 match (r, &mut except) {
-                    (Ok(run), None) => routing.accept_run(routes, batches, run),
+                    (Ok(run), None) => lookup.accept_run(routes, batches, run),
                     (Ok(run), Some((v, include))) => {
-                        routing.accept_run_except(routes, batches, run, v, &mut cursor, *include);
+                        lookup.accept_run_except(routes, batches, run, v, &mut cursor, *include);
                     }
-                    (Err(reason), _) => routing.reject_item(reason),
+                    (Err(reason), _) => lookup.reject_item(reason),
                 }
             });
         if let Err(e) = &decoded {
-            routing.tally.add(e.reason(), 1, now);
+            lookup.tally.add(e.reason(), 1, now);
         }
         decoded
     }
@@ -165,13 +165,13 @@ impl FrameRouter {
     /// Datapoints routed (to their outputs, or to none) and filtered by the
     /// white/blacklists since the last call; the count is started again.
     pub fn take_routed_count(&mut self) -> u64 {
-        let r = &mut self.routing;
+        let r = &mut self.lookup;
         std::mem::take(&mut r.received) + std::mem::take(&mut r.filtered)
     }
 
     /// The datapoints the frame routed last refused, for its journal record.
     pub fn take_verdict(&mut self) -> Verdict {
-        std::mem::take(&mut self.routing.verdict)
+        std::mem::take(&mut self.lookup.verdict)
     }
 
     /// Every routed work item, as one [`Routed`] per shard, and their number (cluster
@@ -183,7 +183,7 @@ impl FrameRouter {
     /// The pending work items per output index, to be drained by the caller, with the
     /// tallies forgotten (for a reader whose input was counted when first received).
     pub fn pending_uncounted(&mut self) -> &mut [Batch] {
-        let r = &mut self.routing;
+        let r = &mut self.lookup;
         r.tally = DropTally::default();
         r.received = 0;
         r.filtered = 0;

@@ -2,7 +2,8 @@
 //! three parts:
 //! - `frame`: the [`FrameRouter`], the one routing step (decode → tenant gate → route
 //!   cache → per-worker or per-shard batches), pure, used by every reader of input;
-//! - `routing`: its per-datapoint state (gate, route caches, tallies, the verdict);
+//! - `routing`: its per-datapoint state, the `RouteLookup` (gate, route caches, tallies,
+//!   the verdict);
 //! - `handoff`: batches → worker queues, once the journal has their frames.
 //!
 //! An [`Ingest`] is a connection around a frame router (or a UDP socket, an HTTP request,
@@ -265,7 +266,7 @@ impl Ingest {
         peer: SocketAddr,
         tenant: Option<Arc<str>>,
     ) {
-        self.frames.routing.now = now;
+        self.frames.lookup.now = now;
         if self.p.journal.is_none() {
             return;
         }
@@ -354,15 +355,15 @@ impl Ingest {
     /// Counts `n` rejections of `reason` found by a framer.
     pub fn reject(&mut self, reason: DropReason, n: u64) {
         self.frames
-            .routing
+            .lookup
             .tally
-            .add(reason, n, self.frames.routing.now);
+            .add(reason, n, self.frames.lookup.now);
     }
 
     /// Datapoints accepted so far, and rejections per reason (with a count), over this
     /// Ingest's life.
     pub(crate) fn outcome(&self) -> (u64, Vec<(DropReason, u64)>) {
-        let r = &self.frames.routing;
+        let r = &self.frames.lookup;
         (r.received_total, r.tally.totals())
     }
 
@@ -371,9 +372,7 @@ impl Ingest {
     /// process counters (not for the rebuild, whose input was counted when received).
     pub async fn flush(&mut self) {
         let FrameRouter {
-            routing: r,
-            batches,
-            ..
+            lookup: r, batches, ..
         } = &mut self.frames;
         let (mut forwards, staged) = self
             .handoff
@@ -391,9 +390,7 @@ impl Ingest {
     /// waits for more input.
     pub async fn stage(&mut self) {
         let FrameRouter {
-            routing: r,
-            batches,
-            ..
+            lookup: r, batches, ..
         } = &mut self.frames;
         let routed = std::mem::take(&mut r.received);
         let (forwards, received) = self
@@ -412,7 +409,7 @@ impl Ingest {
     /// handed on, and its drops) to the process counters (not for the rebuild, whose
     /// input was counted when received).
     fn publish(&mut self, forwards: Vec<crate::datapoint::OutPoint>, received: u64) {
-        let r = &mut self.frames.routing;
+        let r = &mut self.frames.lookup;
         if !self.counted {
             r.tally = DropTally::default();
             return;

@@ -94,9 +94,9 @@ impl Batches {
     fn dispatch(&mut self, route: &Route, owner: RouteOwner<'_>, dp: &Datapoint<'_>) {
         self.items += route.outputs.len();
         for o in &route.outputs {
-            let batch = &mut self.pending[o.worker];
+            let batch = &mut self.pending[o.index];
             if batch.is_empty() {
-                self.touched.push(o.worker as u32);
+                self.touched.push(o.index as u32);
             }
             match owner {
                 RouteOwner::Generation(g) => batch.hold_once(g),
@@ -121,8 +121,9 @@ impl Batches {
     }
 }
 
-/// One connection's routing state.
-pub(super) struct Routing {
+/// One frame router's route lookup: the router in use, its private route cache, and
+/// what it counted (one per connection, replay, rebuild or publisher lane).
+pub(super) struct RouteLookup {
     /// The router in use, refreshed from the pipeline at the start of every frame.
     router: Arc<Router>,
     /// This connection's private route cache (emptied when the router changes).
@@ -146,10 +147,10 @@ pub(super) struct Routing {
     pub verdict: Verdict,
 }
 
-impl Routing {
-    /// Routing with `p`'s current router.
+impl RouteLookup {
+    /// A lookup with `p`'s current router.
     pub fn new(p: &Routes) -> Self {
-        Routing {
+        RouteLookup {
             router: p.router.load_full(),
             routes: LocalRoutes::new(Arc::clone(&p.route_budget)),
             routes_budget: Arc::clone(&p.route_budget),
@@ -263,7 +264,7 @@ impl Routing {
         self.item = base + dps.len() as u32;
     }
 
-    /// Routes a run of datapoints in order, like [`Routing::accept`] on each.
+    /// Routes a run of datapoints in order, like [`RouteLookup::accept`] on each.
     ///
     /// Without tenants or a timestamp resolution, the private route cache is first probed
     /// for the whole run and only then are its work items written: the probes do not

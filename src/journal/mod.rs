@@ -47,7 +47,6 @@ pub mod clean;
 pub mod follow;
 pub mod handle;
 pub mod io;
-pub mod ledger;
 pub mod published;
 pub mod reader;
 pub mod record;

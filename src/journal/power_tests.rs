@@ -30,7 +30,6 @@ use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 
 use super::io::JournalIo;
-use super::ledger::{self, Ledger};
 use super::reader::read_range_with;
 use super::recovery::recover;
 use super::sim::SimFs;
@@ -38,6 +37,7 @@ use super::tail::Tail;
 use super::tests::rec;
 use super::writer::{Control, Writer};
 use super::{Fsync, JournalConfig, OnFull, clean, handle, segment};
+use crate::ledger::{self, Ledger};
 use crate::time::Window;
 
 #[derive(Clone, Debug)]

@@ -16,7 +16,8 @@ use crate::config::{
 use crate::datapoint::OutPoint;
 use crate::dest::blocking::BlockingDestinations;
 use crate::ingest::{FrameRouter, Routes};
-use crate::journal::{ledger, reader};
+use crate::journal::reader;
+use crate::ledger;
 use crate::route::Router;
 use crate::time::Window;
 

@@ -4,7 +4,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
 
-use crate::journal::{ledger, reader};
+use crate::journal::reader;
+use crate::ledger;
 
 /// Per-segment lines for `aggd journal stat`, and a summary of the ledger file `ledger`.
 pub fn journal_stat(dir: &Path, ledger: &Path) -> std::io::Result<String> {

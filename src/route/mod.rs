@@ -74,13 +74,15 @@ impl Hasher for PrehashedHasher {
 /// `BuildHasher` for maps keyed by [`SeriesKey`].
 pub(crate) type Prehashed = BuildHasherDefault<PrehashedHasher>;
 
-/// One output series a path feeds, and the worker that owns it.
+/// One output series a path feeds, and the batch it goes into.
 #[derive(Clone, Debug)]
 pub struct Output {
     /// The series.
     pub key: Arc<SeriesKey>,
-    /// Index of the owning worker.
-    pub worker: usize,
+    /// Its output index, below [`Router::outputs`]: the worker that owns the series
+    /// ([`crate::hash::worker_of`]), or for cluster mode's connections its shard (whose
+    /// router has one output per shard).
+    pub index: usize,
     /// Index of the rule (file order) that produced it.
     pub rule: usize,
 }
@@ -152,7 +154,7 @@ impl Router {
         self.aggregation.rules.rules().len()
     }
 
-    /// How many output indexes its routes use ([`Output::worker`]: workers, or shards
+    /// How many output indexes its routes use ([`Output::index`]: workers, or shards
     /// for cluster mode's connections).
     pub fn outputs(&self) -> usize {
         self.workers
@@ -184,7 +186,7 @@ impl Router {
             .map(|(i, name)| {
                 let key = self.intern(&name, || (rules[i].method, rules[i].frequency));
                 Output {
-                    worker: crate::hash::worker_of(key.hash, self.workers),
+                    index: crate::hash::worker_of(key.hash, self.workers),
                     rule: i,
                     key,
                 }

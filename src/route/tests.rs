@@ -34,7 +34,7 @@ fn routes_rewrite_match_and_forward() {
     let route = r.compute("old1.cpu");
     assert_eq!(&*route.outputs[0].key.name, "new1.total");
     assert_eq!(
-        route.outputs[0].worker,
+        route.outputs[0].index,
         (fnv1a64(b"new1.total") % 4) as usize
     );
     assert_eq!(route.forward.as_deref(), Some("new1.cpu.raw"));

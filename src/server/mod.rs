@@ -42,7 +42,7 @@ use crate::events::Event;
 use crate::ingest::{Ingest, Pipeline, Routes};
 use crate::journal::Journal;
 use crate::journal::io::{JournalIo, OsIo};
-use crate::journal::ledger::Ledger;
+use crate::ledger::Ledger;
 use crate::listen::BoundListener;
 use crate::quarantine::Quarantine;
 use crate::replay;

@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::time::Window;
 
-use super::io::{JournalIo, OsIo, parent_dir, read_if_exists};
+use crate::journal::io::{JournalIo, OsIo, parent_dir, read_if_exists};
 
 /// File name of the ledger inside the journal directory (the default place).
 pub const FILE: &str = "ledger.jsonl";
