@@ -49,7 +49,6 @@ use crate::journal::JournalStats;
 use crate::journal::follow::{Attachment, FollowSlot, Follower};
 use crate::journal::io::JournalIo;
 use crate::journal::published::{State, load_state, save_state};
-use crate::journal::record;
 use crate::journal::tail::Tail;
 
 /// How many records of lane `lane` of `lanes` have a sequence number below `bound`: the
@@ -427,7 +426,7 @@ impl Lane {
             }
             let seq = rec.meta.seq / lanes;
             if rec.meta.seq >= opened_at {
-                new_bytes += record::encoded_len(&rec.meta, rec.payload.len()) as u64;
+                new_bytes += rec.encoded_len() as u64;
             }
             frames.reread(rec);
             for (k, items) in frames.pending_uncounted().iter_mut().enumerate() {

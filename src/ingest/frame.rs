@@ -116,8 +116,7 @@ impl FrameRouter {
     /// (given the reason it was refused for) says yes: `aggd replay --include-refused`
     /// and `--lost`.
     pub fn reread_including(&mut self, rec: &Record<'_>, include: Include<'_>) {
-        let now = rec.meta.received_us as f64 / 1e6;
-        let tenant = Some(rec.meta.tenant.as_str()).filter(|t| !t.is_empty());
+        let (now, tenant) = (rec.received_at(), rec.tenant());
         // A body unusable as a whole was answered 400 (and counted) when received.
         let _ = self.decode(
             rec.meta.kind,

@@ -257,6 +257,24 @@ pub struct Record<'a> {
     pub payload: &'a [u8],
 }
 
+impl Record<'_> {
+    /// Its receive time, Unix seconds (fractional): what stands in for a datapoint's `-1`
+    /// timestamp and dates drops without a timestamp of their own.
+    pub fn received_at(&self) -> f64 {
+        self.meta.received_us as f64 / 1e6
+    }
+
+    /// Its tenant, `None` when tenants were off when it was received.
+    pub fn tenant(&self) -> Option<&str> {
+        Some(self.meta.tenant.as_str()).filter(|t| !t.is_empty())
+    }
+
+    /// Bytes it takes in its segment, prefix included ([`encoded_len`]).
+    pub fn encoded_len(&self) -> usize {
+        encoded_len(&self.meta, self.payload.len())
+    }
+}
+
 /// Appends one encoded record to `out`. `peer` and `tenant` are cut to 255 bytes.
 pub fn encode(meta: &Meta, payload: &[u8], out: &mut Vec<u8>) {
     let peer = &meta.peer.as_bytes()[..meta.peer.len().min(255)];

@@ -211,10 +211,9 @@ impl Replayer<'_> {
                 }
                 summary.records += 1;
                 frames.reread_including(rec, &mut |reason, dp| {
-                    let tenant = match rec.meta.tenant.as_str() {
-                        "" => crate::tenant::prefix(dp.path),
-                        t => t,
-                    };
+                    let tenant = rec
+                        .tenant()
+                        .unwrap_or_else(|| crate::tenant::prefix(dp.path));
                     if !opts.refused.includes(reason, tenant) {
                         summary.refused_skipped += 1;
                         if opts.refused.lost(reason) && !summary.held.contains(&reason) {

@@ -1,6 +1,6 @@
 //! Known answers from carbon 1.1.7's own router (Debian's graphite-carbon) and from
 //! carbon-c-relay 3.7.3's test mode (`carbon-c-relay -t`); the exhaustive comparison over
-//! 100 000 names is `tests/placement.rs`.
+//! 100 000 names is `tests/integration/placement.rs`.
 
 use super::*;
 

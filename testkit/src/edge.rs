@@ -1,4 +1,4 @@
-//! The configuration and process helpers of the edge tests (`tests/edges.rs`,
+//! The configuration and process helpers of the edge tests (`tests/integration/edges.rs`,
 //! `tests/hostile.rs`): aggd as its real binary with a journal, an admin API and a
 //! pickle destination.
 

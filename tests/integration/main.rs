@@ -1,0 +1,35 @@
+//! aggd's integration tests, one binary: each file is a module (real sockets, the real
+//! binary, real Graphite software; shared helpers in `testkit/`). One binary links the
+//! crate once, where one per file linked it once per file: most of `cargo test`'s build
+//! time on two cores.
+//!
+//! Two files stay binaries of their own, in `tests/`:
+//! - `hostile.rs` raises the process's open-file limit (which every aggd started after it
+//!   would inherit) and holds thousands of sockets: in this binary the other tests, and
+//!   the daemons they start, would run under that limit and beside those sockets.
+//! - `watchdog.rs` asserts the systemd watchdog's timing to the second; it runs alone,
+//!   not beside the daemons of another test.
+
+mod admin;
+mod carbon_cache;
+mod carbon_conf;
+mod cli;
+mod cluster;
+mod destinations;
+mod e2e;
+mod edges;
+mod http;
+mod inspect;
+mod isolation;
+mod journal;
+mod layers;
+mod monitoring;
+mod placement;
+mod reload;
+mod remote_write;
+mod replay_options;
+mod service;
+mod shutdown;
+mod systemd;
+mod tags;
+mod tenants;
