@@ -148,73 +148,9 @@ impl RemoteWriteConfig {
             )));
         }
         url_host_port(&url).map_err(|e| invalid(format!("destination: {e}")))?;
-        let password = match (&d.basic_auth_password, &d.basic_auth_password_file) {
-            (Some(_), Some(_)) => {
-                return Err(invalid(format!(
-                    "{what}: give basic_auth_password or basic_auth_password_file, not both"
-                )));
-            }
-            (Some(p), None) => Some(p.clone()),
-            (None, Some(f)) => Some(secret(f)?),
-            (None, None) => None,
-        };
-        let token = match (&d.bearer_token, &d.bearer_token_file) {
-            (Some(_), Some(_)) => {
-                return Err(invalid(format!(
-                    "{what}: give bearer_token or bearer_token_file, not both"
-                )));
-            }
-            (Some(t), None) => Some(t.clone()),
-            (None, Some(f)) => Some(secret(f)?),
-            (None, None) => None,
-        };
-        let auth = match (d.basic_auth_username.clone(), password, token) {
-            (Some(_), _, Some(_)) | (None, Some(_), Some(_)) => {
-                return Err(invalid(format!(
-                    "{what}: give basic auth or a bearer token, not both"
-                )));
-            }
-            (Some(username), Some(password), None) => HttpAuth::Basic { username, password },
-            (Some(_), None, None) | (None, Some(_), None) => {
-                return Err(invalid(format!(
-                    "{what}: basic auth needs basic_auth_username and a password"
-                )));
-            }
-            (None, None, Some(t)) => HttpAuth::Bearer(t),
-            (None, None, None) => HttpAuth::None,
-        };
-        let tls_given = d.tls_ca.is_some() || d.tls_cert.is_some() || d.tls_key.is_some();
-        if tls_given && !url.starts_with("https://") {
-            return Err(invalid(format!(
-                "{what}: tls_ca, tls_cert and tls_key need an https:// url"
-            )));
-        }
-        let tls_identity = match (&d.tls_cert, &d.tls_key) {
-            (Some(c), Some(k)) => {
-                let mut pem = read(c)?;
-                pem.push(b'\n');
-                pem.extend(read(k)?);
-                Some(pem)
-            }
-            (None, None) => None,
-            _ => return Err(invalid(format!("{what}: tls_cert and tls_key go together"))),
-        };
-        let mut headers = Vec::new();
-        for (k, v) in &d.headers {
-            if RESERVED.contains(&k.to_ascii_lowercase().as_str()) {
-                return Err(invalid(format!(
-                    "{what}: header {k:?} is set by aggd (use the auth keys for Authorization)"
-                )));
-            }
-            let valid = reqwest::header::HeaderName::from_bytes(k.as_bytes()).is_ok()
-                && reqwest::header::HeaderValue::from_str(v).is_ok();
-            if !valid {
-                return Err(invalid(format!(
-                    "{what}: header {k:?}: {v:?} is not valid HTTP"
-                )));
-            }
-            headers.push((k.clone(), v.clone()));
-        }
+        let auth = auth(d, &what)?;
+        let (tls_ca, tls_identity) = tls(d, &url, &what)?;
+        let headers = headers(d, &what)?;
         let batch_datapoints = d.batch_datapoints.unwrap_or(DEFAULT_BATCH_DATAPOINTS);
         let timeout = d.timeout.unwrap_or(DEFAULT_TIMEOUT);
         if batch_datapoints == 0 || timeout.is_zero() {
@@ -227,18 +163,6 @@ impl RemoteWriteConfig {
             return Err(invalid(format!(
                 "{what}: max_in_flight must be 1 to {MAX_MAX_IN_FLIGHT}"
             )));
-        }
-        let tls_ca = d.tls_ca.as_ref().map(read).transpose()?;
-        if let Some(pem) = &tls_ca {
-            let certs = reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|e| invalid(format!("{what}: tls_ca: {e}")))?;
-            if certs.is_empty() {
-                return Err(invalid(format!("{what}: tls_ca holds no PEM certificate")));
-            }
-        }
-        if let Some(pem) = &tls_identity {
-            reqwest::Identity::from_pem(pem)
-                .map_err(|e| invalid(format!("{what}: tls_cert/tls_key: {e}")))?;
         }
         let mapping = d
             .mapping_file
@@ -257,6 +181,104 @@ impl RemoteWriteConfig {
             mapping,
         })
     }
+}
+
+/// One secret given inline or in a file (`key` or `key_file`), not both.
+fn inline_or_file(
+    inline: &Option<String>,
+    file: &Option<PathBuf>,
+    key: &str,
+    what: &str,
+) -> Result<Option<String>, SectionError> {
+    match (inline, file) {
+        (Some(_), Some(_)) => Err(invalid(format!(
+            "{what}: give {key} or {key}_file, not both"
+        ))),
+        (Some(p), None) => Ok(Some(p.clone())),
+        (None, Some(f)) => Ok(Some(secret(f)?)),
+        (None, None) => Ok(None),
+    }
+}
+
+/// The destination's authentication: basic auth, a bearer token, or none.
+fn auth(d: &DestinationFile, what: &str) -> Result<HttpAuth, SectionError> {
+    let password = inline_or_file(
+        &d.basic_auth_password,
+        &d.basic_auth_password_file,
+        "basic_auth_password",
+        what,
+    )?;
+    let token = inline_or_file(&d.bearer_token, &d.bearer_token_file, "bearer_token", what)?;
+    match (d.basic_auth_username.clone(), password, token) {
+        (Some(_), _, Some(_)) | (None, Some(_), Some(_)) => Err(invalid(format!(
+            "{what}: give basic auth or a bearer token, not both"
+        ))),
+        (Some(username), Some(password), None) => Ok(HttpAuth::Basic { username, password }),
+        (Some(_), None, None) | (None, Some(_), None) => Err(invalid(format!(
+            "{what}: basic auth needs basic_auth_username and a password"
+        ))),
+        (None, None, Some(t)) => Ok(HttpAuth::Bearer(t)),
+        (None, None, None) => Ok(HttpAuth::None),
+    }
+}
+
+/// The PEM CA certificates and client identity (certificate and key), read and parsed.
+#[allow(clippy::type_complexity)]
+fn tls(
+    d: &DestinationFile,
+    url: &str,
+    what: &str,
+) -> Result<(Option<Vec<u8>>, Option<Vec<u8>>), SectionError> {
+    let tls_given = d.tls_ca.is_some() || d.tls_cert.is_some() || d.tls_key.is_some();
+    if tls_given && !url.starts_with("https://") {
+        return Err(invalid(format!(
+            "{what}: tls_ca, tls_cert and tls_key need an https:// url"
+        )));
+    }
+    let tls_identity = match (&d.tls_cert, &d.tls_key) {
+        (Some(c), Some(k)) => {
+            let mut pem = read(c)?;
+            pem.push(b'\n');
+            pem.extend(read(k)?);
+            Some(pem)
+        }
+        (None, None) => None,
+        _ => return Err(invalid(format!("{what}: tls_cert and tls_key go together"))),
+    };
+    let tls_ca = d.tls_ca.as_ref().map(read).transpose()?;
+    if let Some(pem) = &tls_ca {
+        let certs = reqwest::Certificate::from_pem_bundle(pem)
+            .map_err(|e| invalid(format!("{what}: tls_ca: {e}")))?;
+        if certs.is_empty() {
+            return Err(invalid(format!("{what}: tls_ca holds no PEM certificate")));
+        }
+    }
+    if let Some(pem) = &tls_identity {
+        reqwest::Identity::from_pem(pem)
+            .map_err(|e| invalid(format!("{what}: tls_cert/tls_key: {e}")))?;
+    }
+    Ok((tls_ca, tls_identity))
+}
+
+/// The extra request headers, each a valid HTTP header aggd does not set itself.
+fn headers(d: &DestinationFile, what: &str) -> Result<Vec<(String, String)>, SectionError> {
+    let mut headers = Vec::new();
+    for (k, v) in &d.headers {
+        if RESERVED.contains(&k.to_ascii_lowercase().as_str()) {
+            return Err(invalid(format!(
+                "{what}: header {k:?} is set by aggd (use the auth keys for Authorization)"
+            )));
+        }
+        let valid = reqwest::header::HeaderName::from_bytes(k.as_bytes()).is_ok()
+            && reqwest::header::HeaderValue::from_str(v).is_ok();
+        if !valid {
+            return Err(invalid(format!(
+                "{what}: header {k:?}: {v:?} is not valid HTTP"
+            )));
+        }
+        headers.push((k.clone(), v.clone()));
+    }
+    Ok(headers)
 }
 
 /// Refuses remote-write keys on a carbon destination (`address` names it).

@@ -286,7 +286,22 @@ mod tests {
                 let mut s = s.unwrap();
                 let mut head = Vec::new();
                 let mut b = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let end = loop {
+                    if let Some(i) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                    let n = s.read(&mut b).unwrap();
+                    head.extend_from_slice(&b[..n]);
+                };
+                // Read the whole body first: closing on unread bytes resets the
+                // connection, and the client would see a network error, not the answer.
+                let text = String::from_utf8_lossy(&head[..end]).to_lowercase();
+                let len: usize = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                while head.len() < end + len {
                     let n = s.read(&mut b).unwrap();
                     head.extend_from_slice(&b[..n]);
                 }

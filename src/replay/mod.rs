@@ -15,17 +15,17 @@
 //!   complete aggregates are sent. Downstream stores keep the last write, so replaying is
 //!   idempotent. Nothing replayed is journaled again.
 
+mod lost;
 mod rebuild;
 mod refused;
 mod run;
+mod send;
 mod stat;
 
+pub use lost::{LostWindows, lost_windows};
 pub use rebuild::rebuild;
 pub use refused::{NotARefusal, Refusals};
-pub use run::{
-    LostWindows, ReplayError, ReplayOptions, ReplaySummary, lost_windows, merge, replay,
-    replay_cluster,
-};
+pub use run::{ReplayError, ReplayOptions, ReplaySummary, merge, replay, replay_cluster};
 pub use stat::journal_stat;
 
 use crate::config::Config;

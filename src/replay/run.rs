@@ -7,17 +7,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::acceptance_span;
+use super::send::Sender;
 use crate::aggregate::series::{SeriesTable, Settings};
 use crate::codec::plaintext;
-use crate::config::{
-    CarbonDestination, CarbonProtocol, CarbonTarget, Config, DestinationConfig, DestinationKind,
-    OutputPlacement,
-};
+use crate::config::Config;
 use crate::datapoint::OutPoint;
-use crate::dest::blocking::BlockingDestinations;
 use crate::ingest::{FrameRouter, Routes};
 use crate::journal::reader;
-use crate::ledger;
 use crate::route::Router;
 use crate::time::Window;
 
@@ -356,116 +352,6 @@ fn journal_error(dir: &Path, source: std::io::Error) -> ReplayError {
     ReplayError::Journal {
         dir: dir.to_path_buf(),
         source,
-    }
-}
-
-/// Sends replayed aggregates through the daemon's own senders ([`BlockingDestinations`]):
-/// names placed on the destinations as the daemon places them (`[routing]`, with tag
-/// normalisation), `--dest` (carbon pickle, 500 datapoints a frame) getting everything.
-/// A destination that takes nothing for [`GIVE_UP`] fails the replay.
-struct Sender(BlockingDestinations);
-
-/// How long replay waits on a destination that takes nothing (not reachable, or every
-/// request failing) before it gives up with an error.
-const GIVE_UP: Duration = Duration::from_secs(60);
-
-impl Sender {
-    /// `None` for a dry run. Errors: nowhere to send, a `--dest` that is not
-    /// `host:port`, a destination that cannot be set up.
-    fn new(config: &Config, opts: &ReplayOptions) -> Result<Option<Sender>, ReplayError> {
-        if opts.dry_run {
-            return Ok(None);
-        }
-        let (destinations, placement) = match &opts.dest {
-            Some(a) => {
-                if crate::config::split_host_port(a).is_none() {
-                    return Err(ReplayError::Destination {
-                        destination: a.clone(),
-                        source: std::io::Error::other("not host:port"),
-                    });
-                }
-                let d = vec![DestinationConfig {
-                    kind: DestinationKind::Carbon(CarbonDestination {
-                        target: CarbonTarget::Tcp(a.clone()),
-                        protocol: CarbonProtocol::Pickle,
-                        max_datapoints_per_message: 500,
-                        unconfirmed_window: Duration::from_secs(60),
-                    }),
-                    queue_datapoints: 1,
-                    instance: None,
-                    emit_delay: Duration::ZERO,
-                    late_changes: Default::default(),
-                }];
-                let placement = OutputPlacement::all(&d);
-                (d, placement)
-            }
-            None => (config.destinations.clone(), config.routing.clone()),
-        };
-        if destinations.is_empty() {
-            return Err(ReplayError::NoDestination);
-        }
-        BlockingDestinations::start(&destinations, &placement, GIVE_UP)
-            .map(|d| Some(Sender(d)))
-            .map_err(undelivered)
-    }
-
-    fn send(&mut self, points: &[OutPoint]) -> Result<(), ReplayError> {
-        self.0.send(points).map_err(undelivered)
-    }
-
-    /// Waits until everything sent is delivered and acknowledged.
-    fn finish(self) -> Result<(), ReplayError> {
-        self.0.finish().map_err(undelivered)
-    }
-}
-
-fn undelivered(e: crate::dest::blocking::Undelivered) -> ReplayError {
-    ReplayError::Destination {
-        destination: e.destination,
-        source: std::io::Error::other(e.reason),
-    }
-}
-
-/// The unreplayed entries of the ledger file `ledger`: windows, ids and reasons.
-pub fn lost_windows(ledger: &Path) -> std::io::Result<LostWindows> {
-    let (entries, replayed) = ledger::read(ledger)?;
-    let mut lost = LostWindows::default();
-    for e in entries {
-        if replayed.contains(&e.id) || !e.from.is_finite() || !e.to.is_finite() {
-            continue;
-        }
-        lost.windows.push(Window {
-            from: e.from,
-            to: e.to,
-        });
-        lost.entries.push((e.id, e.reason));
-    }
-    Ok(lost)
-}
-
-/// The unreplayed entries of a loss ledger ([`lost_windows`]).
-#[derive(Clone, Debug, Default)]
-pub struct LostWindows {
-    /// Their windows.
-    pub windows: Vec<Window>,
-    /// Their ids (to mark replayed) and reasons' labels.
-    pub entries: Vec<(u64, String)>,
-}
-
-impl LostWindows {
-    /// The reasons' labels.
-    pub fn reasons(&self) -> Vec<&str> {
-        self.entries.iter().map(|(_, r)| r.as_str()).collect()
-    }
-
-    /// The ids to mark replayed after a replay that held back `held`'s refusals.
-    pub fn replayed(&self, held: &[crate::reason::DropReason]) -> Vec<u64> {
-        let held: Vec<&str> = held.iter().map(|r| r.as_str()).collect();
-        self.entries
-            .iter()
-            .filter(|(_, r)| !held.contains(&r.as_str()))
-            .map(|(id, _)| *id)
-            .collect()
     }
 }
 

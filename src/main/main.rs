@@ -7,6 +7,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
+mod inspect;
+mod replay;
+
 use aggd::config::{Config, carbon};
 use aggd::listen::BoundListener;
 use aggd::server::Signal;
@@ -291,119 +294,6 @@ fn journal_paths(config: &Config) -> anyhow::Result<(PathBuf, PathBuf)> {
     }
 }
 
-fn replay(args: ReplayArgs) -> anyhow::Result<()> {
-    use aggd::replay::{ReplayOptions, lost_windows};
-    use aggd::time::Window;
-    use aggd::time::parse_time;
-    let config = args.config.load()?;
-    // In cluster mode a node's journal holds only its own input, and an aggregate needs
-    // every node's: replay reads the cluster's stream (the windows of --lost still come
-    // from this node's loss ledger).
-    let from_stream = args.cluster || config.cluster.is_some();
-    let (dir, ledger) = match journal_paths(&config) {
-        Ok(p) => p,
-        Err(e) if !from_stream || args.lost => return Err(e),
-        Err(_) => (PathBuf::new(), PathBuf::new()),
-    };
-    let now = aggd::time::now();
-    let mut refused =
-        aggd::replay::Refusals::always(&args.include_refused).context("--include-refused")?;
-    let mut windows = Vec::new();
-    let lost = if args.lost {
-        let lost = lost_windows(&ledger)?;
-        refused = refused.with_lost(&lost.reasons(), &config)?;
-        windows.clone_from(&lost.windows);
-        lost
-    } else {
-        Default::default()
-    };
-    match (&args.from, &args.to) {
-        (Some(f), Some(t)) => {
-            let (from, to) = (
-                parse_time(f, now).context("--from")?,
-                parse_time(t, now).context("--to")?,
-            );
-            // A reversed window would read nothing and look like an empty journal.
-            anyhow::ensure!(
-                from < to,
-                "--from ({f}, {from}) must be before --to ({t}, {to}): the window is empty or reversed"
-            );
-            windows.push(Window { from, to });
-        }
-        (None, None) if args.lost => {}
-        _ => anyhow::bail!("give --from and --to, or --lost"),
-    }
-    if windows.is_empty() {
-        println!("nothing to replay");
-        return Ok(());
-    }
-    let opts = ReplayOptions {
-        windows,
-        matching: args
-            .matching
-            .as_deref()
-            .map(regex::Regex::new)
-            .transpose()
-            .context("--match")?,
-        tenant: args.tenant,
-        rate: args.rate,
-        dest: args.dest,
-        dry_run: args.dry_run,
-        print: args.print,
-        refused,
-    };
-    let bar = if std::io::stderr().is_terminal() {
-        let b = indicatif::ProgressBar::new(0);
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:40} {bytes}/{total_bytes} journal read, {bytes_per_sec}, ETA {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        Some(b)
-    } else {
-        None
-    };
-    let mut last_log = std::time::Instant::now();
-    let summary = if from_stream {
-        aggd::replay::replay_cluster(&config, &opts)?
-    } else {
-        aggd::replay::replay(&config, &dir, &opts, |done, total| {
-            if let Some(b) = &bar {
-                b.set_length(total);
-                b.set_position(done);
-            } else if last_log.elapsed() >= std::time::Duration::from_secs(5) {
-                last_log = std::time::Instant::now();
-                tracing::info!(done_bytes = done, total_bytes = total, "replay progress");
-            }
-        })?
-    };
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
-    let ids = lost.replayed(&summary.held);
-    if !args.dry_run && !ids.is_empty() {
-        aggd::ledger::mark_replayed(&ledger, &ids)?;
-    }
-    println!(
-        "replay{}: {} records, {} datapoints, {} intervals {}, {} refused datapoints left out, {} refused datapoints replayed, {} corrupt bytes skipped, {:.2} s ({:.0} datapoints/s)",
-        if args.dry_run { " (dry run)" } else { "" },
-        summary.records,
-        summary.datapoints,
-        summary.intervals,
-        if args.dry_run { "computed" } else { "sent" },
-        summary.refused_skipped,
-        summary.refused_included,
-        summary.skipped_bytes,
-        summary.seconds,
-        summary.datapoints as f64 / summary.seconds.max(1e-9)
-    );
-    for reason in &summary.held {
-        println!("{reason} entries kept unreplayed: their tenant is still refused by the registry");
-    }
-    Ok(())
-}
-
 /// Test builds only (feature `fault-injection`, which only the test suite enables):
 /// `AGGD_FAULT_STALL_SERIES=<series>:<ms>` stalls the worker that applies a datapoint of
 /// that output series, for the systemd watchdog and health tests of the real binary.
@@ -417,93 +307,6 @@ fn with_test_faults(mut config: Config) -> Config {
         config.faults.stall_on_series = Some((series.to_string(), stall));
     }
     config
-}
-
-/// `aggd inspect`: asks the admin API of the aggd `cfg` describes for the series matching
-/// `pattern` and prints one block per series.
-///
-/// Errors: no `[admin]` (or no token) in the config, the API cannot be reached, or it
-/// answers an error (its message is shown).
-fn inspect(cfg: &aggd::config::Config, pattern: &str, limit: usize) -> anyhow::Result<()> {
-    let admin = cfg
-        .admin
-        .as_ref()
-        .filter(|a| !a.token.is_empty())
-        .ok_or_else(|| {
-            anyhow::anyhow!("inspect asks the admin API: configure [admin] with a token")
-        })?;
-    let at = || format!("admin API at {}", admin.address);
-    let body = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(async {
-            reqwest::Client::new()
-                .get(format!("http://{}/api/series", admin.address))
-                .query(&[("match", pattern), ("limit", &limit.to_string())])
-                .bearer_auth(&admin.token)
-                .timeout(std::time::Duration::from_secs(30))
-                .send()
-                .await?
-                .text()
-                .await
-        })
-        .with_context(at)?;
-    let v: serde_json::Value = serde_json::from_str(&body).with_context(at)?;
-    if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
-        anyhow::bail!("{}: {e}", at());
-    }
-    let series = v["series"].as_array().cloned().unwrap_or_default();
-    for s in &series {
-        let mut line = format!(
-            "{} ({} over {} s)",
-            s["name"].as_str().unwrap_or(""),
-            s["method"].as_str().unwrap_or(""),
-            s["frequency"]
-        );
-        if let (Some(shard), Some(owner)) =
-            (s.get("shard"), s.get("owner").and_then(|o| o.as_str()))
-        {
-            line.push_str(&format!(", shard {shard} owned by {owner}"));
-        }
-        println!("{line}");
-        if let Some(r) = s.get("rule") {
-            println!(
-                "  rule: line {}: {}",
-                r["line"],
-                r["text"].as_str().unwrap_or("")
-            );
-        }
-        for i in s["intervals"].as_array().into_iter().flatten() {
-            println!(
-                "  interval {}: {} from {} datapoints{}",
-                i["start"],
-                i["value"],
-                i["datapoints"],
-                if i["emitted"].as_bool() == Some(true) {
-                    ", emitted"
-                } else {
-                    ""
-                }
-            );
-        }
-        match s["last_emission"].as_object() {
-            Some(e) => println!("  last emission: interval {} at {}", e["interval"], e["at"]),
-            None => println!("  last emission: none yet"),
-        }
-    }
-    println!(
-        "{} series{}",
-        series.len(),
-        if v["truncated"].as_bool() == Some(true) {
-            format!(
-                " (more match: raise --limit, at most {})",
-                aggd::service::SERIES_LIMIT_MAX
-            )
-        } else {
-            String::new()
-        }
-    );
-    Ok(())
 }
 
 /// `aggd check`: the summary and the memory bound, then the preflight's findings
@@ -540,7 +343,7 @@ fn main() -> ExitCode {
         Command::Explain { config, paths } => config
             .load()
             .map(|cfg| print!("{}", aggd::explain::explain(&cfg, &paths))),
-        Command::Replay(args) => replay(args),
+        Command::Replay(args) => replay::run(args),
         Command::Cluster {
             command: ClusterCommand::Status(c),
         } => c.load().and_then(|cfg| cluster_status(&cfg)),
@@ -548,7 +351,9 @@ fn main() -> ExitCode {
             config,
             pattern,
             limit,
-        } => config.load().and_then(|cfg| inspect(&cfg, &pattern, limit)),
+        } => config
+            .load()
+            .and_then(|cfg| inspect::run(&cfg, &pattern, limit)),
         Command::Migrate(c) => match &c.source.carbon_conf {
             Some(path) => aggd::config::carbon::migrate(
                 path,
