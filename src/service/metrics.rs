@@ -32,7 +32,7 @@ impl std::fmt::Debug for Collector {
 impl prometheus_client::collector::Collector for Collector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let mut samples: Vec<(String, u64)> = Vec::new();
-        for m in CATALOG {
+        for m in super::catalog::all() {
             samples.clear();
             (m.read)(&self.0, &mut |label, v| {
                 samples.push((label.to_string(), v));

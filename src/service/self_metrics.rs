@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::catalog::process_usage;
-use super::metrics::{CATALOG, Carbon, Metrics, Type};
+use super::metrics::{Carbon, Metrics, Type};
 use crate::datapoint::{OutPoint, OutValue, Sink};
 
 /// The counters' totals at the last report, by stat name.
@@ -59,7 +59,7 @@ impl Report {
             .map(|(n, _)| n)
             .collect();
         let mut out = Vec::new();
-        for m in CATALOG {
+        for m in super::catalog::all() {
             if m.carbon.is_empty() {
                 continue;
             }
