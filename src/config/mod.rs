@@ -14,6 +14,7 @@ pub mod error;
 pub mod file;
 pub mod prometheus;
 pub mod section;
+mod summary;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -436,98 +437,5 @@ impl Config {
 }
 
 /// The summary `aggd check` prints: every setting in the config's own words.
-impl std::fmt::Display for Config {
-    fn fmt(&self, s: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(s, "config: {}", self.source.display())?;
-        for l in &self.listeners {
-            writeln!(s, "listen: {}/{} on {}", l.protocol, l.transport, l.address)?;
-        }
-        let a = &self.aggregation;
-        writeln!(
-            s,
-            "aggregation rules: {} from {}",
-            a.rules.rules().len(),
-            a.rules_file.display()
-        )?;
-        if let Some(f) = &a.rewrite_file {
-            writeln!(
-                s,
-                "rewrite rules: {} [pre], {} [post] from {}",
-                a.rewrite.pre.len(),
-                a.rewrite.post.len(),
-                f.display()
-            )?;
-        }
-        writeln!(
-            s,
-            "forward_all: {}, max_intervals: {}, write_back_frequency: {}s",
-            a.forward_all, a.max_intervals, a.write_back_frequency
-        )?;
-        if !a.lists.is_empty() {
-            let (black, white) = a.lists.len();
-            writeln!(s, "blacklist: {black} regexes, whitelist: {white} regexes")?;
-        }
-        if a.timestamp_resolution > 0 {
-            writeln!(s, "timestamps floored to {} s", a.timestamp_resolution)?;
-        }
-        writeln!(s, "workers: {}", self.workers.count)?;
-        match &self.journal {
-            Some(j) => writeln!(
-                s,
-                "journal: {} (fsync {}, on_full {})",
-                j.dir.display(),
-                j.fsync,
-                j.on_full
-            )?,
-            None => writeln!(s, "journal: off")?,
-        }
-        for d in &self.destinations {
-            let instance = d.instance.as_deref().map(|i| format!(", instance {i}"));
-            let delay = (!d.emit_delay.is_zero())
-                .then(|| format!(", emit_delay {}", humantime::format_duration(d.emit_delay)));
-            let late = (d.late_changes != LateChanges::Send)
-                .then(|| format!(", late_changes {}", d.late_changes));
-            writeln!(
-                s,
-                "destination: {} ({}{}{}{})",
-                d.name(),
-                d.protocol(),
-                instance.unwrap_or_default(),
-                delay.unwrap_or_default(),
-                late.unwrap_or_default()
-            )?;
-        }
-        if self.destinations.len() > 1 {
-            let p = &self.routing.placement;
-            writeln!(
-                s,
-                "routing: {} ({} per name)",
-                p.method(),
-                if p.is_broadcast() {
-                    "every destination".to_string()
-                } else {
-                    format!("{} destination(s)", p.replication())
-                }
-            )?;
-        }
-        if self.routing.normalize_tags {
-            writeln!(s, "tagged names normalised on output")?;
-        }
-        if let Some(c) = &self.cluster {
-            writeln!(
-                s,
-                "cluster: {} as node {}, {} shards, {} replicas, lease {}, servers {}",
-                c.name,
-                c.node,
-                c.shards,
-                c.replicas,
-                humantime::format_duration(c.lease_ttl),
-                c.servers.join(", ")
-            )?;
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests;

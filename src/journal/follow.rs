@@ -85,7 +85,7 @@ impl FollowSlot {
     }
 
     /// [`FollowSlot::offered_below`] itself, to wait on with
-    /// [`super::writer::Appended::wait`] (the writer notifies after moving it).
+    /// [`super::queue::Appended::wait`] (the writer notifies after moving it).
     pub fn offered(&self) -> &AtomicU64 {
         &self.offered_below
     }

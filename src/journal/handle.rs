@@ -13,9 +13,10 @@ use crossbeam_channel::{RecvTimeoutError, Sender, TrySendError, bounded};
 use tokio::sync::oneshot;
 
 use super::io::{JournalIo, OsIo};
+use super::queue::{Active, Control, JournalStats, Msg, NewRecord};
 use super::recovery::{OpenReport, at, lock, recover};
 use super::segment;
-use super::writer::{Active, Control, JournalStats, Msg, NewRecord, RETRY_EVERY, Writer};
+use super::writer::{RETRY_EVERY, Writer};
 use super::{JournalConfig, OnFull};
 
 /// Handle on the journal; shared by all listeners.

@@ -48,6 +48,7 @@ pub mod follow;
 pub mod handle;
 pub mod io;
 pub mod published;
+mod queue;
 pub mod reader;
 pub mod record;
 pub mod recovery;
@@ -60,9 +61,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use handle::{Journal, Ticket};
+pub use queue::{Appended, JournalStats, NewRecord};
 pub use record::Verdict;
 pub use recovery::OpenReport;
-pub use writer::{JournalStats, NewRecord};
 
 /// When the writer calls fsync.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

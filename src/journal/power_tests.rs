@@ -30,12 +30,13 @@ use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 
 use super::io::JournalIo;
+use super::queue::Control;
 use super::reader::read_range_with;
 use super::recovery::recover;
 use super::sim::SimFs;
 use super::tail::Tail;
 use super::tests::rec;
-use super::writer::{Control, Writer};
+use super::writer::Writer;
 use super::{Fsync, JournalConfig, OnFull, clean, handle, segment};
 use crate::ledger::{self, Ledger};
 use crate::time::Window;
@@ -297,7 +298,7 @@ fn run(fsync: Fsync, ops: &[Op]) -> Result<(), TestCaseError> {
             Op::FailNextWrite(n) => fs.fail_next_write(*n as usize),
             Op::FsyncTick => {
                 if let Fsync::Interval(_) = fsync {
-                    let stats = super::writer::JournalStats::default();
+                    let stats = super::queue::JournalStats::default();
                     handle::sync_active(&node.writer.active, &stats);
                     m.promise_acked(u64::MAX);
                 }

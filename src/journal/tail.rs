@@ -21,9 +21,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::io::{JournalIo, JournalRead, OsIo};
+use super::queue::JournalStats;
 use super::record::{self, DecodeError, Record};
 use super::segment::{self, MAGIC};
-use super::writer::JournalStats;
 
 /// Bytes read from a segment file at once, at most.
 const READ_CHUNK: usize = 4 << 20;

@@ -7,9 +7,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use proptest::prelude::*;
 
+use super::queue::NewRecord;
 use super::reader::read_range;
 use super::segment::{self, MAGIC};
-use super::writer::{NewRecord, Writer};
+use super::writer::Writer;
 use super::{Fsync, Journal, JournalConfig, OnFull};
 use crate::datapoint::Kind;
 

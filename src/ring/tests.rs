@@ -3,6 +3,7 @@
 //! 100 000 names is `tests/integration/placement.rs`.
 
 use super::*;
+use hashes::fnv1a32;
 
 fn node(host: &str, port: u16, instance: Option<&str>) -> Node {
     Node {

@@ -12,6 +12,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub(crate) mod defaults;
+mod destination;
+
+pub use destination::{DestinationFile, RoutingFile};
+
 use crate::codec::Limits;
 use crate::journal::OnFull;
 use crate::tenant::Unknown;
@@ -178,104 +183,6 @@ impl Default for WorkersFile {
             count: 0,
             queue_batches: defaults::queue_batches(),
             flush_tick_ms: defaults::flush_tick_ms(),
-        }
-    }
-}
-
-/// `[[destination]]` as written.
-#[derive(Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct DestinationFile {
-    /// `host:port`, or `stdout` (carbon protocols).
-    #[serde(default)]
-    pub address: String,
-    /// `pickle` (default), `plaintext` or `prometheus_remote_write`.
-    #[serde(default)]
-    pub protocol: DestProtocol,
-    /// Remote write: the `http://` or `https://` URL requests are POSTed to.
-    pub url: Option<String>,
-    /// Remote write: HTTP basic auth user name (with a password or password file).
-    pub basic_auth_username: Option<String>,
-    /// Remote write: HTTP basic auth password.
-    pub basic_auth_password: Option<String>,
-    /// Remote write: a file holding the basic auth password (trimmed).
-    pub basic_auth_password_file: Option<PathBuf>,
-    /// Remote write: a bearer token (`Authorization: Bearer …`).
-    pub bearer_token: Option<String>,
-    /// Remote write: a file holding the bearer token (trimmed).
-    pub bearer_token_file: Option<PathBuf>,
-    /// Remote write: PEM CA certificates to trust besides the system's.
-    pub tls_ca: Option<PathBuf>,
-    /// Remote write: PEM client certificate (with `tls_key`).
-    pub tls_cert: Option<PathBuf>,
-    /// Remote write: PEM client key (with `tls_cert`).
-    pub tls_key: Option<PathBuf>,
-    /// Remote write: more request headers, e.g. `{ "X-Scope-OrgID" = "team-a" }`.
-    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub headers: std::collections::BTreeMap<String, String>,
-    /// Remote write: most samples per request.
-    pub batch_datapoints: Option<usize>,
-    /// Remote write: most requests awaiting an answer at once (series are spread over
-    /// that many lanes, one request in flight each).
-    pub max_in_flight: Option<usize>,
-    /// Remote write: longest wait for one request's answer, e.g. `"30s"`.
-    #[serde(default, with = "humantime_serde")]
-    pub timeout: Option<Duration>,
-    /// Remote write: a name mapping file (`docs/remote-write.md`).
-    pub mapping_file: Option<PathBuf>,
-    /// Datapoints the queue holds before `destination_full` drops.
-    #[serde(default = "defaults::queue_datapoints")]
-    pub queue_datapoints: usize,
-    /// Datapoints per pickle frame (carbon's MAX_DATAPOINTS_PER_MESSAGE).
-    #[serde(default = "defaults::max_datapoints_per_message")]
-    pub max_datapoints_per_message: usize,
-    /// How far back, when a connection fails, written aggregates count as possibly lost
-    /// (ledgered as `unconfirmed`), e.g. `"5m"`; never before the connection was made.
-    #[serde(default = "defaults::unconfirmed_window", with = "humantime_serde")]
-    pub unconfirmed_window: Duration,
-    /// carbon's instance (the third field of carbon.conf's `host:port:instance`): part of
-    /// the destination's key on the hash ring and of its self-metric name.
-    pub instance: Option<String>,
-    /// How long after an interval closes its first aggregate is held for this
-    /// destination, replaced by any newer value meanwhile, e.g. `"2m"`; none by default.
-    #[serde(
-        default,
-        with = "humantime_serde",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub emit_delay: Option<Duration>,
-    /// `send` (default) or `ledger`: what to do with a changed value of an interval this
-    /// destination was already sent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub late_changes: Option<LateChanges>,
-}
-
-/// `[routing]` as written: which destinations each outgoing name goes to.
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct RoutingFile {
-    /// `carbon_ch` (default), `carbon_fnv1a_ch`, `mmh3_ch`, `fnv1a_ch`, `jump_fnv1a_ch`
-    /// or `all`.
-    #[serde(default)]
-    pub method: crate::ring::Method,
-    /// Destinations per name (carbon's REPLICATION_FACTOR).
-    #[serde(default = "defaults::replication")]
-    pub replication: usize,
-    /// Replicas on different hosts (carbon's DIVERSE_REPLICAS).
-    #[serde(default = "defaults::yes")]
-    pub diverse_replicas: bool,
-    /// Normalise tagged names on the way out (carbon's TAG_RELAY_NORMALIZED).
-    #[serde(default)]
-    pub normalize_tags: bool,
-}
-
-impl Default for RoutingFile {
-    fn default() -> Self {
-        RoutingFile {
-            method: crate::ring::Method::default(),
-            replication: defaults::replication(),
-            diverse_replicas: true,
-            normalize_tags: false,
         }
     }
 }
@@ -543,117 +450,5 @@ impl File {
                 p.as_mut().map(fix);
             }
         }
-    }
-}
-
-/// The defaults `config/aggd.toml` documents.
-pub(crate) mod defaults {
-    use std::time::Duration;
-
-    pub fn cluster_name() -> String {
-        "main".into()
-    }
-    pub fn shards() -> u32 {
-        256
-    }
-    pub fn replicas() -> usize {
-        3
-    }
-    pub fn retention() -> Duration {
-        Duration::from_secs(24 * 3600)
-    }
-    pub fn duplicate_window() -> Duration {
-        Duration::from_secs(600)
-    }
-    pub fn lease_ttl() -> Duration {
-        Duration::from_secs(10)
-    }
-    pub fn max_in_flight() -> usize {
-        512
-    }
-    pub fn max_publish_lag_bytes() -> u64 {
-        1 << 30
-    }
-    pub fn batch_datapoints() -> usize {
-        1000
-    }
-    pub fn batch_bytes() -> usize {
-        64 << 10
-    }
-    pub fn publish_threads() -> usize {
-        1
-    }
-    pub fn batch_delay() -> Duration {
-        Duration::from_millis(50)
-    }
-
-    pub fn max_intervals() -> u32 {
-        5
-    }
-    pub fn route_cache_entries() -> usize {
-        1_000_000
-    }
-    pub fn max_values_per_bucket() -> usize {
-        100_000
-    }
-    pub fn queue_batches() -> usize {
-        1024
-    }
-    pub(crate) fn flush_tick_ms() -> u64 {
-        250
-    }
-    pub(crate) fn queue_datapoints() -> usize {
-        100_000
-    }
-    pub(crate) fn max_datapoints_per_message() -> usize {
-        500
-    }
-    pub(crate) fn unconfirmed_window() -> Duration {
-        Duration::from_secs(5 * 60)
-    }
-    pub(crate) fn fsync_interval() -> Duration {
-        Duration::from_secs(1)
-    }
-    pub fn segment_bytes() -> u64 {
-        64 << 20
-    }
-    pub fn segment_max_age() -> Duration {
-        Duration::from_secs(3600)
-    }
-    pub(crate) fn journal_max_bytes() -> u64 {
-        10 << 30
-    }
-    pub(crate) fn journal_max_age() -> Duration {
-        Duration::from_secs(7 * 86_400)
-    }
-    pub fn min_free_disk() -> u64 {
-        1 << 30
-    }
-    pub fn queue_records() -> usize {
-        4096
-    }
-    pub(crate) fn admin_address() -> String {
-        "127.0.0.1:8081".into()
-    }
-    pub(crate) fn quarantine_bytes() -> u64 {
-        64 << 20
-    }
-    pub(crate) fn drain_timeout() -> Duration {
-        Duration::from_secs(10)
-    }
-    pub(crate) fn self_metrics_interval() -> Duration {
-        Duration::from_secs(60)
-    }
-    pub(crate) fn self_metrics_prefix() -> String {
-        "carbon".into()
-    }
-    pub(crate) fn instance() -> String {
-        "a".into()
-    }
-    pub(crate) fn replication() -> usize {
-        1
-    }
-    pub(crate) fn yes() -> bool {
-        true
     }
 }
