@@ -16,6 +16,7 @@
 //!   idempotent. Nothing replayed is journaled again.
 
 mod lost;
+mod options;
 mod rebuild;
 mod refused;
 mod run;
@@ -23,9 +24,10 @@ mod send;
 mod stat;
 
 pub use lost::{LostWindows, lost_windows};
+pub use options::{ReplayError, ReplayOptions, ReplaySummary};
 pub use rebuild::rebuild;
 pub use refused::{NotARefusal, Refusals};
-pub use run::{ReplayError, ReplayOptions, ReplaySummary, merge, replay, replay_cluster};
+pub use run::{merge, replay, replay_cluster};
 pub use stat::journal_stat;
 
 use crate::config::Config;

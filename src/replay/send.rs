@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::run::{ReplayError, ReplayOptions};
+use super::options::{ReplayError, ReplayOptions};
 use crate::config::{
     CarbonDestination, CarbonProtocol, CarbonTarget, Config, DestinationConfig, DestinationKind,
     OutputPlacement,

@@ -1,0 +1,130 @@
+use super::*;
+
+use std::sync::{Arc, Mutex};
+
+use crate::datapoint::{OutPoint, OutValue};
+use crate::dest::DestCounters;
+use crate::drops::Stats;
+
+/// What a scripted connection received, and when its writes fail.
+#[derive(Default)]
+pub(crate) struct Script {
+    /// Bytes received, per connection made.
+    pub received: Vec<Vec<u8>>,
+    /// (connection, write number): that write takes this many bytes and fails.
+    pub fail: Option<(usize, usize, usize)>,
+}
+
+/// A connection that records what is written into it and fails as its script says.
+pub(crate) struct MockConn {
+    script: Arc<Mutex<Script>>,
+    index: usize,
+    writes: usize,
+}
+
+impl MockConn {
+    pub(crate) fn write(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        let mut s = self.script.lock().unwrap();
+        let write = self.writes;
+        self.writes += 1;
+        match s.fail {
+            Some((conn, w, took)) if conn == self.index && w == write => {
+                s.received[self.index].extend_from_slice(&buf[..took.min(buf.len())]);
+                Err(std::io::Error::from(std::io::ErrorKind::ConnectionReset))
+            }
+            _ => {
+                s.received[self.index].extend_from_slice(buf);
+                Ok(())
+            }
+        }
+    }
+}
+
+fn batch(path: &str, ts: f64, n: usize) -> OutBatch {
+    (0..n)
+        .map(|i| OutPoint {
+            path: format!("{path}.{i}").into(),
+            timestamp: ts,
+            value: OutValue::Float(i as f64),
+            interval: None,
+        })
+        .collect::<Vec<_>>()
+        .into()
+}
+
+/// Plaintext lines received over one connection.
+fn lines(bytes: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(bytes)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_write_that_fails_is_sent_again_over_the_next_connection() {
+    let cfg = CarbonDestination {
+        target: CarbonTarget::Tcp("127.0.0.1:2003".into()),
+        protocol: CarbonProtocol::Plaintext,
+        max_datapoints_per_message: 500,
+        unconfirmed_window: Duration::from_secs(60),
+    };
+    let stats = Arc::new(Stats::default());
+    let counters = Arc::new(DestCounters::default());
+    let link = Link {
+        name: "127.0.0.1:2003".into(),
+        counters: Arc::clone(&counters),
+        unconfirmed: Arc::default(),
+        stats: Arc::clone(&stats),
+    };
+    // The first connection takes batch A, then fails batch B after 10 of its bytes.
+    let script = Arc::new(Mutex::new(Script {
+        fail: Some((0, 1, 10)),
+        ..Script::default()
+    }));
+    let s = Arc::clone(&script);
+    let connect = move || {
+        let mut g = s.lock().unwrap();
+        g.received.push(Vec::new());
+        let conn = Conn::Mock(MockConn {
+            script: Arc::clone(&s),
+            index: g.received.len() - 1,
+            writes: 0,
+        });
+        Box::pin(async move { Ok(conn) }) as Connecting
+    };
+    let (tx, rx) = mpsc::channel(8);
+    let drain = CancellationToken::new();
+    let task = tokio::spawn(run_with(link, cfg, rx, drain, connect));
+    let a = batch("a", 60.0, 3);
+    let b = batch("b", 120.0, 4);
+    let (mut a_bytes, mut b_bytes) = (Vec::new(), Vec::new());
+    plaintext::encode_lines(&a, &mut a_bytes);
+    plaintext::encode_lines(&b, &mut b_bytes);
+    counters.queued.fetch_add(7, Ordering::Relaxed);
+    tx.send(a).await.unwrap();
+    // B goes on its own write: wait until A was written.
+    while counters.sent.load(Ordering::Relaxed) < 3 {
+        tokio::task::yield_now().await;
+    }
+    tx.send(b).await.unwrap();
+    drop(tx);
+    task.await.unwrap();
+
+    let s = script.lock().unwrap();
+    assert_eq!(s.received.len(), 2, "one reconnection");
+    // The first connection took A and 10 bytes of B; B goes again, whole, over the
+    // next one.
+    assert_eq!(s.received[0][..a_bytes.len()], a_bytes[..]);
+    assert_eq!(s.received[0][a_bytes.len()..], b_bytes[..10]);
+    assert_eq!(s.received[1], b_bytes);
+    assert_eq!(lines(&s.received[1]).len(), 4);
+    assert_eq!(
+        counters.sent.load(Ordering::Relaxed),
+        7,
+        "each datapoint sent once"
+    );
+    assert_eq!(counters.connection_failures.load(Ordering::Relaxed), 1);
+    // What the failed connection had taken within the window is unconfirmed.
+    assert_eq!(counters.unconfirmed.load(Ordering::Relaxed), 3);
+    assert_eq!(counters.queued.load(Ordering::Relaxed), 0);
+}
