@@ -341,6 +341,85 @@ impl<'a> Cursor<'a> {
     }
 }
 
+impl<'a> Cursor<'a> {
+    /// The series table: count, then per series its name, method and frequency.
+    fn series(&mut self) -> Result<Vec<Series<'a>>, WireError> {
+        let count = self.u32()? as usize;
+        if count > self.0.len() / 8 {
+            return Err(WireError::Malformed("series count beyond the message"));
+        }
+        let mut series = Vec::with_capacity(count);
+        for _ in 0..count {
+            let n = self.u16()? as usize;
+            let name = self.str(n)?;
+            let m = self.u8()? as usize;
+            let method =
+                Method::parse(self.str(m)?).ok_or(WireError::Malformed("unknown method"))?;
+            let frequency = self.u32()?;
+            if frequency == 0 {
+                return Err(WireError::Malformed("frequency 0"));
+            }
+            series.push(Series {
+                name,
+                method,
+                frequency,
+            });
+        }
+        Ok(series)
+    }
+
+    /// The sections: count, then per section its record and its points (of `series`
+    /// series at most).
+    fn sections(&mut self, series: usize) -> Result<Vec<(u64, Vec<Point>)>, WireError> {
+        let count = self.u32()? as usize;
+        if count > self.0.len() / 12 {
+            return Err(WireError::Malformed("section count beyond the message"));
+        }
+        let mut sections = Vec::with_capacity(count);
+        for _ in 0..count {
+            let seq = self.u64()?;
+            let n = self.u32()? as usize;
+            // A point takes at least 3 bytes.
+            if n > self.0.len() / 3 {
+                return Err(WireError::Malformed("point count beyond the message"));
+            }
+            let mut points = Vec::with_capacity(n);
+            let mut prev_ts = 0i64;
+            for _ in 0..n {
+                points.push(self.point(series, &mut prev_ts)?);
+            }
+            sections.push((seq, points));
+        }
+        Ok(sections)
+    }
+
+    /// One point: its head (series index, and whether timestamp and value are small
+    /// integers), then its timestamp (a delta from `prev_ts`, or an f64) and value.
+    fn point(&mut self, series: usize, prev_ts: &mut i64) -> Result<Point, WireError> {
+        let head = self.varint()?;
+        let index = head >> 2;
+        if index >= series as u64 {
+            return Err(WireError::Malformed("point of an unknown series"));
+        }
+        let timestamp = if head & 2 != 0 {
+            *prev_ts = prev_ts.wrapping_add(unzigzag(self.varint()?));
+            *prev_ts as f64
+        } else {
+            self.f64()?
+        };
+        let value = if head & 1 != 0 {
+            unzigzag(self.varint()?) as f64
+        } else {
+            self.f64()?
+        };
+        Ok(Point {
+            series: index as u32,
+            timestamp,
+            value,
+        })
+    }
+}
+
 /// Decodes a message. Counts are checked against the bytes left before anything is
 /// allocated, so a hostile message cannot make it allocate more than its own size.
 ///
@@ -359,65 +438,8 @@ pub fn decode(bytes: &[u8]) -> Result<Message<'_>, WireError> {
     let last_seq = c.u64()?;
     let n = c.u8()? as usize;
     let node = c.str(n)?.to_string();
-    let count = c.u32()? as usize;
-    if count > c.0.len() / 8 {
-        return Err(WireError::Malformed("series count beyond the message"));
-    }
-    let mut series = Vec::with_capacity(count);
-    for _ in 0..count {
-        let n = c.u16()? as usize;
-        let name = c.str(n)?;
-        let m = c.u8()? as usize;
-        let method = Method::parse(c.str(m)?).ok_or(WireError::Malformed("unknown method"))?;
-        let frequency = c.u32()?;
-        if frequency == 0 {
-            return Err(WireError::Malformed("frequency 0"));
-        }
-        series.push(Series {
-            name,
-            method,
-            frequency,
-        });
-    }
-    let count = c.u32()? as usize;
-    if count > c.0.len() / 12 {
-        return Err(WireError::Malformed("section count beyond the message"));
-    }
-    let mut sections = Vec::with_capacity(count);
-    for _ in 0..count {
-        let seq = c.u64()?;
-        let n = c.u32()? as usize;
-        // A point takes at least 3 bytes.
-        if n > c.0.len() / 3 {
-            return Err(WireError::Malformed("point count beyond the message"));
-        }
-        let mut points = Vec::with_capacity(n);
-        let mut prev_ts = 0i64;
-        for _ in 0..n {
-            let head = c.varint()?;
-            let index = head >> 2;
-            if index >= series.len() as u64 {
-                return Err(WireError::Malformed("point of an unknown series"));
-            }
-            let timestamp = if head & 2 != 0 {
-                prev_ts = prev_ts.wrapping_add(unzigzag(c.varint()?));
-                prev_ts as f64
-            } else {
-                c.f64()?
-            };
-            let value = if head & 1 != 0 {
-                unzigzag(c.varint()?) as f64
-            } else {
-                c.f64()?
-            };
-            points.push(Point {
-                series: index as u32,
-                timestamp,
-                value,
-            });
-        }
-        sections.push((seq, points));
-    }
+    let series = c.series()?;
+    let sections = c.sections(series.len())?;
     if !c.0.is_empty() {
         return Err(WireError::Malformed("bytes after the last section"));
     }

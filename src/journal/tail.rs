@@ -198,104 +198,135 @@ impl Tail {
         max_bytes: usize,
         mut f: impl FnMut(&Record<'_>),
     ) -> std::io::Result<usize> {
-        let mut delivered = 0;
-        let mut bytes = 0;
+        let (mut delivered, mut bytes) = (0, 0);
         loop {
             if self.current.is_none() && !self.open()? {
                 return Ok(delivered);
             }
-            let mut pos = 0;
-            let mut stuck = false;
-            let mut corrupt = false;
-            let mut uncommitted = None;
-            while pos < self.buf.len() && bytes < max_bytes {
-                match record::decode(&self.buf[pos..]) {
-                    Ok((rec, n)) => {
-                        let seq = rec.meta.seq;
-                        if seq >= self.next_seq && seq >= self.buf_limit {
-                            // Not reported written when these bytes were read.
-                            uncommitted = Some(pos);
-                            break;
-                        }
-                        pos += n;
-                        if seq < self.next_seq {
-                            continue;
-                        }
-                        if seq > self.next_seq {
-                            self.stats.missed_records += seq - self.next_seq;
-                        }
-                        self.next_seq = seq + 1;
-                        bytes += n;
-                        delivered += 1;
-                        f(&rec);
-                    }
-                    Err(DecodeError::Incomplete) => {
-                        // Inside corrupt bytes, what looks like the start of a long record
-                        // may be garbage: a whole record further on settles it.
-                        let next = corrupt
-                            .then(|| {
-                                (pos + 1..self.buf.len())
-                                    .find(|p| record::decode(&self.buf[*p..]).is_ok())
-                            })
-                            .flatten();
-                        if let Some(p) = next {
-                            self.stats.skipped_bytes += (p - pos) as u64;
-                            pos = p;
-                            continue;
-                        }
-                        stuck = true;
-                        break;
-                    }
-                    Err(DecodeError::Corrupt) => {
-                        pos += 1;
-                        corrupt = true;
-                        self.stats.skipped_bytes += 1;
-                    }
-                }
-            }
-            if let Some(at) = uncommitted {
+            let scan = self.scan(max_bytes, &mut bytes, &mut delivered, &mut f);
+            if let Some(at) = scan.uncommitted {
                 // Read it again, from the file, once the writer has reported it.
                 self.reread_from(at)?;
                 return Ok(delivered);
             }
-            self.buf.drain(..pos);
+            self.buf.drain(..scan.pos);
             if bytes >= max_bytes {
                 return Ok(delivered);
             }
             if self.fill()? > 0 {
                 continue;
             }
-            // At the end of what is written: the newest segment waits for more; an older
-            // one is finished (read once more in case the writer appended before rotating).
-            let first = self.current.as_ref().map_or(0, |c| c.0);
-            let recently = self
-                .listed
-                .is_some_and(|t| t.elapsed() < std::time::Duration::from_millis(20));
-            if recently {
+            if !self.end_of_segment(scan.stuck)? {
                 return Ok(delivered);
-            }
-            self.listed = Some(std::time::Instant::now());
-            if !self.newer_exists(first)? {
-                return Ok(delivered);
-            }
-            if self.fill()? > 0 {
-                continue;
-            }
-            if stuck || !self.buf.is_empty() {
-                self.stats.skipped_bytes += self.buf.len() as u64;
-            }
-            self.current = None;
-            self.buf.clear();
-            // The next segment starts at a higher seq; open() picks it.
-            let list = segment::list_with(&*self.io, &self.dir)?;
-            if let Some((next, _)) = list.iter().find(|(s, _)| *s > first)
-                && *next > self.next_seq
-            {
-                self.stats.missed_records += next - self.next_seq;
-                self.next_seq = *next;
             }
         }
     }
+
+    /// Delivers the whole records of the buffer from `next_seq` on to `f` until `bytes`
+    /// reaches `max_bytes`, skipping (and counting) corrupt bytes; says where it stopped.
+    fn scan(
+        &mut self,
+        max_bytes: usize,
+        bytes: &mut usize,
+        delivered: &mut usize,
+        f: &mut impl FnMut(&Record<'_>),
+    ) -> Scan {
+        let mut scan = Scan::default();
+        let mut corrupt = false;
+        while scan.pos < self.buf.len() && *bytes < max_bytes {
+            let pos = scan.pos;
+            match record::decode(&self.buf[pos..]) {
+                Ok((rec, n)) => {
+                    let seq = rec.meta.seq;
+                    if seq >= self.next_seq && seq >= self.buf_limit {
+                        // Not reported written when these bytes were read.
+                        scan.uncommitted = Some(pos);
+                        break;
+                    }
+                    scan.pos += n;
+                    if seq < self.next_seq {
+                        continue;
+                    }
+                    if seq > self.next_seq {
+                        self.stats.missed_records += seq - self.next_seq;
+                    }
+                    self.next_seq = seq + 1;
+                    *bytes += n;
+                    *delivered += 1;
+                    f(&rec);
+                }
+                Err(DecodeError::Incomplete) => {
+                    // Inside corrupt bytes, what looks like the start of a long record
+                    // may be garbage: a whole record further on settles it.
+                    let next = corrupt
+                        .then(|| {
+                            (pos + 1..self.buf.len())
+                                .find(|p| record::decode(&self.buf[*p..]).is_ok())
+                        })
+                        .flatten();
+                    if let Some(p) = next {
+                        self.stats.skipped_bytes += (p - pos) as u64;
+                        scan.pos = p;
+                        continue;
+                    }
+                    scan.stuck = true;
+                    break;
+                }
+                Err(DecodeError::Corrupt) => {
+                    scan.pos += 1;
+                    corrupt = true;
+                    self.stats.skipped_bytes += 1;
+                }
+            }
+        }
+        scan
+    }
+
+    /// At the end of what is written of the current segment: the newest segment waits
+    /// for more (false); an older one is finished, read once more in case the writer
+    /// appended before rotating, and the next one is taken (true: read on). `stuck`: the
+    /// buffer ends in an incomplete record (skipped, counted, if the segment is done).
+    fn end_of_segment(&mut self, stuck: bool) -> std::io::Result<bool> {
+        let first = self.current.as_ref().map_or(0, |c| c.0);
+        let recently = self
+            .listed
+            .is_some_and(|t| t.elapsed() < std::time::Duration::from_millis(20));
+        if recently {
+            return Ok(false);
+        }
+        self.listed = Some(std::time::Instant::now());
+        if !self.newer_exists(first)? {
+            return Ok(false);
+        }
+        if self.fill()? > 0 {
+            return Ok(true);
+        }
+        if stuck || !self.buf.is_empty() {
+            self.stats.skipped_bytes += self.buf.len() as u64;
+        }
+        self.current = None;
+        self.buf.clear();
+        // The next segment starts at a higher seq; open() picks it.
+        let list = segment::list_with(&*self.io, &self.dir)?;
+        if let Some((next, _)) = list.iter().find(|(s, _)| *s > first)
+            && *next > self.next_seq
+        {
+            self.stats.missed_records += next - self.next_seq;
+            self.next_seq = *next;
+        }
+        Ok(true)
+    }
+}
+
+/// Where [`Tail::scan`] stopped in the buffer.
+#[derive(Default)]
+struct Scan {
+    /// Bytes consumed (delivered, skipped, or below `next_seq`).
+    pos: usize,
+    /// It ends in an incomplete record.
+    stuck: bool,
+    /// The offset of a record not yet reported written, if it stopped at one.
+    uncommitted: Option<usize>,
 }
 
 #[cfg(test)]

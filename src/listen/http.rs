@@ -98,22 +98,9 @@ async fn ingest(
             "Content-Type must be text/plain, application/python-pickle or application/json",
         );
     };
-    let gzip = headers
-        .get(header::CONTENT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
-    let body = if gzip {
-        let max = s.max_body;
-        let unzipped = tokio::task::spawn_blocking(move || gunzip(&body, max)).await;
-        match unzipped.unwrap_or(Err(false)) {
-            Ok(b) => b,
-            Err(true) => {
-                return error(StatusCode::PAYLOAD_TOO_LARGE, "decoded body over the limit");
-            }
-            Err(false) => return error(StatusCode::BAD_REQUEST, "body is not valid gzip"),
-        }
-    } else {
-        body
+    let body = match decoded_body(&s, &headers, body).await {
+        Ok(b) => b,
+        Err(answer) => return answer,
     };
     let ing = Ingest::new(Arc::clone(&s.pipeline), peer, s.index, kind);
     // The work items of decoding the body come out of the connections' memory budget.
@@ -146,6 +133,34 @@ async fn ingest(
         return error(StatusCode::BAD_REQUEST, e.to_string());
     }
     ing.flush().await;
+    outcome(&ing)
+}
+
+/// The body, gunzipped if `Content-Encoding: gzip` (within `max_body`); 413 or 400 when
+/// it is over the limit or not gzip.
+async fn decoded_body(s: &HttpState, headers: &HeaderMap, body: Bytes) -> Result<Bytes, Response> {
+    let gzip = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("gzip"));
+    if !gzip {
+        return Ok(body);
+    }
+    let max = s.max_body;
+    let unzipped = tokio::task::spawn_blocking(move || gunzip(&body, max)).await;
+    match unzipped.unwrap_or(Err(false)) {
+        Ok(b) => Ok(b),
+        Err(true) => Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "decoded body over the limit",
+        )),
+        Err(false) => Err(error(StatusCode::BAD_REQUEST, "body is not valid gzip")),
+    }
+}
+
+/// The answer to a body that decoded: what was accepted and rejected (per reason); 429
+/// with `Retry-After` when nothing was accepted and rate limits refused some.
+fn outcome(ing: &Ingest) -> Response {
     let (accepted, reasons) = ing.outcome();
     let rejected: u64 = reasons.iter().map(|(_, n)| n).sum();
     let reasons: serde_json::Map<String, serde_json::Value> = reasons

@@ -167,20 +167,11 @@ pub async fn start_with_io(
     }
     let (dests, senders) =
         Destinations::start(&config.destinations, &config.routing, Arc::clone(&stats));
-    let quarantine = (config.quarantine.as_ref())
-        .map(|q| Quarantine::open(q.file.clone(), q.max_bytes, Arc::clone(&stats.events)))
-        .transpose()?
-        .map(Arc::new);
+    let quarantine = open_quarantine(&config, &stats)?;
     let joined = cluster::join(&config).await?;
     let gate = joined.as_ref().map(|(_, g)| Arc::clone(g));
     let workers = spawn_workers(&config, &dests, &stats, quarantine.clone(), gate)?;
-    // Cluster mode's connections route by shard (the publisher sends each shard's
-    // datapoints to its owner); standalone, by worker.
-    let outputs = match &config.cluster {
-        Some(c) => c.shards as usize,
-        None => config.workers.count,
-    };
-    let router = Arc::new(Router::new(config.aggregation.clone(), outputs));
+    let router = router(&config);
     // In cluster mode the shard owners rebuild from the stream instead.
     if let (Some(j), None) = (&journal, &joined) {
         let routes = Arc::new(Routes::new(&router, &config));
@@ -209,22 +200,9 @@ pub async fn start_with_io(
     });
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
-    let observed = Arc::new(Observed {
-        stats: Arc::clone(&stats),
-        dests: Arc::clone(&dests),
-        gauges: workers.gauges(),
-        queues: workers.senders(),
-        heartbeats: workers.heartbeats(),
-        journal: journal.clone(),
-        quarantine,
-        cluster: cluster.as_ref().map(|c| Arc::clone(&c.stats)),
-        ready: AtomicBool::new(false),
-        memory_bound: config
-            .memory_bound(crate::memory::CHECK_LIVE_SERIES)
-            .total(),
-        cluster_node: config.cluster.as_ref().map(|c| (c.node.clone(), c.shards)),
-        pipeline: Some(Arc::clone(&pipeline)),
-    });
+    let observed = observe(
+        &config, &stats, &dests, &workers, &journal, quarantine, &cluster, &pipeline,
+    );
     let metrics = Arc::new(Metrics::new(Arc::clone(&observed)));
     let svc = &config.service;
     let mut addrs = Vec::new();
@@ -254,6 +232,55 @@ pub async fn start_with_io(
         observed,
         config,
         cluster,
+    })
+}
+
+/// The quarantine file, when `[quarantine]` is on. Errors: it cannot be opened.
+fn open_quarantine(config: &Config, stats: &Stats) -> std::io::Result<Option<Arc<Quarantine>>> {
+    (config.quarantine.as_ref())
+        .map(|q| Quarantine::open(q.file.clone(), q.max_bytes, Arc::clone(&stats.events)))
+        .transpose()
+        .map(|q| q.map(Arc::new))
+}
+
+/// The router of every connection: by shard in cluster mode (the publisher sends each
+/// shard's datapoints to its owner), by worker standalone.
+fn router(config: &Config) -> Arc<Router> {
+    let outputs = match &config.cluster {
+        Some(c) => c.shards as usize,
+        None => config.workers.count,
+    };
+    Arc::new(Router::new(config.aggregation.clone(), outputs))
+}
+
+/// What `/metrics`, `/health`, `/ready`, the watchdog and the self-metrics read: every
+/// part's counters and gauges, not ready yet.
+#[allow(clippy::too_many_arguments)]
+fn observe(
+    config: &Config,
+    stats: &Arc<Stats>,
+    dests: &Arc<Destinations>,
+    workers: &WorkerPool,
+    journal: &Option<Arc<Journal>>,
+    quarantine: Option<Arc<Quarantine>>,
+    cluster: &Option<cluster::ClusterRuntime>,
+    pipeline: &Arc<Pipeline>,
+) -> Arc<Observed> {
+    Arc::new(Observed {
+        stats: Arc::clone(stats),
+        dests: Arc::clone(dests),
+        gauges: workers.gauges(),
+        queues: workers.senders(),
+        heartbeats: workers.heartbeats(),
+        journal: journal.clone(),
+        quarantine,
+        cluster: cluster.as_ref().map(|c| Arc::clone(&c.stats)),
+        ready: AtomicBool::new(false),
+        memory_bound: config
+            .memory_bound(crate::memory::CHECK_LIVE_SERIES)
+            .total(),
+        cluster_node: config.cluster.as_ref().map(|c| (c.node.clone(), c.shards)),
+        pipeline: Some(Arc::clone(pipeline)),
     })
 }
 
