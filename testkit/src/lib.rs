@@ -62,6 +62,21 @@ pub fn previous_bucket(f: i64) -> i64 {
     n - n.rem_euclid(f) - f
 }
 
+/// What most end-to-end tests start from: a capturing downstream speaking `protocol`
+/// (`pickle` or `plaintext`), a fresh directory (`tag`), and in it a config with `rules`
+/// ([`write_config`]) whose one destination is that downstream. Returns the downstream,
+/// the directory and the config file.
+pub fn with_downstream(
+    tag: &str,
+    rules: &str,
+    protocol: &'static str,
+) -> (Capture, PathBuf, PathBuf) {
+    let capture = Capture::start(protocol);
+    let dir = tempdir(tag);
+    let cfg = write_config(&dir, rules, "", &capture.addr.to_string(), protocol);
+    (capture, dir, cfg)
+}
+
 /// Writes `aggd.toml` (listeners on port 0, given rules, one destination) into `dir`.
 pub fn write_config(
     dir: &std::path::Path,

@@ -370,13 +370,9 @@ fn explain_shows_an_untagged_remote_write_series_as_its_name_alone() {
 
 #[test]
 fn sigterm_mid_stream_loses_nothing_and_exits_zero() {
-    let capture = Capture::start("pickle");
-    let dir = tempdir("sigterm");
-    let cfg = write_config(
-        &dir,
+    let (capture, _dir, cfg) = with_downstream(
+        "sigterm",
         "all.count (3600) = count in.*\nall.sum (3600) = sum in.*\n",
-        "",
-        &capture.addr.to_string(),
         "pickle",
     );
     let (mut child, addrs) = spawn_run(&["-c", cfg.to_str().unwrap()], 3);

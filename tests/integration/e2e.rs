@@ -123,15 +123,7 @@ async fn plaintext_udp_and_pickle_aggregate_exactly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn old_future_and_bad_pickle_are_counted_not_fatal() {
-    let capture = Capture::start("plaintext");
-    let dir = tempdir("reject");
-    let cfg = write_config(
-        &dir,
-        "total (60) = sum in.*\n",
-        "",
-        &capture.addr.to_string(),
-        "plaintext",
-    );
+    let (capture, _dir, cfg) = with_downstream("reject", "total (60) = sum in.*\n", "plaintext");
     let server = start_aggd(&cfg).await;
     let base = previous_bucket(60);
     let addr = server.addr("plaintext/tcp").unwrap();
@@ -175,15 +167,7 @@ async fn old_future_and_bad_pickle_are_counted_not_fatal() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversize_pickle_header_closes_the_connection_after_the_frames_before_it() {
-    let capture = Capture::start("plaintext");
-    let dir = tempdir("oversize");
-    let cfg = write_config(
-        &dir,
-        "total (60) = sum in.*\n",
-        "",
-        &capture.addr.to_string(),
-        "plaintext",
-    );
+    let (capture, _dir, cfg) = with_downstream("oversize", "total (60) = sum in.*\n", "plaintext");
     let server = start_aggd(&cfg).await;
     let base = previous_bucket(60);
     let pickle_addr = server.addr("pickle/tcp").unwrap();
@@ -269,15 +253,7 @@ async fn forward_all_with_rewrites() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_flushes_open_intervals() {
-    let capture = Capture::start("pickle");
-    let dir = tempdir("flush");
-    let cfg = write_config(
-        &dir,
-        "hour.sum (3600) = sum in.*\n",
-        "",
-        &capture.addr.to_string(),
-        "pickle",
-    );
+    let (capture, _dir, cfg) = with_downstream("flush", "hour.sum (3600) = sum in.*\n", "pickle");
     let server = start_aggd(&cfg).await;
     let ts = now() as i64;
     let bucket = ts - ts.rem_euclid(3600);
@@ -440,13 +416,9 @@ async fn reconnects_after_downstream_drops_the_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_datagrams_are_read_whole_up_to_64k() {
-    let capture = Capture::start("pickle");
-    let dir = tempdir("bigudp");
-    let cfg = write_config(
-        &dir,
+    let (capture, _dir, cfg) = with_downstream(
+        "bigudp",
         "total (60) = sum in.*\ncount (60) = count in.*\n",
-        "",
-        &capture.addr.to_string(),
         "pickle",
     );
     let server = start_aggd(&cfg).await;
@@ -470,15 +442,7 @@ async fn udp_datagrams_are_read_whole_up_to_64k() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_queue_overflow_is_counted_ledgered_and_journaled_refused() {
-    let capture = Capture::start("pickle");
-    let dir = tempdir("udpqueue");
-    let cfg = write_config(
-        &dir,
-        "total (60) = sum in.*\n",
-        "",
-        &capture.addr.to_string(),
-        "pickle",
-    );
+    let (capture, dir, cfg) = with_downstream("udpqueue", "total (60) = sum in.*\n", "pickle");
     // A queue of 100 bytes: a 2-line datagram fits, a 6-line one (over 100 bytes) never.
     append_config(
         &cfg,

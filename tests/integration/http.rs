@@ -43,13 +43,9 @@ fn python_pickle_body(points: &str) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_errors_limits_and_journal() {
-    let capture = Capture::start("pickle");
-    let dir = tempdir("http");
-    let cfg = write_config(
-        &dir,
+    let (capture, _dir, cfg) = with_downstream(
+        "http",
         "total (60) = sum in.*\ncount (60) = count in.*\n",
-        "",
-        &capture.addr.to_string(),
         "pickle",
     );
     with_http(

@@ -11,13 +11,9 @@ use aggd_testkit::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panic_on_one_path_costs_nothing_else() {
-    let capture = Capture::start("pickle");
-    let dir = tempdir("poison");
-    let cfg = write_config(
-        &dir,
+    let (capture, dir, cfg) = with_downstream(
+        "poison",
         "agg.<g>.sum (60) = sum in.<g>.*\nagg.<g>.count (60) = count in.<g>.*\n",
-        "",
-        &capture.addr.to_string(),
         "pickle",
     );
     append_config(&cfg, "[quarantine]\nfile = \"quarantine.log\"\n");

@@ -35,14 +35,10 @@ fn send_steady(addr: std::net::SocketAddr, lines: &[String]) {
 
 #[test]
 fn kill_9_and_restart_loses_no_aggregate() {
-    let capture = Capture::start("pickle");
-    let dir = tempdir("crash");
-    let cfg = write_config(
-        &dir,
+    let (capture, dir, cfg) = with_downstream(
+        "crash",
         "hour.sum (3600) = sum in.*\nhour.count (3600) = count in.*\n\
          min.sum (60) = sum in.*\nmin.count (60) = count in.*\n",
-        "",
-        &capture.addr.to_string(),
         "pickle",
     );
     add_journal(&cfg, "");

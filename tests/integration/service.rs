@@ -141,15 +141,7 @@ fn notify_protocol_in_order() {
 
 #[test]
 fn sighup_applies_new_rules_mid_stream_without_loss_and_keeps_them_on_a_broken_file() {
-    let capture = Capture::start("pickle");
-    let dir = tempdir("reload");
-    let cfg = write_config(
-        &dir,
-        "a.sum (3600) = sum in.*\n",
-        "",
-        &capture.addr.to_string(),
-        "pickle",
-    );
+    let (capture, dir, cfg) = with_downstream("reload", "a.sum (3600) = sum in.*\n", "pickle");
     append_config(
         &cfg,
         "[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"reload-test-token\"\n",
@@ -205,15 +197,7 @@ fn sighup_applies_new_rules_mid_stream_without_loss_and_keeps_them_on_a_broken_f
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_health_and_self_metrics_match_the_traffic() {
-    let capture = Capture::start("pickle");
-    let dir = tempdir("metrics");
-    let cfg = write_config(
-        &dir,
-        "total (60) = sum in.*\n",
-        "",
-        &capture.addr.to_string(),
-        "pickle",
-    );
+    let (capture, _dir, cfg) = with_downstream("metrics", "total (60) = sum in.*\n", "pickle");
     append_config(
         &cfg,
         "[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"unused-token\"\n[service]\nself_metrics_interval = \"1s\"\nhostname = \"test.host\"\n",
@@ -321,15 +305,7 @@ fn counters_as_carbon_stats(metrics: &str) -> Vec<(String, f64)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_and_self_metrics_report_the_same_counts() {
-    let capture = Capture::start("pickle");
-    let dir = tempdir("same-counts");
-    let cfg = write_config(
-        &dir,
-        "total (60) = sum in.*\n",
-        "",
-        &capture.addr.to_string(),
-        "pickle",
-    );
+    let (capture, _dir, cfg) = with_downstream("same-counts", "total (60) = sum in.*\n", "pickle");
     append_config(
         &cfg,
         "[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"unused-token\"\n\

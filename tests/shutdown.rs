@@ -23,15 +23,7 @@ fn aggd_threads() -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_thread_ends_at_shutdown() {
-    let capture = Capture::start("pickle");
-    let dir = tempdir("shutdown");
-    let cfg = write_config(
-        &dir,
-        "out (60) = sum in.*\n",
-        "",
-        &capture.addr.to_string(),
-        "pickle",
-    );
+    let (capture, _dir, cfg) = with_downstream("shutdown", "out (60) = sum in.*\n", "pickle");
     append_config(
         &cfg,
         "[journal]\ndir = \"journal\"\nmin_free_disk = 0\n\
