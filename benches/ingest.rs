@@ -1,7 +1,7 @@
 //! End-to-end ingest benchmark: the real `aggd` binary, carbon plaintext over loopback TCP,
 //! sum and count rules, aggregates verified exactly at a capturing downstream.
 //!
-//! Workload (see `support/mod.rs`; defaults, override with environment variables):
+//! Workload (see `testkit/src/workload.rs`; defaults, override with environment variables):
 //! - `AGGD_BENCH_POINTS` datapoints (10 000 000) over `AGGD_BENCH_SERIES` input series
 //!   (100 000: `bench.h{0..S/500}.m{0..499}`), sent by `AGGD_BENCH_CONNECTIONS` (4) TCP
 //!   connections, every datapoint in the previous 60 s interval;
