@@ -154,6 +154,11 @@ pub(super) fn start(
     })
 }
 
+/// What shutdown keeps of its drain deadline for the owner to hand its shards back after
+/// the publisher stopped: its last tick and one round of key deletes, a second each at
+/// most.
+const LEAVE_RESERVE: Duration = Duration::from_secs(2);
+
 impl ClusterRuntime {
     /// A reload: the publisher routes with the new rules. After an operator's reload
     /// (`announce`) the cluster's rules digest becomes this node's: the other nodes see it
@@ -201,14 +206,20 @@ impl ClusterRuntime {
     }
 
     /// After the connections finished: publishes the journal up to `next_seq` (until
-    /// `deadline`), then hands every shard back. Returns whether everything was published.
+    /// [`LEAVE_RESERVE`] before `deadline`), then hands every shard back (by `deadline`). Returns whether everything was published.
     pub(super) async fn leave(&mut self, next_seq: u64, deadline: tokio::time::Instant) -> bool {
+        // Publishing stops early enough to leave the owner time to hand the shards back
+        // within the deadline, whatever NATS does.
+        let now = tokio::time::Instant::now();
+        let publish_by = deadline
+            .checked_sub(LEAVE_RESERVE)
+            .map_or(now, |t| t.max(now));
         let published = match self.publisher.take() {
-            Some(p) => p.drain(next_seq, deadline).await,
+            Some(p) => p.drain(next_seq, publish_by).await,
             None => true,
         };
         if let Some(o) = self.owner.take() {
-            o.leave().await;
+            o.leave(deadline).await;
         }
         if !published {
             tracing::warn!(

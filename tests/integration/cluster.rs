@@ -743,3 +743,83 @@ fn a_blocked_tenant_stays_refused_when_a_restarted_node_republishes() {
     assert_eq!(got.get(&("all.good.sum".into(), b0)), Some(&3.0));
     assert_eq!(carbon.fetch(&["all.evil.sum"], b0), [None]);
 }
+
+/// Sends `signal` (`STOP`, `CONT`) to process `pid`.
+fn signal(pid: u32, signal: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{signal} {pid}");
+}
+
+/// Waits until `metric` of the node's `/metrics` reads `value`; panics after `within`.
+fn wait_metric(node: &Node, metric: &str, value: f64, within: Duration) {
+    let admin = node.admin.unwrap();
+    let deadline = Instant::now() + within;
+    loop {
+        let now = aggd_testkit::metric(admin, metric);
+        if now == value {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{metric} is {now}, not {value}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sigterm_with_the_log_paused_ends_within_the_drain_timeout_however_many_shards() {
+    // Found in issue 25: leaving released the shards one after another, each delete
+    // waiting a second on the unreachable log; with 256 shards SIGTERM took over 2 min.
+    let nats = Nats::one();
+    let capture = Capture::start("pickle");
+    let mut a = Node::start_with("a", &nats, &capture, 256, RULES, ADMIN);
+    wait_metric(
+        &a,
+        "aggd_cluster_shards_owned",
+        256.0,
+        Duration::from_secs(30),
+    );
+    let expected = Expected::default();
+    stream(&[&a], 2, &expected, |_| {});
+    let pid = nats.servers[0].pid().unwrap();
+    signal(pid, "STOP");
+    std::thread::sleep(Duration::from_millis(200));
+    let t0 = Instant::now();
+    a.stop();
+    let took = t0.elapsed();
+    signal(pid, "CONT");
+    // drain_timeout is 10 s; what is left over is process exit.
+    assert!(took < Duration::from_secs(12), "shutdown took {took:?}");
+}
+
+#[test]
+fn the_shards_owned_gauge_follows_lapsed_leases_while_the_log_is_down() {
+    // Found in issue 25: the gauge was written only at the end of a tick that reached
+    // NATS, so it kept counting shards whose leases had lapsed.
+    let nats = Nats::one();
+    let capture = Capture::start("pickle");
+    let a = Node::start_with("a", &nats, &capture, 8, RULES, ADMIN);
+    wait_metric(
+        &a,
+        "aggd_cluster_shards_owned",
+        8.0,
+        Duration::from_secs(30),
+    );
+    let pid = nats.servers[0].pid().unwrap();
+    signal(pid, "STOP");
+    // lease_ttl is 2 s: the allowance (1.5 s) runs out, and the next tick drops them.
+    let lapsed = std::panic::catch_unwind(|| {
+        wait_metric(&a, "aggd_cluster_shards_owned", 0.0, Duration::from_secs(6));
+    });
+    signal(pid, "CONT");
+    assert!(lapsed.is_ok(), "the gauge still counted lapsed shards");
+    // The log back: the node takes its shards again.
+    wait_metric(
+        &a,
+        "aggd_cluster_shards_owned",
+        8.0,
+        Duration::from_secs(30),
+    );
+}

@@ -89,21 +89,36 @@ struct Held {
 pub(crate) struct Owner {
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
+    shared: Arc<Shared>,
 }
 
 impl Owner {
     /// Starts the owner task.
     pub(crate) fn start(shared: Arc<Shared>) -> Owner {
         let stop = CancellationToken::new();
-        let task = tokio::spawn(run(shared, stop.clone()));
-        Owner { stop, task }
+        let task = tokio::spawn(run(Arc::clone(&shared), stop.clone()));
+        Owner { stop, task, shared }
     }
 
     /// Hands every held shard back (stops emitting and consuming, deletes the keys) and
-    /// removes this node's heartbeat, so the others take over at their next tick.
-    pub(crate) async fn leave(self) {
+    /// removes this node's heartbeat, so the others take over at their next tick. Returns
+    /// by `deadline` whatever NATS does: the shards are given up locally first, the keys
+    /// then deleted at once, waiting [`PATIENCE`] at most (a key not deleted expires after
+    /// `lease_ttl`); past `deadline` the task is stopped and every shard revoked.
+    pub(crate) async fn leave(self, deadline: tokio::time::Instant) {
         self.stop.cancel();
-        let _ = self.task.await;
+        let mut task = self.task;
+        if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+            task.abort();
+            let _ = task.await;
+            for k in 0..self.shared.gate.shards() {
+                self.shared.gate.revoke(k);
+            }
+            self.shared.stats.shards_owned.store(0, Ordering::Relaxed);
+            tracing::warn!(
+                "cluster: shards not handed back by the drain deadline; their leases expire"
+            );
+        }
     }
 }
 
@@ -150,14 +165,23 @@ async fn run(sh: Arc<Shared>, stop: CancellationToken) {
             () = tokio::time::sleep(every) => {}
         }
     }
-    let shards: Vec<u32> = held.keys().copied().collect();
-    for k in shards {
-        if let Some(h) = held.remove(&k) {
-            release(&sh, k, h, true).await;
-        }
+    // Give every shard up here first (no NATS involved), then free the keys all at once:
+    // leaving takes at most PATIENCE on NATS, however many shards are held.
+    let mut revisions = Vec::with_capacity(held.len());
+    for (k, h) in held.drain() {
+        revisions.push((k, h.revision));
+        release(&sh, k, h, false).await;
     }
-    let _ = tokio::time::timeout(PATIENCE, sh.joined.leases.delete(node_key(&me))).await;
     sh.stats.shards_owned.store(0, Ordering::Relaxed);
+    let leases = &sh.joined.leases;
+    let deletes = revisions
+        .iter()
+        .map(|(k, rev)| leases.delete_expect_revision(lease_key(*k), Some(*rev)));
+    let all = async {
+        futures_util::future::join_all(deletes).await;
+        let _ = leases.delete(node_key(&me)).await;
+    };
+    let _ = tokio::time::timeout(PATIENCE, all).await;
 }
 
 /// How long one lease request may take before NATS counts as unreachable for the rest of
@@ -187,9 +211,6 @@ async fn tick(sh: &Arc<Shared>, me: &str, ttl_ms: u64, held: &mut HashMap<u32, H
         }
     }
     expire(sh, held).await;
-    sh.stats
-        .shards_owned
-        .store(held.len() as u64, Ordering::Relaxed);
 }
 
 /// Writes this node's heartbeat (holding `shards` shards) and lists the live nodes, this
@@ -332,6 +353,10 @@ async fn expire(sh: &Arc<Shared>, held: &mut HashMap<u32, Held>) {
             release(sh, k, h, false).await;
         }
     }
+    // Also when NATS is unreachable and the tick ends early: the gauge follows the drops.
+    sh.stats
+        .shards_owned
+        .store(held.len() as u64, Ordering::Relaxed);
 }
 
 /// Gives shard `k` up: stops emitting it, stops its consumer, deletes its series from the
@@ -339,6 +364,10 @@ async fn expire(sh: &Arc<Shared>, held: &mut HashMap<u32, Held>) {
 async fn release(sh: &Arc<Shared>, k: u32, h: Held, delete: bool) {
     sh.gate.revoke(k);
     h.stop.cancel();
+    // The consumer may be waiting on NATS (creating itself, asking for its info), which
+    // does not watch `stop`: end it where it is. What it sent the workers is forgotten
+    // below; the shard's next owner rebuilds it.
+    h.consumer.abort();
     let _ = h.consumer.await;
     sh.workers.all(|| WorkerMsg::Forget(k)).await;
     sh.stats.shard_lag[k as usize].store(u64::MAX, Ordering::Relaxed);

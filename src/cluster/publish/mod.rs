@@ -276,6 +276,10 @@ impl LaneStart<'_> {
     }
 }
 
+/// How long [`Publisher::drain`] waits for the lanes and the publishing task once it gave
+/// up at its deadline.
+const ABANDON_GRACE: Duration = Duration::from_millis(500);
+
 impl Publisher {
     /// Starts publishing `dir`'s journal from the persisted watermark (see the module
     /// docs), routing the records it reads back from the journal by `routes` (whose
@@ -388,7 +392,9 @@ impl Publisher {
         let finished = tokio::time::timeout_at(deadline, &mut all).await.is_ok();
         if !finished {
             abandon.store(true, Ordering::Relaxed);
-            let _ = tokio::time::timeout(Duration::from_secs(5), all).await;
+            // The lanes stop at `abandon`, the task at its next attempt; a publish still
+            // awaiting its acknowledgement is not waited for longer.
+            let _ = tokio::time::timeout(ABANDON_GRACE, all).await;
         }
         let wms: Vec<u64> = (self.progress.iter())
             .map(|p| {
