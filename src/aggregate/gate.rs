@@ -4,12 +4,13 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::time::now_ms;
+use crate::time::monotonic_ms;
 
 pub use crate::hash::shard_of;
 
-/// Per shard, until when (Unix ms) this node may emit it: its lease's validity, set by the
-/// owner task at each renewal and cleared at release. Workers check it before emitting a
+/// Per shard, until when ([`monotonic_ms`]: the monotonic clock, never the wall clock) this
+/// node may emit it: its lease's validity, set by the owner task at each renewal and
+/// cleared at release. Workers check it before emitting a
 /// series, so a node whose lease may have lapsed stops emitting even if its owner task is
 /// stalled.
 pub struct ShardGate {
@@ -34,10 +35,10 @@ impl ShardGate {
     /// Whether a series of shard `shard` may be emitted now.
     #[inline]
     pub fn may_emit(&self, shard: u32) -> bool {
-        now_ms() < self.until_ms[shard as usize].load(Ordering::Relaxed)
+        monotonic_ms() < self.until_ms[shard as usize].load(Ordering::Relaxed)
     }
 
-    /// Allows emitting `shard` until `until_ms` (Unix ms).
+    /// Allows emitting `shard` until `until_ms` ([`monotonic_ms`]).
     pub fn allow_until(&self, shard: u32, until_ms: u64) {
         self.until_ms[shard as usize].store(until_ms, Ordering::Relaxed);
     }

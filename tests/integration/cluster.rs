@@ -12,9 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use aggd_testkit::nats::Nats;
-use aggd_testkit::{
-    Capture, aggd_ok, append_config, python_pickle_send, spawn_run, tempdir, write_config,
-};
+use aggd_testkit::{Capture, aggd_ok, append_config, python_pickle_send, tempdir, write_config};
 
 /// One aggd node of a test cluster.
 struct Node {
@@ -84,7 +82,16 @@ impl Node {
     }
 
     fn restart(&mut self) {
-        let (child, addrs) = spawn_run(&["-c", self.cfg.to_str().unwrap()], self.listeners);
+        self.restart_with_env(&[]);
+    }
+
+    /// Like [`Node::restart`], with more environment (`LD_PRELOAD` of faketime, …).
+    fn restart_with_env(&mut self, env: &[(&str, &str)]) {
+        let mut cmd = std::process::Command::new(aggd_testkit::aggd_bin());
+        cmd.args(["run", "-c", self.cfg.to_str().unwrap()])
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null());
+        let (child, addrs) = aggd_testkit::spawn_command(cmd, self.listeners, false);
         self.admin = addrs.iter().find(|(k, _)| k == "admin/http").map(|a| a.1);
         self.child = Some(child);
         self.tcp = addrs.iter().find(|(k, _)| k == "plaintext/tcp").unwrap().1;
@@ -821,5 +828,57 @@ fn the_shards_owned_gauge_follows_lapsed_leases_while_the_log_is_down() {
         "aggd_cluster_shards_owned",
         8.0,
         Duration::from_secs(30),
+    );
+}
+
+/// libfaketime, which `tests/install-deps.sh` installs (Debian's `faketime`).
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+#[test]
+fn a_wall_clock_step_neither_drops_leases_nor_lengthens_them() {
+    // Issue 25: the fence's allowance is measured on the monotonic clock. With it on the
+    // wall clock, a step back (an NTP step, a bad clock) lengthened every allowance by the
+    // step: a node cut off from NATS went on owning, and emitting, its shards for 30 s.
+    let nats = Nats::one();
+    let capture = Capture::start("pickle");
+    let mut a = Node::start_with("a", &nats, &capture, 8, RULES, ADMIN);
+    a.stop();
+    let offset = a.dir.join("faketime");
+    std::fs::write(&offset, "+0\n").unwrap();
+    let offset_file = offset.to_str().unwrap().to_string();
+    a.restart_with_env(&[
+        ("LD_PRELOAD", LIBFAKETIME),
+        ("FAKETIME_TIMESTAMP_FILE", &offset_file),
+        ("FAKETIME_NO_CACHE", "1"),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+    ]);
+    wait_metric(
+        &a,
+        "aggd_cluster_shards_owned",
+        8.0,
+        Duration::from_secs(30),
+    );
+    let admin = a.admin.unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let changes = aggd_testkit::metric(admin, "aggd_cluster_lease_changes_total");
+    // 30 s ahead: the leases stay (several ticks, more than the 1.5 s allowance).
+    std::fs::write(&offset, "+30s\n").unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        aggd_testkit::metric(admin, "aggd_cluster_lease_changes_total"),
+        changes,
+        "leases changed hands after the wall clock stepped ahead"
+    );
+    // 30 s back, then NATS unreachable: the allowance still runs out after 1.5 s.
+    std::fs::write(&offset, "-30s\n").unwrap();
+    let pid = nats.servers[0].pid().unwrap();
+    signal(pid, "STOP");
+    let lapsed = std::panic::catch_unwind(|| {
+        wait_metric(&a, "aggd_cluster_shards_owned", 0.0, Duration::from_secs(6));
+    });
+    signal(pid, "CONT");
+    assert!(
+        lapsed.is_ok(),
+        "a wall clock stepped back lengthened the leases"
     );
 }

@@ -42,7 +42,7 @@ use super::shard::{desired_owner, shard_of};
 use super::{ClusterStats, ShardGate};
 use crate::aggregate::worker::{WorkerMsg, send_waiting};
 use crate::hash::fnv1a64;
-use crate::time::now_ms;
+use crate::time::{monotonic_ms, now_ms};
 
 /// The workers, as the consumers feed them.
 #[derive(Clone)]
@@ -80,6 +80,7 @@ pub(crate) struct Shared {
 /// A held lease and its consumer.
 struct Held {
     revision: u64,
+    /// The end of its allowance, on [`monotonic_ms`].
     valid_until_ms: u64,
     stop: CancellationToken,
     consumer: tokio::task::JoinHandle<()>,
@@ -266,7 +267,7 @@ async fn renew(
         return true;
     }
     let h = held.get_mut(&k).expect("held");
-    let sent = now_ms();
+    let sent = monotonic_ms();
     let renewed = tokio::time::timeout(
         PATIENCE,
         sh.joined
@@ -307,7 +308,7 @@ async fn take(
     allowance: u64,
     held: &mut HashMap<u32, Held>,
 ) -> bool {
-    let sent = now_ms();
+    let sent = monotonic_ms();
     let created = tokio::time::timeout(
         PATIENCE,
         sh.joined
@@ -341,7 +342,7 @@ async fn take(
 
 /// Drops the shards whose allowance ran out (renewals kept failing).
 async fn expire(sh: &Arc<Shared>, held: &mut HashMap<u32, Held>) {
-    let now = now_ms();
+    let now = monotonic_ms();
     let lapsed: Vec<u32> = held
         .iter()
         .filter(|(_, h)| h.valid_until_ms <= now)
