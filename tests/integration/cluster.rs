@@ -882,3 +882,42 @@ fn a_wall_clock_step_neither_drops_leases_nor_lengthens_them() {
         "a wall clock stepped back lengthened the leases"
     );
 }
+
+/// No value the downstream ever received for a (series, interval) the senders fed is
+/// above the exact one (every input is ≥ 0): nothing was counted twice, at any time.
+fn assert_never_above(capture: &Capture, expected: &Expected) {
+    let want = expected.snapshot();
+    let r = capture.received.lock().unwrap();
+    for (path, ts, v, _) in &r.history {
+        if let Some(exact) = want.get(&(path.clone(), *ts)) {
+            assert!(*v <= *exact, "{path}@{ts}: {v} emitted, exact {exact}");
+        }
+    }
+}
+
+#[test]
+fn a_paused_owner_whose_leases_were_taken_does_not_emit_when_it_wakes() {
+    // Issue 25's nemesis fault, deterministic: node a SIGSTOPped for twice lease_ttl
+    // while b takes its shards over and aggregates more input for them; when a wakes, its
+    // allowance (on the monotonic clock, which ran on) is long gone.
+    let nats = Nats::one();
+    let capture = Capture::start("pickle");
+    let nodes = start_nodes(&nats, &capture, &["a", "b"]);
+    let expected = Expected::default();
+    let refs: Vec<&Node> = nodes.iter().collect();
+    stream(&refs, 8, &expected, |_| {});
+    wait_exact(&capture, &expected, Duration::from_secs(30));
+    let a = nodes[0].child.as_ref().unwrap().id();
+    signal(a, "STOP");
+    std::thread::sleep(Duration::from_secs(4));
+    // Input for every shard, to b alone, in the intervals a still holds partial values of.
+    stream(&[&nodes[1]], 8, &expected, |_| {});
+    wait_exact(&capture, &expected, Duration::from_secs(30));
+    signal(a, "CONT");
+    // a wakes, finds its leases taken, and gives its shards up without emitting them.
+    std::thread::sleep(Duration::from_secs(3));
+    stream(&refs, 8, &expected, |_| {});
+    wait_exact(&capture, &expected, Duration::from_secs(30));
+    assert_never_above(&capture, &expected);
+    assert_no_regression(&capture);
+}
