@@ -13,6 +13,7 @@ mod http;
 pub mod nats;
 mod process;
 pub mod promstore;
+pub mod proxy;
 pub mod workload;
 
 pub use capture::{Capture, Received};

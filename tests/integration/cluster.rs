@@ -45,6 +45,27 @@ impl Node {
         rules: &str,
         extra: &str,
     ) -> Node {
+        let servers = nats.toml_servers();
+        Node::start_via(
+            id,
+            (&servers, nats.servers.len()),
+            capture,
+            shards,
+            rules,
+            extra,
+        )
+    }
+
+    /// Like [`Node::start_with`], reaching NATS at `servers` (a TOML list, and how many
+    /// servers the cluster has): a proxy, for the partition fault.
+    fn start_via(
+        id: &str,
+        (servers, count): (&str, usize),
+        capture: &Capture,
+        shards: u32,
+        rules: &str,
+        extra: &str,
+    ) -> Node {
         let dir = tempdir(&format!("cluster-{id}"));
         let cfg = write_config(
             &dir,
@@ -61,8 +82,8 @@ impl Node {
                  [cluster]\nservers = {}\nname = \"t\"\nnode = \"{id}\"\nshards = {shards}\n\
                  replicas = {}\nlease_ttl = \"2s\"\nbatch_delay = \"20ms\"\n\
                  publish_threads = {}\n",
-                nats.toml_servers(),
-                nats.servers.len().min(3),
+                servers,
+                count.min(3),
                 // Node a publishes in one lane, the others in two.
                 if id == "a" { 1 } else { 2 }
             ),
@@ -918,6 +939,45 @@ fn a_paused_owner_whose_leases_were_taken_does_not_emit_when_it_wakes() {
     std::thread::sleep(Duration::from_secs(3));
     stream(&refs, 8, &expected, |_| {});
     wait_exact(&capture, &expected, Duration::from_secs(30));
+    assert_never_above(&capture, &expected);
+    assert_no_regression(&capture);
+}
+
+#[test]
+fn a_partitioned_node_keeps_accepting_and_its_shards_move_without_double_counting() {
+    // Issue 25's partition fault, deterministic: node a's link to NATS cut for longer than
+    // lease_ttl while a keeps running and accepting input; b takes a's shards. When the
+    // link is back, a publishes what it journaled meanwhile, and every aggregate is exact.
+    let nats = Nats::one();
+    let capture = Capture::start("pickle");
+    let proxy = aggd_testkit::proxy::Proxy::start(
+        format!("127.0.0.1:{}", nats.servers[0].port)
+            .parse()
+            .unwrap(),
+    );
+    let via = format!("[\"nats://{}\"]", proxy.addr);
+    let a = Node::start_via("a", (&via, 1), &capture, 16, RULES, "");
+    let b = Node::start("b", &nats, &capture, 16, RULES);
+    wait_spread(&a, &["a", "b"]);
+    let expected = Expected::default();
+    stream(&[&a, &b], 8, &expected, |_| {});
+    wait_exact(&capture, &expected, Duration::from_secs(30));
+    proxy.cut();
+    // 3 s of input to both (lease_ttl is 2 s): a journals its share for later.
+    stream(&[&a, &b], 30, &expected, |_| {});
+    // b took every shard meanwhile.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = status(&b);
+        if shards_of(&s, "b").len() == 16 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "b did not take a's shards: {s}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    proxy.restore();
+    stream(&[&a, &b], 8, &expected, |_| {});
+    wait_exact(&capture, &expected, Duration::from_secs(60));
     assert_never_above(&capture, &expected);
     assert_no_regression(&capture);
 }

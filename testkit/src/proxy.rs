@@ -1,0 +1,97 @@
+//! A TCP proxy a test can cut and restore: a network partition between one process and a
+//! server while both keep running (the nemesis's partition fault, issue 25).
+//!
+//! Cut, it shuts every connection through it down and closes each new one as soon as it
+//! is accepted, so the client sees its server gone; restored, it forwards again.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// A running proxy to one target; stops when dropped.
+pub struct Proxy {
+    /// Where clients connect (`127.0.0.1:<port>`).
+    pub addr: SocketAddr,
+    cut: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    /// Both sides of every forwarded connection, to shut down at a cut.
+    open: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Proxy {
+    /// Forwards connections on a new loopback port to `target`.
+    pub fn start(target: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let p = Proxy {
+            addr,
+            cut: Arc::default(),
+            stop: Arc::default(),
+            open: Arc::default(),
+        };
+        let (cut, stop, open) = (Arc::clone(&p.cut), Arc::clone(&p.stop), Arc::clone(&p.open));
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Ok(client) = client else { continue };
+                if cut.load(Ordering::Relaxed) {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(target) else {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                };
+                let mut o = open.lock().unwrap();
+                o.extend([client.try_clone().unwrap(), server.try_clone().unwrap()]);
+                forward(client.try_clone().unwrap(), server.try_clone().unwrap());
+                forward(server, client);
+            }
+        });
+        p
+    }
+
+    /// Cuts the link: every connection through the proxy is shut down, new ones closed.
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::Relaxed);
+        for s in self.open.lock().unwrap().drain(..) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// Restores the link: new connections are forwarded again.
+    pub fn restore(&self) {
+        self.cut.store(false, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.cut();
+        // Wakes the accept loop so it sees `stop`.
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+/// Copies `from` to `to` on a thread of its own until either side ends.
+fn forward(mut from: TcpStream, mut to: TcpStream) {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 16 << 10];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if to.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = to.shutdown(Shutdown::Both);
+        let _ = from.shutdown(Shutdown::Both);
+    });
+}
