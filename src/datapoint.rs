@@ -124,6 +124,9 @@ pub struct Emitted {
     /// Whether a value of this interval was emitted before (more data arrived after it,
     /// or it was delivered before a clean restart): this emission is a correction.
     pub again: bool,
+    /// In cluster mode, the shard of its series: a destination writes it only while this
+    /// node may still emit that shard (the fence at the write, [`crate::dest`]).
+    pub shard: Option<u32>,
 }
 
 /// A batch of outgoing datapoints, shared (not copied) between destinations.

@@ -230,6 +230,8 @@ mod tests {
         if protocol == DestProtocol::PrometheusRemoteWrite {
             file.url = Some(format!("http://{address}/api/v1/write"));
             file.address.clear();
+            // One lane: the points go in one request, refused as a whole.
+            file.max_in_flight = Some(1);
         }
         DestinationConfig::try_from(file).unwrap()
     }

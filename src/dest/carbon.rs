@@ -225,21 +225,35 @@ async fn run_with(
                 Err(_) => break,
             }
         }
-        let frames = encode(&cfg, batches.iter().map(|b| &b[..]), &mut buf).unwrap_or_else(|e| {
-            let name = &link.name;
-            link.stats.events.emit(
-                Event::EncodeFailed,
-                &format_args!("destination {name}: pickle encoding failed: {e}"),
-            );
-            0
-        });
-        out.write(&buf).await;
-        link.log().written(w, n as u64, cfg.unconfirmed_window);
+        // The fence is checked again before every attempt: a write that waits (for a
+        // connection, after a failure) leaves out what this node may no longer emit.
+        let (frames, fenced) = loop {
+            let kept = link.unfenced(batches.iter().flat_map(|b| b.iter()));
+            let fenced = kept.as_ref().map_or(0, |k| k.1);
+            let frames = match &kept {
+                None => encode(&cfg, batches.iter().map(|b| &b[..]), &mut buf),
+                Some((k, _)) => encode(&cfg, [&k[..]], &mut buf),
+            };
+            let frames = frames.unwrap_or_else(|e| {
+                let name = &link.name;
+                link.stats.events.emit(
+                    Event::EncodeFailed,
+                    &format_args!("destination {name}: pickle encoding failed: {e}"),
+                );
+                0
+            });
+            if buf.is_empty() || out.try_write(&buf).await {
+                break (frames, fenced);
+            }
+        };
+        link.count_fenced(fenced);
+        let written = n as u64 - fenced;
+        link.log().written(w, written, cfg.unconfirmed_window);
         link.done(n);
         let counters = &link.counters;
-        counters.sent.fetch_add(n as u64, Ordering::Relaxed);
+        counters.sent.fetch_add(written, Ordering::Relaxed);
         counters.batches.fetch_add(frames, Ordering::Relaxed);
-        link.stats.sent.fetch_add(n as u64, Ordering::Relaxed);
+        link.stats.sent.fetch_add(written, Ordering::Relaxed);
     }
     if let Some(c) = out.conn {
         close_confirmed(c, &link, cfg.unconfirmed_window).await;
@@ -257,38 +271,38 @@ struct Connection<'a, C> {
 }
 
 impl<C: FnMut() -> Connecting> Connection<'_, C> {
-    /// Writes `buf` whole into one connection: connects first if there is none (retrying
-    /// with backoff), and writes it again over a new connection if a write fails.
-    async fn write(&mut self, buf: &[u8]) {
+    /// One attempt to write `buf` whole into one connection, connecting first if there is
+    /// none. Returns false after a failed connection attempt (having waited its backoff)
+    /// or a failed write (the connection dropped): the caller tries again.
+    async fn try_write(&mut self, buf: &[u8]) -> bool {
         let link = self.link;
-        loop {
-            let c = match self.conn.as_mut() {
-                Some(c) => c,
-                None => match (self.connect)().await {
-                    Ok(c) => {
-                        tracing::info!(destination = link.name, "connected");
-                        self.backoff.reset();
-                        set_connected(&link.counters, true);
-                        self.conn.insert(c)
-                    }
-                    Err(e) => {
-                        set_connected(&link.counters, false);
-                        let name = &link.name;
-                        link.stats.events.emit(
-                            Event::DestinationConnectFailed,
-                            &format_args!("destination {name}: cannot connect ({e}); retrying"),
-                        );
-                        tokio::time::sleep(self.backoff.delay()).await;
-                        continue;
-                    }
-                },
-            };
-            match c.write(buf).await {
-                Ok(()) => return,
-                Err(e) => {
-                    self.conn = None;
-                    link.failed(&e, self.window);
+        let c = match self.conn.as_mut() {
+            Some(c) => c,
+            None => match (self.connect)().await {
+                Ok(c) => {
+                    tracing::info!(destination = link.name, "connected");
+                    self.backoff.reset();
+                    set_connected(&link.counters, true);
+                    self.conn.insert(c)
                 }
+                Err(e) => {
+                    set_connected(&link.counters, false);
+                    let name = &link.name;
+                    link.stats.events.emit(
+                        Event::DestinationConnectFailed,
+                        &format_args!("destination {name}: cannot connect ({e}); retrying"),
+                    );
+                    tokio::time::sleep(self.backoff.delay()).await;
+                    return false;
+                }
+            },
+        };
+        match c.write(buf).await {
+            Ok(()) => true,
+            Err(e) => {
+                self.conn = None;
+                link.failed(&e, self.window);
+                false
             }
         }
     }

@@ -158,6 +158,7 @@ mod tests {
             interval: Some(Emitted {
                 frequency: 60,
                 again,
+                shard: None,
             }),
         }
     }

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::{DestCounters, ledger_unconfirmed};
+use crate::datapoint::OutPoint;
 use crate::drops::Stats;
 use crate::events::Event;
 use crate::time::Window;
@@ -58,6 +59,8 @@ pub(super) struct Link {
     pub(super) unconfirmed: Arc<Mutex<Unconfirmed>>,
     /// Process counters and the ledger.
     pub(super) stats: Arc<Stats>,
+    /// Cluster mode's fence at the write.
+    pub(super) fence: super::Fence,
 }
 
 impl Link {
@@ -75,6 +78,32 @@ impl Link {
             && let Ok(mut q) = counters.queued_window.lock()
         {
             *q = None;
+        }
+    }
+
+    /// `points` without the aggregates of shards this node may no longer emit (cluster
+    /// mode's fence, checked right before a write), and how many were left out; `None`
+    /// when none is (standalone: always).
+    pub(super) fn unfenced<'a>(
+        &self,
+        points: impl Iterator<Item = &'a OutPoint> + Clone,
+    ) -> Option<(Vec<OutPoint>, u64)> {
+        let gate = self.fence.get()?;
+        let fenced = |p: &OutPoint| {
+            p.interval
+                .and_then(|e| e.shard)
+                .is_some_and(|k| !gate.may_emit(k))
+        };
+        let n = points.clone().filter(|p| fenced(p)).count() as u64;
+        (n > 0).then(|| (points.filter(|p| !fenced(p)).cloned().collect(), n))
+    }
+
+    /// Counts `n` aggregates left out by the fence.
+    pub(super) fn count_fenced(&self, n: u64) {
+        if n > 0 {
+            self.counters.fenced.fetch_add(n, Ordering::Relaxed);
+            let name = &self.name;
+            tracing::debug!(destination = %name, n, "aggregates of shards no longer owned not written");
         }
     }
 

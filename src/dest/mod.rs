@@ -101,6 +101,9 @@ pub struct DestCounters {
     /// Corrections of intervals already sent, kept back under `late_changes = "ledger"`
     /// and ledgered as `late_change` ([`hold`]).
     pub late_changes: AtomicU64,
+    /// Cluster mode: aggregates not written because this node's allowance for their
+    /// shard ran out between the emission and the write (its new owner emits them).
+    pub fenced: AtomicU64,
     /// Time window covered by what is queued (a superset: reset only when the queue
     /// empties), ledgered if it is still queued when shutdown's drain ends.
     queued_window: Mutex<Option<Window>>,
@@ -120,10 +123,16 @@ struct Dest {
     hold: Option<Hold>,
 }
 
+/// Cluster mode's fence at the write: once the node joined, its shard gate. A sender
+/// drops, right before each write, the aggregates of shards the node may no longer emit.
+pub(crate) type Fence = Arc<std::sync::OnceLock<Arc<crate::aggregate::gate::ShardGate>>>;
+
 /// The destinations' queues; a [`Sink`] that offers each datapoint to the destinations
 /// its name is placed on ([`crate::ring`]), after normalising tagged names if asked.
 pub struct Destinations {
     dests: Vec<Dest>,
+    /// Shared with every sender.
+    fence: Fence,
     placement: Arc<Placement>,
     normalize_tags: bool,
     stats: Arc<Stats>,
@@ -149,6 +158,7 @@ impl Destinations {
         stats: Arc<Stats>,
     ) -> (Arc<Destinations>, Senders) {
         let drain = CancellationToken::new();
+        let fence = Fence::default();
         let mut dests = Vec::new();
         let mut tasks = Vec::new();
         for cfg in configs {
@@ -160,6 +170,7 @@ impl Destinations {
                 counters: Arc::clone(&counters),
                 unconfirmed: Arc::clone(&unconfirmed),
                 stats: Arc::clone(&stats),
+                fence: Arc::clone(&fence),
             };
             tasks.push(match &cfg.kind {
                 DestinationKind::Carbon(c) => {
@@ -183,6 +194,7 @@ impl Destinations {
         debug_assert_eq!(placement.nodes().len(), dests.len());
         let dests = Arc::new(Destinations {
             dests,
+            fence,
             placement,
             normalize_tags: routing.normalize_tags,
             stats,
@@ -255,6 +267,13 @@ impl Destinations {
             let w = window(&sorted.send);
             self.offer(d, sorted.send.into(), w);
         }
+    }
+
+    /// Cluster mode: from now on every sender checks, right before each write, that this
+    /// node may still emit each aggregate's shard (`gate`), and drops those it may not.
+    /// Once only.
+    pub fn fence_with(&self, gate: Arc<crate::aggregate::gate::ShardGate>) {
+        let _ = self.fence.set(gate);
     }
 
     /// Each destination's name and the aggregates it holds for `emit_delay` now.

@@ -170,6 +170,10 @@ pub async fn start_with_io(
     let quarantine = open_quarantine(&config, &stats)?;
     let joined = cluster::join(&config).await?;
     let gate = joined.as_ref().map(|(_, g)| Arc::clone(g));
+    if let Some(g) = &gate {
+        // Cluster mode: the senders check each shard's allowance again at the write.
+        dests.fence_with(Arc::clone(g));
+    }
     let workers = spawn_workers(&config, &dests, &stats, quarantine.clone(), gate)?;
     let router = router(&config);
     // In cluster mode the shard owners rebuild from the stream instead.

@@ -1,13 +1,14 @@
 //! A TCP proxy a test can cut and restore: a network partition between one process and a
 //! server while both keep running (the nemesis's partition fault, issue 25).
 //!
-//! Cut, it shuts every connection through it down and closes each new one as soon as it
-//! is accepted, so the client sees its server gone; restored, it forwards again.
+//! Cut, it shuts every connection through it down and closes its port, so the client
+//! sees its server gone and cannot connect; restored, it listens and forwards again.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// A running proxy to one target; stops when dropped.
 pub struct Proxy {
@@ -32,15 +33,24 @@ impl Proxy {
         };
         let (cut, stop, open) = (Arc::clone(&p.cut), Arc::clone(&p.stop), Arc::clone(&p.open));
         std::thread::spawn(move || {
-            for client in listener.incoming() {
-                if stop.load(Ordering::Relaxed) {
-                    return;
-                }
-                let Ok(client) = client else { continue };
+            // Cut, the port is closed (connections are refused); restored, bound again.
+            let mut listener = Some(listener);
+            while !stop.load(Ordering::Relaxed) {
                 if cut.load(Ordering::Relaxed) {
-                    let _ = client.shutdown(Shutdown::Both);
-                    continue;
+                    listener = None;
+                } else if listener.is_none() {
+                    listener = TcpListener::bind(addr).ok();
                 }
+                let Some(l) = &listener else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                l.set_nonblocking(true).unwrap();
+                let Ok((client, _)) = l.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                client.set_nonblocking(false).unwrap();
                 let Ok(server) = TcpStream::connect(target) else {
                     let _ = client.shutdown(Shutdown::Both);
                     continue;
@@ -54,7 +64,8 @@ impl Proxy {
         p
     }
 
-    /// Cuts the link: every connection through the proxy is shut down, new ones closed.
+    /// Cuts the link: every connection through the proxy is shut down, and its port
+    /// refuses new ones (within 10 ms).
     pub fn cut(&self) {
         self.cut.store(true, Ordering::Relaxed);
         for s in self.open.lock().unwrap().drain(..) {
@@ -72,8 +83,6 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         self.cut();
-        // Wakes the accept loop so it sees `stop`.
-        let _ = TcpStream::connect(self.addr);
     }
 }
 

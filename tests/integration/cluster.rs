@@ -45,11 +45,11 @@ impl Node {
         rules: &str,
         extra: &str,
     ) -> Node {
-        let servers = nats.toml_servers();
+        let (servers, dest) = (nats.toml_servers(), capture.addr.to_string());
         Node::start_via(
             id,
             (&servers, nats.servers.len()),
-            capture,
+            &dest,
             shards,
             rules,
             extra,
@@ -57,23 +57,18 @@ impl Node {
     }
 
     /// Like [`Node::start_with`], reaching NATS at `servers` (a TOML list, and how many
-    /// servers the cluster has): a proxy, for the partition fault.
+    /// servers the cluster has) and sending to `dest` (`host:port`): through proxies, for
+    /// the partition fault.
     fn start_via(
         id: &str,
         (servers, count): (&str, usize),
-        capture: &Capture,
+        dest: &str,
         shards: u32,
         rules: &str,
         extra: &str,
     ) -> Node {
         let dir = tempdir(&format!("cluster-{id}"));
-        let cfg = write_config(
-            &dir,
-            rules,
-            "max_intervals = 24\n",
-            &capture.addr.to_string(),
-            "pickle",
-        );
+        let cfg = write_config(&dir, rules, "max_intervals = 24\n", dest, "pickle");
         append_config(
             &cfg,
             &format!(
@@ -956,7 +951,8 @@ fn a_partitioned_node_keeps_accepting_and_its_shards_move_without_double_countin
             .unwrap(),
     );
     let via = format!("[\"nats://{}\"]", proxy.addr);
-    let a = Node::start_via("a", (&via, 1), &capture, 16, RULES, "");
+    let dest = capture.addr.to_string();
+    let a = Node::start_via("a", (&via, 1), &dest, 16, RULES, "");
     let b = Node::start("b", &nats, &capture, 16, RULES);
     wait_spread(&a, &["a", "b"]);
     let expected = Expected::default();
@@ -979,5 +975,68 @@ fn a_partitioned_node_keeps_accepting_and_its_shards_move_without_double_countin
     stream(&[&a, &b], 8, &expected, |_| {});
     wait_exact(&capture, &expected, Duration::from_secs(60));
     assert_never_above(&capture, &expected);
+    assert_no_regression(&capture);
+}
+
+#[test]
+fn aggregates_queued_for_a_dead_destination_are_not_written_once_the_lease_is_gone() {
+    // Issue 25: the fence was checked when a batch was handed to the destination, not
+    // when it was written. A node whose destination was down kept its aggregates queued,
+    // lost its leases, and wrote them when the destination came back: values of shards
+    // another node owned by then. Now each write leaves them out.
+    let nats = Nats::one();
+    let capture = Capture::start("pickle");
+    let downstream = aggd_testkit::proxy::Proxy::start(capture.addr);
+    let (servers, dest) = (nats.toml_servers(), downstream.addr.to_string());
+    let a = Node::start_via("a", (&servers, 1), &dest, 8, RULES, ADMIN);
+    wait_metric(
+        &a,
+        "aggd_cluster_shards_owned",
+        8.0,
+        Duration::from_secs(30),
+    );
+    let expected = Expected::default();
+    send_round(a.tcp, 0, false, &expected);
+    wait_exact(&capture, &expected, Duration::from_secs(30));
+    downstream.cut();
+    send_round(a.tcp, 1, false, &expected);
+    // The round's interval closes and its aggregates wait in the destination's queue.
+    let admin = a.admin.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // (`{`: not aggd_destination_queued_until_connected_total.)
+    let queued = || aggd_testkit::metric(admin, "aggd_destination_queued{");
+    while queued() == 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "nothing queued for the destination"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pid = nats.servers[0].pid().unwrap();
+    signal(pid, "STOP");
+    let lapsed = std::panic::catch_unwind(|| {
+        wait_metric(&a, "aggd_cluster_shards_owned", 0.0, Duration::from_secs(6));
+    });
+    let written_before = capture.received.lock().unwrap().history.len();
+    downstream.restore();
+    // The sender reconnects (its backoff is at most 5 s) and works its queue off.
+    let drained = std::panic::catch_unwind(|| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while queued() > 0.0 {
+            assert!(Instant::now() < deadline, "the queue was not worked off");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    let written_after = capture.received.lock().unwrap().history.len();
+    let fenced = aggd_testkit::metric(admin, "aggd_destination_fenced_total{");
+    signal(pid, "CONT");
+    assert!(lapsed.is_ok() && drained.is_ok());
+    assert_eq!(
+        written_after, written_before,
+        "aggregates of shards no longer owned were written"
+    );
+    assert!(fenced > 0.0, "nothing counted as fenced");
+    // NATS back: the node takes its shards again, rebuilds them and emits them in full.
+    wait_exact(&capture, &expected, Duration::from_secs(60));
     assert_no_regression(&capture);
 }

@@ -424,7 +424,11 @@ impl SeriesTable {
                     path: Arc::clone(&key.name),
                     timestamp: start as f64,
                     value,
-                    interval: Some(Emitted { frequency, again }),
+                    interval: Some(Emitted {
+                        frequency,
+                        again,
+                        shard: None,
+                    }),
                 });
             });
             !series.buckets.is_empty()

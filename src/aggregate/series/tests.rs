@@ -99,10 +99,12 @@ fn an_emission_says_its_interval_and_whether_it_corrects_one() {
     let first = Some(Emitted {
         frequency: 10,
         again: false,
+        shard: None,
     });
     let again = Some(Emitted {
         frequency: 10,
         again: true,
+        shard: None,
     });
     t.add(&k, 980.0, 3.0, 1000.0).unwrap();
     assert_eq!(emitted(&mut t, 1000.0), [(980.0, 3.0, first)]);

@@ -209,6 +209,13 @@ impl Worker {
                     let k = super::gate::shard_of(key.hash, s);
                     live[k as usize] && gate.may_emit(k)
                 });
+                // The destinations check the shard's allowance again at the write.
+                for p in &mut out {
+                    if let Some(e) = &mut p.interval {
+                        let hash = crate::hash::fnv1a64(p.path.as_bytes());
+                        e.shard = Some(super::gate::shard_of(hash, s));
+                    }
+                }
             }
         }
         self.stats

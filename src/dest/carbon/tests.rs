@@ -75,6 +75,7 @@ async fn a_write_that_fails_is_sent_again_over_the_next_connection() {
         counters: Arc::clone(&counters),
         unconfirmed: Arc::default(),
         stats: Arc::clone(&stats),
+        fence: Default::default(),
     };
     // The first connection takes batch A, then fails batch B after 10 of its bytes.
     let script = Arc::new(Mutex::new(Script {
@@ -126,5 +127,70 @@ async fn a_write_that_fails_is_sent_again_over_the_next_connection() {
     assert_eq!(counters.connection_failures.load(Ordering::Relaxed), 1);
     // What the failed connection had taken within the window is unconfirmed.
     assert_eq!(counters.unconfirmed.load(Ordering::Relaxed), 3);
+    assert_eq!(counters.queued.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn the_fence_leaves_out_at_the_write_what_the_node_may_no_longer_emit() {
+    use crate::aggregate::gate::ShardGate;
+    use crate::datapoint::Emitted;
+    let cfg = CarbonDestination {
+        target: CarbonTarget::Tcp("127.0.0.1:2003".into()),
+        protocol: CarbonProtocol::Plaintext,
+        max_datapoints_per_message: 500,
+        unconfirmed_window: Duration::from_secs(60),
+    };
+    let counters = Arc::new(DestCounters::default());
+    let link = Link {
+        name: "127.0.0.1:2003".into(),
+        counters: Arc::clone(&counters),
+        unconfirmed: Arc::default(),
+        stats: Arc::new(Stats::default()),
+        fence: Default::default(),
+    };
+    // Shard 1 allowed for a minute, shard 0 not (its allowance ran out, or was revoked).
+    let gate = Arc::new(ShardGate::new(2));
+    gate.allow_until(1, crate::time::monotonic_ms() + 60_000);
+    assert!(link.fence.set(Arc::clone(&gate)).is_ok());
+    let point = |path: &str, shard: Option<u32>| OutPoint {
+        path: path.into(),
+        timestamp: 60.0,
+        value: OutValue::Float(1.0),
+        interval: shard.map(|k| Emitted {
+            frequency: 60,
+            again: false,
+            shard: Some(k),
+        }),
+    };
+    let script = Arc::new(Mutex::new(Script::default()));
+    let s = Arc::clone(&script);
+    let connect = move || {
+        let mut g = s.lock().unwrap();
+        g.received.push(Vec::new());
+        let conn = Conn::Mock(MockConn {
+            script: Arc::clone(&s),
+            index: g.received.len() - 1,
+            writes: 0,
+        });
+        Box::pin(async move { Ok(conn) }) as Connecting
+    };
+    let (tx, rx) = mpsc::channel(8);
+    let task = tokio::spawn(run_with(link, cfg, rx, CancellationToken::new(), connect));
+    counters.queued.fetch_add(4, Ordering::Relaxed);
+    let batch: OutBatch = vec![
+        point("lost.shard", Some(0)),
+        point("kept.shard", Some(1)),
+        point("forwarded", None),
+        point("lost.again", Some(0)),
+    ]
+    .into();
+    tx.send(batch).await.unwrap();
+    drop(tx);
+    task.await.unwrap();
+    let s = script.lock().unwrap();
+    let got = lines(&s.received.concat());
+    assert_eq!(got, ["kept.shard 1 60", "forwarded 1 60"]);
+    assert_eq!(counters.fenced.load(Ordering::Relaxed), 2);
+    assert_eq!(counters.sent.load(Ordering::Relaxed), 2);
     assert_eq!(counters.queued.load(Ordering::Relaxed), 0);
 }

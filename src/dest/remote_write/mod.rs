@@ -132,17 +132,28 @@ pub(super) async fn run(
 async fn lane(link: Arc<Link>, mut writer: RemoteWriter, mut rx: mpsc::Receiver<Vec<OutPoint>>) {
     let name = &link.name;
     let mut backoff = Backoff::DESTINATION;
-    while let Some(chunk) = rx.recv().await {
-        let body = writer.body(&chunk);
+    while let Some(mut chunk) = rx.recv().await {
+        let mut body = writer.body(&chunk);
         let n = chunk.len();
+        let mut fenced = 0;
         loop {
+            // The fence, again before every attempt (cluster mode): what this node may no
+            // longer emit is left out of the request.
+            if let Some((kept, f)) = link.unfenced(chunk.iter()) {
+                (chunk, fenced) = (kept, fenced + f);
+                body = writer.body(&chunk);
+            }
+            if chunk.is_empty() {
+                break;
+            }
+            let m = chunk.len() as u64;
             match writer.post(body.clone()).await {
                 Ok(()) => {
                     backoff.reset();
                     set_connected(&link.counters, true);
-                    link.counters.sent.fetch_add(n as u64, Ordering::Relaxed);
+                    link.counters.sent.fetch_add(m, Ordering::Relaxed);
                     link.counters.batches.fetch_add(1, Ordering::Relaxed);
-                    link.stats.sent.fetch_add(n as u64, Ordering::Relaxed);
+                    link.stats.sent.fetch_add(m, Ordering::Relaxed);
                     break;
                 }
                 Err(WriteError::Retry(e)) => {
@@ -154,18 +165,16 @@ async fn lane(link: Arc<Link>, mut writer: RemoteWriter, mut rx: mpsc::Receiver<
                     link.stats.events.emit(
                         Event::DestinationRequestFailed,
                         &format_args!(
-                            "destination {name}: {e}; {n} datapoints sent again in {wait:?}"
+                            "destination {name}: {e}; {m} datapoints sent again in {wait:?}"
                         ),
                     );
                     tokio::time::sleep(wait).await;
                 }
                 Err(WriteError::Rejected(e)) => {
-                    link.counters
-                        .rejected
-                        .fetch_add(n as u64, Ordering::Relaxed);
+                    link.counters.rejected.fetch_add(m, Ordering::Relaxed);
                     link.stats.record_drop(
                         DropReason::DestinationRejected,
-                        n as u64,
+                        m,
                         window(&chunk),
                         &format_args!("destination {name} refused a request: {e}"),
                     );
@@ -173,6 +182,7 @@ async fn lane(link: Arc<Link>, mut writer: RemoteWriter, mut rx: mpsc::Receiver<
                 }
             }
         }
+        link.count_fenced(fenced);
         link.done(n);
     }
 }

@@ -77,6 +77,14 @@ pub(super) const METRICS: &[Metric] = &[
         read: |o, f| per_dest(o, f, |c| &c.late_changes),
     },
     Metric {
+        name: "destination_fenced",
+        help: "Cluster mode: aggregates not written because this node's allowance for their shard ran out before the write (their shard's new owner emits them).",
+        ty: Type::Counter,
+        label: Some("destination"),
+        carbon: &[],
+        read: |o, f| per_dest(o, f, |c| &c.fenced),
+    },
+    Metric {
         name: "destination_held",
         help: "Aggregates held for the destination's emit_delay now.",
         ty: Type::Gauge,
