@@ -60,6 +60,21 @@ fn lines(bytes: &[u8]) -> Vec<String> {
         .collect()
 }
 
+/// Makes connections that record into `script` (one entry per connection made).
+fn scripted(script: &Arc<Mutex<Script>>) -> impl FnMut() -> Connecting + use<> {
+    let s = Arc::clone(script);
+    move || {
+        let mut g = s.lock().unwrap();
+        g.received.push(Vec::new());
+        let conn = Conn::Mock(MockConn {
+            script: Arc::clone(&s),
+            index: g.received.len() - 1,
+            writes: 0,
+        });
+        Box::pin(async move { Ok(conn) }) as Connecting
+    }
+}
+
 #[tokio::test]
 async fn a_write_that_fails_is_sent_again_over_the_next_connection() {
     let cfg = CarbonDestination {
@@ -82,17 +97,7 @@ async fn a_write_that_fails_is_sent_again_over_the_next_connection() {
         fail: Some((0, 1, 10)),
         ..Script::default()
     }));
-    let s = Arc::clone(&script);
-    let connect = move || {
-        let mut g = s.lock().unwrap();
-        g.received.push(Vec::new());
-        let conn = Conn::Mock(MockConn {
-            script: Arc::clone(&s),
-            index: g.received.len() - 1,
-            writes: 0,
-        });
-        Box::pin(async move { Ok(conn) }) as Connecting
-    };
+    let connect = scripted(&script);
     let (tx, rx) = mpsc::channel(8);
     let drain = CancellationToken::new();
     let task = tokio::spawn(run_with(link, cfg, rx, drain, connect));
@@ -163,17 +168,7 @@ async fn the_fence_leaves_out_at_the_write_what_the_node_may_no_longer_emit() {
         }),
     };
     let script = Arc::new(Mutex::new(Script::default()));
-    let s = Arc::clone(&script);
-    let connect = move || {
-        let mut g = s.lock().unwrap();
-        g.received.push(Vec::new());
-        let conn = Conn::Mock(MockConn {
-            script: Arc::clone(&s),
-            index: g.received.len() - 1,
-            writes: 0,
-        });
-        Box::pin(async move { Ok(conn) }) as Connecting
-    };
+    let connect = scripted(&script);
     let (tx, rx) = mpsc::channel(8);
     let task = tokio::spawn(run_with(link, cfg, rx, CancellationToken::new(), connect));
     counters.queued.fetch_add(4, Ordering::Relaxed);
