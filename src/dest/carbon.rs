@@ -226,22 +226,31 @@ async fn run_with(
             }
         }
         // The fence is checked again before every attempt: a write that waits (for a
-        // connection, after a failure) leaves out what this node may no longer emit.
+        // connection, after a failure) leaves out what this node may no longer emit. The
+        // batches are encoded again only when it leaves something out (standalone: once).
+        let mut encoded: Option<(u64, u64)> = None;
         let (frames, fenced) = loop {
             let kept = link.unfenced(batches.iter().flat_map(|b| b.iter()));
-            let fenced = kept.as_ref().map_or(0, |k| k.1);
-            let frames = match &kept {
-                None => encode(&cfg, batches.iter().map(|b| &b[..]), &mut buf),
-                Some((k, _)) => encode(&cfg, [&k[..]], &mut buf),
+            let (frames, fenced) = match (encoded, &kept) {
+                (Some(e), None) => e,
+                _ => {
+                    let frames = match &kept {
+                        None => encode(&cfg, batches.iter().map(|b| &b[..]), &mut buf),
+                        Some((k, _)) => encode(&cfg, [&k[..]], &mut buf),
+                    };
+                    let frames = frames.unwrap_or_else(|e| {
+                        let name = &link.name;
+                        link.stats.events.emit(
+                            Event::EncodeFailed,
+                            &format_args!("destination {name}: pickle encoding failed: {e}"),
+                        );
+                        0
+                    });
+                    let e = (frames, kept.as_ref().map_or(0, |k| k.1));
+                    encoded = Some(e);
+                    e
+                }
             };
-            let frames = frames.unwrap_or_else(|e| {
-                let name = &link.name;
-                link.stats.events.emit(
-                    Event::EncodeFailed,
-                    &format_args!("destination {name}: pickle encoding failed: {e}"),
-                );
-                0
-            });
             if buf.is_empty() || out.try_write(&buf).await {
                 break (frames, fenced);
             }

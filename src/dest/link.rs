@@ -94,8 +94,18 @@ impl Link {
                 .and_then(|e| e.shard)
                 .is_some_and(|k| !gate.may_emit(k))
         };
-        let n = points.clone().filter(|p| fenced(p)).count() as u64;
-        (n > 0).then(|| (points.filter(|p| !fenced(p)).cloned().collect(), n))
+        points.clone().position(&fenced)?;
+        // One pass decides what is kept and counts the rest, so the two always agree.
+        let mut n = 0;
+        let kept = points
+            .filter(|p| {
+                let out = fenced(p);
+                n += u64::from(out);
+                !out
+            })
+            .cloned()
+            .collect();
+        Some((kept, n))
     }
 
     /// Counts `n` aggregates left out by the fence.
