@@ -21,6 +21,7 @@ pub mod nats;
 pub mod owner;
 pub mod publish;
 pub mod read;
+pub mod rules;
 pub mod shard;
 pub mod wire;
 
@@ -70,6 +71,18 @@ pub struct ClusterStats {
     pub publish_errors: AtomicU64,
     /// Messages applied whose rules digest differs from this node's.
     pub rules_mismatch: AtomicU64,
+    /// Cluster rules changes this node could not take (its files did not load, or had
+    /// another digest): it kept routing by its own rules.
+    pub rules_refused: AtomicU64,
+    /// The digest of the last cluster rules this node could not take; 0 once it runs the
+    /// cluster's rules again.
+    pub rules_wanted: AtomicU64,
+    /// When the owner last found this node running the cluster's rules (or knowingly
+    /// keeping its own), on [`crate::time::monotonic_ms`]; 0: never checked (no owner, as
+    /// in unit tests), and the publisher does not wait for it. Publisher lanes route
+    /// nothing while it is older than `lease_ttl`, so no datapoint is routed by rules the
+    /// cluster replaced more than a lease TTL ago.
+    pub rules_checked_ms: AtomicU64,
     /// Journal records skipped by an owner because it had applied them already.
     pub duplicates_skipped: AtomicU64,
     /// Messages an owner could not decode (counted, skipped).

@@ -162,12 +162,13 @@ async fn create_or_read(
 const JOIN_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Connects, creates the stream and buckets if this is the first node, and checks that
-/// this node's shard count and rules `digest` are the cluster's. A JetStream request that
+/// this node's shard count and rules `digest` are the cluster's (`None`: a look at the
+/// cluster, `aggd cluster status`, whatever this node's rules). A JetStream request that
 /// fails is retried for 30 s (a new JetStream cluster takes seconds to elect leaders for
 /// new streams); a refusal is final.
 ///
 /// Errors: [`ClusterError::Nats`], [`ClusterError::Shards`], [`ClusterError::Rules`].
-pub async fn join(cfg: &ClusterConfig, digest: u64) -> Result<Joined, ClusterError> {
+pub async fn join(cfg: &ClusterConfig, digest: Option<u64>) -> Result<Joined, ClusterError> {
     let deadline = tokio::time::Instant::now() + JOIN_PATIENCE;
     loop {
         match join_once(cfg, digest).await {
@@ -180,7 +181,7 @@ pub async fn join(cfg: &ClusterConfig, digest: u64) -> Result<Joined, ClusterErr
     }
 }
 
-async fn join_once(cfg: &ClusterConfig, digest: u64) -> Result<Joined, ClusterError> {
+async fn join_once(cfg: &ClusterConfig, digest: Option<u64>) -> Result<Joined, ClusterError> {
     let client = connect(cfg, Duration::from_secs(10)).await?;
     let mut js = jetstream::new(client.clone());
     js.set_timeout(Duration::from_secs(5));
@@ -219,14 +220,19 @@ async fn join_once(cfg: &ClusterConfig, digest: u64) -> Result<Joined, ClusterEr
             theirs,
         });
     }
-    let mine = format!("{digest:016x}");
-    let theirs = create_or_read(&config_kv, cfg, "rules", mine.clone()).await?;
-    if theirs != mine {
-        return Err(ClusterError::Rules {
-            cluster: cfg.name.clone(),
-            mine: digest,
-            theirs,
-        });
+    if let Some(digest) = digest {
+        let mine = super::rules::RulesKey {
+            digest,
+            activation: 0,
+        };
+        let theirs = create_or_read(&config_kv, cfg, "rules", mine.encode()).await?;
+        if super::rules::RulesKey::parse(&theirs).map(|k| k.digest) != Some(digest) {
+            return Err(ClusterError::Rules {
+                cluster: cfg.name.clone(),
+                mine: digest,
+                theirs: theirs.split_whitespace().next().unwrap_or("").to_string(),
+            });
+        }
     }
     Ok(Joined {
         client,

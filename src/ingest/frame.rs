@@ -176,7 +176,15 @@ impl FrameRouter {
     /// Every routed work item, as one [`Routed`] per shard, and their number (cluster
     /// mode's connections attach it to the frame's journal record).
     pub fn take_routed(&mut self) -> (Routed, usize) {
-        self.batches.take_routed()
+        let (mut routed, n) = self.batches.take_routed();
+        routed.cutover = self.lookup.cutover();
+        (routed, n)
+    }
+
+    /// The cutover time of its routes' router as it is now
+    /// ([`crate::route::Router::cutover_at`]; the next frame is routed by it).
+    pub fn cutover(&self) -> f64 {
+        self.routes.router.load().cutover_at()
     }
 
     /// The pending work items per output index, to be drained by the caller, with the

@@ -39,6 +39,10 @@ pub struct Routed {
     /// `(shard, end)`: shard `shard`'s items end at `items[end]` (and begin where the
     /// previous shard's end), in the order the shards were first fed.
     pub shards: Vec<(u32, usize)>,
+    /// The cutover time of the router that routed them ([`Router::cutover_at`]): a
+    /// publisher lane whose router has another one routes the record again from the
+    /// journal, by the rules the cluster has now.
+    pub cutover: f64,
 }
 
 impl Routed {
@@ -78,7 +82,15 @@ impl Batches {
             shards.push((k, items.len()));
         }
         self.items = 0;
-        (Routed { items, shards }, total)
+        let cutover = f64::NEG_INFINITY;
+        (
+            Routed {
+                items,
+                shards,
+                cutover,
+            },
+            total,
+        )
     }
 
     /// Forgets which batches were fed: every one of `pending` was emptied.
@@ -126,6 +138,9 @@ impl Batches {
 pub(super) struct RouteLookup {
     /// The router in use, refreshed from the pipeline at the start of every frame.
     router: Arc<Router>,
+    /// Its cutover time ([`Router::cutover_at`]): datapoints stamped before it are routed
+    /// by the earlier rules, through the shared route cache only.
+    cutover: f64,
     /// This connection's private route cache (emptied when the router changes).
     routes: LocalRoutes,
     /// The budget it charges.
@@ -150,8 +165,10 @@ pub(super) struct RouteLookup {
 impl RouteLookup {
     /// A lookup with `p`'s current router.
     pub fn new(p: &Routes) -> Self {
+        let router = p.router.load_full();
         RouteLookup {
-            router: p.router.load_full(),
+            cutover: router.cutover_at(),
+            router,
             routes: LocalRoutes::new(Arc::clone(&p.route_budget)),
             routes_budget: Arc::clone(&p.route_budget),
             now: 0.0,
@@ -162,6 +179,11 @@ impl RouteLookup {
             item: 0,
             verdict: Verdict::default(),
         }
+    }
+
+    /// The cutover time of its router ([`Router::cutover_at`]).
+    pub fn cutover(&self) -> f64 {
+        self.cutover
     }
 
     /// A private route cache of up to `max` paths (within the pipeline's budget).
@@ -178,6 +200,7 @@ impl RouteLookup {
         let current = p.router.load();
         if !Arc::ptr_eq(&current, &self.router) {
             self.router = Arc::clone(&current);
+            self.cutover = current.cutover_at();
             self.routes.clear();
         }
     }
@@ -199,6 +222,9 @@ impl RouteLookup {
             Some((t, id)) => t.admit_series(id, dp.path),
             None => Ok(()),
         };
+        if dp.timestamp < self.cutover {
+            return self.accept_earlier(p, out, dp, item, admit_new);
+        }
         let resolution = self.router.timestamp_resolution();
         match self.routes.get(&self.router, dp.path, admit_new) {
             Ok((route, owner)) => match route.filtered {
@@ -209,6 +235,38 @@ impl RouteLookup {
                 }
                 None => {
                     out.dispatch(route, owner, &floored(dp, resolution));
+                    self.received += 1;
+                    self.received_total += 1;
+                }
+            },
+            Err(reason) => self.reject_point(p, reason, dp, item),
+        }
+    }
+
+    /// [`RouteLookup::accept`] for a datapoint stamped before the router's cutover: routed
+    /// by the rules in force at its timestamp, through their shared route cache (rare
+    /// enough not to need a private one).
+    #[cold]
+    fn accept_earlier(
+        &mut self,
+        p: &Routes,
+        out: &mut Batches,
+        dp: &Datapoint<'_>,
+        item: u32,
+        admit_new: impl FnOnce() -> Result<(), DropReason>,
+    ) {
+        let router = Arc::clone(&self.router);
+        let earlier = router.for_timestamp(dp.timestamp);
+        match earlier.lookup(dp.path, admit_new) {
+            Ok(route) => match route.filtered {
+                Some(reason) => {
+                    self.tally.add(reason, 1, dp.timestamp);
+                    self.verdict.refuse(item, reason);
+                    self.filtered += 1;
+                }
+                None => {
+                    let dp = floored(dp, earlier.timestamp_resolution());
+                    out.dispatch(&route, RouteOwner::Alone(&route), &dp);
                     self.received += 1;
                     self.received_total += 1;
                 }
@@ -270,7 +328,8 @@ impl RouteLookup {
     /// for the whole run and only then are its work items written: the probes do not
     /// depend on each other, so the CPU overlaps their cache misses (with 100 000 paths
     /// per connection, the probe's first touch of a table entry was half of `accept`). A
-    /// path not yet cached ends the probe and takes the full path.
+    /// path not yet cached, or a datapoint stamped before the router's cutover, ends the
+    /// probe and takes the full path.
     pub(crate) fn accept_run(&mut self, p: &Routes, out: &mut Batches, dps: &[Datapoint<'_>]) {
         let base = self.item;
         self.item += dps.len() as u32;
@@ -286,6 +345,9 @@ impl RouteLookup {
             let mut found: [Option<&Route>; crate::codec::RUN] = [None; crate::codec::RUN];
             let mut hits = 0;
             for dp in run {
+                if dp.timestamp < self.cutover {
+                    break;
+                }
                 match self.routes.peek(dp.path) {
                     Some(r) if r.filtered.is_none() => found[hits] = Some(r),
                     _ => break,

@@ -274,8 +274,7 @@ fn cluster_status(config: &Config) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let text = rt.block_on(async {
-        let joined =
-            aggd::cluster::nats::join(c, aggd::cluster::rules_digest(&config.aggregation)).await?;
+        let joined = aggd::cluster::nats::join(c, None).await?;
         anyhow::Ok(
             aggd::cluster::owner::status(&joined)
                 .await

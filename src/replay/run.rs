@@ -246,7 +246,7 @@ pub fn replay_cluster(config: &Config, opts: &ReplayOptions) -> Result<ReplaySum
         .map_err(|e| ReplayError::Cluster(e.to_string()))?;
     let digest = crate::cluster::rules_digest(&config.aggregation);
     let joined = rt
-        .block_on(crate::cluster::nats::join(c, digest))
+        .block_on(crate::cluster::nats::join(c, Some(digest)))
         .map_err(|e| ReplayError::Cluster(e.to_string()))?;
     let mut summary = ReplaySummary::default();
     for (range, windows) in

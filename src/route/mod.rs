@@ -121,7 +121,23 @@ pub struct Router {
     /// recognises it by pointer, and 100 input paths feeding one output hold one key, not
     /// 100. Entries nobody else holds are dropped whenever the route cache is emptied.
     keys: DashMap<Arc<str>, Arc<SeriesKey>, ahash::RandomState>,
+    /// Cluster mode's rules cutover: the router of the rules before these, for datapoints
+    /// stamped before the activation time (`docs/cluster.md`, "Changing the rules").
+    earlier: Option<Cutover>,
 }
+
+/// A rules cutover at an interval boundary: datapoints stamped before `at` are routed by
+/// `router` (the rules in force before), those from `at` on by the router holding this.
+pub struct Cutover {
+    /// The activation time (Unix s), a multiple of every rule's frequency.
+    pub at: i64,
+    /// The router of the earlier rules (itself possibly with an earlier cutover).
+    pub router: Arc<Router>,
+}
+
+/// Most rule sets a router keeps for datapoints stamped before its activation time: the
+/// current one and two earlier ones.
+const CUTOVER_DEPTH: usize = 2;
 
 impl Router {
     /// A router for `workers` workers (at least 1).
@@ -131,7 +147,78 @@ impl Router {
             workers: workers.max(1),
             cache: DashMap::with_hasher(ahash::RandomState::new()),
             keys: DashMap::with_hasher(ahash::RandomState::new()),
+            earlier: None,
         }
+    }
+
+    /// This router, routing datapoints stamped before `at` (Unix s) with `before` (the
+    /// router in force until now); of `before`'s own earlier rule sets, those beyond
+    /// [`CUTOVER_DEPTH`] are let go (their datapoints are older than two rule changes).
+    pub fn cut_over(mut self, at: i64, before: &Arc<Router>) -> Self {
+        self.earlier = Some(Cutover {
+            at,
+            router: before.keeping(CUTOVER_DEPTH - 1),
+        });
+        self
+    }
+
+    /// This router with at most `depth` earlier rule sets below it: itself when it has no
+    /// more, else a copy (with empty caches) whose chain is cut there.
+    fn keeping(self: &Arc<Router>, depth: usize) -> Arc<Router> {
+        let earlier = match (&self.earlier, depth) {
+            (None, _) => return Arc::clone(self),
+            (Some(_), 0) => None,
+            (Some(c), _) => {
+                let kept = c.router.keeping(depth - 1);
+                if Arc::ptr_eq(&kept, &c.router) {
+                    return Arc::clone(self);
+                }
+                Some(Cutover {
+                    at: c.at,
+                    router: kept,
+                })
+            }
+        };
+        let mut copy = Router::new(self.aggregation.clone(), self.workers);
+        copy.earlier = earlier;
+        Arc::new(copy)
+    }
+
+    /// This router, keeping `other`'s cutover (the rules before it and its activation
+    /// time): a reload that changes no rule.
+    pub fn keeping_cutover_of(mut self, other: &Router) -> Self {
+        self.earlier = other.earlier.as_ref().map(|c| Cutover {
+            at: c.at,
+            router: Arc::clone(&c.router),
+        });
+        self
+    }
+
+    /// The aggregation settings it routes by.
+    pub fn aggregation(&self) -> &Aggregation {
+        &self.aggregation
+    }
+
+    /// The activation time (Unix s, as `f64`) before which [`Router::for_timestamp`]
+    /// routes by earlier rules; `-∞` without a cutover.
+    #[inline]
+    pub fn cutover_at(&self) -> f64 {
+        self.earlier
+            .as_ref()
+            .map_or(f64::NEG_INFINITY, |c| c.at as f64)
+    }
+
+    /// The router whose rules apply to a datapoint stamped `timestamp` (Unix s): this
+    /// one, or the earlier rule set in force at that time.
+    pub fn for_timestamp(&self, timestamp: f64) -> &Router {
+        let mut r = self;
+        while let Some(c) = &r.earlier {
+            if timestamp >= c.at as f64 {
+                break;
+            }
+            r = &c.router;
+        }
+        r
     }
 
     /// The aggregation rules it routes by.

@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::aggregate::worker::WorkerPool;
 use crate::cluster::owner::{Owner, Shared, Workers};
 use crate::cluster::publish::{Publisher, Source};
+use crate::cluster::rules::{self, RulesKey};
 use crate::cluster::{ClusterError, ClusterStats, Joined, PublishLag, ShardGate, rules_digest};
 use crate::config::Config;
 use crate::ingest::Routes;
@@ -29,15 +30,15 @@ pub(super) struct ClusterRuntime {
     /// Stops the watch of the cluster's rules digest.
     watch: tokio_util::sync::CancellationToken,
     /// Reload requests from that watch, until [`super::run`] takes them.
-    pub reloads: Option<tokio::sync::mpsc::Receiver<String>>,
+    pub reloads: Option<tokio::sync::mpsc::Receiver<RulesKey>>,
 }
 
-/// Watches the cluster's `rules` key: when it changes to a digest this node does not run,
+/// Watches the cluster's `rules` key: when it changes to rules this node does not run,
 /// asks for a reload (`tx`), so a SIGHUP on one node reloads every node in one step.
 async fn watch_rules(
     kv: async_nats::jetstream::kv::Store,
     digest: Arc<AtomicU64>,
-    tx: tokio::sync::mpsc::Sender<String>,
+    tx: tokio::sync::mpsc::Sender<RulesKey>,
     stop: tokio_util::sync::CancellationToken,
 ) {
     use futures_util::StreamExt;
@@ -54,9 +55,10 @@ async fn watch_rules(
                 e = w.next() => e,
             };
             let Some(Ok(e)) = e else { break };
-            let theirs = String::from_utf8_lossy(&e.value).into_owned();
-            let mine = format!("{:016x}", digest.load(Ordering::Relaxed));
-            if !theirs.is_empty() && theirs != mine && tx.try_send(theirs).is_err() {
+            let Some(theirs) = RulesKey::parse(&String::from_utf8_lossy(&e.value)) else {
+                continue;
+            };
+            if theirs.digest != digest.load(Ordering::Relaxed) && tx.try_send(theirs).is_err() {
                 tracing::debug!("a cluster rules reload is already pending");
             }
         }
@@ -76,7 +78,7 @@ pub(super) async fn join(
     if config.journal.is_none() {
         return Err(ClusterError::NoJournal);
     }
-    let joined = crate::cluster::nats::join(c, rules_digest(&config.aggregation)).await?;
+    let joined = crate::cluster::nats::join(c, Some(rules_digest(&config.aggregation))).await?;
     tracing::info!(cluster = %c.name, node = %c.node, shards = c.shards, "joined the cluster");
     Ok(Some((joined, Arc::new(ShardGate::new(c.shards)))))
 }
@@ -101,7 +103,7 @@ pub(super) fn start(
     tokio::spawn(watch_rules(
         joined.config_kv.clone(),
         Arc::clone(&digest),
-        reload_tx,
+        reload_tx.clone(),
         watch.clone(),
     ));
     let cstats = Arc::new(ClusterStats {
@@ -110,6 +112,8 @@ pub(super) fn start(
             ..PublishLag::default()
         }),
         shard_lag: (0..c.shards).map(|_| AtomicU64::new(u64::MAX)).collect(),
+        // Joining read the rules key a moment ago.
+        rules_checked_ms: AtomicU64::new(crate::time::monotonic_ms()),
         ..ClusterStats::default()
     });
     let router = Arc::new(Router::new(config.aggregation.clone(), c.shards as usize));
@@ -141,6 +145,7 @@ pub(super) fn start(
         stats: Arc::clone(&cstats),
         digest: Arc::clone(&digest),
         rebuild_span: Duration::from_secs_f64(span),
+        rules_reload: reload_tx,
     }));
     Ok(ClusterRuntime {
         joined,
@@ -160,43 +165,118 @@ pub(super) fn start(
 const LEAVE_RESERVE: Duration = Duration::from_secs(2);
 
 impl ClusterRuntime {
-    /// A reload: the publisher routes with the new rules. After an operator's reload
-    /// (`announce`) the cluster's rules digest becomes this node's: the other nodes see it
-    /// change and reload themselves, and nodes restarted with the old rules are refused.
-    /// A reload the cluster asked for only checks that this node now runs the cluster's
-    /// digest (a node whose files were not updated says so, and its messages are counted
-    /// as `rules_mismatch` by their owners).
-    pub(super) async fn reload(&self, config: &Config, announce: Option<&str>) {
+    /// A reload (`docs/cluster.md`, "Changing the rules"): the connections' router
+    /// (`connections`) and the publisher's route by the new rules from an interval
+    /// boundary on, and by the old ones before it.
+    ///
+    /// After an operator's reload (`announced` is `None`) with rules other than the
+    /// running ones, this node picks the activation time ([`rules::activation`]) and stores
+    /// it with the new digest as the cluster's rules: the other nodes see the key change
+    /// and reload to the same cutover. A reload the cluster asked for takes the announced
+    /// activation time if this node's files have the announced digest; otherwise the node
+    /// keeps its rules ([`ClusterRuntime::refuse`]). Unchanged rules (a reload for other
+    /// settings) swap the routers at once, keeping any pending cutover. Returns whether
+    /// the node took the new rules.
+    pub(super) async fn reload(
+        &self,
+        config: &Config,
+        announced: Option<RulesKey>,
+        connections: &arc_swap::ArcSwap<Router>,
+    ) -> bool {
         let c = &self.joined.cfg;
-        self.publish_routes.router.store(Arc::new(Router::new(
-            config.aggregation.clone(),
-            c.shards as usize,
-        )));
-        let d = rules_digest(&config.aggregation);
-        self.digest.store(d, Ordering::Relaxed);
-        let digest = format!("{d:016x}");
-        if let Some(cluster) = announce {
-            if cluster == digest {
-                tracing::info!(digest = %digest, "reloaded to the cluster's rules");
-            } else {
-                tracing::error!(
-                    mine = %digest,
-                    cluster = %cluster,
-                    "reloaded, but this node's rules differ from the cluster's: put the same rules files on every node"
-                );
+        let new = &config.aggregation;
+        let d = rules_digest(new);
+        let running = self.digest.load(Ordering::Relaxed);
+        let shards = c.shards as usize;
+        let swap = |at: Option<i64>| {
+            // The publisher's first: a record a connection routed by the new rules is never
+            // routed again by the old ones.
+            for routes in [&self.publish_routes.router, connections] {
+                let current = routes.load_full();
+                let router = Router::new(new.clone(), shards);
+                routes.store(Arc::new(match at {
+                    Some(at) => router.cut_over(at, &current),
+                    None => router.keeping_cutover_of(&current),
+                }));
             }
-            return;
-        }
-        if let Err(e) = self
-            .joined
-            .config_kv
-            .put("rules", bytes::Bytes::from(digest.clone()))
-            .await
+        };
+        // The cutover to take, and whether this node announces it.
+        let (key, announce) = match announced {
+            Some(key) if key.digest != d => {
+                self.refuse(
+                    key,
+                    &format!("this node's rules files have digest {d:016x}"),
+                );
+                return false;
+            }
+            // Running them already (the watch and the owner's check both asked).
+            Some(_) if d == running => return true,
+            Some(key) => (key, false),
+            None if d == running => {
+                swap(None);
+                return true;
+            }
+            None => match self.cluster_rules().await {
+                // Another node announced these rules already (this node refused them
+                // then, or its operator reloads every node): the same cutover.
+                Some(k) if k.digest == d => (k, false),
+                _ => {
+                    let old = self.publish_routes.router.load_full();
+                    let step = rules::step(&[old.aggregation(), new]);
+                    let margin = rules::margin(c.lease_ttl);
+                    let activation = rules::activation(crate::time::now(), margin, step);
+                    (
+                        RulesKey {
+                            digest: d,
+                            activation,
+                        },
+                        true,
+                    )
+                }
+            },
+        };
+        swap(Some(key.activation));
+        self.digest.store(d, Ordering::Relaxed);
+        self.stats.rules_wanted.store(0, Ordering::Relaxed);
+        tracing::info!(
+            digest = %key.digest_hex(),
+            activation = key.activation,
+            "cluster rules change: datapoints stamped from the activation time on are routed by the new rules"
+        );
+        if announce
+            && let Err(e) = self
+                .joined
+                .config_kv
+                .put("rules", bytes::Bytes::from(key.encode()))
+                .await
         {
-            tracing::warn!(error = %e, "cannot store the cluster's new rules digest");
-        } else {
-            tracing::info!(digest = %digest, "cluster rules digest updated");
+            tracing::warn!(error = %e, "cannot store the cluster's new rules");
         }
+        true
+    }
+
+    /// The cluster's `rules` key, if NATS answers within a second.
+    async fn cluster_rules(&self) -> Option<RulesKey> {
+        let get = self.joined.config_kv.get("rules");
+        let v = tokio::time::timeout(Duration::from_secs(1), get)
+            .await
+            .ok()?
+            .ok()??;
+        RulesKey::parse(&String::from_utf8_lossy(&v))
+    }
+
+    /// The cluster's rules changed to `key` and this node cannot follow (`why`: its files
+    /// do not load, or differ): it keeps routing by its rules, counts the refusal
+    /// (`aggd_cluster_rules_refused_total`) and shows the digest it could not take in its
+    /// heartbeat (`aggd cluster status`).
+    pub(super) fn refuse(&self, key: RulesKey, why: &str) {
+        self.stats.rules_refused.fetch_add(1, Ordering::Relaxed);
+        self.stats.rules_wanted.store(key.digest, Ordering::Relaxed);
+        tracing::error!(
+            cluster = %key.digest_hex(),
+            mine = %format!("{:016x}", self.digest.load(Ordering::Relaxed)),
+            "the cluster's rules changed, but this node cannot take them ({why}); it keeps routing by its rules: put the same rules files on every node and reload"
+        );
     }
 
     /// Shutdown has begun: connections stop waiting for the publisher.

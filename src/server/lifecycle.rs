@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::{Server, start};
+use crate::cluster::rules::RulesKey;
 use crate::config::Config;
 use crate::dest::Destinations;
 use crate::drops::Stats;
@@ -38,13 +39,15 @@ impl Server {
         self.reload_as(new, None).await
     }
 
-    /// [`Server::reload`], asked for by the cluster (`cluster_digest`: the rules digest
-    /// another node announced) rather than by an operator's SIGHUP; it is not announced
-    /// again.
+    /// [`Server::reload`], asked for by the cluster (`announced`: the rules another node
+    /// announced) rather than by an operator's SIGHUP; it is not announced again. In
+    /// cluster mode the rules change at an interval boundary, cluster-wide (see
+    /// `ClusterRuntime::reload`), and a node whose files differ from the announced rules
+    /// keeps its own.
     async fn reload_as(
         &mut self,
         new: Config,
-        cluster_digest: Option<&str>,
+        announced: Option<RulesKey>,
     ) -> Result<Vec<String>, crate::config::ConfigError> {
         let registry = match (&self.tenants, &new.tenants) {
             (Some(_), Some(t)) => Some(Registry::load(&t.registry)?),
@@ -86,17 +89,24 @@ impl Server {
                 restart.push(format!("{what} changed: restart to apply"));
             }
         }
-        // The same outputs as before: workers, or shards in cluster mode.
-        let outputs = self.pipeline.routes.router.load().outputs();
-        self.pipeline
-            .routes
-            .router
-            .store(Arc::new(Router::new(b.clone(), outputs)));
         if let (Some((t, _)), Some(r)) = (&self.tenants, registry) {
             t.replace(r);
         }
-        if let Some(c) = &self.cluster {
-            c.reload(&new, cluster_digest).await;
+        let took = match &self.cluster {
+            Some(c) => {
+                c.reload(&new, announced, &self.pipeline.routes.router)
+                    .await
+            }
+            None => {
+                // The same outputs as before: one per worker.
+                let outputs = self.pipeline.routes.router.load().outputs();
+                let router = Router::new(b.clone(), outputs);
+                self.pipeline.routes.router.store(Arc::new(router));
+                true
+            }
+        };
+        if !took {
+            return Ok(restart);
         }
         self.config.aggregation = b.clone();
         tracing::info!(
@@ -223,7 +233,7 @@ pub async fn run(
                 _ => break,
             },
             Some(d) = async { cluster_reloads.as_mut()?.recv().await }, if cluster_reloads.is_some() => {
-                tracing::info!(digest = %d, "the cluster's rules changed; reloading");
+                tracing::info!(digest = %d.digest_hex(), "the cluster's rules changed; reloading");
                 Some(d)
             }
         };
@@ -232,8 +242,13 @@ pub async fn run(
         states.extend(mono);
         service::notify(&states);
         let reloaded = match load() {
-            Ok(cfg) => server.reload_as(cfg, announced.as_deref()).await,
-            Err(e) => Err(e),
+            Ok(cfg) => server.reload_as(cfg, announced).await,
+            Err(e) => {
+                if let (Some(c), Some(key)) = (&server.cluster, announced) {
+                    c.refuse(key, "its configuration does not load");
+                }
+                Err(e)
+            }
         };
         if let Err(e) = reloaded {
             server.stats.events.emit(

@@ -1040,3 +1040,113 @@ fn aggregates_queued_for_a_dead_destination_are_not_written_once_the_lease_is_go
     wait_exact(&capture, &expected, Duration::from_secs(60));
     assert_no_regression(&capture);
 }
+
+/// The rules of the cutover test: one output, fed by the `.a` inputs (value 1) under the
+/// old rules and by the `.b` inputs (value 1000) under the new ones, so a value tells
+/// which rules fed it, and a mix of both is neither.
+const CUT_OLD: &str = "cut.total (2) = sum cut.<h>.a\n";
+const CUT_NEW: &str = "cut.total (2) = sum cut.<h>.b\n";
+
+#[test]
+fn a_cluster_rules_change_takes_effect_at_one_interval_boundary_on_every_node() {
+    // Issue 25: a reload during traffic. Every interval of the output is wholly old
+    // (a count of `.a` inputs) or wholly new (1000 × the `.b` inputs), exact, and the
+    // old ones all come before the new ones. A node whose files were not updated keeps
+    // its rules, says so in `aggd cluster status` and counts it.
+    let nats = Nats::one();
+    let capture = Capture::start("pickle");
+    let a = Node::start("a", &nats, &capture, 16, CUT_OLD);
+    let b = Node::start("b", &nats, &capture, 16, CUT_OLD);
+    let c = Node::start_with("c", &nats, &capture, 16, CUT_OLD, ADMIN);
+    wait_spread(&c, &["a", "b", "c"]);
+    // Per interval start: (old value, new value) of what was sent.
+    let sent: Arc<Mutex<BTreeMap<i64, (f64, f64)>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender = {
+        let (sent, stop, to) = (sent.clone(), stop.clone(), [a.tcp, b.tcp]);
+        std::thread::spawn(move || {
+            let mut i = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let ts = aggd_testkit::now() as i64;
+                let h = i % 3;
+                send_lines(
+                    to[i % 2],
+                    &format!("cut.h{h}.a 1 {ts}\ncut.h{h}.b 1000 {ts}\n"),
+                );
+                let mut m = sent.lock().unwrap();
+                let e = m.entry(ts - ts.rem_euclid(2)).or_default();
+                e.0 += 1.0;
+                e.1 += 1000.0;
+                drop(m);
+                i += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_secs(3));
+    for n in [&a, &b] {
+        std::fs::write(n.dir.join("aggregation-rules.conf"), CUT_NEW).unwrap();
+    }
+    signal(a.child.as_ref().unwrap().id(), "HUP");
+    // The activation is 2 × lease_ttl ahead, on a 2 s boundary: traffic on both sides.
+    std::thread::sleep(Duration::from_secs(12));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    sender.join().unwrap();
+    let sent = sent.lock().unwrap().clone();
+    // Every interval settles on the old or the new value, and old ones come first.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let kinds = loop {
+        let got = capture.snapshot();
+        let kinds: Vec<(i64, f64, Option<&str>)> = sent
+            .iter()
+            .map(|(t, (old, new))| {
+                let v = got.get(&("cut.total".to_string(), *t)).copied();
+                let kind = match v {
+                    Some(v) if v == *old => Some("old"),
+                    Some(v) if v == *new => Some("new"),
+                    _ => None,
+                };
+                (*t, v.unwrap_or(f64::NAN), kind)
+            })
+            .collect();
+        if kinds.iter().all(|k| k.2.is_some()) {
+            break kinds;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "intervals neither wholly old nor wholly new (start, value): {:?}",
+            kinds
+                .iter()
+                .filter(|k| k.2.is_none())
+                .map(|k| (k.0, k.1))
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let order: String = kinds.iter().map(|k| &k.2.unwrap()[..1]).collect();
+    assert!(
+        order.contains("on") && !order.contains("no"),
+        "old intervals then new ones: {order}"
+    );
+    // No emission, partial or not, ever mixed the two.
+    let r = capture.received.lock().unwrap();
+    for (path, ts, v, _) in &r.history {
+        if path == "cut.total" {
+            assert!(
+                *v < 1000.0 || v % 1000.0 == 0.0,
+                "{path}@{ts}: {v} mixes the old and the new rules"
+            );
+        }
+    }
+    drop(r);
+    // c's files were not updated: it keeps its rules, says so, and counts it.
+    let status = status(&c);
+    assert!(
+        status.contains("cannot take the cluster's rules"),
+        "{status}"
+    );
+    assert_eq!(
+        aggd_testkit::metric(c.admin.unwrap(), "aggd_cluster_rules_refused_total"),
+        1.0
+    );
+}

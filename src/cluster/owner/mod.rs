@@ -75,6 +75,9 @@ pub(crate) struct Shared {
     pub digest: Arc<std::sync::atomic::AtomicU64>,
     /// How far back a rebuild starts.
     pub rebuild_span: Duration,
+    /// Asks the daemon to reload to the cluster's rules (the tick reads the `rules` key
+    /// as well as the watch, which may miss a change while NATS is unreachable).
+    pub rules_reload: tokio::sync::mpsc::Sender<super::rules::RulesKey>,
 }
 
 /// A held lease and its consumer.
@@ -139,6 +142,12 @@ pub(crate) struct Heartbeat {
     pub publish_lag_bytes: u64,
     pub consumer_lag: u64,
     pub at_ms: u64,
+    /// The rules digest it runs (16 hex digits).
+    #[serde(default)]
+    pub rules: String,
+    /// The cluster's rules it could not take, if any.
+    #[serde(default)]
+    pub rules_refused: Option<String>,
 }
 
 /// Live nodes: the heartbeat keys in the leases bucket.
@@ -196,6 +205,7 @@ async fn tick(sh: &Arc<Shared>, me: &str, ttl_ms: u64, held: &mut HashMap<u32, H
         expire(sh, held).await;
         return;
     };
+    check_rules(sh).await;
     let names: Vec<&str> = nodes.iter().map(String::as_str).collect();
     let allowance = ttl_ms * 3 / 4;
     for k in 0..sh.gate.shards() {
@@ -214,6 +224,28 @@ async fn tick(sh: &Arc<Shared>, me: &str, ttl_ms: u64, held: &mut HashMap<u32, H
     expire(sh, held).await;
 }
 
+/// Reads the cluster's `rules` key: when this node runs those rules (or knowingly keeps
+/// its own, having refused them), the publisher may route with its rules for another
+/// lease TTL (`ClusterStats::rules_checked_ms`); otherwise it asks for a reload and the
+/// publisher waits until the node runs them (`docs/cluster.md`, "Changing the rules").
+async fn check_rules(sh: &Shared) {
+    let read = tokio::time::timeout(PATIENCE, sh.joined.config_kv.get("rules")).await;
+    let Ok(Ok(Some(v))) = read else {
+        return;
+    };
+    let Some(key) = super::rules::RulesKey::parse(&String::from_utf8_lossy(&v)) else {
+        return;
+    };
+    let running = sh.digest.load(Ordering::Relaxed);
+    if key.digest == running || key.digest == sh.stats.rules_wanted.load(Ordering::Relaxed) {
+        sh.stats
+            .rules_checked_ms
+            .store(monotonic_ms(), Ordering::Relaxed);
+    } else if sh.rules_reload.try_send(key).is_err() {
+        tracing::debug!("a cluster rules reload is already pending");
+    }
+}
+
 /// Writes this node's heartbeat (holding `shards` shards) and lists the live nodes, this
 /// one included; `None` (logged) when NATS does not answer either within [`PATIENCE`].
 async fn beat_and_list(sh: &Shared, me: &str, shards: usize) -> Option<Vec<String>> {
@@ -229,6 +261,11 @@ async fn beat_and_list(sh: &Shared, me: &str, shards: usize) -> Option<Vec<Strin
         publish_lag_bytes: sh.stats.publish.bytes.load(Ordering::Relaxed),
         consumer_lag,
         at_ms: now_ms(),
+        rules: format!("{:016x}", sh.digest.load(Ordering::Relaxed)),
+        rules_refused: match sh.stats.rules_wanted.load(Ordering::Relaxed) {
+            0 => None,
+            d => Some(format!("{d:016x}")),
+        },
     };
     let beat = serde_json::to_vec(&beat).unwrap_or_default();
     let beat = tokio::time::timeout(PATIENCE, leases.put(node_key(me), Bytes::from(beat))).await;
@@ -421,19 +458,39 @@ pub async fn status(joined: &Joined) -> Result<String, async_nats::Error> {
         cfg.shards,
         super::stream_name(&cfg.name)
     );
+    let rules = joined
+        .config_kv
+        .get("rules")
+        .await?
+        .and_then(|v| super::rules::RulesKey::parse(&String::from_utf8_lossy(&v)));
+    if let Some(r) = rules {
+        let _ = writeln!(
+            s,
+            "rules {} (from {} on)",
+            r.digest_hex(),
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + Duration::from_secs(r.activation.max(0) as u64)
+            )
+        );
+    }
     let _ = writeln!(
         s,
-        "{:<24} {:>7} {:>18} {:>13}",
+        "{:<24} {:>7} {:>18} {:>13}  rules",
         "node", "shards", "publish_lag_bytes", "consumer_lag"
     );
     for b in &beats {
         let _ = writeln!(
             s,
-            "{:<24} {:>7} {:>18} {:>13}",
+            "{:<24} {:>7} {:>18} {:>13}  {}{}",
             b.node,
             owners.get(&b.node).map_or(0, Vec::len),
             b.publish_lag_bytes,
-            b.consumer_lag
+            b.consumer_lag,
+            b.rules,
+            b.rules_refused
+                .as_ref()
+                .map(|d| format!(" (cannot take the cluster's rules {d}: keeps its own)"))
+                .unwrap_or_default()
         );
     }
     let owned: usize = owners.values().map(Vec::len).sum();

@@ -179,6 +179,16 @@ impl Lane {
                         .fetch_sub(f.charge, Ordering::Relaxed);
                     continue;
                 }
+                Some(f) if f.routed.cutover.to_bits() != self.frames.cutover().to_bits() => {
+                    // Routed before this node took the cluster's latest rules change (or
+                    // after, by a connection that had not yet): read back and routed again.
+                    self.stats
+                        .publish
+                        .followed_bytes
+                        .fetch_sub(f.charge, Ordering::Relaxed);
+                    self.stats.records_read_back.fetch_add(1, Ordering::Relaxed);
+                    f.seq + 1
+                }
                 Some(f) if lane_index(f.seq, lane, lanes) == self.next_in_lane() => {
                     self.add_followed(f, &mut full);
                     taken += 1;
@@ -349,7 +359,11 @@ impl Lane {
             // What the writer had offered before this read: a record written since wakes
             // the wait below at once.
             let seen = self.follow.offered_below();
-            let n = match self.read() {
+            let n = match if self.rules_fresh() {
+                self.read()
+            } else {
+                Ok(0)
+            } {
                 Ok(n) => n,
                 Err(e) => {
                     tracing::warn!(error = %e, "cluster publisher cannot read the journal; retrying");
@@ -379,6 +393,14 @@ impl Lane {
                     .wait(self.follow.offered(), seen, wait);
             }
         }
+    }
+
+    /// Whether this node ran the cluster's rules within the last lease TTL
+    /// ([`ClusterStats::rules_checked_ms`]); a lane routes nothing otherwise.
+    fn rules_fresh(&self) -> bool {
+        let checked = self.stats.rules_checked_ms.load(Ordering::Relaxed);
+        let ttl = self.cfg.lease_ttl.as_millis() as u64;
+        checked == 0 || crate::time::monotonic_ms().saturating_sub(checked) < ttl
     }
 
     /// How long an idle lane may wait for the journal: 2 ms when `soon` (draining, to see

@@ -82,6 +82,17 @@ pub(super) const METRICS: &[Metric] = &[
         read: |o, f| cluster(o, f, |c| &c.rules_mismatch),
     },
     Metric {
+        name: "cluster_rules_refused",
+        help: "Cluster mode: cluster rules changes this node could not take (its files did not load or differ); it kept its rules.",
+        ty: Type::Counter,
+        label: None,
+        carbon: &[Carbon::Stat {
+            name: "cluster.rulesRefused",
+            always: false,
+        }],
+        read: |o, f| cluster(o, f, |c| &c.rules_refused),
+    },
+    Metric {
         name: "cluster_duplicates_skipped",
         help: "Cluster mode: journal records an owner skipped as already applied (republished).",
         ty: Type::Counter,
