@@ -211,3 +211,30 @@ fn refusals_make_the_verdict_and_a_reread_skips_them() {
     assert_eq!(values(&again.frames.batches.pending[0]), [1.0, 2.0]);
     drop(rx);
 }
+
+#[tokio::test]
+async fn a_cutover_routes_each_datapoint_by_the_rules_at_its_timestamp() {
+    // Cluster mode's rules change: datapoints stamped before 600 feed the old output,
+    // from 600 on the new one, whether the route is cached or not, in one frame.
+    let (mut ing, rx, _) = ingest_with_rules(4, Kind::PlaintextTcp, "old (60) = sum *\n");
+    let old = ing.p.routes.router.load_full();
+    let new = Router::new(aggregation("new (60) = sum *\n"), 1).cut_over(600, &old);
+    ing.p.routes.router.store(Arc::new(new));
+    let lines = b"a 1 599\na 2 600\na 3 10\na 4 900\nb 5 599.5\nb 6 600\n";
+    ing.frame(Kind::PlaintextTcp, lines, None, 0.0).unwrap();
+    ing.frame(Kind::PlaintextTcp, lines, None, 0.0).unwrap();
+    ing.flush().await;
+    let mut got = Vec::new();
+    while let Ok(WorkerMsg::Batch(b)) = rx.try_recv() {
+        got.extend(
+            b.items()
+                .iter()
+                .map(|i| (i.key().name.to_string(), i.timestamp)),
+        );
+    }
+    let want: Vec<(String, f64)> = [599.0, 600.0, 10.0, 900.0, 599.5, 600.0]
+        .iter()
+        .map(|&t| ((if t < 600.0 { "old" } else { "new" }).to_string(), t))
+        .collect();
+    assert_eq!(got, [want.clone(), want].concat());
+}

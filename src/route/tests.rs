@@ -140,3 +140,40 @@ fn listed_paths_are_filtered_before_admission_and_rules() {
     let e = r.lookup("db.cpu", || Err(crate::reason::DropReason::SeriesLimit));
     assert_eq!(e.unwrap_err(), crate::reason::DropReason::SeriesLimit);
 }
+
+#[test]
+fn a_cutover_routes_by_the_rules_in_force_at_each_timestamp_and_keeps_two_earlier_sets() {
+    let set = |out: &str| {
+        Router::new(
+            aggregation(&format!("{out} (60) = sum a.*\n"), "", false, 100),
+            2,
+        )
+    };
+    let names = |r: &Router, ts: f64| -> Vec<String> {
+        let route = r.for_timestamp(ts).compute("a.x");
+        route
+            .outputs
+            .iter()
+            .map(|o| o.key.name.to_string())
+            .collect()
+    };
+    let r0 = Arc::new(set("v0"));
+    assert_eq!(r0.cutover_at(), f64::NEG_INFINITY);
+    let r1 = Arc::new(set("v1").cut_over(600, &r0));
+    assert_eq!(r1.cutover_at(), 600.0);
+    assert_eq!(names(&r1, 599.9), ["v0"]);
+    assert_eq!(names(&r1, 600.0), ["v1"]);
+    let r2 = Arc::new(set("v2").cut_over(1200, &r1));
+    assert_eq!(names(&r2, 0.0), ["v0"]);
+    assert_eq!(names(&r2, 900.0), ["v1"]);
+    assert_eq!(names(&r2, 1200.0), ["v2"]);
+    // A third change lets go of the oldest set: its datapoints go to the next one.
+    let r3 = set("v3").cut_over(1800, &r2);
+    assert_eq!(names(&r3, 0.0), ["v1"]);
+    assert_eq!(names(&r3, 1500.0), ["v2"]);
+    assert_eq!(names(&r3, 1800.0), ["v3"]);
+    // A reload that changes no rule keeps the pending cutover.
+    let same = set("v3").keeping_cutover_of(&r3);
+    assert_eq!(same.cutover_at(), 1800.0);
+    assert_eq!(names(&same, 1500.0), ["v2"]);
+}
