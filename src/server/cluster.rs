@@ -235,6 +235,14 @@ impl ClusterRuntime {
                 }
             },
         };
+        // Stored first: a change the cluster does not know must not be routed by.
+        if announce && !self.store_rules(key).await {
+            tracing::error!(
+                digest = %key.digest_hex(),
+                "the rules change could not be stored in the cluster (NATS unreachable); keeping the running rules: reload again"
+            );
+            return false;
+        }
         swap(Some(key.activation));
         self.digest.store(d, Ordering::Relaxed);
         self.stats.rules_wanted.store(0, Ordering::Relaxed);
@@ -243,16 +251,28 @@ impl ClusterRuntime {
             activation = key.activation,
             "cluster rules change: datapoints stamped from the activation time on are routed by the new rules"
         );
-        if announce
-            && let Err(e) = self
+        true
+    }
+
+    /// Stores `key` as the cluster's rules, retrying for up to 5 s (a NATS server failing
+    /// over); whether it was stored.
+    async fn store_rules(&self, key: RulesKey) -> bool {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let put = self
                 .joined
                 .config_kv
-                .put("rules", bytes::Bytes::from(key.encode()))
-                .await
-        {
-            tracing::warn!(error = %e, "cannot store the cluster's new rules");
+                .put("rules", bytes::Bytes::from(key.encode()));
+            match tokio::time::timeout(Duration::from_secs(1), put).await {
+                Ok(Ok(_)) => return true,
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot store the cluster's new rules yet"),
+                Err(_) => tracing::warn!("cannot store the cluster's new rules yet: NATS does not answer"),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        true
     }
 
     /// The cluster's `rules` key, if NATS answers within a second.

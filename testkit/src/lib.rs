@@ -8,6 +8,7 @@
 
 mod capture;
 pub mod carbon;
+pub mod cluster;
 pub mod edge;
 mod http;
 pub mod nats;

@@ -56,7 +56,7 @@ impl NatsServer {
                 .map(|p| format!("nats-route://127.0.0.1:{p}"))
                 .collect();
             c.push_str(&format!(
-                "cluster {{ name: aggd, listen: 127.0.0.1:{}, routes: [{}] }}\n",
+                "cluster {{ name: aggd, listen: 127.0.0.1:{}, routes: [{}], no_advertise: true }}\n",
                 self.cluster_port,
                 routes.join(", ")
             ));

@@ -4,137 +4,16 @@
 
 use std::io::Write as _;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use aggd_testkit::cluster::{ADMIN, Node};
 use aggd_testkit::nats::Nats;
 use aggd_testkit::{Capture, aggd_ok, append_config, python_pickle_send, tempdir, write_config};
 
-/// One aggd node of a test cluster.
-struct Node {
-    child: Option<Child>,
-    dir: PathBuf,
-    cfg: PathBuf,
-    listeners: usize,
-    tcp: SocketAddr,
-    pickle: SocketAddr,
-    admin: Option<SocketAddr>,
-}
-
-/// The `[admin]` section that gives a node its fourth listener.
-const ADMIN: &str = "[admin]\naddress = \"127.0.0.1:0\"\ntoken = \"cluster-test-token\"\n";
-
 const RULES: &str = "cl.<grp>.count (5) = count in.<grp>.*\ncl.<grp>.sum (5) = sum in.<grp>.*\n";
-
-impl Node {
-    /// Writes node `id`'s config (cluster `name`, `shards` shards) and starts it.
-    fn start(id: &str, nats: &Nats, capture: &Capture, shards: u32, rules: &str) -> Node {
-        Node::start_with(id, nats, capture, shards, rules, "")
-    }
-
-    /// Like [`Node::start`], with more TOML (`[admin]` adds a fourth listener).
-    fn start_with(
-        id: &str,
-        nats: &Nats,
-        capture: &Capture,
-        shards: u32,
-        rules: &str,
-        extra: &str,
-    ) -> Node {
-        let (servers, dest) = (nats.toml_servers(), capture.addr.to_string());
-        Node::start_via(
-            id,
-            (&servers, nats.servers.len()),
-            &dest,
-            shards,
-            rules,
-            extra,
-        )
-    }
-
-    /// Like [`Node::start_with`], reaching NATS at `servers` (a TOML list, and how many
-    /// servers the cluster has) and sending to `dest` (`host:port`): through proxies, for
-    /// the partition fault.
-    fn start_via(
-        id: &str,
-        (servers, count): (&str, usize),
-        dest: &str,
-        shards: u32,
-        rules: &str,
-        extra: &str,
-    ) -> Node {
-        let dir = tempdir(&format!("cluster-{id}"));
-        let cfg = write_config(&dir, rules, "max_intervals = 24\n", dest, "pickle");
-        append_config(
-            &cfg,
-            &format!(
-                "[journal]\ndir = \"journal\"\nmin_free_disk = 0\n\
-                 [service]\nself_metrics_interval = \"0s\"\ndrain_timeout = \"10s\"\n\
-                 [cluster]\nservers = {}\nname = \"t\"\nnode = \"{id}\"\nshards = {shards}\n\
-                 replicas = {}\nlease_ttl = \"2s\"\nbatch_delay = \"20ms\"\n\
-                 publish_threads = {}\n",
-                servers,
-                count.min(3),
-                // Node a publishes in one lane, the others in two.
-                if id == "a" { 1 } else { 2 }
-            ),
-        );
-        append_config(&cfg, extra);
-        let mut n = Node {
-            child: None,
-            dir,
-            cfg,
-            listeners: if extra.contains("[admin]") { 4 } else { 3 },
-            tcp: "127.0.0.1:0".parse().unwrap(),
-            pickle: "127.0.0.1:0".parse().unwrap(),
-            admin: None,
-        };
-        n.restart();
-        n
-    }
-
-    fn restart(&mut self) {
-        self.restart_with_env(&[]);
-    }
-
-    /// Like [`Node::restart`], with more environment (`LD_PRELOAD` of faketime, …).
-    fn restart_with_env(&mut self, env: &[(&str, &str)]) {
-        let mut cmd = std::process::Command::new(aggd_testkit::aggd_bin());
-        cmd.args(["run", "-c", self.cfg.to_str().unwrap()])
-            .envs(env.iter().copied())
-            .stdout(std::process::Stdio::null());
-        let (child, addrs) = aggd_testkit::spawn_command(cmd, self.listeners, false);
-        self.admin = addrs.iter().find(|(k, _)| k == "admin/http").map(|a| a.1);
-        self.child = Some(child);
-        self.tcp = addrs.iter().find(|(k, _)| k == "plaintext/tcp").unwrap().1;
-        self.pickle = addrs.iter().find(|(k, _)| k == "pickle/tcp").unwrap().1;
-    }
-
-    fn sigkill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            aggd_testkit::sigterm(&c);
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.sigkill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 fn send_lines(addr: SocketAddr, lines: &str) {
     let mut s = std::net::TcpStream::connect(addr).unwrap();

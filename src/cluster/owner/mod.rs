@@ -466,8 +466,9 @@ pub async fn status(joined: &Joined) -> Result<String, async_nats::Error> {
     if let Some(r) = rules {
         let _ = writeln!(
             s,
-            "rules {} (from {} on)",
+            "rules {} in force from {} ({})",
             r.digest_hex(),
+            r.activation,
             humantime::format_rfc3339_seconds(
                 std::time::UNIX_EPOCH + Duration::from_secs(r.activation.max(0) as u64)
             )
