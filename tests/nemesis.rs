@@ -179,7 +179,9 @@ fn sender(slot: usize, seed: u64, targets: Targets, book: Arc<Mutex<Book>>, stop
         };
         let ts = now() as i64;
         let batch = |rng: &mut Rng| -> Vec<(usize, i64, f64)> {
-            (0..GROUPS).map(|g| (g, ts, rng.range(0, 9) as f64)).collect()
+            (0..GROUPS)
+                .map(|g| (g, ts, rng.range(0, 9) as f64))
+                .collect()
         };
         // Plaintext over one kept connection, as carbon senders do.
         let points = batch(&mut rng);
@@ -289,7 +291,8 @@ impl Pickler {
             .iter()
             .map(|(g, t, v)| serde_json::json!([format!("nem.in.g{g}.s{slot}k"), t, v]))
             .collect();
-        let req = serde_json::json!({"host": addr.ip().to_string(), "port": addr.port(), "points": pts});
+        let req =
+            serde_json::json!({"host": addr.ip().to_string(), "port": addr.port(), "points": pts});
         writeln!(self.stdin, "{req}").unwrap();
         let mut answer = String::new();
         self.stdout.read_line(&mut answer).unwrap();
@@ -392,7 +395,13 @@ fn fault(w: &World, kind: usize, rng: &mut Rng) -> bool {
             w.untarget(s);
             w.nodes[s].lock().unwrap().as_mut().unwrap().sigkill();
             if kind == 1 {
-                let dir = w.nodes[s].lock().unwrap().as_ref().unwrap().dir.join("journal");
+                let dir = w.nodes[s]
+                    .lock()
+                    .unwrap()
+                    .as_ref()
+                    .unwrap()
+                    .dir
+                    .join("journal");
                 std::fs::remove_dir_all(dir).unwrap();
             }
             std::thread::sleep(down);
@@ -524,8 +533,12 @@ fn fault(w: &World, kind: usize, rng: &mut Rng) -> bool {
 /// The cluster's rules line of `aggd cluster status` (`rules <digest> in force from
 /// <Unix s> (<time>)`), if it answers.
 fn rules_line(cfg: &std::path::Path) -> Option<String> {
-    let out = std::panic::catch_unwind(|| aggd_ok(["cluster", "status", "-c", cfg.to_str().unwrap()]));
-    out.ok()?.lines().find(|l| l.starts_with("rules ")).map(str::to_string)
+    let out =
+        std::panic::catch_unwind(|| aggd_ok(["cluster", "status", "-c", cfg.to_str().unwrap()]));
+    out.ok()?
+        .lines()
+        .find(|l| l.starts_with("rules "))
+        .map(str::to_string)
 }
 
 /// The activation time of the cluster's rules once their line differs from `before`.
@@ -561,9 +574,14 @@ fn bounds(book: &Book) -> Bounds {
     for s in &book.sends {
         let sure = s.ok && !at_risk(s.slot, s.at);
         for (g, ts, v) in &s.points {
-            let e = acc
-                .entry((*g, ts - ts.rem_euclid(FREQ)))
-                .or_insert([0.0, 0.0, f64::NEG_INFINITY, 0.0, 0.0, f64::NEG_INFINITY]);
+            let e = acc.entry((*g, ts - ts.rem_euclid(FREQ))).or_insert([
+                0.0,
+                0.0,
+                f64::NEG_INFINITY,
+                0.0,
+                0.0,
+                f64::NEG_INFINITY,
+            ]);
             let o = if sure { 0 } else { 3 };
             e[o] += v;
             e[o + 1] += 1.0;
@@ -599,11 +617,10 @@ fn violations(
         }
         match got.get(&(path.clone(), *b)) {
             None if *lo > 0.0 => v.push(format!("{path}@{b}: missing, at least {lo}")),
-            None => {}
             Some(x) if x < lo || x > hi => {
                 v.push(format!("{path}@{b}: {x}, allowed {lo}..={hi}"));
             }
-            Some(_) => {}
+            None | Some(_) => {}
         }
     }
     for (path, b, x) in history {
@@ -703,7 +720,10 @@ fn nemesis_soak() {
     let wrong = loop {
         let history: Vec<(String, i64, f64)> = {
             let r = w.capture.received.lock().unwrap();
-            r.history.iter().map(|(p, t, v, _)| (p.clone(), *t, *v)).collect()
+            r.history
+                .iter()
+                .map(|(p, t, v, _)| (p.clone(), *t, *v))
+                .collect()
         };
         let wrong = violations(&want, &w.capture.snapshot(), &history, from);
         if wrong.is_empty() || Instant::now() > deadline {

@@ -29,29 +29,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::config::Aggregation;
-use crate::hash::fnv1a64;
 
 pub use crate::aggregate::gate::ShardGate;
 pub use nats::{ClusterError, Joined};
 
 /// The rules digest every message carries and the cluster's KV bucket keeps: FNV-1a 64
 /// over the aggregation rules file, the rewrite rules file and the settings that change
-/// what a datapoint feeds (`forward_all`, `timestamp_resolution`), in that order. Nodes
-/// with equal digests route every datapoint to the same output series.
+/// what a datapoint feeds (`forward_all`, `timestamp_resolution`), in that order
+/// ([`rules::Material::digest`]). Nodes with equal digests route every datapoint to the
+/// same output series.
 pub fn rules_digest(a: &Aggregation) -> u64 {
-    let mut bytes = std::fs::read(&a.rules_file).unwrap_or_default();
-    if let Some(f) = &a.rewrite_file {
-        bytes.extend_from_slice(b"\0rewrite\0");
-        bytes.extend(std::fs::read(f).unwrap_or_default());
-    }
-    bytes.extend_from_slice(
-        format!(
-            "\0forward_all={}\0resolution={}",
-            a.forward_all, a.timestamp_resolution
-        )
-        .as_bytes(),
-    );
-    fnv1a64(&bytes)
+    rules::Material::of(a).digest()
 }
 
 /// Cluster counters and gauges, read by `/metrics` and the self-metrics.

@@ -69,6 +69,12 @@ pub struct Joined {
     pub leases: kv::Store,
     /// The cluster settings.
     pub cfg: ClusterConfig,
+    /// The cluster's rules when this node joined.
+    pub rules: Option<super::rules::RulesKey>,
+    /// The rules before the cluster's (read from the bucket, when the key names them):
+    /// datapoints stamped before [`super::rules::RulesKey::activation`] are routed by
+    /// them, also by a node that starts after the change was made.
+    pub earlier: Option<super::rules::Material>,
 }
 
 fn err(cfg: &ClusterConfig, what: &'static str, e: impl Into<async_nats::Error>) -> ClusterError {
@@ -162,16 +168,21 @@ async fn create_or_read(
 const JOIN_PATIENCE: Duration = Duration::from_secs(30);
 
 /// Connects, creates the stream and buckets if this is the first node, and checks that
-/// this node's shard count and rules `digest` are the cluster's (`None`: a look at the
-/// cluster, `aggd cluster status`, whatever this node's rules). A JetStream request that
+/// this node's shard count and rules (`rules`, read from its files) are the cluster's
+/// (`None`: a look at the cluster, `aggd cluster status`, whatever this node's rules);
+/// stores its rules under `rules.<digest>` for nodes that start during a later change,
+/// and reads the rules before the cluster's, if the key names them. A JetStream request that
 /// fails is retried for 30 s (a new JetStream cluster takes seconds to elect leaders for
 /// new streams); a refusal is final.
 ///
 /// Errors: [`ClusterError::Nats`], [`ClusterError::Shards`], [`ClusterError::Rules`].
-pub async fn join(cfg: &ClusterConfig, digest: Option<u64>) -> Result<Joined, ClusterError> {
+pub async fn join(
+    cfg: &ClusterConfig,
+    rules: Option<&super::rules::Material>,
+) -> Result<Joined, ClusterError> {
     let deadline = tokio::time::Instant::now() + JOIN_PATIENCE;
     loop {
-        match join_once(cfg, digest).await {
+        match join_once(cfg, rules).await {
             Err(e @ ClusterError::Nats { .. }) if tokio::time::Instant::now() < deadline => {
                 tracing::warn!(error = %e, "cannot join the cluster yet; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -181,7 +192,10 @@ pub async fn join(cfg: &ClusterConfig, digest: Option<u64>) -> Result<Joined, Cl
     }
 }
 
-async fn join_once(cfg: &ClusterConfig, digest: Option<u64>) -> Result<Joined, ClusterError> {
+async fn join_once(
+    cfg: &ClusterConfig,
+    rules: Option<&super::rules::Material>,
+) -> Result<Joined, ClusterError> {
     let client = connect(cfg, Duration::from_secs(10)).await?;
     let mut js = jetstream::new(client.clone());
     js.set_timeout(Duration::from_secs(5));
@@ -220,19 +234,29 @@ async fn join_once(cfg: &ClusterConfig, digest: Option<u64>) -> Result<Joined, C
             theirs,
         });
     }
-    if let Some(digest) = digest {
+    let (mut key, mut earlier) = (None, None);
+    if let Some(material) = rules {
+        let digest = material.digest();
         let mine = super::rules::RulesKey {
             digest,
             activation: 0,
+            previous: None,
         };
         let theirs = create_or_read(&config_kv, cfg, "rules", mine.encode()).await?;
-        if super::rules::RulesKey::parse(&theirs).map(|k| k.digest) != Some(digest) {
+        let theirs_key = super::rules::RulesKey::parse(&theirs);
+        if theirs_key.map(|k| k.digest) != Some(digest) {
             return Err(ClusterError::Rules {
                 cluster: cfg.name.clone(),
                 mine: digest,
                 theirs: theirs.split_whitespace().next().unwrap_or("").to_string(),
             });
         }
+        store_material(&config_kv, material).await;
+        earlier = match theirs_key.and_then(|k| k.previous) {
+            Some(p) => read_material(&config_kv, p).await,
+            None => None,
+        };
+        key = theirs_key;
     }
     Ok(Joined {
         client,
@@ -241,5 +265,33 @@ async fn join_once(cfg: &ClusterConfig, digest: Option<u64>) -> Result<Joined, C
         config_kv,
         leases,
         cfg: cfg.clone(),
+        rules: key,
+        earlier,
     })
+}
+
+/// Stores `m` under `rules.<digest>` (JSON) unless it is there; a failure is logged (the
+/// key is only needed by a node starting during a later change).
+pub async fn store_material(kv: &kv::Store, m: &super::rules::Material) {
+    let key = super::rules::Material::key(m.digest());
+    let value = serde_json::to_vec(m).unwrap_or_default();
+    match kv.create(&key, Bytes::from(value)).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {}
+        Err(e) => tracing::warn!(error = %e, key = %key, "cannot store the rules in the cluster"),
+    }
+}
+
+/// The rules with `digest` from the config bucket, if they are there and have it.
+async fn read_material(kv: &kv::Store, digest: u64) -> Option<super::rules::Material> {
+    let key = super::rules::Material::key(digest);
+    let v = match kv.get(&key).await {
+        Ok(v) => v?,
+        Err(e) => {
+            tracing::warn!(error = %e, key = %key, "cannot read the earlier rules");
+            return None;
+        }
+    };
+    let m: super::rules::Material = serde_json::from_slice(&v).ok()?;
+    (m.digest() == digest).then_some(m)
 }

@@ -1,14 +1,20 @@
 //! The cluster's rules (`docs/cluster.md`, "Changing the rules"): the value of the `rules`
-//! key in the config bucket, and the activation time of a rules change, so that every
-//! node routes intervals before it by the old rules and from it by the new ones.
+//! key in the config bucket, the rules themselves (key `rules.<digest>`, so a node that
+//! starts during a change can route by the rules before it), and the activation time of
+//! a rules change, so that every node routes intervals before it by the old rules and
+//! from it by the new ones.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::Aggregation;
+use crate::hash::fnv1a64;
+use crate::rules::aggregation::AggregationRules;
+use crate::rules::rewrite::RewriteRules;
 
-/// The cluster's rules: the `rules` key's value, `<digest as 16 hex digits> <activation>`
-/// (a plain digest, as a cluster created before cutovers stored it, reads as activation
-/// 0: in force for every timestamp).
+/// The cluster's rules: the `rules` key's value, `<digest> <activation> [<previous>]`
+/// (digests as 16 hex digits; a plain digest, as a cluster created before cutovers
+/// stored it, reads as activation 0: in force for every timestamp).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RulesKey {
     /// [`super::rules_digest`] of the rules.
@@ -16,12 +22,18 @@ pub struct RulesKey {
     /// Unix s from which datapoints are routed by these rules (earlier ones by the rules
     /// before); a multiple of every frequency of both.
     pub activation: i64,
+    /// The digest of the rules before, which route datapoints stamped before
+    /// `activation` (their text is the key `rules.<previous>`).
+    pub previous: Option<u64>,
 }
 
 impl RulesKey {
     /// The key's value.
     pub fn encode(&self) -> String {
-        format!("{:016x} {}", self.digest, self.activation)
+        match self.previous {
+            Some(p) => format!("{:016x} {} {p:016x}", self.digest, self.activation),
+            None => format!("{:016x} {}", self.digest, self.activation),
+        }
     }
 
     /// Reads a value of the key; `None` for anything else.
@@ -32,15 +44,94 @@ impl RulesKey {
             Some(a) => a.parse().ok()?,
             None => 0,
         };
-        parts
-            .next()
-            .is_none()
-            .then_some(RulesKey { digest, activation })
+        let previous = match parts.next() {
+            Some(p) => Some(u64::from_str_radix(p, 16).ok()?),
+            None => None,
+        };
+        parts.next().is_none().then_some(RulesKey {
+            digest,
+            activation,
+            previous,
+        })
     }
 
     /// The digest as the logs and `aggd cluster status` show it.
     pub fn digest_hex(&self) -> String {
         format!("{:016x}", self.digest)
+    }
+}
+
+/// The rules as a node read them from its files: what the digest is taken over, and what
+/// the key `rules.<digest>` holds (JSON), so that another node can route by them.
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct Material {
+    /// The aggregation rules file's text.
+    pub rules: String,
+    /// The rewrite rules file's text, if there is one.
+    pub rewrite: Option<String>,
+    /// `forward_all`.
+    pub forward_all: bool,
+    /// `timestamp_resolution` (s).
+    pub timestamp_resolution: u32,
+}
+
+impl Material {
+    /// The rules of `a`, read from its files again (a file that cannot be read counts as
+    /// empty, so its digest differs from the cluster's).
+    pub fn of(a: &Aggregation) -> Material {
+        let read = |f: &std::path::Path| {
+            String::from_utf8_lossy(&std::fs::read(f).unwrap_or_default()).into_owned()
+        };
+        Material {
+            rules: read(&a.rules_file),
+            rewrite: a.rewrite_file.as_deref().map(read),
+            forward_all: a.forward_all,
+            timestamp_resolution: a.timestamp_resolution,
+        }
+    }
+
+    /// FNV-1a 64 over the aggregation rules, `\0rewrite\0` and the rewrite rules (if
+    /// any), and `\0forward_all=<b>\0resolution=<s>`: the rules digest.
+    pub fn digest(&self) -> u64 {
+        let mut bytes = self.rules.as_bytes().to_vec();
+        if let Some(r) = &self.rewrite {
+            bytes.extend_from_slice(b"\0rewrite\0");
+            bytes.extend_from_slice(r.as_bytes());
+        }
+        bytes.extend_from_slice(
+            format!(
+                "\0forward_all={}\0resolution={}",
+                self.forward_all, self.timestamp_resolution
+            )
+            .as_bytes(),
+        );
+        fnv1a64(&bytes)
+    }
+
+    /// `base` (this node's aggregation settings) with these rules.
+    ///
+    /// Errors: a rule does not parse (the message names the line).
+    pub fn aggregation(&self, base: &Aggregation) -> Result<Aggregation, String> {
+        let file = std::path::PathBuf::from(format!("<cluster rules {:016x}>", self.digest()));
+        let rules = AggregationRules::parse(&self.rules, &file).map_err(|e| e.to_string())?;
+        let rewrite = match &self.rewrite {
+            Some(r) => RewriteRules::parse(r, &file).map_err(|e| e.to_string())?,
+            None => RewriteRules::default(),
+        };
+        Ok(Aggregation {
+            rules_file: file,
+            rules: Arc::new(rules),
+            rewrite_file: None,
+            rewrite: Arc::new(rewrite),
+            forward_all: self.forward_all,
+            timestamp_resolution: self.timestamp_resolution,
+            ..base.clone()
+        })
+    }
+
+    /// The config bucket's key of the rules with `digest`.
+    pub fn key(digest: u64) -> String {
+        format!("rules.{digest:016x}")
     }
 }
 
@@ -100,19 +191,31 @@ mod tests {
         let k = RulesKey {
             digest: 0x00ab_cdef_0123_4567,
             activation: 1_700_000_040,
+            previous: None,
         };
         assert_eq!(k.encode(), "00abcdef01234567 1700000040");
         assert_eq!(RulesKey::parse(&k.encode()), Some(k));
+        let with = RulesKey {
+            previous: Some(0x10),
+            ..k
+        };
+        assert_eq!(
+            with.encode(),
+            "00abcdef01234567 1700000040 0000000000000010"
+        );
+        assert_eq!(RulesKey::parse(&with.encode()), Some(with));
         assert_eq!(
             RulesKey::parse("00abcdef01234567"),
             Some(RulesKey {
                 digest: k.digest,
-                activation: 0
+                activation: 0,
+                previous: None,
             })
         );
         assert_eq!(RulesKey::parse(""), None);
         assert_eq!(RulesKey::parse("xyz 10"), None);
-        assert_eq!(RulesKey::parse("00 10 20"), None);
+        assert_eq!(RulesKey::parse("00 10 20 30"), None);
+        assert_eq!(RulesKey::parse("00 10 zz"), None);
     }
 
     #[test]

@@ -244,9 +244,9 @@ pub fn replay_cluster(config: &Config, opts: &ReplayOptions) -> Result<ReplaySum
         .enable_all()
         .build()
         .map_err(|e| ReplayError::Cluster(e.to_string()))?;
-    let digest = crate::cluster::rules_digest(&config.aggregation);
+    let rules = crate::cluster::rules::Material::of(&config.aggregation);
     let joined = rt
-        .block_on(crate::cluster::nats::join(c, Some(digest)))
+        .block_on(crate::cluster::nats::join(c, Some(&rules)))
         .map_err(|e| ReplayError::Cluster(e.to_string()))?;
     let mut summary = ReplaySummary::default();
     for (range, windows) in

@@ -78,9 +78,28 @@ pub(super) async fn join(
     if config.journal.is_none() {
         return Err(ClusterError::NoJournal);
     }
-    let joined = crate::cluster::nats::join(c, Some(rules_digest(&config.aggregation))).await?;
+    let joined =
+        crate::cluster::nats::join(c, Some(&rules::Material::of(&config.aggregation))).await?;
     tracing::info!(cluster = %c.name, node = %c.node, shards = c.shards, "joined the cluster");
     Ok(Some((joined, Arc::new(ShardGate::new(c.shards)))))
+}
+
+/// The router of a node that joined the cluster (`joined`), for `outputs` outputs: by this
+/// node's rules, and, when the cluster's key names the rules before them, by those for
+/// datapoints stamped before the activation time (a node started during a change, or
+/// republishing records journaled before it).
+pub(super) fn router(config: &Config, joined: &Joined, outputs: usize) -> Router {
+    let router = Router::new(config.aggregation.clone(), outputs);
+    let (Some(key), Some(m)) = (&joined.rules, &joined.earlier) else {
+        return router;
+    };
+    match m.aggregation(&config.aggregation) {
+        Ok(a) => router.cut_over(key.activation, &Arc::new(Router::new(a, outputs))),
+        Err(e) => {
+            tracing::error!(error = %e, "the cluster's earlier rules do not parse; routing every datapoint by this node's rules");
+            router
+        }
+    }
 }
 
 /// Starts the publisher (from the journal's watermark) and the owner task.
@@ -116,7 +135,7 @@ pub(super) fn start(
         rules_checked_ms: AtomicU64::new(crate::time::monotonic_ms()),
         ..ClusterStats::default()
     });
-    let router = Arc::new(Router::new(config.aggregation.clone(), c.shards as usize));
+    let router = Arc::new(router(config, &joined, c.shards as usize));
     let publish_routes = Arc::new(Routes::new(&router, config));
     let opened_at = journal.stats().next_seq.load(Ordering::Relaxed);
     let publisher = Publisher::start(
@@ -229,6 +248,7 @@ impl ClusterRuntime {
                         RulesKey {
                             digest: d,
                             activation,
+                            previous: Some(running),
                         },
                         true,
                     )
@@ -236,7 +256,7 @@ impl ClusterRuntime {
             },
         };
         // Stored first: a change the cluster does not know must not be routed by.
-        if announce && !self.store_rules(key).await {
+        if announce && !self.store_rules(key, &rules::Material::of(new)).await {
             tracing::error!(
                 digest = %key.digest_hex(),
                 "the rules change could not be stored in the cluster (NATS unreachable); keeping the running rules: reload again"
@@ -255,9 +275,18 @@ impl ClusterRuntime {
     }
 
     /// Stores `key` as the cluster's rules, retrying for up to 5 s (a NATS server failing
-    /// over); whether it was stored.
-    async fn store_rules(&self, key: RulesKey) -> bool {
+    /// over), after their text (`material`, key `rules.<digest>`: a node that starts later
+    /// routes by them what is stamped before the next change); whether it was stored.
+    async fn store_rules(&self, key: RulesKey, material: &rules::Material) -> bool {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let kv = &self.joined.config_kv;
+        let stored = crate::cluster::nats::store_material(kv, material);
+        if tokio::time::timeout(Duration::from_secs(1), stored)
+            .await
+            .is_err()
+        {
+            tracing::warn!("cannot store the new rules' text in the cluster: NATS does not answer");
+        }
         loop {
             let put = self
                 .joined
@@ -265,8 +294,14 @@ impl ClusterRuntime {
                 .put("rules", bytes::Bytes::from(key.encode()));
             match tokio::time::timeout(Duration::from_secs(1), put).await {
                 Ok(Ok(_)) => return true,
-                Ok(Err(e)) => tracing::warn!(error = %e, "cannot store the cluster's new rules yet"),
-                Err(_) => tracing::warn!("cannot store the cluster's new rules yet: NATS does not answer"),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "cannot store the cluster's new rules yet");
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        "cannot store the cluster's new rules yet: NATS does not answer"
+                    );
+                }
             }
             if tokio::time::Instant::now() >= deadline {
                 return false;

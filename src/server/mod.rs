@@ -175,7 +175,10 @@ pub async fn start_with_io(
         dests.fence_with(Arc::clone(g));
     }
     let workers = spawn_workers(&config, &dests, &stats, quarantine.clone(), gate)?;
-    let router = router(&config);
+    let router = match &joined {
+        Some((j, _)) => Arc::new(cluster::router(&config, j, j.cfg.shards as usize)),
+        None => router(&config),
+    };
     // In cluster mode the shard owners rebuild from the stream instead.
     if let (Some(j), None) = (&journal, &joined) {
         let routes = Arc::new(Routes::new(&router, &config));
@@ -247,14 +250,13 @@ fn open_quarantine(config: &Config, stats: &Stats) -> std::io::Result<Option<Arc
         .map(|q| q.map(Arc::new))
 }
 
-/// The router of every connection: by shard in cluster mode (the publisher sends each
-/// shard's datapoints to its owner), by worker standalone.
+/// The router of every connection standalone: by worker (in cluster mode by shard,
+/// `cluster::router`: the publisher sends each shard's datapoints to its owner).
 fn router(config: &Config) -> Arc<Router> {
-    let outputs = match &config.cluster {
-        Some(c) => c.shards as usize,
-        None => config.workers.count,
-    };
-    Arc::new(Router::new(config.aggregation.clone(), outputs))
+    Arc::new(Router::new(
+        config.aggregation.clone(),
+        config.workers.count,
+    ))
 }
 
 /// What `/metrics`, `/health`, `/ready`, the watchdog and the self-metrics read: every

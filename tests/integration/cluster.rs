@@ -1029,3 +1029,48 @@ fn a_cluster_rules_change_takes_effect_at_one_interval_boundary_on_every_node() 
         1.0
     );
 }
+
+#[test]
+fn a_node_started_after_a_rules_change_routes_earlier_timestamps_by_the_earlier_rules() {
+    // Found by the nemesis soak: a node restarted between a rules change and its
+    // activation time (or republishing records journaled before it) has only the new
+    // files, and routed everything by them. The cluster's key names the rules before, and
+    // their text is in the bucket: the node routes by them what is stamped before.
+    let nats = Nats::one();
+    let capture = Capture::start("pickle");
+    let a = Node::start("a", &nats, &capture, 8, CUT_OLD);
+    let mut b = Node::start("b", &nats, &capture, 8, CUT_OLD);
+    wait_spread(&b, &["a", "b"]);
+    let before = status(&a);
+    for n in [&a, &b] {
+        std::fs::write(n.dir.join("aggregation-rules.conf"), CUT_NEW).unwrap();
+    }
+    signal(a.child.as_ref().unwrap().id(), "HUP");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let line = loop {
+        let s = status(&a);
+        let line = s
+            .lines()
+            .find(|l| l.starts_with("rules "))
+            .unwrap()
+            .to_string();
+        if !before.contains(&line) {
+            break line;
+        }
+        assert!(Instant::now() < deadline, "the change was not stored: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let t: i64 = line.split_whitespace().nth(5).unwrap().parse().unwrap();
+    b.stop();
+    b.restart();
+    wait_spread(&a, &["a", "b"]);
+    for ts in [t - 4, t - 2, t, t + 2] {
+        send_lines(b.tcp, &format!("cut.h0.a 1 {ts}\ncut.h0.b 1000 {ts}\n"));
+    }
+    let want = |ts: i64| if ts < t { 1.0 } else { 1000.0 };
+    capture.wait_for("each interval by the rules at its time", |m| {
+        [t - 4, t - 2, t, t + 2]
+            .iter()
+            .all(|ts| m.get(&("cut.total".to_string(), *ts)) == Some(&want(*ts)))
+    });
+}
