@@ -1074,3 +1074,60 @@ fn a_node_started_after_a_rules_change_routes_earlier_timestamps_by_the_earlier_
             .all(|ts| m.get(&("cut.total".to_string(), *ts)) == Some(&want(*ts)))
     });
 }
+
+#[test]
+fn a_node_cut_off_during_a_rules_change_publishes_by_the_new_rules_when_back() {
+    // Issue 25: node a is partitioned from NATS while b makes a rules change, and takes
+    // input stamped after the activation time. Its connections routed it by the old
+    // rules; when the link is back, a takes the change before it publishes (its lanes
+    // route nothing while its rules are unconfirmed) and routes those records again.
+    let nats = Nats::one();
+    let capture = Capture::start("pickle");
+    let proxy = aggd_testkit::proxy::Proxy::start(
+        format!("127.0.0.1:{}", nats.servers[0].port)
+            .parse()
+            .unwrap(),
+    );
+    let via = format!("[\"nats://{}\"]", proxy.addr);
+    let a = Node::start_via("a", (&via, 1), &capture.addr.to_string(), 8, CUT_OLD, "");
+    let b = Node::start("b", &nats, &capture, 8, CUT_OLD);
+    wait_spread(&b, &["a", "b"]);
+    let before = status(&b);
+    proxy.cut();
+    for n in [&a, &b] {
+        std::fs::write(n.dir.join("aggregation-rules.conf"), CUT_NEW).unwrap();
+    }
+    signal(b.child.as_ref().unwrap().id(), "HUP");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let t: i64 = loop {
+        let s = status(&b);
+        let line = s.lines().find(|l| l.starts_with("rules ")).unwrap();
+        if !before.contains(line) {
+            break line.split_whitespace().nth(5).unwrap().parse().unwrap();
+        }
+        assert!(Instant::now() < deadline, "the change was not stored: {s}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    while (aggd_testkit::now() as i64) < t + 1 {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Still cut off: a journals input on both sides of the activation time.
+    for ts in [t - 2, t, t + 2] {
+        send_lines(a.tcp, &format!("cut.h0.a 1 {ts}\ncut.h0.b 1000 {ts}\n"));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    proxy.restore();
+    let want = |ts: i64| if ts < t { 1.0 } else { 1000.0 };
+    capture.wait_for("each interval by the rules at its time", |m| {
+        [t - 2, t, t + 2]
+            .iter()
+            .all(|ts| m.get(&("cut.total".to_string(), *ts)) == Some(&want(*ts)))
+    });
+    // Nothing was ever emitted by the wrong rules.
+    let r = capture.received.lock().unwrap();
+    for (path, ts, v, _) in &r.history {
+        if path == "cut.total" {
+            assert_eq!(*v, want(*ts), "{path}@{ts}");
+        }
+    }
+}
