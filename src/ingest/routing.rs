@@ -12,7 +12,7 @@ use crate::datapoint::{Datapoint, OutPoint, OutValue};
 use crate::drops::DropTally;
 use crate::journal::Verdict;
 use crate::reason::DropReason;
-use crate::route::{LocalRoutes, Route, RouteOwner, Router};
+use crate::route::{LocalRoutes, Route, RouteBudget, RouteOwner, Router};
 use crate::tenant::prefix;
 
 use super::Routes;
@@ -139,8 +139,10 @@ pub(super) struct RouteLookup {
     /// The router in use, refreshed from the pipeline at the start of every frame.
     router: Arc<Router>,
     /// Its cutover time ([`Router::cutover_at`]): datapoints stamped before it are routed
-    /// by the earlier rules, through the shared route cache only.
+    /// by the earlier rules.
     cutover: f64,
+    /// The router of the rules before the cutover, with a private route cache of its own.
+    earlier: Option<(Arc<Router>, LocalRoutes)>,
     /// This connection's private route cache (emptied when the router changes).
     routes: LocalRoutes,
     /// The budget it charges.
@@ -168,6 +170,7 @@ impl RouteLookup {
         let router = p.router.load_full();
         RouteLookup {
             cutover: router.cutover_at(),
+            earlier: earlier_of(&router, &p.route_budget),
             router,
             routes: LocalRoutes::new(Arc::clone(&p.route_budget)),
             routes_budget: Arc::clone(&p.route_budget),
@@ -201,6 +204,7 @@ impl RouteLookup {
         if !Arc::ptr_eq(&current, &self.router) {
             self.router = Arc::clone(&current);
             self.cutover = current.cutover_at();
+            self.earlier = earlier_of(&current, &self.routes_budget);
             self.routes.clear();
         }
     }
@@ -222,11 +226,19 @@ impl RouteLookup {
             Some((t, id)) => t.admit_series(id, dp.path),
             None => Ok(()),
         };
-        if dp.timestamp < self.cutover {
-            return self.accept_earlier(p, out, dp, item, admit_new);
-        }
-        let resolution = self.router.timestamp_resolution();
-        match self.routes.get(&self.router, dp.path, admit_new) {
+        // The rules in force at the datapoint's time: the router's, or (stamped before
+        // its cutover) the earlier ones'.
+        let (router, routes) = match &mut self.earlier {
+            Some(earlier) if dp.timestamp < self.cutover => {
+                if dp.timestamp < earlier.0.cutover_at() {
+                    return self.accept_oldest(p, out, dp, item, admit_new);
+                }
+                (&*earlier.0, &mut earlier.1)
+            }
+            _ => (&*self.router, &mut self.routes),
+        };
+        let resolution = router.timestamp_resolution();
+        match routes.get(router, dp.path, admit_new) {
             Ok((route, owner)) => match route.filtered {
                 Some(reason) => {
                     self.tally.add(reason, 1, dp.timestamp);
@@ -243,11 +255,11 @@ impl RouteLookup {
         }
     }
 
-    /// [`RouteLookup::accept`] for a datapoint stamped before the router's cutover: routed
-    /// by the rules in force at its timestamp, through their shared route cache (rare
-    /// enough not to need a private one).
+    /// [`RouteLookup::accept`] for a datapoint stamped before the earlier rules' own
+    /// cutover (older than two rules changes): routed by the rules in force at its
+    /// timestamp, through their shared route cache.
     #[cold]
-    fn accept_earlier(
+    fn accept_oldest(
         &mut self,
         p: &Routes,
         out: &mut Batches,
@@ -256,8 +268,8 @@ impl RouteLookup {
         admit_new: impl FnOnce() -> Result<(), DropReason>,
     ) {
         let router = Arc::clone(&self.router);
-        let earlier = router.for_timestamp(dp.timestamp);
-        match earlier.lookup(dp.path, admit_new) {
+        let oldest = router.for_timestamp(dp.timestamp);
+        match oldest.lookup(dp.path, admit_new) {
             Ok(route) => match route.filtered {
                 Some(reason) => {
                     self.tally.add(reason, 1, dp.timestamp);
@@ -265,7 +277,7 @@ impl RouteLookup {
                     self.filtered += 1;
                 }
                 None => {
-                    let dp = floored(dp, earlier.timestamp_resolution());
+                    let dp = floored(dp, oldest.timestamp_resolution());
                     out.dispatch(&route, RouteOwner::Alone(&route), &dp);
                     self.received += 1;
                     self.received_total += 1;
@@ -367,6 +379,13 @@ impl RouteLookup {
             }
         }
     }
+}
+
+/// The earlier rules of `router`'s cutover, if it has one, with an empty private route
+/// cache charging `budget`.
+fn earlier_of(router: &Router, budget: &Arc<RouteBudget>) -> Option<(Arc<Router>, LocalRoutes)> {
+    let r = router.earlier()?;
+    Some((Arc::clone(r), LocalRoutes::new(Arc::clone(budget))))
 }
 
 /// `dp` with its timestamp floored to a multiple of `resolution` seconds, as carbon's

@@ -238,3 +238,22 @@ async fn a_cutover_routes_each_datapoint_by_the_rules_at_its_timestamp() {
         .collect();
     assert_eq!(got, [want.clone(), want].concat());
 }
+
+#[tokio::test]
+async fn datapoints_older_than_two_rules_changes_go_by_the_oldest_rules_kept() {
+    // Two cutovers (600, 900): each datapoint feeds the output of the rules at its time,
+    // the oldest set through the shared route cache.
+    let (mut ing, rx, _) = ingest_with_rules(4, Kind::PlaintextTcp, "v0 (60) = sum *\n");
+    let r0 = ing.p.routes.router.load_full();
+    let r1 = Arc::new(Router::new(aggregation("v1 (60) = sum *\n"), 1).cut_over(600, &r0));
+    let r2 = Router::new(aggregation("v2 (60) = sum *\n"), 1).cut_over(900, &r1);
+    ing.p.routes.router.store(Arc::new(r2));
+    let lines = b"a 1 10\na 2 700\na 3 950\na 4 599\na 5 899\n";
+    ing.frame(Kind::PlaintextTcp, lines, None, 0.0).unwrap();
+    ing.flush().await;
+    let mut got = Vec::new();
+    while let Ok(WorkerMsg::Batch(b)) = rx.try_recv() {
+        got.extend(b.items().iter().map(|i| i.key().name.to_string()));
+    }
+    assert_eq!(got, ["v0", "v1", "v2", "v0", "v1"]);
+}

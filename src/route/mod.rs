@@ -194,6 +194,11 @@ impl Router {
         self
     }
 
+    /// The router of the rules before its cutover, if it has one.
+    pub fn earlier(&self) -> Option<&Arc<Router>> {
+        self.earlier.as_ref().map(|c| &c.router)
+    }
+
     /// The aggregation settings it routes by.
     pub fn aggregation(&self) -> &Aggregation {
         &self.aggregation
