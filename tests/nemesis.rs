@@ -873,7 +873,8 @@ fn repair(w: &World) -> usize {
     let mut entries = 0;
     for n in &mut nodes {
         n.stop();
-        let ledger = n.dir.join("journal").join("ledger.jsonl");
+        // Beside the journal directory: a wiped journal (a lost journal disk) keeps it.
+        let ledger = n.dir.join("ledger.jsonl");
         let lines = std::fs::read_to_string(&ledger)
             .unwrap_or_default()
             .lines()

@@ -1,6 +1,7 @@
 //! One aggd node of a test cluster (`docs/cluster.md`): its config (cluster `t`,
-//! `lease_ttl = "2s"`, a journal, pickle to one downstream), its process, and its
-//! listeners' addresses. Killed and its directory removed when dropped.
+//! `lease_ttl = "2s"`, a journal in `journal/` and the loss ledger beside it, pickle to
+//! one downstream), its process, and its listeners' addresses. Killed and its directory
+//! removed when dropped.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -65,7 +66,7 @@ impl Node {
         append_config(
             &cfg,
             &format!(
-                "[journal]\ndir = \"journal\"\nmin_free_disk = 0\n\
+                "[journal]\ndir = \"journal\"\nledger = \"ledger.jsonl\"\nmin_free_disk = 0\n\
                  [service]\nself_metrics_interval = \"0s\"\ndrain_timeout = \"10s\"\n\
                  [cluster]\nservers = {}\nname = \"t\"\nnode = \"{id}\"\nshards = {shards}\n\
                  replicas = {}\nlease_ttl = \"2s\"\nbatch_delay = \"20ms\"\n\

@@ -1131,3 +1131,74 @@ fn a_node_cut_off_during_a_rules_change_publishes_by_the_new_rules_when_back() {
         }
     }
 }
+
+#[test]
+fn an_owner_with_its_clock_ahead_ledgers_late_input_it_drops_and_replay_lost_repairs_it() {
+    // Found by the nemesis soak (seed 2026, 30 minutes): an interval ended below its exact
+    // value while a node ran with its wall clock 30 s ahead. Its workers judge `too_old`
+    // by their clock, so late input (here from a node cut off from NATS) that a right
+    // clock would still take is dropped: counted and ledgered, as every drop, and
+    // `aggd replay --lost` on that node recomputes the interval from the stream.
+    let nats = Nats::one();
+    let capture = Capture::start("pickle");
+    let rules = "cl.<grp>.sum (2) = sum in.<grp>.*\n";
+    // One shard, whose desired owner (rendezvous hashing) is b.
+    let mut b = Node::start_with("b", &nats, &capture, 1, rules, ADMIN);
+    b.stop();
+    b.restart_with_env(&[
+        ("LD_PRELOAD", LIBFAKETIME),
+        ("FAKETIME", "+30s"),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+    ]);
+    wait_metric(
+        &b,
+        "aggd_cluster_shards_owned",
+        1.0,
+        Duration::from_secs(30),
+    );
+    let proxy = aggd_testkit::proxy::Proxy::start(
+        format!("127.0.0.1:{}", nats.servers[0].port)
+            .parse()
+            .unwrap(),
+    );
+    let via = format!("[\"nats://{}\"]", proxy.addr);
+    let a = Node::start_via("a", (&via, 1), &capture.addr.to_string(), 1, rules, ADMIN);
+    wait_metric(
+        &a,
+        "aggd_cluster_shards_owned",
+        0.0,
+        Duration::from_secs(10),
+    );
+    proxy.cut();
+    let ts = aggd_testkit::now() as i64;
+    let bucket = ts - ts.rem_euclid(2);
+    send_lines(a.tcp, &format!("in.g0.h0 5 {ts}\n"));
+    send_lines(b.tcp, &format!("in.g0.h1 7 {ts}\n"));
+    capture.wait_for("b's own input", |m| {
+        m.get(&("cl.g0.sum".to_string(), bucket)) == Some(&7.0)
+    });
+    // 22 s later a's input is older than b's clock lets in (48 s window, 30 s ahead).
+    std::thread::sleep(Duration::from_secs(22));
+    proxy.restore();
+    let too_old = "aggd_dropped_total{reason=\"too_old\"} ";
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, _, body) = aggd_testkit::http(b.admin.unwrap(), "GET", "/metrics", &[], b"");
+        let text = String::from_utf8(body).unwrap();
+        if text
+            .lines()
+            .any(|l| l.starts_with(too_old) && !l.ends_with(" 0"))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "b dropped nothing as too_old");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(capture.value("cl.g0.sum", bucket), Some(7.0));
+    b.stop();
+    let out = aggd_ok(["replay", "--lost", "-c", b.cfg.to_str().unwrap()]);
+    assert!(out.contains("replay: "), "{out}");
+    capture.wait_for("the repaired interval", |m| {
+        m.get(&("cl.g0.sum".to_string(), bucket)) == Some(&12.0)
+    });
+}
