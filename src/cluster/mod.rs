@@ -65,12 +65,11 @@ pub struct ClusterStats {
     /// The digest of the last cluster rules this node could not take; 0 once it runs the
     /// cluster's rules again.
     pub rules_wanted: AtomicU64,
-    /// When the owner last found this node running the cluster's rules (or knowingly
-    /// keeping its own), on [`crate::time::monotonic_ms`]; 0: never checked (no owner, as
-    /// in unit tests), and the publisher does not wait for it. Publisher lanes route
-    /// nothing while it is older than `lease_ttl`, so no datapoint is routed by rules the
-    /// cluster replaced more than a lease TTL ago.
-    pub rules_checked_ms: AtomicU64,
+    /// Until when (on [`crate::time::monotonic_ms`]) publisher lanes may route: one
+    /// `lease_ttl` after the owner last found this node running the cluster's rules (or
+    /// knowingly keeping its own), so no datapoint is routed by rules the cluster replaced
+    /// more than a lease TTL ago. 0: no owner checks (unit tests), no limit.
+    pub rules_fresh_until_ms: AtomicU64,
     /// Journal records skipped by an owner because it had applied them already.
     pub duplicates_skipped: AtomicU64,
     /// Messages an owner could not decode (counted, skipped).

@@ -132,7 +132,9 @@ pub(super) fn start(
         }),
         shard_lag: (0..c.shards).map(|_| AtomicU64::new(u64::MAX)).collect(),
         // Joining read the rules key a moment ago.
-        rules_checked_ms: AtomicU64::new(crate::time::monotonic_ms()),
+        rules_fresh_until_ms: AtomicU64::new(
+            crate::time::monotonic_ms() + c.lease_ttl.as_millis() as u64,
+        ),
         ..ClusterStats::default()
     });
     let router = Arc::new(router(config, &joined, c.shards as usize));

@@ -226,7 +226,7 @@ async fn tick(sh: &Arc<Shared>, me: &str, ttl_ms: u64, held: &mut HashMap<u32, H
 
 /// Reads the cluster's `rules` key: when this node runs those rules (or knowingly keeps
 /// its own, having refused them), the publisher may route with its rules for another
-/// lease TTL (`ClusterStats::rules_checked_ms`); otherwise it asks for a reload and the
+/// lease TTL (`ClusterStats::rules_fresh_until_ms`); otherwise it asks for a reload and the
 /// publisher waits until the node runs them (`docs/cluster.md`, "Changing the rules").
 async fn check_rules(sh: &Shared) {
     let read = tokio::time::timeout(PATIENCE, sh.joined.config_kv.get("rules")).await;
@@ -238,9 +238,10 @@ async fn check_rules(sh: &Shared) {
     };
     let running = sh.digest.load(Ordering::Relaxed);
     if key.digest == running || key.digest == sh.stats.rules_wanted.load(Ordering::Relaxed) {
+        let ttl = sh.joined.cfg.lease_ttl.as_millis() as u64;
         sh.stats
-            .rules_checked_ms
-            .store(monotonic_ms(), Ordering::Relaxed);
+            .rules_fresh_until_ms
+            .store(monotonic_ms() + ttl, Ordering::Relaxed);
     } else if sh.rules_reload.try_send(key).is_err() {
         tracing::debug!("a cluster rules reload is already pending");
     }

@@ -359,11 +359,7 @@ impl Lane {
             // What the writer had offered before this read: a record written since wakes
             // the wait below at once.
             let seen = self.follow.offered_below();
-            let n = match if self.rules_fresh() {
-                self.read()
-            } else {
-                Ok(0)
-            } {
+            let n = match self.take() {
                 Ok(n) => n,
                 Err(e) => {
                     tracing::warn!(error = %e, "cluster publisher cannot read the journal; retrying");
@@ -395,12 +391,19 @@ impl Lane {
         }
     }
 
-    /// Whether this node ran the cluster's rules within the last lease TTL
-    /// ([`ClusterStats::rules_checked_ms`]); a lane routes nothing otherwise.
-    fn rules_fresh(&self) -> bool {
-        let checked = self.stats.rules_checked_ms.load(Ordering::Relaxed);
-        let ttl = self.cfg.lease_ttl.as_millis() as u64;
-        checked == 0 || crate::time::monotonic_ms().saturating_sub(checked) < ttl
+    /// [`Lane::read`] while this node ran the cluster's rules within the last lease TTL
+    /// ([`ClusterStats::rules_fresh_until_ms`]). Otherwise it routes nothing, and lets go
+    /// of what was handed over ([`Lane::shed`]): connections must not wait for it, and
+    /// those records are routed from the file once the rules are confirmed.
+    ///
+    /// Errors: the journal file cannot be read.
+    pub(super) fn take(&mut self) -> std::io::Result<usize> {
+        let until = self.stats.rules_fresh_until_ms.load(Ordering::Relaxed);
+        if until == 0 || crate::time::monotonic_ms() < until {
+            return self.read();
+        }
+        self.shed();
+        Ok(0)
     }
 
     /// How long an idle lane may wait for the journal: 2 ms when `soon` (draining, to see

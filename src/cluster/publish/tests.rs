@@ -218,3 +218,38 @@ fn the_watermark_is_the_oldest_unacknowledged_record() {
     p.floor = 50;
     assert_eq!(p.watermark(), 50);
 }
+
+#[tokio::test]
+async fn a_lane_whose_rules_are_unconfirmed_routes_nothing_and_lets_the_hand_over_go() {
+    // Issue 25: while the node has not confirmed the cluster's rules for a lease TTL, a
+    // lane takes nothing, and what connections handed over is let go of (connections
+    // must not wait for it); once confirmed, it is read back from the file, once.
+    let d = tempfile::tempdir().unwrap();
+    let (mut reader, journal, mut conn, mut rx) = lane(d.path());
+    let lag = Arc::clone(&reader.stats.publish);
+    reader
+        .stats
+        .rules_fresh_until_ms
+        .store(1, Ordering::Relaxed);
+    journal_line(&mut conn, &journal, 0, 0, true).await;
+    journal_line(&mut conn, &journal, 1, 1, true).await;
+    assert!(lag.followed_bytes.load(Ordering::Relaxed) > 0);
+    assert_eq!(reader.take().unwrap(), 0);
+    assert_eq!(reader.next, 0, "nothing routed");
+    assert_eq!(lag.followed_bytes.load(Ordering::Relaxed), 0);
+    assert_eq!(reader.stats.records_read_back.load(Ordering::Relaxed), 2);
+    reader
+        .stats
+        .rules_fresh_until_ms
+        .store(u64::MAX, Ordering::Relaxed);
+    for _ in 0..100 {
+        if reader.next >= 2 {
+            break;
+        }
+        reader.take().unwrap();
+    }
+    reader.seal_due(true);
+    let got: Vec<(u64, f64)> = published(&mut rx).iter().map(|p| (p.0, p.2)).collect();
+    assert_eq!(got, [(0, 0.0), (1, 1.0)]);
+    journal.close();
+}
