@@ -830,6 +830,9 @@ fn nemesis_soak() {
         want.len(),
         settled.len()
     );
+    for line in wrong.iter().take(5) {
+        trace(&w, line);
+    }
     assert!(
         wrong.is_empty(),
         "seed {seed}: {} violations after the ledger repair (before it: {:#?}), the first: {:#?}",
@@ -839,6 +842,25 @@ fn nemesis_soak() {
     );
     let wrong = replay_check(&w, &cfg_a, &want, (from, to));
     assert!(wrong.is_empty(), "seed {seed}: replay: {wrong:#?}");
+}
+
+/// Prints every value the downstream received for the key a violation names
+/// (`<series>@<interval>: …`), with when it arrived (Unix s): whether a full value was
+/// overwritten later, or never came.
+fn trace(w: &World, violation: &str) {
+    let Some((path, rest)) = violation.split_once('@') else {
+        return;
+    };
+    let Some(Ok(b)) = rest.split(':').next().map(str::parse::<i64>) else {
+        return;
+    };
+    let (now_unix, now) = (now(), Instant::now());
+    let r = w.capture.received.lock().unwrap();
+    let seen: Vec<String> = (r.history.iter())
+        .filter(|(p, t, _, _)| p == path && *t == b)
+        .map(|(_, _, v, at)| format!("{v} at {:.2}", now_unix - (now - *at).as_secs_f64()))
+        .collect();
+    eprintln!("nemesis: {path}@{b} received: {}", seen.join(", "));
 }
 
 /// Waits until nothing is wrong with the downstream's values, or nothing changed for
