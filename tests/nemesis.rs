@@ -20,10 +20,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aggd_testkit::cluster::{ADMIN, Node};
+use aggd_testkit::cluster::{ADMIN, LIBFAKETIME, Node, activation_after, rules_line};
 use aggd_testkit::nats::Nats;
 use aggd_testkit::proxy::Proxy;
-use aggd_testkit::{Capture, aggd_ok, now};
+use aggd_testkit::{Capture, Rng, aggd_ok, now};
 
 /// Interval length of every rule (s).
 const FREQ: i64 = 2;
@@ -38,32 +38,6 @@ const RULES: [&str; 2] = [
 ];
 /// Node slots: a, b and c all the time, d when it has joined.
 const IDS: [&str; 4] = ["a", "b", "c", "d"];
-/// libfaketime (Debian's `faketime`, installed by `tests/install-deps.sh`).
-const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
-
-/// splitmix64: the soak's one source of randomness, from the printed seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `lo..=hi`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
-    }
-
-    /// Seconds, uniform in `lo..=hi` in tenths.
-    fn secs(&mut self, lo: f64, hi: f64) -> Duration {
-        let tenths = self.range((lo * 10.0) as u64, (hi * 10.0) as u64);
-        Duration::from_millis(tenths * 100)
-    }
-}
 
 /// One send: to which node slot, when, what, and what the sender was told.
 struct Send {
@@ -114,16 +88,8 @@ struct World {
 }
 
 impl World {
-    fn servers_via(&self, slot: usize) -> String {
-        let urls: Vec<String> = self.proxies[slot]
-            .iter()
-            .map(|p| format!("\"nats://{}\"", p.addr))
-            .collect();
-        format!("[{}]", urls.join(", "))
-    }
-
     fn start_node(&self, slot: usize) {
-        let servers = self.servers_via(slot);
+        let servers = aggd_testkit::proxy::nats_servers(&self.proxies[slot]);
         let dest = self.capture.addr.to_string();
         // Retried as systemd would: refused while a rules change is being stored.
         let start = || {
@@ -576,7 +542,7 @@ fn rules_change(w: &World, rng: &mut Rng) -> bool {
         *v
     };
     signal(w.pid(s).unwrap(), "HUP");
-    let stored = activation_after(&cfg, &before);
+    let stored = activation_after(&cfg, &before, Duration::from_secs(20));
     w.release(s);
     let Some(t) = stored else {
         let mut v = w.version.lock().unwrap();
@@ -591,32 +557,6 @@ fn rules_change(w: &World, rng: &mut Rng) -> bool {
         std::thread::sleep(Duration::from_millis(200));
     }
     true
-}
-
-/// The cluster's rules line of `aggd cluster status` (`rules <digest> in force from
-/// <Unix s> (<time>)`), if it answers.
-fn rules_line(cfg: &std::path::Path) -> Option<String> {
-    let out =
-        std::panic::catch_unwind(|| aggd_ok(["cluster", "status", "-c", cfg.to_str().unwrap()]));
-    out.ok()?
-        .lines()
-        .find(|l| l.starts_with("rules "))
-        .map(str::to_string)
-}
-
-/// The activation time of the cluster's rules once their line differs from `before`;
-/// `None` if it stays for 20 s (the node could not store the change: it keeps its rules).
-fn activation_after(cfg: &std::path::Path, before: &str) -> Option<i64> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if let Some(line) = rules_line(cfg)
-            && line != before
-        {
-            return line.split_whitespace().nth(5)?.parse().ok();
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    None
 }
 
 /// Per (output series, interval start): the lowest and the highest value the senders'
@@ -716,7 +656,7 @@ impl World {
         let proxies: Vec<Vec<Proxy>> = (0..4)
             .map(|_| {
                 (nats.servers.iter())
-                    .map(|s| Proxy::start(format!("127.0.0.1:{}", s.port).parse().unwrap()))
+                    .map(|s| Proxy::start(s.addr()))
                     .collect()
             })
             .collect();
@@ -768,7 +708,7 @@ fn nemesis(w: &Arc<World>, seed: u64, secs: u64) {
     while Instant::now() < end {
         std::thread::sleep(rng.secs(5.0, 20.0).min(end - Instant::now()));
         let kind = rng.range(0, KINDS.len() as u64 - 1) as usize;
-        let mut frng = Rng(rng.next());
+        let mut frng = Rng(rng.next_u64());
         let w = w.clone();
         eprintln!("nemesis: {} at {:.1}", KINDS[kind], now());
         faults.push(std::thread::spawn(move || fault(&w, kind, &mut frng)));

@@ -4,11 +4,12 @@
 //! removed when dropped.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Child;
+use std::time::{Duration, Instant};
 
 use crate::nats::Nats;
-use crate::{Capture, append_config, tempdir, write_config};
+use crate::{Capture, aggd_ok, append_config, tempdir, write_config};
 
 /// One aggd node of a test cluster.
 pub struct Node {
@@ -128,4 +129,34 @@ impl Drop for Node {
         self.sigkill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// libfaketime (Debian's `faketime`, installed by `tests/install-deps.sh`), for a node
+/// whose wall clock is wrong.
+pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+/// The cluster's rules line of `aggd cluster status -c cfg` (`rules <digest> in force
+/// from <Unix s> (<time>)`), if it answers.
+pub fn rules_line(cfg: &Path) -> Option<String> {
+    let out =
+        std::panic::catch_unwind(|| aggd_ok(["cluster", "status", "-c", cfg.to_str().unwrap()]));
+    out.ok()?
+        .lines()
+        .find(|l| l.starts_with("rules "))
+        .map(str::to_string)
+}
+
+/// The activation time of the cluster's rules once their line differs from `before`;
+/// `None` if it stays so for `within` (the change was not stored).
+pub fn activation_after(cfg: &Path, before: &str, within: Duration) -> Option<i64> {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Some(line) = rules_line(cfg)
+            && line != before
+        {
+            return line.split_whitespace().nth(5)?.parse().ok();
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    None
 }

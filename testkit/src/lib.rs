@@ -15,6 +15,7 @@ pub mod nats;
 mod process;
 pub mod promstore;
 pub mod proxy;
+mod rng;
 pub mod workload;
 
 pub use capture::{Capture, Received};
@@ -23,6 +24,7 @@ pub use process::{
     aggd_bin, aggd_ok, python_pickle_send, replay_counts, run_with_input, sigterm, spawn_command,
     spawn_run, spawn_run_with,
 };
+pub use rng::Rng;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -93,6 +93,11 @@ impl NatsServer {
         self.child.as_ref().map(Child::id)
     }
 
+    /// `127.0.0.1:<port>`, where clients connect.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
     /// `nats://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)

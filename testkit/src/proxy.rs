@@ -79,6 +79,16 @@ impl Proxy {
     }
 }
 
+/// `proxies` as a TOML list of NATS URLs (`[cluster] servers`): a node that reaches its
+/// NATS servers through them.
+pub fn nats_servers<'a>(proxies: impl IntoIterator<Item = &'a Proxy>) -> String {
+    let urls: Vec<String> = proxies
+        .into_iter()
+        .map(|p| format!("\"nats://{}\"", p.addr))
+        .collect();
+    format!("[{}]", urls.join(", "))
+}
+
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);

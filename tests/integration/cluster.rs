@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use aggd_testkit::cluster::{ADMIN, Node};
+use aggd_testkit::cluster::{ADMIN, LIBFAKETIME, Node, activation_after, rules_line};
 use aggd_testkit::nats::Nats;
 use aggd_testkit::{Capture, aggd_ok, append_config, python_pickle_send, tempdir, write_config};
 
@@ -726,9 +726,6 @@ fn the_shards_owned_gauge_follows_lapsed_leases_while_the_log_is_down() {
     );
 }
 
-/// libfaketime, which `tests/install-deps.sh` installs (Debian's `faketime`).
-const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
-
 #[test]
 fn a_wall_clock_step_neither_drops_leases_nor_lengthens_them() {
     // Issue 25: the fence's allowance is measured on the monotonic clock. With it on the
@@ -824,12 +821,8 @@ fn a_partitioned_node_keeps_accepting_and_its_shards_move_without_double_countin
     // link is back, a publishes what it journaled meanwhile, and every aggregate is exact.
     let nats = Nats::one();
     let capture = Capture::start("pickle");
-    let proxy = aggd_testkit::proxy::Proxy::start(
-        format!("127.0.0.1:{}", nats.servers[0].port)
-            .parse()
-            .unwrap(),
-    );
-    let via = format!("[\"nats://{}\"]", proxy.addr);
+    let proxy = aggd_testkit::proxy::Proxy::start(nats.servers[0].addr());
+    let via = aggd_testkit::proxy::nats_servers([&proxy]);
     let dest = capture.addr.to_string();
     let a = Node::start_via("a", (&via, 1), &dest, 16, RULES, "");
     let b = Node::start("b", &nats, &capture, 16, RULES);
@@ -1041,26 +1034,13 @@ fn a_node_started_after_a_rules_change_routes_earlier_timestamps_by_the_earlier_
     let a = Node::start("a", &nats, &capture, 8, CUT_OLD);
     let mut b = Node::start("b", &nats, &capture, 8, CUT_OLD);
     wait_spread(&b, &["a", "b"]);
-    let before = status(&a);
+    let before = rules_line(&a.cfg).unwrap();
     for n in [&a, &b] {
         std::fs::write(n.dir.join("aggregation-rules.conf"), CUT_NEW).unwrap();
     }
     signal(a.child.as_ref().unwrap().id(), "HUP");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let line = loop {
-        let s = status(&a);
-        let line = s
-            .lines()
-            .find(|l| l.starts_with("rules "))
-            .unwrap()
-            .to_string();
-        if !before.contains(&line) {
-            break line;
-        }
-        assert!(Instant::now() < deadline, "the change was not stored: {s}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let t: i64 = line.split_whitespace().nth(5).unwrap().parse().unwrap();
+    let t = activation_after(&a.cfg, &before, Duration::from_secs(20))
+        .expect("the change was not stored");
     b.stop();
     b.restart();
     wait_spread(&a, &["a", "b"]);
@@ -1083,31 +1063,19 @@ fn a_node_cut_off_during_a_rules_change_publishes_by_the_new_rules_when_back() {
     // route nothing while its rules are unconfirmed) and routes those records again.
     let nats = Nats::one();
     let capture = Capture::start("pickle");
-    let proxy = aggd_testkit::proxy::Proxy::start(
-        format!("127.0.0.1:{}", nats.servers[0].port)
-            .parse()
-            .unwrap(),
-    );
-    let via = format!("[\"nats://{}\"]", proxy.addr);
+    let proxy = aggd_testkit::proxy::Proxy::start(nats.servers[0].addr());
+    let via = aggd_testkit::proxy::nats_servers([&proxy]);
     let a = Node::start_via("a", (&via, 1), &capture.addr.to_string(), 8, CUT_OLD, "");
     let b = Node::start("b", &nats, &capture, 8, CUT_OLD);
     wait_spread(&b, &["a", "b"]);
-    let before = status(&b);
+    let before = rules_line(&b.cfg).unwrap();
     proxy.cut();
     for n in [&a, &b] {
         std::fs::write(n.dir.join("aggregation-rules.conf"), CUT_NEW).unwrap();
     }
     signal(b.child.as_ref().unwrap().id(), "HUP");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let t: i64 = loop {
-        let s = status(&b);
-        let line = s.lines().find(|l| l.starts_with("rules ")).unwrap();
-        if !before.contains(line) {
-            break line.split_whitespace().nth(5).unwrap().parse().unwrap();
-        }
-        assert!(Instant::now() < deadline, "the change was not stored: {s}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let t = activation_after(&b.cfg, &before, Duration::from_secs(20))
+        .expect("the change was not stored");
     while (aggd_testkit::now() as i64) < t + 1 {
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -1156,12 +1124,8 @@ fn an_owner_with_its_clock_ahead_ledgers_late_input_it_drops_and_replay_lost_rep
         1.0,
         Duration::from_secs(30),
     );
-    let proxy = aggd_testkit::proxy::Proxy::start(
-        format!("127.0.0.1:{}", nats.servers[0].port)
-            .parse()
-            .unwrap(),
-    );
-    let via = format!("[\"nats://{}\"]", proxy.addr);
+    let proxy = aggd_testkit::proxy::Proxy::start(nats.servers[0].addr());
+    let via = aggd_testkit::proxy::nats_servers([&proxy]);
     let a = Node::start_via("a", (&via, 1), &capture.addr.to_string(), 1, rules, ADMIN);
     wait_metric(
         &a,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use aggd_testkit::carbon::CarbonCache;
 use aggd_testkit::edge::{addr_of, journal_config, send_lines, send_minutes, signal, wait_exit};
-use aggd_testkit::{aggd_ok, metric, sigterm, spawn_run, tempdir, wait_received};
+use aggd_testkit::{Rng, aggd_ok, metric, sigterm, spawn_run, tempdir, wait_received};
 
 /// Waits until carbon-cache's whisper files hold every expected value.
 fn wait_whisper(cc: &CarbonCache, expected: &BTreeMap<(String, i64), f64>, within: Duration) {
@@ -209,23 +209,6 @@ fn replay_lost_reads_the_journal_once_for_many_ledger_entries() {
     let whole = aggd_ok(["replay", "-c", c, "--from", &from, "--to", &to, "--dry-run"]);
     assert!(records_read(&whole) > 0, "{whole}");
     assert_eq!(records_read(&lost), records_read(&whole), "{lost}\n{whole}");
-}
-
-/// A small deterministic generator (SplitMix64), so a failing soak can be re-run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 #[test]
