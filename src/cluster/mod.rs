@@ -49,6 +49,8 @@ pub struct ClusterStats {
     pub shards_owned: AtomicU64,
     /// Leases taken or given up by this node.
     pub lease_changes: AtomicU64,
+    /// Leases renewed after their allowance had lapsed; each rebuilt its shard.
+    pub lapsed_renewals: AtomicU64,
     /// Journal bytes not yet published and acknowledged, with their limit.
     pub publish: Arc<PublishLag>,
     /// Messages published and acknowledged.

@@ -56,6 +56,21 @@ impl Node {
     /// the partition fault.
     pub fn start_via(
         id: &str,
+        servers: (&str, usize),
+        dest: &str,
+        shards: u32,
+        rules: &str,
+        extra: &str,
+    ) -> Node {
+        let mut n = Node::configure(id, servers, dest, shards, rules, extra);
+        n.restart();
+        n
+    }
+
+    /// Like [`Node::start_via`], without starting it: the test may edit its config
+    /// (`cfg`, e.g. another `lease_ttl`) and then call [`Node::restart`].
+    pub fn configure(
+        id: &str,
         (servers, count): (&str, usize),
         dest: &str,
         shards: u32,
@@ -79,7 +94,7 @@ impl Node {
             ),
         );
         append_config(&cfg, extra);
-        let mut n = Node {
+        Node {
             child: None,
             dir,
             cfg,
@@ -87,9 +102,7 @@ impl Node {
             tcp: "127.0.0.1:0".parse().unwrap(),
             pickle: "127.0.0.1:0".parse().unwrap(),
             admin: None,
-        };
-        n.restart();
-        n
+        }
     }
 
     pub fn restart(&mut self) {

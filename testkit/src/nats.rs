@@ -222,3 +222,48 @@ impl Nats {
         format!("[{}]", urls.join(", "))
     }
 }
+
+/// Subscribes to `subject` on the NATS server at `addr` with the core protocol (`CONNECT`,
+/// `SUB`, answering `PING`), on a thread of its own: the arrival time of each message
+/// published on it (a KV key's writes are published on `$KV.<bucket>.<key>`) is sent on
+/// the returned channel. The thread ends when the server closes the connection or the
+/// receiver is dropped (at the next message).
+pub fn watch(addr: std::net::SocketAddr, subject: &str) -> std::sync::mpsc::Receiver<Instant> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut conn = std::net::TcpStream::connect(addr).expect("connecting to nats-server");
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.starts_with("INFO"), "nats-server said {line:?}");
+    write!(
+        conn,
+        "CONNECT {{\"verbose\":false,\"pedantic\":false}}\r\nSUB {subject} 1\r\nPING\r\n"
+    )
+    .unwrap();
+    // The PONG: the subscription is in place when this returns.
+    line.clear();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.starts_with("PONG"), "nats-server said {line:?}");
+    std::thread::spawn(move || {
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if line.starts_with("PING") {
+                let _ = conn.write_all(b"PONG\r\n");
+            } else if line.starts_with("MSG ") {
+                let at = Instant::now();
+                // MSG <subject> <sid> [reply-to] <#bytes>, then the payload and CRLF.
+                let n: u64 = line.split_whitespace().last().unwrap().parse().unwrap();
+                let mut payload = Vec::new();
+                let _ = (&mut reader).take(n + 2).read_to_end(&mut payload);
+                if tx.send(at).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}

@@ -913,6 +913,79 @@ fn aggregates_queued_for_a_dead_destination_are_not_written_once_the_lease_is_go
     assert_no_regression(&capture);
 }
 
+#[test]
+fn aggregates_fenced_while_an_allowance_lapsed_are_emitted_again_when_the_same_node_renews() {
+    // Issue 25, found by the second 30-minute soak: a node whose allowance lapsed (a slow
+    // tick, or the process stopped) but whose lease key was still its own renewed it and
+    // carried on. Meanwhile its sender had left out the queued aggregates of the shard as
+    // no longer this node's (the fence at the write), and nobody emitted them again: the
+    // downstream kept earlier partial values. Now a renewal after a lapse rebuilds the
+    // shard, which emits every interval again.
+    let nats = Nats::one();
+    let capture = Capture::start("pickle");
+    let downstream = aggd_testkit::proxy::Proxy::start(capture.addr);
+    let (servers, dest) = (nats.toml_servers(), downstream.addr.to_string());
+    let mut a = Node::configure("a", (&servers, 1), &dest, 1, RULES, ADMIN);
+    // lease_ttl 8 s: the allowance is 6 s, a tick every 2 s. Stopped for 7 s right after
+    // a renewal, the node wakes with its allowance lapsed and its key still alive (1 s
+    // left), and its sender's backoff (at most 5 s) ran out during the stop.
+    let cfg = std::fs::read_to_string(&a.cfg).unwrap();
+    std::fs::write(
+        &a.cfg,
+        cfg.replace("lease_ttl = \"2s\"", "lease_ttl = \"8s\""),
+    )
+    .unwrap();
+    a.restart();
+    wait_metric(
+        &a,
+        "aggd_cluster_shards_owned",
+        1.0,
+        Duration::from_secs(30),
+    );
+    let expected = Expected::default();
+    send_round(a.tcp, 0, false, &expected);
+    wait_exact(&capture, &expected, Duration::from_secs(30));
+    downstream.cut();
+    send_round(a.tcp, 1, false, &expected);
+    let admin = a.admin.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let queued = || aggd_testkit::metric(admin, "aggd_destination_queued{");
+    while queued() == 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "nothing queued for the destination"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let renewals = aggd_testkit::nats::watch(nats.servers[0].addr(), "$KV.AGGD_t_leases.shard.0");
+    renewals
+        .recv_timeout(Duration::from_secs(10))
+        .expect("no renewal of shard 0 within 10 s");
+    let changes = aggd_testkit::metric(admin, "aggd_cluster_lease_changes_total");
+    let pid = a.child.as_ref().unwrap().id();
+    signal(pid, "STOP");
+    std::thread::sleep(Duration::from_secs(7));
+    signal(pid, "CONT");
+    // The sender wakes first and leaves the queued aggregates out; the owner renews.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let fenced = || aggd_testkit::metric(admin, "aggd_destination_fenced_total{");
+    while fenced() == 0.0 {
+        assert!(Instant::now() < deadline, "nothing left out by the fence");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    downstream.restore();
+    wait_exact(&capture, &expected, Duration::from_secs(30));
+    assert_no_regression(&capture);
+    // The same node kept the shard throughout: renewed, not lost and taken again.
+    assert_eq!(
+        aggd_testkit::metric(admin, "aggd_cluster_lease_changes_total"),
+        changes,
+        "the shard changed hands"
+    );
+    let lapsed = aggd_testkit::metric(admin, "aggd_cluster_lapsed_renewals_total");
+    assert!(lapsed >= 1.0, "no renewal after a lapse counted");
+}
+
 /// The rules of the cutover test: one output, fed by the `.a` inputs (value 1) under the
 /// old rules and by the `.b` inputs (value 1000) under the new ones, so a value tells
 /// which rules fed it, and a mix of both is neither.

@@ -19,7 +19,10 @@
 //! then, once caught up, sends each worker a live marker and follows the stream live. The
 //! workers emit the shard only after the marker, so no partial rebuild is ever emitted.
 //! A renewal that fails leaves the allowance to run out; a lease found taken by another
-//! node is dropped at once.
+//! node is dropped at once. A renewal that succeeds after the allowance ran out (the tick
+//! was slow, or the process stopped) rebuilds the shard as a take does: while it had
+//! lapsed the senders may have left its queued aggregates out (the fence at the write),
+//! and the rebuild emits every interval again.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -323,7 +326,23 @@ async fn renew(
     match renewed {
         Ok(rev) => {
             h.revision = rev;
+            // The allowance lapsed before this renewal (a slow tick, or the process was
+            // stopped): the senders may have left the shard's queued aggregates out as no
+            // longer this node's (the fence at the write), and no other node emits them.
+            // The shard is rebuilt, which emits every interval again.
+            let lapsed = monotonic_ms() >= h.valid_until_ms;
             h.valid_until_ms = sent + allowance;
+            if lapsed {
+                tracing::warn!(
+                    shard = k,
+                    "shard lease renewed after its allowance lapsed; rebuilding it"
+                );
+                sh.gate.revoke(k);
+                stop_consumer(sh, k, h).await;
+                let (stop, consumer) = start_consumer(sh, k);
+                (h.stop, h.consumer) = (stop, consumer);
+                sh.stats.lapsed_renewals.fetch_add(1, Ordering::Relaxed);
+            }
             sh.gate.allow_until(k, h.valid_until_ms);
         }
         Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
@@ -360,9 +379,7 @@ async fn take(
     if let Ok(rev) = created {
         let until = sent + allowance;
         sh.gate.allow_until(k, until);
-        sh.stats.shard_lag[k as usize].store(0, Ordering::Relaxed);
-        let stop = CancellationToken::new();
-        let consumer = tokio::spawn(consume(Arc::clone(sh), k, stop.clone()));
+        let (stop, consumer) = start_consumer(sh, k);
         held.insert(
             k,
             Held {
@@ -400,16 +417,9 @@ async fn expire(sh: &Arc<Shared>, held: &mut HashMap<u32, Held>) {
 
 /// Gives shard `k` up: stops emitting it, stops its consumer, deletes its series from the
 /// workers, and (with `delete`) frees the key for the next owner.
-async fn release(sh: &Arc<Shared>, k: u32, h: Held, delete: bool) {
+async fn release(sh: &Arc<Shared>, k: u32, mut h: Held, delete: bool) {
     sh.gate.revoke(k);
-    h.stop.cancel();
-    // The consumer may be waiting on NATS (creating itself, asking for its info), which
-    // does not watch `stop`: end it where it is. What it sent the workers is forgotten
-    // below; the shard's next owner rebuilds it.
-    h.consumer.abort();
-    let _ = h.consumer.await;
-    sh.workers.all(|| WorkerMsg::Forget(k)).await;
-    sh.stats.shard_lag[k as usize].store(u64::MAX, Ordering::Relaxed);
+    stop_consumer(sh, k, &mut h).await;
     if delete {
         let leases = &sh.joined.leases;
         let delete = leases.delete_expect_revision(lease_key(k), Some(h.revision));
@@ -417,6 +427,28 @@ async fn release(sh: &Arc<Shared>, k: u32, h: Held, delete: bool) {
     }
     sh.stats.lease_changes.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(shard = k, "shard lease released");
+}
+
+/// Starts shard `k`'s consumer: it rebuilds the shard in the workers from the stream and
+/// then follows it live (`consume`). Returns its stop token and task.
+fn start_consumer(sh: &Arc<Shared>, k: u32) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    sh.stats.shard_lag[k as usize].store(0, Ordering::Relaxed);
+    let stop = CancellationToken::new();
+    let consumer = tokio::spawn(consume(Arc::clone(sh), k, stop.clone()));
+    (stop, consumer)
+}
+
+/// Stops shard `k`'s consumer and deletes the shard's series from the workers, without
+/// emitting them (the gate is closed first by the caller).
+async fn stop_consumer(sh: &Arc<Shared>, k: u32, h: &mut Held) {
+    h.stop.cancel();
+    // The consumer may be waiting on NATS (creating itself, asking for its info), which
+    // does not watch `stop`: end it where it is. What it sent the workers is forgotten
+    // below; whoever owns the shard next (this node again, after a lapse) rebuilds it.
+    h.consumer.abort();
+    let _ = (&mut h.consumer).await;
+    sh.workers.all(|| WorkerMsg::Forget(k)).await;
+    sh.stats.shard_lag[k as usize].store(u64::MAX, Ordering::Relaxed);
 }
 
 /// `aggd cluster status`: the nodes with their lags, and the shard map.

@@ -38,6 +38,17 @@ pub(super) const METRICS: &[Metric] = &[
         read: |o, f| cluster(o, f, |c| &c.lease_changes),
     },
     Metric {
+        name: "cluster_lapsed_renewals",
+        help: "Cluster mode: shard leases renewed after their allowance had lapsed (NATS slow, or the process stopped); each rebuilt and emitted its shard again.",
+        ty: Type::Counter,
+        label: None,
+        carbon: &[Carbon::Stat {
+            name: "cluster.lapsedRenewals",
+            always: false,
+        }],
+        read: |o, f| cluster(o, f, |c| &c.lapsed_renewals),
+    },
+    Metric {
         name: "cluster_messages_published",
         help: "Cluster mode: messages published and acknowledged by the stream.",
         ty: Type::Counter,
