@@ -380,6 +380,33 @@ impl SeriesTable {
         r
     }
 
+    /// Like [`SeriesTable::add_as`], for rebuild input (re-read from the journal or the
+    /// cluster stream, its drops not counted again). A datapoint refused as `too_old` also
+    /// deletes its interval's bucket, without emitting it: its interval left the window
+    /// while the rebuild ran, so the bucket holds only the part read before, and emitting
+    /// it would overwrite the interval's full value, emitted before the rebuild, with a
+    /// partial one (found by the nemesis soak, `docs/cluster.md`).
+    pub(crate) fn add_rebuilt(
+        &mut self,
+        key: &impl SeriesHandle,
+        ts: f64,
+        value: f64,
+        now: f64,
+        dirty: bool,
+    ) -> Result<(), DropReason> {
+        let r = self.add_as(key, ts, value, now, dirty);
+        if r == Err(DropReason::TooOld)
+            && let Some(series) = self.series.get_mut(key.series_key())
+        {
+            let start = floor_to(ts, f64::from(series.frequency)) as i64;
+            if let Ok(i) = series.buckets.binary_search_by_key(&start, |b| b.start) {
+                series.buckets.remove(i);
+                series.hot = 0;
+            }
+        }
+        r
+    }
+
     /// Deletes the series `keep` refuses, without emitting them.
     pub fn retain(&mut self, keep: impl Fn(&SeriesKey) -> bool) {
         self.series.retain(|key, _| keep(key));

@@ -142,6 +142,35 @@ fn too_old_too_new_and_expiry() {
 }
 
 #[test]
+fn a_rebuild_that_an_interval_leaves_the_window_during_does_not_emit_its_part() {
+    // The nemesis soak (seed 2026, 30 minutes): a shard rebuilt just as an interval left
+    // the window took the interval's first datapoints, skipped the rest as too old, and
+    // emitted the part, overwriting the full value emitted before.
+    let k = key("s", "sum", 10);
+    let run = |rebuild: bool| {
+        let mut t = SeriesTable::new(settings(0));
+        let mut add = |ts, v, now| match rebuild {
+            true => t.add_rebuilt(&k, ts, v, now, true),
+            false => t.add(&k, ts, v, now),
+        };
+        // At 1009 the window starts at 950: the 950 interval is in it, and so is 1000.
+        assert_eq!(add(951.0, 1.0, 1009.0), Ok(()));
+        assert_eq!(add(1001.0, 5.0, 1009.0), Ok(()));
+        // At 1010 it starts at 960.
+        assert_eq!(add(952.0, 2.0, 1010.0), Err(DropReason::TooOld));
+        assert_eq!(add(953.0, 4.0, 1010.0), Err(DropReason::TooOld));
+        sweep(&mut t, 1010.5)
+    };
+    assert_eq!(run(true), [("s".into(), 1000.0, 5.0)]);
+    // Live input keeps carbon's rule: what was accepted is emitted (the rest was counted
+    // and ledgered as too_old).
+    assert_eq!(
+        run(false),
+        [("s".into(), 950.0, 1.0), ("s".into(), 1000.0, 5.0)]
+    );
+}
+
+#[test]
 fn negative_and_fractional_timestamps_floor() {
     let mut t = SeriesTable::new(settings(0));
     let k = key("s", "count", 60);

@@ -160,7 +160,13 @@ impl Worker {
             {
                 std::thread::sleep(*how_long);
             }
-            if let Err(reason) = self.table.add_as(it, it.timestamp, it.value, now, dirty)
+            let added = if count_drops {
+                self.table.add_as(it, it.timestamp, it.value, now, dirty)
+            } else {
+                self.table
+                    .add_rebuilt(it, it.timestamp, it.value, now, dirty)
+            };
+            if let Err(reason) = added
                 && count_drops
             {
                 self.tally.add(reason, 1, it.timestamp);
