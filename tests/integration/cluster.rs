@@ -926,9 +926,10 @@ fn aggregates_fenced_while_an_allowance_lapsed_are_emitted_again_when_the_same_n
     let downstream = aggd_testkit::proxy::Proxy::start(capture.addr);
     let (servers, dest) = (nats.toml_servers(), downstream.addr.to_string());
     let mut a = Node::configure("a", (&servers, 1), &dest, 1, RULES, ADMIN);
-    // lease_ttl 8 s: the allowance is 6 s, a tick every 2 s. Stopped for 7 s right after
-    // a renewal, the node wakes with its allowance lapsed and its key still alive (1 s
-    // left), and its sender's backoff (at most 5 s) ran out during the stop.
+    // lease_ttl 8 s: the allowance is 6 s, a tick every 2 s. Stopped for 6.5 s right
+    // after a renewal was seen, the node wakes with its allowance lapsed (it ran from the
+    // renewal's send) and its key still alive (1.5 s left, for the watch's delay and the
+    // renewal), and its sender's backoff (at most 5 s) ran out during the stop.
     let cfg = std::fs::read_to_string(&a.cfg).unwrap();
     std::fs::write(
         &a.cfg,
@@ -964,7 +965,7 @@ fn aggregates_fenced_while_an_allowance_lapsed_are_emitted_again_when_the_same_n
     let changes = aggd_testkit::metric(admin, "aggd_cluster_lease_changes_total");
     let pid = a.child.as_ref().unwrap().id();
     signal(pid, "STOP");
-    std::thread::sleep(Duration::from_secs(7));
+    std::thread::sleep(Duration::from_millis(6500));
     signal(pid, "CONT");
     // The sender wakes first and leaves the queued aggregates out; the owner renews.
     let deadline = Instant::now() + Duration::from_secs(10);
