@@ -850,6 +850,43 @@ fn a_partitioned_node_keeps_accepting_and_its_shards_move_without_double_countin
     assert_no_regression(&capture);
 }
 
+/// The destination queue's gauge (`{`: not `aggd_destination_queued_until_connected_total`).
+const QUEUED: &str = "aggd_destination_queued{";
+
+/// Once node `a` (with `[admin]`) owns its `shards` shards: a round aggregated exactly at
+/// `capture`, then `downstream` (the proxy `a` sends through) cut and a second round sent,
+/// whose interval closes with its aggregates waiting in the destination's queue. Returns
+/// both rounds' exact aggregates.
+fn queue_a_round(
+    a: &Node,
+    capture: &Capture,
+    downstream: &aggd_testkit::proxy::Proxy,
+    shards: u32,
+) -> Expected {
+    let owned = f64::from(shards);
+    wait_metric(
+        a,
+        "aggd_cluster_shards_owned",
+        owned,
+        Duration::from_secs(30),
+    );
+    let expected = Expected::default();
+    send_round(a.tcp, 0, false, &expected);
+    wait_exact(capture, &expected, Duration::from_secs(30));
+    downstream.cut();
+    send_round(a.tcp, 1, false, &expected);
+    let admin = a.admin.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while aggd_testkit::metric(admin, QUEUED) == 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "nothing queued for the destination"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    expected
+}
+
 #[test]
 fn aggregates_queued_for_a_dead_destination_are_not_written_once_the_lease_is_gone() {
     // Issue 25: the fence was checked when a batch was handed to the destination, not
@@ -861,29 +898,9 @@ fn aggregates_queued_for_a_dead_destination_are_not_written_once_the_lease_is_go
     let downstream = aggd_testkit::proxy::Proxy::start(capture.addr);
     let (servers, dest) = (nats.toml_servers(), downstream.addr.to_string());
     let a = Node::start_via("a", (&servers, 1), &dest, 8, RULES, ADMIN);
-    wait_metric(
-        &a,
-        "aggd_cluster_shards_owned",
-        8.0,
-        Duration::from_secs(30),
-    );
-    let expected = Expected::default();
-    send_round(a.tcp, 0, false, &expected);
-    wait_exact(&capture, &expected, Duration::from_secs(30));
-    downstream.cut();
-    send_round(a.tcp, 1, false, &expected);
-    // The round's interval closes and its aggregates wait in the destination's queue.
+    let expected = queue_a_round(&a, &capture, &downstream, 8);
     let admin = a.admin.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    // (`{`: not aggd_destination_queued_until_connected_total.)
-    let queued = || aggd_testkit::metric(admin, "aggd_destination_queued{");
-    while queued() == 0.0 {
-        assert!(
-            Instant::now() < deadline,
-            "nothing queued for the destination"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let queued = || aggd_testkit::metric(admin, QUEUED);
     let pid = nats.servers[0].pid().unwrap();
     signal(pid, "STOP");
     let lapsed = std::panic::catch_unwind(|| {
@@ -937,27 +954,8 @@ fn aggregates_fenced_while_an_allowance_lapsed_are_emitted_again_when_the_same_n
     )
     .unwrap();
     a.restart();
-    wait_metric(
-        &a,
-        "aggd_cluster_shards_owned",
-        1.0,
-        Duration::from_secs(30),
-    );
-    let expected = Expected::default();
-    send_round(a.tcp, 0, false, &expected);
-    wait_exact(&capture, &expected, Duration::from_secs(30));
-    downstream.cut();
-    send_round(a.tcp, 1, false, &expected);
+    let expected = queue_a_round(&a, &capture, &downstream, 1);
     let admin = a.admin.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let queued = || aggd_testkit::metric(admin, "aggd_destination_queued{");
-    while queued() == 0.0 {
-        assert!(
-            Instant::now() < deadline,
-            "nothing queued for the destination"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
     let renewals = aggd_testkit::nats::watch(nats.servers[0].addr(), "$KV.AGGD_t_leases.shard.0");
     renewals
         .recv_timeout(Duration::from_secs(10))
